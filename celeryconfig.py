@@ -1,0 +1,80 @@
+"""Every Celery setting of gpujobs, one comment each (loaded by ``gpujobs.celery_app``).
+
+Redis only says "work is ready": messages carry a job id, PostgreSQL holds the rest, and the sweeps
+re-publish whatever Redis loses. The settings below make a worker crash cost a redelivery, never a
+lost job, and keep a long backlog from starving the short monitoring and webhook tasks.
+"""
+
+from datetime import timedelta
+
+from kombu import Queue
+
+from gpujobs.config import load_config
+
+_config = load_config()
+
+# Job queues by priority, then the service's own short tasks, each in its own queue.
+JOB_QUEUES = ("critical", "high", "normal", "low")
+SERVICE_QUEUES = ("monitor", "webhooks", "maintenance")
+
+# The broker URL is set from REDIS_URL by the app factory; this is only the fallback for tooling.
+broker_url = "redis://localhost:6379/0"
+# Reconnect to the broker at start-up rather than exiting when Redis is briefly away.
+broker_connection_retry_on_startup = True
+# Results live in PostgreSQL (job rows); a result backend would only duplicate them.
+result_backend = None
+task_ignore_result = True
+
+# JSON only: messages hold ids, never pickled objects (and never secrets).
+task_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+# Declared queues; the service queues come first so a worker reading in order serves them first.
+task_queues = [Queue(name) for name in (*SERVICE_QUEUES, *JOB_QUEUES)]
+task_default_queue = "normal"
+# Tasks whose queue is fixed; run_job's queue is chosen per job from its priority at publish.
+task_routes = {
+    "gpujobs.sweep.*": {"queue": "maintenance"},
+    "gpujobs.webhooks.*": {"queue": "webhooks"},
+    "gpujobs.gpu.monitor": {"queue": "monitor"},
+}
+
+broker_transport_options = {
+    # Read queues in the declared order (kombu's "priority" strategy), not round-robin: a critical
+    # job waiting behind 2,000 low ones is taken next.
+    "queue_order_strategy": "priority",
+    # An unacknowledged message is redelivered after this long; it exceeds the longest task's hard
+    # limit below, so a slow task is never run twice at once just because it is slow.
+    "visibility_timeout": 3 * 60 * 60,
+}
+
+# Acknowledge after the task ran, and give the message back if the worker process died: together
+# with the claim in PostgreSQL this is at-least-once delivery, exactly-once effect.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message per worker process at a time, so priority order holds and a crash strands one message.
+worker_prefetch_multiplier = 1
+# If the broker connection drops, stop long tasks instead of finishing work Redis will redeliver.
+worker_cancel_long_running_tasks_on_connection_loss = True
+# Default limits for every task; run_job sets per-definition limits when it is published.
+task_soft_time_limit = 2 * 60 * 60
+task_time_limit = 2 * 60 * 60 + 60
+# Soft shutdown: on a warm stop, running tasks get this long to finish before being handed back.
+worker_soft_shutdown_timeout = _config["GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS"]
+worker_enable_soft_shutdown_on_idle = True
+# Recycle a worker process after this many tasks, bounding any slow leak in handler code.
+worker_max_tasks_per_child = 1000
+# Send task events so Flower can show live tasks.
+worker_send_task_events = True
+task_send_sent_event = True
+
+_sweep_every = timedelta(seconds=_config["GPUJOBS_SWEEP_INTERVAL_SECONDS"])
+# The sweeps (gpujobs.sweeps). Exactly one beat is expected; each sweep is safe to run twice at once.
+beat_schedule = {
+    "dispatch-due-jobs": {"task": "gpujobs.sweep.dispatch", "schedule": _sweep_every},
+    "rescue-stuck-jobs": {"task": "gpujobs.sweep.rescue", "schedule": _sweep_every},
+    "deliver-due-webhooks": {"task": "gpujobs.sweep.webhooks", "schedule": _sweep_every},
+    "clean-up-finished": {"task": "gpujobs.sweep.cleanup", "schedule": timedelta(minutes=10)},
+}

@@ -1,0 +1,52 @@
+"""gpujobs: asynchronous, reliable provisioning of cloud GPU instances, and a job engine under it."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from flask import Flask
+
+from gpujobs.config import load_config, sqlalchemy_url
+
+__version__ = "0.1.0"
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask app, its extensions and its Celery app (the Flask application-factory pattern)."""
+    from gpujobs import models  # noqa: F401  (the tables, for migrations and queries)
+    from gpujobs.celery_app import celery_init_app
+    from gpujobs.extensions import db, migrate
+
+    app = Flask(__name__)
+    app.config.update(load_config())
+    if test_config:
+        app.config.update(test_config)
+    if not app.config.get("DATABASE_URL"):
+        raise RuntimeError("DATABASE_URL is not set and no embedded server is running (start one: make run)")
+    app.config["SQLALCHEMY_DATABASE_URI"] = sqlalchemy_url(app.config["DATABASE_URL"])
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True, "pool_recycle": 300})
+    app.config["SECRET_KEY"] = app.config.get("GPUJOBS_SECRET_KEY") or secrets.token_hex(32)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["GPUJOBS_MAX_BODY_BYTES"]
+    logging.basicConfig(
+        level=app.config["GPUJOBS_LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(_migrations_dir()))
+    celery_init_app(app)
+
+    from gpujobs import definitions  # noqa: F401  (registers the built-in definitions)
+    from gpujobs.api import register_api
+    from gpujobs.health import bp as health_bp
+
+    app.register_blueprint(health_bp)
+    register_api(app)
+    return app
+
+
+def _migrations_dir() -> Any:
+    from gpujobs.config import PROJECT_ROOT
+
+    return PROJECT_ROOT / "migrations"

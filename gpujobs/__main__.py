@@ -1,0 +1,5 @@
+"""``python -m gpujobs``: the command line."""
+
+from gpujobs.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""Keyset (cursor) pagination: the cost of a page never grows with how deep it is."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, or_
+
+from gpujobs.api.errors import ApiError
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+
+def page_size(raw: str | None) -> int:
+    """Parse ``limit`` (1..200, default 50)."""
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise ApiError(400, "Bad Request", f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+    return int(raw)
+
+
+def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+    """An opaque cursor pointing just after this row."""
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
+
+
+def after_cursor(query: Select[Any], model: Any, cursor: str | None) -> Select[Any]:
+    """Order newest first and continue after ``cursor`` (created_at, id) when one is given."""
+    query = query.order_by(model.created_at.desc(), model.id.desc())
+    if not cursor:
+        return query
+    try:
+        created_raw, id_raw = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        created_at, row_id = datetime.fromisoformat(created_raw), uuid.UUID(id_raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(
+            400, "Bad Request", "cursor is not valid; use nextCursor from a previous page"
+        ) from None
+    return query.where(
+        or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id))
+    )
+
+
+def page(rows: list[Any], limit: int, shape: Any) -> dict[str, Any]:
+    """The response body of one page: items plus ``nextCursor`` (null on the last page)."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    return {"items": [shape(row) for row in rows], "nextCursor": cursor}

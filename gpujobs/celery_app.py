@@ -1,0 +1,24 @@
+"""The Celery app, created inside the Flask factory so every task runs in an app context."""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+from flask import Flask
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Create the Celery app for ``app`` from the top-level ``celeryconfig`` and the broker URL."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery = Celery(app.name, task_cls=FlaskTask, include=["gpujobs.tasks"])
+    celery.config_from_object("celeryconfig")
+    if app.config.get("REDIS_URL"):
+        celery.conf.broker_url = app.config["REDIS_URL"]
+    celery.conf.worker_soft_shutdown_timeout = app.config["GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS"]
+    celery.set_default()
+    app.extensions["celery"] = celery
+    return celery

@@ -1,0 +1,158 @@
+"""The command line: keys, webhook secrets, migrations, jobs, dead letters, the simulator and ``dev``.
+
+Commands that print a secret print only that secret, so they compose in shell scripts:
+``export GPUJOBS_API_KEY=$(python -m gpujobs keys create --tenant acme)``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import click
+from flask import Flask
+from sqlalchemy import select
+
+from gpujobs import create_app
+
+
+def _app() -> Flask:
+    return create_app()
+
+
+@click.group()
+def main() -> None:
+    """gpujobs: provision GPU instances and run background jobs."""
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant name (created if new).")
+def keys_create(tenant: str) -> None:
+    """Create an API key for TENANT and print it (shown only once; stored hashed)."""
+    from gpujobs.auth import create_api_key
+
+    with _app().app_context():
+        click.echo(create_api_key(tenant))
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook signing secrets."""
+
+
+@webhooks.command("secret")
+@click.option("--tenant", required=True, help="Tenant name (created if new).")
+@click.option("--rotate", is_flag=True, help="Issue a new secret; the old one keeps signing for 24 h.")
+def webhooks_secret(tenant: str, rotate: bool) -> None:
+    """Print the tenant's whsec_ signing secret (after rotating it with --rotate)."""
+    from gpujobs.auth import ensure_tenant, rotate_webhook_secret
+    from gpujobs.extensions import db
+
+    with _app().app_context():
+        if rotate:
+            click.echo(rotate_webhook_secret(tenant))
+        else:
+            secret = ensure_tenant(tenant).webhook_secret
+            db.session.commit()
+            click.echo(secret)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (the Procfile's release step)."""
+    from flask_migrate import upgrade
+
+    with _app().app_context():
+        upgrade()
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect jobs."""
+
+
+@jobs.command("list")
+@click.option("--tenant", help="Only this tenant's jobs.")
+@click.option("--status", help="Only jobs in this status.")
+@click.option("--limit", default=20, show_default=True)
+def jobs_list(tenant: str | None, status: str | None, limit: int) -> None:
+    """List the newest jobs, one JSON object per line."""
+    from gpujobs.extensions import db
+    from gpujobs.models import Job, Tenant
+    from gpujobs.serializers import job_to_dict
+
+    with _app().app_context():
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if tenant:
+            query = query.join(Tenant).where(Tenant.name == tenant)
+        if status:
+            query = query.where(Job.status == status)
+        for job in db.session.scalars(query):
+            click.echo(json.dumps(job_to_dict(job)))
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter queue."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=20, show_default=True)
+def dlq_list(limit: int) -> None:
+    """List dead letters not yet redriven, one JSON object per line."""
+    from gpujobs.extensions import db
+    from gpujobs.models import DeadLetter
+    from gpujobs.serializers import dead_letter_to_dict
+
+    with _app().app_context():
+        query = (
+            select(DeadLetter)
+            .where(DeadLetter.redriven_at.is_(None))
+            .order_by(DeadLetter.created_at.desc())
+            .limit(limit)
+        )
+        for letter in db.session.scalars(query):
+            click.echo(json.dumps(dead_letter_to_dict(letter)))
+
+
+@dlq.command("retry")
+@click.argument("dead_letter_id", type=click.UUID)
+@click.option("--max-attempts", type=click.IntRange(1, 100), help="Fresh attempt budget.")
+def dlq_retry(dead_letter_id: uuid.UUID, max_attempts: int | None) -> None:
+    """Redrive one dead letter: its job runs again with a fresh attempt budget."""
+    from gpujobs.extensions import db
+    from gpujobs.models import DeadLetter
+    from gpujobs.operations import redrive
+
+    with _app().app_context():
+        letter = db.session.get(DeadLetter, dead_letter_id)
+        if letter is None:
+            raise click.ClickException(f"no dead letter {dead_letter_id}")
+        job_id = redrive(dead_letter_id, letter.tenant_id, max_attempts)
+        if job_id is None:
+            raise click.ClickException(f"dead letter {dead_letter_id} was already redriven")
+        click.echo(str(job_id))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True)
+@click.option("--api-key", default="sk_simulator", show_default=True, help="Bearer key it accepts.")
+def simulator(host: str, port: int, api_key: str) -> None:
+    """Run the Novita API simulator in the foreground."""
+    from gpujobs.novita.simulator import serve
+
+    serve(host=host, port=port, api_key=api_key)
+
+
+@main.command()
+def dev() -> None:
+    """Run everything locally: embedded PostgreSQL and Redis, the simulator, API, worker, beat, Flower."""
+    from gpujobs.devserver import run
+
+    run()

@@ -1,0 +1,125 @@
+"""Configuration from the environment: one table of settings, parsed and checked once at start-up.
+
+The table is the single source for names, defaults and meanings; the README's configuration table
+lists the same rows (a test keeps them in step). A bad value stops the process with a message that
+names the variable, instead of surfacing later as an odd failure inside a worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpujobs.embedded_env import read_embedded_env
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NOVITA_DEFAULT_BASE_URL = "https://api.novita.ai/gpu-instance/openapi/v1"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("expected a positive number")
+    return value
+
+
+def _csv(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its default, how to parse it, and what it means."""
+
+    name: str
+    default: str | None
+    parse: Callable[[str], Any]
+    doc: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", None, str, "PostgreSQL URL. Unset: the embedded server that `make run` started."),
+    Setting("REDIS_URL", None, str, "Redis URL (Celery broker). Unset: the embedded server of `make run`."),
+    Setting("NOVITA_API_KEY", None, str, "Novita API key. Unset in `make run`: the simulator is used.", True),
+    Setting("NOVITA_BASE_URL", NOVITA_DEFAULT_BASE_URL, str, "Novita GPU instance API base URL."),
+    Setting(
+        "GPUJOBS_SECRET_KEY", None, str, "Signs dashboard sessions. Unset: a random key per process.", True
+    ),
+    Setting("GPUJOBS_DATA_DIR", str(PROJECT_ROOT / "var"), str, "Embedded servers' data and dev files."),
+    Setting("GPUJOBS_STORAGE_DIR", None, str, "Uploaded and encoded videos. Unset: `<data dir>/storage`."),
+    Setting("GPUJOBS_LOG_LEVEL", "INFO", str.upper, "Log level of every process."),
+    Setting("GPUJOBS_LEASE_SECONDS", "60", _positive_int, "A running job's lease; expired ones are rescued."),
+    Setting("GPUJOBS_SWEEP_INTERVAL_SECONDS", "5", _positive_float, "How often beat runs the fast sweeps."),
+    Setting("GPUJOBS_RETENTION_HOURS", "24", _positive_float, "Finished jobs and events older are deleted."),
+    Setting("GPUJOBS_CLEANUP_BATCH_SIZE", "5000", _positive_int, "Rows deleted per cleanup transaction."),
+    Setting("GPUJOBS_WEBHOOK_ALLOW_PRIVATE", "0", _bool, "Allow webhooks and call.api to private addresses."),
+    Setting(
+        "GPUJOBS_MONITOR_INTERVAL_SECONDS", "5", _positive_float, "Poll interval while an instance starts."
+    ),
+    Setting("GPUJOBS_MONITOR_TIMEOUT_SECONDS", "600", _positive_float, "Deadline for an instance to run."),
+    Setting(
+        "GPUJOBS_REGION_FALLBACK",
+        "CN-HK-01,AS-SGP-02,US-CA-06,EU-DE-01",
+        _csv,
+        "Regions tried in order after the requested one.",
+    ),
+    Setting("GPUJOBS_MAX_BODY_BYTES", str(1024 * 1024), _positive_int, "Largest JSON request body accepted."),
+    Setting("GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS", "30", _positive_float, "Worker soft-shutdown grace period."),
+)
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Parse every setting from ``environ`` (default: the process environment) into a config dict.
+
+    Values left unset fall back to the embedded servers recorded by ``make run`` under the data
+    directory, so the CLI in a second terminal talks to the same database as the running service.
+    """
+    env = dict(os.environ if environ is None else environ)
+    data_dir = Path(env.get("GPUJOBS_DATA_DIR") or PROJECT_ROOT / "var")
+    for name, value in read_embedded_env(data_dir).items():
+        env.setdefault(name, value)
+    config: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = env.get(setting.name, setting.default)
+        if raw is None:
+            config[setting.name] = None
+            continue
+        try:
+            config[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.name}: {exc}") from None
+    if not config["GPUJOBS_STORAGE_DIR"]:
+        config["GPUJOBS_STORAGE_DIR"] = str(Path(config["GPUJOBS_DATA_DIR"]) / "storage")
+    return config
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """Use psycopg2 explicitly and accept Heroku-style ``postgres://`` URLs."""
+    for prefix in ("postgres://", "postgresql://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg2://" + database_url[len(prefix) :]
+    return database_url

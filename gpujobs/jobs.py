@@ -1,0 +1,348 @@
+"""The job state machine. Every transition is one compare-and-set UPDATE in PostgreSQL.
+
+A task claims a job with ``UPDATE ... WHERE status IN (...) RETURNING attempt``; the returned attempt
+is the fencing token, and every later write carries ``AND attempt = :attempt``. A duplicate delivery
+finds no row to claim and exits; a worker that wakes up after its lease was rescued finds its writes
+refused. Functions here never commit: callers own the transaction, and publish only after commit.
+This module never imports Flask request objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+
+from gpujobs.definitions.registry import Definition
+from gpujobs.extensions import db
+from gpujobs.models import DeadLetter, Job, JobEvent
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
+SUCCEEDED, FAILED, CANCELLING, CANCELLED = "succeeded", "failed", "cancelling", "cancelled"
+STATUSES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
+TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+ACTIVE = (RUNNING, CANCELLING)
+
+# Stored as 0..3 so ORDER BY and queue choice are cheap; the API speaks the names.
+PRIORITY_NAMES = ("low", "normal", "high", "critical")
+PRIORITY_LEVELS = {name: level for level, name in enumerate(PRIORITY_NAMES)}
+DEFAULT_PRIORITY = "normal"
+
+
+def priority_level(value: str | int | None) -> int:
+    """Map a public priority (a name, or 0-10 with higher more urgent) onto the four levels."""
+    if value is None:
+        return PRIORITY_LEVELS[DEFAULT_PRIORITY]
+    if isinstance(value, bool):
+        raise ValueError("priority must be a name or an integer from 0 to 10")
+    if isinstance(value, int):
+        if not 0 <= value <= 10:
+            raise ValueError("priority integers run from 0 to 10")
+        return 0 if value <= 2 else 1 if value <= 5 else 2 if value <= 8 else 3
+    if value not in PRIORITY_LEVELS:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITY_NAMES)} or an integer from 0 to 10")
+    return PRIORITY_LEVELS[value]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (rows store timestamptz)."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker now runs, with the attempt number that fences every later write."""
+
+    job_id: uuid.UUID
+    attempt: int
+    tenant_id: uuid.UUID
+    params: dict[str, Any]
+    max_attempts: int
+
+
+def add_event(job_id: uuid.UUID, event_type: str, attempt: int, data: dict[str, Any] | None = None) -> None:
+    """Append one line to the job's timeline (in the caller's transaction)."""
+    db.session.execute(
+        insert(JobEvent).values(job_id=job_id, type=event_type, attempt=attempt, data=data or {})
+    )
+
+
+def new_job(
+    *,
+    tenant_id: uuid.UUID,
+    definition: Definition,
+    params: dict[str, Any],
+    priority: int,
+    max_attempts: int | None = None,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+) -> Job:
+    """Add a queued job and its first event to the session; the caller commits, then publishes."""
+    now = utcnow()
+    job = Job(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        definition_key=definition.key,
+        definition_version=definition.version,
+        params=params,
+        priority=priority,
+        status=QUEUED,
+        attempt=0,
+        max_attempts=max_attempts or definition.max_attempts,
+        timeout_seconds=definition.timeout_seconds,
+        webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
+        queued_at=now,
+        created_at=now,
+    )
+    db.session.add(job)
+    db.session.flush()
+    add_event(job.id, "job.queued", 0, {"priority": PRIORITY_NAMES[priority]})
+    return job
+
+
+def mark_published(job_id: uuid.UUID) -> None:
+    """Note that a message for this queued job went to the broker (the dispatch sweep skips it)."""
+    db.session.execute(
+        update(Job).where(Job.id == job_id, Job.status == QUEUED).values(published_at=func.now())
+    )
+
+
+def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Claim | None:
+    """Take a queued job for this worker, or None if it is not ours to run (duplicate, cancelled, full).
+
+    A definition's concurrency limit is cluster-wide: an advisory lock per definition serialises the
+    count-then-claim, so two workers cannot both take the last slot. A job refused for a full limit
+    goes back to "unpublished" and the dispatch sweep offers it again shortly.
+    """
+    if definition.concurrency_limit is not None:
+        db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:ref))"), {"ref": definition.ref})
+        running = db.session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(
+                Job.definition_key == definition.key,
+                Job.definition_version == definition.version,
+                Job.status.in_(ACTIVE),
+            )
+        )
+        if running >= definition.concurrency_limit:
+            db.session.execute(
+                update(Job).where(Job.id == job_id, Job.status == QUEUED).values(published_at=None)
+            )
+            log.info("job %s waits: %s is at its concurrency limit", job_id, definition.ref)
+            return None
+    row = db.session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED, Job.cancel_requested.is_(False))
+        .values(
+            status=RUNNING,
+            attempt=Job.attempt + 1,
+            started_at=func.now(),
+            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
+            progress=None,
+        )
+        .returning(Job.attempt, Job.tenant_id, Job.params, Job.max_attempts)
+    ).one_or_none()
+    if row is None:
+        return None
+    add_event(job_id, "job.started", row.attempt)
+    return Claim(job_id, row.attempt, row.tenant_id, row.params, row.max_attempts)
+
+
+def _fenced(job_id: uuid.UUID, attempt: int, *statuses: str) -> Any:
+    return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(statuses))
+
+
+def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: int) -> bool | None:
+    """Extend a running job's lease; returns its cancel flag, or None if the lease is no longer ours."""
+    return db.session.execute(
+        _fenced(job_id, attempt, *ACTIVE)
+        .values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
+        .returning(Job.cancel_requested)
+    ).scalar_one_or_none()
+
+
+def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
+    """Store the latest progress figure; False if this attempt no longer owns the job."""
+    result = db.session.execute(_fenced(job_id, attempt, *ACTIVE).values(progress=percent))
+    return result.rowcount == 1
+
+
+def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> bool:
+    """Finish a job as succeeded; False when a newer attempt or a rescue got there first."""
+    done = db.session.execute(
+        _fenced(job_id, attempt, *ACTIVE).values(
+            status=SUCCEEDED, result=result, error=None, progress=100.0, finished_at=func.now(),
+            lease_expires_at=None,
+        )
+    )  # fmt: skip
+    if done.rowcount != 1:
+        return False
+    add_event(job_id, "job.succeeded", attempt)
+    return True
+
+
+def cancel_running(job_id: uuid.UUID, attempt: int, reason: str) -> bool:
+    """Finish a job whose handler stopped because cancellation was requested."""
+    done = db.session.execute(
+        _fenced(job_id, attempt, *ACTIVE).values(
+            status=CANCELLED, error=reason, finished_at=func.now(), lease_expires_at=None
+        )
+    )
+    if done.rowcount != 1:
+        return False
+    add_event(job_id, "job.cancelled", attempt, {"reason": reason})
+    return True
+
+
+def fail_attempt(
+    job_id: uuid.UUID, attempt: int, error: str, *, retryable: bool, retry_delay_seconds: float
+) -> str | None:
+    """Record a failed attempt: ``retrying`` with a due time, or ``failed`` and dead-lettered.
+
+    Returns the new status, or None when the write was fenced out. This is the one place that
+    decides retry versus fail.
+    """
+    job = db.session.execute(
+        select(Job.max_attempts, Job.cancel_requested, Job.tenant_id, Job.definition_key).where(
+            Job.id == job_id, Job.attempt == attempt
+        )
+    ).one_or_none()
+    if job is None:
+        return None
+    if retryable and attempt < job.max_attempts and not job.cancel_requested:
+        due = utcnow() + timedelta(seconds=retry_delay_seconds)
+        done = db.session.execute(
+            _fenced(job_id, attempt, *ACTIVE).values(
+                status=RETRYING, error=error, next_retry_at=due, lease_expires_at=None
+            )
+        )
+        if done.rowcount != 1:
+            return None
+        add_event(job_id, "job.retrying", attempt, {"error": error, "nextRetryAt": due.isoformat()})
+        return RETRYING
+    return _fail(job_id, attempt, error, job.tenant_id, job.definition_key, from_statuses=ACTIVE)
+
+
+def _fail(
+    job_id: uuid.UUID,
+    attempt: int,
+    error: str,
+    tenant_id: uuid.UUID,
+    definition_key: str,
+    *,
+    from_statuses: tuple[str, ...],
+) -> str | None:
+    done = db.session.execute(
+        _fenced(job_id, attempt, *from_statuses).values(
+            status=FAILED, error=error, finished_at=func.now(), lease_expires_at=None, next_retry_at=None,
+            dead_lettered=True,
+        )
+    )  # fmt: skip
+    if done.rowcount != 1:
+        return None
+    db.session.add(
+        DeadLetter(
+            job_id=job_id, tenant_id=tenant_id, definition_key=definition_key, attempts=attempt, error=error
+        )
+    )
+    add_event(job_id, "job.failed", attempt, {"error": error})
+    add_event(job_id, "job.dead_lettered", attempt)
+    return FAILED
+
+
+def request_cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> str | None:
+    """Cancel a job: waiting jobs stop at once, running ones are asked to stop (a durable flag).
+
+    Returns the job's status after the request, or None when no such job belongs to the tenant.
+    """
+    waiting = db.session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_((QUEUED, RETRYING)))
+        .values(status=CANCELLED, cancel_requested=True, finished_at=func.now(), next_retry_at=None)
+        .returning(Job.attempt)
+    ).one_or_none()
+    if waiting is not None:
+        add_event(job_id, "job.cancelled", waiting.attempt, {"reason": "cancelled before it ran"})
+        return CANCELLED
+    running = db.session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == RUNNING)
+        .values(status=CANCELLING, cancel_requested=True)
+        .returning(Job.attempt)
+    ).one_or_none()
+    if running is not None:
+        add_event(job_id, "job.cancelling", running.attempt)
+        return CANCELLING
+    return db.session.scalar(select(Job.status).where(Job.id == job_id, Job.tenant_id == tenant_id))
+
+
+def redrive(dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, budget: int) -> uuid.UUID | None:
+    """Queue a dead-lettered job again with a fresh budget of ``budget`` more attempts.
+
+    The attempt counter keeps growing (it is the fence), so the budget is added on top of it.
+    Returns the job id, or None when the letter is unknown to the tenant or already redriven.
+    """
+    letter = db.session.execute(
+        update(DeadLetter)
+        .where(
+            DeadLetter.id == dead_letter_id,
+            DeadLetter.tenant_id == tenant_id,
+            DeadLetter.redriven_at.is_(None),
+        )
+        .values(redriven_at=func.now())
+        .returning(DeadLetter.job_id)
+    ).one_or_none()
+    if letter is None:
+        return None
+    row = db.session.execute(
+        update(Job)
+        .where(Job.id == letter.job_id, Job.status == FAILED)
+        .values(
+            status=QUEUED, max_attempts=Job.attempt + budget, dead_lettered=False, error=None,
+            cancel_requested=False, queued_at=func.now(), published_at=None, finished_at=None,
+        )
+        .returning(Job.attempt)
+    ).one_or_none()  # fmt: skip
+    if row is None:
+        return None
+    add_event(letter.job_id, "job.redriven", row.attempt, {"additionalAttempts": budget})
+    return letter.job_id
+
+
+def rescue(job_id: uuid.UUID, attempt: int) -> bool:
+    """Take back a job whose lease expired: requeue it, or fail it once its attempts are spent.
+
+    Returns True when the job was requeued (and must be published). A worker that lost its process
+    mid-job counts as a used attempt, so a poison job that kills workers stops at ``max_attempts``.
+    """
+    job = db.session.execute(
+        select(Job.max_attempts, Job.cancel_requested, Job.tenant_id, Job.definition_key).where(
+            Job.id == job_id, Job.attempt == attempt
+        )
+    ).one_or_none()
+    if job is None:
+        return False
+    if job.cancel_requested:
+        cancel_running(job_id, attempt, "cancelled; its worker stopped")
+        return False
+    if attempt >= job.max_attempts:
+        reason = "worker lost (lease expired) and no attempts left"
+        _fail(job_id, attempt, reason, job.tenant_id, job.definition_key, from_statuses=ACTIVE)
+        return False
+    done = db.session.execute(
+        _fenced(job_id, attempt, *ACTIVE).values(
+            status=QUEUED, queued_at=func.now(), published_at=None, lease_expires_at=None
+        )
+    )
+    if done.rowcount != 1:
+        return False
+    add_event(job_id, "job.rescued", attempt, {"reason": "lease expired"})
+    return True

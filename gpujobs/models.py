@@ -1,0 +1,277 @@
+"""The tables. PostgreSQL is the source of truth: every job, event, instance and delivery is a row.
+
+Models hold columns and indexes only; they never commit. The rules that change rows live in
+``gpujobs.jobs`` (the job state machine) and the other domain modules. Indexes follow the hot
+queries: a tenant's jobs by time/status/definition (keyset pagination), and partial indexes on the
+few rows each sweep must act on, so a sweep's cost follows the due rows, not the table size.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gpujobs.extensions import db
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Tenant(db.Model):
+    """A customer. Everything else belongs to exactly one tenant and is invisible to the others."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    name: Mapped[str] = mapped_column(String(100), unique=True, nullable=False)
+    # HMAC keys must be usable to sign, so they are stored as issued; they never leave in responses.
+    webhook_secret: Mapped[str] = mapped_column(String(100), nullable=False)
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ApiKey(db.Model):
+    """An API key, stored as a SHA-256 digest: a database leak does not leak usable keys."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    key_digest: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    prefix: Mapped[str] = mapped_column(String(16), nullable=False)  # shown to operators to tell keys apart
+    created_at: Mapped[datetime] = _created_at()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Job(db.Model):
+    """One unit of work and its whole state; ``attempt`` doubles as the fencing token."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    definition_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    definition_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    timeout_seconds: Mapped[int] = mapped_column(Integer, nullable=False)
+    progress: Mapped[float | None] = mapped_column()
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    dead_lettered: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[datetime] = _created_at()
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+    __table_args__ = (
+        Index("ix_jobs_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_jobs_tenant_status_created", "tenant_id", "status", text("created_at DESC"), text("id DESC")
+        ),
+        Index(
+            "ix_jobs_tenant_definition_created",
+            "tenant_id",
+            "definition_key",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
+        # The dispatch sweep: queued jobs whose message may never have gone out.
+        Index("ix_jobs_unpublished", "queued_at", postgresql_where=text("status = 'queued'")),
+        Index("ix_jobs_retry_due", "next_retry_at", postgresql_where=text("status = 'retrying'")),
+        Index(
+            "ix_jobs_lease",
+            "lease_expires_at",
+            postgresql_where=text("status IN ('running', 'cancelling')"),
+        ),
+        # Cluster-wide concurrency limits count the running jobs of one definition.
+        Index(
+            "ix_jobs_running_definition",
+            "definition_key",
+            "definition_version",
+            postgresql_where=text("status IN ('running', 'cancelling')"),
+        ),
+        Index(
+            "ix_jobs_finished",
+            "finished_at",
+            postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled')"),
+        ),
+        Index(
+            "uq_jobs_tenant_idempotency",
+            "tenant_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+    )
+
+
+class JobEvent(db.Model):
+    """One line of a job's timeline: every transition and every event its handler emits."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    type: Mapped[str] = mapped_column(String(64), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
+
+
+class DeadLetter(db.Model):
+    """A job that exhausted its attempts, kept for inspection until an operator redrives it."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    definition_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+    redriven_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_dead_letters_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_dead_letters_job", "job_id"),
+    )
+
+
+class Instance(db.Model):
+    """A Novita GPU instance as we know it; ``name`` is derived from the job so retries adopt it."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    name: Mapped[str] = mapped_column(String(100), unique=True, nullable=False)
+    novita_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    status: Mapped[str] = mapped_column(String(32), nullable=False, default="requested")
+    novita_status: Mapped[str | None] = mapped_column(String(32))
+    product_name: Mapped[str | None] = mapped_column(String(200))
+    product_id: Mapped[str | None] = mapped_column(String(200))
+    region: Mapped[str | None] = mapped_column(String(64))
+    cluster_id: Mapped[str | None] = mapped_column(String(64))
+    price_per_hour_units: Mapped[int | None] = mapped_column(Integer)  # Novita's 1/100,000 USD
+    endpoints: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+    ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+    __table_args__ = (
+        Index("ix_instances_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+    )
+
+
+class WebhookDelivery(db.Model):
+    """One event for one receiver; its id is the stable ``webhook-id`` across retries."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False)
+    job_attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # One event per job transition, however often the task that records it runs.
+        UniqueConstraint("job_id", "event_type", "job_attempt", name="uq_webhook_event"),
+        Index("ix_webhook_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+    )
+
+
+class IdempotencyRecord(db.Model):
+    """The first answer to an ``Idempotency-Key``, replayed to repeats of the same request."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    response_status: Mapped[int | None] = mapped_column(Integer)  # None while the first is in flight
+    response_body: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (Index("ix_idempotency_created", "created_at"),)
+
+
+class Schedule(db.Model):
+    """A cron schedule that submits a job at each tick."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    cron: Mapped[str] = mapped_column(String(100), nullable=False)
+    timezone: Mapped[str] = mapped_column(String(64), nullable=False, default="UTC")
+    definition_key: Mapped[str] = mapped_column(String(100), nullable=False)
+    definition_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    priority: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="uq_schedules_tenant_name"),
+        Index("ix_schedules_due", "next_run_at", postgresql_where=text("enabled")),
+    )

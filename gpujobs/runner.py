@@ -1,0 +1,191 @@
+"""Runs one claimed job: the handler, its context, its lease heartbeat, and the outcome.
+
+This is what the ``run_job`` task calls. It turns the handler's return or exception into exactly one
+fenced transition (``gpujobs.jobs``), then fires hooks and webhooks for terminal outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from flask import Flask, current_app
+
+from gpujobs import jobs, webhooks
+from gpujobs.definitions.registry import Definition, get_definition
+from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
+from gpujobs.extensions import db
+from gpujobs.models import Job
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHECK_INTERVAL_SECONDS = 1.0
+
+
+class RunContext:
+    """The ``JobContext`` a handler receives: events, progress and cancellation for one attempt."""
+
+    def __init__(self, claim: jobs.Claim, definition: Definition) -> None:
+        self.job_id = str(claim.job_id)
+        self.attempt = claim.attempt
+        self.tenant = str(claim.tenant_id)
+        self.definition = definition
+        self._claim = claim
+        self._cancelled = False
+        self._checked_at = 0.0
+
+    def emit_event(self, event_type: str, data: dict[str, Any] | None = None) -> None:
+        """Append ``job.<event_type>`` to the timeline at once (committed, visible to the API)."""
+        jobs.add_event(self._claim.job_id, f"job.{event_type}", self.attempt, data)
+        db.session.commit()
+
+    def progress(self, percent: float, message: str | None = None, **data: Any) -> None:
+        """Record progress as a number on the job and as a ``job.progress`` event."""
+        percent = max(0.0, min(100.0, float(percent)))
+        if not jobs.record_progress(self._claim.job_id, self.attempt, percent):
+            self._cancelled = True  # fenced out: someone else owns the job now, so stop
+        payload = {"percent": round(percent, 2), **({"message": message} if message else {}), **data}
+        jobs.add_event(self._claim.job_id, "job.progress", self.attempt, payload)
+        db.session.commit()
+
+    def cancel_requested(self) -> bool:
+        """True once cancellation was asked for (or the lease was lost); checked at most once a second."""
+        now = time.monotonic()
+        if not self._cancelled and now - self._checked_at >= CANCEL_CHECK_INTERVAL_SECONDS:
+            self._checked_at = now
+            flag = db.session.scalar(
+                db.select(Job.cancel_requested).where(
+                    Job.id == self._claim.job_id, Job.attempt == self.attempt
+                )
+            )
+            db.session.commit()
+            self._cancelled = flag is None or bool(flag)
+        return self._cancelled
+
+    def raise_if_cancelled(self) -> None:
+        """Raise ``JobCancelled`` at a safe point when cancellation was requested."""
+        if self.cancel_requested():
+            raise JobCancelled("cancelled on request")
+
+    def mark_cancelled(self) -> None:
+        """Called by the heartbeat when it learns of a cancel request or a lost lease."""
+        self._cancelled = True
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease every third of its length while the handler runs, in its own app context."""
+
+    def __init__(self, app: Flask, ctx: RunContext, lease_seconds: int) -> None:
+        super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
+        self._app, self._ctx, self._lease_seconds = app, ctx, lease_seconds
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        with self._app.app_context():
+            while not self._stop_event.wait(self._lease_seconds / 3):
+                try:
+                    flag = jobs.renew_lease(
+                        uuid.UUID(self._ctx.job_id), self._ctx.attempt, self._lease_seconds
+                    )
+                    db.session.commit()
+                except Exception:  # a blip in PostgreSQL: try again next beat; the lease has slack
+                    db.session.rollback()
+                    log.warning("job %s: lease renewal failed, will retry", self._ctx.job_id, exc_info=True)
+                    continue
+                if flag is None or flag:
+                    self._ctx.mark_cancelled()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def run_job(job_id: uuid.UUID) -> str | None:
+    """Claim and run one job; returns its new status, or None when it was not ours to run."""
+    row = db.session.execute(
+        db.select(Job.definition_key, Job.definition_version).where(Job.id == job_id)
+    ).one_or_none()
+    if row is None:
+        log.info("job %s: no such job (cleaned up?), message dropped", job_id)
+        return None
+    definition = get_definition(row.definition_key, row.definition_version)
+    if definition is None:
+        log.error("job %s: definition %s@%s is not registered here", job_id, *row)
+        return None
+    lease_seconds = current_app.config["GPUJOBS_LEASE_SECONDS"]
+    claim = jobs.claim(job_id, definition, lease_seconds)
+    db.session.commit()
+    if claim is None:
+        log.info("job %s: not claimable (duplicate delivery, cancelled or at its limit)", job_id)
+        return None
+    log.info("job %s: attempt %s of %s started", job_id, claim.attempt, definition.ref)
+    ctx = RunContext(claim, definition)
+    heartbeat = Heartbeat(current_app._get_current_object(), ctx, lease_seconds)  # type: ignore[attr-defined]
+    heartbeat.start()
+    try:
+        status = _execute(ctx, definition, claim)
+    finally:
+        heartbeat.stop()
+    log.info("job %s: attempt %s ended %s", job_id, claim.attempt, status or "fenced out")
+    return status
+
+
+def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> str | None:
+    params = claim.params
+    try:
+        _hook(definition.on_start, ctx, params)
+        result = definition.handler(ctx, params)
+    except JobCancelled as exc:
+        db.session.rollback()
+        cancelled = jobs.cancel_running(claim.job_id, claim.attempt, str(exc))
+        status = jobs.CANCELLED if cancelled else None
+    except Exception as exc:  # every failure, expected or not, becomes one recorded outcome
+        db.session.rollback()
+        status = _record_failure(definition, claim, exc)
+    else:
+        status = jobs.SUCCEEDED if jobs.succeed(claim.job_id, claim.attempt, result) else None
+    if status in jobs.TERMINAL:
+        webhooks.record_job_event(claim.job_id)
+    db.session.commit()
+    if status == jobs.SUCCEEDED:
+        _hook(definition.on_success, ctx, params)
+    elif status in (jobs.FAILED, jobs.RETRYING):
+        _hook(definition.on_fail, ctx, params)
+    if status in jobs.TERMINAL:
+        _hook(definition.on_end, ctx, params)
+        webhooks.publish_pending(claim.job_id)
+    return status
+
+
+def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseException) -> str | None:
+    """Turn an exception into ``retrying`` or ``failed``: permanent errors never retry."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        error = f"timed out after {definition.timeout_seconds} s"
+    elif isinstance(exc, (PermanentError, TransientError)):
+        error = str(exc) or type(exc).__name__
+    else:
+        log.exception("job %s: handler raised an unexpected error", claim.job_id)
+        error = f"{type(exc).__name__}: {exc}"
+    retry_after = getattr(exc, "retry_after_seconds", None)
+    delay = retry_after if retry_after is not None else definition.retry.delay_seconds(claim.attempt)
+    return jobs.fail_attempt(
+        claim.job_id,
+        claim.attempt,
+        error[:2000],
+        retryable=not isinstance(exc, PermanentError),
+        retry_delay_seconds=delay,
+    )
+
+
+def _hook(hook: Any, ctx: RunContext, params: dict[str, Any]) -> None:
+    """Run an optional hook; a failing hook is logged, never allowed to change the job's outcome."""
+    if hook is None:
+        return
+    try:
+        hook(ctx, params)
+    except Exception:
+        log.exception("job %s: hook %s failed", ctx.job_id, getattr(hook, "__name__", hook))

@@ -1,0 +1,150 @@
+"""The beat sweeps: they repair what a crash, a lost message or a dead worker left behind.
+
+Each sweep reads only due rows (partial indexes), takes them with ``FOR UPDATE SKIP LOCKED`` so two
+beats never act on the same row, handles rows one by one so one bad row never stops the rest, and
+logs what it did. Each is bounded per run; the next tick continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import redis
+from flask import current_app
+from sqlalchemy import delete, func, select, text, update
+
+from gpujobs import jobs, webhooks
+from gpujobs.dispatch import QUEUE_BY_PRIORITY, Dispatch, commit_and_publish
+from gpujobs.extensions import db
+from gpujobs.models import IdempotencyRecord, Job, WebhookDelivery
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH_SIZE = 500
+# A queued job published this long ago whose queue is empty in Redis lost its message.
+REPUBLISH_AFTER_SECONDS = 10
+IDEMPOTENCY_RETENTION_HOURS = 24
+
+
+def dispatch_due() -> int:
+    """Queue retries whose time came, and (re-)publish queued jobs with no message in Redis."""
+    promoted = db.session.execute(
+        update(Job)
+        .where(Job.id.in_(_due(Job.status == jobs.RETRYING, Job.next_retry_at <= func.now())))
+        .values(status=jobs.QUEUED, queued_at=func.now(), published_at=None, next_retry_at=None)
+        .returning(Job.id, Job.attempt)
+    ).all()
+    for job_id, attempt in promoted:
+        jobs.add_event(job_id, "job.queued", attempt, {"reason": "retry due"})
+    db.session.commit()
+    lost_queues = _empty_queues()
+    stale = func.now() - timedelta(seconds=REPUBLISH_AFTER_SECONDS)
+    unpublished = Job.published_at.is_(None)
+    lost = Job.priority.in_(lost_queues) & (Job.published_at < stale)
+    rows = db.session.execute(
+        select(Job.id, Job.priority, Job.timeout_seconds)
+        .where(Job.status == jobs.QUEUED, unpublished | lost if lost_queues else unpublished)
+        .order_by(Job.priority.desc(), Job.queued_at)
+        .limit(SWEEP_BATCH_SIZE)
+        .with_for_update(skip_locked=True)
+    ).all()
+    commit_and_publish(Dispatch(*row) for row in rows)
+    if promoted or rows:
+        log.info("dispatch sweep: %d retries due, %d jobs published", len(promoted), len(rows))
+    return len(rows)
+
+
+def _due(*conditions: object) -> object:
+    return select(Job.id).where(*conditions).limit(SWEEP_BATCH_SIZE).with_for_update(skip_locked=True)
+
+
+def _empty_queues() -> list[int]:
+    """Priority levels whose Redis queue holds no message (so queued jobs there lost theirs)."""
+    client = redis.Redis.from_url(current_app.config["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return [level for level, queue in enumerate(QUEUE_BY_PRIORITY) if client.llen(queue) == 0]
+    except redis.RedisError as exc:
+        log.warning("dispatch sweep: cannot read queue lengths (%s)", type(exc).__name__)
+        return []
+    finally:
+        client.close()
+
+
+def rescue_stuck() -> int:
+    """Requeue jobs whose worker stopped renewing the lease; fail jobs that ran past their timeout."""
+    expired = db.session.execute(
+        select(Job.id, Job.attempt)
+        .where(Job.status.in_(jobs.ACTIVE), Job.lease_expires_at < func.now())
+        .limit(SWEEP_BATCH_SIZE)
+        .with_for_update(skip_locked=True)
+    ).all()
+    overran = db.session.execute(
+        select(Job.id, Job.attempt, Job.timeout_seconds)
+        .where(
+            Job.status.in_(jobs.ACTIVE),
+            Job.lease_expires_at >= func.now(),
+            Job.started_at + Job.timeout_seconds * text("interval '1 second'") < func.now(),
+        )
+        .limit(SWEEP_BATCH_SIZE)
+        .with_for_update(skip_locked=True)
+    ).all()
+    requeued = [job_id for job_id, attempt in expired if jobs.rescue(job_id, attempt)]
+    for job_id, attempt, timeout in overran:
+        jobs.fail_attempt(
+            job_id, attempt, f"timed out after {timeout} s", retryable=True, retry_delay_seconds=0
+        )
+    ended = [row[0] for row in (*expired, *overran) if row[0] not in requeued]
+    for job_id in ended:
+        webhooks.record_job_event(job_id)
+    requeued_rows = db.session.execute(
+        select(Job.id, Job.priority, Job.timeout_seconds).where(
+            Job.id.in_(requeued), Job.status == jobs.QUEUED
+        )
+    ).all()
+    commit_and_publish(Dispatch(*row) for row in requeued_rows)
+    for job_id in ended:
+        webhooks.publish_pending(job_id)
+    if expired or overran:
+        log.info("rescue sweep: %d leases expired, %d jobs timed out", len(expired), len(overran))
+    return len(expired) + len(overran)
+
+
+def publish_due_webhooks() -> int:
+    """Hand every pending delivery whose time came to the webhook queue (delivery claims it)."""
+    due = db.session.scalars(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= func.now())
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(SWEEP_BATCH_SIZE)
+    ).all()
+    db.session.commit()
+    celery = current_app.extensions["celery"]
+    for delivery_id in due:
+        celery.send_task(webhooks.DELIVER_TASK, args=[str(delivery_id)], queue="webhooks")
+    return len(due)
+
+
+def clean_up() -> int:
+    """Delete finished jobs past retention (events and deliveries go with them), batch by batch."""
+    cutoff = func.now() - timedelta(hours=current_app.config["GPUJOBS_RETENTION_HOURS"])
+    batch_size = current_app.config["GPUJOBS_CLEANUP_BATCH_SIZE"]
+    total = 0
+    while True:
+        batch = (
+            select(Job.id)
+            .where(Job.status.in_(jobs.TERMINAL), Job.finished_at < cutoff)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        deleted = db.session.execute(delete(Job).where(Job.id.in_(batch))).rowcount
+        db.session.commit()
+        total += deleted
+        if deleted < batch_size:
+            break
+    old_keys = func.now() - timedelta(hours=IDEMPOTENCY_RETENTION_HOURS)
+    db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < old_keys))
+    db.session.commit()
+    if total:
+        log.info("cleanup sweep: %d finished jobs removed", total)
+    return total

@@ -1,0 +1,45 @@
+"""Celery tasks: thin entry points over the domain modules. Each is safe to run twice."""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import shared_task
+
+from gpujobs import runner, sweeps, webhooks
+
+
+@shared_task(name="gpujobs.run_job")
+def run_job(job_id: str) -> None:
+    """Run one job (queue, time limits chosen per job when it is published)."""
+    runner.run_job(uuid.UUID(job_id))
+
+
+@shared_task(name=webhooks.DELIVER_TASK, soft_time_limit=60, time_limit=90)
+def deliver_webhook(delivery_id: str) -> None:
+    """Send one webhook delivery attempt."""
+    webhooks.deliver(uuid.UUID(delivery_id))
+
+
+@shared_task(name="gpujobs.sweep.dispatch", soft_time_limit=60, time_limit=90)
+def sweep_dispatch() -> None:
+    """Publish jobs whose message never went out or was lost, and retries whose time came."""
+    sweeps.dispatch_due()
+
+
+@shared_task(name="gpujobs.sweep.rescue", soft_time_limit=60, time_limit=90)
+def sweep_rescue() -> None:
+    """Rescue jobs whose lease expired and time out jobs that overran."""
+    sweeps.rescue_stuck()
+
+
+@shared_task(name="gpujobs.sweep.webhooks", soft_time_limit=60, time_limit=90)
+def sweep_webhooks() -> None:
+    """Publish webhook deliveries whose next attempt is due."""
+    sweeps.publish_due_webhooks()
+
+
+@shared_task(name="gpujobs.sweep.cleanup", soft_time_limit=600, time_limit=660)
+def sweep_cleanup() -> None:
+    """Delete finished jobs (with their events and deliveries) past retention, in batches."""
+    sweeps.clean_up()

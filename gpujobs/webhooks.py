@@ -1,0 +1,161 @@
+"""Signed webhook deliveries (Standard Webhooks): recorded as rows, sent and retried by tasks.
+
+An event is recorded in the same transaction as the transition that caused it, at most once per
+job attempt and type (a unique constraint), so its ``webhook-id`` is stable however often tasks
+run. Sending happens after commit; the job's own outcome never waits on the receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from gpujobs import jobs
+from gpujobs.exceptions import GpuJobsError
+from gpujobs.extensions import db
+from gpujobs.models import Instance, Job, Tenant, WebhookDelivery
+from gpujobs.outbound import send
+from gpujobs.serializers import instance_to_dict, job_to_dict
+from gpujobs.signing import webhook_headers
+
+log = logging.getLogger(__name__)
+
+DELIVER_TASK = "gpujobs.webhooks.deliver"
+# Delay before each retry (after the first try), after the Standard Webhooks / Svix schedule:
+# about 27 hours in all, so a receiver that is down overnight still gets its events.
+RETRY_SCHEDULE_SECONDS = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
+RETRY_JITTER_FRACTION = 0.1
+# A claimed delivery is re-offered by the sweep if its sender vanished for this long.
+SEND_LEASE_SECONDS = 60
+CONNECT_TIMEOUT_SECONDS = 5.0
+TOTAL_TIMEOUT_SECONDS = 15.0
+EVENT_BY_STATUS = {
+    jobs.SUCCEEDED: "job.succeeded",
+    jobs.FAILED: "job.failed",
+    jobs.CANCELLED: "job.cancelled",
+}
+
+
+def record_event(job: Job, event_type: str, instance: Instance | None = None) -> None:
+    """Record ``event_type`` for the job's receiver, once per job attempt (in the caller's transaction)."""
+    if not job.webhook_url:
+        return
+    payload = {
+        "type": event_type,
+        "timestamp": jobs.utcnow().isoformat(),
+        "data": {"job": job_to_dict(job), "instance": instance_to_dict(instance) if instance else None},
+    }
+    db.session.execute(
+        insert(WebhookDelivery)
+        .values(
+            id=uuid.uuid4(), tenant_id=job.tenant_id, job_id=job.id, job_attempt=job.attempt,
+            event_type=event_type, url=job.webhook_url, payload=payload, status="pending",
+            next_attempt_at=func.now(),
+        )
+        .on_conflict_do_nothing(constraint="uq_webhook_event")
+    )  # fmt: skip
+
+
+def record_job_event(job_id: uuid.UUID) -> None:
+    """Record the ``job.<outcome>`` event of a job that just reached a terminal status."""
+    job = db.session.get(Job, job_id, populate_existing=True)
+    if job is not None and job.status in EVENT_BY_STATUS:
+        instance = db.session.scalar(select(Instance).where(Instance.job_id == job.id))
+        record_event(job, EVENT_BY_STATUS[job.status], instance)
+
+
+def publish_pending(job_id: uuid.UUID) -> None:
+    """After commit, hand the job's due deliveries to the webhook queue (the sweep covers failures)."""
+    due = db.session.scalars(
+        select(WebhookDelivery.id).where(
+            WebhookDelivery.job_id == job_id,
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.attempts == 0,
+        )
+    ).all()
+    celery = current_app.extensions["celery"]
+    for delivery_id in due:
+        try:
+            celery.send_task(DELIVER_TASK, args=[str(delivery_id)], queue="webhooks")
+        except Exception as exc:  # broker away: the webhook sweep sends it
+            log.warning("delivery %s not published (%s)", delivery_id, type(exc).__name__)
+
+
+def signing_secrets(tenant: Tenant) -> list[str]:
+    """The tenant's current secret, plus the previous one while a rotation overlaps."""
+    secrets = [tenant.webhook_secret]
+    expires = tenant.previous_secret_expires_at
+    if tenant.previous_webhook_secret and expires and expires > jobs.utcnow():
+        secrets.append(tenant.previous_webhook_secret)
+    return secrets
+
+
+def deliver(delivery_id: uuid.UUID) -> str | None:
+    """Try one delivery now; returns its new status, or None when another sender holds it."""
+    attempt = db.session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at <= func.now(),
+        )
+        .values(
+            attempts=WebhookDelivery.attempts + 1,
+            next_attempt_at=func.now() + timedelta(seconds=SEND_LEASE_SECONDS),
+        )
+        .returning(WebhookDelivery.attempts)
+    ).scalar_one_or_none()
+    db.session.commit()
+    if attempt is None:
+        return None
+    delivery = db.session.get(WebhookDelivery, delivery_id)
+    tenant = db.session.get(Tenant, delivery.tenant_id)
+    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
+    headers = webhook_headers(signing_secrets(tenant), str(delivery.id), int(time.time()), body)
+    status_code, error = _send(delivery.url, body, headers)
+    new_status, next_at = _outcome(status_code, attempt)
+    db.session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt)
+        .values(
+            status=new_status, last_status_code=status_code, last_error=error, next_attempt_at=next_at,
+            delivered_at=func.now() if new_status == "succeeded" else None,
+        )
+    )  # fmt: skip
+    db.session.commit()
+    log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
+    return new_status
+
+
+def _send(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+    try:
+        response = send(
+            "POST", url, data=body, headers=headers,
+            allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"],
+            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS, total_timeout_seconds=TOTAL_TIMEOUT_SECONDS,
+        )  # fmt: skip
+    except GpuJobsError as exc:
+        return None, str(exc)[:500]
+    error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+    return response.status_code, error
+
+
+def _outcome(status_code: int | None, attempt: int) -> tuple[str, object]:
+    """2xx succeeds, 410 disables, anything else (redirects included) retries on the schedule."""
+    if status_code is not None and 200 <= status_code < 300:
+        return "succeeded", None
+    if status_code == 410:
+        return "disabled", None
+    if attempt > len(RETRY_SCHEDULE_SECONDS):
+        return "failed", None
+    delay = RETRY_SCHEDULE_SECONDS[attempt - 1]
+    delay *= 1 + random.uniform(-RETRY_JITTER_FRACTION, RETRY_JITTER_FRACTION)
+    return "pending", jobs.utcnow() + timedelta(seconds=delay)

@@ -1,0 +1,183 @@
+"""Shared fixtures: real PostgreSQL and Redis (embedded unless TEST_DATABASE_URL / TEST_REDIS_URL),
+migrations applied once, every table emptied before each test, and real Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+from sqlalchemy import text
+
+from gpujobs.embedded import EmbeddedPostgres, EmbeddedRedis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import make_tenant
+
+WORKER_READY_TIMEOUT_SECONDS = 60
+# Short timings so crash recovery is observable in seconds, not minutes.
+TEST_SETTINGS = {
+    "GPUJOBS_LEASE_SECONDS": "3",
+    "GPUJOBS_SWEEP_INTERVAL_SECONDS": "1",
+    "GPUJOBS_WEBHOOK_ALLOW_PRIVATE": "1",
+    "GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS": "5",
+    "GPUJOBS_MONITOR_INTERVAL_SECONDS": "0.5",
+}
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """URLs of a real PostgreSQL and Redis for the whole run."""
+    base = tmp_path_factory.mktemp("servers")
+    stops: list[Callable[[], None]] = []
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    if not database_url:
+        postgres = EmbeddedPostgres(base / "postgres")
+        database_url = postgres.start()
+        stops.append(postgres.stop)
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not redis_url:
+        broker = EmbeddedRedis(base / "redis")
+        redis_url = broker.start()
+        stops.append(broker.stop)
+    yield {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    for stop in reversed(stops):
+        stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment every process of the service under test gets (API, workers, CLI)."""
+    env = dict(servers, **TEST_SETTINGS)
+    env["GPUJOBS_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    os.environ.update(env)
+    return env
+
+
+@pytest.fixture(scope="session")
+def app(service_env: dict[str, str]) -> Iterator[Flask]:
+    """The Flask app, with the schema built by the real migrations."""
+    from flask_migrate import upgrade
+
+    from gpujobs import create_app
+
+    flask_app = create_app({"TESTING": True})
+    with flask_app.app_context():
+        upgrade()
+    yield flask_app
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(request: pytest.FixtureRequest) -> None:
+    """Empty every table and the broker before each test that uses the app."""
+    if "app" not in request.fixturenames:
+        return
+    flask_app: Flask = request.getfixturevalue("app")
+    from gpujobs.extensions import db
+
+    with flask_app.app_context():
+        tables = ", ".join(t.name for t in db.metadata.sorted_tables)
+        db.session.execute(text(f"TRUNCATE {tables} CASCADE"))
+        db.session.commit()
+    redis.Redis.from_url(flask_app.config["REDIS_URL"]).flushdb()
+
+
+@pytest.fixture
+def app_context(app: Flask) -> Iterator[None]:
+    """An application context for calling domain code directly."""
+    from gpujobs.extensions import db
+
+    with app.app_context():
+        yield
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app: Flask):
+    """A test client of the real app."""
+    return app.test_client()
+
+
+@pytest.fixture
+def tenant(app: Flask) -> dict[str, str]:
+    """A tenant with an API key: ``{"id", "name", "key", "headers"}``."""
+    return make_tenant(app, "acme")
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess of the service under test."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int, name: str) -> None:
+        from gpujobs.devserver import worker_command
+
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            worker_command(concurrency, hostname=f"{name}@%h"),
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited at start:\n{self.log()}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in time:\n{self.log()}")
+
+    def log(self) -> str:
+        """Everything the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def child_pids(self) -> list[int]:
+        """Process ids of the pool's child processes (where tasks run)."""
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def stop(self) -> None:
+        """Warm shutdown, then kill if it lingers."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def start_worker(
+    service_env: dict[str, str], app: Flask, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start a real worker (extra env overrides allowed); all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 2, name: str = "w1", **overrides: str) -> WorkerProcess:
+        env = dict(os.environ, **service_env, **overrides)
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        worker = WorkerProcess(env, tmp_path / f"{name}.log", concurrency, name)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    """One real worker with two pool processes."""
+    return start_worker()

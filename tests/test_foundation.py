@@ -1,0 +1,153 @@
+"""The skeleton: app factory, configuration, migrations, probes and the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine, inspect, text
+
+from gpujobs import create_app
+from gpujobs.config import SETTINGS, ConfigError, load_config, sqlalchemy_url
+from gpujobs.embedded import free_port
+
+
+def test_config_uses_documented_defaults_when_the_environment_is_empty(tmp_path):
+    config = load_config({"GPUJOBS_DATA_DIR": str(tmp_path)})
+    assert config["NOVITA_BASE_URL"] == "https://api.novita.ai/gpu-instance/openapi/v1"
+    assert config["GPUJOBS_LEASE_SECONDS"] == 60
+    assert config["GPUJOBS_RETENTION_HOURS"] == 24
+    assert config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"] is False
+    assert config["GPUJOBS_STORAGE_DIR"] == str(tmp_path / "storage")
+    assert config["DATABASE_URL"] is None
+
+
+def test_config_parses_types_and_names_the_variable_of_a_bad_value(tmp_path):
+    env = {"GPUJOBS_DATA_DIR": str(tmp_path), "GPUJOBS_WEBHOOK_ALLOW_PRIVATE": "yes"}
+    env["GPUJOBS_REGION_FALLBACK"] = "EU-DE-01, US-CA-06"
+    config = load_config(env)
+    assert config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"] is True
+    assert config["GPUJOBS_REGION_FALLBACK"] == ["EU-DE-01", "US-CA-06"]
+    with pytest.raises(ConfigError, match="GPUJOBS_LEASE_SECONDS"):
+        load_config({"GPUJOBS_DATA_DIR": str(tmp_path), "GPUJOBS_LEASE_SECONDS": "-3"})
+
+
+def test_config_falls_back_to_the_embedded_servers_that_make_run_recorded(tmp_path):
+    (tmp_path / "embedded.env").write_text(
+        "DATABASE_URL=postgresql://x@/db\nREDIS_URL=redis://127.0.0.1:1/0\n"
+    )
+    config = load_config({"GPUJOBS_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://elsewhere:6379/0"})
+    assert config["DATABASE_URL"] == "postgresql://x@/db"
+    assert config["REDIS_URL"] == "redis://elsewhere:6379/0"
+
+
+def test_postgres_urls_are_pinned_to_psycopg2():
+    assert sqlalchemy_url("postgres://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+    assert sqlalchemy_url("postgresql://u@/db?host=/tmp") == "postgresql+psycopg2://u@/db?host=/tmp"
+
+
+def test_readme_configuration_table_lists_every_setting():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
+    assert missing == []
+
+
+def test_factory_builds_an_app_with_celery_configured_for_reliability(app: Flask):
+    celery = app.extensions["celery"]
+    assert celery.conf.broker_url == app.config["REDIS_URL"]
+    assert celery.conf.task_acks_late is True
+    assert celery.conf.task_reject_on_worker_lost is True
+    assert celery.conf.worker_prefetch_multiplier == 1
+    assert celery.conf.broker_transport_options["visibility_timeout"] > celery.conf.task_time_limit
+    assert "gpujobs.run_job" in celery.tasks or "gpujobs.tasks" in celery.conf.include
+
+
+def test_migrations_build_the_whole_schema_on_an_empty_database(app: Flask, servers):
+    from flask_migrate import downgrade, upgrade
+
+    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS migration_check"))
+        conn.execute(text("CREATE DATABASE migration_check"))
+    url = servers["DATABASE_URL"].replace("/gpujobs", "/migration_check")
+    fresh = create_app({"DATABASE_URL": url, "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
+    fresh.config["SQLALCHEMY_DATABASE_URI"] = sqlalchemy_url(url)
+    with fresh.app_context():
+        upgrade()
+        from gpujobs.extensions import db
+
+        tables = set(inspect(db.engine).get_table_names())
+        indexes = {ix["name"] for ix in inspect(db.engine).get_indexes("jobs")}
+        downgrade(revision="base")
+        remaining = set(inspect(db.engine).get_table_names()) - {"alembic_version"}
+        db.engine.dispose()
+    assert {"jobs", "job_events", "instances", "webhook_deliveries", "dead_letters", "tenants"} <= tables
+    assert {"ix_jobs_unpublished", "ix_jobs_retry_due", "ix_jobs_lease"} <= indexes
+    assert remaining == set()
+
+
+def test_health_answers_without_backends(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok"}
+
+
+def test_ready_is_200_when_postgres_and_redis_answer(client):
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.json["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+def test_ready_is_503_naming_redis_when_redis_is_down(app: Flask):
+    down = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    response = down.test_client().get("/ready")
+    assert response.status_code == 503
+    assert response.json["checks"]["postgres"] == "ok"
+    assert response.json["checks"]["redis"].startswith("error")
+
+
+def _cli(service_env, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **service_env)
+    return subprocess.run(
+        [sys.executable, "-m", "gpujobs", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, service_env):
+    from gpujobs.auth import authenticate
+    from gpujobs.extensions import db
+    from gpujobs.models import ApiKey
+
+    result = _cli(service_env, "keys", "create", "--tenant", "cli-tenant")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gj_")
+    key = lines[0]
+    with app.app_context():
+        stored = db.session.execute(text("SELECT key_digest, prefix FROM api_keys")).all()
+        assert len(stored) == 1 and key not in stored[0].key_digest and stored[0].key_digest != key
+        assert authenticate(key).name == "cli-tenant"
+        assert authenticate(key + "x") is None
+        assert db.session.query(ApiKey).count() == 1
+
+
+def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flask, service_env):
+    first = _cli(service_env, "webhooks", "secret", "--tenant", "hooks")
+    again = _cli(service_env, "webhooks", "secret", "--tenant", "hooks")
+    rotated = _cli(service_env, "webhooks", "secret", "--tenant", "hooks", "--rotate")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("whsec_") and first.stdout.count("\n") == 1
+    assert again.stdout == first.stdout
+    assert rotated.stdout.startswith("whsec_") and rotated.stdout != first.stdout
+
+
+def test_an_api_key_from_the_cli_works_on_an_authenticated_endpoint(client, service_env):
+    key = _cli(service_env, "keys", "create", "--tenant", "api-user").stdout.strip()
+    assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    refused = client.get("/v1/jobs", headers={"Authorization": "Bearer gj_wrong"})
+    assert refused.status_code == 401
+    assert refused.content_type == "application/problem+json"
