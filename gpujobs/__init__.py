@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import secrets
 from typing import Any
@@ -38,6 +39,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     celery_init_app(app)
 
     from gpujobs import definitions  # noqa: F401  (registers the built-in definitions)
+
+    for module in app.config["GPUJOBS_DEFINITION_MODULES"]:
+        importlib.import_module(module)
     from gpujobs.api import register_api
     from gpujobs.health import bp as health_bp
 

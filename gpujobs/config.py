@@ -87,6 +87,7 @@ SETTINGS: tuple[Setting, ...] = (
         _csv,
         "Regions tried in order after the requested one.",
     ),
+    Setting("GPUJOBS_DEFINITION_MODULES", "", _csv, "Extra modules to import for your own job definitions."),
     Setting("GPUJOBS_MAX_BODY_BYTES", str(1024 * 1024), _positive_int, "Largest JSON request body accepted."),
     Setting("GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS", "30", _positive_float, "Worker soft-shutdown grace period."),
 )

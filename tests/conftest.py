@@ -28,6 +28,7 @@ TEST_SETTINGS = {
     "GPUJOBS_WEBHOOK_ALLOW_PRIVATE": "1",
     "GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS": "5",
     "GPUJOBS_MONITOR_INTERVAL_SECONDS": "0.5",
+    "GPUJOBS_DEFINITION_MODULES": "sample_definitions",
 }
 
 
@@ -167,7 +168,8 @@ def start_worker(
 
     def start(concurrency: int = 2, name: str = "w1", **overrides: str) -> WorkerProcess:
         env = dict(os.environ, **service_env, **overrides)
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        here = Path(__file__).resolve().parent
+        env["PYTHONPATH"] = os.pathsep.join((str(here.parent), str(here)))
         worker = WorkerProcess(env, tmp_path / f"{name}.log", concurrency, name)
         started.append(worker)
         return worker

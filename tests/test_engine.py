@@ -1,0 +1,217 @@
+"""The job engine end to end: real PostgreSQL, Redis and Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from itertools import pairwise
+
+from flask import Flask
+from helpers import wait_for
+from sqlalchemy import select
+
+from gpujobs import jobs, operations
+from gpujobs.definitions import get_definition
+from gpujobs.dispatch import Dispatch, publish
+from gpujobs.extensions import db
+from gpujobs.models import DeadLetter, Job, JobEvent
+
+
+def submit(app: Flask, tenant: dict, key: str, params: dict | None = None, **options) -> uuid.UUID:
+    with app.app_context():
+        job = operations.submit(uuid.UUID(tenant["id"]), key, 1, params or {}, **options)
+        job_id = job.id
+        db.session.remove()
+    return job_id
+
+
+def job_row(app: Flask, job_id: uuid.UUID) -> Job:
+    with app.app_context():
+        job = db.session.get(Job, job_id)
+        db.session.expunge(job)
+        db.session.remove()
+    return job
+
+
+def event_types(app: Flask, job_id: uuid.UUID) -> list[str]:
+    with app.app_context():
+        types = db.session.scalars(
+            select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        )
+        result = list(types)
+        db.session.remove()
+    return result
+
+
+def status_is(app: Flask, job_id: uuid.UUID, *statuses: str):
+    return lambda: job_row(app, job_id).status in statuses
+
+
+def test_a_job_runs_once_to_succeeded_with_its_result_and_timeline(app, tenant, worker):
+    job_id = submit(app, tenant, "echo", {"message": "hi"})
+    wait_for(status_is(app, job_id, "succeeded"))
+    job = job_row(app, job_id)
+    assert job.attempt == 1 and job.result is not None and job.finished_at is not None
+    assert event_types(app, job_id) == ["job.queued", "job.started", "job.succeeded"]
+
+
+def test_a_duplicate_delivery_of_the_same_message_runs_the_handler_once(app, tenant, worker):
+    job_id = submit(app, tenant, "test.sleep", {"seconds": 0.3})
+    with app.app_context():
+        for _ in range(3):  # the same id published again, as a redelivery would
+            publish(Dispatch(job_id, 1, 60))
+    wait_for(status_is(app, job_id, "succeeded"))
+    time.sleep(1.0)  # give the duplicates time to be consumed
+    types = event_types(app, job_id)
+    assert types.count("job.started") == 1 and types.count("job.effect") == 1
+
+
+def test_a_stale_attempt_cannot_overwrite_newer_state(app_context, tenant):
+    definition = get_definition("test.sleep", 1)
+    job = jobs.new_job(tenant_id=uuid.UUID(tenant["id"]), definition=definition, params={}, priority=1)
+    db.session.commit()
+    first = jobs.claim(job.id, definition, lease_seconds=60)
+    db.session.commit()
+    assert jobs.rescue(job.id, first.attempt)  # as if its lease had expired
+    second = jobs.claim(job.id, definition, lease_seconds=60)
+    db.session.commit()
+    assert second.attempt == first.attempt + 1
+    assert jobs.succeed(job.id, first.attempt, {"late": True}) is False
+    assert jobs.renew_lease(job.id, first.attempt, 60) is None
+    assert jobs.succeed(job.id, second.attempt, {"fresh": True}) is True
+    db.session.commit()
+    assert db.session.get(Job, job.id).result == {"fresh": True}
+
+
+def test_a_worker_killed_mid_job_is_rescued_after_its_lease_and_the_job_completes(app, tenant, start_worker):
+    from gpujobs.sweeps import dispatch_due, rescue_stuck
+
+    victim = start_worker(concurrency=1, name="victim")
+    job_id = submit(app, tenant, "test.sleep", {"seconds": 3})
+    wait_for(status_is(app, job_id, "running"))
+    time.sleep(0.5)
+    for pid in [victim.process.pid, *victim.child_pids()]:
+        os.kill(pid, signal.SIGKILL)
+    start_worker(concurrency=1, name="rescuer")
+    started = time.monotonic()
+
+    def rescued_and_done() -> bool:
+        with app.app_context():
+            rescue_stuck()
+            dispatch_due()
+            db.session.remove()
+        return job_row(app, job_id).status == "succeeded"
+
+    wait_for(rescued_and_done, timeout=40, interval=0.5)
+    assert time.monotonic() - started < 40
+    types = event_types(app, job_id)
+    assert "job.rescued" in types and types.count("job.effect") == 1
+    assert job_row(app, job_id).attempt == 2
+
+
+def test_transient_failures_retry_with_backoff_then_succeed(app, tenant, worker):
+    from gpujobs.sweeps import dispatch_due
+
+    job_id = submit(app, tenant, "test.flaky")
+
+    def advanced() -> bool:
+        with app.app_context():
+            dispatch_due()
+            db.session.remove()
+        return job_row(app, job_id).status == "succeeded"
+
+    wait_for(advanced, timeout=30, interval=0.2)
+    with app.app_context():
+        retries = db.session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job_id, JobEvent.type == "job.retrying")
+            .order_by(JobEvent.id)
+        ).all()
+        for event in retries:
+            delay = (
+                jobs.datetime.fromisoformat(event.data["nextRetryAt"]) - event.created_at
+            ).total_seconds()
+            # RetryPolicy(0.5, 1.0) with full jitter: attempt 1 waits 0.25-0.5 s, attempt 2 0.5-1 s
+            assert 0.2 <= delay <= 1.1, delay
+        db.session.remove()
+    assert len(retries) == 2
+    assert job_row(app, job_id).attempt == 3
+
+
+def test_exhausted_attempts_land_in_the_dead_letter_queue_and_redrive_runs_again(app, tenant, worker):
+    from gpujobs.sweeps import dispatch_due
+
+    job_id = submit(app, tenant, "failing", {}, max_attempts=2)
+
+    def settled() -> bool:
+        with app.app_context():
+            dispatch_due()
+            db.session.remove()
+        return job_row(app, job_id).status == "failed"
+
+    wait_for(settled, timeout=40, interval=0.3)
+    with app.app_context():
+        letter = db.session.scalar(select(DeadLetter).where(DeadLetter.job_id == job_id))
+        assert letter is not None and letter.attempts == 2
+        assert operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1) == job_id
+        assert operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1) is None  # only once
+        db.session.remove()
+    wait_for(
+        lambda: job_row(app, job_id).attempt == 3 and job_row(app, job_id).status == "failed", timeout=30
+    )
+    assert job_row(app, job_id).dead_lettered
+    assert "job.redriven" in event_types(app, job_id)
+
+
+def test_a_queued_job_cancels_at_once_and_never_runs(app, tenant):
+    job_id = submit(app, tenant, "echo", {"message": "never"})
+    with app.app_context():
+        assert operations.cancel(job_id, uuid.UUID(tenant["id"])) == "cancelled"
+        assert operations.cancel(job_id, uuid.uuid4()) is None  # another tenant cannot see it
+        db.session.remove()
+    assert job_row(app, job_id).status == "cancelled"
+
+
+def test_a_running_job_is_asked_to_stop_and_ends_cancelled(app, tenant, worker):
+    job_id = submit(app, tenant, "test.sleep", {"seconds": 30})
+    wait_for(status_is(app, job_id, "running"))
+    with app.app_context():
+        assert operations.cancel(job_id, uuid.UUID(tenant["id"])) == "cancelling"
+        db.session.remove()
+    wait_for(status_is(app, job_id, "cancelled"), timeout=10)
+    assert "job.effect" not in event_types(app, job_id)
+
+
+def test_a_critical_job_overtakes_a_backlog_of_low_jobs(app, tenant, start_worker):
+    backlog = [submit(app, tenant, "echo", {"message": str(i)}, priority="low") for i in range(300)]
+    urgent = submit(app, tenant, "echo", {"message": "urgent"}, priority="critical")
+    start_worker(concurrency=1, name="single")
+    wait_for(status_is(app, urgent, "succeeded"), timeout=60)
+    with app.app_context():
+        done_before = db.session.scalar(
+            select(db.func.count()).select_from(Job).where(Job.id.in_(backlog), Job.status == "succeeded")
+        )
+        db.session.remove()
+    # The worker had at most a message or two in hand when the critical job arrived.
+    assert done_before <= 3, done_before
+
+
+def test_a_concurrency_limit_holds_across_two_worker_processes(app, tenant, start_worker):
+    from gpujobs.sweeps import dispatch_due
+
+    start_worker(concurrency=2, name="a")
+    start_worker(concurrency=2, name="b")
+    ids = [submit(app, tenant, "test.limited", {"seconds": 0.5}) for _ in range(4)]
+
+    def all_done() -> bool:
+        with app.app_context():
+            dispatch_due()
+            db.session.remove()
+        return all(job_row(app, job_id).status == "succeeded" for job_id in ids)
+
+    wait_for(all_done, timeout=60, interval=0.3)
+    spans = sorted((job_row(app, i).started_at, job_row(app, i).finished_at) for i in ids)
+    for (_, earlier_end), (later_start, _) in pairwise(spans):
+        assert later_start >= earlier_end
