@@ -1,0 +1,291 @@
+"""encode.video@1: transcode an uploaded video with the FFmpeg binary that ships in imageio-ffmpeg.
+
+Params can only name a bare file in ``<storage>/uploads/``; the output goes to
+``<storage>/outputs/<job_id>.<format>``, written under a temporary name and renamed when complete, so a
+half-written file is never served. FFmpeg reports its position on stdout (``-progress pipe:1``), which
+becomes job progress; cancellation and the definition's timeout kill the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import imageio_ffmpeg
+from flask import current_app
+from pydantic import Field
+
+from gpujobs.definitions.registry import JobContext, Params, job_definition
+from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
+
+ALLOWED_UPLOAD_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "webm", "avi"})
+OUTPUT_FORMATS = ("mp4", "webm")
+# A bare name: no separators, no dots but the extension's, so it cannot leave the uploads directory.
+INPUT_FILE_PATTERN = rf"^[A-Za-z0-9_-]{{1,64}}\.({'|'.join(sorted(ALLOWED_UPLOAD_EXTENSIONS))})$"
+UPLOADS_DIR_NAME = "uploads"
+OUTPUTS_DIR_NAME = "outputs"
+ENCODE_TIMEOUT_SECONDS = 2 * 60 * 60
+PROBE_TIMEOUT_SECONDS = 30
+PROGRESS_STEP_PERCENT = 5.0
+PROGRESS_INTERVAL_SECONDS = 1.0
+CANCEL_POLL_INTERVAL_SECONDS = 0.25
+STDERR_TAIL_LINES = 5
+STDERR_TAIL_CHARS = 600
+MIN_OUTPUT_DURATION_RATIO = 0.9  # a shorter output means part of the input could not be decoded
+
+# The box each resolution must fit in (turned for portrait video); aspect ratio is always kept.
+RESOLUTION_BOXES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
+# (CRF, preset, audio bitrate) for libx264/aac; CRF 23 "medium" is x264's own default trade-off.
+X264_QUALITY = {
+    "low": ("28", "veryfast", "96k"),
+    "medium": ("23", "medium", "128k"),
+    "high": ("18", "slow", "192k"),
+}
+# (CRF, cpu-used, audio bitrate) for libvpx-vp9/libopus in constant-quality mode (-b:v 0).
+VP9_QUALITY = {"low": ("40", "5", "64k"), "medium": ("33", "4", "96k"), "high": ("28", "2", "128k")}
+
+_FFMPEG_FLAGS = ("-hide_banner", "-nostdin", "-loglevel", "error", "-progress", "pipe:1", "-nostats")
+_SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_DURATION_RE = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_VIDEO_SIZE_RE = re.compile(r"Stream #\d+:\d+.*?: Video: .*?(?<![\w])(\d{2,5})x(\d{2,5})(?![\w])")
+_ROTATION_RE = re.compile(r"rotation of (-?\d+(?:\.\d+)?) degrees")
+
+
+class EncodeVideoParams(Params):
+    inputFile: str = Field(pattern=INPUT_FILE_PATTERN)
+    format: Literal["mp4", "webm"] = "mp4"
+    resolution: Literal["720p", "1080p", "4k"] = "720p"
+    quality: Literal["low", "medium", "high"] = "medium"
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What encoding needs to know about a file: its displayed size and its length."""
+
+    width: int
+    height: int
+    duration_seconds: float | None
+
+
+def upload_dir(storage_dir: str | os.PathLike[str]) -> Path:
+    """Where uploads go; encode.video only ever reads from here."""
+    return Path(storage_dir) / UPLOADS_DIR_NAME
+
+
+def output_path(storage_dir: str | os.PathLike[str], job_id: str, fmt: str) -> Path:
+    """Where a job's encoded file lives, derived from the job id so nothing user-supplied names it."""
+    if not _SAFE_JOB_ID.fullmatch(job_id) or fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"no output path for job {job_id!r} in format {fmt!r}")
+    return Path(storage_dir) / OUTPUTS_DIR_NAME / f"{job_id}.{fmt}"
+
+
+def input_path(storage_dir: str | os.PathLike[str], input_file: str) -> Path:
+    """Resolve an upload's name, refusing anything that is not a plain file inside the uploads directory."""
+    uploads = upload_dir(storage_dir).resolve()
+    path = (uploads / input_file).resolve()  # resolve() follows symlinks: a link out is caught too
+    if not re.fullmatch(INPUT_FILE_PATTERN, input_file) or not path.is_relative_to(uploads):
+        raise PermanentError(f"inputFile {input_file!r} is not an upload name")
+    if not path.is_file():
+        raise PermanentError(f"upload {input_file!r} does not exist")
+    return path
+
+
+def target_size(width: int, height: int, resolution: str) -> tuple[int, int]:
+    """Fit the frame in the resolution's box keeping its aspect ratio; encoders need even sides."""
+    box_w, box_h = RESOLUTION_BOXES[resolution]
+    if height > width:
+        box_w, box_h = box_h, box_w
+    scale = min(box_w / width, box_h / height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """The bundled binary; a worker without it is broken, which another worker may not be."""
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as exc:
+        raise TransientError(f"ffmpeg is not available on this worker: {exc}") from exc
+
+
+def probe(path: Path) -> MediaInfo:
+    """Read size, rotation and duration from ffmpeg's stream description (no ffprobe in the wheel)."""
+    try:
+        completed = subprocess.run(
+            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+            check=False,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=PROBE_TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise PermanentError(f"reading {path.name} took over {PROBE_TIMEOUT_SECONDS}s") from exc
+    # ffmpeg exits 1 here ("at least one output file must be specified"); stderr is the description.
+    size = _VIDEO_SIZE_RE.search(completed.stderr)
+    if size is None:
+        raise PermanentError(
+            f"{path.name} has no readable video stream: {_tail(completed.stderr, path.parent)}"
+        )
+    width, height = int(size[1]), int(size[2])
+    rotation = _ROTATION_RE.search(completed.stderr)
+    if rotation and round(abs(float(rotation[1]))) % 180 == 90:
+        width, height = height, width  # ffmpeg auto-rotates, so the frame we scale is turned
+    duration = _DURATION_RE.search(completed.stderr)
+    seconds = int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3]) if duration else None
+    return MediaInfo(width, height, seconds or None)
+
+
+def _codec_args(fmt: str, quality: str) -> list[str]:
+    if fmt == "mp4":
+        crf, preset, audio = X264_QUALITY[quality]
+        video = ["-c:v", "libx264", "-preset", preset, "-crf", crf]
+        return [*video, "-c:a", "aac", "-b:a", audio, "-movflags", "+faststart", "-f", "mp4"]
+    crf, cpu_used, audio = VP9_QUALITY[quality]
+    video = ["-c:v", "libvpx-vp9", "-crf", crf, "-b:v", "0", "-deadline", "good", "-cpu-used", cpu_used]
+    return [*video, "-row-mt", "1", "-c:a", "libopus", "-b:a", audio, "-f", "webm"]
+
+
+def _tail(stderr: str, *hide_dirs: Path) -> str:
+    """The last lines of ffmpeg's stderr, short and with our directories left out."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()][-STDERR_TAIL_LINES:]
+    text = " | ".join(lines)
+    for directory in hide_dirs:
+        text = text.replace(f"{directory}{os.sep}", "")
+    return text[-STDERR_TAIL_CHARS:] or "(no output)"
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    """Move ffmpeg's progress lines to a queue so the main loop can also watch the clock and cancel."""
+    for line in stream:
+        lines.put(line.strip())
+    lines.put(None)
+
+
+class _Progress:
+    """Turns ffmpeg's position into ctx.progress calls, at most every few percent or every second."""
+
+    def __init__(self, ctx: JobContext, duration_seconds: float | None) -> None:
+        self.ctx, self.duration_seconds = ctx, duration_seconds
+        self.last_percent, self.last_time = 0.0, time.monotonic()
+
+    def position(self, microseconds: str) -> None:
+        if not self.duration_seconds or not microseconds.isdigit():
+            return  # unknown length, or "N/A" before the first frame
+        percent = min(99.0, int(microseconds) / 1e6 / self.duration_seconds * 100)
+        now = time.monotonic()
+        step = percent - self.last_percent
+        if step >= PROGRESS_STEP_PERCENT or (step > 0 and now - self.last_time >= PROGRESS_INTERVAL_SECONDS):
+            self.ctx.progress(round(percent, 1), "encoding", outTimeSeconds=int(microseconds) / 1e6)
+            self.last_percent, self.last_time = percent, now
+
+
+def run_ffmpeg(
+    ctx: JobContext, args: list[str], duration_seconds: float | None, hide_dirs: tuple[Path, ...] = ()
+) -> str:
+    """Run ffmpeg to completion, reporting progress; kill it on cancellation or past the timeout.
+
+    Returns the tail of ffmpeg's error output: a tolerated decoding error still explains a short output.
+    """
+    deadline = time.monotonic() + ENCODE_TIMEOUT_SECONDS
+    command = [ffmpeg_exe(), *_FFMPEG_FLAGS, *args]
+    with tempfile.TemporaryFile("w+", errors="replace") as stderr:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
+        reader.start()
+        progress, next_cancel_check = _Progress(ctx, duration_seconds), 0.0
+        try:
+            while (line := _next_line(lines)) is not None:
+                key, _, value = line.partition("=")
+                if key in ("out_time_us", "out_time_ms"):  # both are microseconds (a historic ffmpeg quirk)
+                    progress.position(value)
+                if time.monotonic() >= next_cancel_check:  # the check may hit the database: not per line
+                    next_cancel_check = time.monotonic() + CANCEL_POLL_INTERVAL_SECONDS
+                    if ctx.cancel_requested():
+                        raise JobCancelled(f"job {ctx.job_id}: encoding cancelled")
+                if time.monotonic() > deadline:
+                    raise PermanentError(f"encoding exceeded the {ENCODE_TIMEOUT_SECONDS}s timeout")
+            returncode = process.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            reader.join(timeout=5)
+        stderr.seek(0)
+        tail = _tail(stderr.read(), *hide_dirs)
+    if returncode < 0:  # killed by a signal we did not send (OOM killer, shutdown): worth retrying
+        raise TransientError(f"ffmpeg was killed by signal {-returncode}")
+    if returncode != 0:
+        raise PermanentError(f"ffmpeg failed (exit {returncode}): {tail}")
+    return tail
+
+
+def _next_line(lines: queue.Queue[str | None]) -> str | None:
+    """The next progress line, or "" after a short wait so the caller can check cancel and the clock."""
+    try:
+        return lines.get(timeout=CANCEL_POLL_INTERVAL_SECONDS)
+    except queue.Empty:
+        return ""
+
+
+@job_definition(
+    "encode.video",
+    1,
+    params_model=EncodeVideoParams,
+    max_attempts=2,
+    timeout_seconds=ENCODE_TIMEOUT_SECONDS,
+    concurrency_limit=3,  # each encode saturates several cores
+    description="Transcodes an uploaded video to 720p/1080p/4k MP4 (H.264/AAC) or WebM (VP9/Opus).",
+)
+def encode_video(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Transcode one upload and describe the file produced, as measured from the file itself."""
+    storage_dir = Path(current_app.config["GPUJOBS_STORAGE_DIR"])
+    source = input_path(storage_dir, params["inputFile"])
+    info = probe(source)
+    width, height = target_size(info.width, info.height, params["resolution"])
+    target = output_path(storage_dir, ctx.job_id, params["format"])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{ctx.job_id}.part.{params['format']}")  # renamed only once complete
+
+    ctx.progress(0, "encoding started", width=width, height=height, durationSeconds=info.duration_seconds)
+    streams = ["-map", "0:v:0", "-map", "0:a:0?", "-pix_fmt", "yuv420p"]  # first video, first audio if any
+    scale = ["-vf", f"scale={width}:{height}:flags=lanczos,setsar=1"]
+    args = ["-y", "-i", str(source), *streams, *scale, *_codec_args(params["format"], params["quality"])]
+    try:
+        hide_dirs = (storage_dir, storage_dir.resolve())
+        tail = run_ffmpeg(ctx, [*args, str(partial)], info.duration_seconds, hide_dirs)
+        encoded = probe(partial)
+        # ffmpeg skips undecodable data and exits 0: a truncated upload shows up as a short output
+        if (
+            info.duration_seconds
+            and (encoded.duration_seconds or 0) < MIN_OUTPUT_DURATION_RATIO * info.duration_seconds
+        ):
+            decoded = f"{encoded.duration_seconds or 0:.1f}s of {info.duration_seconds:.1f}s"
+            raise PermanentError(f"{source.name} is truncated or corrupt: only {decoded} decoded: {tail}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    ctx.progress(100, "encoded")
+    return {
+        "outputFile": target.name,
+        "outputPath": f"{OUTPUTS_DIR_NAME}/{target.name}",
+        "format": params["format"],
+        "resolution": params["resolution"],
+        "quality": params["quality"],
+        "width": encoded.width,
+        "height": encoded.height,
+        "durationSeconds": encoded.duration_seconds,
+        "sizeBytes": target.stat().st_size,
+    }

@@ -1,0 +1,205 @@
+"""encode.video@1 run directly on real files made by FFmpeg in the test: transcode, progress, failures,
+cancellation and the path rules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from pydantic import ValidationError
+
+from gpujobs.definitions import video
+from gpujobs.exceptions import JobCancelled, PermanentError
+
+
+def _make_video(path: Path, seconds: int, size: str, rate: int) -> Path:
+    """A real clip: FFmpeg's test pattern with a sine tone, as a phone or camera upload would have."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sources = ["-f", "lavfi", "-i", f"testsrc=duration={seconds}:size={size}:rate={rate}"]
+    sources += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+    encode = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"]
+    encode += ["-movflags", "+faststart"]  # index first, as phones write: a truncated copy still opens
+    subprocess.run(
+        [
+            video.ffmpeg_exe(),
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            *sources,
+            *encode,
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
+    return path
+
+
+def _streams(path: Path) -> str:
+    """FFmpeg's own description of a file's streams, to check codecs independently of the handler."""
+    completed = subprocess.run(
+        [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return completed.stderr
+
+
+def _ffmpeg_pids_writing_to(directory: Path) -> list[int]:
+    """Live processes whose command line names a file in ``directory`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or str(directory) not in (entry / "cmdline").read_text(
+                errors="replace"
+            ):
+                continue
+            if (entry / "stat").read_text().split(") ")[1][0] != "Z":  # a zombie has already exited
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # exited while we looked
+    return pids
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten seconds that take far longer than the test waits to encode at 4k/high."""
+    return _make_video(tmp_path_factory.mktemp("clips") / "long.mp4", seconds=10, size="640x480", rate=30)
+
+
+@pytest.fixture
+def uploads(flask_app: Flask, tmp_path: Path) -> Path:
+    directory = video.upload_dir(tmp_path)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def test_a_clip_is_encoded_to_720p_mp4_with_progress(run_job, ctx, uploads, tmp_path):
+    _make_video(uploads / "clip_1.mp4", seconds=2, size="320x240", rate=15)
+    result = run_job("encode.video", {"inputFile": "clip_1.mp4", "resolution": "720p", "format": "mp4"}, ctx)
+    target = video.output_path(tmp_path, ctx.job_id, "mp4")
+    assert result["outputFile"] == f"{ctx.job_id}.mp4" and result["outputPath"] == f"outputs/{ctx.job_id}.mp4"
+    assert (result["width"], result["height"]) == (960, 720)  # 4:3 fitted into 1280x720
+    assert result["durationSeconds"] == pytest.approx(2.0, abs=0.1)
+    assert result["sizeBytes"] == target.stat().st_size > 0
+    assert (result["format"], result["quality"]) == ("mp4", "medium")
+    streams = _streams(target)
+    assert "Video: h264" in streams and "960x720" in streams and "Audio: aac" in streams
+    assert ctx.percents[0] == 0 and ctx.percents[-1] == 100 and ctx.percents == sorted(ctx.percents)
+    assert len(ctx.percents) >= 2 and sorted(os.listdir(target.parent)) == [target.name]
+
+
+def test_a_portrait_clip_is_encoded_to_webm_with_vp9_and_opus(run_job, ctx, uploads, tmp_path):
+    _make_video(uploads / "portrait.mov", seconds=1, size="200x320", rate=10)
+    params = {"inputFile": "portrait.mov", "resolution": "720p", "format": "webm", "quality": "low"}
+    result = run_job("encode.video", params, ctx)
+    assert (result["width"], result["height"]) == (720, 1152)  # 5:8 fitted into 720x1280
+    streams = _streams(video.output_path(tmp_path, ctx.job_id, "webm"))
+    assert "Video: vp9" in streams and "Audio: opus" in streams
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "resolution", "expected"),
+    [
+        (320, 240, "720p", (960, 720)),
+        (1920, 1080, "720p", (1280, 720)),
+        (1000, 563, "1080p", (1918, 1080)),
+        (1080, 1920, "4k", (2160, 3840)),
+        (4000, 3000, "1080p", (1440, 1080)),
+    ],
+)
+def test_target_sizes_keep_the_aspect_ratio_with_even_sides(width, height, resolution, expected):
+    assert video.target_size(width, height, resolution) == expected
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01garbage" * 1000, "half"], ids=["garbage", "truncated"])
+def test_a_corrupt_upload_fails_permanently_with_a_short_reason(run_job, ctx, uploads, tmp_path, content):
+    good = _make_video(tmp_path / "good.mp4", seconds=2, size="320x240", rate=15)
+    data = good.read_bytes()[: good.stat().st_size // 2] if content == "half" else content
+    (uploads / "broken.mp4").write_bytes(data)
+    with pytest.raises(PermanentError) as raised:
+        run_job("encode.video", {"inputFile": "broken.mp4"}, ctx)
+    assert len(str(raised.value)) < 800 and str(tmp_path) not in str(raised.value)
+    assert not video.output_path(tmp_path, ctx.job_id, "mp4").exists()
+
+
+class _WatchingContext:
+    """Records which ffmpeg processes were alive when cancellation was requested."""
+
+    def __init__(self, ctx: Any, outputs: Path) -> None:
+        self.ctx, self.outputs = ctx, outputs
+        self.pids_at_cancel: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ctx, name)
+
+    def progress(self, percent: float, message: str | None = None, **data: Any) -> None:
+        self.ctx.progress(percent, message, **data)
+        if self.ctx.cancelled and not self.pids_at_cancel:
+            self.pids_at_cancel = _ffmpeg_pids_writing_to(self.outputs)
+
+
+def test_cancelling_kills_ffmpeg_and_leaves_no_partial_file(run_job, make_ctx, uploads, tmp_path, long_clip):
+    shutil.copy(long_clip, uploads / "long.mp4")
+    ctx = _WatchingContext(make_ctx(cancel_after_progress=2), video.output_path(tmp_path, "x", "mp4").parent)
+    started = time.monotonic()
+    with pytest.raises(JobCancelled):
+        run_job("encode.video", {"inputFile": "long.mp4", "resolution": "4k", "quality": "high"}, ctx)
+    assert time.monotonic() - started < 10
+    assert 0 < ctx.ctx.percents[1] < 100  # ffmpeg had reported real progress before the cancel
+    assert len(ctx.pids_at_cancel) == 1 and _ffmpeg_pids_writing_to(ctx.outputs) == []
+    assert os.listdir(ctx.outputs) == []
+
+
+def test_an_encode_past_its_timeout_is_killed(run_job, ctx, uploads, tmp_path, long_clip, monkeypatch):
+    shutil.copy(long_clip, uploads / "long.mp4")
+    monkeypatch.setattr(video, "ENCODE_TIMEOUT_SECONDS", 0.5)
+    with pytest.raises(PermanentError, match="timeout"):
+        run_job("encode.video", {"inputFile": "long.mp4", "resolution": "4k", "quality": "high"}, ctx)
+    outputs = video.output_path(tmp_path, ctx.job_id, "mp4").parent
+    assert _ffmpeg_pids_writing_to(outputs) == [] and os.listdir(outputs) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../secret.mp4",
+        "a/b.mp4",
+        "/etc/passwd",
+        "clip.txt",
+        ".mp4",
+        "clip.mp4\n",
+        "clip.MP4",
+        "x" * 65 + ".mp4",
+    ],
+)
+def test_input_files_that_are_not_bare_upload_names_are_refused_at_validation(run_job, name):
+    with pytest.raises(ValidationError):
+        run_job("encode.video", {"inputFile": name})
+
+
+def test_a_symlink_out_of_uploads_and_a_missing_upload_are_refused(run_job, uploads, tmp_path):
+    outside = _make_video(tmp_path / "outside.mp4", seconds=1, size="160x120", rate=10)
+    (uploads / "link.mp4").symlink_to(outside)
+    with pytest.raises(PermanentError, match="not an upload name"):
+        run_job("encode.video", {"inputFile": "link.mp4"})
+    with pytest.raises(PermanentError, match="does not exist"):
+        run_job("encode.video", {"inputFile": "nothing.mp4"})
+
+
+def test_output_paths_are_only_made_from_safe_job_ids_and_known_formats(tmp_path):
+    assert video.output_path(tmp_path, "abc-123", "webm") == tmp_path / "outputs" / "abc-123.webm"
+    assert video.upload_dir(tmp_path) == tmp_path / "uploads"
+    for job_id, fmt in (("../x", "mp4"), ("a/b", "mp4"), ("ok", "exe"), ("", "mp4")):
+        with pytest.raises(ValueError):
+            video.output_path(tmp_path, job_id, fmt)
+    assert "mov" in video.ALLOWED_UPLOAD_EXTENSIONS
