@@ -77,16 +77,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUJOBS_RETENTION_HOURS", "24", _positive_float, "Finished jobs and events older are deleted."),
     Setting("GPUJOBS_CLEANUP_BATCH_SIZE", "5000", _positive_int, "Rows deleted per cleanup transaction."),
     Setting("GPUJOBS_WEBHOOK_ALLOW_PRIVATE", "0", _bool, "Allow webhooks and call.api to private addresses."),
-    Setting(
-        "GPUJOBS_MONITOR_INTERVAL_SECONDS", "5", _positive_float, "Poll interval while an instance starts."
-    ),
-    Setting("GPUJOBS_MONITOR_TIMEOUT_SECONDS", "600", _positive_float, "Deadline for an instance to run."),
-    Setting(
-        "GPUJOBS_REGION_FALLBACK",
-        "CN-HK-01,AS-SGP-02,US-CA-06,EU-DE-01",
-        _csv,
-        "Regions tried in order after the requested one.",
-    ),
     Setting("GPUJOBS_DEFINITION_MODULES", "", _csv, "Extra modules to import for your own job definitions."),
     Setting("GPUJOBS_MAX_BODY_BYTES", str(1024 * 1024), _positive_int, "Largest JSON request body accepted."),
     Setting("GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS", "30", _positive_float, "Worker soft-shutdown grace period."),

@@ -27,7 +27,6 @@ TEST_SETTINGS = {
     "GPUJOBS_SWEEP_INTERVAL_SECONDS": "1",
     "GPUJOBS_WEBHOOK_ALLOW_PRIVATE": "1",
     "GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS": "5",
-    "GPUJOBS_MONITOR_INTERVAL_SECONDS": "0.5",
     "GPUJOBS_DEFINITION_MODULES": "sample_definitions",
 }
 
@@ -59,6 +58,13 @@ def service_env(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     env["GPUJOBS_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
     os.environ.update(env)
     return env
+
+
+@pytest.fixture(scope="session")
+def process_env(service_env: dict[str, str]) -> dict[str, str]:
+    """The full environment for a subprocess of the service (worker, CLI), tests' modules importable."""
+    here = Path(__file__).resolve().parent
+    return dict(os.environ, **service_env, PYTHONPATH=os.pathsep.join((str(here.parent), str(here))))
 
 
 @pytest.fixture(scope="session")
@@ -161,15 +167,13 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(
-    service_env: dict[str, str], app: Flask, tmp_path: Path
+    process_env: dict[str, str], app: Flask, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory: start a real worker (extra env overrides allowed); all are stopped after the test."""
     started: list[WorkerProcess] = []
 
     def start(concurrency: int = 2, name: str = "w1", **overrides: str) -> WorkerProcess:
-        env = dict(os.environ, **service_env, **overrides)
-        here = Path(__file__).resolve().parent
-        env["PYTHONPATH"] = os.pathsep.join((str(here.parent), str(here)))
+        env = dict(process_env, **overrides)
         worker = WorkerProcess(env, tmp_path / f"{name}.log", concurrency, name)
         started.append(worker)
         return worker

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +27,10 @@ def test_config_uses_documented_defaults_when_the_environment_is_empty(tmp_path)
 
 def test_config_parses_types_and_names_the_variable_of_a_bad_value(tmp_path):
     env = {"GPUJOBS_DATA_DIR": str(tmp_path), "GPUJOBS_WEBHOOK_ALLOW_PRIVATE": "yes"}
-    env["GPUJOBS_REGION_FALLBACK"] = "EU-DE-01, US-CA-06"
+    env["GPUJOBS_DEFINITION_MODULES"] = "myapp.jobs, other.jobs"
     config = load_config(env)
     assert config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"] is True
-    assert config["GPUJOBS_REGION_FALLBACK"] == ["EU-DE-01", "US-CA-06"]
+    assert config["GPUJOBS_DEFINITION_MODULES"] == ["myapp.jobs", "other.jobs"]
     with pytest.raises(ConfigError, match="GPUJOBS_LEASE_SECONDS"):
         load_config({"GPUJOBS_DATA_DIR": str(tmp_path), "GPUJOBS_LEASE_SECONDS": "-3"})
 
@@ -110,19 +109,18 @@ def test_ready_is_503_naming_redis_when_redis_is_down(app: Flask):
     assert response.json["checks"]["redis"].startswith("error")
 
 
-def _cli(service_env, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, **service_env)
+def _cli(process_env, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gpujobs", *args], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "gpujobs", *args], env=process_env, capture_output=True, text=True, timeout=60
     )
 
 
-def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, service_env):
+def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, process_env):
     from gpujobs.auth import authenticate
     from gpujobs.extensions import db
     from gpujobs.models import ApiKey
 
-    result = _cli(service_env, "keys", "create", "--tenant", "cli-tenant")
+    result = _cli(process_env, "keys", "create", "--tenant", "cli-tenant")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gj_")
@@ -135,18 +133,18 @@ def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, ser
         assert db.session.query(ApiKey).count() == 1
 
 
-def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flask, service_env):
-    first = _cli(service_env, "webhooks", "secret", "--tenant", "hooks")
-    again = _cli(service_env, "webhooks", "secret", "--tenant", "hooks")
-    rotated = _cli(service_env, "webhooks", "secret", "--tenant", "hooks", "--rotate")
+def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flask, process_env):
+    first = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")
+    again = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")
+    rotated = _cli(process_env, "webhooks", "secret", "--tenant", "hooks", "--rotate")
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith("whsec_") and first.stdout.count("\n") == 1
     assert again.stdout == first.stdout
     assert rotated.stdout.startswith("whsec_") and rotated.stdout != first.stdout
 
 
-def test_an_api_key_from_the_cli_works_on_an_authenticated_endpoint(client, service_env):
-    key = _cli(service_env, "keys", "create", "--tenant", "api-user").stdout.strip()
+def test_an_api_key_from_the_cli_works_on_an_authenticated_endpoint(client, process_env):
+    key = _cli(process_env, "keys", "create", "--tenant", "api-user").stdout.strip()
     assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     refused = client.get("/v1/jobs", headers={"Authorization": "Bearer gj_wrong"})
     assert refused.status_code == 401
