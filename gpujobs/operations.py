@@ -8,11 +8,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from flask import current_app
+
 from gpujobs import jobs, webhooks
 from gpujobs.definitions.registry import get_definition
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
+from gpujobs.outbound import check_url
 
 
 def submit(
@@ -26,10 +29,16 @@ def submit(
     webhook_url: str | None = None,
     idempotency_key: str | None = None,
 ) -> Job:
-    """Validate and queue one job, commit, publish; raises LookupError / ValueError for bad input."""
+    """Validate and queue one job, commit, publish.
+
+    Raises LookupError (unknown definition), ValueError (bad priority), UnsafeURLError (webhook URL)
+    and pydantic.ValidationError (params).
+    """
     definition = get_definition(key, version)
     if definition is None:
         raise LookupError(f"no job definition {key}@{version}")
+    if webhook_url:  # refused here (422) rather than failing every delivery later
+        check_url(webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
     job = jobs.new_job(
         tenant_id=tenant_id,
         definition=definition,

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, g, request, url_for
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 
 from gpujobs import operations
@@ -17,6 +17,7 @@ from gpujobs.definitions.registry import all_definitions
 from gpujobs.extensions import db
 from gpujobs.jobs import STATUSES
 from gpujobs.models import Job, JobEvent
+from gpujobs.outbound import UnsafeURLError
 from gpujobs.serializers import event_to_dict, job_to_dict
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
@@ -78,6 +79,10 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         )
     except LookupError as exc:
         raise ApiError(422, "Unprocessable Content", str(exc), errors=[{"field": "definitionKey"}]) from None
+    except ValidationError:
+        raise  # params: answered by the app's handler with each field named
+    except UnsafeURLError as exc:
+        raise ApiError(422, "Unprocessable Content", str(exc), errors=[{"field": "webhookUrl"}]) from None
     except ValueError as exc:  # priority out of range (pydantic errors are handled by the app)
         raise ApiError(422, "Unprocessable Content", str(exc), errors=[{"field": "priority"}]) from None
     location = url_for("jobs.get_job", job_id=job.id)

@@ -1,0 +1,145 @@
+"""Signed webhook deliveries end to end: a real worker, a real HTTP receiver, the public verifier."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from helpers import wait_for
+from sqlalchemy import select, text, update
+from standardwebhooks.webhooks import Webhook
+
+from gpujobs.extensions import db
+from gpujobs.models import WebhookDelivery
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that verifies with ``standardwebhooks`` and can fail on purpose."""
+
+    def __init__(self, secret: str, fail_first: int = 0) -> None:
+        self.verified: list[dict] = []
+        self.ids: list[str] = []
+        self.remaining_failures = fail_first
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.ids.append(self.headers["webhook-id"])
+                if receiver.remaining_failures > 0:
+                    receiver.remaining_failures -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                payload = Webhook(secret).verify(body, dict(self.headers.items()))
+                receiver.verified.append(payload)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def secret_of(app, tenant) -> str:
+    with app.app_context():
+        secret = db.session.execute(
+            text("SELECT webhook_secret FROM tenants WHERE id = :id"), {"id": tenant["id"]}
+        ).scalar_one()
+        db.session.remove()
+    return secret
+
+
+@pytest.fixture
+def receiver(app, tenant):
+    made = []
+
+    def make(fail_first: int = 0) -> Receiver:
+        made.append(Receiver(secret_of(app, tenant), fail_first))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_a_finished_job_sends_one_signed_webhook_the_public_library_verifies(
+    app, client, tenant, worker, receiver
+):
+    hook = receiver()
+    body = {"definitionKey": "echo", "params": {"message": "hi"}, "webhookUrl": hook.url}
+    response = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+    assert response.status_code == 202
+    wait_for(lambda: hook.verified, timeout=30)
+    event = hook.verified[0]
+    assert event["type"] == "job.succeeded"
+    assert event["data"]["job"]["id"] == response.json["id"]
+    assert event["data"]["job"]["status"] == "succeeded"
+    assert len(hook.ids) == 1
+
+
+def test_a_failing_receiver_is_retried_with_the_same_webhook_id(app, client, tenant, worker, receiver):
+    from gpujobs.sweeps import publish_due_webhooks
+
+    hook = receiver(fail_first=1)
+    body = {"definitionKey": "echo", "params": {"message": "retry"}, "webhookUrl": hook.url}
+    job_id = client.post("/v1/jobs", json=body, headers=tenant["headers"]).json["id"]
+    wait_for(lambda: hook.ids, timeout=30)
+    with app.app_context():  # skip the 5 s wait of the first retry step
+        db.session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.job_id == uuid.UUID(job_id))
+            .values(next_attempt_at=db.func.now())
+        )
+        db.session.commit()
+        publish_due_webhooks()
+        db.session.remove()
+    wait_for(lambda: hook.verified, timeout=30)
+    assert len(set(hook.ids)) == 1 and len(hook.ids) == 2
+    with app.app_context():
+        delivery = db.session.scalar(select(WebhookDelivery))
+        assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("succeeded", 2, 204)
+        db.session.remove()
+
+
+def test_rotated_secrets_sign_with_both_during_the_overlap(
+    app, tenant, worker, client, receiver, process_env
+):
+    import subprocess
+    import sys
+
+    old = receiver()
+    rotated = subprocess.run(
+        [sys.executable, "-m", "gpujobs", "webhooks", "secret", "--tenant", tenant["name"], "--rotate"],
+        env=process_env, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    new = Receiver(rotated)
+    try:
+        for hook in (old, new):
+            body = {"definitionKey": "echo", "params": {"message": "rot"}, "webhookUrl": hook.url}
+            assert client.post("/v1/jobs", json=body, headers=tenant["headers"]).status_code == 202
+        wait_for(lambda: old.verified and new.verified, timeout=30)
+    finally:
+        new.close()
+
+
+def test_a_webhook_url_pointing_inside_is_refused_at_submit(app, client, tenant):
+    app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"] = False
+    try:
+        for url in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest", "ftp://example.com/x"):
+            body = {"definitionKey": "echo", "params": {"message": "x"}, "webhookUrl": url}
+            response = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+            assert response.status_code == 422, url
+            assert response.content_type == "application/problem+json"
+            assert json.loads(response.data)["errors"][0]["field"] == "webhookUrl"
+    finally:
+        app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"] = True
