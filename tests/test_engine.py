@@ -49,6 +49,19 @@ def status_is(app: Flask, job_id: uuid.UUID, *statuses: str):
     return lambda: job_row(app, job_id).status in statuses
 
 
+def sweeping_until(app: Flask, predicate):
+    """A predicate that first runs the dispatch sweep, standing in for beat's tick."""
+    from gpujobs.sweeps import dispatch_due
+
+    def check() -> bool:
+        with app.app_context():
+            dispatch_due()
+            db.session.remove()
+        return predicate()
+
+    return check
+
+
 def test_a_job_runs_once_to_succeeded_with_its_result_and_timeline(app, tenant, worker):
     job_id = submit(app, tenant, "echo", {"message": "hi"})
     wait_for(status_is(app, job_id, "succeeded"))
@@ -112,17 +125,8 @@ def test_a_worker_killed_mid_job_is_rescued_after_its_lease_and_the_job_complete
 
 
 def test_transient_failures_retry_with_backoff_then_succeed(app, tenant, worker):
-    from gpujobs.sweeps import dispatch_due
-
     job_id = submit(app, tenant, "test.flaky")
-
-    def advanced() -> bool:
-        with app.app_context():
-            dispatch_due()
-            db.session.remove()
-        return job_row(app, job_id).status == "succeeded"
-
-    wait_for(advanced, timeout=30, interval=0.2)
+    wait_for(sweeping_until(app, status_is(app, job_id, "succeeded")), timeout=30, interval=0.2)
     with app.app_context():
         retries = db.session.scalars(
             select(JobEvent)
@@ -141,17 +145,8 @@ def test_transient_failures_retry_with_backoff_then_succeed(app, tenant, worker)
 
 
 def test_exhausted_attempts_land_in_the_dead_letter_queue_and_redrive_runs_again(app, tenant, worker):
-    from gpujobs.sweeps import dispatch_due
-
     job_id = submit(app, tenant, "failing", {}, max_attempts=2)
-
-    def settled() -> bool:
-        with app.app_context():
-            dispatch_due()
-            db.session.remove()
-        return job_row(app, job_id).status == "failed"
-
-    wait_for(settled, timeout=40, interval=0.3)
+    wait_for(sweeping_until(app, status_is(app, job_id, "failed")), timeout=40, interval=0.3)
     with app.app_context():
         letter = db.session.scalar(select(DeadLetter).where(DeadLetter.job_id == job_id))
         assert letter is not None and letter.attempts == 2
@@ -199,19 +194,11 @@ def test_a_critical_job_overtakes_a_backlog_of_low_jobs(app, tenant, start_worke
 
 
 def test_a_concurrency_limit_holds_across_two_worker_processes(app, tenant, start_worker):
-    from gpujobs.sweeps import dispatch_due
-
     start_worker(concurrency=2, name="a")
     start_worker(concurrency=2, name="b")
     ids = [submit(app, tenant, "test.limited", {"seconds": 0.5}) for _ in range(4)]
-
-    def all_done() -> bool:
-        with app.app_context():
-            dispatch_due()
-            db.session.remove()
-        return all(job_row(app, job_id).status == "succeeded" for job_id in ids)
-
-    wait_for(all_done, timeout=60, interval=0.3)
+    all_done = lambda: all(job_row(app, job_id).status == "succeeded" for job_id in ids)  # noqa: E731
+    wait_for(sweeping_until(app, all_done), timeout=60, interval=0.3)
     spans = sorted((job_row(app, i).started_at, job_row(app, i).finished_at) for i in ids)
     for (_, earlier_end), (later_start, _) in pairwise(spans):
         assert later_start >= earlier_end

@@ -1,0 +1,120 @@
+"""The jobs, definitions and DLQ endpoints: validation, pagination and tenant isolation."""
+
+from __future__ import annotations
+
+import uuid
+
+from helpers import make_tenant
+
+from gpujobs import jobs
+from gpujobs.definitions import get_definition
+from gpujobs.extensions import db
+from gpujobs.models import Job
+
+
+def post_job(client, tenant, **body):
+    body.setdefault("definitionKey", "echo")
+    body.setdefault("params", {"message": "hi"})
+    return client.post("/v1/jobs", json=body, headers=tenant["headers"])
+
+
+def test_submitting_a_job_answers_202_with_location_and_the_queued_job(client, tenant):
+    response = post_job(client, tenant, priority=9)
+    assert response.status_code == 202
+    assert response.headers["Location"] == f"/v1/jobs/{response.json['id']}"
+    assert response.json["status"] == "queued" and response.json["priority"] == "critical"
+    assert (
+        client.get(response.headers["Location"], headers=tenant["headers"]).json["id"] == response.json["id"]
+    )
+
+
+def test_bad_input_is_a_problem_document_naming_the_field(client, tenant):
+    cases = [
+        (post_job(client, tenant, unknown=1), 422, "unknown"),
+        (post_job(client, tenant, params={"message": "x", "extra": 1}), 422, "extra"),
+        (post_job(client, tenant, definitionKey="nope"), 422, "definitionKey"),
+        (post_job(client, tenant, priority="urgent"), 422, "priority"),
+        (post_job(client, tenant, priority=11), 422, "priority"),
+        (post_job(client, tenant, maxAttempts=0), 422, "maxAttempts"),
+    ]
+    for response, status, field in cases:
+        assert response.status_code == status, response.json
+        assert response.content_type == "application/problem+json"
+        assert field in response.json["detail"] or any(
+            field in e.get("field", "") for e in response.json["errors"]
+        )
+    malformed = client.post(
+        "/v1/jobs", data="{not json", headers={**tenant["headers"], "Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 400 and malformed.content_type == "application/problem+json"
+    not_json = client.post("/v1/jobs", data="x=1", headers=tenant["headers"])
+    assert not_json.status_code == 415
+
+
+def test_an_oversized_body_is_refused_with_413(client, tenant, app):
+    big = "x" * (app.config["MAX_CONTENT_LENGTH"] + 1)
+    response = post_job(client, tenant, params={"message": big})
+    assert response.status_code == 413 and response.content_type == "application/problem+json"
+
+
+def test_listing_pages_with_a_cursor_and_filters_by_status_and_definition(client, tenant):
+    ids = [post_job(client, tenant).json["id"] for _ in range(5)]
+    post_job(client, tenant, definitionKey="compute.math", params={"operation": "sum", "numbers": [1]})
+    seen, cursor = [], None
+    while True:
+        query = {"limit": 2, "definitionKey": "echo", **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/jobs", query_string=query, headers=tenant["headers"]).json
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["nextCursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(ids))
+    queued = client.get("/v1/jobs?status=queued", headers=tenant["headers"]).json["items"]
+    assert len(queued) == 6
+    assert client.get("/v1/jobs?status=bogus", headers=tenant["headers"]).status_code == 400
+    assert client.get("/v1/jobs?cursor=!!", headers=tenant["headers"]).status_code == 400
+    assert client.get("/v1/jobs?limit=0", headers=tenant["headers"]).status_code == 400
+
+
+def test_another_tenants_job_and_dead_letter_answer_404_on_every_route(app, client, tenant):
+    other = make_tenant(app, "other")
+    job_id = post_job(client, tenant).json["id"]
+    with app.app_context():
+        job = db.session.get(Job, uuid.UUID(job_id))
+        jobs.claim(job.id, get_definition("echo", 1), 60)
+        jobs.fail_attempt(job.id, 1, "boom", retryable=False, retry_delay_seconds=0)
+        db.session.commit()
+        db.session.remove()
+    letter_id = client.get("/v1/dlq", headers=tenant["headers"]).json["items"][0]["id"]
+    for method, path in [
+        ("get", f"/v1/jobs/{job_id}"),
+        ("get", f"/v1/jobs/{job_id}/events"),
+        ("post", f"/v1/jobs/{job_id}/cancel"),
+        ("get", f"/v1/dlq/{letter_id}"),
+        ("post", f"/v1/dlq/{letter_id}/retry"),
+        ("get", "/v1/jobs/not-a-uuid"),
+    ]:
+        response = getattr(client, method)(path, headers=other["headers"])
+        assert response.status_code == 404, (method, path)
+    assert client.get("/v1/jobs", headers=other["headers"]).json["items"] == []
+    assert client.get("/v1/dlq", headers=other["headers"]).json["items"] == []
+    redriven = client.post(f"/v1/dlq/{letter_id}/retry", json={"maxAttempts": 2}, headers=tenant["headers"])
+    assert redriven.status_code == 202 and redriven.json["status"] == "queued"
+    assert redriven.json["maxAttempts"] == 3
+    again = client.post(f"/v1/dlq/{letter_id}/retry", headers=tenant["headers"])
+    assert again.status_code == 409
+
+
+def test_definitions_list_every_built_in_definition_with_its_defaults(client, tenant):
+    definitions = client.get("/v1/definitions", headers=tenant["headers"]).json["definitions"]
+    keys = {d["key"] for d in definitions}
+    assert {"echo", "failing", "compute.math", "process.data", "call.api", "process.batch"} <= keys
+    assert {"encode.video", "routes.generate"} <= keys
+    video = next(d for d in definitions if d["key"] == "encode.video")
+    assert video["concurrencyLimit"] == 3 and video["defaultMaxAttempts"] == 2
+
+
+def test_requests_without_a_valid_key_are_401_problems(client):
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        response = client.get("/v1/jobs", headers=headers)
+        assert response.status_code == 401 and response.content_type == "application/problem+json"
