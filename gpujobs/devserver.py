@@ -145,7 +145,7 @@ def _print_banner(port: int, flower_port: int, api_key: str, env: dict[str, str]
     print(
         f"""
 gpujobs is running (Ctrl-C stops everything)
-  API        http://127.0.0.1:{port}          (ready: /ready, docs: /docs)
+  API        http://127.0.0.1:{port}          (health: /health, ready: /ready)
   Flower     http://127.0.0.1:{flower_port}
   Novita     {novita}
   API key    {api_key}
