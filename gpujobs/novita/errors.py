@@ -1,0 +1,186 @@
+"""Typed Novita errors, each a TransientError or PermanentError so the engine decides retry-vs-fail once.
+
+`error_from_response` turns any HTTP error answer into one of these: the documented JSON envelope
+`{code, reason, message, metadata}` (§12), an undocumented reason, or a body that is not JSON at all (an
+HTML page from Cloudflare or a proxy). Messages carry method, path, status, reason and Novita's message,
+never request headers or bodies, so they cannot leak the API key or registry passwords.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from gpujobs.exceptions import GpuJobsError, PermanentError, TransientError
+from gpujobs.novita import spec
+
+# Enough of a non-JSON body to recognise it in a log line, not enough to flood one.
+BODY_SNIPPET_MAX_CHARS = 200
+
+
+class NovitaError(GpuJobsError):
+    """Mixin for every Novita error: the HTTP status and `reason` Novita sent, when there was an answer."""
+
+    http_status: int | None = None
+    reason: str | None = None
+
+
+class NovitaTransientError(TransientError, NovitaError):
+    """A Novita failure that may succeed later (429, 5xx, timeouts, dropped connections)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        reason: str | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_seconds=retry_after_seconds)
+        self.http_status = http_status
+        self.reason = reason
+
+
+class NovitaPermanentError(PermanentError, NovitaError):
+    """A Novita failure that retrying the same call cannot fix; also used for undocumented 4xx reasons."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.reason = reason
+
+
+class RateLimitedError(NovitaTransientError):
+    """429 RATE_LIMIT_EXCEEDED; `retry_after_seconds` is set when Novita sent Retry-After."""
+
+
+class NovitaServerError(NovitaTransientError):
+    """5xx: Novita or a proxy in front of it failed; the request may or may not have taken effect."""
+
+
+class NovitaConnectionError(NovitaTransientError):
+    """No HTTP answer (timeout, refused or dropped connection); `request_sent`: it may have acted."""
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+class CreateOutcomeUnknownError(NovitaTransientError):
+    """A create whose answer was lost: the instance may exist, so look it up by name before creating again."""
+
+
+class NovitaAuthError(NovitaPermanentError):
+    """401/403: the API key is missing, wrong or lacks permission (or Cloudflare blocked the client)."""
+
+
+class NovitaNotFoundError(NovitaPermanentError):
+    """The instance, template or registry auth does not exist (400 RESOURCE_NOT_FOUND, 404, or no id)."""
+
+
+class InvalidRequestError(NovitaPermanentError):
+    """Novita rejected the parameters (VALIDATOR_PARAM and friends); fix the request, do not retry."""
+
+
+class InvalidStateError(NovitaPermanentError):
+    """The action does not fit the instance's current state ("invalid state change", CONFLICT, ...)."""
+
+
+class PlacementError(NovitaPermanentError):
+    """This product cannot be placed in this cluster right now; another cluster or product may work."""
+
+
+class InsufficientResourceError(PlacementError):
+    """400 INSUFFICIENT_RESOURCE: out of stock or cluster full; fall back to another region or product."""
+
+
+class ClusterUnavailableError(PlacementError):
+    """400 CLUSTER_STATUS / NODE_STATUS: the cluster or node is abnormal; try another cluster."""
+
+
+class AccountLimitError(NovitaPermanentError):
+    """Balance, quota or operation limits of the Novita account were hit; a human has to act."""
+
+
+class NovitaProtocolError(NovitaPermanentError):
+    """A success status with a body that is not the documented JSON (e.g. an HTML page at a wrong URL)."""
+
+
+_CLASS_BY_KIND: dict[spec.ErrorKind, type[NovitaTransientError] | type[NovitaPermanentError]] = {
+    spec.ErrorKind.AUTH: NovitaAuthError,
+    spec.ErrorKind.RATE_LIMIT: RateLimitedError,
+    spec.ErrorKind.SERVER: NovitaServerError,
+    spec.ErrorKind.NOT_FOUND: NovitaNotFoundError,
+    spec.ErrorKind.INVALID_REQUEST: InvalidRequestError,
+    spec.ErrorKind.INVALID_STATE: InvalidStateError,
+    spec.ErrorKind.INSUFFICIENT_RESOURCE: InsufficientResourceError,
+    spec.ErrorKind.CLUSTER_UNAVAILABLE: ClusterUnavailableError,
+    spec.ErrorKind.ACCOUNT_LIMIT: AccountLimitError,
+}
+
+
+def _class_for_status(http_status: int) -> type[NovitaTransientError] | type[NovitaPermanentError]:
+    """Classify by HTTP status alone, for undocumented reasons and bodies that are not JSON."""
+    if http_status in (401, 403):
+        return NovitaAuthError
+    if http_status == 404:
+        return NovitaNotFoundError
+    if http_status == 429:
+        return RateLimitedError
+    if http_status >= 500:
+        return NovitaServerError
+    return NovitaPermanentError
+
+
+def _class_for(
+    http_status: int, reason: str | None, message: str
+) -> type[NovitaTransientError] | type[NovitaPermanentError]:
+    # SONTL saw "invalid state change" as the message; the reason that comes with it is not documented.
+    if spec.INVALID_STATE_CHANGE_MESSAGE in message.lower():
+        return InvalidStateError
+    documented = spec.ERROR_REASONS.get(reason or "")
+    if documented is not None:
+        return _CLASS_BY_KIND[documented.kind]
+    return _class_for_status(http_status)
+
+
+def _snippet(body: str) -> str:
+    """The <title> of an HTML page, else the start of the body, on one line."""
+    title = re.search(r"<title[^>]*>(.*?)</title>", body, re.IGNORECASE | re.DOTALL)
+    text = title.group(1) if title else body
+    return " ".join(text.split())[:BODY_SNIPPET_MAX_CHARS]
+
+
+def error_from_response(
+    *,
+    method: str,
+    path: str,
+    http_status: int,
+    body: str,
+    content_type: str,
+    retry_after_seconds: float | None = None,
+) -> NovitaTransientError | NovitaPermanentError:
+    """Build the typed error for a non-2xx answer, whatever its body looks like."""
+    where = f"Novita {method} {path} failed with HTTP {http_status}"
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        envelope = None
+    if isinstance(envelope, dict):
+        reason = envelope.get("reason") if isinstance(envelope.get("reason"), str) else None
+        message = str(envelope.get("message") or "")
+        # A JSON body in some other shape is still worth showing, briefly.
+        text = f"{where} {reason or 'without a reason'}: {message or _snippet(body)}"
+    else:
+        reason, message = None, ""
+        kind = content_type.split(";")[0].strip() or "no content type"
+        text = (
+            f"{where} and a non-JSON body ({kind}; likely a proxy or Cloudflare page, "
+            f"check the base URL and User-Agent): {_snippet(body) or '(empty body)'}"
+        )
+    error_class = _class_for(http_status, reason, message)
+    if issubclass(error_class, NovitaTransientError):
+        return error_class(
+            text, http_status=http_status, reason=reason, retry_after_seconds=retry_after_seconds
+        )
+    return error_class(text, http_status=http_status, reason=reason)
