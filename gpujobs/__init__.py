@@ -9,9 +9,9 @@ from typing import Any
 
 from flask import Flask
 
-from gpujobs.config import load_config, sqlalchemy_url
+__version__ = "0.1.0"  # before the imports below: the Novita client reads it for its User-Agent
 
-__version__ = "0.1.0"
+from gpujobs.config import load_config, sqlalchemy_url
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from gpujobs.embedded_env import read_embedded_env
+from gpujobs.novita.spec import PRODUCTION_BASE_URL as NOVITA_DEFAULT_BASE_URL
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-NOVITA_DEFAULT_BASE_URL = "https://api.novita.ai/gpu-instance/openapi/v1"
 
 
 class ConfigError(ValueError):
