@@ -45,8 +45,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from gpujobs.api import register_api
     from gpujobs.health import bp as health_bp
 
+    from gpujobs.ui import bp as ui_bp
+
     app.register_blueprint(health_bp)
     register_api(app)
+    app.register_blueprint(ui_bp)
     return app
 
 

@@ -6,6 +6,10 @@ from celery import Celery, Task
 from flask import Flask
 
 
+# Every module that defines tasks; a worker imports them all at start.
+TASK_MODULES = ["gpujobs.tasks", "gpujobs.provisioning.tasks"]
+
+
 def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app for ``app`` from the top-level ``celeryconfig`` and the broker URL."""
 
@@ -14,7 +18,7 @@ def celery_init_app(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
-    celery = Celery(app.name, task_cls=FlaskTask, include=["gpujobs.tasks"])
+    celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
     celery.config_from_object("celeryconfig")
     if app.config.get("REDIS_URL"):
         celery.conf.broker_url = app.config["REDIS_URL"]

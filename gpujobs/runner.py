@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask, current_app
 
 from gpujobs import jobs, webhooks
-from gpujobs.definitions.registry import Definition, get_definition
+from gpujobs.definitions.registry import Definition, Handoff, get_definition
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Job
@@ -147,6 +147,10 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> str 
         db.session.rollback()
         status = _record_failure(definition, claim, exc)
     else:
+        if isinstance(result, Handoff):
+            db.session.commit()
+            _hand_off(claim, result)
+            return jobs.RUNNING
         status = jobs.SUCCEEDED if jobs.succeed(claim.job_id, claim.attempt, result) else None
     if status in jobs.TERMINAL:
         webhooks.record_job_event(claim.job_id)
@@ -159,6 +163,21 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> str 
         _hook(definition.on_end, ctx, params)
         webhooks.publish_pending(claim.job_id)
     return status
+
+
+def _hand_off(claim: jobs.Claim, handoff: Handoff) -> None:
+    """Publish the follow-up task; if that fails, the lease expires and the rescue sweep reruns the job."""
+    try:
+        current_app.extensions["celery"].send_task(
+            handoff.task,
+            args=[str(claim.job_id), claim.attempt, *handoff.args],
+            queue=handoff.queue,
+            countdown=handoff.countdown_seconds or None,
+        )
+    except Exception as exc:  # broker away: recovery is the lease's job
+        log.warning(
+            "job %s: hand-off to %s not published (%s)", claim.job_id, handoff.task, type(exc).__name__
+        )
 
 
 def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseException) -> str | None:

@@ -9,9 +9,8 @@ from gpujobs.api.errors import register_error_handlers
 
 def register_api(app: Flask) -> None:
     """Attach every API blueprint and the error handlers to ``app``."""
-    from gpujobs.api.dlq import bp as dlq_bp
-    from gpujobs.api.jobs import bp as jobs_bp
+    from gpujobs.api import dlq, instances, jobs, schedules, videos
 
     register_error_handlers(app)
-    app.register_blueprint(jobs_bp)
-    app.register_blueprint(dlq_bp)
+    for module in (jobs, dlq, instances, schedules, videos):
+        app.register_blueprint(module.bp)

@@ -38,7 +38,23 @@ class JobContext(Protocol):
         """Raise ``JobCancelled`` when cancellation was requested (a convenient safe point)."""
 
 
-Handler = Callable[[JobContext, dict[str, Any]], dict[str, Any] | None]
+@dataclass(frozen=True)
+class Handoff:
+    """Returned by a handler whose job goes on in another task (the GPU chain's monitor step).
+
+    The job stays ``running`` under the same attempt; the engine publishes ``task`` after commit with
+    ``(job_id, attempt, *args)``. That task owns the job from then on: it renews the lease and ends the
+    job with fenced writes. If its messages are lost, the lease expires and the rescue sweep reruns
+    the handler, which must therefore be idempotent (the GPU create step adopts its instance by name).
+    """
+
+    task: str
+    args: tuple[Any, ...] = ()
+    queue: str = "monitor"
+    countdown_seconds: float = 0.0
+
+
+Handler = Callable[[JobContext, dict[str, Any]], "dict[str, Any] | Handoff | None"]
 Hook = Callable[[JobContext, dict[str, Any]], None]
 
 
