@@ -44,7 +44,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         importlib.import_module(module)
     from gpujobs.api import register_api
     from gpujobs.health import bp as health_bp
-
     from gpujobs.ui import bp as ui_bp
 
     app.register_blueprint(health_bp)

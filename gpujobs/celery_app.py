@@ -5,7 +5,6 @@ from __future__ import annotations
 from celery import Celery, Task
 from flask import Flask
 
-
 # Every module that defines tasks; a worker imports them all at start.
 TASK_MODULES = ["gpujobs.tasks", "gpujobs.provisioning.tasks"]
 
