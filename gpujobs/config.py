@@ -77,6 +77,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUJOBS_RETENTION_HOURS", "24", _positive_float, "Finished jobs and events older are deleted."),
     Setting("GPUJOBS_CLEANUP_BATCH_SIZE", "5000", _positive_int, "Rows deleted per cleanup transaction."),
     Setting("GPUJOBS_WEBHOOK_ALLOW_PRIVATE", "0", _bool, "Allow webhooks and call.api to private addresses."),
+    Setting(
+        "GPUJOBS_MONITOR_INTERVAL_SECONDS", "5", _positive_float, "Poll interval while an instance starts."
+    ),
+    Setting(
+        "GPUJOBS_MONITOR_TIMEOUT_SECONDS", "600", _positive_float, "Default deadline for an instance to run."
+    ),
+    Setting("GPUJOBS_DELETE_ON_TIMEOUT", "1", _bool, "Stop and delete an instance that missed its deadline."),
+    Setting(
+        "GPUJOBS_REGION_FALLBACK",
+        "CN-HK-01,AS-SGP-02,US-CA-06,EU-DE-01",
+        _csv,
+        "Regions tried, in order, after the requested one.",
+    ),
+    Setting(
+        "GPUJOBS_LEAK_GRACE_SECONDS", "600", _positive_float, "Age before an unowned instance is deleted."
+    ),
+    Setting(
+        "GPUJOBS_RATE_LIMIT_PER_MINUTE", "600", _positive_int, "Requests per minute per API key (429 above)."
+    ),
+    Setting("GPUJOBS_METRICS_PUBLIC", "1", _bool, "Serve /metrics without an API key (for Prometheus)."),
+    Setting(
+        "GPUJOBS_VIDEO_MAX_BYTES", str(500 * 1024 * 1024), _positive_int, "Largest video upload accepted."
+    ),
     Setting("GPUJOBS_DEFINITION_MODULES", "", _csv, "Extra modules to import for your own job definitions."),
     Setting("GPUJOBS_MAX_BODY_BYTES", str(1024 * 1024), _positive_int, "Largest JSON request body accepted."),
     Setting("GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS", "30", _positive_float, "Worker soft-shutdown grace period."),

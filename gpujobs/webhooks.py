@@ -159,3 +159,17 @@ def _outcome(status_code: int | None, attempt: int) -> tuple[str, object]:
     delay = RETRY_SCHEDULE_SECONDS[attempt - 1]
     delay *= 1 + random.uniform(-RETRY_JITTER_FRACTION, RETRY_JITTER_FRACTION)
     return "pending", jobs.utcnow() + timedelta(seconds=delay)
+
+
+def redeliver(delivery_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
+    """Send a delivery again now (operator action), keeping its ``webhook-id``; False if not the tenant's."""
+    done = db.session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.tenant_id == tenant_id)
+        .values(status="pending", next_attempt_at=func.now())
+    )
+    db.session.commit()
+    if done.rowcount != 1:
+        return False
+    current_app.extensions["celery"].send_task(DELIVER_TASK, args=[str(delivery_id)], queue="webhooks")
+    return True
