@@ -119,9 +119,8 @@ def publish_due_webhooks() -> int:
         .limit(SWEEP_BATCH_SIZE)
     ).all()
     db.session.commit()
-    celery = current_app.extensions["celery"]
     for delivery_id in due:
-        celery.send_task(webhooks.DELIVER_TASK, args=[str(delivery_id)], queue="webhooks")
+        webhooks.publish_delivery(delivery_id)
     return len(due)
 
 

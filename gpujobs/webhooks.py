@@ -81,12 +81,16 @@ def publish_pending(job_id: uuid.UUID) -> None:
             WebhookDelivery.attempts == 0,
         )
     ).all()
-    celery = current_app.extensions["celery"]
     for delivery_id in due:
-        try:
-            celery.send_task(DELIVER_TASK, args=[str(delivery_id)], queue="webhooks")
-        except Exception as exc:  # broker away: the webhook sweep sends it
-            log.warning("delivery %s not published (%s)", delivery_id, type(exc).__name__)
+        publish_delivery(delivery_id)
+
+
+def publish_delivery(delivery_id: uuid.UUID) -> None:
+    """Hand one delivery to the webhook queue; if the broker is away, the webhook sweep sends it later."""
+    try:
+        current_app.extensions["celery"].send_task(DELIVER_TASK, args=[str(delivery_id)], queue="webhooks")
+    except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
+        log.warning("delivery %s not published (%s)", delivery_id, type(exc).__name__)
 
 
 def signing_secrets(tenant: Tenant) -> list[str]:
@@ -171,5 +175,5 @@ def redeliver(delivery_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
     db.session.commit()
     if done.rowcount != 1:
         return False
-    current_app.extensions["celery"].send_task(DELIVER_TASK, args=[str(delivery_id)], queue="webhooks")
+    publish_delivery(delivery_id)
     return True
