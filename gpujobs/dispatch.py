@@ -64,10 +64,15 @@ def publish(item: Dispatch) -> bool:
 
 
 def commit_and_publish(queued: Iterable[Dispatch]) -> None:
-    """Commit the session, then publish each job and record which went out."""
+    """Mark the jobs published, commit, publish each; un-mark (for the dispatch sweep) what failed.
+
+    If the process dies between commit and publish, the sweep finds the job queued with an empty
+    queue in Redis and publishes it again.
+    """
     queued = list(queued)
+    jobs.mark_published([item.job_id for item in queued])
     db.session.commit()
-    sent = [item.job_id for item in queued if publish(item)]
-    for job_id in sent:
-        jobs.mark_published(job_id)
-    db.session.commit()
+    failed = [item.job_id for item in queued if not publish(item)]
+    if failed:
+        jobs.mark_published(failed, published=False)
+        db.session.commit()

@@ -107,11 +107,18 @@ def new_job(
     return job
 
 
-def mark_published(job_id: uuid.UUID) -> None:
-    """Note that a message for this queued job went to the broker (the dispatch sweep skips it)."""
-    db.session.execute(
-        update(Job).where(Job.id == job_id, Job.status == QUEUED).values(published_at=func.now())
-    )
+def mark_published(job_ids: list[uuid.UUID], published: bool = True) -> None:
+    """Mark queued jobs as handed to the broker (or, after a failed publish, as not handed over).
+
+    Marking happens before the publish, in the transaction that holds the rows, so two sweeps
+    cannot both publish a job; a publish that then fails is un-marked for the next sweep.
+    """
+    if job_ids:
+        db.session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == QUEUED)
+            .values(published_at=func.now() if published else None)
+        )
 
 
 def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Claim | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_ready
 
 from gpujobs import runner, sweeps, webhooks
 
@@ -43,3 +45,9 @@ def sweep_webhooks() -> None:
 def sweep_cleanup() -> None:
     """Delete finished jobs (with their events and deliveries) past retention, in batches."""
     sweeps.clean_up()
+
+
+@worker_ready.connect
+def recover_orphans(sender: Any, **_: Any) -> None:
+    """At worker start, rescue jobs left by dead workers without waiting for beat."""
+    sender.app.send_task("gpujobs.sweep.rescue", queue="maintenance")

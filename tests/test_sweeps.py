@@ -1,0 +1,192 @@
+"""The beat sweeps, called directly with time injected through the rows they read."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import uuid
+
+import redis
+from helpers import wait_for
+from sqlalchemy import event, func, select, text, update
+
+from gpujobs import jobs, operations
+from gpujobs.definitions import get_definition
+from gpujobs.extensions import db
+from gpujobs.models import DeadLetter, Job, JobEvent
+from gpujobs.sweeps import clean_up, dispatch_due, rescue_stuck
+
+
+def queued_jobs(tenant_id: str, count: int, key: str = "echo", params: dict | None = None) -> list[uuid.UUID]:
+    """Queued jobs whose message never went out (as after a crash between commit and publish)."""
+    definition = get_definition(key, 1)
+    ids = [
+        jobs.new_job(
+            tenant_id=uuid.UUID(tenant_id),
+            definition=definition,
+            params=definition.validate_params(params or {"message": "x"}),
+            priority=1,
+        ).id
+        for _ in range(count)
+    ]
+    db.session.commit()
+    return ids
+
+
+def running_jobs(tenant_id: str, count: int, **values: object) -> list[uuid.UUID]:
+    """Jobs claimed by a worker that then vanished; ``values`` override columns (time injection)."""
+    ids = queued_jobs(tenant_id, count, "test.sleep", {"seconds": 0})
+    definition = get_definition("test.sleep", 1)
+    for job_id in ids:
+        jobs.claim(job_id, definition, lease_seconds=60)
+    db.session.execute(update(Job).where(Job.id.in_(ids)).values(**values))
+    db.session.commit()
+    return ids
+
+
+def queue_length(app, queue: str = "normal") -> int:
+    return redis.Redis.from_url(app.config["REDIS_URL"]).llen(queue)
+
+
+def in_parallel(app, sweep, copies: int = 2) -> None:
+    """Run the same sweep in several threads at once, each with its own session and connection."""
+    barrier = threading.Barrier(copies)
+
+    def run() -> None:
+        with app.app_context():
+            barrier.wait()
+            sweep()
+            db.session.remove()
+
+    threads = [threading.Thread(target=run) for _ in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+
+def test_the_dispatch_sweep_publishes_a_job_whose_message_never_went_out(app, app_context, tenant):
+    [job_id] = queued_jobs(tenant["id"], 1)
+    assert queue_length(app) == 0
+    assert dispatch_due() == 1
+    assert queue_length(app) == 1
+    assert db.session.get(Job, job_id).published_at is not None
+    assert dispatch_due() == 0  # published and its queue holds it: nothing to do
+
+
+def test_two_dispatch_sweeps_at_once_publish_each_job_once(app, app_context, tenant):
+    queued_jobs(tenant["id"], 200)
+    in_parallel(app, dispatch_due)
+    assert queue_length(app) == 200
+
+
+def test_a_redis_flush_while_jobs_wait_loses_nothing(app, tenant, start_worker):
+    with app.app_context():
+        ids = [
+            operations.submit(uuid.UUID(tenant["id"]), "echo", 1, {"message": str(i)}).id for i in range(20)
+        ]
+        db.session.remove()
+    redis.Redis.from_url(app.config["REDIS_URL"]).flushall()  # Redis restarted empty
+    with app.app_context():
+        db.session.execute(update(Job).values(published_at=func.now() - text("interval '1 minute'")))
+        db.session.commit()
+        assert dispatch_due() == 20
+        db.session.remove()
+    start_worker()
+
+    def all_succeeded() -> bool:
+        with app.app_context():
+            done = db.session.scalar(select(func.count()).where(Job.id.in_(ids), Job.status == "succeeded"))
+            db.session.remove()
+        return done == 20
+
+    wait_for(all_succeeded, timeout=60)
+
+
+def test_retries_become_due_and_are_queued_by_the_dispatch_sweep(app, app_context, tenant):
+    [job_id] = running_jobs(tenant["id"], 1)
+    jobs.fail_attempt(job_id, 1, "blip", retryable=True, retry_delay_seconds=3600)
+    db.session.commit()
+    dispatch_due()
+    assert db.session.get(Job, job_id).status == "retrying"  # not yet due
+    db.session.execute(update(Job).where(Job.id == job_id).values(next_retry_at=func.now()))
+    db.session.commit()
+    dispatch_due()
+    db.session.expire_all()
+    assert db.session.get(Job, job_id).status == "queued" and queue_length(app) == 1
+
+
+def test_two_rescue_sweeps_at_once_rescue_each_expired_lease_once(app, app_context, tenant):
+    expired = func.now() - text("interval '1 minute'")
+    ids = running_jobs(tenant["id"], 50, lease_expires_at=expired)
+    in_parallel(app, rescue_stuck)
+    rescued = db.session.scalar(
+        select(func.count()).where(JobEvent.job_id.in_(ids), JobEvent.type == "job.rescued")
+    )
+    assert rescued == 50
+    assert db.session.scalar(select(func.count()).where(Job.id.in_(ids), Job.status == "queued")) == 50
+    assert queue_length(app) == 50
+
+
+def test_an_expired_lease_with_no_attempts_left_is_failed_and_dead_lettered(app, app_context, tenant):
+    [job_id] = running_jobs(
+        tenant["id"], 1, lease_expires_at=func.now() - text("interval '1 minute'"), max_attempts=1
+    )
+    rescue_stuck()
+    job = db.session.get(Job, job_id)
+    assert job.status == "failed" and "lease expired" in job.error
+    assert db.session.scalar(select(func.count()).where(DeadLetter.job_id == job_id)) == 1
+
+
+def test_a_job_running_past_its_timeout_is_failed_by_the_rescue_sweep(app, app_context, tenant):
+    long_ago = func.now() - text("interval '2 hours'")
+    [job_id] = running_jobs(tenant["id"], 1, started_at=long_ago, timeout_seconds=60)
+    rescue_stuck()
+    job = db.session.get(Job, job_id)
+    assert job.status == "retrying" and job.error == "timed out after 60 s"
+
+
+def test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches(app, app_context, tenant):
+    old = running_jobs(tenant["id"], 25)
+    recent = running_jobs(tenant["id"], 5)
+    for job_id in old + recent:
+        jobs.succeed(job_id, 1, {})
+    db.session.execute(
+        update(Job).where(Job.id.in_(old)).values(finished_at=func.now() - text("interval '2 days'"))
+    )
+    db.session.commit()
+    app.config["GPUJOBS_CLEANUP_BATCH_SIZE"] = 10
+    deletes: list[int] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("DELETE FROM jobs"):
+            deletes.append(cursor.rowcount)
+
+    event.listen(db.engine, "after_cursor_execute", count)
+    try:
+        assert clean_up() == 25
+    finally:
+        event.remove(db.engine, "after_cursor_execute", count)
+        app.config["GPUJOBS_CLEANUP_BATCH_SIZE"] = 5000
+    assert deletes == [10, 10, 5]
+    assert db.session.scalar(select(func.count()).select_from(Job)) == 5
+    assert db.session.scalar(select(func.count()).where(JobEvent.job_id.in_(old))) == 0
+
+
+def test_a_worker_told_to_stop_finishes_its_running_job_first(app, tenant, start_worker):
+    worker = start_worker(concurrency=1, name="stopping")
+    with app.app_context():
+        job_id = operations.submit(uuid.UUID(tenant["id"]), "test.sleep", 1, {"seconds": 2}).id
+        db.session.remove()
+
+    def status() -> str:
+        with app.app_context():
+            value = db.session.scalar(select(Job.status).where(Job.id == job_id))
+            db.session.remove()
+        return value
+
+    wait_for(lambda: status() == "running", timeout=30)
+    os.kill(worker.process.pid, signal.SIGTERM)  # warm shutdown: running tasks may finish
+    worker.process.wait(timeout=30)
+    assert status() == "succeeded"
