@@ -93,7 +93,14 @@ def test_a_failing_receiver_is_retried_with_the_same_webhook_id(app, client, ten
     hook = receiver(fail_first=1)
     body = {"definitionKey": "echo", "params": {"message": "retry"}, "webhookUrl": hook.url}
     job_id = client.post("/v1/jobs", json=body, headers=tenant["headers"]).json["id"]
-    wait_for(lambda: hook.ids, timeout=30)
+
+    def first_attempt_recorded() -> bool:
+        with app.app_context():
+            code = db.session.scalar(select(WebhookDelivery.last_status_code))
+            db.session.remove()
+        return code == 503
+
+    wait_for(first_attempt_recorded, timeout=30)
     with app.app_context():  # skip the 5 s wait of the first retry step
         db.session.execute(
             update(WebhookDelivery)
