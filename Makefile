@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench faults clean
 
 # Reinstall only when the requirements change.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -19,6 +19,9 @@ run: $(STAMP)  ## The whole service with embedded PostgreSQL, Redis and the Novi
 test: $(STAMP)  ## The whole suite against real PostgreSQL, Redis, Celery workers and the simulator
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+faults: $(STAMP)  ## Fault injection with accounting (SIGKILL, Redis wiped, PostgreSQL down, SIGSTOP)
+	$(BIN)/python -m bench.faults --jobs 200
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

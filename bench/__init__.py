@@ -1,0 +1,1 @@
+"""Benchmarks and the fault-injection suite (``make bench``, ``make faults``)."""
