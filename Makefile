@@ -20,6 +20,10 @@ test: $(STAMP)  ## The whole suite against real PostgreSQL, Redis, Celery worker
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+bench: $(STAMP)  ## Benchmarks; each prints its figures (see bench/README.md)
+	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.priority
+
 faults: $(STAMP)  ## Fault injection with accounting (SIGKILL, Redis wiped, PostgreSQL down, SIGSTOP)
 	$(BIN)/python -m bench.faults --jobs 200
 
