@@ -187,13 +187,17 @@ class Instance(db.Model):
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     name: Mapped[str] = mapped_column(String(100), unique=True, nullable=False)
     novita_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    # The caller's own name for the instance (Novita's name is derived from the job, see ``name``).
+    label: Mapped[str | None] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(32), nullable=False, default="requested")
     novita_status: Mapped[str | None] = mapped_column(String(32))
     product_name: Mapped[str | None] = mapped_column(String(200))
     product_id: Mapped[str | None] = mapped_column(String(200))
     region: Mapped[str | None] = mapped_column(String(64))
     cluster_id: Mapped[str | None] = mapped_column(String(64))
-    price_per_hour_units: Mapped[int | None] = mapped_column(Integer)  # Novita's 1/100,000 USD
+    gpu_num: Mapped[int | None] = mapped_column(SmallInteger)
+    # For the whole instance (every GPU), in Novita's 1/100,000 USD per hour.
+    price_per_hour_units: Mapped[int | None] = mapped_column(Integer)
     endpoints: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created_at()
@@ -205,6 +209,14 @@ class Instance(db.Model):
 
     __table_args__ = (
         Index("ix_instances_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+        # A finished job's webhook looks up its instance by job.
+        Index("ix_instances_job", "job_id"),
+        # The reconcile sweep reads the instances that should exist at Novita, not the history.
+        Index(
+            "ix_instances_live",
+            "status",
+            postgresql_where=text("status NOT IN ('deleted', 'lost', 'failed')"),
+        ),
     )
 
 
@@ -275,3 +287,67 @@ class Schedule(db.Model):
         UniqueConstraint("tenant_id", "name", name="uq_schedules_tenant_name"),
         Index("ix_schedules_due", "next_run_at", postgresql_where=text("enabled")),
     )
+
+
+# Counters for stats and metrics, kept by triggers (migration b2_api) so no request counts the jobs
+# table. Each key is spread over COUNTER_SHARDS rows, chosen by the row's id, so concurrent
+# transitions of one tenant's jobs rarely wait on the same row lock; readers sum the shards.
+COUNTER_SHARDS = 8
+
+
+class JobCounter(db.Model):
+    """How many jobs exist per tenant, definition and status (one shard of the count)."""
+
+    __tablename__ = "job_counters"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    definition_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    definition_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+
+class JobHourly(db.Model):
+    """Jobs that finished per tenant, clock hour (UTC) and definition, with summed durations.
+
+    History, not state: cleanup of old jobs does not subtract from it. ``timed`` counts the finished
+    jobs that ran (a job cancelled while queued has no run time); the sums are over those.
+    """
+
+    __tablename__ = "job_hourly"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    definition_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    definition_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    succeeded: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    failed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    cancelled: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    retried: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    timed: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    processing_seconds: Mapped[float] = mapped_column(nullable=False, server_default=text("0"))
+    queue_seconds: Mapped[float] = mapped_column(nullable=False, server_default=text("0"))
+
+    __table_args__ = (Index("ix_job_hourly_hour", "hour"),)
+
+
+class DeliveryCounter(db.Model):
+    """How many webhook deliveries exist per tenant and status (one shard of the count)."""
+
+    __tablename__ = "webhook_delivery_counters"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+
+# Duration percentiles read a tenant's most recent finished jobs (``gpujobs.stats``).
+Index(
+    "ix_jobs_tenant_finished",
+    Job.tenant_id,
+    Job.finished_at,
+    postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled')"),
+)

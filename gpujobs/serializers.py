@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpujobs.jobs import PRIORITY_NAMES
-from gpujobs.models import DeadLetter, Instance, Job, JobEvent
+from gpujobs.models import DeadLetter, Instance, Job, JobEvent, WebhookDelivery
+
+if TYPE_CHECKING:  # the registry imports the definitions, some of which import this module
+    from gpujobs.definitions.registry import Definition
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -52,12 +55,13 @@ def event_to_dict(event: JobEvent) -> dict[str, Any]:
 
 
 def instance_to_dict(instance: Instance) -> dict[str, Any]:
-    """An instance as the API shows it; prices in USD per hour (Novita counts 1/100,000 USD)."""
+    """An instance as the API shows it; `pricePerHour` is USD for all its GPUs (Novita: 1/100,000 USD)."""
     price = instance.price_per_hour_units
     return {
         "id": str(instance.id),
         "jobId": str(instance.job_id) if instance.job_id else None,
         "name": instance.name,
+        "label": instance.label,
         "novitaInstanceId": instance.novita_id,
         "status": instance.status,
         "novitaStatus": instance.novita_status,
@@ -65,6 +69,7 @@ def instance_to_dict(instance: Instance) -> dict[str, Any]:
         "productId": instance.product_id,
         "region": instance.region,
         "clusterId": instance.cluster_id,
+        "gpuNum": instance.gpu_num,
         "pricePerHour": price / 100_000 if price is not None else None,
         "endpoints": instance.endpoints,
         "error": instance.error,
@@ -84,4 +89,34 @@ def dead_letter_to_dict(letter: DeadLetter) -> dict[str, Any]:
         "error": letter.error,
         "createdAt": _iso(letter.created_at),
         "redrivenAt": _iso(letter.redriven_at),
+    }
+
+
+def delivery_to_dict(delivery: WebhookDelivery) -> dict[str, Any]:
+    """A webhook delivery as its tenant sees it: outcome and schedule (no payload, never a secret)."""
+    return {
+        "id": str(delivery.id),
+        "jobId": str(delivery.job_id),
+        "eventType": delivery.event_type,
+        "url": delivery.url,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "lastStatusCode": delivery.last_status_code,
+        "lastError": delivery.last_error,
+        "nextAttemptAt": _iso(delivery.next_attempt_at),
+        "createdAt": _iso(delivery.created_at),
+        "deliveredAt": _iso(delivery.delivered_at),
+    }
+
+
+def definition_to_dict(definition: Definition) -> dict[str, Any]:
+    """A job definition and its defaults, with the JSON Schema its params must match."""
+    return {
+        "key": definition.key,
+        "version": definition.version,
+        "description": definition.description,
+        "defaultMaxAttempts": definition.max_attempts,
+        "timeoutSeconds": definition.timeout_seconds,
+        "concurrencyLimit": definition.concurrency_limit,
+        "paramsSchema": definition.params_model.model_json_schema(),
     }

@@ -1,4 +1,4 @@
-"""The jobs, definitions and DLQ endpoints: validation, pagination and tenant isolation."""
+"""The jobs, definitions and DLQ endpoints: validation, pagination, transitions and tenant isolation."""
 
 from __future__ import annotations
 
@@ -71,9 +71,10 @@ def test_listing_pages_with_a_cursor_and_filters_by_status_and_definition(client
     assert seen == list(reversed(ids))
     queued = client.get("/v1/jobs?status=queued", headers=tenant["headers"]).json["items"]
     assert len(queued) == 6
-    assert client.get("/v1/jobs?status=bogus", headers=tenant["headers"]).status_code == 400
-    assert client.get("/v1/jobs?cursor=!!", headers=tenant["headers"]).status_code == 400
-    assert client.get("/v1/jobs?limit=0", headers=tenant["headers"]).status_code == 400
+    for bad in ("status=bogus", "cursor=!!", "limit=0", "limit=201", "limit=x", "definitionKey="):
+        response = client.get(f"/v1/jobs?{bad}", headers=tenant["headers"])
+        assert response.status_code == 422, bad
+        assert response.json["errors"][0]["field"] == bad.split("=")[0]
 
 
 def test_another_tenants_job_and_dead_letter_answer_404_on_every_route(app, client, tenant):
@@ -118,3 +119,38 @@ def test_requests_without_a_valid_key_are_401_problems(client):
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
         response = client.get("/v1/jobs", headers=headers)
         assert response.status_code == 401 and response.content_type == "application/problem+json"
+
+
+def test_a_job_is_read_back_with_its_timeline_which_continues_after_an_event_id(client, tenant):
+    job_id = post_job(client, tenant).json["id"]
+    assert client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json["status"] == "queued"
+    client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant["headers"])
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=tenant["headers"]).json
+    assert events["jobId"] == job_id
+    assert [e["type"] for e in events["events"]] == ["job.queued", "job.cancelled"]
+    after = events["events"][0]["id"]
+    rest = client.get(f"/v1/jobs/{job_id}/events?after={after}", headers=tenant["headers"]).json["events"]
+    assert [e["type"] for e in rest] == ["job.cancelled"]
+    for bad in ("after=-1", "after=x", f"after={2**63}"):
+        assert client.get(f"/v1/jobs/{job_id}/events?{bad}", headers=tenant["headers"]).status_code == 422
+
+
+def test_cancel_answers_200_for_a_queued_job_202_for_a_running_one_and_200_once_finished(app, client, tenant):
+    queued = post_job(client, tenant).json["id"]
+    response = client.post(f"/v1/jobs/{queued}/cancel", headers=tenant["headers"])
+    assert response.status_code == 200 and response.json["status"] == "cancelled"
+    running = post_job(client, tenant).json["id"]
+    with app.app_context():
+        jobs.claim(uuid.UUID(running), get_definition("echo", 1), 60)
+        db.session.commit()
+        db.session.remove()
+    response = client.post(f"/v1/jobs/{running}/cancel", headers=tenant["headers"])
+    assert response.status_code == 202 and response.json["status"] == "cancelling"
+    again = client.post(f"/v1/jobs/{queued}/cancel", headers=tenant["headers"])
+    assert again.status_code == 200 and again.json["status"] == "cancelled"
+
+
+def test_an_unknown_job_or_dead_letter_is_a_404_problem(client, tenant):
+    for path in (f"/v1/jobs/{uuid.uuid4()}", f"/v1/dlq/{uuid.uuid4()}", f"/v1/jobs/{uuid.uuid4()}/events"):
+        response = client.get(path, headers=tenant["headers"])
+        assert response.status_code == 404 and response.content_type == "application/problem+json"

@@ -1,4 +1,9 @@
-"""The HTTP API (``/v1``): blueprints, bearer authentication and RFC 9457 problem responses."""
+"""The HTTP API: ``/v1`` blueprints, ``/metrics``, ``/openapi.json`` and ``/docs``.
+
+Cross-cutting rules live in one module each: bearer keys and rate limits (``auth``, ``ratelimit``),
+request parsing (``validation``), problem documents (``errors``), retry-safe creation
+(``idempotency``), keyset pages (``pagination``) and the OpenAPI document (``openapi``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,13 @@ from gpujobs.api.errors import register_error_handlers
 
 
 def register_api(app: Flask) -> None:
-    """Attach every API blueprint and the error handlers to ``app``."""
-    from gpujobs.api import dlq, instances, jobs, schedules, videos
+    """Attach every API blueprint, ``/metrics``, the error handlers and the request guards to ``app``."""
+    from gpujobs.api import deliveries, dlq, docs, instances, jobs, metrics, ratelimit, schedules, videos
+    from gpujobs.api.validation import reject_unstorable_query
 
     register_error_handlers(app)
-    for module in (jobs, dlq, instances, schedules, videos):
+    app.before_request(reject_unstorable_query)
+    app.after_request(ratelimit.add_headers)
+    for module in (jobs, deliveries, dlq, instances, schedules, videos, metrics, docs):
         app.register_blueprint(module.bp)
+    metrics.register_prometheus(app)

@@ -1,4 +1,8 @@
-"""Bearer-key authentication for API views: ``g.tenant`` is the caller's tenant."""
+"""Bearer-key authentication for API views: ``g.tenant`` is the caller's tenant, every query scopes on it.
+
+Keys are looked up by SHA-256 digest and compared in constant time (``gpujobs.auth``); each
+authenticated request then counts against the key's rate limit.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +12,35 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
+from gpujobs.api import ratelimit
 from gpujobs.api.errors import ApiError
-from gpujobs.auth import authenticate
+from gpujobs.auth import authenticate, key_digest
 
 View = TypeVar("View", bound=Callable[..., Any])
 
 
 def require_api_key(view: View) -> View:
-    """Reject requests without a valid ``Authorization: Bearer <key>`` (401 with a challenge)."""
+    """Refuse requests without a valid ``Authorization: Bearer <key>`` (401) or over its limit (429)."""
 
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        tenant = authenticate(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
-        if tenant is None:
-            raise ApiError(
-                401,
-                "Unauthorized",
-                "a valid API key is required: Authorization: Bearer <key>",
-            )
-        g.tenant = tenant
+        authenticate_request()
         return view(*args, **kwargs)
 
     return wrapped  # type: ignore[return-value]
+
+
+def authenticate_request() -> None:
+    """Set ``g.tenant`` from the bearer key and count the request, or raise 401 / 429."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    key = key.strip()
+    tenant = authenticate(key) if scheme.lower() == "bearer" and key else None
+    if tenant is None:
+        raise ApiError(
+            401,
+            "Unauthorized",
+            "a valid API key is required: Authorization: Bearer <key>",
+            headers={"WWW-Authenticate": 'Bearer realm="gpujobs"'},
+        )
+    g.tenant = tenant
+    ratelimit.check(key_digest(key))

@@ -5,33 +5,44 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import Blueprint, g, request
+from flask import Blueprint, g
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from gpujobs import operations
+from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError
-from gpujobs.api.pagination import after_cursor, page, page_size
+from gpujobs.api.openapi import operation
+from gpujobs.api.pagination import PageQuery, after_cursor, page
+from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
 from gpujobs.serializers import dead_letter_to_dict, job_to_dict
 
 bp = Blueprint("dlq", __name__, url_prefix="/v1/dlq")
 
+TAG = "dlq"
+
 
 class Redrive(BaseModel):
-    """Body of ``POST /v1/dlq/{id}/retry`` (optional)."""
+    """Body of ``POST /v1/dlq/{id}/retry`` (optional): attempts granted, default the definition's."""
 
     model_config = ConfigDict(extra="forbid")
 
     maxAttempts: int | None = Field(default=None, ge=1, le=100)
 
 
-def tenant_letter(letter_id: str) -> DeadLetter:
+class DeadLetterQuery(PageQuery):
+    """Filters of ``GET /v1/dlq``."""
+
+    definitionKey: str | None = Field(None, min_length=1, max_length=100)
+
+
+def tenant_letter(letter_id: str | uuid.UUID) -> DeadLetter:
     """The caller's dead letter, or 404."""
     try:
-        letter_uuid = uuid.UUID(letter_id)
+        letter_uuid = letter_id if isinstance(letter_id, uuid.UUID) else uuid.UUID(letter_id)
     except ValueError:
         raise ApiError(404, "Not Found", f"no dead letter {letter_id}") from None
     letter = db.session.scalar(
@@ -43,31 +54,44 @@ def tenant_letter(letter_id: str) -> DeadLetter:
 
 
 @bp.get("")
+@operation(
+    summary="List dead letters, newest first",
+    tag=TAG,
+    query=DeadLetterQuery,
+    responses={200: schemas.DeadLetterPage},
+)
 @require_api_key
 def list_dead_letters() -> dict[str, Any]:
-    """Dead letters not yet redriven, newest first; filter by ``definitionKey``."""
-    limit = page_size(request.args.get("limit"))
+    """Dead letters not yet redriven; filter by ``definitionKey``."""
+    args = parse_query(DeadLetterQuery)
     query = select(DeadLetter).where(DeadLetter.tenant_id == g.tenant.id, DeadLetter.redriven_at.is_(None))
-    if request.args.get("definitionKey"):
-        query = query.where(DeadLetter.definition_key == request.args["definitionKey"])
-    query = after_cursor(query, DeadLetter, request.args.get("cursor")).limit(limit + 1)
-    return page(list(db.session.scalars(query)), limit, dead_letter_to_dict)
+    if args.definitionKey is not None:
+        query = query.where(DeadLetter.definition_key == args.definitionKey)
+    query = after_cursor(query, DeadLetter, args.cursor).limit(args.limit + 1)
+    return page(list(db.session.scalars(query)), args.limit, dead_letter_to_dict)
 
 
-@bp.get("/<letter_id>")
+@bp.get("/<uuid:letter_id>")
+@operation(summary="Get a dead letter with its job", tag=TAG, responses={200: schemas.DeadLetterDetail})
 @require_api_key
-def get_dead_letter(letter_id: str) -> dict[str, Any]:
+def get_dead_letter(letter_id: uuid.UUID) -> dict[str, Any]:
     """One dead letter with its job."""
     letter = tenant_letter(letter_id)
     return {**dead_letter_to_dict(letter), "job": job_to_dict(db.session.get(Job, letter.job_id))}
 
 
-@bp.post("/<letter_id>/retry")
+@bp.post("/<uuid:letter_id>/retry")
+@operation(
+    summary="Redrive a dead letter",
+    tag=TAG,
+    request=Redrive,
+    responses={202: schemas.Job, 409: "already redriven"},
+)
 @require_api_key
-def retry_dead_letter(letter_id: str) -> tuple[dict[str, Any], int]:
-    """Redrive: the job is queued again with a fresh attempt budget."""
+def retry_dead_letter(letter_id: uuid.UUID) -> tuple[dict[str, Any], int]:
+    """The job is queued again with a fresh attempt budget (an empty body is fine)."""
     letter = tenant_letter(letter_id)
-    body = Redrive.model_validate(request.get_json(silent=True) or {})
+    body = parse_body(Redrive, optional=True)
     job_id = operations.redrive(letter.id, g.tenant.id, body.maxAttempts)
     if job_id is None:
         raise ApiError(409, "Conflict", "this dead letter was already redriven")

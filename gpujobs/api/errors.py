@@ -16,11 +16,14 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
 class ApiError(Exception):
-    """An error the API reports to the client as a problem document."""
+    """An error the API reports to the client as a problem document (``headers`` go on the response)."""
 
-    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
+        self.headers = headers or {}
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
@@ -31,14 +34,24 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     return response
 
 
-def validation_problem(exc: ValidationError) -> Response:
-    """422 listing each invalid field by its JSON path."""
+def unprocessable(field: str, message: str) -> ApiError:
+    """A 422 naming one invalid field (the same shape as pydantic's errors)."""
+    return ApiError(
+        422,
+        "Unprocessable Content",
+        f"invalid value for: {field}",
+        errors=[{"field": field, "message": message}],
+    )
+
+
+def validation_problem(exc: ValidationError, prefix: tuple[str, ...] = ()) -> ApiError:
+    """422 listing each invalid field by its dotted path (``params.numbers.0``)."""
     errors = [
-        {"field": ".".join(str(part) for part in error["loc"]) or "body", "message": error["msg"]}
-        for error in exc.errors(include_url=False, include_input=False)
+        {"field": ".".join(str(part) for part in (*prefix, *error["loc"])) or "body", "message": error["msg"]}
+        for error in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
-    fields = ", ".join(error["field"] for error in errors)
-    return problem(422, "Unprocessable Content", f"invalid value for: {fields}", errors=errors)
+    fields = ", ".join(dict.fromkeys(error["field"] for error in errors))
+    return ApiError(422, "Unprocessable Content", f"invalid value for: {fields}", errors=errors)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -46,11 +59,13 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
-        return problem(exc.status, exc.title, exc.detail, **exc.extra)
+        response = problem(exc.status, exc.title, exc.detail, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError) -> Response:
-        return validation_problem(exc)
+        return _api_error(validation_problem(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

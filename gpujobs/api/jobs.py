@@ -3,56 +3,72 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from flask import Blueprint, g, request, url_for
+from flask import Blueprint, g, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from gpujobs import operations
+from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
-from gpujobs.api.errors import ApiError
-from gpujobs.api.pagination import after_cursor, page, page_size
+from gpujobs.api.errors import ApiError, unprocessable, validation_problem
+from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent
+from gpujobs.api.openapi import operation
+from gpujobs.api.pagination import PageQuery, after_cursor, page
+from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.definitions.registry import all_definitions
 from gpujobs.extensions import db
-from gpujobs.jobs import STATUSES
 from gpujobs.models import Job, JobEvent
 from gpujobs.outbound import UnsafeURLError
-from gpujobs.serializers import event_to_dict, job_to_dict
+from gpujobs.serializers import definition_to_dict, event_to_dict, job_to_dict
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
+TAG = "jobs"
 MAX_EVENTS_PER_PAGE = 1000
+POSTGRES_BIGINT_MAX = 2**63 - 1
+JOB_IDEMPOTENCY_INDEX = "uq_jobs_tenant_idempotency"
 
 
 class SubmitJob(BaseModel):
-    """Body of ``POST /v1/jobs``."""
+    """Body of ``POST /v1/jobs``; ``params`` are validated by the definition's own model."""
 
     model_config = ConfigDict(extra="forbid")
 
     definitionKey: str = Field(min_length=1, max_length=100)
     definitionVersion: int = Field(default=1, ge=1, le=1000)
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: str | int | None = None
+    priority: schemas.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None = Field(
+        default=None, description="a name, or 0-10 (higher is more urgent); default normal"
+    )
     maxAttempts: int | None = Field(default=None, ge=1, le=100)
-    webhookUrl: str | None = Field(default=None, max_length=2000)
-    idempotencyKey: str | None = Field(default=None, min_length=1, max_length=200)
+    webhookUrl: str | None = Field(default=None, max_length=2000, pattern=r"^https?://")
+    idempotencyKey: str | None = Field(
+        default=None, pattern=KEY_PATTERN, description="same as the Idempotency-Key header"
+    )
 
 
-def json_body() -> dict[str, Any]:
-    """The request's JSON object, or a 400 that says what is wrong with it."""
-    if not request.is_json:
-        raise ApiError(415, "Unsupported Media Type", "send a JSON body with Content-Type: application/json")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "Bad Request", "the body must be a JSON object")
-    return body
+class JobListQuery(PageQuery):
+    """Filters of ``GET /v1/jobs``."""
+
+    status: schemas.JobStatus | None = None
+    definitionKey: str | None = Field(None, min_length=1, max_length=100)
 
 
-def tenant_job(job_id: str) -> Job:
+class EventsQuery(BaseModel):
+    """``after``: the last event id already seen (0 from the start)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    after: int = Field(0, ge=0, le=POSTGRES_BIGINT_MAX)
+
+
+def tenant_job(job_id: str | uuid.UUID) -> Job:
     """The caller's job, or 404 (also for another tenant's job, which must not be told apart)."""
     try:
-        job_uuid = uuid.UUID(job_id)
+        job_uuid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(job_id)
     except ValueError:
         raise ApiError(404, "Not Found", f"no job {job_id}") from None
     job = db.session.scalar(select(Job).where(Job.id == job_uuid, Job.tenant_id == g.tenant.id))
@@ -62,10 +78,13 @@ def tenant_job(job_id: str) -> Job:
 
 
 @bp.post("/jobs")
+@operation(summary="Submit a job", tag=TAG, request=SubmitJob, responses={202: schemas.Job})
 @require_api_key
+@idempotent
 def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Accept a job: 202 once it is durably queued."""
-    body = SubmitJob.model_validate(json_body())
+    body = parse_body(SubmitJob)
+    key = current_key()
     try:
         job = operations.submit(
             g.tenant.id,
@@ -75,66 +94,78 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
             priority=body.priority,
             max_attempts=body.maxAttempts,
             webhook_url=body.webhookUrl,
-            idempotency_key=request.headers.get("Idempotency-Key") or body.idempotencyKey,
+            idempotency_key=key,
         )
     except LookupError as exc:
-        raise ApiError(422, "Unprocessable Content", str(exc), errors=[{"field": "definitionKey"}]) from None
-    except ValidationError:
-        raise  # params: answered by the app's handler with each field named
+        raise unprocessable("definitionKey", str(exc)) from None
+    except ValidationError as exc:
+        raise validation_problem(exc, ("params",)) from None
     except UnsafeURLError as exc:
-        raise ApiError(422, "Unprocessable Content", str(exc), errors=[{"field": "webhookUrl"}]) from None
-    except ValueError as exc:  # priority out of range (pydantic errors are handled by the app)
-        raise ApiError(422, "Unprocessable Content", str(exc), errors=[{"field": "priority"}]) from None
-    location = url_for("jobs.get_job", job_id=job.id)
-    return job_to_dict(job), 202, {"Location": location}
+        raise unprocessable("webhookUrl", str(exc)) from None
+    except IntegrityError as exc:
+        if getattr(exc.orig.diag, "constraint_name", None) != JOB_IDEMPOTENCY_INDEX:
+            raise
+        raise _key_taken(key) from None
+    return job_to_dict(job), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+
+def _key_taken(key: str | None) -> ApiError:
+    """409 for a key whose stored answer is gone (expired, or lost to a failure) but whose job remains."""
+    db.session.rollback()
+    job_id = db.session.scalar(select(Job.id).where(Job.tenant_id == g.tenant.id, Job.idempotency_key == key))
+    return ApiError(
+        409, "Conflict", f"Idempotency-Key {key!r} already belongs to job {job_id}", jobId=str(job_id)
+    )
 
 
 @bp.get("/jobs")
+@operation(summary="List jobs, newest first", tag=TAG, query=JobListQuery, responses={200: schemas.JobPage})
 @require_api_key
 def list_jobs() -> dict[str, Any]:
-    """The caller's jobs, newest first, filtered by ``status`` / ``definitionKey``, cursor-paginated."""
-    limit = page_size(request.args.get("limit"))
+    """The caller's jobs filtered by ``status`` / ``definitionKey``, cursor-paginated."""
+    args = parse_query(JobListQuery)
     query = select(Job).where(Job.tenant_id == g.tenant.id)
-    status = request.args.get("status")
-    if status is not None:
-        if status not in STATUSES:
-            raise ApiError(400, "Bad Request", f"status must be one of {', '.join(STATUSES)}")
-        query = query.where(Job.status == status)
-    if request.args.get("definitionKey"):
-        query = query.where(Job.definition_key == request.args["definitionKey"])
-    query = after_cursor(query, Job, request.args.get("cursor")).limit(limit + 1)
-    return page(list(db.session.scalars(query)), limit, job_to_dict)
+    if args.status is not None:
+        query = query.where(Job.status == args.status)
+    if args.definitionKey is not None:
+        query = query.where(Job.definition_key == args.definitionKey)
+    query = after_cursor(query, Job, args.cursor).limit(args.limit + 1)
+    return page(list(db.session.scalars(query)), args.limit, job_to_dict)
 
 
-@bp.get("/jobs/<job_id>")
+@bp.get("/jobs/<uuid:job_id>")
+@operation(summary="Get a job", tag=TAG, responses={200: schemas.Job})
 @require_api_key
-def get_job(job_id: str) -> dict[str, Any]:
+def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     """One job."""
     return job_to_dict(tenant_job(job_id))
 
 
-@bp.post("/jobs/<job_id>/cancel")
+@bp.post("/jobs/<uuid:job_id>/cancel")
+@operation(
+    summary="Cancel a job",
+    tag=TAG,
+    responses={200: schemas.Job, 202: schemas.Job},
+)
 @require_api_key
-def cancel_job(job_id: str) -> tuple[dict[str, Any], int]:
-    """Ask a job to stop: queued jobs are cancelled at once, running ones move to ``cancelling``."""
-    job = tenant_job(job_id)
-    status = operations.cancel(job.id, g.tenant.id)
+def cancel_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
+    """Queued jobs cancel at once (200), running ones go ``cancelling`` (202), finished ones stay (200)."""
+    tenant_job(job_id)
+    status = operations.cancel(job_id, g.tenant.id)
     db.session.expire_all()
-    job = tenant_job(job_id)
-    return job_to_dict(job), 202 if status == "cancelling" else 200
+    return job_to_dict(tenant_job(job_id)), 202 if status == "cancelling" else 200
 
 
-@bp.get("/jobs/<job_id>/events")
+@bp.get("/jobs/<uuid:job_id>/events")
+@operation(summary="A job's lifecycle events", tag=TAG, query=EventsQuery, responses={200: schemas.JobEvents})
 @require_api_key
-def job_events(job_id: str) -> dict[str, Any]:
+def job_events(job_id: uuid.UUID) -> dict[str, Any]:
     """The job's timeline, oldest first; ``after`` (an event id) continues a long one."""
     job = tenant_job(job_id)
-    after = request.args.get("after", "0")
-    if not after.isdigit():
-        raise ApiError(400, "Bad Request", "after must be an event id")
+    after = parse_query(EventsQuery).after
     events = db.session.scalars(
         select(JobEvent)
-        .where(JobEvent.job_id == job.id, JobEvent.id > int(after))
+        .where(JobEvent.job_id == job.id, JobEvent.id > after)
         .order_by(JobEvent.id)
         .limit(MAX_EVENTS_PER_PAGE)
     ).all()
@@ -142,20 +173,8 @@ def job_events(job_id: str) -> dict[str, Any]:
 
 
 @bp.get("/definitions")
+@operation(summary="List job definitions", tag="definitions", responses={200: schemas.DefinitionList})
 @require_api_key
 def list_definitions() -> dict[str, Any]:
     """Every registered job definition and its defaults."""
-    return {
-        "definitions": [
-            {
-                "key": d.key,
-                "version": d.version,
-                "description": d.description,
-                "defaultMaxAttempts": d.max_attempts,
-                "timeoutSeconds": d.timeout_seconds,
-                "concurrencyLimit": d.concurrency_limit,
-                "paramsSchema": d.params_model.model_json_schema(),
-            }
-            for d in all_definitions()
-        ]
-    }
+    return {"definitions": [definition_to_dict(d) for d in all_definitions()]}

@@ -7,21 +7,25 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, and_, or_
 
-from gpujobs.api.errors import ApiError
+from gpujobs.api.errors import unprocessable
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+MAX_CURSOR_LENGTH = 200
 
 
-def page_size(raw: str | None) -> int:
-    """Parse ``limit`` (1..200, default 50)."""
-    if raw is None:
-        return DEFAULT_PAGE_SIZE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise ApiError(400, "Bad Request", f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
-    return int(raw)
+class PageQuery(BaseModel):
+    """Query parameters of every paginated list (extend it with the list's filters)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE, description="items per page")
+    cursor: str | None = Field(
+        None, max_length=MAX_CURSOR_LENGTH, description="nextCursor of the previous page"
+    )
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
@@ -37,9 +41,9 @@ def after_cursor(query: Select[Any], model: Any, cursor: str | None) -> Select[A
     try:
         created_raw, id_raw = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         created_at, row_id = datetime.fromisoformat(created_raw), uuid.UUID(id_raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(
-            400, "Bad Request", "cursor is not valid; use nextCursor from a previous page"
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+        raise unprocessable(
+            "cursor", "not a cursor of this API; use nextCursor from a previous page"
         ) from None
     return query.where(
         or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id))

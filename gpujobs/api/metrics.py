@@ -1,0 +1,125 @@
+"""``/v1/stats`` and ``/v1/metrics/*`` (the caller's figures) and ``/metrics`` (Prometheus, all tenants)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpujobs import stats
+from gpujobs.api import schemas
+from gpujobs.api.auth import authenticate_request, require_api_key
+from gpujobs.api.openapi import operation
+from gpujobs.api.validation import parse_query
+from gpujobs.metrics import make_registry
+
+bp = Blueprint("metrics", __name__, url_prefix="/v1")
+
+TAG = "metrics"
+
+
+class CacheQuery(BaseModel):
+    """``ttl``: the oldest cached answer accepted, in seconds (0: compute now)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ttl: int = Field(stats.DEFAULT_TTL_SECONDS, ge=0, le=stats.MAX_TTL_SECONDS)
+
+
+class ThroughputQuery(CacheQuery):
+    """``hours``: how far back, in clock hours (the current one included)."""
+
+    hours: int = Field(24, ge=1, le=stats.MAX_THROUGHPUT_HOURS)
+
+
+def _cached(name: str, ttl: int, compute: Callable[[], Any]) -> Response:
+    """The tenant's figures, from the cache when younger than ``ttl``; ``Age`` says how old they are."""
+    body, age = stats.cached(name, g.tenant.id, ttl, compute)
+    return Response(current_app.json.dumps(body), mimetype="application/json", headers={"Age": str(age)})
+
+
+@bp.get("/stats")
+@operation(summary="Job counts by status and definition", tag=TAG, responses={200: schemas.Stats})
+@require_api_key
+def job_stats() -> dict[str, Any]:
+    """Exact counts, read from counters kept by triggers (never cached)."""
+    return stats.stats(g.tenant.id)
+
+
+@bp.get("/metrics")
+@operation(
+    summary="Summary, performance and throughput",
+    tag=TAG,
+    query=CacheQuery,
+    responses={200: schemas.MetricsOverview},
+)
+@require_api_key
+def metrics_overview() -> Response:
+    """The Job Server's overall metrics."""
+    tenant_id = g.tenant.id
+    return _cached("overview", parse_query(CacheQuery).ttl, lambda: stats.overview(tenant_id))
+
+
+@bp.get("/metrics/definitions")
+@operation(
+    summary="Metrics per job definition",
+    tag=TAG,
+    query=CacheQuery,
+    responses={200: schemas.DefinitionMetricsList},
+)
+@require_api_key
+def metrics_by_definition() -> Response:
+    """Counts, success rate and mean durations of each definition."""
+    tenant_id = g.tenant.id
+    return _cached("definitions", parse_query(CacheQuery).ttl, lambda: stats.definition_metrics(tenant_id))
+
+
+@bp.get("/metrics/throughput")
+@operation(
+    summary="Finished jobs per hour",
+    tag=TAG,
+    query=ThroughputQuery,
+    responses={200: schemas.Throughput},
+)
+@require_api_key
+def metrics_throughput() -> Response:
+    """Succeeded, failed and cancelled jobs in each of the last ``hours`` clock hours."""
+    args, tenant_id = parse_query(ThroughputQuery), g.tenant.id
+    return _cached(f"throughput:{args.hours}", args.ttl, lambda: stats.throughput(tenant_id, args.hours))
+
+
+@bp.get("/metrics/performance")
+@operation(
+    summary="Success and retry rates, mean and percentile durations",
+    tag=TAG,
+    query=CacheQuery,
+    responses={200: schemas.Performance},
+)
+@require_api_key
+def metrics_performance() -> Response:
+    """Rates and means over 24 h; p50/p95/p99 over the most recent finished jobs."""
+    tenant_id = g.tenant.id
+    return _cached("performance", parse_query(CacheQuery).ttl, lambda: stats.performance(tenant_id))
+
+
+def register_prometheus(app: Flask) -> None:
+    """Serve ``/metrics``: public when ``GPUJOBS_METRICS_PUBLIC`` (the default), else behind an API key."""
+    registry = make_registry()
+    public = app.config["GPUJOBS_METRICS_PUBLIC"]
+
+    @operation(
+        summary="Prometheus metrics (every tenant)",
+        tag=TAG,
+        responses={200: "Prometheus text exposition format"},
+        auth=not public,
+    )
+    def prometheus() -> Response:
+        """Every tenant's figures, computed now from the counters and Redis."""
+        if not public:
+            authenticate_request()
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+    app.add_url_rule("/metrics", "prometheus", prometheus)

@@ -1,0 +1,281 @@
+"""Stats and metrics: read from counters kept by triggers, and cached per tenant with the caller's ``ttl``.
+
+Why counters rather than cached aggregates of ``jobs``: a cached ``GROUP BY`` still scans every job of
+the tenant on each miss, so its cost grows with history; the counters (``job_counters``,
+``job_hourly``, ``webhook_delivery_counters``, see ``models`` and migration ``b2_api``) are exact at
+every commit and cost a few rows per read. ``job_hourly`` also keeps finished-job history beyond the
+jobs' retention, so ``lastWeek`` is real. The one figure counters cannot give, duration percentiles,
+reads the tenant's most recent finished jobs through ``ix_jobs_tenant_finished`` (at most
+``SAMPLE_LIMIT`` rows of the last 24 hours). On top, ``cached`` keeps each answer in Redis and serves
+it while younger than the caller's ``ttl`` (the Job Server contract: default 30 s, 0 = fresh).
+
+``tenant_id=None`` means every tenant (the Prometheus scrape).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from flask import current_app
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+from sqlalchemy import extract, func, select, true
+from sqlalchemy.dialects.postgresql import array
+
+import celeryconfig
+from gpujobs.extensions import db
+from gpujobs.jobs import FAILED, STATUSES, SUCCEEDED
+from gpujobs.models import DeliveryCounter, Job, JobCounter, JobHourly
+
+log = logging.getLogger(__name__)
+
+WINDOW_HOURS = 24  # rates and mean durations cover the last 24 hourly buckets, the current included
+MAX_THROUGHPUT_HOURS = 168
+SAMPLE_LIMIT = 10_000  # most recent finished jobs read for percentiles
+DEFAULT_TTL_SECONDS = 30
+MAX_TTL_SECONDS = 3600
+DELIVERY_STATUSES = ("pending", "succeeded", "failed", "disabled")
+QUANTILES = (0.5, 0.95, 0.99)
+REDIS_TIMEOUT_SECONDS = 0.5
+CACHE_PREFIX = "gpujobs:metrics"
+
+
+def redis_client() -> redis.Redis:
+    """The app's Redis client for caches, rate limits and queue depths: short timeouts, one pool."""
+    extensions = current_app.extensions
+    if "gpujobs_redis" not in extensions:
+        extensions["gpujobs_redis"] = redis.Redis.from_url(
+            current_app.config["REDIS_URL"],
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        )
+    return extensions["gpujobs_redis"]
+
+
+def cached(name: str, tenant_id: uuid.UUID | None, ttl: int, compute: Callable[[], Any]) -> tuple[Any, int]:
+    """``compute()``'s answer, or a cached one younger than ``ttl`` seconds; returns (answer, age).
+
+    Redis trouble only costs the cache: the answer is computed afresh.
+    """
+    if ttl <= 0:
+        return compute(), 0
+    key = f"{CACHE_PREFIX}:{tenant_id or 'all'}:{name}"
+    client = redis_client()
+    try:
+        raw = client.get(key)
+    except redis.RedisError as exc:
+        log.warning("metrics cache unavailable (%s)", type(exc).__name__)
+        return compute(), 0
+    now = time.time()
+    if raw:
+        entry = json.loads(raw)
+        if 0 <= now - entry["at"] < ttl:
+            return entry["body"], int(now - entry["at"])
+    body = compute()
+    try:
+        client.set(key, json.dumps({"at": now, "body": body}), ex=MAX_TTL_SECONDS)
+    except redis.RedisError as exc:
+        log.warning("metrics cache not written (%s)", type(exc).__name__)
+    return body, 0
+
+
+def _scope(column: Any, tenant_id: uuid.UUID | None) -> Any:
+    return column == tenant_id if tenant_id is not None else true()
+
+
+def job_counts(tenant_id: uuid.UUID | None) -> dict[tuple[str, int], dict[str, int]]:
+    """Jobs that exist now, per (definition key, version) and status (every status present)."""
+    key = (JobCounter.definition_key, JobCounter.definition_version, JobCounter.status)
+    rows = db.session.execute(
+        select(*key, func.sum(JobCounter.count)).where(_scope(JobCounter.tenant_id, tenant_id)).group_by(*key)
+    )
+    counts: dict[tuple[str, int], dict[str, int]] = {}
+    for key, version, status, count in rows:
+        if count:
+            counts.setdefault((key, version), dict.fromkeys(STATUSES, 0))[status] = int(count)
+    return counts
+
+
+def delivery_counts(tenant_id: uuid.UUID | None) -> dict[str, int]:
+    """Webhook deliveries that exist now, per status."""
+    rows = db.session.execute(
+        select(DeliveryCounter.status, func.sum(DeliveryCounter.count))
+        .where(_scope(DeliveryCounter.tenant_id, tenant_id))
+        .group_by(DeliveryCounter.status)
+    )
+    counts = dict.fromkeys(DELIVERY_STATUSES, 0)
+    counts.update({status: int(count) for status, count in rows if status in counts})
+    return counts
+
+
+def _summary(per_definition: dict[tuple[str, int], dict[str, int]]) -> dict[str, Any]:
+    by_status = {status: sum(c[status] for c in per_definition.values()) for status in STATUSES}
+    return {"total": sum(by_status.values()), "byStatus": by_status}
+
+
+def stats(tenant_id: uuid.UUID | None) -> dict[str, Any]:
+    """``/v1/stats``: exact counts by status, by definition, and of webhook deliveries."""
+    per_definition = job_counts(tenant_id)
+    return {
+        **_summary(per_definition),
+        "byDefinition": [
+            {"definitionKey": key, "definitionVersion": version, **_summary({(key, version): counts})}
+            for (key, version), counts in sorted(per_definition.items())
+        ],
+        "webhookDeliveries": delivery_counts(tenant_id),
+    }
+
+
+def _hour_start(hours_back: int) -> datetime:
+    """The start (UTC) of the clock hour ``hours_back`` hours before the current one."""
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours_back)
+
+
+_SUMS = (
+    func.sum(JobHourly.succeeded), func.sum(JobHourly.failed), func.sum(JobHourly.cancelled),
+    func.sum(JobHourly.retried), func.sum(JobHourly.timed), func.sum(JobHourly.processing_seconds),
+    func.sum(JobHourly.queue_seconds),
+)  # fmt: skip
+
+
+def _rates(row: Any) -> dict[str, float | None]:
+    """Success and retry rates and mean durations from summed hourly counters."""
+    succeeded, failed, cancelled, retried, timed, processing, queue = (float(v or 0) for v in row)
+    finished = succeeded + failed + cancelled
+    return {
+        "successRate": succeeded / (succeeded + failed) if succeeded + failed else None,
+        "avgProcessingTime": processing / timed if timed else None,
+        "avgQueueTime": queue / timed if timed else None,
+        "retryRate": retried / finished if finished else None,
+    }
+
+
+def _window(tenant_id: uuid.UUID | None) -> Any:
+    return (_scope(JobHourly.tenant_id, tenant_id), JobHourly.hour >= _hour_start(WINDOW_HOURS - 1))
+
+
+def performance_summary(tenant_id: uuid.UUID | None) -> dict[str, float | None]:
+    """Rates and mean durations over the last ``WINDOW_HOURS`` hourly buckets."""
+    return _rates(db.session.execute(select(*_SUMS).where(*_window(tenant_id))).one())
+
+
+def throughput(tenant_id: uuid.UUID | None, hours: int) -> dict[str, Any]:
+    """``/v1/metrics/throughput``: jobs finished per clock hour, oldest first, every hour present."""
+    first = _hour_start(hours - 1)
+    rows = db.session.execute(
+        select(JobHourly.hour, *_SUMS[:3])
+        .where(_scope(JobHourly.tenant_id, tenant_id), JobHourly.hour >= first)
+        .group_by(JobHourly.hour)
+    )
+    by_hour = {hour: (int(s), int(f), int(c)) for hour, s, f, c in rows}
+    data = []
+    for index in range(hours):
+        hour = first + timedelta(hours=index)
+        succeeded, failed, cancelled = by_hour.get(hour, (0, 0, 0))
+        data.append(
+            {"period": hour.isoformat(), "completed": succeeded, "failed": failed, "cancelled": cancelled}
+        )
+    return {"hours": hours, "data": data}
+
+
+def throughput_summary(tenant_id: uuid.UUID | None) -> dict[str, int]:
+    """Jobs finished (succeeded or failed) in the last 1, 24 and 168 hourly buckets."""
+    finished = [p["completed"] + p["failed"] for p in throughput(tenant_id, MAX_THROUGHPUT_HOURS)["data"]]
+    return {"lastHour": sum(finished[-1:]), "lastDay": sum(finished[-24:]), "lastWeek": sum(finished)}
+
+
+def overview(tenant_id: uuid.UUID | None) -> dict[str, Any]:
+    """``/v1/metrics``: summary, performance and throughput."""
+    return {
+        "summary": _summary(job_counts(tenant_id)),
+        "performance": performance_summary(tenant_id),
+        "throughput": throughput_summary(tenant_id),
+    }
+
+
+def definition_metrics(tenant_id: uuid.UUID | None) -> dict[str, Any]:
+    """``/v1/metrics/definitions``: counts, success rate and mean durations per definition."""
+    per_definition = job_counts(tenant_id)
+    rates = {
+        (key, version): _rates(sums)
+        for key, version, *sums in db.session.execute(
+            select(JobHourly.definition_key, JobHourly.definition_version, *_SUMS)
+            .where(*_window(tenant_id))
+            .group_by(JobHourly.definition_key, JobHourly.definition_version)
+        )
+    }
+    definitions = []
+    for key, version in sorted(per_definition.keys() | rates.keys()):
+        counts = per_definition.get((key, version), dict.fromkeys(STATUSES, 0))
+        rate = rates.get((key, version)) or _rates((0,) * len(_SUMS))
+        definitions.append(
+            {
+                "definitionKey": key,
+                "definitionVersion": version,
+                **_summary({(key, version): counts}),
+                "successRate": rate["successRate"],
+                "avgProcessingTime": rate["avgProcessingTime"],
+                "avgQueueTime": rate["avgQueueTime"],
+            }
+        )
+    return {"definitions": definitions}
+
+
+def duration_percentiles(tenant_id: uuid.UUID | None) -> dict[str, Any]:
+    """p50/p95/p99 of run and queue time over the most recent finished jobs that ran (bounded sample)."""
+    recent = (
+        select(
+            extract("epoch", Job.finished_at - Job.started_at).label("run"),
+            extract("epoch", Job.started_at - Job.queued_at).label("wait"),
+        )
+        .where(
+            _scope(Job.tenant_id, tenant_id),
+            Job.status.in_((SUCCEEDED, FAILED)),
+            Job.finished_at >= func.now() - timedelta(hours=WINDOW_HOURS),
+            Job.started_at.is_not(None),
+        )
+        .order_by(Job.finished_at.desc())
+        .limit(SAMPLE_LIMIT)
+        .subquery()
+    )
+    quantiles = array(QUANTILES)
+    count, run, wait = db.session.execute(
+        select(
+            func.count(),
+            func.percentile_cont(quantiles).within_group(recent.c.run),
+            func.percentile_cont(quantiles).within_group(recent.c.wait),
+        )
+    ).one()
+
+    def named(values: list[float | None] | None) -> dict[str, float | None]:
+        values = values or [None] * len(QUANTILES)
+        return {f"p{round(q * 100)}": v for q, v in zip(QUANTILES, values, strict=True)}
+
+    return {"sampleSize": count, "processingTime": named(run), "queueTime": named(wait)}
+
+
+def performance(tenant_id: uuid.UUID | None) -> dict[str, Any]:
+    """``/v1/metrics/performance``: rates and means (24 h) plus duration percentiles."""
+    return {**performance_summary(tenant_id), "windowHours": WINDOW_HOURS, **duration_percentiles(tenant_id)}
+
+
+def queue_depths() -> dict[str, int] | None:
+    """Messages waiting in each Celery queue (every priority sub-list), or None if Redis does not answer."""
+    queues = (*celeryconfig.JOB_QUEUES, *celeryconfig.SERVICE_QUEUES)
+    try:
+        with redis_client().pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for step in PRIORITY_STEPS:
+                    pipe.llen(f"{queue}{Channel.sep}{step}" if step else queue)
+            lengths = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("queue depths unavailable (%s)", type(exc).__name__)
+        return None
+    steps = len(PRIORITY_STEPS)
+    return {queue: sum(lengths[i * steps : (i + 1) * steps]) for i, queue in enumerate(queues)}

@@ -1,0 +1,59 @@
+"""A job's webhook deliveries: listed without secrets, sent again on request, invisible to other tenants."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import update
+
+from gpujobs.extensions import db
+from gpujobs.models import Tenant, WebhookDelivery
+
+
+def test_a_jobs_deliveries_show_their_state_and_never_the_signing_secret(app, client, tenant, delivery):
+    response = client.get(f"/v1/jobs/{delivery['job_id']}/deliveries", headers=tenant["headers"])
+    assert response.status_code == 200 and response.json["jobId"] == delivery["job_id"]
+    (item,) = response.json["items"]
+    assert item["id"] == delivery["delivery_id"] and item["eventType"] == "job.cancelled"
+    assert item["status"] == "pending" and item["attempts"] == 0 and item["nextAttemptAt"]
+    with app.app_context():
+        secret = db.session.get(Tenant, uuid.UUID(tenant["id"])).webhook_secret
+        db.session.remove()
+    assert secret not in response.get_data(as_text=True) and "whsec_" not in response.get_data(as_text=True)
+
+
+def test_a_job_without_a_webhook_has_no_deliveries(client, tenant, submit):
+    job_id = submit(tenant).json["id"]
+    assert client.get(f"/v1/jobs/{job_id}/deliveries", headers=tenant["headers"]).json["items"] == []
+
+
+def test_redeliver_puts_a_finished_delivery_back_to_pending_with_the_same_webhook_id(
+    app, client, tenant, delivery
+):
+    with app.app_context():
+        db.session.execute(
+            update(WebhookDelivery).values(
+                status="failed", attempts=8, last_status_code=500, next_attempt_at=None
+            )
+        )
+        db.session.commit()
+        db.session.remove()
+    path = f"/v1/jobs/{delivery['job_id']}/deliveries/{delivery['delivery_id']}/redeliver"
+    response = client.post(path, headers=tenant["headers"])
+    assert response.status_code == 202
+    assert response.json["id"] == delivery["delivery_id"] and response.json["status"] == "pending"
+    assert response.json["nextAttemptAt"] and response.json["lastStatusCode"] == 500
+
+
+def test_a_delivery_is_only_reachable_through_its_own_job_and_tenant(client, tenant, other, submit, delivery):
+    another_job = submit(tenant).json["id"]
+    wrong_job = f"/v1/jobs/{another_job}/deliveries/{delivery['delivery_id']}/redeliver"
+    assert client.post(wrong_job, headers=tenant["headers"]).status_code == 404
+    unknown = f"/v1/jobs/{delivery['job_id']}/deliveries/{uuid.uuid4()}/redeliver"
+    assert client.post(unknown, headers=tenant["headers"]).status_code == 404
+    mine = f"/v1/jobs/{delivery['job_id']}/deliveries"
+    assert client.get(mine, headers=other["headers"]).status_code == 404
+    assert (
+        client.post(f"{mine}/{delivery['delivery_id']}/redeliver", headers=other["headers"]).status_code
+        == 404
+    )

@@ -1,0 +1,200 @@
+"""Stats and metrics: exact counters through every transition, the ttl cache, and the Prometheus scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import delete, event, func, select
+
+from gpujobs import create_app
+from gpujobs.extensions import db
+from gpujobs.models import Job
+
+
+@pytest.fixture
+def history(tenant, submit, run_job) -> dict[str, str]:
+    """Five jobs: succeeded, failed, cancelled while running, queued, and a queued compute.math."""
+    ids = {name: submit(tenant).json["id"] for name in ("succeeded", "failed", "cancelled", "queued")}
+    ids["math"] = submit(
+        tenant, definitionKey="compute.math", params={"operation": "sum", "numbers": [1]}
+    ).json["id"]
+    run_job(ids["succeeded"], "succeed")
+    run_job(ids["failed"], "fail")
+    run_job(ids["cancelled"], "cancel")
+    return ids
+
+
+@contextmanager
+def statements(app) -> Iterator[list[str]]:
+    """Every SQL statement the app runs inside the block."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_stats_count_every_status_and_definition_exactly_as_the_jobs_table_does(
+    app, client, tenant, other, history
+):
+    stats = client.get("/v1/stats", headers=tenant["headers"]).json
+    assert stats["total"] == 5
+    expected = {"queued": 2, "running": 0, "retrying": 0, "succeeded": 1, "failed": 1, "cancelling": 0}
+    assert stats["byStatus"] == {**expected, "cancelled": 1}
+    by_definition = {d["definitionKey"]: d for d in stats["byDefinition"]}
+    assert by_definition["echo"]["total"] == 4 and by_definition["compute.math"]["byStatus"]["queued"] == 1
+    with app.app_context():
+        truth = dict(db.session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        db.session.remove()
+    assert {s: n for s, n in stats["byStatus"].items() if n} == truth
+    assert client.get("/v1/stats", headers=other["headers"]).json["total"] == 0
+
+
+def test_deleted_jobs_leave_the_counts_and_redrives_move_them(app, client, tenant, history):
+    with app.app_context():
+        db.session.execute(delete(Job).where(Job.status.in_(("succeeded", "cancelled"))))
+        db.session.commit()
+        db.session.remove()
+    letter = client.get("/v1/dlq", headers=tenant["headers"]).json["items"][0]["id"]
+    client.post(f"/v1/dlq/{letter}/retry", headers=tenant["headers"])
+    stats = client.get("/v1/stats", headers=tenant["headers"]).json
+    assert stats["total"] == 3 and stats["byStatus"]["queued"] == 3 and stats["byStatus"]["failed"] == 0
+
+
+def test_webhook_deliveries_are_counted_by_status(client, tenant, delivery):
+    stats = client.get("/v1/stats", headers=tenant["headers"]).json
+    assert stats["webhookDeliveries"] == {"pending": 1, "succeeded": 0, "failed": 0, "disabled": 0}
+
+
+def test_metrics_report_rates_throughput_and_percentiles_of_the_finished_jobs(client, tenant, history):
+    overview = client.get("/v1/metrics?ttl=0", headers=tenant["headers"]).json
+    assert overview["summary"]["total"] == 5
+    assert overview["performance"]["successRate"] == 0.5 and overview["performance"]["retryRate"] == 0
+    assert overview["performance"]["avgProcessingTime"] >= 0
+    assert overview["throughput"] == {"lastHour": 2, "lastDay": 2, "lastWeek": 2}
+    points = client.get("/v1/metrics/throughput?hours=3&ttl=0", headers=tenant["headers"]).json
+    assert points["hours"] == 3 and len(points["data"]) == 3
+    assert points["data"][-1] | {"period": None} == {
+        "period": None,
+        "completed": 1,
+        "failed": 1,
+        "cancelled": 1,
+    }
+    performance = client.get("/v1/metrics/performance?ttl=0", headers=tenant["headers"]).json
+    assert performance["sampleSize"] == 2 and performance["windowHours"] == 24
+    assert performance["processingTime"]["p50"] is not None and performance["queueTime"]["p99"] is not None
+    definitions = client.get("/v1/metrics/definitions?ttl=0", headers=tenant["headers"]).json["definitions"]
+    echo = next(d for d in definitions if d["definitionKey"] == "echo")
+    assert echo["total"] == 4 and echo["successRate"] == 0.5
+
+
+def test_counts_and_rates_never_read_the_jobs_table(app, client, tenant, history):
+    with statements(app) as seen:
+        for path in (
+            "/v1/stats",
+            "/v1/metrics",
+            "/v1/metrics/definitions",
+            "/v1/metrics/throughput?hours=168",
+        ):
+            assert (
+                client.get(f"{path}{'&' if '?' in path else '?'}ttl=0", headers=tenant["headers"]).status_code
+                == 200
+            )
+    assert seen and not [s for s in seen if "FROM jobs" in s]
+
+
+def test_metrics_are_cached_for_ttl_seconds_and_ttl_0_computes_afresh(client, tenant, submit):
+    first = client.get("/v1/metrics", headers=tenant["headers"])
+    submit(tenant)
+    cached = client.get("/v1/metrics?ttl=60", headers=tenant["headers"])
+    assert cached.json == first.json and cached.json["summary"]["total"] == 0
+    assert int(cached.headers["Age"]) >= 0
+    fresh = client.get("/v1/metrics?ttl=0", headers=tenant["headers"])
+    assert fresh.json["summary"]["total"] == 1 and fresh.headers["Age"] == "0"
+
+
+def test_out_of_range_ttl_and_hours_are_422(client, tenant):
+    for query in ("ttl=-1", "ttl=3601", "hours=0", "hours=169", "hours=x"):
+        response = client.get(f"/v1/metrics/throughput?{query}", headers=tenant["headers"])
+        assert response.status_code == 422, query
+
+
+def test_prometheus_scrape_shows_jobs_queues_and_deliveries_without_a_key(client, tenant, history, delivery):
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.content_type.startswith("text/plain")
+    text = response.get_data(as_text=True)
+    assert 'gpujobs_jobs{definition="echo@1",status="succeeded"} 1.0' in text
+    assert 'gpujobs_webhook_deliveries{status="pending"} 1.0' in text
+    assert 'gpujobs_queue_depth{queue="normal"}' in text
+    assert 'gpujobs_jobs_finished_this_hour{status="failed"} 1.0' in text
+    assert 'gpujobs_job_run_seconds{quantile="0.99"}' in text
+    assert "gpujobs_job_success_ratio 0.5" in text
+
+
+def test_prometheus_scrape_can_require_an_api_key(app, tenant):
+    private = create_app({"TESTING": True, "GPUJOBS_METRICS_PUBLIC": False})
+    client = private.test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers=tenant["headers"]).status_code == 200
+    assert client.get("/openapi.json").json["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}]
+
+
+def test_the_migration_counts_the_rows_that_exist_before_it(app, servers):
+    from flask_migrate import upgrade
+    from sqlalchemy import create_engine, text
+
+    from gpujobs.config import sqlalchemy_url
+
+    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS counters_backfill"))
+        conn.execute(text("CREATE DATABASE counters_backfill"))
+    admin.dispose()
+    url = servers["DATABASE_URL"].replace("/gpujobs", "/counters_backfill")
+    fresh = create_app({"DATABASE_URL": url})
+    fresh.config["SQLALCHEMY_DATABASE_URI"] = sqlalchemy_url(url)
+    with fresh.app_context():
+        upgrade(revision="b2_api-1")
+        db.session.execute(text(BACKFILL_ROWS))
+        db.session.commit()
+        upgrade(revision="b2_api")
+        counts = db.session.execute(
+            text("SELECT status, sum(count) FROM job_counters GROUP BY status ORDER BY status")
+        ).all()
+        hourly = db.session.execute(
+            text("SELECT sum(succeeded), sum(failed), sum(timed) FROM job_hourly")
+        ).one()
+        deliveries = db.session.execute(
+            text("SELECT status, sum(count) FROM webhook_delivery_counters GROUP BY 1")
+        ).all()
+        db.session.remove()
+        db.engine.dispose()
+    assert [(status, int(n)) for status, n in counts] == [("failed", 1), ("queued", 2), ("succeeded", 2)]
+    assert tuple(int(n) for n in hourly) == (2, 1, 3)
+    assert [(status, int(n)) for status, n in deliveries] == [("pending", 1)]
+
+
+BACKFILL_ROWS = """
+INSERT INTO tenants (id, name, webhook_secret)
+VALUES ('00000000-0000-0000-0000-000000000001', 't', 'whsec_x');
+INSERT INTO jobs (id, tenant_id, definition_key, definition_version, params, priority, status, attempt,
+                  max_attempts, timeout_seconds, cancel_requested, dead_lettered,
+                  queued_at, started_at, finished_at)
+SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'echo', 1, '{}', 1, s, 1,
+       3, 60, false, false, now() - interval '3 minutes', now() - interval '2 minutes',
+       CASE WHEN s = 'queued' THEN NULL ELSE now() END
+FROM unnest(ARRAY['queued', 'queued', 'succeeded', 'succeeded', 'failed']) AS s;
+INSERT INTO webhook_deliveries (id, tenant_id, job_id, job_attempt, event_type, url, payload, status,
+                                attempts)
+SELECT gen_random_uuid(), tenant_id, id, 1, 'job.failed', 'http://x', '{}', 'pending', 0
+FROM jobs WHERE status = 'failed';
+"""
