@@ -1,7 +1,230 @@
-"""``/v1/instances``: GPU instances, provisioned and managed through jobs."""
+"""``/v1/instances``: GPU instances, provisioned and managed through jobs.
+
+Every change is a job (`gpu.instance.create|stop|start|delete@1`), so it is durable, retried, visible in
+`/v1/jobs` and announced by webhook; these views answer 202 with the job and the instance at once.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import uuid
+from typing import Annotated, Any, Literal
+
+from flask import Blueprint, current_app, g, url_for
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from gpujobs.api import schemas
+from gpujobs.api.auth import require_api_key
+from gpujobs.api.errors import ApiError, unprocessable
+from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent
+from gpujobs.api.openapi import operation
+from gpujobs.api.pagination import PageQuery, after_cursor, page
+from gpujobs.api.validation import parse_body, parse_query
+from gpujobs.definitions import get_definition
+from gpujobs.extensions import db
+from gpujobs.models import Instance, Job
+from gpujobs.outbound import UnsafeURLError
+from gpujobs.provisioning import actions, create, records
+from gpujobs.provisioning.monitor import DELETE, START, STOP
+from gpujobs.provisioning.params import CreateInstanceParams, monitoring_defaults
+from gpujobs.serializers import instance_to_dict
 
 bp = Blueprint("instances", __name__, url_prefix="/v1/instances")
+
+TAG = "instances"
+InstanceStatus = Literal[records.STATUSES]  # type: ignore[valid-type]
+Priority = schemas.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
+PRIORITY_DOC = "a name, or 0-10 (higher is more urgent); default normal"
+WebhookUrl = Annotated[str | None, Field(max_length=2000, pattern=r"^https?://")]
+JOB_FIELDS = {"webhookUrl", "priority", "idempotencyKey"}
+
+
+class CreateInstance(CreateInstanceParams):
+    """Body of ``POST /v1/instances``: the params of `gpu.instance.create@1`, plus how to run its job."""
+
+    webhookUrl: WebhookUrl = None
+    priority: Priority = Field(default=None, description=PRIORITY_DOC)
+    idempotencyKey: str | None = Field(default=None, pattern=KEY_PATTERN, description="as the header")
+
+
+class InstanceAction(BaseModel):
+    """Optional body of stop, start and delete; without `webhookUrl`, the instance's last one is used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhookUrl: WebhookUrl = None
+    priority: Priority = Field(default=None, description=PRIORITY_DOC)
+
+
+class InstanceQuery(PageQuery):
+    """Filters of ``GET /v1/instances``."""
+
+    status: InstanceStatus | None = None
+
+
+class Accepted(schemas.Out):
+    """A queued job and the instance it acts on; `status` is the instance's."""
+
+    jobId: str
+    instanceId: str
+    status: str
+
+
+class InstanceOut(schemas.Out):
+    """An instance as the API shows it (`pricePerHour` in USD for all its GPUs)."""
+
+    id: str
+    jobId: str | None
+    name: str
+    label: str | None
+    novitaInstanceId: str | None
+    status: str
+    novitaStatus: str | None
+    productName: str | None
+    productId: str | None
+    region: str | None
+    clusterId: str | None
+    gpuNum: int | None
+    pricePerHour: float | None
+    endpoints: dict[str, Any]
+    error: str | None
+    createdAt: str | None
+    readyAt: str | None
+    lastSeenAt: str | None
+
+
+class InstancePage(schemas.Out):
+    """One page of instances, newest first."""
+
+    items: list[InstanceOut]
+    nextCursor: str | None
+
+
+class MonitoringConfig(schemas.Out):
+    """The service's monitoring defaults, in the seed's names; a request's `monitoring` overrides them."""
+
+    pollIntervalMs: int
+    maxWaitTimeMs: int
+    maxRetryAttempts: int
+
+
+def _shape(instance: Instance) -> dict[str, Any]:
+    """The public shape, checked against the documented model so the two cannot drift."""
+    return InstanceOut.model_validate(instance_to_dict(instance)).model_dump()
+
+
+def _accepted(job: Job, instance: Instance) -> tuple[dict[str, Any], int, dict[str, str]]:
+    body = Accepted(jobId=str(job.id), instanceId=str(instance.id), status=instance.status).model_dump()
+    return body, 202, {"Location": url_for("instances.get_instance", instance_id=instance.id)}
+
+
+def tenant_instance(instance_id: uuid.UUID) -> Instance:
+    """The caller's instance, or 404 (also for another tenant's, which must not be told apart)."""
+    instance = db.session.scalar(
+        select(Instance).where(Instance.id == instance_id, Instance.tenant_id == g.tenant.id)
+    )
+    if instance is None:
+        raise ApiError(404, "Not Found", f"no instance {instance_id}")
+    return instance
+
+
+@bp.post("")
+@operation(
+    summary="Provision a GPU instance",
+    tag=TAG,
+    request=CreateInstance,
+    responses={202: Accepted, 422: "invalid field"},
+)
+@require_api_key
+@idempotent
+def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue `gpu.instance.create@1`: 202 with the job and the instance once both are durable."""
+    body = parse_body(CreateInstance)
+    try:
+        job, instance = create.submit(
+            g.tenant.id,
+            body.model_dump(mode="json", exclude=JOB_FIELDS),
+            priority=body.priority,
+            max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
+            webhook_url=body.webhookUrl,
+            idempotency_key=current_key(),
+        )
+    except UnsafeURLError as exc:
+        raise unprocessable("webhookUrl", str(exc)) from None
+    return _accepted(job, instance)
+
+
+@bp.get("")
+@operation(summary="List instances", tag=TAG, query=InstanceQuery, responses={200: InstancePage})
+@require_api_key
+def list_instances() -> dict[str, Any]:
+    """The caller's instances, newest first, optionally of one ``status``, cursor-paginated."""
+    args = parse_query(InstanceQuery)
+    query = select(Instance).where(Instance.tenant_id == g.tenant.id)
+    if args.status is not None:
+        query = query.where(Instance.status == args.status)
+    query = after_cursor(query, Instance, args.cursor).limit(args.limit + 1)
+    return page(list(db.session.scalars(query)), args.limit, _shape)
+
+
+@bp.get("/monitoring")
+@operation(summary="Monitoring defaults", tag=TAG, responses={200: MonitoringConfig})
+@require_api_key
+def monitoring_config() -> dict[str, Any]:
+    """pollIntervalMs, maxWaitTimeMs and maxRetryAttempts as a create request gets them by default."""
+    definition = get_definition(create.CREATE_KEY, 1)
+    return monitoring_defaults(current_app.config, definition.max_attempts)
+
+
+@bp.get("/<uuid:instance_id>")
+@operation(summary="Get an instance", tag=TAG, responses={200: InstanceOut, 404: "no such instance"})
+@require_api_key
+def get_instance(instance_id: uuid.UUID) -> dict[str, Any]:
+    """One instance: status, Novita's status, product, region, price, endpoints, timestamps."""
+    return _shape(tenant_instance(instance_id))
+
+
+def _act(instance_id: uuid.UUID, action: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    body = parse_body(InstanceAction, optional=True)
+    try:
+        queued = actions.request(
+            g.tenant.id, instance_id, action, webhook_url=body.webhookUrl, priority=body.priority
+        )
+    except actions.ActionRefused as exc:
+        raise ApiError(409, "Conflict", str(exc)) from None
+    except UnsafeURLError as exc:
+        raise unprocessable("webhookUrl", str(exc)) from None
+    if queued is None:
+        raise ApiError(404, "Not Found", f"no instance {instance_id}")
+    return _accepted(*queued)
+
+
+ACTION_RESPONSES: dict[int, type[BaseModel] | str] = {
+    202: Accepted,
+    404: "no such instance",
+    409: "the instance is not in a state this action can start from",
+}
+
+
+@bp.post("/<uuid:instance_id>/stop")
+@operation(summary="Stop an instance", tag=TAG, request=InstanceAction, responses=ACTION_RESPONSES)
+@require_api_key
+def stop_instance(instance_id: uuid.UUID) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue `gpu.instance.stop@1` for a running instance."""
+    return _act(instance_id, STOP)
+
+
+@bp.post("/<uuid:instance_id>/start")
+@operation(summary="Start an instance", tag=TAG, request=InstanceAction, responses=ACTION_RESPONSES)
+@require_api_key
+def start_instance(instance_id: uuid.UUID) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue `gpu.instance.start@1` for a stopped instance."""
+    return _act(instance_id, START)
+
+
+@bp.delete("/<uuid:instance_id>")
+@operation(summary="Delete an instance", tag=TAG, request=InstanceAction, responses=ACTION_RESPONSES)
+@require_api_key
+def delete_instance(instance_id: uuid.UUID) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue `gpu.instance.delete@1`; an instance still being provisioned answers 409 (cancel its job)."""
+    return _act(instance_id, DELETE)

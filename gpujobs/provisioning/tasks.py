@@ -1,3 +1,21 @@
 """Celery tasks of the provisioning chain (monitor, reconcile): thin entry points over the domain code."""
 
 from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from gpujobs.provisioning import monitor, reconcile
+
+
+@shared_task(name=monitor.MONITOR_TASK, soft_time_limit=60, time_limit=90)
+def monitor_instance(job_id: str, attempt: int, *args: Any) -> None:
+    """One look at a provisioning (or action) job's instance; re-publishes itself until the job ends."""
+    monitor.poll(monitor.Watch.from_args(job_id, attempt, *args))
+
+
+@shared_task(name="gpujobs.sweep.reconcile", soft_time_limit=300, time_limit=330)
+def sweep_reconcile() -> dict[str, Any]:
+    """Delete leaked Novita instances, mark lost ones, settle stranded rows (safe to run twice at once)."""
+    return reconcile.reconcile()

@@ -1,0 +1,180 @@
+"""Instance actions as jobs: `gpu.instance.stop@1`, `start@1` and `delete@1`.
+
+A request first moves the row into the action's in-flight status with a compare-and-set (so two
+requests cannot both act, and an instance still being provisioned refuses), then queues the job. The
+handler asks Novita and hands the job to the monitor chain, which ends it when Novita reaches the goal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import select
+
+from gpujobs import operations
+from gpujobs.definitions.registry import Handoff, JobContext
+from gpujobs.exceptions import PermanentError
+from gpujobs.extensions import db
+from gpujobs.models import Instance, Job
+from gpujobs.novita import (
+    InsufficientResourceError,
+    InvalidStateError,
+    NovitaClient,
+    NovitaNotFoundError,
+    spec,
+)
+from gpujobs.provisioning import records
+from gpujobs.provisioning.monitor import DELETE, GOALS, START, STOP, Watch
+from gpujobs.provisioning.novita_client import novita_client
+from gpujobs.provisioning.params import MAX_TIMEOUT_SECONDS
+from gpujobs.serializers import instance_to_dict
+
+# The row statuses each action may start from.
+ALLOWED_FROM = {
+    STOP: (records.RUNNING,),
+    START: (records.STOPPED,),
+    DELETE: (
+        records.RUNNING,
+        records.STOPPED,
+        records.STARTING,
+        records.STOPPING,
+        records.FAILED,
+        records.LOST,
+    ),
+}
+KEYS = {STOP: "gpu.instance.stop", START: "gpu.instance.start", DELETE: "gpu.instance.delete"}
+
+
+class ActionRefused(Exception):
+    """The instance is not in a state this action can start from (the API answers 409)."""
+
+
+def request(
+    tenant_id: uuid.UUID,
+    instance_id: uuid.UUID,
+    action: str,
+    *,
+    webhook_url: str | None = None,
+    priority: str | int | None = None,
+) -> tuple[Job, Instance] | None:
+    """Queue an action on a tenant's instance; None when the tenant has no such instance.
+
+    Without a webhook URL, the action notifies the one the instance's previous job used.
+    """
+    instance = db.session.scalar(
+        select(Instance).where(Instance.id == instance_id, Instance.tenant_id == tenant_id).with_for_update()
+    )
+    if instance is None:
+        return None
+    if not records.transition(instance.id, ALLOWED_FROM[action], status=GOALS[action].in_flight):
+        db.session.rollback()
+        raise ActionRefused(_refusal(action, instance))
+    previous = db.session.get(Job, instance.job_id) if instance.job_id else None
+    try:
+        job = operations.submit(
+            tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, priority=priority,
+            webhook_url=webhook_url or (previous.webhook_url if previous else None),
+        )  # fmt: skip
+    except Exception:
+        db.session.rollback()
+        raise
+    records.transition(instance.id, (GOALS[action].in_flight,), job_id=job.id)
+    db.session.commit()
+    return job, db.session.get(Instance, instance.id, populate_existing=True)
+
+
+def _refusal(action: str, instance: Instance) -> str:
+    if instance.status in (records.REQUESTED, records.CREATING):
+        return (
+            f"instance {instance.id} is still being provisioned by job {instance.job_id}; "
+            "wait for that job, or cancel it to delete the instance"
+        )
+    allowed = " or ".join(ALLOWED_FROM[action])
+    return f"cannot {action} instance {instance.id}: it is {instance.status}, and {action} needs {allowed}"
+
+
+def stop(ctx: JobContext, params: dict[str, Any]) -> Handoff:
+    """Stop a running instance (GPU billing stops once Novita reports it exited)."""
+    instance = _take(ctx, params, STOP)
+    with novita_client() as client:
+        try:
+            client.stop_instance(instance.novita_id)
+        except InvalidStateError:
+            _require(client, instance, spec.STOPPED_STATUSES | _phases(spec.STOP_PHASES), "stop")
+    return _watch(ctx, instance, STOP)
+
+
+def start(ctx: JobContext, params: dict[str, Any]) -> Handoff:
+    """Start a stopped instance; its GPU may have been taken meanwhile, which fails the job clearly."""
+    instance = _take(ctx, params, START)
+    with novita_client() as client:
+        try:
+            client.start_instance(instance.novita_id)
+        except InsufficientResourceError as exc:
+            raise PermanentError(
+                f"cannot start instance {instance.id}: Novita has no free {instance.product_name} GPU in "
+                f"{instance.region or instance.cluster_id} right now (INSUFFICIENT_RESOURCE; the GPU was "
+                "taken while it was stopped). Try again later, or delete it and create a new one."
+            ) from exc
+        except InvalidStateError:
+            _require(client, instance, spec.READY_STATUSES | _phases(spec.START_PHASES), "start")
+    return _watch(ctx, instance, START)
+
+
+def delete(ctx: JobContext, params: dict[str, Any]) -> Handoff | dict[str, Any]:
+    """Delete an instance in any state; one that never reached Novita is simply marked deleted."""
+    instance = _take(ctx, params, DELETE)
+    if instance.novita_id is None:
+        records.transition(instance.id, (records.DELETING,), status=records.DELETED)
+        return {"instance": instance_to_dict(db.session.get(Instance, instance.id, populate_existing=True))}
+    # Already gone is fine: the monitor confirms it and ends the job.
+    with novita_client() as client, contextlib.suppress(NovitaNotFoundError):
+        client.delete_instance(instance.novita_id)
+    return _watch(ctx, instance, DELETE)
+
+
+def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
+    """When the handler itself ended the job (refused, failed, cancelled), settle the instance's status."""
+    records.settle_after_job(uuid.UUID(ctx.job_id), uuid.UUID(params["instanceId"]))
+    db.session.commit()
+
+
+def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:
+    """The tenant's instance, now marked with this action and job (again, if the API already did)."""
+    instance = db.session.get(Instance, uuid.UUID(params["instanceId"]))
+    if instance is None or str(instance.tenant_id) != ctx.tenant:
+        raise PermanentError(f"no instance {params['instanceId']}")
+    in_flight = GOALS[action].in_flight
+    if not records.transition(
+        instance.id, (*ALLOWED_FROM[action], in_flight), status=in_flight, job_id=uuid.UUID(ctx.job_id)
+    ):
+        raise PermanentError(_refusal(action, instance))
+    db.session.commit()
+    if instance.novita_id is None and action != DELETE:
+        raise PermanentError(f"instance {instance.id} was never created at Novita; nothing to {action}")
+    return db.session.get(Instance, instance.id, populate_existing=True)
+
+
+def _phases(phases: tuple[spec.Status, ...]) -> frozenset[str]:
+    return frozenset(phase.value for phase in phases)
+
+
+def _require(client: NovitaClient, instance: Instance, acceptable: frozenset[str], action: str) -> None:
+    """After "invalid state change": fine if Novita is already where the action leads, else a clear error."""
+    status = client.get_instance(instance.novita_id).status
+    if status not in acceptable:
+        raise PermanentError(f"cannot {action} instance {instance.id}: Novita says it is {status}")
+
+
+def _watch(ctx: JobContext, instance: Instance, action: str) -> Handoff:
+    config = current_app.config
+    now = time.time()
+    timeout = min(config["GPUJOBS_MONITOR_TIMEOUT_SECONDS"], MAX_TIMEOUT_SECONDS)
+    interval = config["GPUJOBS_MONITOR_INTERVAL_SECONDS"]
+    return Watch(
+        uuid.UUID(ctx.job_id), ctx.attempt, instance.id, action, now, now, timeout, interval
+    ).handoff()

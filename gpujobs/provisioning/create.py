@@ -1,0 +1,188 @@
+"""The create step of `gpu.instance.create@1`: adopt or create the job's one Novita instance, then hand off.
+
+Idempotent by construction: the instance's Novita name is derived from the job id and looked up before
+anything is created, so a rerun after a lost create answer, a crash or a rescue adopts the instance it
+finds instead of creating a second one. Transient Novita errors (and a create whose answer was lost)
+propagate, so the engine retries with backoff; placement refusals move on to the next candidate;
+everything else fails the job with a clear reason.
+
+The registry password of a private template is fetched here, at run time, and goes nowhere but into the
+create request sent to Novita: not into params, rows, events, logs or task messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from flask import current_app
+
+from gpujobs import operations
+from gpujobs.definitions.registry import Handoff, JobContext
+from gpujobs.exceptions import PermanentError
+from gpujobs.extensions import db
+from gpujobs.models import Instance, Job
+from gpujobs.novita import CreateInstanceRequest, EnvVar, NovitaClient, PlacementError, PortSpec, Template
+from gpujobs.novita import Instance as NovitaInstance
+from gpujobs.provisioning import records
+from gpujobs.provisioning.monitor import CREATE, Watch
+from gpujobs.provisioning.novita_client import novita_client
+from gpujobs.provisioning.params import DEFAULT_ROOTFS_GB, CreateInstanceParams
+from gpujobs.provisioning.selection import Candidate, Search, regions_in_order
+
+log = logging.getLogger(__name__)
+
+CREATE_KEY = "gpu.instance.create"
+
+
+@dataclass(frozen=True)
+class Image:
+    """What the instance runs, resolved once per create step; `credential` is the registry `user:pass`."""
+
+    template: Template | None
+    image_url: str | None
+    image_auth_id: str | None
+    rootfs_gb: int
+    credential: str | None = field(default=None, repr=False)
+
+
+def submit(
+    tenant_id: uuid.UUID,
+    params: dict[str, Any],
+    *,
+    priority: str | int | None = None,
+    max_attempts: int | None = None,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, Instance]:
+    """Queue a create job and its instance row (the API's `POST /v1/instances`)."""
+    job = operations.submit(
+        tenant_id, CREATE_KEY, 1, params, priority=priority, max_attempts=max_attempts,
+        webhook_url=webhook_url, idempotency_key=idempotency_key,
+    )  # fmt: skip
+    instance = records.ensure_row(job.id, tenant_id, job.params)
+    db.session.commit()
+    return job, instance
+
+
+def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
+    """Adopt the job's instance if it exists, else select a product and create it; then watch it."""
+    params = CreateInstanceParams.model_validate(raw)
+    job_id = uuid.UUID(ctx.job_id)
+    instance = records.ensure_row(job_id, uuid.UUID(ctx.tenant), raw)
+    db.session.commit()
+    config = current_app.config
+    timeout = params.timeout_seconds(config["GPUJOBS_MONITOR_TIMEOUT_SECONDS"])
+    ctx.raise_if_cancelled()
+    with novita_client() as client:
+        found = _adoptable(client, instance.name)
+        if found is not None:
+            _claim(instance, novita_id=found.id, novita_status=found.status)
+            ctx.emit_event("instance_adopted", {"novitaInstanceId": found.id, "novitaStatus": found.status})
+            started = found.created_at.timestamp() if found.created_at else time.time()
+        else:
+            _create(ctx, client, instance, params, config["GPUJOBS_REGION_FALLBACK"])
+            started = time.time()
+    interval = params.poll_interval_seconds(config["GPUJOBS_MONITOR_INTERVAL_SECONDS"])
+    return Watch(job_id, ctx.attempt, instance.id, CREATE, time.time(), started, timeout, interval).handoff()
+
+
+def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
+    """When the create step itself ended the job (refused, failed, cancelled), say so on the instance."""
+    job_id = uuid.UUID(ctx.job_id)
+    records.settle_after_job(job_id, records.instance_id_for(job_id))
+    db.session.commit()
+
+
+def _adoptable(client: NovitaClient, name: str) -> NovitaInstance | None:
+    found = [item for item in client.find_instances_by_name(name) if not item.is_being_removed]
+    if len(found) > 1:
+        # Should never happen; the reconcile sweep deletes the ones no row points at.
+        log.error("%d Novita instances are named %s; adopting the oldest", len(found), name)
+    return min(found, key=lambda item: item.created_at.timestamp() if item.created_at else 0.0, default=None)
+
+
+def _claim(instance: Instance, **values: Any) -> None:
+    """Take the row for this create step; a row another actor owns now stops the step for good."""
+    if not records.transition(instance.id, records.CREATABLE, status=records.CREATING, error=None, **values):
+        raise PermanentError(f"instance {instance.id} is no longer being created")
+    db.session.commit()
+
+
+def _create(
+    ctx: JobContext,
+    client: NovitaClient,
+    instance: Instance,
+    params: CreateInstanceParams,
+    fallback: list[str],
+) -> str:
+    image = _resolve_image(client, params)
+    search = Search(params.productName, params.gpuNum, image.rootfs_gb, params.maxPricePerHour)
+    clusters = regions_in_order(params.region, fallback, client.list_clusters())
+    for candidate in search.candidates(client, clusters):
+        ctx.raise_if_cancelled()
+        _claim(
+            instance, novita_id=None, novita_status=None, product_id=candidate.product.id,
+            product_name=candidate.product.name, cluster_id=candidate.cluster.id, region=candidate.region,
+            price_per_hour_units=candidate.price_units, endpoints={}, ready_at=None,
+        )  # fmt: skip
+        try:
+            novita_id = client.create_instance(_request(image, params, instance.name, candidate))
+        except PlacementError as exc:
+            search.refuse(candidate)
+            ctx.emit_event("placement_refused", _placement(candidate) | {"reason": exc.reason})
+            continue
+        records.transition(instance.id, (records.CREATING,), novita_id=novita_id)
+        ctx.emit_event("instance_created", _placement(candidate) | {"novitaInstanceId": novita_id})
+        return novita_id
+    raise search.failure()
+
+
+def _placement(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "productId": candidate.product.id,
+        "region": candidate.region,
+        "clusterId": candidate.cluster.id,
+        "pricePerHour": candidate.price_per_hour,
+    }
+
+
+def _resolve_image(client: NovitaClient, params: CreateInstanceParams) -> Image:
+    """The image to run; a template's registry auth id becomes `username:password` here, at run time."""
+    if params.templateId is None:
+        rootfs = params.rootfsSize or DEFAULT_ROOTFS_GB
+        return Image(None, params.imageUrl, params.imageAuthId, rootfs)
+    template = client.get_template(params.templateId)
+    credential = (
+        client.get_registry_auth_credential(template.image_auth_id) if template.image_auth_id else None
+    )
+    rootfs = params.rootfsSize or template.rootfs_size_gb or DEFAULT_ROOTFS_GB
+    return Image(template, None, None, rootfs, credential)
+
+
+def _request(
+    image: Image, params: CreateInstanceParams, name: str, candidate: Candidate
+) -> CreateInstanceRequest:
+    """The create request for one candidate; the caller's ports, envs and command add to a template's."""
+    rootfs = max(image.rootfs_gb, candidate.product.min_rootfs_gb or 0)
+    placement = {"name": name, "product_id": candidate.product.id, "cluster_id": candidate.cluster.id}
+    ports = tuple(PortSpec(port.port, port.type) for port in params.ports)
+    envs = tuple(EnvVar(env.key, env.value) for env in params.envs)
+    if image.template is None:
+        return CreateInstanceRequest(
+            **placement, image_url=image.image_url or "", rootfs_size_gb=rootfs, gpu_num=params.gpuNum,
+            image_auth_id=image.image_auth_id, ports=ports, envs=envs, command=params.command,
+        )  # fmt: skip
+    request = CreateInstanceRequest.from_template(
+        image.template, **placement, gpu_num=params.gpuNum, rootfs_size_gb=rootfs, image_auth=image.credential
+    )
+    overridden = {env.key for env in envs}
+    return replace(
+        request,
+        ports=tuple(dict.fromkeys((*request.ports, *ports))),
+        envs=(*(env for env in request.envs if env.key not in overridden), *envs),
+        command=params.command or request.command,
+    )

@@ -1,0 +1,278 @@
+"""The monitor step: watch an instance until it reaches its goal, fails, or runs out of time.
+
+A job whose handler returned `Watch(...).handoff()` is owned by a chain of short `gpujobs.gpu.monitor`
+tasks. Each one renews the job's lease (and learns of cancellation), reads the shared status snapshot,
+and either publishes the next look with a countdown (a worker never sleeps) or ends the job with fenced
+writes, updates the instance row, records the `instance.*` and `job.*` webhook events in the same
+transaction, and hands the deliveries to the webhook queue after commit: that is the chain's webhook
+step. A look that runs twice is harmless: whichever ends the job first wins, the other is fenced out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import redis
+from flask import current_app
+
+from gpujobs import jobs, webhooks
+from gpujobs.definitions.registry import Handoff
+from gpujobs.exceptions import PermanentError, TransientError
+from gpujobs.extensions import db
+from gpujobs.models import Instance, Job
+from gpujobs.novita import Instance as NovitaInstance
+from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError, spec
+from gpujobs.provisioning import records, snapshot
+from gpujobs.provisioning.novita_client import novita_client
+from gpujobs.serializers import instance_to_dict
+
+log = logging.getLogger(__name__)
+
+MONITOR_TASK = "gpujobs.gpu.monitor"
+CREATE, START, STOP, DELETE = "create", "start", "stop", "delete"
+FAILED_EVENT = "instance.failed"
+# What a look concludes (see judge); _NOT_YET: nothing is known about the instance since the action yet.
+_WAIT, _DONE, _FAIL, _START = "wait", "done", "fail", "start"
+_NOT_YET: Any = object()
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What an action waits for: the row's status meanwhile, its status when done, and the event then."""
+
+    in_flight: str
+    done: str
+    event: str
+
+
+GOALS = {
+    CREATE: Goal(records.CREATING, records.RUNNING, "instance.running"),
+    START: Goal(records.STARTING, records.RUNNING, "instance.running"),
+    STOP: Goal(records.STOPPING, records.STOPPED, "instance.stopped"),
+    DELETE: Goal(records.DELETING, records.DELETED, "instance.deleted"),
+}
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One monitored job; travels in the task's arguments as ids and numbers (never secrets)."""
+
+    job_id: uuid.UUID
+    attempt: int
+    instance_id: uuid.UUID
+    action: str
+    since: float  # epoch seconds; a snapshot read before this predates the action and proves nothing
+    started: float  # epoch seconds the deadline counts from
+    timeout: float  # seconds
+    interval: float  # seconds between looks
+
+    @classmethod
+    def from_args(cls, job_id: str, attempt: int, *args: Any) -> Watch:
+        """Rebuild from a task's arguments: `(job_id, attempt, *handoff args)`."""
+        instance_id, action, since, started, timeout, interval = args
+        return cls(
+            uuid.UUID(job_id), attempt, uuid.UUID(instance_id), action, since, started, timeout, interval
+        )
+
+    @property
+    def goal(self) -> Goal:
+        """What this action waits for."""
+        return GOALS[self.action]
+
+    def _args(self) -> tuple[Any, ...]:
+        return (str(self.instance_id), self.action, self.since, self.started, self.timeout, self.interval)
+
+    def handoff(self) -> Handoff:
+        """What a handler returns to pass its job to the monitor chain."""
+        return Handoff(MONITOR_TASK, self._args(), countdown_seconds=self.interval)
+
+    def look_again(self) -> None:
+        """Publish the next look; if the broker is away, the lease runs out and the rescue sweep reruns."""
+        try:
+            current_app.extensions["celery"].send_task(
+                MONITOR_TASK,
+                args=[str(self.job_id), self.attempt, *self._args()],
+                queue="monitor",
+                countdown=self.interval,
+            )
+        except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
+            log.warning("job %s: next look not published (%s)", self.job_id, type(exc).__name__)
+
+
+def poll(watch: Watch) -> None:
+    """One look at a watched instance: end the job, or schedule the next look."""
+    cancel = jobs.renew_lease(watch.job_id, watch.attempt, current_app.config["GPUJOBS_LEASE_SECONDS"])
+    instance = db.session.get(Instance, watch.instance_id) if cancel is not None else None
+    if instance is not None:
+        db.session.expunge(instance)  # a read-only copy, so the commit does not make us read it again
+    db.session.commit()
+    if cancel is None or instance is None:
+        log.info("job %s: attempt %s no longer owns the job; monitor stops", watch.job_id, watch.attempt)
+        return
+    try:
+        with novita_client(max_attempts=1) as client:  # no retries within a look: the next look is the retry
+            _look(watch, instance, client, cancel)
+    except (TransientError, redis.RedisError) as exc:
+        db.session.rollback()
+        log.warning("job %s: look failed (%s), next in %.1f s", watch.job_id, exc, watch.interval)
+        watch.look_again()
+    except PermanentError as exc:
+        db.session.rollback()
+        _end(watch, jobs.FAILED, str(exc), {}, FAILED_EVENT)
+
+
+def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) -> None:
+    if cancel:
+        return _cancel(watch, instance, client)
+    if time.time() >= watch.started + watch.timeout:
+        return _time_out(watch, instance, client)
+    seen = _observe(watch, instance, client)
+    if seen is _NOT_YET:
+        return watch.look_again()
+    if seen is not None and seen.status != instance.novita_status:
+        records.mirror(instance.id, seen.status)
+    verdict, reason = judge(watch.action, seen)
+    if verdict == _START:
+        _start(client, instance)
+        db.session.commit()
+        return replace(watch, since=time.time()).look_again()
+    if verdict == _WAIT:
+        db.session.commit()
+        return watch.look_again()
+    if verdict == _DONE:
+        return _succeed(watch, instance, client, seen)
+    return _fail(watch, instance, client, reason, seen)
+
+
+def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> NovitaInstance | None:
+    """Novita's view of the instance (None: Novita no longer has it), or _NOT_YET when unknown so far."""
+    found = snapshot.read(client, instance.novita_id, watch.interval)
+    if found is None or found[0] < watch.since:
+        return _NOT_YET
+    if found[1] is not None:
+        return found[1]
+    try:  # not listed: make sure before calling it gone (a list can lag, or stop at its page cap)
+        return client.get_instance(instance.novita_id)
+    except NovitaNotFoundError:
+        return None
+
+
+def judge(action: str, seen: NovitaInstance | None) -> tuple[str, str | None]:
+    """Whether an action is done, failed (and why), needs a start, or must wait; None means gone."""
+    if action == DELETE:
+        return (_DONE, None) if seen is None or seen.is_gone else (_WAIT, None)
+    if seen is None or seen.is_being_removed:
+        return _FAIL, f"the instance was removed (Novita status {seen.status if seen else 'gone'})"
+    if action == STOP:
+        return (_DONE, None) if seen.is_exited else (_WAIT, None)
+    if seen.is_running:
+        return _DONE, None
+    if seen.status_error is not None:
+        return _FAIL, f"Novita reports {seen.status_error.state or seen.status}: {seen.status_error.message}"
+    if seen.is_exited:
+        if action == CREATE and seen.started_at is None:
+            return _START, None  # created but left stopped: it is not starting by itself
+        return _FAIL, "the instance exited without a stop request"
+    return _WAIT, None
+
+
+def _start(client: NovitaClient, instance: Instance) -> None:
+    log.info("instance %s: created but not starting by itself; starting it", instance.id)
+    with contextlib.suppress(InvalidStateError):  # it moved on its own since the snapshot was read
+        client.start_instance(instance.novita_id)
+
+
+def _delete(client: NovitaClient, instance: Instance) -> None:
+    with contextlib.suppress(NovitaNotFoundError):  # already gone: the goal of a delete
+        client.delete_instance(instance.novita_id)
+    log.info("instance %s: Novita instance %s deleted", instance.id, instance.novita_id)
+
+
+def endpoints_of(seen: NovitaInstance) -> dict[str, Any]:
+    """Connection details for the row: port endpoints and the SSH command (Novita's password left out)."""
+    ports = [{"port": m.port, "type": m.type, "endpoint": m.endpoint} for m in seen.port_mappings]
+    return {"ports": ports, "ssh": seen.ssh_command}
+
+
+def _succeed(watch: Watch, instance: Instance, client: NovitaClient, seen: NovitaInstance | None) -> None:
+    values: dict[str, Any] = {"status": watch.goal.done, "error": None, "last_seen_at": jobs.utcnow()}
+    if seen is not None:
+        values["novita_status"] = seen.status
+    if watch.goal.done == records.RUNNING:
+        # List answers lack port endpoints (§6): one GET per instance, once, when it is ready.
+        values.update(endpoints=endpoints_of(client.get_instance(instance.novita_id)), ready_at=jobs.utcnow())
+    _end(watch, jobs.SUCCEEDED, None, values, watch.goal.event)
+
+
+def _fail(
+    watch: Watch, instance: Instance, client: NovitaClient, reason: str | None, seen: NovitaInstance | None
+) -> None:
+    if watch.action == CREATE and seen is not None:
+        return _give_up(watch, instance, client, jobs.FAILED, reason)
+    status = records.settled_status(seen.status if seen else spec.Status.REMOVED.value, watch.goal.in_flight)
+    return _end(watch, jobs.FAILED, reason, {"status": status}, FAILED_EVENT)
+
+
+def _time_out(watch: Watch, instance: Instance, client: NovitaClient) -> None:
+    last = instance.novita_status or "unknown"
+    reason = f"timed out: not {watch.goal.done} after {watch.timeout:g} s (last Novita status: {last})"
+    if watch.action != CREATE:
+        status = records.settled_status(instance.novita_status, watch.goal.in_flight)
+        return _end(watch, jobs.FAILED, reason, {"status": status}, FAILED_EVENT)
+    if current_app.config["GPUJOBS_DELETE_ON_TIMEOUT"]:
+        return _give_up(watch, instance, client, jobs.FAILED, reason)
+    return _end(
+        watch, jobs.FAILED, f"{reason}; the instance was kept", {"status": records.FAILED}, FAILED_EVENT
+    )
+
+
+def _cancel(watch: Watch, instance: Instance, client: NovitaClient) -> None:
+    if watch.action == CREATE:
+        return _give_up(watch, instance, client, jobs.CANCELLED, "cancelled on request")
+    status = records.settled_status(instance.novita_status, watch.goal.in_flight)
+    return _end(watch, jobs.CANCELLED, "cancelled on request", {"status": status})
+
+
+def _give_up(
+    watch: Watch, instance: Instance, client: NovitaClient, outcome: str, reason: str | None
+) -> None:
+    """End a provisioning that will not be used: delete its instance first, so it stops billing."""
+    _delete(client, instance)
+    event = FAILED_EVENT if outcome == jobs.FAILED else None
+    _end(watch, outcome, f"{reason}; the instance was deleted", {"status": records.DELETING}, event)
+
+
+def _end(
+    watch: Watch, outcome: str, error: str | None, row_values: dict[str, Any], event: str | None = None
+) -> None:
+    """End the job (fenced), update its instance, record the webhook events; commit, then publish."""
+    if outcome != jobs.SUCCEEDED:
+        row_values = {**row_values, "error": error}
+    records.transition(watch.instance_id, (watch.goal.in_flight,), **row_values)
+    instance = db.session.get(Instance, watch.instance_id, populate_existing=True)
+    if outcome == jobs.SUCCEEDED:
+        ended = jobs.succeed(watch.job_id, watch.attempt, {"instance": instance_to_dict(instance)})
+    elif outcome == jobs.CANCELLED:
+        ended = jobs.cancel_running(watch.job_id, watch.attempt, error or "cancelled")
+    else:
+        failed = jobs.fail_attempt(
+            watch.job_id, watch.attempt, error or "failed", retryable=False, retry_delay_seconds=0
+        )
+        ended = failed is not None
+    if not ended:
+        db.session.rollback()
+        log.info(
+            "job %s: attempt %s was fenced out; its outcome is not recorded", watch.job_id, watch.attempt
+        )
+        return
+    if event:
+        webhooks.record_event(db.session.get(Job, watch.job_id, populate_existing=True), event, instance)
+    webhooks.record_job_event(watch.job_id)
+    db.session.commit()
+    webhooks.publish_pending(watch.job_id)
+    log.info("job %s: %s (instance %s %s)", watch.job_id, outcome, instance.id, instance.status)

@@ -1,0 +1,169 @@
+"""The reconcile sweep: make our instance rows and Novita's list of our instances agree.
+
+- **leaked**: a Novita instance named with our prefix that no row wants and no live job owns (a create
+  whose job was cancelled while retrying, a failed delete, a duplicate) is deleted once it is older than
+  `GPUJOBS_LEAK_GRACE_SECONDS`, and reported. Instances without our prefix are never touched.
+- **lost**: a row that says running or stopped whose instance Novita no longer has is marked `lost`.
+- **settled**: a row left mid-change by a job that ended without settling it takes Novita's status.
+- **mirrored**: every listed row gets Novita's status and `last_seen_at`.
+
+Novita is asked first and rows are written last, in one short transaction. A transaction-scoped
+advisory lock makes a second concurrent run return at once (`{"skipped": true}`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import or_, select, text, update
+
+from gpujobs import jobs
+from gpujobs.extensions import db
+from gpujobs.models import Instance
+from gpujobs.novita import Instance as NovitaInstance
+from gpujobs.novita import NovitaClient, NovitaNotFoundError, spec
+from gpujobs.provisioning import records, snapshot
+from gpujobs.provisioning.novita_client import novita_client
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "gpujobs.sweep.reconcile"
+STEADY = (records.RUNNING, records.STOPPED)
+LOST_REASON = "Novita no longer has this instance"
+SETTLE_REASON = "its job ended before the instance settled"
+
+
+def reconcile() -> dict[str, Any]:
+    """One reconciliation pass; returns what it found and did (also logged)."""
+    if not db.session.scalar(text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": LOCK_NAME}):
+        db.session.rollback()
+        return {"skipped": True}
+    with novita_client() as client:
+        taken_at, listed = snapshot.refresh(client) or snapshot.list_ours(client)
+        rows = db.session.scalars(
+            select(Instance).where(
+                or_(
+                    Instance.status.notin_((records.DELETED, records.LOST, records.FAILED)),
+                    Instance.novita_id.in_(list(listed)),
+                    Instance.name.in_([item.name for item in listed.values()]),
+                )
+            )
+        ).all()
+        owners = {row.job_id for row in rows} | {records.job_id_of(item.name) for item in listed.values()}
+        live = records.live_jobs({job_id for job_id in owners if job_id})
+        # Rows a job is working on, or that changed since the listing began, are not ours to judge now.
+        quiet = [row for row in rows if row.job_id not in live and row.updated_at.timestamp() < taken_at]
+        views = _views(client, quiet, listed)
+        leaked, waiting = _leaks(client, rows, listed, taken_at, live)
+    report = _write(quiet, views)
+    report.update(skipped=False, listed=len(listed), leaked=leaked, waiting=waiting)
+    db.session.commit()
+    if leaked or report["lost"] or report["settled"]:
+        log.info("reconcile: %s", report)
+    return report
+
+
+def _views(
+    client: NovitaClient, rows: list[Instance], listed: dict[str, NovitaInstance]
+) -> dict[uuid.UUID, NovitaInstance | None]:
+    """Novita's view of each row that has an instance there; None when a GET confirms it is gone."""
+    views: dict[uuid.UUID, NovitaInstance | None] = {}
+    for row in rows:
+        if row.novita_id is None:
+            continue
+        views[row.id] = listed.get(row.novita_id)
+        if views[row.id] is None:
+            # Not listed: make sure before calling it gone (a list can stop at its page cap).
+            with contextlib.suppress(NovitaNotFoundError):
+                views[row.id] = client.get_instance(row.novita_id)
+    return views
+
+
+def _leaks(
+    client: NovitaClient,
+    rows: list[Instance],
+    listed: dict[str, NovitaInstance],
+    taken_at: float,
+    live: set[uuid.UUID],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Delete our Novita instances nobody wants once past the grace period; report them."""
+    by_novita_id = {row.novita_id: row for row in rows if row.novita_id}
+    by_name = {row.name: row for row in rows if row.novita_id is None}
+    grace_seconds = current_app.config["GPUJOBS_LEAK_GRACE_SECONDS"]
+    leaked: list[dict[str, Any]] = []
+    waiting: list[str] = []
+    for item in listed.values():
+        row = by_novita_id.get(item.id) or by_name.get(item.name)
+        if item.is_being_removed or _wanted(item, row, live):
+            continue
+        age_seconds = taken_at - item.created_at.timestamp() if item.created_at else 0.0
+        if age_seconds < grace_seconds:
+            waiting.append(item.id)
+            continue
+        try:
+            client.delete_instance(item.id)
+        except NovitaNotFoundError:
+            continue
+        leaked.append(
+            {
+                "novitaInstanceId": item.id,
+                "name": item.name,
+                "instanceId": str(row.id) if row else None,
+                "novitaStatus": item.status,
+                "ageSeconds": round(age_seconds),
+            }
+        )
+        log.warning("reconcile: leaked Novita instance %s (%s, %s) deleted", item.id, item.name, item.status)
+    return leaked, waiting
+
+
+def _wanted(item: NovitaInstance, row: Instance | None, live: set[uuid.UUID]) -> bool:
+    """An instance is wanted by a row that means to keep it, or by a live job that will record it."""
+    if row is None:
+        return records.job_id_of(item.name) in live
+    return row.job_id in live or row.status in records.WANTED
+
+
+def _write(rows: list[Instance], views: dict[uuid.UUID, NovitaInstance | None]) -> dict[str, Any]:
+    """Mirror, settle and mark lost; each a compare-and-set on the status the row had when read."""
+    report: dict[str, list[str]] = {"lost": [], "settled": []}
+    mirrored = []
+    for row in rows:
+        if row.novita_id is None:
+            novita_status = None
+        else:
+            item = views[row.id]
+            novita_status = item.status if item else spec.Status.REMOVED.value
+            if item is not None:
+                records.mirror(row.id, item.status)
+                mirrored.append(row.id)
+        outcome = _settle(row, novita_status)
+        if outcome:
+            report[outcome].append(str(row.id))
+    if mirrored:
+        db.session.execute(
+            update(Instance).where(Instance.id.in_(mirrored)).values(last_seen_at=jobs.utcnow())
+        )
+    return report
+
+
+def _settle(row: Instance, novita_status: str | None) -> str | None:
+    """Bring one quiet row in line with Novita; returns "lost", "settled" or None (nothing to do)."""
+    gone = novita_status in spec.GONE_STATUSES
+    if row.status in STEADY:
+        target = records.LOST if gone else records.settled_status(novita_status, row.status)
+        if target not in (*STEADY, records.LOST) or target == row.status:
+            return None  # mid-change at Novita (e.g. being removed): look again next time
+        error = LOST_REASON if target == records.LOST else row.error
+        if not records.transition(row.id, (row.status,), status=target, error=error):
+            return None
+        return "lost" if target == records.LOST else "settled"
+    if row.status == records.DELETING:
+        if gone and records.transition(row.id, (row.status,), status=records.DELETED):
+            return "settled"
+        return None
+    return "settled" if records.settle(row, SETTLE_REASON, novita_status) else None

@@ -1,0 +1,145 @@
+"""Instance rows: their statuses, their derived names, and compare-and-set transitions.
+
+A row's `status` says what we intend and observe (`requested` … `running`, `stopped`, `deleted`);
+`novita_status` mirrors Novita's word for it. Every change is one `UPDATE ... WHERE status IN (...)`, so
+two writers (a monitor, the reconcile sweep, an API request) can never both win. Functions here never
+commit: callers own the transaction, as in `gpujobs.jobs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from gpujobs import jobs
+from gpujobs.extensions import db
+from gpujobs.models import Instance, Job
+from gpujobs.novita import spec
+
+log = logging.getLogger(__name__)
+
+REQUESTED, CREATING, RUNNING = "requested", "creating", "running"
+STOPPING, STOPPED, STARTING = "stopping", "stopped", "starting"
+DELETING, DELETED, FAILED, LOST = "deleting", "deleted", "failed", "lost"
+STATUSES = (REQUESTED, CREATING, RUNNING, STOPPING, STOPPED, STARTING, DELETING, DELETED, FAILED, LOST)
+# An instance in these is ours to keep at Novita; any other Novita instance with our prefix is a leak.
+WANTED = (REQUESTED, CREATING, RUNNING, STOPPING, STOPPED, STARTING, FAILED)
+# Someone (a job) is changing the instance; when no live job does, the reconcile sweep settles it.
+IN_FLIGHT = (REQUESTED, CREATING, STARTING, STOPPING)
+# A create step may (re)claim its row from these: a first run, a rerun, or a redrive of a failed job.
+CREATABLE = (REQUESTED, CREATING, FAILED, DELETING, DELETED, LOST)
+
+LIVE_JOB_STATUSES = (jobs.QUEUED, jobs.RUNNING, jobs.RETRYING, jobs.CANCELLING)
+
+# Every Novita instance we create is named NAME_PREFIX + job id; only those are ever ours to delete.
+NAME_PREFIX = "gpujobs-"
+# Instance ids are derived from job ids, so the API can answer with one before a worker ran.
+_INSTANCE_ID_NAMESPACE = uuid.UUID("2f6f0c55-6f5e-4d36-9d0a-8f3c1b7e4a10")
+
+
+def instance_name(job_id: uuid.UUID) -> str:
+    """The Novita name of a create job's instance; a retry finds the same name and adopts the instance."""
+    return f"{NAME_PREFIX}{job_id}"
+
+
+def job_id_of(name: str) -> uuid.UUID | None:
+    """The create job an instance name was derived from, or None for a name that is not ours."""
+    if not name.startswith(NAME_PREFIX):
+        return None
+    try:
+        return uuid.UUID(name[len(NAME_PREFIX) :])
+    except ValueError:
+        return None
+
+
+def instance_id_for(job_id: uuid.UUID) -> uuid.UUID:
+    """Our instance id for a create job, the same every time it is computed."""
+    return uuid.uuid5(_INSTANCE_ID_NAMESPACE, str(job_id))
+
+
+def ensure_row(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) -> Instance:
+    """The create job's instance row, inserted if missing (API and worker may race; both get one row)."""
+    instance_id = instance_id_for(job_id)
+    db.session.execute(
+        insert(Instance)
+        .values(
+            id=instance_id, tenant_id=tenant_id, job_id=job_id, name=instance_name(job_id), status=REQUESTED,
+            label=params.get("name"), product_name=params["productName"], region=params.get("region"),
+            gpu_num=params.get("gpuNum"), endpoints={},
+        )
+        .on_conflict_do_nothing()
+    )  # fmt: skip
+    return db.session.get(Instance, instance_id, populate_existing=True)
+
+
+def transition(instance_id: uuid.UUID, from_statuses: tuple[str, ...], **values: Any) -> bool:
+    """Change a row only if it is still in one of `from_statuses`; False when someone else moved it."""
+    done = db.session.execute(
+        update(Instance)
+        .where(Instance.id == instance_id, Instance.status.in_(from_statuses))
+        .values(**values)
+    )
+    if done.rowcount != 1:
+        log.info("instance %s: not in %s any more, left as it is", instance_id, "/".join(from_statuses))
+    return done.rowcount == 1
+
+
+def mirror(instance_id: uuid.UUID, novita_status: str) -> None:
+    """Note Novita's latest status for a row (only when it changed, so polls do not churn rows)."""
+    db.session.execute(
+        update(Instance)
+        .where(Instance.id == instance_id, Instance.novita_status.is_distinct_from(novita_status))
+        .values(novita_status=novita_status, last_seen_at=jobs.utcnow())
+    )
+
+
+def settled_status(novita_status: str | None, fallback: str) -> str:
+    """The row status a Novita status amounts to, or `fallback` while Novita is mid-change."""
+    if novita_status in spec.READY_STATUSES:
+        return RUNNING
+    if novita_status in spec.STOPPED_STATUSES:
+        return STOPPED
+    if novita_status in spec.GONE_STATUSES:
+        return DELETED
+    if novita_status in spec.REMOVAL_STATUSES:
+        return DELETING
+    return fallback
+
+
+def settle(instance: Instance, reason: str | None, novita_status: str | None) -> bool:
+    """End an in-flight row whose job ended without doing so (a handler failure, a cancelled queued job).
+
+    An instance that was never created fails; one whose creation never finished is marked for deletion
+    (the reconcile sweep deletes it); one caught mid stop or start takes Novita's steady status, and
+    stays as it is while Novita is still changing it (the next reconcile looks again).
+    """
+    if instance.status not in IN_FLIGHT:
+        return False
+    if instance.status in (REQUESTED, CREATING):
+        status = DELETING if instance.novita_id else FAILED
+    else:
+        status = settled_status(novita_status, instance.status if novita_status else FAILED)
+    if status == instance.status:
+        return False
+    return transition(instance.id, (instance.status,), status=status, error=reason)
+
+
+def settle_after_job(job_id: uuid.UUID, instance_id: uuid.UUID) -> None:
+    """Settle the instance a job acted on if the job ended without settling it (a definition's on_end)."""
+    job = db.session.get(Job, job_id, populate_existing=True)
+    instance = db.session.get(Instance, instance_id, populate_existing=True)
+    if job is not None and instance is not None and job.status in jobs.TERMINAL:
+        settle(instance, job.error or f"its job was {job.status}", instance.novita_status)
+
+
+def live_jobs(job_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these jobs are still queued, running, retrying or cancelling."""
+    if not job_ids:
+        return set()
+    return set(
+        db.session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(LIVE_JOB_STATUSES)))
+    )

@@ -1,0 +1,114 @@
+"""Constants and helpers shared by the GPU workflow tests and their conftest (conftest is not importable)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+from flask import Flask
+from helpers import wait_for
+from sqlalchemy import select
+
+from gpujobs.extensions import db
+from gpujobs.models import Instance, Job, JobEvent
+
+API_KEY = "sk_test_gpu_workflow"
+# Each lifecycle phase (pending, toCreate, creating, pulling, ...) lasts this long: create to running ~1 s.
+PHASE_SECONDS = 0.25
+MONITOR_INTERVAL_SECONDS = "0.3"
+IMAGE = "pytorch/pytorch:2.3.0-cuda12.1-cudnn8-runtime"
+REQUEST = {"productName": "RTX 4090 24GB", "region": "CN-HK-01", "imageUrl": IMAGE}
+
+
+def provision(client: Any, tenant: dict[str, str], **changes: Any) -> dict[str, Any]:
+    """POST /v1/instances with the default request plus `changes`; asserts the 202 and returns its body."""
+    response = client.post("/v1/instances", json={**REQUEST, **changes}, headers=tenant["headers"])
+    assert response.status_code == 202, response.json
+    return response.json
+
+
+def job_row(app: Flask, job_id: str | uuid.UUID) -> Job:
+    """A detached copy of a job row."""
+    with app.app_context():
+        job = db.session.get(Job, uuid.UUID(str(job_id)))
+        db.session.expunge(job)
+        db.session.remove()
+    return job
+
+
+def instance_row(app: Flask, instance_id: str | uuid.UUID) -> Instance:
+    """A detached copy of an instance row."""
+    with app.app_context():
+        instance = db.session.get(Instance, uuid.UUID(str(instance_id)))
+        db.session.expunge(instance)
+        db.session.remove()
+    return instance
+
+
+def events(app: Flask, job_id: str | uuid.UUID) -> list[JobEvent]:
+    """A job's timeline, detached."""
+    with app.app_context():
+        rows = db.session.scalars(
+            select(JobEvent).where(JobEvent.job_id == uuid.UUID(str(job_id))).order_by(JobEvent.id)
+        ).all()
+        db.session.expunge_all()
+        db.session.remove()
+    return list(rows)
+
+
+def wait_for_job(app: Flask, job_id: str, *statuses: str, timeout: float = 30.0) -> Job:
+    """Wait until the job is in one of `statuses` (running the dispatch sweep, as beat would)."""
+    from gpujobs.sweeps import dispatch_due
+
+    def done() -> Job | None:
+        with app.app_context():
+            dispatch_due()
+            db.session.remove()
+        job = job_row(app, job_id)
+        return job if job.status in statuses else None
+
+    return wait_for(done, timeout=timeout, interval=0.2)  # type: ignore[return-value]
+
+
+def next_monitor_look(app: Flask) -> list[Any] | None:
+    """Take the next message of the `monitor` queue off Redis (no worker runs) and return its args."""
+    import redis
+
+    raw = redis.Redis.from_url(app.config["REDIS_URL"]).rpop("monitor")
+    if raw is None:
+        return None
+    envelope = json.loads(raw)
+    args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    return args
+
+
+def look(app: Flask, args: list[Any]) -> None:
+    """Run one monitor look (the task's body) in this process."""
+    from gpujobs.provisioning import monitor
+
+    with app.app_context():
+        monitor.poll(monitor.Watch.from_args(*args))
+        db.session.remove()
+
+
+def run_chain(app: Flask, tenant_id: str, params: dict[str, Any], *, max_looks: int = 50) -> tuple[str, str]:
+    """Run create -> monitor in this process, task by task, until the job ends; returns (job id, instance id).
+
+    Needs the simulator's settings in the app config (the `novita_config` fixture).
+    """
+    from gpujobs import runner
+    from gpujobs.provisioning import create
+
+    with app.app_context():
+        job, instance = create.submit(uuid.UUID(tenant_id), params)
+        ids = str(job.id), str(instance.id)
+        runner.run_job(job.id)
+        db.session.remove()
+    for _ in range(max_looks):
+        args = next_monitor_look(app)
+        if args is None:
+            break
+        look(app, args)
+    return ids

@@ -1,0 +1,107 @@
+"""The reconcile sweep against the simulator: leaks deleted after their grace, lost instances marked."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from gpu_testkit import REQUEST, instance_row, run_chain
+from sqlalchemy import text, update
+
+from gpujobs import operations
+from gpujobs.extensions import db
+from gpujobs.models import Instance
+from gpujobs.novita import CreateInstanceRequest
+from gpujobs.provisioning import records
+from gpujobs.provisioning.reconcile import LOCK_NAME, reconcile
+
+
+@pytest.fixture
+def sim_options():
+    """Instant lifecycles, and deleted instances vanish from Novita's list at once."""
+    return {"phase_seconds": 0, "removed_grace_seconds": 0}
+
+
+def novita_instance(novita, name: str) -> str:
+    """Create an instance at Novita directly, as a crashed worker or another tool would have."""
+    request = CreateInstanceRequest(
+        name=name,
+        product_id="4090.16c62g",
+        cluster_id="as-sgp-2",
+        image_url="ubuntu:22.04",
+        rootfs_size_gb=20,
+    )
+    return novita.create_instance(request)
+
+
+def run_reconcile(app) -> dict:
+    with app.app_context():
+        report = reconcile()
+        db.session.remove()
+    return report
+
+
+def test_an_instance_no_live_job_owns_is_deleted_after_the_grace_period_and_reported(
+    app, sim, novita, novita_config, monkeypatch
+):
+    leaked = novita_instance(novita, records.instance_name(uuid.uuid4()))
+    theirs = novita_instance(novita, "someone-elses-box")
+
+    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 3600.0)
+    report = run_reconcile(app)
+    assert (report["leaked"], report["waiting"]) == ([], [leaked])
+
+    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
+    report = run_reconcile(app)
+    assert [item["novitaInstanceId"] for item in report["leaked"]] == [leaked]
+    status = {instance["id"]: instance["status"] for instance in sim.instances()}
+    assert status == {leaked: "removed", theirs: "running"}  # not ours: never touched
+
+
+def test_an_instance_whose_create_job_is_still_live_is_not_a_leak(
+    app, tenant, sim, novita, novita_config, monkeypatch
+):
+    with app.app_context():  # queued through /v1/jobs: no worker has run it, so there is no row yet
+        job_id = operations.submit(uuid.UUID(tenant["id"]), "gpu.instance.create", 1, REQUEST).id
+        db.session.remove()
+    novita_instance(novita, records.instance_name(job_id))  # created just before a crash
+    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
+    assert run_reconcile(app)["leaked"] == []
+    assert sim.count_calls("POST", "/gpu/instance/delete") == 0
+
+
+def test_a_running_instance_novita_no_longer_has_is_marked_lost(app, tenant, sim, novita, novita_config):
+    _, instance_id = run_chain(app, tenant["id"], REQUEST)
+    novita.delete_instance(instance_row(app, instance_id).novita_id)  # deleted behind our back
+    report = run_reconcile(app)
+    assert report["lost"] == [instance_id]
+    instance = instance_row(app, instance_id)
+    assert (instance.status, instance.error) == ("lost", "Novita no longer has this instance")
+
+
+def test_a_row_left_mid_stop_by_a_job_that_ended_takes_novitas_status(
+    app, tenant, sim, novita, novita_config
+):
+    _, instance_id = run_chain(app, tenant["id"], REQUEST)
+    novita.stop_instance(instance_row(app, instance_id).novita_id)
+    with app.app_context():  # as if a stop job had died after asking Novita
+        db.session.execute(
+            update(Instance)
+            .where(Instance.id == uuid.UUID(instance_id))
+            .values(status="stopping", updated_at=db.func.now() - text("interval '1 minute'"))
+        )
+        db.session.commit()
+        db.session.remove()
+    assert run_reconcile(app)["settled"] == [instance_id]
+    assert instance_row(app, instance_id).status == "stopped"
+
+
+def test_a_second_reconcile_running_at_the_same_time_steps_aside(app, sim, novita_config):
+    with app.app_context():
+        with db.engine.connect() as other:
+            other.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": LOCK_NAME})
+            assert reconcile() == {"skipped": True}
+            other.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), {"name": LOCK_NAME})
+        assert reconcile()["skipped"] is False
+        db.session.remove()
+    assert sim.count_calls("GET", "/gpu/instances") == 1

@@ -1,0 +1,50 @@
+"""The shared status snapshot: one list call serves every monitor within a poll interval."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from gpujobs.novita import CreateInstanceRequest
+from gpujobs.provisioning import snapshot
+from gpujobs.provisioning.records import NAME_PREFIX
+
+
+@pytest.fixture
+def sim_options():
+    return {"phase_seconds": 0}
+
+
+def created(novita, name: str) -> str:
+    request = CreateInstanceRequest(
+        name=name, product_id="4090.16c62g", cluster_id="us-ca-6", image_url="ubuntu:22.04", rootfs_size_gb=20
+    )
+    return novita.create_instance(request)
+
+
+def test_reads_within_one_interval_share_one_list_call(app_context, sim, novita, novita_config):
+    ids = [created(novita, f"{NAME_PREFIX}{n}") for n in range(3)]
+    for _ in range(10):
+        for novita_id in ids:
+            _, seen = snapshot.read(novita, novita_id, max_age_seconds=60)
+            assert seen.id == novita_id and seen.status == "running"
+    assert sim.count_calls("GET", "/gpu/instances") == 1
+    assert sim.count_calls("GET", "/gpu/instance") == 0
+
+
+def test_instances_without_our_prefix_are_not_in_the_snapshot(app_context, sim, novita, novita_config):
+    theirs = created(novita, "someone-elses-box")
+    _, seen = snapshot.read(novita, theirs, max_age_seconds=60)
+    assert seen is None
+
+
+def test_while_another_process_refreshes_a_reader_uses_the_previous_snapshot(
+    app, app_context, sim, novita, novita_config
+):
+    novita_id = created(novita, f"{NAME_PREFIX}a")
+    assert snapshot.read(novita, "absent", max_age_seconds=60)[1] is None  # a first snapshot
+    redis.Redis.from_url(app.config["REDIS_URL"]).set(snapshot.LOCK_KEY, "someone else")
+    _, seen = snapshot.read(novita, novita_id, max_age_seconds=0)  # stale, but the lock is taken
+    assert seen is not None and sim.count_calls("GET", "/gpu/instances") == 1
+    redis.Redis.from_url(app.config["REDIS_URL"]).delete(snapshot.KEY)
+    assert snapshot.read(novita, novita_id, max_age_seconds=0) is None  # nothing to fall back on yet

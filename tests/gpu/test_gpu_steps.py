@@ -1,0 +1,140 @@
+"""The create -> monitor -> webhook chain task by task, in this process (no worker), against the simulator."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from gpu_testkit import REQUEST, events, instance_row, job_row, look, next_monitor_look, run_chain
+from sqlalchemy import func, select, update
+
+from gpujobs import runner
+from gpujobs.extensions import db
+from gpujobs.models import Job, WebhookDelivery
+from gpujobs.provisioning import create
+
+HOOK_URL = "http://127.0.0.1:9/hooks"  # never called here: deliveries are only recorded and queued
+
+
+@pytest.fixture
+def sim_options():
+    """Every lifecycle phase takes no time: an instance runs as soon as it is created."""
+    return {"phase_seconds": 0}
+
+
+def created_and_handed_off(app, tenant, **options) -> tuple[str, str]:
+    """Submit a create job and run its create step here; returns (job id, instance id)."""
+    with app.app_context():
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, **options)
+        ids = str(job.id), str(instance.id)
+        assert runner.run_job(job.id) == "running"
+        db.session.remove()
+    return ids
+
+
+def test_the_create_step_hands_the_running_job_to_the_monitor_with_ids_and_numbers_only(
+    app, tenant, sim, novita_config
+):
+    job_id, instance_id = created_and_handed_off(app, tenant)
+    args = next_monitor_look(app)
+    assert args[:4] == [job_id, 1, instance_id, "create"]
+    assert all(isinstance(number, float) for number in args[4:])
+    assert job_row(app, job_id).status == "running"
+    created = instance_row(app, instance_id)
+    assert created.status == "creating" and created.novita_id == sim.instances()[0]["id"]
+    assert [e.type for e in events(app, job_id)] == ["job.queued", "job.started", "job.instance_created"]
+
+
+def test_one_look_at_a_running_instance_ends_the_job_with_its_endpoints(app, tenant, sim, novita_config):
+    job_id, instance_id = run_chain(app, tenant["id"], REQUEST)
+    assert job_row(app, job_id).status == "succeeded"
+    assert job_row(app, job_id).result["instance"]["status"] == "running"
+    assert instance_row(app, instance_id).endpoints["ssh"].startswith("ssh -p ")
+    # One shared list call read the status; one GET fetched the endpoints once it ran.
+    assert sim.count_calls("GET", "/gpu/instance") == 1
+
+
+def test_a_look_records_each_webhook_event_once_however_often_it_runs(app, tenant, sim, novita_config):
+    created_and_handed_off(app, tenant, webhook_url=HOOK_URL)
+    args = next_monitor_look(app)
+    for _ in range(2):  # the same message delivered twice
+        look(app, args)
+    with app.app_context():
+        types = db.session.scalars(
+            select(WebhookDelivery.event_type).order_by(WebhookDelivery.event_type)
+        ).all()
+        db.session.remove()
+    assert types == ["instance.running", "job.succeeded"]
+    assert next_monitor_look(app) is None  # and the chain ended: no further look was published
+
+
+def test_a_look_from_an_attempt_that_lost_the_job_stops_without_a_trace(app, tenant, sim, novita_config):
+    job_id, instance_id = created_and_handed_off(app, tenant)
+    args = next_monitor_look(app)
+    args[1] = 0  # an older attempt's message, as after a rescue
+    look(app, args)
+    assert job_row(app, job_id).status == "running"
+    assert instance_row(app, instance_id).status == "creating"
+    assert next_monitor_look(app) is None
+
+
+def test_a_novita_outage_during_monitoring_only_postpones_the_next_look(app, tenant, sim, novita_config):
+    job_id, _ = created_and_handed_off(app, tenant)
+    sim.inject(fail_next={"count": 1, "status": 503, "endpoint": "/gpu/instances"})
+    look(app, next_monitor_look(app))
+    assert job_row(app, job_id).status == "running"
+    look(app, next_monitor_look(app))  # the next look was published, and now Novita answers
+    assert job_row(app, job_id).status == "succeeded"
+
+
+def test_a_permanent_novita_error_during_monitoring_fails_the_job_with_its_reason(
+    app, tenant, sim, novita_config, monkeypatch
+):
+    job_id, _ = created_and_handed_off(app, tenant)
+    monkeypatch.setitem(app.config, "NOVITA_API_KEY", "sk_revoked")
+    look(app, next_monitor_look(app))
+    job = job_row(app, job_id)
+    assert job.status == "failed" and "HTTP 401 UNAUTHORIZED" in job.error
+    assert next_monitor_look(app) is None
+
+
+def test_a_lost_monitor_message_is_recovered_by_the_rescue_sweep_and_the_rerun_adopts_the_instance(
+    app, tenant, sim, novita_config
+):
+    from gpujobs.sweeps import rescue_stuck
+
+    job_id, _ = created_and_handed_off(app, tenant)
+    assert next_monitor_look(app) is not None  # taken off the queue and lost
+    with app.app_context():
+        db.session.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(job_id))
+            .values(lease_expires_at=func.now() - timedelta(seconds=1))
+        )
+        db.session.commit()
+        rescue_stuck()
+        assert runner.run_job(uuid.UUID(job_id)) == "running"
+        db.session.remove()
+    look(app, next_monitor_look(app))
+    job = job_row(app, job_id)
+    assert (job.status, job.attempt) == ("succeeded", 2)
+    assert "job.instance_adopted" in [event.type for event in events(app, job_id)]
+    assert len(sim.instances()) == 1 and sim.count_calls("POST", "/gpu/instance/create") == 1
+
+
+def test_deleting_an_instance_that_never_reached_novita_just_marks_it_deleted(
+    app, client, tenant, sim, novita_config
+):
+    with app.app_context():
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST | {"maxPricePerHour": 0.01})
+        instance_id = str(instance.id)
+        assert runner.run_job(job.id) == "failed"
+        db.session.remove()
+    assert instance_row(app, instance_id).status == "failed"
+    deleting = client.delete(f"/v1/instances/{instance_id}", headers=tenant["headers"]).json
+    with app.app_context():
+        assert runner.run_job(uuid.UUID(deleting["jobId"])) == "succeeded"
+        db.session.remove()
+    assert instance_row(app, instance_id).status == "deleted"
+    assert sim.count_calls("POST", "/gpu/instance/delete") == 0

@@ -1,0 +1,154 @@
+"""The provisioning workflow end to end: a real worker, the simulator over HTTP, real webhooks."""
+
+from __future__ import annotations
+
+import pytest
+from gpu_testkit import IMAGE, PHASE_SECONDS, events, instance_row, job_row, provision, wait_for_job
+from helpers import wait_for
+
+from gpujobs.provisioning.records import instance_name
+
+# Instances that stay in `pulling` for a minute: long enough to cancel or time out first.
+SLOW_PULL = pytest.mark.parametrize(
+    "sim_options", [{"phase_seconds": {"default": PHASE_SECONDS, "pulling": 60}}]
+)
+
+
+def test_a_request_for_an_rtx_4090_in_hong_kong_becomes_a_running_instance_and_a_delivered_webhook(
+    app, client, tenant, sim, gpu_worker, hooks
+):
+    gpu_worker()
+    hook = hooks()
+    ports = [{"port": 8888, "type": "http"}, {"port": 22, "type": "tcp"}]
+    accepted = provision(client, tenant, ports=ports, name="trainer", webhookUrl=hook.url)
+    assert accepted["status"] == "requested"
+    wait_for_job(app, accepted["jobId"], "succeeded")
+
+    shown = client.get(f"/v1/instances/{accepted['instanceId']}", headers=tenant["headers"]).json
+    assert shown["status"] == "running" and shown["novitaStatus"] == "running"
+    assert (shown["productId"], shown["region"], shown["clusterId"]) == (
+        "4090.16c62g",
+        "CN-HK-01",
+        "cn-hongkong-1",
+    )
+    assert shown["pricePerHour"] == 0.35 and shown["label"] == "trainer" and shown["readyAt"]
+    assert shown["name"] == instance_name(accepted["jobId"])
+    endpoints = {port["port"]: port["endpoint"] for port in shown["endpoints"]["ports"]}
+    assert endpoints[8888].startswith("https://") and ":" in endpoints[22]
+    assert shown["endpoints"]["ssh"].startswith("ssh -p ")
+
+    wait_for(lambda: len(hook.verified) == 2)
+    by_type = {event["type"]: event for event in hook.verified}
+    assert sorted(by_type) == ["instance.running", "job.succeeded"]
+    assert by_type["instance.running"]["data"]["instance"]["status"] == "running"
+    (created,) = [call for call in sim.ledger() if call["endpoint"] == "/gpu/instance/create"]
+    assert created["status"] == 200
+    assert [i["clusterId"] for i in sim.instances()] == ["cn-hongkong-1"]
+
+
+def test_an_out_of_stock_region_falls_back_to_the_next_configured_region(
+    app, client, tenant, sim, gpu_worker
+):
+    sim.inject(out_of_stock_clusters=["cn-hongkong-1"])
+    gpu_worker()
+    accepted = provision(client, tenant)
+    wait_for_job(app, accepted["jobId"], "succeeded")
+    instance = instance_row(app, accepted["instanceId"])
+    # GPUJOBS_REGION_FALLBACK's default order is CN-HK-01, AS-SGP-02, US-CA-06, EU-DE-01.
+    assert (instance.region, instance.cluster_id, instance.product_id) == (
+        "AS-SGP-02",
+        "as-sgp-2",
+        "4090.16c62g",
+    )
+
+
+def test_an_insufficient_resource_answer_at_create_time_moves_on_to_the_next_candidate(
+    app, client, tenant, sim, gpu_worker
+):
+    sim.inject(fail_next={"reason": "INSUFFICIENT_RESOURCE", "endpoint": "/gpu/instance/create"})
+    gpu_worker()
+    accepted = provision(client, tenant)
+    wait_for_job(app, accepted["jobId"], "succeeded")
+    # The cheapest product in Hong Kong was refused at create time; the next one there was taken.
+    assert instance_row(app, accepted["instanceId"]).product_id == "26"
+    refused = [e.data for e in events(app, accepted["jobId"]) if e.type == "job.placement_refused"]
+    assert refused == [
+        {
+            "productId": "4090.16c62g",
+            "region": "CN-HK-01",
+            "clusterId": "cn-hongkong-1",
+            "pricePerHour": 0.35,
+            "reason": "INSUFFICIENT_RESOURCE",
+        }
+    ]
+
+
+def test_a_price_cap_refuses_every_product_above_it_with_a_clear_reason(app, client, tenant, sim, gpu_worker):
+    gpu_worker()
+    accepted = provision(client, tenant, maxPricePerHour=0.2)
+    job = wait_for_job(app, accepted["jobId"], "failed")
+    assert job.attempt == 1 and job.error == (
+        "price cap: no RTX 4090 24GB x1 at or below $0.20/h in CN-HK-01, AS-SGP-02, US-CA-06, EU-GER-02; "
+        "the cheapest in stock is $0.28/h (4090.hd.16c62g in US-CA-06)"
+    )
+    instance = instance_row(app, accepted["instanceId"])
+    assert instance.status == "failed" and instance.error == job.error
+    assert sim.count_calls("POST", "/gpu/instance/create") == 0
+
+
+def test_a_lost_create_answer_and_the_retry_yield_exactly_one_instance(app, client, tenant, sim, gpu_worker):
+    sim.inject(lose_next_creates=1)
+    gpu_worker()
+    accepted = provision(client, tenant)
+    job = wait_for_job(app, accepted["jobId"], "succeeded")
+    assert job.attempt == 2
+    types = [event.type for event in events(app, accepted["jobId"])]
+    assert "job.retrying" in types and "job.instance_adopted" in types
+    ours = [i for i in sim.instances() if i["name"] == instance_name(accepted["jobId"])]
+    assert len(ours) == 1 and len(sim.instances()) == 1
+    assert sim.count_calls("POST", "/gpu/instance/create") == 1
+    assert instance_row(app, accepted["instanceId"]).novita_id == ours[0]["id"]
+
+
+def test_an_image_pull_failure_fails_the_job_deletes_the_instance_and_sends_a_failure_webhook(
+    app, client, tenant, sim, gpu_worker, hooks
+):
+    sim.inject(fail_pull_images=[IMAGE])
+    gpu_worker()
+    hook = hooks()
+    accepted = provision(client, tenant, webhookUrl=hook.url)
+    job = wait_for_job(app, accepted["jobId"], "failed")
+    assert job.error == "Novita reports pulling: pull image failed; the instance was deleted"
+    assert instance_row(app, accepted["instanceId"]).status == "deleting"
+    wait_for(lambda: sim.instances()[0]["status"] in ("toRemove", "removing", "removed"))
+    wait_for(lambda: len(hook.verified) == 2)
+    assert sorted(event["type"] for event in hook.verified) == ["instance.failed", "job.failed"]
+
+
+@SLOW_PULL
+def test_an_instance_that_misses_its_deadline_fails_the_job_and_is_deleted(
+    app, client, tenant, sim, gpu_worker, hooks
+):
+    gpu_worker(GPUJOBS_MONITOR_TIMEOUT_SECONDS="1")  # the default deadline, for requests that set none
+    hook = hooks()
+    accepted = provision(client, tenant, webhookUrl=hook.url)
+    job = wait_for_job(app, accepted["jobId"], "failed")
+    assert job.error.startswith("timed out: not running after 1 s (last Novita status: ")
+    assert job.error.endswith("; the instance was deleted")
+    wait_for(lambda: sim.instances()[0]["status"] in ("toRemove", "removing", "removed"))
+    wait_for(lambda: len(hook.verified) == 2)
+    assert sorted(event["type"] for event in hook.verified) == ["instance.failed", "job.failed"]
+
+
+@SLOW_PULL
+def test_cancelling_a_create_job_mid_monitor_deletes_its_instance(app, client, tenant, sim, gpu_worker):
+    gpu_worker()
+    accepted = provision(client, tenant, timeoutSeconds=600)
+    wait_for(lambda: instance_row(app, accepted["instanceId"]).novita_id)
+    response = client.post(f"/v1/jobs/{accepted['jobId']}/cancel", headers=tenant["headers"])
+    assert response.status_code in (200, 202)
+    job = wait_for_job(app, accepted["jobId"], "cancelled")
+    assert job.error == "cancelled on request; the instance was deleted"
+    assert instance_row(app, accepted["instanceId"]).status == "deleting"
+    wait_for(lambda: sim.instances()[0]["status"] in ("toRemove", "removing", "removed"))
+    assert job_row(app, accepted["jobId"]).status == "cancelled"
