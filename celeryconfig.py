@@ -71,10 +71,21 @@ worker_send_task_events = True
 task_send_sent_event = True
 
 _sweep_every = timedelta(seconds=_config["GPUJOBS_SWEEP_INTERVAL_SECONDS"])
-# The sweeps (gpujobs.sweeps). Exactly one beat is expected; each sweep is safe to run twice at once.
+
+
+def _sweep(task: str, every: timedelta) -> dict:
+    # A sweep message older than its period is useless (the next tick does the same work), so it
+    # expires instead of piling up while workers are down.
+    return {"task": task, "schedule": every, "options": {"expires": every.total_seconds()}}
+
+
+# The sweeps (gpujobs.sweeps and friends). Exactly one beat is expected; each is safe to run twice at once.
 beat_schedule = {
-    "dispatch-due-jobs": {"task": "gpujobs.sweep.dispatch", "schedule": _sweep_every},
-    "rescue-stuck-jobs": {"task": "gpujobs.sweep.rescue", "schedule": _sweep_every},
-    "deliver-due-webhooks": {"task": "gpujobs.sweep.webhooks", "schedule": _sweep_every},
-    "clean-up-finished": {"task": "gpujobs.sweep.cleanup", "schedule": timedelta(minutes=10)},
+    "dispatch-due-jobs": _sweep("gpujobs.sweep.dispatch", _sweep_every),
+    "rescue-stuck-jobs": _sweep("gpujobs.sweep.rescue", _sweep_every),
+    "deliver-due-webhooks": _sweep("gpujobs.sweep.webhooks", _sweep_every),
+    "run-due-schedules": _sweep("gpujobs.sweep.schedules", _sweep_every),
+    "reconcile-instances": _sweep("gpujobs.sweep.reconcile", timedelta(minutes=1)),
+    "clean-up-finished": _sweep("gpujobs.sweep.cleanup", timedelta(minutes=10)),
+    "clean-up-videos": _sweep("gpujobs.sweep.videos", timedelta(minutes=10)),
 }

@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_ready
 
-from gpujobs import runner, sweeps, webhooks
+from gpujobs import runner, schedules, sweeps, videos, webhooks
 
 
 @shared_task(name="gpujobs.run_job")
@@ -45,6 +45,18 @@ def sweep_webhooks() -> None:
 def sweep_cleanup() -> None:
     """Delete finished jobs (with their events and deliveries) past retention, in batches."""
     sweeps.clean_up()
+
+
+@shared_task(name="gpujobs.sweep.schedules", soft_time_limit=60, time_limit=90)
+def sweep_schedules() -> None:
+    """Queue the jobs of due cron schedules (once per tick, even with two beats)."""
+    schedules.run_due_schedules()
+
+
+@shared_task(name="gpujobs.sweep.videos", soft_time_limit=600, time_limit=660)
+def sweep_videos() -> None:
+    """Delete uploads and encoded videos past retention."""
+    videos.clean_up_videos()
 
 
 @worker_ready.connect

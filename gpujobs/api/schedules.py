@@ -1,7 +1,183 @@
-"""``/v1/schedules``: cron schedules that submit jobs."""
+"""``/v1/schedules``: cron schedules that queue a job at each tick (beat runs them: gpujobs.schedules)."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from flask import Blueprint, g, url_for
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from sqlalchemy import select
+
+from gpujobs import schedules
+from gpujobs.api import schemas
+from gpujobs.api.auth import require_api_key
+from gpujobs.api.errors import ApiError, unprocessable, validation_problem
+from gpujobs.api.openapi import operation
+from gpujobs.api.pagination import PageQuery, after_cursor, page
+from gpujobs.api.validation import parse_body, parse_query
+from gpujobs.extensions import db
+from gpujobs.jobs import PRIORITY_NAMES
+from gpujobs.models import Schedule
 
 bp = Blueprint("schedules", __name__, url_prefix="/v1/schedules")
+
+TAG = "schedules"
+
+
+class CreateSchedule(BaseModel):
+    """Body of ``POST /v1/schedules``; ``params`` are validated by the definition's own model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, description="unique per tenant")
+    cron: str = Field(
+        min_length=1, max_length=100, description="5 fields (m h dom mon dow) or @hourly, @daily..."
+    )
+    definitionKey: str = Field(min_length=1, max_length=100)
+    definitionVersion: int = Field(default=1, ge=1, le=1000)
+    params: dict[str, Any] = Field(default_factory=dict)
+    priority: schemas.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None = Field(
+        default=None, description="a name, or 0-10 (higher is more urgent); default normal"
+    )
+    timezone: str = Field(
+        default="UTC", min_length=1, max_length=64, description="IANA zone the cron reads in"
+    )
+    enabled: StrictBool = True
+
+
+class UpdateSchedule(BaseModel):
+    """Body of ``PATCH /v1/schedules/{id}``: ``false`` pauses, ``true`` resumes from the next tick."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: StrictBool
+
+
+class ScheduleOut(schemas.Out):
+    """A cron schedule and when it runs next."""
+
+    id: uuid.UUID
+    name: str
+    cron: str
+    timezone: str
+    definitionKey: str
+    definitionVersion: int
+    params: dict[str, Any]
+    priority: schemas.PriorityName
+    enabled: bool
+    nextRunAt: datetime
+    lastRunAt: datetime | None
+    createdAt: datetime
+
+
+class SchedulePage(schemas.Out):
+    """One page of schedules, newest first; pass ``nextCursor`` as ``cursor`` for the next."""
+
+    items: list[ScheduleOut]
+    nextCursor: str | None
+
+
+def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as the API shows it (``ScheduleOut``)."""
+    return {
+        "id": str(schedule.id),
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "definitionKey": schedule.definition_key,
+        "definitionVersion": schedule.definition_version,
+        "params": schedule.params,
+        "priority": PRIORITY_NAMES[schedule.priority],
+        "enabled": schedule.enabled,
+        "nextRunAt": schedule.next_run_at.isoformat(),
+        "lastRunAt": schedule.last_run_at.isoformat() if schedule.last_run_at else None,
+        "createdAt": schedule.created_at.isoformat(),
+    }
+
+
+def tenant_schedule(schedule_id: uuid.UUID) -> Schedule:
+    """The caller's schedule, or 404 (also for another tenant's)."""
+    schedule = schedules.get(schedule_id, g.tenant.id)
+    if schedule is None:
+        raise ApiError(404, "Not Found", f"no schedule {schedule_id}")
+    return schedule
+
+
+@bp.post("")
+@operation(
+    summary="Create a cron schedule",
+    tag=TAG,
+    request=CreateSchedule,
+    responses={201: ScheduleOut, 409: "The tenant already has a schedule of this name"},
+)
+@require_api_key
+def create_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Store a schedule; beat queues its job at every tick from the next one on."""
+    body = parse_body(CreateSchedule)
+    try:
+        schedule = schedules.create(
+            g.tenant.id,
+            name=body.name,
+            cron=body.cron,
+            definition_key=body.definitionKey,
+            definition_version=body.definitionVersion,
+            params=body.params,
+            priority=body.priority,
+            timezone=body.timezone,
+            enabled=body.enabled,
+        )
+    except LookupError as exc:
+        raise unprocessable("definitionKey", str(exc)) from None
+    except ValidationError as exc:
+        raise validation_problem(exc, ("params",)) from None
+    except schedules.ScheduleError as exc:
+        raise unprocessable(exc.field, str(exc)) from None
+    except schedules.DuplicateScheduleName as exc:
+        raise ApiError(409, "Conflict", str(exc)) from None
+    location = url_for("schedules.get_schedule", schedule_id=schedule.id)
+    return schedule_to_dict(schedule), 201, {"Location": location}
+
+
+@bp.get("")
+@operation(summary="List schedules, newest first", tag=TAG, query=PageQuery, responses={200: SchedulePage})
+@require_api_key
+def list_schedules() -> dict[str, Any]:
+    """The caller's schedules, cursor-paginated."""
+    args = parse_query(PageQuery)
+    query = select(Schedule).where(Schedule.tenant_id == g.tenant.id)
+    query = after_cursor(query, Schedule, args.cursor).limit(args.limit + 1)
+    return page(list(db.session.scalars(query)), args.limit, schedule_to_dict)
+
+
+@bp.get("/<uuid:schedule_id>")
+@operation(summary="Get a schedule", tag=TAG, responses={200: ScheduleOut})
+@require_api_key
+def get_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
+    """One schedule with its next and last run."""
+    return schedule_to_dict(tenant_schedule(schedule_id))
+
+
+@bp.patch("/<uuid:schedule_id>")
+@operation(
+    summary="Pause or resume a schedule", tag=TAG, request=UpdateSchedule, responses={200: ScheduleOut}
+)
+@require_api_key
+def update_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
+    """Resuming starts from the next tick: ticks missed while paused are not made up."""
+    body = parse_body(UpdateSchedule)
+    schedule = schedules.set_enabled(schedule_id, g.tenant.id, body.enabled)
+    if schedule is None:
+        raise ApiError(404, "Not Found", f"no schedule {schedule_id}")
+    return schedule_to_dict(schedule)
+
+
+@bp.delete("/<uuid:schedule_id>")
+@operation(summary="Delete a schedule", tag=TAG, responses={204: "Deleted"})
+@require_api_key
+def delete_schedule(schedule_id: uuid.UUID) -> tuple[str, int]:
+    """Remove a schedule; the jobs it already queued are not touched."""
+    if not schedules.remove(schedule_id, g.tenant.id):
+        raise ApiError(404, "Not Found", f"no schedule {schedule_id}")
+    return "", 204

@@ -1,0 +1,238 @@
+"""Cron schedules: each submits one job per tick of its cron expression, read in its own time zone.
+
+Beat calls :func:`run_due_schedules` every few seconds. It takes the due rows ``FOR UPDATE SKIP LOCKED``
+(a second beat skips them), moves each to its first tick strictly after now and queues one job, in one
+transaction: a backlog of ticks missed while the service was down runs once, not once per missed tick.
+The job's idempotency key names the schedule and the tick, and the jobs table keeps such keys unique per
+tenant, so a tick is never submitted twice, even from a row rewound by a restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterError, croniter
+from pydantic import ValidationError
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gpujobs import jobs
+from gpujobs.definitions.registry import get_definition
+from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
+from gpujobs.extensions import db
+from gpujobs.models import Job, Schedule
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_BATCH_SIZE = 500
+NAME_CONSTRAINT = "uq_schedules_tenant_name"
+CRON_FIELDS = 5  # minute hour day-of-month month day-of-week; no seconds: beat ticks every few seconds
+CRON_KEYWORDS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
+
+
+class ScheduleError(ValueError):
+    """A schedule field the service cannot use; ``field`` names it for the API's 422."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class DuplicateScheduleName(Exception):
+    """The tenant already has a schedule of that name."""
+
+
+def _zone(name: str) -> ZoneInfo:
+    """The IANA zone called ``name`` (``Europe/Berlin``), or a ScheduleError."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError("timezone", f"unknown time zone {name!r}; use an IANA name such as UTC") from None
+
+
+def next_run_after(cron: str, timezone: str, after: datetime) -> datetime:
+    """The first tick strictly after ``after``, in UTC; raises ScheduleError for a bad cron or zone.
+
+    Ticks follow the zone's wall clock. As in Vixie cron, a wall time repeated when clocks go back runs
+    once, unless the hour field is ``*`` (an hourly job still runs every real hour).
+    """
+    zone = _zone(timezone)
+    if cron.strip() not in CRON_KEYWORDS and len(cron.split()) != CRON_FIELDS:
+        raise ScheduleError("cron", f"cron needs {CRON_FIELDS} fields (minute hour day month weekday)")
+    try:
+        ticks = croniter(cron.strip(), after.astimezone(zone))
+        every_hour = ticks.expanded[1] == ["*"]
+        while True:
+            tick = ticks.get_next(datetime).astimezone(zone)
+            if every_hour or not _repeated_wall_time(tick, zone):
+                return tick.astimezone(UTC)
+    except CroniterError as exc:
+        raise ScheduleError("cron", f"invalid cron expression {cron!r}: {exc}") from None
+
+
+def _repeated_wall_time(tick: datetime, zone: ZoneInfo) -> bool:
+    """True for the second pass through a wall time that clocks going back repeat."""
+    first = tick.replace(tzinfo=None).replace(tzinfo=zone, fold=0)
+    return tick.utcoffset() != first.utcoffset()
+
+
+def create(
+    tenant_id: uuid.UUID,
+    *,
+    name: str,
+    cron: str,
+    definition_key: str,
+    definition_version: int,
+    params: dict[str, Any],
+    priority: str | int | None = None,
+    timezone: str = "UTC",
+    enabled: bool = True,
+    now: datetime | None = None,
+) -> Schedule:
+    """Validate and store a schedule whose first run is its first tick after ``now``.
+
+    Raises LookupError (unknown definition), ScheduleError (cron, timezone, priority),
+    pydantic.ValidationError (params) and DuplicateScheduleName.
+    """
+    definition = get_definition(definition_key, definition_version)
+    if definition is None:
+        raise LookupError(f"no job definition {definition_key}@{definition_version}")
+    try:
+        level = jobs.priority_level(priority)
+    except ValueError as exc:
+        raise ScheduleError("priority", str(exc)) from None
+    schedule = Schedule(
+        tenant_id=tenant_id,
+        name=name,
+        cron=cron.strip(),
+        timezone=timezone,
+        definition_key=definition.key,
+        definition_version=definition.version,
+        params=definition.validate_params(params),
+        priority=level,
+        enabled=enabled,
+        next_run_at=next_run_after(cron, timezone, now or jobs.utcnow()),
+    )
+    db.session.add(schedule)
+    try:
+        db.session.commit()
+    except IntegrityError as exc:
+        db.session.rollback()
+        if getattr(exc.orig.diag, "constraint_name", None) != NAME_CONSTRAINT:
+            raise
+        raise DuplicateScheduleName(f"a schedule named {name!r} already exists") from None
+    return schedule
+
+
+def get(schedule_id: uuid.UUID, tenant_id: uuid.UUID) -> Schedule | None:
+    """The tenant's schedule, or None (also for another tenant's)."""
+    return db.session.scalar(
+        select(Schedule).where(Schedule.id == schedule_id, Schedule.tenant_id == tenant_id)
+    )
+
+
+def remove(schedule_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
+    """Delete a schedule (jobs it already queued go on); False when the tenant has no such schedule."""
+    deleted = db.session.execute(
+        delete(Schedule)
+        .where(Schedule.id == schedule_id, Schedule.tenant_id == tenant_id)
+        .returning(Schedule.id)
+    ).first()
+    db.session.commit()
+    return deleted is not None
+
+
+def set_enabled(
+    schedule_id: uuid.UUID, tenant_id: uuid.UUID, enabled: bool, now: datetime | None = None
+) -> Schedule | None:
+    """Pause or resume a schedule; None when the tenant has no such schedule.
+
+    Resuming starts from the first tick after now: ticks missed while paused are not made up.
+    """
+    schedule = get(schedule_id, tenant_id)
+    if schedule is None or schedule.enabled == enabled:
+        return schedule
+    values: dict[str, Any] = {"enabled": enabled}
+    if enabled:
+        values["next_run_at"] = next_run_after(schedule.cron, schedule.timezone, now or jobs.utcnow())
+    db.session.execute(
+        update(Schedule)
+        .where(Schedule.id == schedule_id, Schedule.enabled.is_(not enabled))  # a concurrent toggle wins
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    return get(schedule_id, tenant_id)
+
+
+def run_due_schedules(now: datetime | None = None) -> int:
+    """Queue one job for each due schedule and move it to its next tick; returns the jobs queued."""
+    now = now or jobs.utcnow()
+    due = db.session.scalars(
+        select(Schedule)
+        .where(Schedule.enabled, Schedule.next_run_at <= now)
+        .order_by(Schedule.next_run_at)
+        .limit(SCHEDULE_BATCH_SIZE)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    ).all()
+    queued: list[Dispatch] = []
+    for schedule in due:
+        job = _run_tick(schedule, now)
+        if job is not None:
+            queued.append(dispatch_of(job))
+    commit_and_publish(queued)
+    if due:
+        log.info("schedules: %d due, %d jobs queued", len(due), len(queued))
+    return len(queued)
+
+
+def _run_tick(schedule: Schedule, now: datetime) -> Job | None:
+    """Advance one locked schedule past ``now`` and queue the job of its due tick (None if none can be)."""
+    tick = schedule.next_run_at
+    try:
+        following = next_run_after(schedule.cron, schedule.timezone, now)
+    except ScheduleError as exc:  # stored valid, unreadable now (a library change): stop, do not spin
+        log.error("schedule %s: disabled, %s", schedule.id, exc)
+        _advance(schedule, tick, enabled=False)
+        return None
+    if not _advance(schedule, tick, next_run_at=following, last_run_at=now):
+        return None
+    definition = get_definition(schedule.definition_key, schedule.definition_version)
+    if definition is None:
+        ref = f"{schedule.definition_key}@{schedule.definition_version}"
+        log.warning("schedule %s: no definition %s here, tick skipped", schedule.id, ref)
+        return None
+    try:
+        params = definition.validate_params(schedule.params)
+    except ValidationError as exc:
+        log.warning("schedule %s: params no longer valid, tick skipped: %s", schedule.id, exc)
+        return None
+    key = f"schedule:{schedule.id}:{tick.astimezone(UTC).isoformat()}"
+    try:
+        with db.session.begin_nested():
+            return jobs.new_job(
+                tenant_id=schedule.tenant_id,
+                definition=definition,
+                params=params,
+                priority=schedule.priority,
+                idempotency_key=key,
+            )
+    except IntegrityError:  # the unique (tenant, idempotency key): this tick was queued before
+        log.warning("schedule %s: tick %s was already queued, not queued again", schedule.id, tick)
+        return None
+
+
+def _advance(schedule: Schedule, tick: datetime, **values: Any) -> bool:
+    """Compare-and-set the schedule past ``tick``; False if something else moved it first."""
+    moved = db.session.execute(
+        update(Schedule)
+        .where(Schedule.id == schedule.id, Schedule.next_run_at == tick, Schedule.enabled)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1

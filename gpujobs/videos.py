@@ -1,0 +1,173 @@
+"""Video files on disk: accepting an upload for ``encode.video@1``, finding its output, and cleanup.
+
+An upload is streamed to ``<storage>/uploads/<random>.<ext>`` and kept only if its extension is allowed,
+its first bytes are the container that extension promises, and FFmpeg finds a video stream in it; so
+a renamed image or a truncated header is refused at the door instead of failing a job later. The
+encoded file's name is derived from the job id (``gpujobs.definitions.video.output_path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+from flask import current_app
+from sqlalchemy import select
+
+from gpujobs import jobs
+from gpujobs.definitions import video
+from gpujobs.exceptions import PermanentError
+from gpujobs.extensions import db
+from gpujobs.models import Job
+
+log = logging.getLogger(__name__)
+
+DEFINITION_KEY, DEFINITION_VERSION = "encode.video", 1
+COPY_CHUNK_BYTES = 1024 * 1024
+SNIFF_BYTES = 12
+# The container each accepted extension promises, recognised by its first bytes.
+CONTAINER_BY_EXTENSION = {"mp4": "isobmff", "mov": "isobmff", "mkv": "ebml", "webm": "ebml", "avi": "riff"}
+# ISO base media (MP4, QuickTime) files open with a box: size, then a type; QuickTime allows a few more.
+ISOBMFF_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
+CLEANUP_QUERY_CHUNK = 500
+# A job in these states never reads its files again (failed ones can be redriven: kept).
+DONE_WITH_FILES = (jobs.SUCCEEDED, jobs.CANCELLED)
+
+
+class UploadRejected(Exception):
+    """An upload the service will not encode."""
+
+
+class UnsupportedVideo(UploadRejected):
+    """Not an accepted container: wrong extension, or content that does not match it."""
+
+
+class UnreadableVideo(UploadRejected):
+    """The right container, but FFmpeg finds no video stream it can read."""
+
+
+class VideoTooLarge(UploadRejected):
+    """Larger than ``GPUJOBS_VIDEO_MAX_BYTES``."""
+
+
+def extension_of(filename: str) -> str:
+    """The lower-cased extension of a client's file name, checked against the accepted ones."""
+    extension = filename.rpartition(".")[2].lower() if "." in filename else ""
+    if extension not in video.ALLOWED_UPLOAD_EXTENSIONS:
+        accepted = ", ".join(sorted(video.ALLOWED_UPLOAD_EXTENSIONS))
+        raise UnsupportedVideo(f"{filename!r} is not a video file this service accepts ({accepted})")
+    return extension
+
+
+def container_of(head: bytes) -> str | None:
+    """The container family a file's first bytes announce, or None."""
+    if head[4:8] in ISOBMFF_FIRST_BOXES:
+        return "isobmff"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):  # EBML: Matroska and WebM
+        return "ebml"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "riff"
+    return None
+
+
+def store_upload(stream: IO[bytes], filename: str, storage_dir: str | Path, max_bytes: int) -> str:
+    """Save an upload under a random name in the uploads directory and return that name.
+
+    Raises UnsupportedVideo, VideoTooLarge or UnreadableVideo; nothing is left on disk then.
+    """
+    extension = extension_of(filename)
+    directory = video.upload_dir(storage_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{secrets.token_hex(16)}.{extension}"  # a bare name encode.video accepts as inputFile
+    path = directory / name
+    try:
+        with open(path, "xb") as out:
+            size = 0
+            while chunk := stream.read(COPY_CHUNK_BYTES):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise VideoTooLarge(f"the video is larger than {max_bytes} bytes")
+                out.write(chunk)
+        with open(path, "rb") as saved:
+            head = saved.read(SNIFF_BYTES)
+        expected = CONTAINER_BY_EXTENSION.get(extension)
+        if expected is None or container_of(head) != expected:
+            raise UnsupportedVideo(f"the content of {filename!r} is not a .{extension} video")
+        try:
+            video.probe(path)
+        except PermanentError:
+            raise UnreadableVideo(f"{filename!r} has no video stream FFmpeg can read") from None
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return name
+
+
+def discard_upload(storage_dir: str | Path, name: str) -> None:
+    """Remove an upload no job will read (its submission failed)."""
+    (video.upload_dir(storage_dir) / name).unlink(missing_ok=True)
+
+
+def finished_output(job: Job, storage_dir: str | Path) -> Path | None:
+    """The encoded file of a succeeded encode.video job, or None until it exists (or after cleanup)."""
+    if job.status != jobs.SUCCEEDED:
+        return None
+    path = video.output_path(storage_dir, str(job.id), job.params["format"]).resolve()
+    return path if path.is_file() else None  # absolute: send_file reads relative paths from the package
+
+
+def clean_up_videos(now: datetime | None = None) -> int:
+    """Delete uploads and encoded files older than the retention period, like the finished jobs.
+
+    An old upload is kept while a job that may still read it exists: one waiting to run, or a failed
+    one that may be redriven. Outputs follow their job, which the jobs cleanup deletes at that age.
+    """
+    storage = Path(current_app.config["GPUJOBS_STORAGE_DIR"])
+    retention = timedelta(hours=current_app.config["GPUJOBS_RETENTION_HOURS"])
+    cutoff = ((now or jobs.utcnow()) - retention).timestamp()
+    uploads = _older_files(video.upload_dir(storage), cutoff)
+    outputs = _older_files(storage / video.OUTPUTS_DIR_NAME, cutoff)
+    needed = _uploads_in_use([path.name for path in uploads])
+    removed = [path for path in uploads if path.name not in needed] + outputs
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        log.info("video cleanup: %d files removed", len(removed))
+    return len(removed)
+
+
+def _older_files(directory: Path, cutoff: float) -> list[Path]:
+    """Files in ``directory`` last written before ``cutoff`` (none when it does not exist yet)."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    old = []
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another cleanup run
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                old.append(Path(entry.path))
+    return old
+
+
+def _uploads_in_use(names: list[str]) -> set[str]:
+    """The upload names that a job which may still run refers to."""
+    input_file = Job.params["inputFile"].astext
+    used: set[str] = set()
+    for start in range(0, len(names), CLEANUP_QUERY_CHUNK):
+        used.update(
+            db.session.scalars(
+                select(input_file).where(
+                    Job.definition_key == DEFINITION_KEY,
+                    Job.status.not_in(DONE_WITH_FILES),
+                    input_file.in_(names[start : start + CLEANUP_QUERY_CHUNK]),
+                )
+            )
+        )
+    return used

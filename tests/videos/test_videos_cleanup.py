@@ -1,0 +1,66 @@
+"""Video cleanup: files past retention go, unless a job that may still run needs them (injected clock)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import update
+
+from gpujobs import operations
+from gpujobs.definitions import video
+from gpujobs.extensions import db
+from gpujobs.models import Job
+from gpujobs.videos import clean_up_videos
+
+NOW = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
+OLD, RECENT = NOW - timedelta(hours=30), NOW - timedelta(hours=1)
+
+
+def put(path: Path, modified: datetime) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"video")
+    os.utime(path, (modified.timestamp(), modified.timestamp()))
+    return path
+
+
+def encode_job(tenant: dict, input_file: str, status: str) -> uuid.UUID:
+    job = operations.submit(uuid.UUID(tenant["id"]), "encode.video", 1, {"inputFile": input_file})
+    db.session.execute(update(Job).where(Job.id == job.id).values(status=status))
+    db.session.commit()
+    return job.id
+
+
+def test_old_uploads_and_outputs_go_unless_a_job_may_still_read_them(
+    app, app_context, tenant, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(app.config, "GPUJOBS_STORAGE_DIR", str(tmp_path))
+    monkeypatch.setitem(app.config, "GPUJOBS_RETENTION_HOURS", 24)
+    uploads, outputs = video.upload_dir(tmp_path), tmp_path / video.OUTPUTS_DIR_NAME
+    for name, status in [("waiting", "queued"), ("retrying", "retrying"), ("failed", "failed")]:
+        encode_job(tenant, put(uploads / f"{name}.mp4", OLD).name, status)  # may still be (re)run
+    for name, status in [("done", "succeeded"), ("stopped", "cancelled")]:
+        encode_job(tenant, put(uploads / f"{name}.mp4", OLD).name, status)  # never read again
+    put(uploads / "orphan.mp4", OLD)  # its submission never happened
+    put(uploads / "recent.mp4", RECENT)
+    old_output, new_output = uuid.uuid4(), uuid.uuid4()
+    put(outputs / f"{old_output}.mp4", OLD)
+    put(outputs / f"{new_output}.webm", RECENT)
+    put(outputs / "stray.txt", OLD)
+
+    assert clean_up_videos(now=NOW) == 5
+    assert sorted(path.name for path in uploads.iterdir()) == [
+        "failed.mp4",
+        "recent.mp4",
+        "retrying.mp4",
+        "waiting.mp4",
+    ]
+    assert [path.name for path in outputs.iterdir()] == [f"{new_output}.webm"]
+    assert clean_up_videos(now=NOW) == 0
+
+
+def test_cleanup_with_no_storage_directory_yet_does_nothing(app, app_context, tmp_path, monkeypatch):
+    monkeypatch.setitem(app.config, "GPUJOBS_STORAGE_DIR", str(tmp_path / "never-created"))
+    assert clean_up_videos(now=NOW) == 0
