@@ -8,6 +8,7 @@ a few sample jobs, then runs the API, a worker, beat and Flower as child process
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -44,6 +45,8 @@ def run() -> None:
     data_dir = Path(config["GPUJOBS_DATA_DIR"])
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, GPUJOBS_WEBHOOK_ALLOW_PRIVATE=os.environ.get("GPUJOBS_WEBHOOK_ALLOW_PRIVATE", "1"))
+    # Every web process must sign dashboard sessions with the same key.
+    env.setdefault("GPUJOBS_SECRET_KEY", secrets.token_hex(32))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with ExitStack() as stack:
         if not os.environ.get("DATABASE_URL"):
@@ -145,7 +148,8 @@ def _print_banner(port: int, flower_port: int, api_key: str, env: dict[str, str]
     print(
         f"""
 gpujobs is running (Ctrl-C stops everything)
-  API        http://127.0.0.1:{port}          (health: /health, ready: /ready)
+  API        http://127.0.0.1:{port}          (health: /health, ready: /ready, spec: /openapi.json, /docs)
+  Dashboard  http://127.0.0.1:{port}/ui/      (sign in with the API key below)
   Flower     http://127.0.0.1:{flower_port}
   Novita     {novita}
   API key    {api_key}

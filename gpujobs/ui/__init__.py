@@ -1,7 +1,62 @@
-"""``/ui``: the operator dashboard, server-rendered from the same database as the API."""
+"""``/ui``: the operator dashboard, server-rendered from the same database as the API.
+
+Pages (``pages``), operator actions (``actions``) and sign-in (``signin``) are plain Flask views over
+Jinja templates: no front-end build, one CSS file, a few lines of JavaScript for self-refresh. A
+signed-in browser holds a session cookie naming its tenant and API key row (never the key), and
+every page shows that tenant's rows only, through the same tenant-scoped lookups as the API.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, Response, render_template
+from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import HTTPException
+
+from gpujobs.api.errors import ApiError
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
+
+# No inline script or style, nothing from elsewhere, forms post only back here, no framing.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+@bp.record_once
+def _install_session(state: BlueprintSetupState) -> None:
+    """Give the app the dashboard's session cookie (HttpOnly, SameSite=Lax, Secure off localhost)."""
+    from gpujobs.ui.signin import DashboardSessionInterface
+
+    state.app.session_interface = DashboardSessionInterface()
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    """Pages are private and live: never cached, never framed, no third-party content."""
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    if response.mimetype == "text/html":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[str, int]:
+    """The API's lookups and parsers (404 for another tenant's id, 400 for a bad cursor) as pages."""
+    errors = exc.extra.get("errors") or []
+    page = render_template(
+        "ui/error.html", status=exc.status, title=exc.title, detail=exc.detail, errors=errors
+    )
+    return page, exc.status
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[str, int]:
+    """HTTP errors inside ``/ui`` (a refused CSRF token, an unknown id) as pages, not problem JSON."""
+    status = exc.code or 500
+    return render_template("ui/error.html", status=status, title=exc.name, detail=exc.description), status
+
+
+from gpujobs.ui import actions, pages, signin  # noqa: E402, F401  (their routes register on bp)

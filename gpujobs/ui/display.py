@@ -1,0 +1,171 @@
+"""What the pages show of a row: secrets masked, times and prices made readable.
+
+Every job, event, instance and delivery reaches a template through a function here, so masking is
+decided once: any JSON key that names a secret (recursively, and ``{"key": "HF_TOKEN", "value": ...}``
+pairs such as Novita's environment lists) is shown as ``MASK``, and so are credentials in URLs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
+
+from gpujobs.models import Instance, Job, JobEvent, WebhookDelivery
+from gpujobs.novita.spec import REMOVAL_STATUSES
+from gpujobs.serializers import delivery_to_dict, event_to_dict, instance_to_dict, job_to_dict
+from gpujobs.ui import bp
+
+MASK = "••••"
+SECRET_NAME = re.compile(r"pass(word)?|secret|token|api[_-]?key|auth|credential|private", re.IGNORECASE)
+# Row statuses that say we no longer want the instance: if Novita still shows it, it has leaked.
+UNWANTED_INSTANCE_STATUSES = frozenset({"deleted", "failed"})
+PREVIEW_CHARS = 90
+
+
+def _names_secret(name: Any) -> bool:
+    return isinstance(name, str) and SECRET_NAME.search(name) is not None
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of ``value`` with every secret-looking entry replaced by ``MASK``."""
+    if isinstance(value, dict):
+        named = value.get("key", value.get("name"))
+        if "value" in value and _names_secret(named):  # {"key": "API_TOKEN", "value": "..."}
+            return {k: MASK if k == "value" else mask_secrets(v) for k, v in value.items()}
+        return {k: MASK if _names_secret(k) else mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(item) for item in value]
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
+
+
+def mask_url(url: str | None) -> str | None:
+    """The URL without its password and secret-looking query values; unchanged when it has none."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if "@" not in parts.netloc and not any(_names_secret(name) for name, _ in pairs):
+        return url
+    netloc = parts.netloc if "@" not in parts.netloc else f"{MASK}@{parts.netloc.rsplit('@', 1)[1]}"
+    query = "&".join(f"{quote_plus(k)}={MASK}" if _names_secret(k) else urlencode([(k, v)]) for k, v in pairs)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job as the API shows it, with params, result, error and webhook URL masked."""
+    view = job_to_dict(job)
+    view["params"] = mask_secrets(view["params"])
+    view["result"] = mask_secrets(view["result"])
+    view["webhookUrl"] = mask_url(view["webhookUrl"])
+    view["paramsPreview"] = preview(view["params"])
+    view["created"] = job.created_at
+    view["finished"] = job.finished_at
+    view["started"] = job.started_at
+    return view
+
+
+def event_view(event: JobEvent) -> dict[str, Any]:
+    """One timeline entry, its data masked."""
+    view = event_to_dict(event)
+    view["data"] = mask_secrets(view["data"])
+    view["at"] = event.created_at
+    return view
+
+
+def instance_view(instance: Instance, now: datetime) -> dict[str, Any]:
+    """An instance with its age, flag and endpoints as display lines."""
+    view = instance_to_dict(instance)
+    view["endpoints"] = endpoint_lines(mask_secrets(view["endpoints"]))
+    view["age"] = duration(now - instance.created_at)
+    view["flag"] = instance_flag(instance)
+    view["created"] = instance.created_at
+    return view
+
+
+def instance_flag(instance: Instance) -> str | None:
+    """``lost`` (we think it exists, Novita does not) or ``leaked`` (Novita has one we gave up on)."""
+    if instance.status == "lost":
+        return "lost"
+    novita = instance.novita_status
+    if instance.status in UNWANTED_INSTANCE_STATUSES and novita and novita not in REMOVAL_STATUSES:
+        return "leaked"
+    return None
+
+
+def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
+    """A webhook delivery as the API shows it (no payload), the receiver's URL masked."""
+    view = delivery_to_dict(delivery)
+    view["url"] = mask_url(view["url"])
+    view["created"] = delivery.created_at
+    view["nextAttempt"] = delivery.next_attempt_at if delivery.status == "pending" else None
+    return view
+
+
+def endpoint_lines(endpoints: Any) -> list[str]:
+    """An instance's endpoints as short lines: ``8888/http → https://...``, ``ssh: ssh -p ...``."""
+    if isinstance(endpoints, dict) and "port" in endpoints:
+        port = "/".join(str(endpoints[k]) for k in ("port", "type") if endpoints.get(k))
+        return [f"{port} → {endpoints['endpoint']}" if endpoints.get("endpoint") else port]
+    if isinstance(endpoints, dict):
+        lines = []
+        for key, value in endpoints.items():
+            nested = isinstance(value, dict | list)
+            lines.extend(
+                endpoint_lines(value) if nested else [f"{key}: {value}"] if value not in (None, "") else []
+            )
+        return lines
+    if isinstance(endpoints, list):
+        return [line for item in endpoints for line in endpoint_lines(item)]
+    return [] if endpoints in (None, "") else [str(endpoints)]
+
+
+def preview(value: Any) -> str:
+    """Compact JSON cut to one table cell."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+
+
+def duration(delta: Any) -> str:
+    """``3 d 4 h``, ``2 h 5 m``, ``4 m 10 s`` or ``850 ms``: the two largest units."""
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{max(seconds, 0) * 1000:.0f} ms"
+    whole = int(seconds)
+    days, hours, minutes, secs = whole // 86400, whole // 3600 % 24, whole // 60 % 60, whole % 60
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} m"
+    return f"{minutes} m {secs} s" if minutes else f"{seconds:.1f} s"
+
+
+@bp.app_template_filter("when")
+def when(value: datetime | None) -> str:
+    """A timestamp in UTC, to the second."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+
+
+@bp.app_template_filter("ago")
+def ago(value: datetime | None) -> str:
+    """How long ago, e.g. ``4 m 10 s ago``."""
+    return f"{duration(datetime.now(UTC) - value)} ago" if value else "—"
+
+
+@bp.app_template_filter("compact_json")
+def compact_json(value: Any) -> str:
+    """One-line JSON (already masked by the view functions)."""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), sort_keys=True, default=str)
+
+
+@bp.app_template_filter("pretty_json")
+def pretty_json(value: Any) -> str:
+    """Indented JSON for a ``<pre>`` block (already masked by the view functions)."""
+    return json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, default=str)
