@@ -67,7 +67,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NOVITA_API_KEY", None, str, "Novita API key. Unset in `make run`: the simulator is used.", True),
     Setting("NOVITA_BASE_URL", NOVITA_DEFAULT_BASE_URL, str, "Novita GPU instance API base URL."),
     Setting(
-        "GPUJOBS_SECRET_KEY", None, str, "Signs dashboard sessions. Unset: a random key per process.", True
+        "GPUJOBS_SECRET_KEY",
+        None,
+        str,
+        "Signs dashboard sessions; set it when more than one web process runs.",
+        True,
     ),
     Setting("GPUJOBS_DATA_DIR", str(PROJECT_ROOT / "var"), str, "Embedded servers' data and dev files."),
     Setting("GPUJOBS_STORAGE_DIR", None, str, "Uploaded and encoded videos. Unset: `<data dir>/storage`."),
@@ -83,10 +87,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "GPUJOBS_MONITOR_TIMEOUT_SECONDS", "600", _positive_float, "Default deadline for an instance to run."
     ),
-    Setting("GPUJOBS_DELETE_ON_TIMEOUT", "1", _bool, "Stop and delete an instance that missed its deadline."),
+    Setting(
+        "GPUJOBS_DELETE_ON_TIMEOUT", "1", _bool, "Delete an instance that missed its deadline (0: keep it)."
+    ),
     Setting(
         "GPUJOBS_REGION_FALLBACK",
-        "CN-HK-01,AS-SGP-02,US-CA-06,EU-DE-01",
+        "CN-HK-01,AS-SGP-02,US-CA-06,EU-GER-02",
         _csv,
         "Regions tried, in order, after the requested one.",
     ),
