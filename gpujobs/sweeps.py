@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 import redis
 from flask import current_app
@@ -89,10 +90,11 @@ def rescue_stuck() -> int:
         .limit(SWEEP_BATCH_SIZE)
         .with_for_update(skip_locked=True)
     ).all()
-    requeued = [job_id for job_id, attempt in expired if jobs.rescue(job_id, attempt)]
+    requeued = [job_id for job_id, attempt in expired if _row_by_row("rescue", job_id, jobs.rescue, attempt)]
     for job_id, attempt, timeout in overran:
-        jobs.fail_attempt(
-            job_id, attempt, f"timed out after {timeout} s", retryable=True, retry_delay_seconds=0
+        reason = f"timed out after {timeout} s"
+        _row_by_row(
+            "timeout", job_id, jobs.fail_attempt, attempt, reason, retryable=True, retry_delay_seconds=0
         )
     ended = [row[0] for row in (*expired, *overran) if row[0] not in requeued]
     for job_id in ended:
@@ -108,6 +110,16 @@ def rescue_stuck() -> int:
     if expired or overran:
         log.info("rescue sweep: %d leases expired, %d jobs timed out", len(expired), len(overran))
     return len(expired) + len(overran)
+
+
+def _row_by_row(sweep: str, job_id: object, change: Any, *args: Any, **kwargs: Any) -> Any:
+    """Apply one row's change in its own savepoint: a row that fails is logged and skipped, not fatal."""
+    try:
+        with db.session.begin_nested():
+            return change(job_id, *args, **kwargs)
+    except Exception:
+        log.exception("%s sweep: job %s skipped after an error; the next tick retries it", sweep, job_id)
+        return None
 
 
 def publish_due_webhooks() -> int:

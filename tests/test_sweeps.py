@@ -190,3 +190,20 @@ def test_a_worker_told_to_stop_finishes_its_running_job_first(app, tenant, start
     os.kill(worker.process.pid, signal.SIGTERM)  # warm shutdown: running tasks may finish
     worker.process.wait(timeout=30)
     assert status() == "succeeded"
+
+
+def test_one_row_that_fails_does_not_stop_the_rescue_sweep(app, app_context, tenant, monkeypatch):
+    expired = func.now() - text("interval '1 minute'")
+    first, second = running_jobs(tenant["id"], 2, lease_expires_at=expired)
+    real_rescue = jobs.rescue
+
+    def rescue_failing_on_first(job_id, attempt):
+        if job_id == first:
+            raise RuntimeError("a bad row")
+        return real_rescue(job_id, attempt)
+
+    monkeypatch.setattr(jobs, "rescue", rescue_failing_on_first)
+    rescue_stuck()
+    db.session.expire_all()
+    assert db.session.get(Job, second).status == "queued"
+    assert db.session.get(Job, first).status == "running"  # left for the next tick
