@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from flask import current_app
 
@@ -43,24 +43,32 @@ def dispatch_of(job: Job) -> Dispatch:
     return Dispatch(job.id, job.priority, job.timeout_seconds)
 
 
-def publish(item: Dispatch) -> bool:
-    """Send one job id to its priority queue; False (logged) when the broker cannot be reached."""
-    celery = current_app.extensions["celery"]
-    job_id = item.job_id
+def send_task(name: str, args: list[Any], queue: str, what: str, **options: Any) -> bool:
+    """Hand a message to the broker; False (logged) when it cannot be reached.
+
+    Every caller has a durable fallback (a sweep or a lease) for a message that did not go out, so
+    a broker outage is a warning here, never an error for the request or task that tried.
+    """
     try:
-        celery.send_task(
-            RUN_JOB_TASK,
-            args=[str(job_id)],
-            queue=QUEUE_BY_PRIORITY[item.priority],
-            soft_time_limit=item.timeout_seconds,
-            time_limit=item.timeout_seconds + HARD_LIMIT_MARGIN_SECONDS,
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
+        current_app.extensions["celery"].send_task(
+            name, args=args, queue=queue, retry=True, retry_policy=PUBLISH_RETRY_POLICY, **options
         )
     except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
-        log.warning("job %s not published (%s); the dispatch sweep will retry", job_id, type(exc).__name__)
+        log.warning("%s not published (%s); a sweep or lease will recover it", what, type(exc).__name__)
         return False
     return True
+
+
+def publish(item: Dispatch) -> bool:
+    """Send one job id to its priority queue."""
+    return send_task(
+        RUN_JOB_TASK,
+        [str(item.job_id)],
+        QUEUE_BY_PRIORITY[item.priority],
+        f"job {item.job_id}",
+        soft_time_limit=item.timeout_seconds,
+        time_limit=item.timeout_seconds + HARD_LIMIT_MARGIN_SECONDS,
+    )
 
 
 def commit_and_publish(queued: Iterable[Dispatch]) -> None:

@@ -14,9 +14,11 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask, current_app
+from sqlalchemy.exc import DBAPIError
 
 from gpujobs import jobs, webhooks
 from gpujobs.definitions.registry import Definition, Handoff, get_definition
+from gpujobs.dispatch import send_task
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Job
@@ -148,10 +150,13 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> str 
         status = _record_failure(definition, claim, exc)
     else:
         if isinstance(result, Handoff):
+            # The lease must outlive the wait before the follow-up task's first look.
+            lease = current_app.config["GPUJOBS_LEASE_SECONDS"] + result.countdown_seconds
+            jobs.renew_lease(claim.job_id, claim.attempt, lease)
             db.session.commit()
             _hand_off(claim, result)
             return jobs.RUNNING
-        status = jobs.SUCCEEDED if jobs.succeed(claim.job_id, claim.attempt, result) else None
+        status = _store_success(definition, claim, result)
     if status in jobs.TERMINAL:
         webhooks.record_job_event(claim.job_id)
     db.session.commit()
@@ -167,17 +172,35 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> str 
 
 def _hand_off(claim: jobs.Claim, handoff: Handoff) -> None:
     """Publish the follow-up task; if that fails, the lease expires and the rescue sweep reruns the job."""
+    send_task(
+        handoff.task,
+        [str(claim.job_id), claim.attempt, *handoff.args],
+        handoff.queue,
+        f"job {claim.job_id} hand-off to {handoff.task}",
+        countdown=handoff.countdown_seconds or None,
+    )
+
+
+def storable(value: Any) -> Any:
+    """The value with U+0000 replaced: PostgreSQL text and jsonb cannot hold it (a handler's result or
+    error may carry one, e.g. a remote body or FFmpeg's stderr)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    return value
+
+
+def _store_success(definition: Definition, claim: jobs.Claim, result: dict[str, Any] | None) -> str | None:
+    """Record success; a result PostgreSQL still refuses fails the job for good rather than looping."""
     try:
-        current_app.extensions["celery"].send_task(
-            handoff.task,
-            args=[str(claim.job_id), claim.attempt, *handoff.args],
-            queue=handoff.queue,
-            countdown=handoff.countdown_seconds or None,
-        )
-    except Exception as exc:  # broker away: recovery is the lease's job
-        log.warning(
-            "job %s: hand-off to %s not published (%s)", claim.job_id, handoff.task, type(exc).__name__
-        )
+        return jobs.SUCCEEDED if jobs.succeed(claim.job_id, claim.attempt, storable(result)) else None
+    except DBAPIError as exc:
+        db.session.rollback()
+        log.error("job %s: result could not be stored (%s)", claim.job_id, type(exc.orig).__name__)
+        return _record_failure(definition, claim, PermanentError("the result could not be stored"))
 
 
 def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseException) -> str | None:
@@ -194,7 +217,7 @@ def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseExceptio
     return jobs.fail_attempt(
         claim.job_id,
         claim.attempt,
-        error[:2000],
+        storable(error[:2000]),
         retryable=not isinstance(exc, PermanentError),
         retry_delay_seconds=delay,
     )

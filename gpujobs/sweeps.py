@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 from flask import current_app
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, exists, func, select, text, update
 
 from gpujobs import jobs, webhooks
 from gpujobs.dispatch import QUEUE_BY_PRIORITY, Dispatch, commit_and_publish
@@ -137,14 +137,28 @@ def publish_due_webhooks() -> int:
 
 
 def clean_up() -> int:
-    """Delete finished jobs past retention (events and deliveries go with them), batch by batch."""
+    """Delete finished jobs past retention (events and deliveries go with them), batch by batch.
+
+    Dead-lettered jobs stay until an operator redrives them; jobs with a webhook still to retry stay
+    until it is settled.
+    """
     cutoff = func.now() - timedelta(hours=current_app.config["GPUJOBS_RETENTION_HOURS"])
     batch_size = current_app.config["GPUJOBS_CLEANUP_BATCH_SIZE"]
     total = 0
     while True:
+        # A job waiting for a webhook retry (the schedule spans ~27 h) or sitting in the dead-letter
+        # queue is kept: deleting it would drop the delivery or the letter with it.
+        pending_delivery = exists().where(
+            WebhookDelivery.job_id == Job.id, WebhookDelivery.status == "pending"
+        )
         batch = (
             select(Job.id)
-            .where(Job.status.in_(jobs.TERMINAL), Job.finished_at < cutoff)
+            .where(
+                Job.status.in_(jobs.TERMINAL),
+                Job.finished_at < cutoff,
+                Job.dead_lettered.is_(False),
+                ~pending_delivery,
+            )
             .limit(batch_size)
             .with_for_update(skip_locked=True)
         )

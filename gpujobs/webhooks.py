@@ -19,6 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs
+from gpujobs.dispatch import send_task
 from gpujobs.exceptions import GpuJobsError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, Tenant, WebhookDelivery
@@ -87,10 +88,7 @@ def publish_pending(job_id: uuid.UUID) -> None:
 
 def publish_delivery(delivery_id: uuid.UUID) -> None:
     """Hand one delivery to the webhook queue; if the broker is away, the webhook sweep sends it later."""
-    try:
-        current_app.extensions["celery"].send_task(DELIVER_TASK, args=[str(delivery_id)], queue="webhooks")
-    except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
-        log.warning("delivery %s not published (%s)", delivery_id, type(exc).__name__)
+    send_task(DELIVER_TASK, [str(delivery_id)], "webhooks", f"delivery {delivery_id}")
 
 
 def signing_secrets(tenant: Tenant) -> list[str]:

@@ -39,3 +39,9 @@ def flaky(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     if ctx.attempt < 3:
         raise TransientError(f"transient failure on attempt {ctx.attempt}")
     return {"attempt": ctx.attempt}
+
+
+@job_definition("test.nul", 1, max_attempts=1)
+def nul(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Returns what PostgreSQL cannot store (U+0000), as a remote body or a tool's output might."""
+    return {"body": "before\x00after"}

@@ -202,3 +202,10 @@ def test_a_concurrency_limit_holds_across_two_worker_processes(app, tenant, star
     spans = sorted((job_row(app, i).started_at, job_row(app, i).finished_at) for i in ids)
     for (_, earlier_end), (later_start, _) in pairwise(spans):
         assert later_start >= earlier_end
+
+
+def test_a_result_with_a_nul_character_is_stored_with_it_replaced(app, tenant, worker):
+    job_id = submit(app, tenant, "test.nul")
+    wait_for(status_is(app, job_id, "succeeded", "failed"))
+    job = job_row(app, job_id)
+    assert job.status == "succeeded" and job.result == {"body": "before\ufffdafter"}

@@ -207,3 +207,23 @@ def test_one_row_that_fails_does_not_stop_the_rescue_sweep(app, app_context, ten
     db.session.expire_all()
     assert db.session.get(Job, second).status == "queued"
     assert db.session.get(Job, first).status == "running"  # left for the next tick
+
+
+def test_cleanup_keeps_dead_letters_and_jobs_whose_webhook_is_still_retrying(app, app_context, tenant):
+    from gpujobs.models import WebhookDelivery
+
+    dead, hooked, plain = running_jobs(tenant["id"], 3)
+    jobs.fail_attempt(dead, 1, "boom", retryable=False, retry_delay_seconds=0)
+    jobs.succeed(hooked, 1, {})
+    jobs.succeed(plain, 1, {})
+    db.session.add(
+        WebhookDelivery(
+            tenant_id=uuid.UUID(tenant["id"]), job_id=hooked, job_attempt=1, event_type="job.succeeded",
+            url="http://127.0.0.1:9/hook", payload={}, status="pending",
+        )
+    )  # fmt: skip
+    db.session.execute(update(Job).values(finished_at=func.now() - text("interval '2 days'")))
+    db.session.commit()
+    assert clean_up() == 1
+    remaining = set(db.session.scalars(select(Job.id)))
+    assert remaining == {dead, hooked}
