@@ -21,7 +21,6 @@ def celery_init_app(app: Flask) -> Celery:
     celery.config_from_object("celeryconfig")
     if app.config.get("REDIS_URL"):
         celery.conf.broker_url = app.config["REDIS_URL"]
-    celery.conf.worker_soft_shutdown_timeout = app.config["GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS"]
     celery.set_default()
     app.extensions["celery"] = celery
     return celery

@@ -58,19 +58,18 @@ class Setting:
     default: str | None
     parse: Callable[[str], Any]
     doc: str
-    secret: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", None, str, "PostgreSQL URL. Unset: the embedded server that `make run` started."),
     Setting("REDIS_URL", None, str, "Redis URL (Celery broker). Unset: the embedded server of `make run`."),
-    Setting("NOVITA_API_KEY", None, str, "Novita API key. Unset in `make run`: the simulator is used.", True),
+    Setting("NOVITA_API_KEY", None, str, "Novita API key. Unset in `make run`: the simulator is used."),
     Setting("NOVITA_BASE_URL", NOVITA_DEFAULT_BASE_URL, str, "Novita GPU instance API base URL."),
     Setting(
         "GPUJOBS_SECRET_KEY",
         None,
         str,
-        "Signs dashboard sessions; set it when more than one web process runs.",
+        "Signs dashboard sessions; required by the web server (gpujobs.wsgi).",
         True,
     ),
     Setting("GPUJOBS_DATA_DIR", str(PROJECT_ROOT / "var"), str, "Embedded servers' data and dev files."),

@@ -29,7 +29,7 @@ class JobContext(Protocol):
         """Append a lifecycle event (``job.<event_type>``) to the job's timeline."""
 
     def progress(self, percent: float, message: str | None = None, **data: Any) -> None:
-        """Record progress (0-100); also refreshes the job's lease."""
+        """Record progress (0-100) on the job and as a ``job.progress`` event."""
 
     def cancel_requested(self) -> bool:
         """True once someone asked to cancel this job; handlers stop at the next safe point."""
@@ -66,7 +66,10 @@ class Params(BaseModel):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff with full jitter (AWS architecture blog's recommendation)."""
+    """Capped exponential backoff with "equal jitter": half the step is kept, half is random.
+
+    Keeping half avoids a near-immediate retry; the random half spreads a burst of failures out.
+    """
 
     base_delay_seconds: float = 1.0
     max_delay_seconds: float = 300.0
