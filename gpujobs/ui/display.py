@@ -15,13 +15,15 @@ from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 
 from gpujobs.models import Instance, Job, JobEvent, WebhookDelivery
 from gpujobs.novita.spec import REMOVAL_STATUSES
+from gpujobs.provisioning import records
 from gpujobs.serializers import delivery_to_dict, event_to_dict, instance_to_dict, job_to_dict
 from gpujobs.ui import bp
 
 MASK = "••••"
 SECRET_NAME = re.compile(r"pass(word)?|secret|token|api[_-]?key|auth|credential|private", re.IGNORECASE)
-# Row statuses that say we no longer want the instance: if Novita still shows it, it has leaked.
-UNWANTED_INSTANCE_STATUSES = frozenset({"deleted", "failed"})
+# A row we finished deleting: if Novita still shows the instance, it has leaked. (Failed rows are
+# kept on purpose when GPUJOBS_DELETE_ON_TIMEOUT=0, see records.WANTED, so they are not leaks.)
+UNWANTED_INSTANCE_STATUSES = frozenset({records.DELETED})
 PREVIEW_CHARS = 90
 
 
