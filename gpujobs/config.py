@@ -70,7 +70,6 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         str,
         "Signs dashboard sessions; required by the web server (gpujobs.wsgi).",
-        True,
     ),
     Setting("GPUJOBS_DATA_DIR", str(PROJECT_ROOT / "var"), str, "Embedded servers' data and dev files."),
     Setting("GPUJOBS_STORAGE_DIR", None, str, "Uploaded and encoded videos. Unset: `<data dir>/storage`."),
