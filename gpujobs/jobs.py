@@ -171,7 +171,12 @@ def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: int) -> bool | N
     """Extend a running job's lease; returns its cancel flag, or None if the lease is no longer ours."""
     return db.session.execute(
         _fenced(job_id, attempt, *ACTIVE)
-        .values(lease_expires_at=func.now() + timedelta(seconds=lease_seconds))
+        # Never shorten a lease: a hand-off may have extended it past the heartbeat's next renewal.
+        .values(
+            lease_expires_at=func.greatest(
+                Job.lease_expires_at, func.now() + timedelta(seconds=lease_seconds)
+            )
+        )
         .returning(Job.cancel_requested)
     ).scalar_one_or_none()
 

@@ -18,6 +18,40 @@ from gpujobs.models import DeadLetter, Job
 from gpujobs.outbound import check_url
 
 
+def prepare(
+    tenant_id: uuid.UUID,
+    key: str,
+    version: int,
+    params: dict[str, Any],
+    *,
+    priority: str | int | None = None,
+    max_attempts: int | None = None,
+    webhook_url: str | None = None,
+    idempotency_key: str | None = None,
+) -> Job:
+    """Validate one job and add it to the session, queued; the caller commits, then publishes
+    (for rows that must commit in the same transaction as the job, like a GPU instance row).
+
+    Raises LookupError (unknown definition), ValueError (bad priority),
+    UnsafeURLError (webhook URL), pydantic.ValidationError (params), and IntegrityError when the
+    tenant's idempotency key already belongs to a job.
+    """
+    definition = get_definition(key, version)
+    if definition is None:
+        raise LookupError(f"no job definition {key}@{version}")
+    if webhook_url:  # refused here (422) rather than failing every delivery later
+        check_url(webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
+    return jobs.new_job(
+        tenant_id=tenant_id,
+        definition=definition,
+        params=definition.validate_params(params),
+        priority=jobs.priority_level(priority),
+        max_attempts=max_attempts,
+        webhook_url=webhook_url,
+        idempotency_key=idempotency_key,
+    )
+
+
 def submit(
     tenant_id: uuid.UUID,
     key: str,
@@ -29,25 +63,11 @@ def submit(
     webhook_url: str | None = None,
     idempotency_key: str | None = None,
 ) -> Job:
-    """Validate and queue one job, commit, publish.
-
-    Raises LookupError (unknown definition), ValueError (bad priority), UnsafeURLError (webhook URL)
-    and pydantic.ValidationError (params).
-    """
-    definition = get_definition(key, version)
-    if definition is None:
-        raise LookupError(f"no job definition {key}@{version}")
-    if webhook_url:  # refused here (422) rather than failing every delivery later
-        check_url(webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
-    job = jobs.new_job(
-        tenant_id=tenant_id,
-        definition=definition,
-        params=definition.validate_params(params),
-        priority=jobs.priority_level(priority),
-        max_attempts=max_attempts,
-        webhook_url=webhook_url,
-        idempotency_key=idempotency_key,
-    )
+    """Validate and queue one job, commit, publish (see ``prepare`` for what it raises)."""
+    job = prepare(
+        tenant_id, key, version, params, priority=priority, max_attempts=max_attempts,
+        webhook_url=webhook_url, idempotency_key=idempotency_key,
+    )  # fmt: skip
     commit_and_publish([dispatch_of(job)])
     return job
 

@@ -16,20 +16,21 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Response, g, jsonify, make_response, request
-from sqlalchemy import delete, func, or_, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from gpujobs.api.errors import ApiError, unprocessable
 from gpujobs.api.validation import json_object
 from gpujobs.extensions import db
-from gpujobs.models import IdempotencyRecord
+from gpujobs.models import IdempotencyRecord, Job
 from gpujobs.sweeps import IDEMPOTENCY_RETENTION_HOURS
 
 log = logging.getLogger(__name__)
@@ -196,3 +197,25 @@ def _release(tenant_id: uuid.UUID, key: str) -> None:
     except SQLAlchemyError as exc:
         db.session.rollback()
         log.warning("idempotency key not released (%s); it frees itself after a minute", type(exc).__name__)
+
+
+JOB_IDEMPOTENCY_INDEX = "uq_jobs_tenant_idempotency"
+
+
+@contextmanager
+def job_key_conflicts() -> Iterator[None]:
+    """409 naming the job when this request's key still belongs to a job whose stored answer is gone
+    (expired, or lost to a failure): the jobs table refuses a second job with the key."""
+    try:
+        yield
+    except IntegrityError as exc:
+        if getattr(exc.orig.diag, "constraint_name", None) != JOB_IDEMPOTENCY_INDEX:
+            raise
+        db.session.rollback()
+        key = current_key()
+        job_id = db.session.scalar(
+            select(Job.id).where(Job.tenant_id == g.tenant.id, Job.idempotency_key == key)
+        )
+        raise ApiError(
+            409, "Conflict", f"Idempotency-Key {key!r} already belongs to job {job_id}", jobId=str(job_id)
+        ) from None

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError, unprocessable
-from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent
+from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
@@ -138,17 +138,22 @@ def tenant_instance(instance_id: uuid.UUID) -> Instance:
 @require_api_key
 @idempotent
 def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Queue `gpu.instance.create@1`: 202 with the job and the instance once both are durable."""
+    """Queue `gpu.instance.create@1`: 202 with the job and the instance once both are durable.
+
+    An idempotency key whose stored answer expired while its job remains answers 409 naming the job,
+    as `POST /v1/jobs` does.
+    """
     body = parse_body(CreateInstance)
     try:
-        job, instance = create.submit(
-            g.tenant.id,
-            body.model_dump(mode="json", exclude=JOB_FIELDS),
-            priority=body.priority,
-            max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
-            webhook_url=body.webhookUrl,
-            idempotency_key=current_key(),
-        )
+        with job_key_conflicts():
+            job, instance = create.submit(
+                g.tenant.id,
+                body.model_dump(mode="json", exclude=JOB_FIELDS),
+                priority=body.priority,
+                max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
+                webhook_url=body.webhookUrl,
+                idempotency_key=current_key(),
+            )
     except UnsafeURLError as exc:
         raise unprocessable("webhookUrl", str(exc)) from None
     return _accepted(job, instance)

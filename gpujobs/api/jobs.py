@@ -8,13 +8,12 @@ from typing import Annotated, Any
 from flask import Blueprint, g, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from gpujobs import operations
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError, unprocessable, validation_problem
-from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent
+from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
@@ -29,7 +28,6 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1")
 TAG = "jobs"
 MAX_EVENTS_PER_PAGE = 1000
 POSTGRES_BIGINT_MAX = 2**63 - 1
-JOB_IDEMPOTENCY_INDEX = "uq_jobs_tenant_idempotency"
 
 
 class SubmitJob(BaseModel):
@@ -84,38 +82,25 @@ def tenant_job(job_id: str | uuid.UUID) -> Job:
 def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Accept a job: 202 once it is durably queued."""
     body = parse_body(SubmitJob)
-    key = current_key()
     try:
-        job = operations.submit(
-            g.tenant.id,
-            body.definitionKey,
-            body.definitionVersion,
-            body.params,
-            priority=body.priority,
-            max_attempts=body.maxAttempts,
-            webhook_url=body.webhookUrl,
-            idempotency_key=key,
-        )
+        with job_key_conflicts():
+            job = operations.submit(
+                g.tenant.id,
+                body.definitionKey,
+                body.definitionVersion,
+                body.params,
+                priority=body.priority,
+                max_attempts=body.maxAttempts,
+                webhook_url=body.webhookUrl,
+                idempotency_key=current_key(),
+            )
     except LookupError as exc:
         raise unprocessable("definitionKey", str(exc)) from None
     except ValidationError as exc:
         raise validation_problem(exc, ("params",)) from None
     except UnsafeURLError as exc:
         raise unprocessable("webhookUrl", str(exc)) from None
-    except IntegrityError as exc:
-        if getattr(exc.orig.diag, "constraint_name", None) != JOB_IDEMPOTENCY_INDEX:
-            raise
-        raise _key_taken(key) from None
     return job_to_dict(job), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
-
-
-def _key_taken(key: str | None) -> ApiError:
-    """409 for a key whose stored answer is gone (expired, or lost to a failure) but whose job remains."""
-    db.session.rollback()
-    job_id = db.session.scalar(select(Job.id).where(Job.tenant_id == g.tenant.id, Job.idempotency_key == key))
-    return ApiError(
-        409, "Conflict", f"Idempotency-Key {key!r} already belongs to job {job_id}", jobId=str(job_id)
-    )
 
 
 @bp.get("/jobs")

@@ -29,7 +29,7 @@ def settle_created_instance(ctx: JobContext, params: dict[str, Any]) -> None:
 
 
 def settle_acted_instance(ctx: JobContext, params: dict[str, Any]) -> None:
-    """on_end: an action job that ended in its handler settles its instance's status."""
+    """on_end: an action job that ended in its handler settles the instance it took (not one refused)."""
     from gpujobs.provisioning import actions
 
     actions.on_end(ctx, params)

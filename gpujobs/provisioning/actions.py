@@ -1,8 +1,11 @@
 """Instance actions as jobs: `gpu.instance.stop@1`, `start@1` and `delete@1`.
 
-A request first moves the row into the action's in-flight status with a compare-and-set (so two
-requests cannot both act, and an instance still being provisioned refuses), then queues the job. The
-handler asks Novita and hands the job to the monitor chain, which ends it when Novita reaches the goal.
+A request moves the row into the action's in-flight status with a compare-and-set (so two requests
+cannot both act, and an instance still being provisioned refuses) and marks it with the job it queues,
+committing both before the job is published. The handler makes the same check itself, because a job
+may also come through `POST /v1/jobs`: it acts only on its tenant's instance, and only from a status the
+action may start from or on a row already marked with this job. It asks Novita and hands the job to the
+monitor chain, which ends it when Novita reaches the goal.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sqlalchemy import select
 
 from gpujobs import operations
 from gpujobs.definitions.registry import Handoff, JobContext
+from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
@@ -63,27 +67,33 @@ def request(
 ) -> tuple[Job, Instance] | None:
     """Queue an action on a tenant's instance; None when the tenant has no such instance.
 
-    Without a webhook URL, the action notifies the one the instance's previous job used.
+    The row's new status, its new job and the job commit together before the job is published, so the
+    handler always finds the row marked with its job. Without a webhook URL, the action notifies the
+    one the instance's previous job used.
     """
     instance = db.session.scalar(
         select(Instance).where(Instance.id == instance_id, Instance.tenant_id == tenant_id).with_for_update()
     )
     if instance is None:
+        db.session.rollback()
         return None
-    if not records.transition(instance.id, ALLOWED_FROM[action], status=GOALS[action].in_flight):
+    in_flight = GOALS[action].in_flight
+    if not records.transition(instance.id, ALLOWED_FROM[action], status=in_flight):
         db.session.rollback()
         raise ActionRefused(_refusal(action, instance))
     previous = db.session.get(Job, instance.job_id) if instance.job_id else None
     try:
-        job = operations.submit(
+        job = operations.prepare(
             tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, priority=priority,
             webhook_url=webhook_url or (previous.webhook_url if previous else None),
         )  # fmt: skip
     except Exception:
         db.session.rollback()
         raise
-    records.transition(instance.id, (GOALS[action].in_flight,), job_id=job.id)
-    db.session.commit()
+    if not records.transition(instance.id, (in_flight,), job_id=job.id):  # held FOR UPDATE: cannot miss
+        db.session.rollback()
+        raise ActionRefused(_refusal(action, instance))
+    commit_and_publish([dispatch_of(job)])
     return job, db.session.get(Instance, instance.id, populate_existing=True)
 
 
@@ -138,21 +148,34 @@ def delete(ctx: JobContext, params: dict[str, Any]) -> Handoff | dict[str, Any]:
 
 
 def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
-    """When the handler itself ended the job (refused, failed, cancelled), settle the instance's status."""
+    """When the handler itself ended the job (failed, cancelled), settle the instance's status.
+
+    Only if the job took the instance: one refused by `_take` is another tenant's or another job's.
+    """
     records.settle_after_job(uuid.UUID(ctx.job_id), uuid.UUID(params["instanceId"]))
     db.session.commit()
 
 
 def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:
-    """The tenant's instance, now marked with this action and job (again, if the API already did)."""
-    instance = db.session.get(Instance, uuid.UUID(params["instanceId"]))
+    """The tenant's instance, now marked with this action and job; refused as `request` refuses.
+
+    The handler cannot trust that `request` ran: a job submitted through `POST /v1/jobs` names any
+    instance id. So it takes the row only from a status the action may start from, or when the row is
+    already in the action's in-flight status under this very job (the API marked it, or an earlier
+    attempt did); never a row another job is provisioning or acting on. Another tenant's instance is
+    "no instance", as in the API.
+    """
+    job_id = uuid.UUID(ctx.job_id)
+    instance = db.session.get(Instance, uuid.UUID(params["instanceId"]), populate_existing=True)
     if instance is None or str(instance.tenant_id) != ctx.tenant:
         raise PermanentError(f"no instance {params['instanceId']}")
     in_flight = GOALS[action].in_flight
-    if not records.transition(
-        instance.id, (*ALLOWED_FROM[action], in_flight), status=in_flight, job_id=uuid.UUID(ctx.job_id)
-    ):
-        raise PermanentError(_refusal(action, instance))
+    taken = records.transition(
+        instance.id, ALLOWED_FROM[action], status=in_flight, job_id=job_id
+    ) or records.transition(instance.id, (in_flight,), records.owned_by(job_id), status=in_flight)
+    if not taken:
+        db.session.rollback()
+        raise PermanentError(_refusal(action, db.session.get(Instance, instance.id, populate_existing=True)))
     db.session.commit()
     if instance.novita_id is None and action != DELETE:
         raise PermanentError(f"instance {instance.id} was never created at Novita; nothing to {action}")

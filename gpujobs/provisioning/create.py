@@ -22,6 +22,7 @@ from flask import current_app
 
 from gpujobs import operations
 from gpujobs.definitions.registry import Handoff, JobContext
+from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
@@ -58,13 +59,18 @@ def submit(
     webhook_url: str | None = None,
     idempotency_key: str | None = None,
 ) -> tuple[Job, Instance]:
-    """Queue a create job and its instance row (the API's `POST /v1/instances`)."""
-    job = operations.submit(
+    """Queue a create job and its instance row (the API's `POST /v1/instances`).
+
+    Both commit in one transaction before the job is published: the API's instance exists whenever its
+    job does (no crash in between leaves a job whose 202 never named an instance), and a worker never
+    runs a job whose row is not there yet.
+    """
+    job = operations.prepare(
         tenant_id, CREATE_KEY, 1, params, priority=priority, max_attempts=max_attempts,
         webhook_url=webhook_url, idempotency_key=idempotency_key,
     )  # fmt: skip
     instance = records.ensure_row(job.id, tenant_id, job.params)
-    db.session.commit()
+    commit_and_publish([dispatch_of(job)])
     return job, instance
 
 

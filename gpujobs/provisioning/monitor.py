@@ -22,6 +22,7 @@ from flask import current_app
 
 from gpujobs import jobs, webhooks
 from gpujobs.definitions.registry import Handoff
+from gpujobs.dispatch import send_task
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
@@ -93,20 +94,24 @@ class Watch:
 
     def look_again(self) -> None:
         """Publish the next look; if the broker is away, the lease runs out and the rescue sweep reruns."""
-        try:
-            current_app.extensions["celery"].send_task(
-                MONITOR_TASK,
-                args=[str(self.job_id), self.attempt, *self._args()],
-                queue="monitor",
-                countdown=self.interval,
-            )
-        except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
-            log.warning("job %s: next look not published (%s)", self.job_id, type(exc).__name__)
+        send_task(
+            MONITOR_TASK,
+            [str(self.job_id), self.attempt, *self._args()],
+            "monitor",
+            f"job {self.job_id}: next look",
+            countdown=self.interval,
+        )
 
 
 def poll(watch: Watch) -> None:
-    """One look at a watched instance: end the job, or schedule the next look."""
-    cancel = jobs.renew_lease(watch.job_id, watch.attempt, current_app.config["GPUJOBS_LEASE_SECONDS"])
+    """One look at a watched instance: end the job, or schedule the next look.
+
+    The lease is renewed past the next look, which comes `interval` seconds from now (a request may ask
+    for up to a minute, as long as the default lease): a lease of only `GPUJOBS_LEASE_SECONDS` would
+    expire while the job waits for it, and the rescue sweep would rerun a job that is being watched.
+    """
+    lease_seconds = current_app.config["GPUJOBS_LEASE_SECONDS"] + watch.interval
+    cancel = jobs.renew_lease(watch.job_id, watch.attempt, lease_seconds)
     instance = db.session.get(Instance, watch.instance_id) if cancel is not None else None
     if instance is not None:
         db.session.expunge(instance)  # a read-only copy, so the commit does not make us read it again
@@ -250,11 +255,23 @@ def _give_up(
 def _end(
     watch: Watch, outcome: str, error: str | None, row_values: dict[str, Any], event: str | None = None
 ) -> None:
-    """End the job (fenced), update its instance, record the webhook events; commit, then publish."""
+    """End the job (fenced), update its instance, record the webhook events; commit, then publish.
+
+    The row changes only while it is still in the action's in-flight status under this job. If another
+    job took it meanwhile (a delete during a stop), the row is that job's to end: this job does not
+    claim a success it can no longer vouch for (it fails, saying who has the instance now) and sends no
+    instance event; a failure or cancellation keeps its reason.
+    """
     if outcome != jobs.SUCCEEDED:
         row_values = {**row_values, "error": error}
-    records.transition(watch.instance_id, (watch.goal.in_flight,), **row_values)
+    moved = records.transition(
+        watch.instance_id, (watch.goal.in_flight,), records.owned_by(watch.job_id), **row_values
+    )
     instance = db.session.get(Instance, watch.instance_id, populate_existing=True)
+    if not moved:
+        event = None
+        if outcome == jobs.SUCCEEDED:
+            outcome, error = jobs.FAILED, _taken_over(watch, instance)
     if outcome == jobs.SUCCEEDED:
         ended = jobs.succeed(watch.job_id, watch.attempt, {"instance": instance_to_dict(instance)})
     elif outcome == jobs.CANCELLED:
@@ -276,3 +293,10 @@ def _end(
     db.session.commit()
     webhooks.publish_pending(watch.job_id)
     log.info("job %s: %s (instance %s %s)", watch.job_id, outcome, instance.id, instance.status)
+
+
+def _taken_over(watch: Watch, instance: Instance) -> str:
+    return (
+        f"instance {watch.instance_id} was taken over before this {watch.action} finished: it is "
+        f"{instance.status} now, under job {instance.job_id}"
+    )

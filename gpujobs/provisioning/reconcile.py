@@ -2,7 +2,8 @@
 
 - **leaked**: a Novita instance named with our prefix that no row wants and no live job owns (a create
   whose job was cancelled while retrying, a failed delete, a duplicate) is deleted once it is older than
-  `GPUJOBS_LEAK_GRACE_SECONDS`, and reported. Instances without our prefix are never touched.
+  `GPUJOBS_LEAK_GRACE_SECONDS`, and reported. Instances without our prefix are never touched. A row
+  that never recorded the instance (its create answer was lost) is marked `deleting` with its id.
 - **lost**: a row that says running or stopped whose instance Novita no longer has is marked `lost`.
 - **settled**: a row left mid-change by a job that ended without settling it takes Novita's status.
 - **mirrored**: every listed row gets Novita's status and `last_seen_at`.
@@ -58,8 +59,9 @@ def reconcile() -> dict[str, Any]:
         # Rows a job is working on, or that changed since the listing began, are not ours to judge now.
         quiet = [row for row in rows if row.job_id not in live and row.updated_at.timestamp() < taken_at]
         views = _views(client, quiet, listed)
-        leaked, waiting = _leaks(client, rows, listed, taken_at, live)
+        leaked, waiting, unrecorded = _leaks(client, rows, listed, taken_at, live)
     report = _write(quiet, views)
+    _record_deleted(unrecorded)  # last: _write expects each row's Novita id to be one it has a view of
     report.update(skipped=False, listed=len(listed), leaked=leaked, waiting=waiting)
     db.session.commit()
     if leaked or report["lost"] or report["settled"]:
@@ -89,13 +91,18 @@ def _leaks(
     listed: dict[str, NovitaInstance],
     taken_at: float,
     live: set[uuid.UUID],
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Delete our Novita instances nobody wants once past the grace period; report them."""
+) -> tuple[list[dict[str, Any]], list[str], list[tuple[Instance, str]]]:
+    """Delete our Novita instances nobody wants once past the grace period; report them.
+
+    Also returns the rows the deleted instances were matched to by name only (row, Novita id): rows
+    that never learned of the instance, for `_record_deleted`.
+    """
     by_novita_id = {row.novita_id: row for row in rows if row.novita_id}
     by_name = {row.name: row for row in rows if row.novita_id is None}
     grace_seconds = current_app.config["GPUJOBS_LEAK_GRACE_SECONDS"]
     leaked: list[dict[str, Any]] = []
     waiting: list[str] = []
+    unrecorded: list[tuple[Instance, str]] = []
     for item in listed.values():
         row = by_novita_id.get(item.id) or by_name.get(item.name)
         if item.is_being_removed or _wanted(item, row, live):
@@ -118,14 +125,37 @@ def _leaks(
             }
         )
         log.warning("reconcile: leaked Novita instance %s (%s, %s) deleted", item.id, item.name, item.status)
-    return leaked, waiting
+        if row is not None and row.novita_id is None:
+            unrecorded.append((row, item.id))
+    return leaked, waiting, unrecorded
 
 
 def _wanted(item: NovitaInstance, row: Instance | None, live: set[uuid.UUID]) -> bool:
-    """An instance is wanted by a row that means to keep it, or by a live job that will record it."""
-    if row is None:
+    """An instance is wanted by a row that recorded it and means to keep it, or by a live job that will
+    record it.
+
+    A row matched by name only never recorded this instance (its create answer was lost, then its job
+    was cancelled or ran out of attempts, leaving it `failed` with no Novita id): its status speaks of
+    no instance, so it cannot keep one; only its live job could still adopt it.
+    """
+    if row is None or row.novita_id != item.id:
         return records.job_id_of(item.name) in live
     return row.job_id in live or row.status in records.WANTED
+
+
+def _record_deleted(unrecorded: list[tuple[Instance, str]]) -> None:
+    """Note the instance just deleted on each row that never recorded it, as `deleting`: the row then
+    tells its owner that an instance existed and is going, and a later pass marks it `deleted` once
+    Novita confirms.
+
+    A compare-and-set on the row as read (status, job, no Novita id yet): a row a job took meanwhile
+    is left as it is.
+    """
+    for row, novita_id in unrecorded:
+        records.transition(
+            row.id, (row.status,), records.owned_by(row.job_id), Instance.novita_id.is_(None),
+            novita_id=novita_id, status=records.DELETING,
+        )  # fmt: skip
 
 
 def _write(rows: list[Instance], views: dict[uuid.UUID, NovitaInstance | None]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs
@@ -76,16 +76,28 @@ def ensure_row(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) 
     return db.session.get(Instance, instance_id, populate_existing=True)
 
 
-def transition(instance_id: uuid.UUID, from_statuses: tuple[str, ...], **values: Any) -> bool:
-    """Change a row only if it is still in one of `from_statuses`; False when someone else moved it."""
+def transition(
+    instance_id: uuid.UUID, from_statuses: tuple[str, ...], *conditions: ColumnElement[bool], **values: Any
+) -> bool:
+    """Change a row only if it is still in one of `from_statuses` (and meets `conditions`, such as
+    `owned_by(job_id)`); False when someone else moved it."""
     done = db.session.execute(
         update(Instance)
-        .where(Instance.id == instance_id, Instance.status.in_(from_statuses))
+        .where(Instance.id == instance_id, Instance.status.in_(from_statuses), *conditions)
         .values(**values)
     )
     if done.rowcount != 1:
         log.info("instance %s: not in %s any more, left as it is", instance_id, "/".join(from_statuses))
     return done.rowcount == 1
+
+
+def owned_by(job_id: uuid.UUID | None) -> ColumnElement[bool]:
+    """A `transition` condition: the row is still marked with this job (None: with no job any more).
+
+    A status says what is happening to a row, not which job is doing it: a job must never end or settle
+    a row another job has taken since (a delete that took a `stopping` row, a redriven create).
+    """
+    return Instance.job_id.is_not_distinct_from(job_id)
 
 
 def mirror(instance_id: uuid.UUID, novita_status: str) -> None:
@@ -125,15 +137,24 @@ def settle(instance: Instance, reason: str | None, novita_status: str | None) ->
         status = settled_status(novita_status, instance.status if novita_status else FAILED)
     if status == instance.status:
         return False
-    return transition(instance.id, (instance.status,), status=status, error=reason)
+    return transition(instance.id, (instance.status,), owned_by(instance.job_id), status=status, error=reason)
 
 
 def settle_after_job(job_id: uuid.UUID, instance_id: uuid.UUID) -> None:
-    """Settle the instance a job acted on if the job ended without settling it (a definition's on_end)."""
+    """Settle the instance a job acted on if the job ended without settling it (a definition's on_end).
+
+    Only a row this job owns: its tenant's, and marked with this job (a create job's own row, or one an
+    action job took). A job refused before it took the row (another tenant's instance id, an instance
+    still being provisioned, one another job is acting on) ended without touching it, so it must leave
+    it alone: settling would move a row that belongs to someone else.
+    """
     job = db.session.get(Job, job_id, populate_existing=True)
     instance = db.session.get(Instance, instance_id, populate_existing=True)
-    if job is not None and instance is not None and job.status in jobs.TERMINAL:
-        settle(instance, job.error or f"its job was {job.status}", instance.novita_status)
+    if job is None or instance is None or job.status not in jobs.TERMINAL:
+        return
+    if instance.job_id != job.id or instance.tenant_id != job.tenant_id:
+        return
+    settle(instance, job.error or f"its job was {job.status}", instance.novita_status)
 
 
 def live_jobs(job_ids: set[uuid.UUID]) -> set[uuid.UUID]:

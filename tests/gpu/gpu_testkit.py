@@ -93,22 +93,30 @@ def look(app: Flask, args: list[Any]) -> None:
         db.session.remove()
 
 
-def run_chain(app: Flask, tenant_id: str, params: dict[str, Any], *, max_looks: int = 50) -> tuple[str, str]:
-    """Run create -> monitor in this process, task by task, until the job ends; returns (job id, instance id).
-
-    Needs the simulator's settings in the app config (the `novita_config` fixture).
-    """
-    from gpujobs import runner
-    from gpujobs.provisioning import create
-
-    with app.app_context():
-        job, instance = create.submit(uuid.UUID(tenant_id), params)
-        ids = str(job.id), str(instance.id)
-        runner.run_job(job.id)
-        db.session.remove()
+def run_looks(app: Flask, *, max_looks: int = 50) -> None:
+    """Run the queued monitor looks in this process, at once, until the chain publishes no more."""
     for _ in range(max_looks):
         args = next_monitor_look(app)
         if args is None:
             break
         look(app, args)
+
+
+def run_chain(
+    app: Flask, tenant_id: str, params: dict[str, Any], *, max_looks: int = 50, **options: Any
+) -> tuple[str, str]:
+    """Run create -> monitor in this process, task by task, until the job ends; returns (job id, instance id).
+
+    Needs the simulator's settings in the app config (the `novita_config` fixture); `options` go to
+    `create.submit` (e.g. `webhook_url`).
+    """
+    from gpujobs import runner
+    from gpujobs.provisioning import create
+
+    with app.app_context():
+        job, instance = create.submit(uuid.UUID(tenant_id), params, **options)
+        ids = str(job.id), str(instance.id)
+        runner.run_job(job.id)
+        db.session.remove()
+    run_looks(app, max_looks=max_looks)
     return ids

@@ -7,7 +7,12 @@ import uuid
 import pytest
 from gpu_testkit import REQUEST, job_row, provision
 from helpers import make_tenant
+from sqlalchemy import delete, func, select
 
+from gpujobs import dispatch
+from gpujobs.extensions import db
+from gpujobs.models import IdempotencyRecord, Instance, Job
+from gpujobs.provisioning import create, records
 from gpujobs.provisioning.records import instance_id_for, instance_name
 
 
@@ -41,6 +46,57 @@ def test_a_repeated_create_with_the_same_idempotency_key_gets_the_first_answer(c
     assert (first.status_code, again.status_code) == (202, 202)
     assert again.json == first.json and again.headers["Idempotent-Replayed"] == "true"
     assert len(client.get("/v1/instances", headers=tenant["headers"]).json["items"]) == 1
+
+
+def test_reusing_an_idempotency_key_whose_answer_expired_is_a_conflict_naming_the_first_job(
+    app, client, tenant
+):
+    headers = {**tenant["headers"], "Idempotency-Key": "create-box-2"}
+    first = client.post("/v1/instances", json=REQUEST, headers=headers)
+    assert first.status_code == 202
+    with app.app_context():  # the cleanup sweep forgot the answer after 24 h; the job still holds the key
+        db.session.execute(delete(IdempotencyRecord))
+        db.session.commit()
+        db.session.remove()
+    again = client.post("/v1/instances", json=REQUEST, headers=headers)
+    assert (again.status_code, again.content_type) == (409, "application/problem+json")
+    assert again.json["jobId"] == first.json["jobId"]
+    assert (
+        again.json["detail"] == f"Idempotency-Key 'create-box-2' already belongs to job {first.json['jobId']}"
+    )
+    assert len(client.get("/v1/instances", headers=tenant["headers"]).json["items"]) == 1
+
+
+def test_a_create_job_is_committed_together_with_its_instance_before_it_is_published(
+    app, client, tenant, monkeypatch
+):
+    seen = []
+
+    def publish(item):  # what a worker, or a client reading its 202, would find at that moment
+        with db.engine.connect() as other:
+            job = other.scalar(select(func.count()).select_from(Job).where(Job.id == item.job_id))
+            row = other.scalar(
+                select(func.count()).select_from(Instance).where(Instance.job_id == item.job_id)
+            )
+        seen.append((job, row))
+        return True
+
+    monkeypatch.setattr(dispatch, "publish", publish)
+    provision(client, tenant)
+    assert seen == [(1, 1)]
+
+
+def test_a_create_whose_instance_row_cannot_be_written_leaves_no_job_behind(app, tenant, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("database refused the row")
+
+    monkeypatch.setattr(records, "ensure_row", broken)
+    with app.app_context():
+        with pytest.raises(RuntimeError):
+            create.submit(uuid.UUID(tenant["id"]), REQUEST)
+        db.session.rollback()
+        assert db.session.scalar(select(func.count()).select_from(Job)) == 0
+        db.session.remove()
 
 
 @pytest.mark.parametrize(

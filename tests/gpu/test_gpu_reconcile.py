@@ -8,11 +8,11 @@ import pytest
 from gpu_testkit import REQUEST, instance_row, run_chain
 from sqlalchemy import text, update
 
-from gpujobs import operations
+from gpujobs import operations, runner
 from gpujobs.extensions import db
 from gpujobs.models import Instance
 from gpujobs.novita import CreateInstanceRequest
-from gpujobs.provisioning import records
+from gpujobs.provisioning import create, records
 from gpujobs.provisioning.reconcile import LOCK_NAME, reconcile
 
 
@@ -68,6 +68,34 @@ def test_an_instance_whose_create_job_is_still_live_is_not_a_leak(
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     assert run_reconcile(app)["leaked"] == []
     assert sim.count_calls("POST", "/gpu/instance/delete") == 0
+
+
+def test_an_instance_whose_create_answer_was_lost_and_whose_job_then_failed_is_deleted_as_a_leak(
+    app, tenant, sim, novita_config, monkeypatch
+):
+    sim.inject(lose_next_creates=1)
+    with app.app_context():  # one attempt only: the lost answer fails the job, the row never learns the id
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, max_attempts=1)
+        job_id, instance_id = job.id, str(instance.id)
+        assert runner.run_job(job_id) == "failed"
+        db.session.remove()
+    assert (instance_row(app, instance_id).status, instance_row(app, instance_id).novita_id) == (
+        "failed",
+        None,
+    )
+    (created,) = sim.instances()
+    assert created["name"] == records.instance_name(job_id)
+
+    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
+    report = run_reconcile(app)
+    assert [(item["novitaInstanceId"], item["instanceId"]) for item in report["leaked"]] == [
+        (created["id"], instance_id)
+    ]
+    assert [item["status"] for item in sim.instances()] == ["removed"]
+    row = instance_row(app, instance_id)
+    assert (row.status, row.novita_id) == ("deleting", created["id"])  # the row learns what became of it
+    assert run_reconcile(app)["settled"] == [instance_id]
+    assert instance_row(app, instance_id).status == "deleted"
 
 
 def test_a_running_instance_novita_no_longer_has_is_marked_lost(app, tenant, sim, novita, novita_config):

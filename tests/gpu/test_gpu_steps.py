@@ -6,12 +6,22 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from gpu_testkit import REQUEST, events, instance_row, job_row, look, next_monitor_look, run_chain
+from gpu_testkit import (
+    REQUEST,
+    events,
+    instance_row,
+    job_row,
+    look,
+    next_monitor_look,
+    run_chain,
+    run_looks,
+)
+from helpers import make_tenant
 from sqlalchemy import func, select, update
 
-from gpujobs import runner
+from gpujobs import dispatch, runner
 from gpujobs.extensions import db
-from gpujobs.models import Job, WebhookDelivery
+from gpujobs.models import Instance, Job, WebhookDelivery
 from gpujobs.provisioning import create
 
 HOOK_URL = "http://127.0.0.1:9/hooks"  # never called here: deliveries are only recorded and queued
@@ -138,3 +148,96 @@ def test_deleting_an_instance_that_never_reached_novita_just_marks_it_deleted(
         db.session.remove()
     assert instance_row(app, instance_id).status == "deleted"
     assert sim.count_calls("POST", "/gpu/instance/delete") == 0
+
+
+def delete_through_v1_jobs(app, client, headers, instance_id: str) -> str:
+    """Submit `gpu.instance.delete@1` the generic way (no API state check) and run it here; returns its id."""
+    body = {"definitionKey": "gpu.instance.delete", "params": {"instanceId": instance_id}}
+    response = client.post("/v1/jobs", json=body, headers=headers)
+    assert response.status_code == 202, response.json
+    with app.app_context():
+        assert runner.run_job(uuid.UUID(response.json["id"])) == "failed"
+        db.session.remove()
+    return response.json["id"]
+
+
+def test_a_delete_job_naming_another_tenants_instance_fails_and_leaves_that_instance_alone(
+    app, client, tenant, sim, novita_config
+):
+    job_id, instance_id = created_and_handed_off(app, tenant)  # tenant A's instance, being provisioned
+    other = make_tenant(app, "other")
+    theirs = delete_through_v1_jobs(app, client, other["headers"], instance_id)
+
+    assert job_row(app, theirs).error == f"no instance {instance_id}"
+    untouched = instance_row(app, instance_id)
+    assert (untouched.status, str(untouched.job_id), untouched.error) == ("creating", job_id, None)
+    run_looks(app)  # and A's provisioning carries on to the end
+    assert job_row(app, job_id).status == "succeeded"
+    assert instance_row(app, instance_id).status == "running"
+    assert sim.count_calls("POST", "/gpu/instance/delete") == 0
+
+
+def test_a_delete_job_for_an_instance_still_being_provisioned_is_refused_as_the_api_refuses_it(
+    app, client, tenant, sim, novita_config
+):
+    job_id, instance_id = created_and_handed_off(app, tenant)
+    refused = client.delete(f"/v1/instances/{instance_id}", headers=tenant["headers"])
+    assert refused.status_code == 409
+
+    delete_job = delete_through_v1_jobs(app, client, tenant["headers"], instance_id)
+    assert job_row(app, delete_job).error == refused.json["detail"]
+    untouched = instance_row(app, instance_id)
+    assert (untouched.status, str(untouched.job_id)) == ("creating", job_id)
+    run_looks(app)
+    assert job_row(app, job_id).status == "succeeded"
+    assert sim.count_calls("POST", "/gpu/instance/delete") == 0
+
+
+def test_a_stop_whose_instance_a_delete_took_over_fails_instead_of_claiming_the_instance_stopped(
+    app, client, tenant, sim, novita_config
+):
+    _, instance_id = run_chain(app, tenant["id"], REQUEST, webhook_url=HOOK_URL)
+    stop = client.post(f"/v1/instances/{instance_id}/stop", headers=tenant["headers"]).json
+    with app.app_context():
+        assert runner.run_job(uuid.UUID(stop["jobId"])) == "running"  # Novita was asked; now watched
+        db.session.remove()
+    delete = client.delete(f"/v1/instances/{instance_id}", headers=tenant["headers"]).json
+    assert delete["status"] == "deleting"
+
+    run_looks(app)  # Novita says exited, the stop's goal, but the row is no longer the stop's
+    stopped = job_row(app, stop["jobId"])
+    assert (stopped.status, stopped.error) == (
+        "failed",
+        f"instance {instance_id} was taken over before this stop finished: it is deleting now, "
+        f"under job {delete['jobId']}",
+    )
+    row = instance_row(app, instance_id)
+    assert (row.status, str(row.job_id)) == ("deleting", delete["jobId"])
+    with app.app_context():
+        sent = db.session.scalars(select(WebhookDelivery.event_type)).all()
+        db.session.remove()
+    assert sorted(sent) == ["instance.running", "job.failed", "job.succeeded"]  # no instance.stopped
+
+
+def test_an_action_job_is_published_only_once_its_instance_is_marked_with_it(
+    app, client, tenant, sim, novita_config, monkeypatch
+):
+    with app.app_context():  # an instance whose provisioning failed before it reached Novita
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST | {"maxPricePerHour": 0.01})
+        instance_id = instance.id
+        assert runner.run_job(job.id) == "failed"
+        db.session.remove()
+    seen = []
+
+    def publish(item):  # what a worker that took the message at once would find
+        with db.engine.connect() as other:
+            seen.append(
+                other.execute(
+                    select(Instance.status, Instance.job_id).where(Instance.id == instance_id)
+                ).one()
+            )
+        return True
+
+    monkeypatch.setattr(dispatch, "publish", publish)
+    deleting = client.delete(f"/v1/instances/{instance_id}", headers=tenant["headers"]).json
+    assert [tuple(row) for row in seen] == [("deleting", uuid.UUID(deleting["jobId"]))]

@@ -6,6 +6,7 @@ import pytest
 from gpu_testkit import IMAGE, PHASE_SECONDS, events, instance_row, job_row, provision, wait_for_job
 from helpers import wait_for
 
+from gpujobs.extensions import db
 from gpujobs.provisioning.records import instance_name
 
 # Instances that stay in `pulling` for a minute: long enough to cancel or time out first.
@@ -152,3 +153,27 @@ def test_cancelling_a_create_job_mid_monitor_deletes_its_instance(app, client, t
     assert instance_row(app, accepted["instanceId"]).status == "deleting"
     wait_for(lambda: sim.instances()[0]["status"] in ("toRemove", "removing", "removed"))
     assert job_row(app, accepted["jobId"]).status == "cancelled"
+
+
+# The instance runs about 7 s after its create: two looks, 5 s apart, each after more than a lease.
+@pytest.mark.parametrize("sim_options", [{"phase_seconds": {"default": PHASE_SECONDS, "pulling": 6}}])
+def test_a_monitor_polling_less_often_than_its_lease_lasts_is_never_rescued(
+    app, client, tenant, sim, gpu_worker
+):
+    """Lease 3 s (the test settings), a look every 5 s: each look must keep the job leased until the next."""
+    from gpujobs.sweeps import rescue_stuck
+
+    assert app.config["GPUJOBS_LEASE_SECONDS"] == 3
+    gpu_worker()
+    accepted = provision(client, tenant, monitoring={"pollIntervalMs": 5000})
+
+    def ended() -> bool:
+        with app.app_context():  # the rescue sweep, as beat would run it
+            rescue_stuck()
+            db.session.remove()
+        return job_row(app, accepted["jobId"]).status in ("succeeded", "failed")
+
+    wait_for(ended, timeout=40, interval=0.5)
+    job = job_row(app, accepted["jobId"])
+    assert (job.status, job.attempt) == ("succeeded", 1)
+    assert "job.rescued" not in [event.type for event in events(app, accepted["jobId"])]
