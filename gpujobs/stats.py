@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -46,16 +47,24 @@ REDIS_TIMEOUT_SECONDS = 0.5
 CACHE_PREFIX = "gpujobs:metrics"
 
 
+_client_lock = threading.Lock()
+
+
 def redis_client() -> redis.Redis:
-    """The app's Redis client for caches, rate limits and queue depths: short timeouts, one pool."""
+    """The app's Redis client for caches, rate limits and queue depths: short timeouts, one pool.
+
+    Created once under a lock: two threads racing here would each build one, and the discarded
+    client's pool would close connections the other is using.
+    """
     extensions = current_app.extensions
-    if "gpujobs_redis" not in extensions:
-        extensions["gpujobs_redis"] = redis.Redis.from_url(
-            current_app.config["REDIS_URL"],
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        )
-    return extensions["gpujobs_redis"]
+    with _client_lock:
+        if "gpujobs_redis" not in extensions:
+            extensions["gpujobs_redis"] = redis.Redis.from_url(
+                current_app.config["REDIS_URL"],
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )
+        return extensions["gpujobs_redis"]
 
 
 def cached(name: str, tenant_id: uuid.UUID | None, ttl: int, compute: Callable[[], Any]) -> tuple[Any, int]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 from flask import current_app
+from sqlalchemy.exc import OperationalError
 
 from gpujobs import jobs, webhooks
 from gpujobs.definitions.registry import Handoff
@@ -122,9 +123,12 @@ def poll(watch: Watch) -> None:
     try:
         with novita_client(max_attempts=1) as client:  # no retries within a look: the next look is the retry
             _look(watch, instance, client, cancel)
-    except (TransientError, redis.RedisError) as exc:
+    except (TransientError, redis.RedisError, OperationalError) as exc:
+        # A database blip (a deadlock, a restart) is as transient as a Novita one: look again.
         db.session.rollback()
-        log.warning("job %s: look failed (%s), next in %.1f s", watch.job_id, exc, watch.interval)
+        log.warning(
+            "job %s: look failed (%s), next in %.1f s", watch.job_id, type(exc).__name__, watch.interval
+        )
         watch.look_again()
     except PermanentError as exc:
         db.session.rollback()
