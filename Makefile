@@ -23,6 +23,8 @@ test: $(STAMP)  ## The whole suite against real PostgreSQL, Redis, Celery worker
 bench: $(STAMP)  ## Benchmarks; each prints its figures (see bench/README.md)
 	$(BIN)/python -m bench.api
 	$(BIN)/python -m bench.priority
+	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.novita_calls
 
 faults: $(STAMP)  ## Fault injection with accounting (SIGKILL, Redis wiped, PostgreSQL down, SIGSTOP)
 	$(BIN)/python -m bench.faults --jobs 200

@@ -1,24 +1,34 @@
 """A whole gpujobs deployment on this machine for benchmarks and fault injection.
 
 Real servers (embedded PostgreSQL and Redis), the API under gunicorn, Celery workers and beat as
-separate processes, and the Novita simulator: the same shape as production, on loopback only.
+separate processes, and optionally the Novita simulator in this process (``simulator=``): the same shape
+as production, on loopback only. With a simulator, every process gets ``NOVITA_API_KEY`` and
+``NOVITA_BASE_URL``; other settings such as ``GPUJOBS_MONITOR_INTERVAL_SECONDS`` go in as keywords.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
+import psutil
+import psycopg2
+import redis
 import requests
 
 from gpujobs.devserver import worker_command
 from gpujobs.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gpujobs.novita.simulator import NovitaSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 60
@@ -27,13 +37,31 @@ START_TIMEOUT_SECONDS = 60
 class Cluster:
     """Starts and controls every process; use as a context manager."""
 
-    def __init__(self, data_dir: Path, *, workers: int = 2, concurrency: int = 2, **settings: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        workers: int = 2,
+        concurrency: int = 2,
+        simulator: NovitaSimulator | None = None,
+        **settings: str,
+    ) -> None:
         self.data_dir, self.workers_wanted, self.concurrency = data_dir, workers, concurrency
         self.settings = settings
+        # Served from this process for the cluster's lifetime (started here unless it already serves).
+        self.simulator = simulator
         self.stack = ExitStack()
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Cluster:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()  # a deployment that failed to start must not leave servers behind
+            raise
+        return self
+
+    def _start(self) -> None:
         from flask_migrate import upgrade
 
         from gpujobs import create_app
@@ -41,6 +69,18 @@ class Cluster:
 
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
         self.redis = EmbeddedRedis(self.data_dir / "redis")
+        novita: dict[str, str] = {}
+        if self.simulator is not None:
+            if self.simulator.url is None:
+                self.simulator.start()
+                self.stack.callback(self.simulator.stop)
+            novita = {
+                "NOVITA_API_KEY": self.simulator.config.api_key,
+                "NOVITA_BASE_URL": self.simulator.base_url,
+            }
+        # Every web process must sign sessions with one key (gpujobs.wsgi refuses to start without it).
+        secret = os.environ.get("GPUJOBS_SECRET_KEY") or secrets.token_hex(32)
+        self.stack.callback(self._stop_servers)
         self.env = dict(
             os.environ,
             DATABASE_URL=self.postgres.start(),
@@ -49,13 +89,16 @@ class Cluster:
             GPUJOBS_WEBHOOK_ALLOW_PRIVATE="1",
             GPUJOBS_DEFINITION_MODULES="bench.workloads",
             PYTHONPATH=str(ROOT),
-            **self.settings,
+            **{"GPUJOBS_SECRET_KEY": secret, **novita, **self.settings},
         )
-        self.stack.callback(self._stop_servers)
-        os.environ.update(
-            {k: self.env[k] for k in ("DATABASE_URL", "REDIS_URL", "GPUJOBS_DEFINITION_MODULES")}
+        # Explicit config, not os.environ: the caller's process (a test run) must keep its own settings.
+        app = create_app(
+            {
+                "DATABASE_URL": self.env["DATABASE_URL"],
+                "REDIS_URL": self.env["REDIS_URL"],
+                "GPUJOBS_DEFINITION_MODULES": ["bench.workloads"],
+            }
         )
-        app = create_app()
         with app.app_context():
             upgrade()
             self.api_key = create_api_key("bench")
@@ -81,11 +124,11 @@ class Cluster:
         for index in range(self.workers_wanted):
             self.workers.append(self._start_worker(index))
         self._wait_ready()
-        return self
 
     def __exit__(self, *exc: object) -> None:
-        for process in [self.api, self.beat, *self.workers]:
-            _terminate(process)
+        for process in [getattr(self, "api", None), getattr(self, "beat", None), *self.workers]:
+            if process is not None:
+                _terminate(process)
         self.stack.close()
 
     @property
@@ -132,6 +175,26 @@ class Cluster:
         shutil.rmtree(self.redis.data_dir, ignore_errors=True)
         self.redis.start()
 
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        """Run one statement on its own autocommit connection (so ALTER SYSTEM works too); its rows."""
+        with contextlib.closing(psycopg2.connect(self.env["DATABASE_URL"])) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(statement)
+                return cursor.fetchall() if cursor.description else []
+
+    def processes(self) -> dict[str, list[int]]:
+        """Root pids of the deployment's process trees by role, for CPU accounting."""
+        postmaster = int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        redis_pid = int(redis.Redis.from_url(self.env["REDIS_URL"]).info("server")["process_id"])
+        return {
+            "api": [self.api.pid],
+            "workers": [worker.pid for worker in self.workers],
+            "beat": [self.beat.pid],
+            "postgres": [postmaster],
+            "redis": [redis_pid],
+        }
+
     def stop_postgres(self) -> None:
         self.postgres.stop()
 
@@ -139,8 +202,10 @@ class Cluster:
         self.postgres.start()
 
     def _stop_servers(self) -> None:
-        self.redis.stop()
-        self.postgres.stop()
+        with contextlib.suppress(AttributeError):  # a server that never started has nothing to stop
+            self.redis.stop()
+        with contextlib.suppress(AttributeError):
+            self.postgres.stop()
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
@@ -151,3 +216,20 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def cpu_seconds(groups: dict[str, list[int]]) -> Counter[str]:
+    """CPU seconds (user + system) used so far by each named group of process trees, reaped children too."""
+    used: Counter[str] = Counter()
+    for name, roots in groups.items():
+        for root in roots:
+            try:
+                tree = [psutil.Process(root)]
+                tree += tree[0].children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for process in tree:
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    times = process.cpu_times()
+                    used[name] += times.user + times.system + times.children_user + times.children_system
+    return used
