@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, tuple_
 
 from gpujobs.api.errors import unprocessable
 
@@ -45,9 +45,9 @@ def after_cursor(query: Select[Any], model: Any, cursor: str | None) -> Select[A
         raise unprocessable(
             "cursor", "not a cursor of this API; use nextCursor from a previous page"
         ) from None
-    return query.where(
-        or_(model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id))
-    )
+    # A row comparison, not "a < x OR (a = x AND b < y)": PostgreSQL turns it into an index condition
+    # and starts reading at the cursor, where the OR form reads every newer row and filters them out.
+    return query.where(tuple_(model.created_at, model.id) < tuple_(created_at, row_id))
 
 
 def page(rows: list[Any], limit: int, shape: Any) -> dict[str, Any]:

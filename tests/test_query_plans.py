@@ -1,0 +1,208 @@
+"""The hot queries read the indexes made for them: each test captures the SQL the code runs and plans it.
+
+Small data on the real PostgreSQL with sequential and bitmap scans off (on a few thousand rows a
+sequential scan is cheapest and says nothing about a million; a plain index scan shows whether the
+index also gives the order), then ``EXPLAIN (FORMAT JSON)`` with the captured parameters. The
+assertions name the intended index, so a dropped index, or a query that stops matching its index,
+fails here. That cleanup deletes in batches of ``GPUJOBS_CLEANUP_BATCH_SIZE`` is proven by
+``test_sweeps.py::test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches``;
+``bench/scale.py`` measures the same queries at 10^4 and 10^6 jobs.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from helpers import make_tenant
+from sqlalchemy import text
+
+from bench.scale import Seed, Watch, seed, watching
+from gpujobs import schedules, stats, sweeps
+from gpujobs.extensions import db
+
+JOBS = 2000
+
+
+@pytest.fixture
+def history(app, app_context, tenant) -> dict[str, Any]:
+    """2,000 jobs (90 % acme, the rest ``other``) in every status, 30 expired, deliveries, a schedule."""
+    other = make_tenant(app, "other")
+    acme, minority = uuid.UUID(tenant["id"]), uuid.UUID(other["id"])
+    now = datetime.now(UTC)
+    with db.engine.connect() as conn:
+        seed(conn, Seed(now, acme, (minority,), step=60, in_flight=(10, 20, 30)), 0, JOBS)
+        seed(conn, Seed(now - timedelta(days=3), acme, (minority,)), 0, 30)  # past the 24 h retention
+        conn.execute(
+            text(
+                "INSERT INTO webhook_deliveries (id, tenant_id, job_id, job_attempt, event_type, url,"
+                " payload, status, attempts, next_attempt_at) SELECT gen_random_uuid(), tenant_id, id,"
+                " attempt, 'job.' || status, 'http://127.0.0.1:9/hook', '{}',"
+                " CASE WHEN random() < 0.1 THEN 'pending' ELSE 'succeeded' END, 1, now()"
+                " FROM jobs WHERE finished_at IS NOT NULL"
+            )
+        )
+        conn.commit()
+    schedules.create(
+        acme, name="nightly", cron="0 3 * * *", definition_key="echo", definition_version=1,
+        params={"message": "x"},
+    )  # fmt: skip
+    db.session.execute(text("ANALYZE"))
+    db.session.commit()
+    return {"acme": acme, "other": minority, "headers": tenant["headers"]}
+
+
+@pytest.fixture
+def captured(app) -> Callable[[Callable[[], Any]], list[tuple[str, Any]]]:
+    """Run a callable and return every statement (with parameters) it sent to PostgreSQL."""
+
+    def capture(action: Callable[[], Any]) -> list[tuple[str, Any]]:
+        with watching(db.engine, Watch(capture=True)) as watch:
+            action()
+        db.session.rollback()
+        return watch.statements
+
+    return capture
+
+
+def plan(statement: tuple[str, Any], **settings: str) -> dict[str, Any]:
+    """The JSON plan of a captured statement as the planner would choose among index scans at scale."""
+    sql, parameters = statement
+    settings = {"enable_seqscan": "off", "enable_bitmapscan": "off", **settings}  # plain scans show order
+    with db.engine.connect() as conn:
+        for name, value in settings.items():
+            conn.exec_driver_sql(f"SET LOCAL {name} = {value}")
+        [(explained,)] = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}", parameters).all()
+        conn.rollback()
+    return explained[0]["Plan"]
+
+
+def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of a plan tree (init plans and subplans included)."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from nodes(child)
+
+
+def indexes(node: dict[str, Any]) -> set[str]:
+    """The indexes a plan reads."""
+    return {n["Index Name"] for n in nodes(node) if "Index Name" in n}
+
+
+def only(statements: list[tuple[str, Any]], pattern: str) -> tuple[str, Any]:
+    """The one captured statement matching ``pattern`` (a regex)."""
+    found = [s for s in statements if re.search(pattern, s[0], re.S)]
+    assert len(found) == 1, [s[0][:120] for s in statements]
+    return found[0]
+
+
+def api(client, headers: dict[str, str], url: str) -> Callable[[], Any]:
+    """A GET of the API that must answer 200."""
+
+    def call() -> Any:
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200, response.json
+        return response.json
+
+    return call
+
+
+JOB_QUERY = r"^SELECT\b.*\bFROM jobs\b"
+
+
+@pytest.mark.parametrize(
+    ("query", "wanted"),
+    [
+        ("", {"ix_jobs_tenant_created"}),
+        ("&status=failed", {"ix_jobs_tenant_status_created"}),
+        ("&definitionKey=encode.video", {"ix_jobs_tenant_definition_created"}),
+        (
+            "&status=succeeded&definitionKey=echo",
+            {"ix_jobs_tenant_status_created", "ix_jobs_tenant_definition_created"},
+        ),
+    ],
+    ids=["no filter", "status", "definition", "status and definition"],
+)
+def test_a_tenants_job_list_reads_an_index_made_for_its_filter_in_page_order(
+    client, history, captured, query, wanted
+):
+    listed = captured(api(client, history["headers"], f"/v1/jobs?limit=20{query}"))
+    the_plan = plan(only(listed, JOB_QUERY))
+    assert len(indexes(the_plan) & wanted) == 1, indexes(the_plan)
+    assert not any(n["Node Type"] == "Sort" for n in nodes(the_plan)), "the index must give the page order"
+
+
+def next_page(client, history) -> Callable[[], Any]:
+    """The second page of acme's jobs, fetched with the first page's cursor."""
+    cursor = api(client, history["headers"], "/v1/jobs?limit=20")()["nextCursor"]
+    return api(client, history["headers"], f"/v1/jobs?limit=20&cursor={cursor}")
+
+
+def test_a_page_after_a_cursor_reads_ix_jobs_tenant_created(client, history, captured):
+    assert "ix_jobs_tenant_created" in indexes(plan(only(captured(next_page(client, history)), JOB_QUERY)))
+
+
+def test_a_page_after_a_cursor_starts_at_the_cursor_inside_the_index(client, history, captured):
+    the_plan = plan(only(captured(next_page(client, history)), JOB_QUERY))
+    [scan] = [n for n in nodes(the_plan) if n.get("Index Name") == "ix_jobs_tenant_created"]
+    assert "created_at" in scan.get("Index Cond", ""), scan
+    assert not any(n["Node Type"] == "Sort" for n in nodes(the_plan))
+
+
+def test_one_job_and_its_events_are_read_by_key(client, history, captured):
+    job_id = db.session.scalar(
+        text("SELECT id FROM jobs WHERE tenant_id = :t LIMIT 1"), {"t": history["acme"]}
+    )
+    job = captured(api(client, history["headers"], f"/v1/jobs/{job_id}"))
+    assert indexes(plan(only(job, JOB_QUERY))) == {"jobs_pkey"}
+    events = captured(api(client, history["headers"], f"/v1/jobs/{job_id}/events"))
+    assert "ix_job_events_job" in indexes(plan(only(events, r"^SELECT\b.*\bFROM job_events\b")))
+
+
+def test_the_dispatch_sweep_reads_only_due_retries_and_queued_jobs(history, captured):
+    swept = captured(sweeps.dispatch_due)
+    assert "ix_jobs_retry_due" in indexes(plan(only(swept, r"^UPDATE jobs SET status.*next_retry_at <=")))
+    assert "ix_jobs_unpublished" in indexes(plan(only(swept, r"^SELECT\b.*\bFOR UPDATE SKIP LOCKED")))
+
+
+def test_the_rescue_sweep_reads_only_leased_jobs(history, captured):
+    swept = captured(sweeps.rescue_stuck)
+    assert "ix_jobs_lease" in indexes(plan(only(swept, r"lease_expires_at < now\(\)")))
+    assert "ix_jobs_lease" in indexes(plan(only(swept, r"lease_expires_at >= now\(\)")))
+
+
+def test_cleanup_finds_expired_jobs_through_ix_jobs_finished(history, captured):
+    deleted = captured(sweeps.clean_up)
+    assert "ix_jobs_finished" in indexes(plan(only(deleted, r"^DELETE FROM jobs\b")))
+
+
+def test_the_webhook_and_schedule_sweeps_read_only_due_rows(history, captured):
+    webhooks = captured(sweeps.publish_due_webhooks)
+    assert "ix_webhook_due" in indexes(plan(only(webhooks, r"FROM webhook_deliveries\b")))
+    due = captured(schedules.run_due_schedules)
+    assert "ix_schedules_due" in indexes(plan(only(due, r"FROM schedules\b")))
+
+
+def test_duration_percentiles_read_recent_finished_jobs_through_a_finished_index(history, captured):
+    one_tenant = captured(lambda: stats.duration_percentiles(history["other"]))
+    # With the default random_page_cost (4, spinning disks) PostgreSQL prefers ix_jobs_finished plus a
+    # tenant filter even for a small tenant, at 10^6 jobs too (bench/README.md, "Scale"); with 1.1, the
+    # usual setting for SSDs or a cached database, it reads the tenant's own index.
+    assert "ix_jobs_tenant_finished" in indexes(
+        plan(only(one_tenant, r"FROM jobs\b"), random_page_cost="1.1")
+    )
+    every_tenant = captured(lambda: stats.duration_percentiles(None))
+    assert "ix_jobs_finished" in indexes(plan(only(every_tenant, r"FROM jobs\b")))
+
+
+@pytest.mark.parametrize(
+    "url", ["/v1/stats", "/v1/metrics?ttl=0", "/v1/metrics/definitions?ttl=0", "/v1/metrics/throughput?ttl=0"]
+)
+def test_stats_and_metrics_read_counters_never_the_jobs_table(client, history, captured, url):
+    read = captured(api(client, history["headers"], url))
+    assert read, "nothing was read: the cache answered"
+    assert not [s for s, _ in read if re.search(r"\b(FROM|JOIN) (jobs|job_events)\b", s)]
