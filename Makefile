@@ -25,6 +25,7 @@ bench: $(STAMP)  ## Benchmarks; each prints its figures (see bench/README.md)
 	$(BIN)/python -m bench.priority
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.novita_calls
+	$(BIN)/python -m bench.scale
 
 faults: $(STAMP)  ## Fault injection with accounting (SIGKILL, Redis wiped, PostgreSQL down, SIGSTOP)
 	$(BIN)/python -m bench.faults --jobs 200
