@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gpujobs import stats
+from gpujobs import broker, stats
 
 
 class ServiceCollector(Collector):
@@ -40,7 +40,7 @@ class ServiceCollector(Collector):
             deliveries.add_metric([status], count)
         yield deliveries
 
-        depths = stats.queue_depths()
+        depths = broker.queue_depths()
         if depths is not None:  # Redis away: the gauge is absent rather than a misleading zero
             queue = GaugeMetricFamily(
                 "gpujobs_queue_depth", "Messages waiting per Celery queue", labels=["queue"]

@@ -11,11 +11,10 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-import redis
 from flask import current_app
 from sqlalchemy import delete, exists, func, select, text, update
 
-from gpujobs import jobs, webhooks
+from gpujobs import broker, jobs, webhooks
 from gpujobs.dispatch import QUEUE_BY_PRIORITY, Dispatch, commit_and_publish
 from gpujobs.extensions import db
 from gpujobs.models import IdempotencyRecord, Job, WebhookDelivery
@@ -62,14 +61,10 @@ def _due(*conditions: object) -> object:
 
 def _empty_queues() -> list[int]:
     """Priority levels whose Redis queue holds no message (so queued jobs there lost theirs)."""
-    client = redis.Redis.from_url(current_app.config["REDIS_URL"], socket_timeout=2, socket_connect_timeout=2)
-    try:
-        return [level for level, queue in enumerate(QUEUE_BY_PRIORITY) if client.llen(queue) == 0]
-    except redis.RedisError as exc:
-        log.warning("dispatch sweep: cannot read queue lengths (%s)", type(exc).__name__)
+    depths = broker.queue_depths()
+    if depths is None:  # Redis away: nothing can be published now anyway
         return []
-    finally:
-        client.close()
+    return [level for level, queue in enumerate(QUEUE_BY_PRIORITY) if depths[queue] == 0]
 
 
 def rescue_stuck() -> int:

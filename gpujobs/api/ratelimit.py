@@ -18,7 +18,7 @@ import redis
 from flask import Response, current_app, g
 
 from gpujobs.api.errors import ApiError
-from gpujobs.stats import redis_client
+from gpujobs.broker import redis_client
 
 log = logging.getLogger(__name__)
 

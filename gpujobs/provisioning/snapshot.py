@@ -11,16 +11,13 @@ The snapshot is a cache, never a source of truth: losing it costs one extra list
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
-from flask import current_app
-
+from gpujobs.broker import redis_client
 from gpujobs.novita import Instance, NovitaClient, PortMapping, StatusError
 from gpujobs.provisioning.records import NAME_PREFIX
 
@@ -33,7 +30,6 @@ KEEP_SECONDS = 600
 REFRESH_LOCK_SECONDS = 60
 # The largest page Novita is known to serve (§7); the client pages on when there are more instances.
 PAGE_SIZE = 200
-REDIS_TIMEOUT_SECONDS = 2.0
 
 # Delete the lock only if it is still ours (it may have expired and been taken by another refresher).
 _RELEASE_SCRIPT = (
@@ -41,17 +37,6 @@ _RELEASE_SCRIPT = (
 )
 
 Listing = tuple[float, dict[str, Instance]]
-
-
-@functools.cache
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
-    )
-
-
-def _client() -> redis.Redis:
-    return _redis(current_app.config["REDIS_URL"])
 
 
 def list_ours(client: NovitaClient) -> Listing:
@@ -63,7 +48,7 @@ def list_ours(client: NovitaClient) -> Listing:
 
 def refresh(client: NovitaClient) -> Listing | None:
     """List and publish a new snapshot; None when another process is refreshing right now."""
-    store = _client()
+    store = redis_client()
     token = uuid.uuid4().hex
     if not store.set(LOCK_KEY, token, nx=True, px=REFRESH_LOCK_SECONDS * 1000):
         return None
@@ -90,7 +75,7 @@ def read(
     Refreshes when the snapshot is older than `max_age_seconds` and nobody else is refreshing; returns
     None only when there is no snapshot at all yet (the caller simply looks again later).
     """
-    taken_raw, item_raw = _client().hmget(KEY, [TAKEN_AT_FIELD, novita_id])
+    taken_raw, item_raw = redis_client().hmget(KEY, [TAKEN_AT_FIELD, novita_id])
     if taken_raw is None or time.time() - float(taken_raw) >= max_age_seconds:
         fresh = refresh(client)
         if fresh is not None:

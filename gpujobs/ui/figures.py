@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from gpujobs import stats
+from gpujobs import broker, stats
 from gpujobs.extensions import db
 from gpujobs.models import JobHourly
 
@@ -52,7 +52,7 @@ def overview(tenant_id: uuid.UUID) -> dict[str, Any]:
         "chart": chart(hourly),
         "gpu_rate": gpu_failure_rate(tenant_id),
         "webhook_rate": Rate(deliveries["failed"] + deliveries["disabled"], finished_deliveries),
-        "queues": stats.queue_depths(),
+        "queues": broker.queue_depths(),
     }
 
 
