@@ -11,8 +11,9 @@ import redis
 from helpers import wait_for
 from sqlalchemy import event, func, select, text, update
 
-from gpujobs import jobs, operations
+from gpujobs import create_app, jobs, operations
 from gpujobs.definitions import get_definition
+from gpujobs.embedded import free_port
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
 from gpujobs.sweeps import clean_up, dispatch_due, rescue_stuck
@@ -79,6 +80,22 @@ def test_two_dispatch_sweeps_at_once_publish_each_job_once(app, app_context, ten
     queued_jobs(tenant["id"], 200)
     in_parallel(app, dispatch_due)
     assert queue_length(app) == 200
+
+
+def test_a_batch_the_broker_refuses_stays_unpublished_for_the_next_sweep(app, tenant):
+    with app.app_context():
+        ids = queued_jobs(tenant["id"], 5)
+        db.session.remove()
+    down = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    with down.app_context():
+        assert dispatch_due() == 5  # taken, marked, sent as one batch: the flush fails
+        unpublished = db.session.scalars(select(Job.published_at).where(Job.id.in_(ids))).all()
+        db.session.remove()
+    assert unpublished == [None] * 5
+    with app.app_context():
+        assert dispatch_due() == 5  # the next tick, with Redis back
+        db.session.remove()
+    assert queue_length(app) == 5
 
 
 def test_a_redis_flush_while_jobs_wait_loses_nothing(app, tenant, start_worker):
