@@ -77,7 +77,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUJOBS_LEASE_SECONDS", "60", _positive_int, "A running job's lease; expired ones are rescued."),
     Setting("GPUJOBS_SWEEP_INTERVAL_SECONDS", "5", _positive_float, "How often beat runs the fast sweeps."),
     Setting("GPUJOBS_RETENTION_HOURS", "24", _positive_float, "Finished jobs and events older are deleted."),
-    Setting("GPUJOBS_CLEANUP_BATCH_SIZE", "5000", _positive_int, "Rows deleted per cleanup transaction."),
+    Setting(
+        "GPUJOBS_CLEANUP_BATCH_SIZE",
+        "500",
+        _positive_int,
+        "Jobs deleted per cleanup transaction (events and deliveries go with them); small keeps locks short.",
+    ),
     Setting("GPUJOBS_WEBHOOK_ALLOW_PRIVATE", "0", _bool, "Allow webhooks and call.api to private addresses."),
     Setting(
         "GPUJOBS_MONITOR_INTERVAL_SECONDS", "5", _positive_float, "Poll interval while an instance starts."

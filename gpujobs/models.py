@@ -132,6 +132,14 @@ class Job(db.Model):
             "finished_at",
             postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled')"),
         ),
+        # Cleanup: finished jobs it may delete (dead letters stay until redriven; migration d4).
+        Index(
+            "ix_jobs_expirable",
+            "finished_at",
+            postgresql_where=text(
+                "status IN ('succeeded', 'failed', 'cancelled') AND dead_lettered IS FALSE"
+            ),
+        ),
         Index(
             "uq_jobs_tenant_idempotency",
             "tenant_id",

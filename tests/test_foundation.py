@@ -53,6 +53,14 @@ def test_readme_configuration_table_lists_every_setting():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [s.name for s in SETTINGS if f"`{s.name}`" not in readme]
     assert missing == []
+    # A setting with a default shows it first in its row's second column (paths relative to the checkout).
+    root = str(Path(__file__).resolve().parent.parent)
+    wrong_default = [
+        s.name
+        for s in SETTINGS
+        if s.default and f"| `{s.name}` | `{s.default.replace(root, '.')}`" not in readme
+    ]
+    assert wrong_default == []
 
 
 def test_factory_builds_an_app_with_celery_configured_for_reliability(app: Flask):
@@ -85,7 +93,7 @@ def test_migrations_build_the_whole_schema_on_an_empty_database(app: Flask, serv
         remaining = set(inspect(db.engine).get_table_names()) - {"alembic_version"}
         db.engine.dispose()
     assert {"jobs", "job_events", "instances", "webhook_deliveries", "dead_letters", "tenants"} <= tables
-    assert {"ix_jobs_unpublished", "ix_jobs_retry_due", "ix_jobs_lease"} <= indexes
+    assert {"ix_jobs_unpublished", "ix_jobs_retry_due", "ix_jobs_lease", "ix_jobs_expirable"} <= indexes
     assert remaining == set()
 
 

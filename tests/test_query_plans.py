@@ -165,9 +165,9 @@ def test_the_rescue_sweep_reads_only_leased_jobs(history, captured):
     assert "ix_jobs_lease" in indexes(plan(only(swept, r"lease_expires_at >= now\(\)")))
 
 
-def test_cleanup_finds_expired_jobs_through_ix_jobs_finished(history, captured):
+def test_cleanup_finds_expired_jobs_through_ix_jobs_expirable(history, captured):
     deleted = captured(sweeps.clean_up)
-    assert "ix_jobs_finished" in indexes(plan(only(deleted, r"^DELETE FROM jobs\b")))
+    assert "ix_jobs_expirable" in indexes(plan(only(deleted, r"^DELETE FROM jobs\b")))
 
 
 def test_the_webhook_and_schedule_sweeps_read_only_due_rows(history, captured):
