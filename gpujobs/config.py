@@ -46,6 +46,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("expected a number, 0 or more")
+    return value
+
+
 def _csv(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
@@ -92,6 +99,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "GPUJOBS_DELETE_ON_TIMEOUT", "1", _bool, "Delete an instance that missed its deadline (0: keep it)."
+    ),
+    Setting(
+        "GPUJOBS_NOVITA_CATALOGUE_SECONDS",
+        "30",
+        _non_negative_float,
+        "How long a worker reuses Novita's cluster and product lists (0: ask on every create).",
     ),
     Setting(
         "GPUJOBS_REGION_FALLBACK",

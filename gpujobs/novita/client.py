@@ -102,7 +102,12 @@ class NovitaClient:
 
     def __repr__(self) -> str:
         # The API key must never show up in logs or tracebacks that print the client.
-        return f"NovitaClient(base_url={self._transport.base_url!r})"
+        return f"NovitaClient(base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL this client calls (no trailing slash)."""
+        return self._transport.base_url
 
     def __enter__(self) -> NovitaClient:
         return self

@@ -29,6 +29,7 @@ from gpujobs.models import Instance, Job
 from gpujobs.novita import CreateInstanceRequest, EnvVar, NovitaClient, PlacementError, PortSpec, Template
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.provisioning import records
+from gpujobs.provisioning.catalogue import Catalogue
 from gpujobs.provisioning.monitor import CREATE, Watch
 from gpujobs.provisioning.novita_client import novita_client
 from gpujobs.provisioning.params import DEFAULT_ROOTFS_GB, CreateInstanceParams
@@ -84,9 +85,10 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     timeout = params.timeout_seconds(config["GPUJOBS_MONITOR_TIMEOUT_SECONDS"])
     ctx.raise_if_cancelled()
     with novita_client() as client:
-        found = _adoptable(client, instance.name)
+        # A row still `requested` was never claimed, so no create was ever sent for it: nothing to adopt.
+        found = None if instance.status == records.REQUESTED else _adoptable(client, instance.name)
         if found is not None:
-            _claim(instance, novita_id=found.id, novita_status=found.status)
+            _claim(ctx, instance, novita_id=found.id, novita_status=found.status)
             ctx.emit_event("instance_adopted", {"novitaInstanceId": found.id, "novitaStatus": found.status})
             started = found.created_at.timestamp() if found.created_at else time.time()
         else:
@@ -111,9 +113,17 @@ def _adoptable(client: NovitaClient, name: str) -> NovitaInstance | None:
     return min(found, key=lambda item: item.created_at.timestamp() if item.created_at else 0.0, default=None)
 
 
-def _claim(instance: Instance, **values: Any) -> None:
-    """Take the row for this create step; a row another actor owns now stops the step for good."""
-    if not records.transition(instance.id, records.CREATABLE, status=records.CREATING, error=None, **values):
+def _claim(ctx: JobContext, instance: Instance, **values: Any) -> None:
+    """Take the row for this create step; a row another actor owns now stops the step for good.
+
+    Only while the row is still this job's (a delete job may have taken it since) and this run still
+    holds the job (a run paused past its lease and rescued must not create a second instance).
+    """
+    job_id = uuid.UUID(ctx.job_id)
+    held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
+    if not records.transition(
+        instance.id, records.CREATABLE, *held, status=records.CREATING, error=None, **values
+    ):
         raise PermanentError(f"instance {instance.id} is no longer being created")
     db.session.commit()
 
@@ -127,11 +137,12 @@ def _create(
 ) -> str:
     image = _resolve_image(client, params)
     search = Search(params.productName, params.gpuNum, image.rootfs_gb, params.maxPricePerHour)
-    clusters = regions_in_order(params.region, fallback, client.list_clusters())
-    for candidate in search.candidates(client, clusters):
+    catalogue = Catalogue(client)
+    clusters = regions_in_order(params.region, fallback, catalogue.list_clusters())
+    for candidate in search.candidates(catalogue, clusters):
         ctx.raise_if_cancelled()
         _claim(
-            instance, novita_id=None, novita_status=None, product_id=candidate.product.id,
+            ctx, instance, novita_id=None, novita_status=None, product_id=candidate.product.id,
             product_name=candidate.product.name, cluster_id=candidate.cluster.id, region=candidate.region,
             price_per_hour_units=candidate.price_units, endpoints={}, ready_at=None,
         )  # fmt: skip
@@ -139,6 +150,7 @@ def _create(
             novita_id = client.create_instance(_request(image, params, instance.name, candidate))
         except PlacementError as exc:
             search.refuse(candidate)
+            catalogue.forget_products(candidate.cluster.id)
             ctx.emit_event("placement_refused", _placement(candidate) | {"reason": exc.reason})
             continue
         records.transition(instance.id, (records.CREATING,), novita_id=novita_id)

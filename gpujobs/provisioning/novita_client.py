@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,20 +19,32 @@ READ_TIMEOUT_SECONDS = 20.0
 MAX_ATTEMPTS_PER_CALL = 3
 
 
+_local = threading.local()
+
+
 @contextmanager
 def novita_client(max_attempts: int = MAX_ATTEMPTS_PER_CALL) -> Iterator[NovitaClient]:
-    """A client for one task run (the client is not thread-safe, so never shared), closed afterwards."""
+    """The calling thread's client, kept between task runs so its HTTP connections (and TLS sessions)
+    are reused: a worker process runs one task at a time, and a client is not thread-safe.
+
+    A changed key or base URL (a reconfigured app) replaces the client.
+    """
     api_key = current_app.config.get("NOVITA_API_KEY")
     if not api_key:
         raise PermanentError("NOVITA_API_KEY is not set: this worker cannot reach Novita")
-    client = NovitaClient(
-        current_app.config["NOVITA_BASE_URL"],
-        api_key,
-        connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
-        read_timeout_seconds=READ_TIMEOUT_SECONDS,
-        max_attempts=max_attempts,
-    )
-    try:
-        yield client
-    finally:
-        client.close()
+    base_url = current_app.config["NOVITA_BASE_URL"]
+    clients: dict[int, tuple[tuple[int, str, str], NovitaClient]] = _local.__dict__.setdefault("clients", {})
+    identity = (os.getpid(), base_url, api_key)
+    kept = clients.get(max_attempts)
+    if kept is None or kept[0] != identity:
+        if kept is not None:
+            kept[1].close()
+        client = NovitaClient(
+            base_url,
+            api_key,
+            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
+            read_timeout_seconds=READ_TIMEOUT_SECONDS,
+            max_attempts=max_attempts,
+        )
+        kept = clients[max_attempts] = (identity, client)
+    yield kept[1]

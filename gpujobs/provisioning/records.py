@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs
@@ -98,6 +98,15 @@ def owned_by(job_id: uuid.UUID | None) -> ColumnElement[bool]:
     a row another job has taken since (a delete that took a `stopping` row, a redriven create).
     """
     return Instance.job_id.is_not_distinct_from(job_id)
+
+
+def run_holds(job_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
+    """A `transition` condition: the job is still running this attempt.
+
+    A run that was paused past its lease and rescued wakes up holding a stale attempt; its writes must
+    change nothing (above all, it must not claim the row and create a second instance).
+    """
+    return exists().where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(jobs.ACTIVE))
 
 
 def mirror(instance_id: uuid.UUID, novita_status: str) -> None:

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from gpujobs.exceptions import PermanentError
-from gpujobs.novita import Cluster, NovitaClient, Product, spec
+from gpujobs.novita import Cluster, Product, spec
+
+
+class ProductSource(Protocol):
+    """Where products are listed: a NovitaClient, or a Catalogue that remembers its answers."""
+
+    def list_products(self, product_name: str, cluster_id: str, *, gpu_num: int) -> list[Product]: ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ class Search:
     over_cap: list[Candidate] = field(default_factory=list)
     refused: list[Candidate] = field(default_factory=list)
 
-    def candidates(self, client: NovitaClient, clusters: list[Cluster]) -> Iterator[Candidate]:
+    def candidates(self, client: ProductSource, clusters: list[Cluster]) -> Iterator[Candidate]:
         """Candidates region by region, cheapest first within a region; lists a region only when reached."""
         cap_units = (
             None

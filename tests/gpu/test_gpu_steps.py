@@ -19,10 +19,11 @@ from gpu_testkit import (
 from helpers import make_tenant
 from sqlalchemy import func, select, update
 
-from gpujobs import dispatch, runner
+from gpujobs import dispatch, jobs, runner
+from gpujobs.definitions import get_definition
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, WebhookDelivery
-from gpujobs.provisioning import create
+from gpujobs.provisioning import create, records
 
 HOOK_URL = "http://127.0.0.1:9/hooks"  # never called here: deliveries are only recorded and queued
 
@@ -54,6 +55,48 @@ def test_the_create_step_hands_the_running_job_to_the_monitor_with_ids_and_numbe
     created = instance_row(app, instance_id)
     assert created.status == "creating" and created.novita_id == sim.instances()[0]["id"]
     assert [e.type for e in events(app, job_id)] == ["job.queued", "job.started", "job.instance_created"]
+
+
+def test_a_first_create_step_creates_without_looking_for_one_to_adopt(app, tenant, sim, novita_config):
+    created_and_handed_off(app, tenant)
+    # A row still `requested` never had a create sent, so the by-name lookup (a list call) is skipped.
+    assert sim.count_calls("GET", "/gpu/instances") == 0
+    assert sim.count_calls("POST", "/gpu/instance/create") == 1
+
+
+def test_create_steps_reuse_the_catalogue_until_novita_refuses_a_placement(app, tenant, sim, novita_config):
+    created_and_handed_off(app, tenant)
+    created_and_handed_off(app, tenant)
+    assert (sim.count_calls("GET", "/clusters"), sim.count_calls("GET", "/products")) == (1, 1)
+    sim.inject(fail_next={"reason": "INSUFFICIENT_RESOURCE", "endpoint": "/gpu/instance/create"})
+    created_and_handed_off(app, tenant)  # its first candidate refused: CN-HK-01's list is forgotten
+    assert sim.count_calls("GET", "/products") == 1
+    created_and_handed_off(app, tenant)
+    assert sim.count_calls("GET", "/products") == 2  # CN-HK-01's stock asked afresh
+    assert sim.count_calls("POST", "/gpu/instance/create") == 5
+
+
+def test_a_catalogue_age_of_zero_asks_novita_on_every_create(app, tenant, sim, novita_config, monkeypatch):
+    monkeypatch.setitem(app.config, "GPUJOBS_NOVITA_CATALOGUE_SECONDS", 0)
+    created_and_handed_off(app, tenant)
+    created_and_handed_off(app, tenant)
+    assert (sim.count_calls("GET", "/clusters"), sim.count_calls("GET", "/products")) == (2, 2)
+
+
+def test_only_the_run_that_holds_the_job_may_claim_its_instance_row(app, tenant, sim, novita_config):
+    with app.app_context():
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
+        job_id, instance_id = job.id, instance.id
+        take = records.run_holds(job_id, 1), records.owned_by(job_id)
+        # Still queued: no run holds it.
+        assert not records.transition(instance_id, records.CREATABLE, *take, status=records.CREATING)
+        jobs.claim(job_id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
+        stale = records.run_holds(job_id, 2), records.owned_by(job_id)
+        assert not records.transition(instance_id, records.CREATABLE, *stale, status=records.CREATING)
+        other_job = records.run_holds(job_id, 1), records.owned_by(uuid.uuid4())
+        assert not records.transition(instance_id, records.CREATABLE, *other_job, status=records.CREATING)
+        assert records.transition(instance_id, records.CREATABLE, *take, status=records.CREATING)
+        db.session.rollback()
 
 
 def test_one_look_at_a_running_instance_ends_the_job_with_its_endpoints(app, tenant, sim, novita_config):

@@ -1,0 +1,70 @@
+"""Novita's clusters and products, remembered for a short while by each worker process.
+
+Every create step reads both lists before it creates. Clusters almost never change and stock moves
+by the minute, while Novita's answer to the create itself is the final word on stock: a refused
+candidate is skipped and its cluster's list forgotten. So a process reuses each list for
+``GPUJOBS_NOVITA_CATALOGUE_SECONDS``, which saves two of the create step's four Novita calls (and
+their latency, and the account's rate limit) for every instance after the first. 0 turns it off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app
+
+from gpujobs.novita import Cluster, NovitaClient, Product
+
+T = TypeVar("T")
+
+# Product names come from requests, so the memory is bounded: past this many lists, stale ones go.
+MAX_LISTS = 256
+
+_lock = threading.Lock()
+_remembered: dict[tuple[Any, ...], tuple[float, Any]] = {}
+
+
+class Catalogue:
+    """The listing calls of one client, answered from memory while fresh."""
+
+    def __init__(self, client: NovitaClient) -> None:
+        self._client = client
+        self._max_age = current_app.config["GPUJOBS_NOVITA_CATALOGUE_SECONDS"]
+
+    def list_clusters(self) -> list[Cluster]:
+        """Novita's clusters (regions)."""
+        return self._remember(("clusters",), self._client.list_clusters)
+
+    def list_products(self, product_name: str, cluster_id: str, *, gpu_num: int) -> list[Product]:
+        """The products named so in one cluster, with that cluster's stock."""
+        return self._remember(
+            ("products", cluster_id, product_name, gpu_num),
+            lambda: self._client.list_products(product_name, cluster_id, gpu_num=gpu_num),
+        )
+
+    def forget_products(self, cluster_id: str) -> None:
+        """Drop a cluster's product lists: Novita just refused a create there, so its stock was stale."""
+        with _lock:
+            prefix = (self._client.base_url, "products", cluster_id)
+            for key in [key for key in _remembered if key[:3] == prefix]:
+                del _remembered[key]
+
+    def _remember(self, what: tuple[Any, ...], fetch: Callable[[], T]) -> T:
+        key = (self._client.base_url, *what)
+        now = time.monotonic()
+        with _lock:
+            kept = _remembered.get(key)
+        if kept is not None and now - kept[0] < self._max_age:
+            return kept[1]
+        value = fetch()
+        with _lock:
+            if len(_remembered) >= MAX_LISTS:
+                for stale in [k for k, (at, _) in _remembered.items() if now - at >= self._max_age]:
+                    del _remembered[stale]
+                if len(_remembered) >= MAX_LISTS:
+                    _remembered.clear()
+            _remembered[key] = (now, value)
+        return value
