@@ -74,16 +74,22 @@ def record_job_event(job_id: uuid.UUID) -> None:
 
 
 def publish_pending(job_id: uuid.UUID) -> None:
-    """After commit, hand the job's due deliveries to the webhook queue (the sweep covers failures)."""
+    """After commit, hand the job's new deliveries to the webhook queue as one message.
+
+    One task sends them in the order they happened, so a receiver sees ``instance.running`` before
+    the ``job.succeeded`` that follows it; the webhook sweep covers a message that did not go out.
+    """
     due = db.session.scalars(
-        select(WebhookDelivery.id).where(
+        select(WebhookDelivery.id)
+        .where(
             WebhookDelivery.job_id == job_id,
             WebhookDelivery.status == "pending",
             WebhookDelivery.attempts == 0,
         )
+        .order_by(WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
     ).all()
-    for delivery_id in due:
-        publish_delivery(delivery_id)
+    if due:
+        send_task(DELIVER_TASK, [str(item) for item in due], "webhooks", f"deliveries of job {job_id}")
 
 
 def publish_delivery(delivery_id: uuid.UUID) -> None:
