@@ -23,7 +23,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import requests
 from bench import raw_celery
 from bench.cluster import Cluster, cpu_seconds
 from bench.load import LoadResult, percentile, run_load
+from bench.receiver import LoopbackReceiver
 from gpujobs.novita.simulator import NovitaSimulator, SimulatorConfig
 
 SIM_KEY = "sk_bench_pipeline"
@@ -56,31 +56,24 @@ class Hooks:
         self.arrivals: dict[str, float] = {}
         self.types: Counter[str] = Counter()
         self.done = threading.Event()
-        lock, hooks = threading.Lock(), self
+        self._expected = expected
+        self._lock = threading.Lock()
+        self._receiver = LoopbackReceiver(self._on_post)
+        self.url = self._receiver.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                arrived = time.time()
-                event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    hooks.types[event["type"]] += 1
-                    if event["type"] == "job.succeeded":
-                        hooks.arrivals.setdefault(event["data"]["job"]["id"], arrived)
-                        if len(hooks.arrivals) >= expected:
-                            hooks.done.set()
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _on_post(self, headers: dict[str, str], body: bytes) -> int:
+        arrived = time.time()
+        event = json.loads(body)
+        with self._lock:
+            self.types[event["type"]] += 1
+            if event["type"] == "job.succeeded":
+                self.arrivals.setdefault(event["data"]["job"]["id"], arrived)
+                if len(self.arrivals) >= self._expected:
+                    self.done.set()
+        return 204
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._receiver.close()
 
 
 def submit(cluster: Cluster, hook_url: str, jobs: int, threads: int) -> tuple[dict[str, float], LoadResult]:

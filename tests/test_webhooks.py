@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from helpers import wait_for
 from sqlalchemy import select, text, update
 from standardwebhooks.webhooks import Webhook
 
+from bench.receiver import LoopbackReceiver
 from gpujobs.extensions import db
 from gpujobs.models import WebhookDelivery
 
@@ -23,31 +22,20 @@ class Receiver:
         self.verified: list[dict] = []
         self.ids: list[str] = []
         self.remaining_failures = fail_first
-        receiver = self
+        self._webhook = Webhook(secret)
+        self._receiver = LoopbackReceiver(self._on_post)
+        self.url = self._receiver.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.ids.append(self.headers["webhook-id"])
-                if receiver.remaining_failures > 0:
-                    receiver.remaining_failures -= 1
-                    self.send_response(503)
-                    self.end_headers()
-                    return
-                payload = Webhook(secret).verify(body, dict(self.headers.items()))
-                receiver.verified.append(payload)
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _on_post(self, headers: dict[str, str], body: bytes) -> int:
+        self.ids.append(headers["webhook-id"])
+        if self.remaining_failures > 0:
+            self.remaining_failures -= 1
+            return 503
+        self.verified.append(self._webhook.verify(body, headers))
+        return 204
 
     def close(self) -> None:
-        self.server.shutdown()
+        self._receiver.close()
 
 
 def secret_of(app, tenant) -> str:
