@@ -45,7 +45,7 @@ BATCH_ROWS = 50_000  # rows per seeding transaction
 RETENTION_HOURS = 90 * 24  # months of history are kept; cleanup's rows are older than this
 IN_FLIGHT = (200, 250, 300)  # the newest k rows below each bound are queued / retrying / running
 DEFINITIONS = ("echo", "compute.math", "gpu.instance.create", "encode.video")
-DUE_JOBS, SWEEP_CALLS, CLEANUP_CALLS, PAGE = 100, 20, 10, 50
+DUE_JOBS, SWEEP_CALLS, CLEANUP_CALLS, PAGE = 100, 30, 30, 50
 TARGET_MS, TARGET_RATIO = 50.0, 2.0
 SEQ_SCAN = re.compile(r"Seq Scan on (jobs|job_events)\b")
 
