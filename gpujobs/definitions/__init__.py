@@ -1,6 +1,6 @@
 """Built-in job definitions; importing this package registers them all."""
 
-from gpujobs.definitions import gpu, routes, samples, video  # noqa: F401  (each module registers its own)
+from gpujobs.definitions import call_api, gpu, routes, samples, video  # noqa: F401  (each registers its own)
 from gpujobs.definitions.registry import Definition, all_definitions, get_definition
 
 __all__ = ["Definition", "all_definitions", "get_definition"]

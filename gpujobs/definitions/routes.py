@@ -31,17 +31,32 @@ DISTANCE_DECIMALS = 3  # metres
 
 
 class Location(Params):
-    id: str | None = Field(None, max_length=64)
-    name: str | None = Field(None, max_length=200)
-    lat: float = Field(ge=-90, le=90)
-    lng: float = Field(ge=-180, le=180)
+    """One place to visit: its coordinates, and optional labels copied into its stop in the result."""
+
+    id: str | None = Field(None, max_length=64, description="your identifier, copied into the stop")
+    name: str | None = Field(None, max_length=200, description="your label, copied into the stop")
+    lat: float = Field(ge=-90, le=90, description="latitude in degrees")
+    lng: float = Field(ge=-180, le=180, description="longitude in degrees")
 
 
 class RouteParams(Params):
-    locations: list[Location] = Field(min_length=MIN_LOCATIONS, max_length=MAX_LOCATIONS)
-    startIndex: int = Field(0, ge=0)  # the depot: the route starts here
-    returnToStart: bool = True  # a closed tour back to the depot, or an open path ending anywhere
-    timeLimitSeconds: float = Field(DEFAULT_TIME_LIMIT_SECONDS, gt=0, le=MAX_TIME_LIMIT_SECONDS)
+    """Params of `routes.generate@1`: the locations to order, where to start, and how long to search."""
+
+    locations: list[Location] = Field(
+        min_length=MIN_LOCATIONS,
+        max_length=MAX_LOCATIONS,
+        description="the places to visit, in any order; each stop in the result gives its index here",
+    )
+    startIndex: int = Field(0, ge=0, description="index in locations of the depot: the route starts here")
+    returnToStart: bool = Field(
+        True, description="a closed tour back to the depot, or (false) an open path ending anywhere"
+    )
+    timeLimitSeconds: float = Field(
+        DEFAULT_TIME_LIMIT_SECONDS,
+        gt=0,
+        le=MAX_TIME_LIMIT_SECONDS,
+        description="how long to keep improving the route; stoppedEarly in the result says it was cut short",
+    )
 
     @model_validator(mode="after")
     def _start_exists(self) -> RouteParams:

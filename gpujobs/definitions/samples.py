@@ -1,25 +1,22 @@
-"""Sample definitions that make the engine tangible: echo, failing, math, data, HTTP and batch jobs.
+"""Sample definitions that make the engine tangible: echo, failing, math, data and batch jobs.
 
 Each one does real work on bounded input, so that no request can run for hours or produce a result too
-large to store; the bounds live in the params models, so a bad request is a 422 at submit time.
+large to store; the bounds live in the params models, so a bad request is a 422 at submit time. The
+HTTP sample, call.api, lives in ``gpujobs.definitions.call_api``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import math
 import operator
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from flask import current_app, has_app_context
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from gpujobs.definitions.registry import JobContext, Params, RetryPolicy, job_definition
 from gpujobs.exceptions import PermanentError, TransientError
-from gpujobs.outbound import UnsafeURLError, check_url, send
 
 # JavaScript clients silently lose precision past 2**53 - 1, so larger integers travel as strings.
 MAX_JS_SAFE_INTEGER = 2**53 - 1
@@ -32,17 +29,11 @@ MAX_PRODUCT_BITS = 13_000  # ~3,900 digits: below Python's 4,300-digit int-to-st
 MAX_DATA_ROWS = 10_000
 MAX_ROW_FIELDS = 50
 MAX_STRING_CHARS = 1_000
-MAX_API_HEADERS = 20
-MAX_API_BODY_BYTES = 64 * 1024
-MAX_RESPONSE_BYTES = 64 * 1024
-API_CONNECT_TIMEOUT_SECONDS = 5.0
 MAX_BATCH_ITEMS = 1_000
 MAX_BATCH_SIZE = 100
 
 # Deterministic Miller-Rabin witnesses: exact for every n < 3.3 * 10**24, far above MAX_PRIME_CANDIDATE.
 _MILLER_RABIN_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-# Hop-by-hop and framing headers belong to the HTTP client, not to the caller.
-_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 ShortStr = Annotated[str, StringConstraints(max_length=MAX_STRING_CHARS)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # JSON has no NaN or Infinity
@@ -66,8 +57,10 @@ def exact_sum(numbers: list[int | float]) -> int | float:
 
 
 class EchoParams(Params):
-    message: str = Field("", max_length=10_000)
-    data: dict[str, Any] | None = None
+    """Params of `echo@1`: a message and optional data, returned unchanged as the job's result."""
+
+    message: str = Field("", max_length=10_000, description="text returned unchanged")
+    data: dict[str, Any] | None = Field(None, description="any JSON object, returned unchanged")
 
 
 @job_definition(
@@ -85,8 +78,16 @@ def echo(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
 
 
 class FailingParams(Params):
-    message: str = Field("failing@1 always fails", max_length=500)
-    permanent: bool = False  # True exercises the fail-at-once path instead of retries
+    """Params of `failing@1`: the error it raises on every attempt, and whether that error is retried."""
+
+    message: str = Field(
+        "failing@1 always fails", max_length=500, description="error message, followed by the attempt number"
+    )
+    permanent: bool = Field(
+        False,
+        description="raise a permanent error, exercising the fail-at-once path, instead of a transient one "
+        "that is retried",
+    )
 
 
 @job_definition(
@@ -109,9 +110,17 @@ def failing(ctx: JobContext, params: dict[str, Any]) -> None:
 
 
 class MathParams(Params):
-    operation: Literal["sum", "product", "fibonacci", "prime"]
+    """Params of `compute.math@1`: one operation over a bounded list of numbers."""
+
+    operation: Literal["sum", "product", "fibonacci", "prime"] = Field(
+        description="sum or product of all the numbers, the Fibonacci number F(n) of each, or whether each "
+        "is prime"
+    )
     numbers: list[Annotated[Number, Field(ge=-MAX_ABS_OPERAND, le=MAX_ABS_OPERAND)]] = Field(
-        min_length=1, max_length=MAX_MATH_NUMBERS
+        min_length=1,
+        max_length=MAX_MATH_NUMBERS,
+        description=f"the operands; fibonacci takes at most {MAX_FIBONACCI_TERMS} whole numbers from 0 to "
+        f"{MAX_FIBONACCI_N:,}, prime whole numbers from 0 to {MAX_PRIME_CANDIDATE:,}",
     )
 
     @model_validator(mode="after")
@@ -213,16 +222,36 @@ _CONDITIONS: dict[str, Callable[[Any, Any], bool]] = {
 
 
 class DataParams(Params):
-    dataset: str = Field("inline", max_length=100)  # a label carried into the result
-    operation: Literal["aggregate", "filter", "transform"]
-    data: list[dict[str, Scalar]] = Field(max_length=MAX_DATA_ROWS)
-    field: str = Field(min_length=1, max_length=100)
-    groupBy: str | None = Field(None, max_length=100)
-    condition: Literal["eq", "ne", "gt", "gte", "lt", "lte", "contains"] | None = None
-    value: Scalar = None
-    transform: Literal["uppercase", "lowercase", "multiply", "round"] | None = None
-    factor: FiniteFloat = 1.0
-    digits: int = Field(0, ge=0, le=10)
+    """Params of `process.data@1`: records and one operation (aggregate, filter or transform) on a field."""
+
+    dataset: str = Field("inline", max_length=100, description="a label carried into the result")
+    operation: Literal["aggregate", "filter", "transform"] = Field(
+        description="aggregate: count, sum, min, max and mean of a numeric field per group; filter: keep the "
+        "rows matching the condition; transform: rewrite the field in every row"
+    )
+    data: list[dict[str, Scalar]] = Field(
+        max_length=MAX_DATA_ROWS,
+        description=f"the records: objects of at most {MAX_ROW_FIELDS} fields with scalar values",
+    )
+    field: str = Field(
+        min_length=1, max_length=100, description="name of the field to aggregate, filter on or transform"
+    )
+    groupBy: str | None = Field(
+        None, max_length=100, description="aggregate: the field whose value groups rows (one group if unset)"
+    )
+    condition: Literal["eq", "ne", "gt", "gte", "lt", "lte", "contains"] | None = Field(
+        None,
+        description="filter (required): how the field compares with value; contains finds value in a string. "
+        "Rows without the field, or with a value of another type, do not match",
+    )
+    value: Scalar = Field(None, description="filter: what the field is compared with")
+    transform: Literal["uppercase", "lowercase", "multiply", "round"] | None = Field(
+        None,
+        description="transform (required): upper- or lowercase a string, multiply a number by factor, or "
+        "round it to digits decimals; null values stay null",
+    )
+    factor: FiniteFloat = Field(1.0, description="transform multiply: the number to multiply by")
+    digits: int = Field(0, ge=0, le=10, description="transform round: decimal places to keep")
 
     @field_validator("data")
     @classmethod
@@ -318,103 +347,23 @@ def process_data(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-# --- call.api@1 --------------------------------------------------------------------------------------
-
-HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,64}$")]
-HeaderValue = Annotated[str, StringConstraints(pattern=r"^[^\r\n]{0,1024}$")]  # no header injection
-
-
-class CallApiParams(Params):
-    endpoint: str = Field(max_length=2048, pattern=r"^https?://")
-    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"] = "GET"
-    headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict, max_length=MAX_API_HEADERS)
-    body: Any = None  # sent as JSON
-    timeoutSeconds: float = Field(15.0, gt=0, le=60)
-
-    @field_validator("headers")
-    @classmethod
-    def _no_reserved_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        if reserved := _RESERVED_HEADERS.intersection(name.lower() for name in headers):
-            raise ValueError(f"headers may not set {', '.join(sorted(reserved))}")
-        return headers
-
-    @model_validator(mode="after")
-    def _safe_request(self) -> CallApiParams:
-        if self.body is not None and self.method in ("GET", "HEAD"):
-            raise ValueError(f"{self.method} requests carry no body")
-        if len(json.dumps(self.body)) > MAX_API_BODY_BYTES:
-            raise ValueError(f"body is larger than {MAX_API_BODY_BYTES} bytes as JSON")
-        if has_app_context():  # at submit time: a URL pointing inside is a 422, not a failed job later
-            try:
-                check_url(self.endpoint, allow_private=_allow_private())
-            except UnsafeURLError as exc:
-                raise ValueError(str(exc)) from None
-        return self
-
-
-def _allow_private() -> bool:
-    return bool(current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Honour a numeric Retry-After; the HTTP-date form is rare enough to fall back to backoff."""
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-@job_definition(
-    "call.api",
-    1,
-    params_model=CallApiParams,
-    max_attempts=3,
-    timeout_seconds=120,
-    concurrency_limit=10,  # be a polite client to whatever the endpoints are
-    description="Makes one real, SSRF-guarded HTTP request and returns its status and a bounded body.",
-)
-def call_api(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    """Call the endpoint once; 429 and 5xx are retried, other 4xx fail the job at once."""
-    method, endpoint = params["method"], params["endpoint"]
-    response = send(
-        method,
-        endpoint,
-        allow_private=_allow_private(),
-        json_body=params["body"],
-        headers=params["headers"],
-        connect_timeout_seconds=min(API_CONNECT_TIMEOUT_SECONDS, params["timeoutSeconds"]),
-        total_timeout_seconds=params["timeoutSeconds"],
-        max_response_bytes=MAX_RESPONSE_BYTES,
-    )
-    status = response.status_code
-    if status == 429 or status >= 500:
-        retry_after = _retry_after_seconds(response.headers.get("retry-after"))
-        raise TransientError(f"{method} {endpoint} answered {status}", retry_after_seconds=retry_after)
-    if 400 <= status < 500:
-        raise PermanentError(f"{method} {endpoint} answered {status}")
-    content_type = response.headers.get("content-type", "")
-    body: Any = response.body.decode("utf-8", errors="replace")
-    if "json" in content_type and not response.truncated:
-        with contextlib.suppress(ValueError):  # a server that mislabels its body: keep it as text
-            body = json.loads(body)
-    return {
-        "endpoint": endpoint,
-        "method": method,
-        "statusCode": status,
-        "contentType": content_type or None,
-        "body": body,
-        "sizeBytes": len(response.body),
-        "truncated": response.truncated,
-        "elapsedMs": response.elapsed_ms,
-    }
-
-
 # --- process.batch@1 ---------------------------------------------------------------------------------
 
 
 class BatchParams(Params):
-    items: list[ShortStr] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
-    batchSize: int = Field(10, ge=1, le=MAX_BATCH_SIZE)
+    """Params of `process.batch@1`: the items to normalise and fingerprint, and how many to take per batch."""
+
+    items: list[ShortStr] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_ITEMS,
+        description="strings to normalise (whitespace collapsed, case folded) and fingerprint with SHA-256",
+    )
+    batchSize: int = Field(
+        10,
+        ge=1,
+        le=MAX_BATCH_SIZE,
+        description="items per batch; progress is reported and cancellation checked between batches",
+    )
 
 
 def normalise_item(item: str) -> dict[str, Any]:

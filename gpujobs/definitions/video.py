@@ -61,10 +61,24 @@ _ROTATION_RE = re.compile(r"rotation of (-?\d+(?:\.\d+)?) degrees")
 
 
 class EncodeVideoParams(Params):
-    inputFile: str = Field(pattern=INPUT_FILE_PATTERN)
-    format: Literal["mp4", "webm"] = "mp4"
-    resolution: Literal["720p", "1080p", "4k"] = "720p"
-    quality: Literal["low", "medium", "high"] = "medium"
+    """Params of `encode.video@1`: the upload to transcode, and the output's format, size and quality."""
+
+    inputFile: str = Field(
+        pattern=INPUT_FILE_PATTERN,
+        description="bare name of a file in the uploads directory, as returned by POST /v1/videos/encode",
+    )
+    format: Literal["mp4", "webm"] = Field(
+        "mp4", description="output container and codecs: mp4 (H.264/AAC) or webm (VP9/Opus)"
+    )
+    resolution: Literal["720p", "1080p", "4k"] = Field(
+        "720p",
+        description="the box the frame is scaled to fit (1280x720, 1920x1080 or 3840x2160, turned for "
+        "portrait video), keeping its aspect ratio",
+    )
+    quality: Literal["low", "medium", "high"] = Field(
+        "medium",
+        description="constant-quality level: higher gives a sharper, larger file and a slower encode",
+    )
 
 
 @dataclass(frozen=True)

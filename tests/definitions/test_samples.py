@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gpujobs.definitions import samples
+from gpujobs.definitions import call_api, samples
 from gpujobs.definitions.registry import get_definition
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.outbound import UnsafeURLError
@@ -257,7 +257,7 @@ def test_call_api_returns_status_parsed_json_and_timing(flask_app, run_job, targ
 
 def test_call_api_bounds_a_large_body(flask_app, run_job, target):
     result = run_job("call.api", {"endpoint": f"{target}/big"})
-    assert result["truncated"] is True and result["sizeBytes"] == samples.MAX_RESPONSE_BYTES
+    assert result["truncated"] is True and result["sizeBytes"] == call_api.MAX_RESPONSE_BYTES
 
 
 def test_call_api_retries_a_503_and_honours_retry_after(flask_app, run_job, target):
