@@ -88,6 +88,8 @@ class Cluster:
             GPUJOBS_DATA_DIR=str(self.data_dir),
             GPUJOBS_WEBHOOK_ALLOW_PRIVATE="1",
             GPUJOBS_DEFINITION_MODULES="bench.workloads",
+            # One API key sends every request of a benchmark: the per-key limit would answer with 429s.
+            GPUJOBS_RATE_LIMIT_PER_MINUTE="1000000",
             PYTHONPATH=str(ROOT),
             **{"GPUJOBS_SECRET_KEY": secret, **novita, **self.settings},
         )

@@ -84,7 +84,6 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
     settings = {
         "GPUJOBS_MONITOR_INTERVAL_SECONDS": str(args.interval),
         "GPUJOBS_LEASE_SECONDS": str(LEASE_SECONDS),
-        "GPUJOBS_RATE_LIMIT_PER_MINUTE": "1000000",
         "GPUJOBS_LOG_LEVEL": "WARNING",
     }
     data_dir = Path(tempfile.mkdtemp(prefix=f"gpujobs-bench-calls-{size}-"))

@@ -223,7 +223,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="gpujobs-bench-pipeline-"))
     settings = {
         "GPUJOBS_MONITOR_INTERVAL_SECONDS": str(args.interval),
-        "GPUJOBS_RATE_LIMIT_PER_MINUTE": "1000000",
         "GPUJOBS_LOG_LEVEL": "WARNING",
     }
     with Cluster(
