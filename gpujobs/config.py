@@ -86,7 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUJOBS_RETENTION_HOURS", "24", _positive_float, "Finished jobs and events older are deleted."),
     Setting(
         "GPUJOBS_CLEANUP_BATCH_SIZE",
-        "500",
+        "250",
         _positive_int,
         "Jobs deleted per cleanup transaction (events and deliveries go with them); small keeps locks short.",
     ),
