@@ -8,7 +8,7 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_ready
 
-from gpujobs import runner, schedules, sweeps, videos, webhooks
+from gpujobs import runner, schedules, stats, sweeps, videos, webhooks
 
 
 @shared_task(name="gpujobs.run_job")
@@ -44,8 +44,9 @@ def sweep_webhooks() -> None:
 
 @shared_task(name="gpujobs.sweep.cleanup", soft_time_limit=600, time_limit=660)
 def sweep_cleanup() -> None:
-    """Delete finished jobs (with their events and deliveries) past retention, in batches."""
+    """Delete finished jobs past retention (events and deliveries go too); fold past hours' counters."""
     sweeps.clean_up()
+    stats.compact_hours()
 
 
 @shared_task(name="gpujobs.sweep.schedules", soft_time_limit=60, time_limit=90)

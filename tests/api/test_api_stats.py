@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, event, func, select
 
-from gpujobs import create_app
+from gpujobs import create_app, stats
 from gpujobs.extensions import db
-from gpujobs.models import Job
+from gpujobs.models import Job, JobHourly
 
 
 @pytest.fixture
@@ -198,3 +200,32 @@ INSERT INTO webhook_deliveries (id, tenant_id, job_id, job_attempt, event_type, 
 SELECT gen_random_uuid(), tenant_id, id, 1, 'job.failed', 'http://x', '{}', 'pending', 0
 FROM jobs WHERE status = 'failed';
 """
+
+
+def test_folding_past_hours_into_one_shard_keeps_every_metric(app, client, tenant, history):
+    tenant_id = uuid.UUID(tenant["id"])
+    old_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
+    with app.app_context():
+        for shard, (succeeded, seconds) in enumerate([(3, 1.5), (4, 2.0), (5, 0.5)], start=1):
+            db.session.add(
+                JobHourly(
+                    tenant_id=tenant_id, hour=old_hour, definition_key="echo", definition_version=1,
+                    shard=shard, succeeded=succeeded, failed=1, cancelled=0, retried=0, timed=succeeded,
+                    processing_seconds=seconds, queue_seconds=0.25,
+                )
+            )  # fmt: skip
+        db.session.commit()
+        db.session.remove()
+    urls = ["/v1/metrics?ttl=0", "/v1/metrics/throughput?hours=48&ttl=0", "/v1/metrics/definitions?ttl=0"]
+    before = [client.get(url, headers=tenant["headers"]).json for url in urls]
+    with app.app_context():
+        assert stats.compact_hours() == 1  # one shard-0 row for the old hour; this hour's rows untouched
+        rows = db.session.execute(
+            select(JobHourly.hour, JobHourly.shard, JobHourly.succeeded, JobHourly.processing_seconds)
+            .where(JobHourly.tenant_id == tenant_id)
+            .order_by(JobHourly.hour)
+        ).all()
+        assert stats.compact_hours() == 0  # nothing left to fold
+        db.session.remove()
+    assert rows[0] == (old_hour, 0, 12, 4.0) and all(row.hour > old_hour for row in rows[1:])
+    assert [client.get(url, headers=tenant["headers"]).json for url in urls] == before
