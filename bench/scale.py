@@ -133,6 +133,7 @@ def seed(conn: Any, spec: Seed, lo: int, hi: int) -> None:
 def bulk_seed(app: Flask, spec: Seed, size: int) -> str:
     """Seed without triggers, rebuild the counters, VACUUM ANALYZE; says how long each step took."""
     from gpujobs.extensions import db
+    from gpujobs.stats import compact_hours
 
     migration = importlib.util.spec_from_file_location("b2_api", ROOT / "migrations/versions/b2_api.py")
     b2_api = importlib.util.module_from_spec(migration)
@@ -146,6 +147,7 @@ def bulk_seed(app: Flask, spec: Seed, size: int) -> str:
         conn.exec_driver_sql("TRUNCATE job_counters, job_hourly, webhook_delivery_counters")
         conn.exec_driver_sql(b2_api.BACKFILL)
         conn.commit()
+        compact_hours()  # as the cleanup sweep has done every 10 minutes of that history
         laps.append(time.perf_counter())
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
         laps.append(time.perf_counter())
@@ -348,7 +350,6 @@ def deploy(size: int, database_url: str, redis_url: str) -> tuple[Flask, Seed, s
     from gpujobs import create_app
     from gpujobs.auth import create_api_key, ensure_tenant
     from gpujobs.extensions import db
-    from gpujobs.stats import compact_hours
     from gpujobs.sweeps import dispatch_due
 
     app = create_app({"DATABASE_URL": database_url, "REDIS_URL": redis_url})
@@ -359,7 +360,6 @@ def deploy(size: int, database_url: str, redis_url: str) -> tuple[Flask, Seed, s
         spec = Seed(datetime.now(UTC), ensure_tenant("scale").id, others, in_flight=IN_FLIGHT)
         db.session.commit()
         print(f"seeded {size:,} jobs: {bulk_seed(app, spec, size)}", flush=True)
-        compact_hours()  # as the cleanup sweep has done every 10 minutes of that history
         while dispatch_due():  # the seeded queued jobs' messages, as Redis would hold them
             db.session.remove()
     return app, spec, key
