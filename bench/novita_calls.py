@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import signal
 import statistics
 import sys
@@ -32,13 +33,14 @@ from bench.cluster import Cluster
 from bench.load import percentile, run_load
 from bench.pipeline import CLUSTER_ID, PRODUCT_ID, REQUEST
 from gpujobs.novita.simulator import NovitaSimulator, SimulatorConfig
-from gpujobs.provisioning.records import NAME_PREFIX
 
 SIM_KEY = "sk_bench_novita_calls"
 # A real start, scaled down: queueing, placement, container creation, then the image pull dominates.
 PHASE_SHARES = {"pending": 1, "toCreate": 2, "creating": 5, "pulling": 12}
 LEASE_SECONDS = 300  # a look may lag far behind its interval at 1,000 instances on 2 cores
 STATUS_LIST, ADOPT_LOOKUP = "GET /gpu/instances (status list)", "GET /gpu/instances (adopt lookup)"
+# An adopt lookup filters by one instance's full name (prefix + job id); the status list by the prefix.
+JOB_ID_AT_END = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 PROGRESS_SQL = """
 SELECT count(*), count(*) FILTER (WHERE j.status = 'succeeded'),
        count(*) FILTER (WHERE j.status IN ('failed', 'cancelled')),
@@ -64,7 +66,7 @@ def classify_lists(simulator: NovitaSimulator) -> list[tuple[float, str]]:
         if environ.get("PATH_INFO", "").endswith("/gpu/instances"):
             name = parse_qs(environ.get("QUERY_STRING", "")).get("name", [""])[0]
             with lock:
-                tagged.append((time.time(), STATUS_LIST if name == NAME_PREFIX else ADOPT_LOOKUP))
+                tagged.append((time.time(), ADOPT_LOOKUP if JOB_ID_AT_END.search(name) else STATUS_LIST))
         return inner(environ, start_response)
 
     simulator.app.wsgi_app = app  # type: ignore[method-assign]

@@ -8,6 +8,7 @@ names the variable, instead of surfacing later as an odd failure inside a worker
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,13 @@ def _non_negative_float(raw: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a number, 0 or more")
     return value
+
+
+def _instance_prefix(raw: str) -> str:
+    # Novita names allow letters, digits and hyphens, 255 characters; a job id (36) follows the prefix.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}", raw):
+        raise ValueError("expected 1-64 letters, digits and hyphens, starting with a letter or digit")
+    return raw
 
 
 def _csv(raw: str) -> list[str]:
@@ -99,6 +107,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "GPUJOBS_DELETE_ON_TIMEOUT", "1", _bool, "Delete an instance that missed its deadline (0: keep it)."
+    ),
+    Setting(
+        "GPUJOBS_INSTANCE_PREFIX",
+        "gpujobs-",
+        _instance_prefix,
+        "Name prefix of the Novita instances this deployment creates; give each deployment sharing a "
+        "Novita account its own, or each one's reconcile sweep deletes the other's instances as leaks.",
     ),
     Setting(
         "GPUJOBS_NOVITA_CATALOGUE_SECONDS",

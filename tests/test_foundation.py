@@ -35,6 +35,21 @@ def test_config_parses_types_and_names_the_variable_of_a_bad_value(tmp_path):
         load_config({"GPUJOBS_DATA_DIR": str(tmp_path), "GPUJOBS_LEASE_SECONDS": "-3"})
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GPUJOBS_INSTANCE_PREFIX", "gpu jobs/"),  # Novita names are letters, digits and hyphens
+        ("GPUJOBS_INSTANCE_PREFIX", "-gpujobs"),
+        ("GPUJOBS_INSTANCE_PREFIX", "x" * 65),
+        ("GPUJOBS_NOVITA_CATALOGUE_SECONDS", "-1"),
+        ("GPUJOBS_NOVITA_CATALOGUE_SECONDS", "nan"),
+    ],
+)
+def test_config_refuses_an_unusable_prefix_or_catalogue_age(tmp_path, name, value):
+    with pytest.raises(ConfigError, match=name):
+        load_config({"GPUJOBS_DATA_DIR": str(tmp_path), name: value})
+
+
 def test_config_falls_back_to_the_embedded_servers_that_make_run_recorded(tmp_path):
     (tmp_path / "embedded.env").write_text(
         "DATABASE_URL=postgresql://x@/db\nREDIS_URL=redis://127.0.0.1:1/0\n"

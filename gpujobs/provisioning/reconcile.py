@@ -1,9 +1,10 @@
 """The reconcile sweep: make our instance rows and Novita's list of our instances agree.
 
-- **leaked**: a Novita instance named with our prefix that no row wants and no live job owns (a create
-  whose job was cancelled while retrying, a failed delete, a duplicate) is deleted once it is older than
-  `GPUJOBS_LEAK_GRACE_SECONDS`, and reported. Instances without our prefix are never touched. A row
-  that never recorded the instance (its create answer was lost) is marked `deleting` with its id.
+- **leaked**: a Novita instance named our prefix plus a job id that no row wants and no live job owns
+  (a create whose job was cancelled while retrying, a failed delete, a duplicate) is deleted once it is
+  older than `GPUJOBS_LEAK_GRACE_SECONDS`, and reported. Any other name is never touched
+  (`records.job_id_of`). A row that never recorded the instance (its create answer was lost) is marked
+  `deleting` with its id.
 - **lost**: a row that says running or stopped whose instance Novita no longer has is marked `lost`.
 - **settled**: a row left mid-change by a job that ended without settling it takes Novita's status.
 - **mirrored**: every listed row gets Novita's status and `last_seen_at`.

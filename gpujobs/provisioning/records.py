@@ -12,6 +12,7 @@ import logging
 import uuid
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 
@@ -35,25 +36,36 @@ CREATABLE = (REQUESTED, CREATING, FAILED, DELETING, DELETED, LOST)
 
 LIVE_JOB_STATUSES = (jobs.QUEUED, jobs.RUNNING, jobs.RETRYING, jobs.CANCELLING)
 
-# Every Novita instance we create is named NAME_PREFIX + job id; only those are ever ours to delete.
-NAME_PREFIX = "gpujobs-"
 # Instance ids are derived from job ids, so the API can answer with one before a worker ran.
 _INSTANCE_ID_NAMESPACE = uuid.UUID("2f6f0c55-6f5e-4d36-9d0a-8f3c1b7e4a10")
 
 
+def name_prefix() -> str:
+    """The prefix of every Novita instance this deployment creates (``GPUJOBS_INSTANCE_PREFIX``)."""
+    return current_app.config["GPUJOBS_INSTANCE_PREFIX"]
+
+
 def instance_name(job_id: uuid.UUID) -> str:
     """The Novita name of a create job's instance; a retry finds the same name and adopts the instance."""
-    return f"{NAME_PREFIX}{job_id}"
+    return f"{name_prefix()}{job_id}"
 
 
 def job_id_of(name: str) -> uuid.UUID | None:
-    """The create job an instance name was derived from, or None for a name that is not ours."""
-    if not name.startswith(NAME_PREFIX):
+    """The create job an instance name was derived from, or None for a name that is not ours.
+
+    Ours means exactly our prefix and a job id in canonical form, so another deployment's instances on
+    the same Novita account (another prefix, even one that starts with ours) are never taken for ours,
+    and never deleted as leaks.
+    """
+    prefix = name_prefix()
+    if not name.startswith(prefix):
         return None
+    rest = name[len(prefix) :]
     try:
-        return uuid.UUID(name[len(NAME_PREFIX) :])
+        job_id = uuid.UUID(rest)
     except ValueError:
         return None
+    return job_id if str(job_id) == rest else None
 
 
 def instance_id_for(job_id: uuid.UUID) -> uuid.UUID:

@@ -19,7 +19,7 @@ from typing import Any
 
 from gpujobs.broker import redis_client
 from gpujobs.novita import Instance, NovitaClient, PortMapping, StatusError
-from gpujobs.provisioning.records import NAME_PREFIX
+from gpujobs.provisioning import records
 
 KEY = "gpujobs:novita:instances"
 LOCK_KEY = f"{KEY}:refresh"
@@ -42,8 +42,9 @@ Listing = tuple[float, dict[str, Instance]]
 def list_ours(client: NovitaClient) -> Listing:
     """Every instance named with our prefix, by Novita id, and the time the listing began."""
     taken_at = time.time()
-    listed = client.list_instances(name=NAME_PREFIX, page_size=PAGE_SIZE)
-    return taken_at, {item.id: item for item in listed if item.name.startswith(NAME_PREFIX)}
+    # Novita's name filter is fuzzy (§7): keep only names that are exactly ours.
+    listed = client.list_instances(name=records.name_prefix(), page_size=PAGE_SIZE)
+    return taken_at, {item.id: item for item in listed if records.job_id_of(item.name) is not None}
 
 
 def refresh(client: NovitaClient) -> Listing | None:

@@ -22,6 +22,11 @@ IMAGE = "pytorch/pytorch:2.3.0-cuda12.1-cudnn8-runtime"
 REQUEST = {"productName": "RTX 4090 24GB", "region": "CN-HK-01", "imageUrl": IMAGE}
 
 
+def novita_name(job_id: str | uuid.UUID) -> str:
+    """The Novita name of a create job's instance under the default `GPUJOBS_INSTANCE_PREFIX`."""
+    return f"gpujobs-{job_id}"
+
+
 def provision(client: Any, tenant: dict[str, str], **changes: Any) -> dict[str, Any]:
     """POST /v1/instances with the default request plus `changes`; asserts the 202 and returns its body."""
     response = client.post("/v1/instances", json={**REQUEST, **changes}, headers=tenant["headers"])

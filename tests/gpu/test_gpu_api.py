@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from gpu_testkit import REQUEST, job_row, provision
+from gpu_testkit import REQUEST, job_row, novita_name, provision
 from helpers import make_tenant
 from sqlalchemy import delete, func, select
 
@@ -13,7 +13,7 @@ from gpujobs import dispatch
 from gpujobs.extensions import db
 from gpujobs.models import IdempotencyRecord, Instance, Job
 from gpujobs.provisioning import create, records
-from gpujobs.provisioning.records import instance_id_for, instance_name
+from gpujobs.provisioning.records import instance_id_for
 
 
 def test_a_create_request_answers_202_with_its_job_its_instance_and_where_to_look(app, client, tenant):
@@ -30,7 +30,7 @@ def test_a_create_request_answers_202_with_its_job_its_instance_and_where_to_loo
         "RTX 4090 24GB",
         "CN-HK-01",
     )
-    assert shown["name"] == instance_name(uuid.UUID(body["jobId"])) and shown["jobId"] == body["jobId"]
+    assert shown["name"] == novita_name(body["jobId"]) and shown["jobId"] == body["jobId"]
     job = client.get(f"/v1/jobs/{body['jobId']}", headers=tenant["headers"]).json
     assert (job["definitionKey"], job["status"], job["params"]["productName"]) == (
         "gpu.instance.create",

@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from gpu_testkit import REQUEST, instance_row, run_chain
+from gpu_testkit import REQUEST, instance_row, novita_name, run_chain
 from sqlalchemy import text, update
 
 from gpujobs import operations, runner
 from gpujobs.extensions import db
 from gpujobs.models import Instance
 from gpujobs.novita import CreateInstanceRequest
-from gpujobs.provisioning import create, records
+from gpujobs.provisioning import create
 from gpujobs.provisioning.reconcile import LOCK_NAME, reconcile
 
 
@@ -22,12 +22,12 @@ def sim_options():
     return {"phase_seconds": 0, "removed_grace_seconds": 0}
 
 
-def novita_instance(novita, name: str) -> str:
+def novita_instance(novita, name: str, cluster_id: str = "as-sgp-2") -> str:
     """Create an instance at Novita directly, as a crashed worker or another tool would have."""
     request = CreateInstanceRequest(
         name=name,
         product_id="4090.16c62g",
-        cluster_id="as-sgp-2",
+        cluster_id=cluster_id,
         image_url="ubuntu:22.04",
         rootfs_size_gb=20,
     )
@@ -44,7 +44,7 @@ def run_reconcile(app) -> dict:
 def test_an_instance_no_live_job_owns_is_deleted_after_the_grace_period_and_reported(
     app, sim, novita, novita_config, monkeypatch
 ):
-    leaked = novita_instance(novita, records.instance_name(uuid.uuid4()))
+    leaked = novita_instance(novita, novita_name(uuid.uuid4()))
     theirs = novita_instance(novita, "someone-elses-box")
 
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 3600.0)
@@ -58,13 +58,39 @@ def test_an_instance_no_live_job_owns_is_deleted_after_the_grace_period_and_repo
     assert status == {leaked: "removed", theirs: "running"}  # not ours: never touched
 
 
+def test_another_deployments_instances_on_the_same_account_are_never_taken_for_leaks(
+    app, tenant, sim, novita, novita_config, monkeypatch
+):
+    staging = [  # in another cluster: the simulator holds a few 4090s per cluster
+        novita_instance(novita, f"gpujobs-staging-{uuid.uuid4()}", "us-ca-6"),  # a prefix starting with ours
+        novita_instance(novita, f"gpujobs--{uuid.uuid4()}", "us-ca-6"),  # ours plus "-": not a canonical id
+        novita_instance(novita, f"gpujobs-{uuid.uuid4().hex}", "us-ca-6"),
+    ]
+    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
+    assert run_reconcile(app)["leaked"] == []
+    monkeypatch.setitem(app.config, "GPUJOBS_INSTANCE_PREFIX", "gpujobs-prod-")
+    leaked = novita_instance(novita, f"gpujobs-prod-{uuid.uuid4()}")
+    ours = novita_instance(novita, novita_name(uuid.uuid4()))  # the default prefix is another one now
+    assert [item["novitaInstanceId"] for item in run_reconcile(app)["leaked"]] == [leaked]
+    status = {instance["id"]: instance["status"] for instance in sim.instances()}
+    assert status == {**dict.fromkeys([*staging, ours], "running"), leaked: "removed"}
+
+
+def test_a_create_names_its_instance_with_the_deployments_prefix(
+    app, tenant, sim, novita_config, monkeypatch
+):
+    monkeypatch.setitem(app.config, "GPUJOBS_INSTANCE_PREFIX", "acme-gpu-")
+    job_id, _ = run_chain(app, tenant["id"], REQUEST)
+    assert [instance["name"] for instance in sim.instances()] == [f"acme-gpu-{job_id}"]
+
+
 def test_an_instance_whose_create_job_is_still_live_is_not_a_leak(
     app, tenant, sim, novita, novita_config, monkeypatch
 ):
     with app.app_context():  # queued through /v1/jobs: no worker has run it, so there is no row yet
         job_id = operations.submit(uuid.UUID(tenant["id"]), "gpu.instance.create", 1, REQUEST).id
         db.session.remove()
-    novita_instance(novita, records.instance_name(job_id))  # created just before a crash
+    novita_instance(novita, novita_name(job_id))  # created just before a crash
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     assert run_reconcile(app)["leaked"] == []
     assert sim.count_calls("POST", "/gpu/instance/delete") == 0
@@ -84,7 +110,7 @@ def test_an_instance_whose_create_answer_was_lost_and_whose_job_then_failed_is_d
         None,
     )
     (created,) = sim.instances()
-    assert created["name"] == records.instance_name(job_id)
+    assert created["name"] == novita_name(job_id)
 
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     report = run_reconcile(app)

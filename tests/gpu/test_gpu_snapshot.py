@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import redis
+from gpu_testkit import novita_name
 
 from gpujobs.novita import CreateInstanceRequest
 from gpujobs.provisioning import snapshot
-from gpujobs.provisioning.records import NAME_PREFIX
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def created(novita, name: str) -> str:
 
 
 def test_reads_within_one_interval_share_one_list_call(app_context, sim, novita, novita_config):
-    ids = [created(novita, f"{NAME_PREFIX}{n}") for n in range(3)]
+    ids = [created(novita, novita_name(uuid.uuid4())) for _ in range(3)]
     for _ in range(10):
         for novita_id in ids:
             _, seen = snapshot.read(novita, novita_id, max_age_seconds=60)
@@ -41,7 +43,7 @@ def test_instances_without_our_prefix_are_not_in_the_snapshot(app_context, sim, 
 def test_while_another_process_refreshes_a_reader_uses_the_previous_snapshot(
     app, app_context, sim, novita, novita_config
 ):
-    novita_id = created(novita, f"{NAME_PREFIX}a")
+    novita_id = created(novita, novita_name(uuid.uuid4()))
     assert snapshot.read(novita, "absent", max_age_seconds=60)[1] is None  # a first snapshot
     redis.Redis.from_url(app.config["REDIS_URL"]).set(snapshot.LOCK_KEY, "someone else")
     _, seen = snapshot.read(novita, novita_id, max_age_seconds=0)  # stale, but the lock is taken

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from gpu_testkit import IMAGE, PHASE_SECONDS, events, instance_row, job_row, provision, wait_for_job
+from gpu_testkit import (
+    IMAGE,
+    PHASE_SECONDS,
+    events,
+    instance_row,
+    job_row,
+    novita_name,
+    provision,
+    wait_for_job,
+)
 from helpers import wait_for
 
 from gpujobs.extensions import db
-from gpujobs.provisioning.records import instance_name
 
 # Instances that stay in `pulling` for a minute: long enough to cancel or time out first.
 SLOW_PULL = pytest.mark.parametrize(
@@ -33,7 +41,7 @@ def test_a_request_for_an_rtx_4090_in_hong_kong_becomes_a_running_instance_and_a
         "cn-hongkong-1",
     )
     assert shown["pricePerHour"] == 0.35 and shown["label"] == "trainer" and shown["readyAt"]
-    assert shown["name"] == instance_name(accepted["jobId"])
+    assert shown["name"] == novita_name(accepted["jobId"])
     endpoints = {port["port"]: port["endpoint"] for port in shown["endpoints"]["ports"]}
     assert endpoints[8888].startswith("https://") and ":" in endpoints[22]
     assert shown["endpoints"]["ssh"].startswith("ssh -p ")
@@ -105,7 +113,7 @@ def test_a_lost_create_answer_and_the_retry_yield_exactly_one_instance(app, clie
     assert job.attempt == 2
     types = [event.type for event in events(app, accepted["jobId"])]
     assert "job.retrying" in types and "job.instance_adopted" in types
-    ours = [i for i in sim.instances() if i["name"] == instance_name(accepted["jobId"])]
+    ours = [i for i in sim.instances() if i["name"] == novita_name(accepted["jobId"])]
     assert len(ours) == 1 and len(sim.instances()) == 1
     assert sim.count_calls("POST", "/gpu/instance/create") == 1
     assert instance_row(app, accepted["instanceId"]).novita_id == ours[0]["id"]
