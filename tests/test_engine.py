@@ -184,13 +184,16 @@ def test_a_critical_job_overtakes_a_backlog_of_low_jobs(app, tenant, start_worke
     urgent = submit(app, tenant, "echo", {"message": "urgent"}, priority="critical")
     start_worker(concurrency=1, name="single")
     wait_for(status_is(app, urgent, "succeeded"), timeout=60)
+    urgent_started = job_row(app, urgent).started_at
     with app.app_context():
-        done_before = db.session.scalar(
-            select(db.func.count()).select_from(Job).where(Job.id.in_(backlog), Job.status == "succeeded")
+        started_before = db.session.scalar(
+            select(db.func.count()).where(Job.id.in_(backlog), Job.started_at < urgent_started)
         )
         db.session.remove()
-    # The worker had at most a message or two in hand when the critical job arrived.
-    assert done_before <= 3, done_before
+    # Compared by start times, not by what finished when the test looked (the backlog keeps running).
+    # A worker reads the queues in priority order, so the critical job goes first; one low message may
+    # already be in hand when it arrives.
+    assert started_before <= 1, started_before
 
 
 def test_a_concurrency_limit_holds_across_two_worker_processes(app, tenant, start_worker):

@@ -166,8 +166,9 @@ def test_the_rescue_sweep_reads_only_leased_jobs(history, captured):
 
 
 def test_cleanup_finds_expired_jobs_through_ix_jobs_expirable(history, captured):
-    deleted = captured(sweeps.clean_up)
-    assert "ix_jobs_expirable" in indexes(plan(only(deleted, r"^DELETE FROM jobs\b")))
+    batches = [s for s in captured(sweeps.clean_up) if re.match(r"DELETE FROM jobs\b", s[0])]
+    assert len(batches) > 1 and len({statement for statement, _ in batches}) == 1  # one query, batch by batch
+    assert "ix_jobs_expirable" in indexes(plan(batches[0]))
 
 
 def test_the_webhook_and_schedule_sweeps_read_only_due_rows(history, captured):
