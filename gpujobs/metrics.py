@@ -5,19 +5,19 @@ would each hold a slice of the truth. Every figure here is read from the shared 
 each read is cheap: the counter tables (a few rows per tenant and definition), one pipelined round
 of ``LLEN``, and the duration sample cached for ``stats.DEFAULT_TTL_SECONDS``.
 
-Not exported yet: Novita API call and error counts. The Novita client (``gpujobs.novita.transport``)
-counts nothing today; exporting them needs it to increment a shared counter (for example a Redis
-hash) per call, which this collector would then read.
+Novita API calls are the one counter: every process adds to a Redis hash
+(``gpujobs.provisioning.novita_client``), read here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CollectorRegistry, GaugeMetricFamily, Metric
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gpujobs import broker, stats
+from gpujobs.provisioning.novita_client import call_counts
 
 
 class ServiceCollector(Collector):
@@ -51,6 +51,21 @@ class ServiceCollector(Collector):
 
         yield from self._finished()
         yield from self._durations()
+        yield from self._novita_calls()
+
+    @staticmethod
+    def _novita_calls() -> Iterator[Metric]:
+        counts = call_counts()
+        if counts is None:  # Redis away: absent rather than a counter that seems to restart
+            return
+        calls = CounterMetricFamily(
+            "gpujobs_novita_calls",
+            "HTTP attempts at the Novita API by method, path and outcome (ok, 4xx, 429, 5xx, no_answer)",
+            labels=["method", "path", "outcome"],
+        )
+        for (method, path, outcome), count in sorted(counts.items()):
+            calls.add_metric([method, path, outcome], count)
+        yield calls
 
     @staticmethod
     def _finished() -> Iterator[Metric]:

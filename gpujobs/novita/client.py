@@ -31,7 +31,7 @@ from gpujobs.novita.errors import (
     NovitaTransientError,
     RateLimitedError,
 )
-from gpujobs.novita.transport import RetryPolicy, Transport
+from gpujobs.novita.transport import CallObserver, RetryPolicy, Transport
 from gpujobs.novita.types import Cluster, Instance, Json, Product, RegistryAuth, Template, parse_int
 
 logger = logging.getLogger("gpujobs.novita")
@@ -86,6 +86,7 @@ class NovitaClient:
         user_agent: str = DEFAULT_USER_AGENT,
         backoff_initial_seconds: float = 0.5,
         backoff_max_seconds: float = 8.0,
+        on_call: CallObserver | None = None,
     ) -> None:
         self._transport = Transport(
             base_url,
@@ -93,6 +94,7 @@ class NovitaClient:
             connect_timeout_seconds=connect_timeout_seconds,
             read_timeout_seconds=read_timeout_seconds,
             user_agent=user_agent,
+            on_call=on_call,
         )
         self._retry = RetryPolicy(
             max_attempts=max_attempts,

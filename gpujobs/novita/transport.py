@@ -27,6 +27,20 @@ from gpujobs.novita.errors import (
 logger = logging.getLogger("gpujobs.novita")
 
 RetryPredicate = Callable[[BaseException], bool]
+# Told about every HTTP attempt: method, path (no ids: they travel as parameters) and outcome, which is
+# "ok", the HTTP status class ("4xx", "5xx") or "429", or "no_answer" (timeout, connection error).
+CallObserver = Callable[[str, str, str], None]
+
+
+def outcome_of(status_code: int | None) -> str:
+    """The label of one attempt's outcome, as CallObserver receives it."""
+    if status_code is None:
+        return "no_answer"
+    if 200 <= status_code < 300:
+        return "ok"
+    if status_code == 429:
+        return "429"
+    return f"{status_code // 100}xx"
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -62,9 +76,11 @@ class Transport:
         connect_timeout_seconds: float,
         read_timeout_seconds: float,
         user_agent: str,
+        on_call: CallObserver | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = (connect_timeout_seconds, read_timeout_seconds)
+        self._on_call = on_call
         self._session = requests.Session()
         # Content-Type is documented as required on every endpoint, GETs included (§1).
         self._session.headers.update(
@@ -106,6 +122,7 @@ class Transport:
         except requests.exceptions.RequestException as exc:
             elapsed_ms = (time.monotonic() - started) * 1000
             logger.debug("novita %s %s -> %s after %.0f ms", method, path, type(exc).__name__, elapsed_ms)
+            self._observe(method, path, None)
             sent = _request_was_sent(exc)
             raise NovitaConnectionError(
                 f"Novita {method} {path} got no answer ({type(exc).__name__}"
@@ -114,6 +131,7 @@ class Transport:
             ) from exc
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.debug("novita %s %s -> %s in %.0f ms", method, path, response.status_code, elapsed_ms)
+        self._observe(method, path, response.status_code)
         if not response.ok:
             raise error_from_response(
                 method=method,
@@ -124,6 +142,14 @@ class Transport:
                 retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")),
             )
         return self._json_object(method, path, response)
+
+    def _observe(self, method: str, path: str, status_code: int | None) -> None:
+        if self._on_call is None:
+            return
+        try:
+            self._on_call(method, path, outcome_of(status_code))
+        except Exception:  # counting a call must never fail the call
+            logger.debug("novita call observer failed", exc_info=True)
 
     @staticmethod
     def _json_object(method: str, path: str, response: requests.Response) -> dict[str, Any]:

@@ -1,14 +1,22 @@
-"""The Novita client of the workflow, built from `NOVITA_API_KEY` and `NOVITA_BASE_URL`."""
+"""The Novita client of the workflow, built from `NOVITA_API_KEY` and `NOVITA_BASE_URL`, and the tally
+of its calls.
+
+Every HTTP attempt is counted in one Redis hash shared by all processes (`gpujobs_novita_calls_total`
+in `/metrics`): per-process counters would each hold a slice, and a Redis restart only resets a
+counter, which Prometheus handles.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
+import redis
 from flask import current_app
 
+from gpujobs.broker import redis_client
 from gpujobs.exceptions import PermanentError
 from gpujobs.novita import NovitaClient
 
@@ -17,6 +25,7 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 20.0
 # Retries inside one call, for blips; longer outages are the engine's (create) or the monitor's business.
 MAX_ATTEMPTS_PER_CALL = 3
+CALLS_KEY = "gpujobs:novita:calls"
 
 
 _local = threading.local()
@@ -45,6 +54,26 @@ def novita_client(max_attempts: int = MAX_ATTEMPTS_PER_CALL) -> Iterator[NovitaC
             connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
             read_timeout_seconds=READ_TIMEOUT_SECONDS,
             max_attempts=max_attempts,
+            on_call=count_call,
         )
         kept = clients[max_attempts] = (identity, client)
     yield kept[1]
+
+
+def count_call(method: str, path: str, outcome: str) -> None:
+    """One more Novita call in the shared tally; if Redis is away the call goes uncounted."""
+    with suppress(redis.RedisError):
+        redis_client().hincrby(CALLS_KEY, f"{method} {path} {outcome}", 1)
+
+
+def call_counts() -> dict[tuple[str, str, str], int] | None:
+    """Novita calls so far by (method, path, outcome), or None if Redis does not answer."""
+    try:
+        raw = redis_client().hgetall(CALLS_KEY)
+    except redis.RedisError:
+        return None
+    counts: dict[tuple[str, str, str], int] = {}
+    for field, value in raw.items():
+        method, path, outcome = field.decode().split(" ", 2)
+        counts[(method, path, outcome)] = int(value)
+    return counts

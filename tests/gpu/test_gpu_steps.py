@@ -83,6 +83,20 @@ def test_a_catalogue_age_of_zero_asks_novita_on_every_create(app, tenant, sim, n
     assert (sim.count_calls("GET", "/clusters"), sim.count_calls("GET", "/products")) == (2, 2)
 
 
+def test_the_prometheus_scrape_counts_novita_calls_by_path_and_outcome(
+    app, client, tenant, sim, novita_config
+):
+    sim.inject(fail_next={"count": 1, "status": 503, "endpoint": "/clusters"})
+    created_and_handed_off(app, tenant)  # the first /clusters answers 503, its retry succeeds
+    scrape = client.get("/metrics").get_data(as_text=True)
+    for line in (
+        'gpujobs_novita_calls_total{method="GET",outcome="5xx",path="/clusters"} 1.0',
+        'gpujobs_novita_calls_total{method="GET",outcome="ok",path="/clusters"} 1.0',
+        'gpujobs_novita_calls_total{method="POST",outcome="ok",path="/gpu/instance/create"} 1.0',
+    ):
+        assert line in scrape
+
+
 def test_only_the_run_that_holds_the_job_may_claim_its_instance_row(app, tenant, sim, novita_config):
     with app.app_context():
         job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)

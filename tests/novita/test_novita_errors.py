@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 from novita_testkit import PHASE_SECONDS
 
+from gpujobs.embedded import free_port
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.novita import (
     AccountLimitError,
@@ -386,3 +387,22 @@ def test_an_action_rejected_by_429_then_invalid_state_is_still_an_error(
     # A 429 means Novita did nothing, so the later "invalid state change" is real: the instance is pending.
     with pytest.raises(InvalidStateError):
         novita.start_instance(instance_id)
+
+
+def test_every_attempt_is_told_to_the_call_observer_with_its_outcome(
+    make_client: MakeClient, sim: NovitaSimulator
+) -> None:
+    seen: list[tuple[str, str, str]] = []
+    client = make_client(max_attempts=3, on_call=lambda *call: seen.append(call))
+    sim.inject(fail_next={"count": 1, "status": 503, "endpoint": "/clusters"})
+    client.list_clusters()  # a 503, then the retry succeeds
+    with pytest.raises(NovitaNotFoundError):
+        client.get_instance("no-such-instance")
+    unreachable = make_client(
+        base_url=f"http://127.0.0.1:{free_port()}", max_attempts=1, on_call=lambda *call: seen.append(call)
+    )
+    with pytest.raises(NovitaConnectionError):
+        unreachable.list_clusters()
+    assert seen[:2] == [("GET", "/clusters", "5xx"), ("GET", "/clusters", "ok")]
+    assert seen[2][:2] == ("GET", "/gpu/instance") and seen[2][2] in ("4xx", "5xx")
+    assert len(seen) == 4 and seen[3] == ("GET", "/clusters", "no_answer")
