@@ -118,10 +118,20 @@ def _row_by_row(sweep: str, job_id: object, change: Any, *args: Any, **kwargs: A
 
 
 def publish_due_webhooks() -> int:
-    """Hand every pending delivery whose time came to the webhook queue (delivery claims it)."""
+    """Hand every pending delivery whose time came to the webhook queue (delivery claims it).
+
+    A delivery never tried is left alone for its first ``SEND_LEASE_SECONDS``: the message that
+    carries it with the rest of its job's events, in order, is normally still on its way, and a
+    single copy sent now could overtake an earlier event. Past that, its message was lost.
+    """
+    first_send_over = func.now() - timedelta(seconds=webhooks.SEND_LEASE_SECONDS)
     due = db.session.scalars(
         select(WebhookDelivery.id)
-        .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= func.now())
+        .where(
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at <= func.now(),
+            (WebhookDelivery.attempts > 0) | (WebhookDelivery.created_at < first_send_over),
+        )
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(SWEEP_BATCH_SIZE)
     ).all()

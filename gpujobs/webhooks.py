@@ -89,7 +89,12 @@ def publish_pending(job_id: uuid.UUID) -> None:
         .order_by(WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
     ).all()
     if due:
-        send_task(DELIVER_TASK, [str(item) for item in due], "webhooks", f"deliveries of job {job_id}")
+        # The task's default limits fit one delivery; each one more may take the whole send timeout.
+        limit = len(due) * (TOTAL_TIMEOUT_SECONDS + 5) + 30
+        send_task(
+            DELIVER_TASK, [str(item) for item in due], "webhooks", f"deliveries of job {job_id}",
+            soft_time_limit=limit, time_limit=limit + 30,
+        )  # fmt: skip
 
 
 def publish_delivery(delivery_id: uuid.UUID) -> None:

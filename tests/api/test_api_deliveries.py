@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import update
+from sqlalchemy import func, text, update
 
+from gpujobs import sweeps
 from gpujobs.extensions import db
 from gpujobs.models import Tenant, WebhookDelivery
 
@@ -57,3 +58,13 @@ def test_a_delivery_is_only_reachable_through_its_own_job_and_tenant(client, ten
         client.post(f"{mine}/{delivery['delivery_id']}/redeliver", headers=other["headers"]).status_code
         == 404
     )
+
+
+def test_the_webhook_sweep_leaves_a_new_delivery_to_the_message_that_carries_it_in_order(app, delivery):
+    with app.app_context():
+        assert sweeps.publish_due_webhooks() == 0  # never tried, just recorded: its message is on its way
+        two_minutes_ago = func.now() - text("interval '2 minutes'")
+        db.session.execute(update(WebhookDelivery).values(created_at=two_minutes_ago))
+        db.session.commit()
+        assert sweeps.publish_due_webhooks() == 1  # still untried a while later: that message was lost
+        db.session.remove()
