@@ -2,9 +2,11 @@
 
 Every create step reads both lists before it creates. Clusters almost never change and stock moves
 by the minute, while Novita's answer to the create itself is the final word on stock: a refused
-candidate is skipped and its cluster's list forgotten. So a process reuses each list for
+candidate is skipped and its cluster's list forgotten, and a search that finds nothing in remembered
+lists is run again on fresh ones before the job fails. So a process reuses each list for
 ``GPUJOBS_NOVITA_CATALOGUE_SECONDS``, which saves two of the create step's four Novita calls (and
-their latency, and the account's rate limit) for every instance after the first. 0 turns it off.
+their latency, and the account's rate limit) for every instance after the first. 0 turns it off; a
+request with a price cap always reads fresh lists.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ _remembered: dict[tuple[Any, ...], tuple[float, Any]] = {}
 class Catalogue:
     """The listing calls of one client, answered from memory while fresh."""
 
-    def __init__(self, client: NovitaClient) -> None:
+    def __init__(self, client: NovitaClient, *, fresh: bool = False) -> None:
         self._client = client
-        self._max_age = current_app.config["GPUJOBS_NOVITA_CATALOGUE_SECONDS"]
+        self._max_age = 0.0 if fresh else current_app.config["GPUJOBS_NOVITA_CATALOGUE_SECONDS"]
+        self.remembered = False  # whether any answer came from memory rather than from Novita
 
     def list_clusters(self) -> list[Cluster]:
         """Novita's clusters (regions)."""
@@ -58,6 +61,7 @@ class Catalogue:
         with _lock:
             kept = _remembered.get(key)
         if kept is not None and now - kept[0] < self._max_age:
+            self.remembered = True
             return kept[1]
         value = fetch()
         with _lock:

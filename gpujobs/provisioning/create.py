@@ -117,7 +117,7 @@ def _claim(ctx: JobContext, instance: Instance, **values: Any) -> None:
     """Take the row for this create step; a row another actor owns now stops the step for good.
 
     Only while the row is still this job's (a delete job may have taken it since) and this run still
-    holds the job (a run paused past its lease and rescued must not create a second instance).
+    holds the job (a run paused past its lease and rescued must not start another create).
     """
     job_id = uuid.UUID(ctx.job_id)
     held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
@@ -136,8 +136,29 @@ def _create(
     fallback: list[str],
 ) -> str:
     image = _resolve_image(client, params)
+    # A price cap is a promise about money: it is checked against lists Novita gives now.
+    catalogue = Catalogue(client, fresh=params.maxPricePerHour is not None)
+    novita_id, search = _place(ctx, client, instance, params, image, catalogue, fallback)
+    if novita_id is None and catalogue.remembered:
+        # Nothing fitted the remembered lists; stock may have arrived since. Ask Novita before giving up.
+        fresh = Catalogue(client, fresh=True)
+        novita_id, search = _place(ctx, client, instance, params, image, fresh, fallback)
+    if novita_id is None:
+        raise search.failure()
+    return novita_id
+
+
+def _place(
+    ctx: JobContext,
+    client: NovitaClient,
+    instance: Instance,
+    params: CreateInstanceParams,
+    image: Image,
+    catalogue: Catalogue,
+    fallback: list[str],
+) -> tuple[str | None, Search]:
+    """Try the candidates in order until Novita creates one; None (and the search) if none was placed."""
     search = Search(params.productName, params.gpuNum, image.rootfs_gb, params.maxPricePerHour)
-    catalogue = Catalogue(client)
     clusters = regions_in_order(params.region, fallback, catalogue.list_clusters())
     for candidate in search.candidates(catalogue, clusters):
         ctx.raise_if_cancelled()
@@ -153,10 +174,25 @@ def _create(
             catalogue.forget_products(candidate.cluster.id)
             ctx.emit_event("placement_refused", _placement(candidate) | {"reason": exc.reason})
             continue
-        records.transition(instance.id, (records.CREATING,), novita_id=novita_id)
+        _record_created(ctx, instance, novita_id)
         ctx.emit_event("instance_created", _placement(candidate) | {"novitaInstanceId": novita_id})
-        return novita_id
-    raise search.failure()
+        return novita_id, search
+    return None, search
+
+
+def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None:
+    """Note the new instance on the row, if this run still holds the job and the row.
+
+    A run paused between its claim and here may find the job rescued and rerun meanwhile, the rerun
+    having created (or adopted) an instance of its own. The row keeps the rerun's; this one, named
+    like it, is left to the reconcile sweep, which deletes it as a duplicate once the job has ended.
+    """
+    job_id = uuid.UUID(ctx.job_id)
+    held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
+    if not records.transition(instance.id, (records.CREATING,), *held, novita_id=novita_id):
+        db.session.rollback()
+        log.warning("job %s: attempt %s lost the job while creating %s", job_id, ctx.attempt, novita_id)
+        raise PermanentError(f"attempt {ctx.attempt} no longer holds job {job_id}; {novita_id} is left over")
 
 
 def _placement(candidate: Candidate) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from gpu_testkit import (
@@ -21,6 +22,7 @@ from sqlalchemy import func, select, update
 
 from gpujobs import dispatch, jobs, runner
 from gpujobs.definitions import get_definition
+from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, WebhookDelivery
 from gpujobs.provisioning import create, records
@@ -74,6 +76,46 @@ def test_create_steps_reuse_the_catalogue_until_novita_refuses_a_placement(app, 
     created_and_handed_off(app, tenant)
     assert sim.count_calls("GET", "/products") == 2  # CN-HK-01's stock asked afresh
     assert sim.count_calls("POST", "/gpu/instance/create") == 5
+
+
+def test_a_create_that_finds_nothing_in_remembered_lists_asks_novita_again_before_failing(
+    app, tenant, sim, novita_config
+):
+    sim.inject(out_of_stock_clusters=["cn-hongkong-1", "as-sgp-2", "us-ca-6", "eu-ger-2"])
+    with app.app_context():
+        job, _ = create.submit(uuid.UUID(tenant["id"]), REQUEST)
+        assert runner.run_job(job.id) == "failed"  # out of stock everywhere, said by fresh lists
+        db.session.remove()
+    sim.inject(out_of_stock_clusters=[])  # stock arrives; the worker still remembers the empty lists
+    created_and_handed_off(app, tenant)
+    assert sim.count_calls("POST", "/gpu/instance/create") == 1
+
+
+def test_a_request_with_a_price_cap_reads_fresh_lists(app, tenant, sim, novita_config):
+    created_and_handed_off(app, tenant)
+    created_and_handed_off(app, tenant, priority="high")
+    assert sim.count_calls("GET", "/products") == 1
+    with app.app_context():
+        job, _ = create.submit(uuid.UUID(tenant["id"]), {**REQUEST, "maxPricePerHour": 5.0})
+        assert runner.run_job(job.id) == "running"
+        db.session.remove()
+    assert sim.count_calls("GET", "/products") == 2
+
+
+def test_a_run_that_lost_its_job_while_creating_leaves_the_row_to_the_rerun(app, tenant, sim, novita_config):
+    with app.app_context():
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
+        claim = jobs.claim(job.id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
+        records.transition(instance.id, records.CREATABLE, status=records.CREATING)
+        db.session.commit()  # as the create step's claim does before it calls Novita
+        stale = SimpleNamespace(job_id=str(job.id), attempt=claim.attempt - 1)  # as after a rescue and rerun
+        with pytest.raises(PermanentError, match="no longer holds"):
+            create._record_created(stale, instance, "nv-from-the-paused-run")
+        holder = SimpleNamespace(job_id=str(job.id), attempt=claim.attempt)
+        create._record_created(holder, instance, "nv-ours")
+        db.session.commit()
+        assert db.session.get(Instance, instance.id, populate_existing=True).novita_id == "nv-ours"
+        db.session.remove()
 
 
 def test_a_catalogue_age_of_zero_asks_novita_on_every_create(app, tenant, sim, novita_config, monkeypatch):
