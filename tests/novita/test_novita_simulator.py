@@ -164,3 +164,14 @@ def test_serve_runs_a_standalone_simulator_until_interrupted() -> None:
         process.wait(timeout=10)
 
     assert process.returncode == 0
+
+
+def test_instance_ids_are_unique_across_simulator_restarts(make_request: MakeRequest) -> None:
+    ids = []
+    for _ in range(2):  # the same seed each time, as `make run` restarts it over a kept database
+        with (
+            run_simulator(API_KEY, phase_seconds=0) as restarted,
+            NovitaClient(restarted.base_url, API_KEY) as client,
+        ):
+            ids.append(client.create_instance(make_request()))
+    assert ids[0] != ids[1]

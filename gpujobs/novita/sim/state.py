@@ -8,6 +8,7 @@ once. Instances are never forgotten: after deletion they stay in the ledger (`in
 from __future__ import annotations
 
 import random
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -102,7 +103,9 @@ class SimState:
                 params.image_url, params.image_auth, params.image_auth_id
             ) or self.faults.take_pull_failure(params.image_url)
             instance = SimInstance(
-                id=f"{self._rng.getrandbits(64):016x}",
+                # Unique across simulator restarts, as Novita's ids are: `make run` keeps its database
+                # between runs, and a seeded id would repeat one an old row already holds.
+                id=secrets.token_hex(8),
                 name=params.name,
                 product=product,
                 cluster=cluster,
