@@ -14,7 +14,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask, current_app
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from gpujobs import jobs, webhooks
 from gpujobs.definitions.registry import Definition, Handoff, get_definition
@@ -209,6 +209,11 @@ def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseExceptio
         error = f"timed out after {definition.timeout_seconds} s"
     elif isinstance(exc, (PermanentError, TransientError)):
         error = str(exc) or type(exc).__name__
+    elif isinstance(exc, SQLAlchemyError):
+        # Its message carries the SQL and its parameters: internals for the log, not for the job's owner.
+        log.exception("job %s: database error", claim.job_id)
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        error = f"database error ({cause}); the worker log has the details"
     else:
         log.exception("job %s: handler raised an unexpected error", claim.job_id)
         error = f"{type(exc).__name__}: {exc}"

@@ -45,3 +45,14 @@ def flaky(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 def nul(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     """Returns what PostgreSQL cannot store (U+0000), as a remote body or a tool's output might."""
     return {"body": "before\x00after"}
+
+
+@job_definition("test.db_error", 1, max_attempts=1)
+def db_error(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Fails on a database error, whose message carries the SQL and its parameters."""
+    from sqlalchemy import text
+
+    from gpujobs.extensions import db
+
+    db.session.execute(text("SELECT * FROM no_such_table WHERE secret = :value"), {"value": "hunter2"})
+    return {}

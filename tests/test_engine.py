@@ -12,7 +12,7 @@ from flask import Flask
 from helpers import wait_for
 from sqlalchemy import select
 
-from gpujobs import jobs, operations
+from gpujobs import jobs, operations, runner
 from gpujobs.definitions import get_definition
 from gpujobs.dispatch import Dispatch, publish
 from gpujobs.extensions import db
@@ -205,6 +205,16 @@ def test_a_concurrency_limit_holds_across_two_worker_processes(app, tenant, star
     spans = sorted((job_row(app, i).started_at, job_row(app, i).finished_at) for i in ids)
     for (_, earlier_end), (later_start, _) in pairwise(spans):
         assert later_start >= earlier_end
+
+
+def test_a_database_error_in_a_handler_is_recorded_without_its_sql_or_parameters(app, tenant):
+    job_id = submit(app, tenant, "test.db_error")
+    with app.app_context():
+        assert runner.run_job(job_id) == "failed"
+        db.session.remove()
+    error = job_row(app, job_id).error
+    assert error.startswith("database error (UndefinedTable)")
+    assert "SELECT" not in error and "hunter2" not in error
 
 
 def test_a_result_with_a_nul_character_is_stored_with_it_replaced(app, tenant, worker):
