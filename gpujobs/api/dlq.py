@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, g
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from gpujobs import operations
 from gpujobs.api import schemas
@@ -64,11 +64,16 @@ def tenant_letter(letter_id: str | uuid.UUID) -> DeadLetter:
 def list_dead_letters() -> dict[str, Any]:
     """Dead letters not yet redriven; filter by ``definitionKey``."""
     args = parse_query(DeadLetterQuery)
-    query = select(DeadLetter).where(DeadLetter.tenant_id == g.tenant.id, DeadLetter.redriven_at.is_(None))
+    query = after_cursor(dead_letters_query(g.tenant.id, args), DeadLetter, args.cursor).limit(args.limit + 1)
+    return page(list(db.session.scalars(query)), args.limit, dead_letter_to_dict)
+
+
+def dead_letters_query(tenant_id: uuid.UUID, args: DeadLetterQuery) -> Select[Any]:
+    """A tenant's dead letters not yet redriven, filtered (the API and the dashboard list the same rows)."""
+    query = select(DeadLetter).where(DeadLetter.tenant_id == tenant_id, DeadLetter.redriven_at.is_(None))
     if args.definitionKey is not None:
         query = query.where(DeadLetter.definition_key == args.definitionKey)
-    query = after_cursor(query, DeadLetter, args.cursor).limit(args.limit + 1)
-    return page(list(db.session.scalars(query)), args.limit, dead_letter_to_dict)
+    return query
 
 
 @bp.get("/<uuid:letter_id>")

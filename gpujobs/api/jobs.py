@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from flask import Blueprint, g, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from gpujobs import operations
 from gpujobs.api import schemas
@@ -109,13 +109,18 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
 def list_jobs() -> dict[str, Any]:
     """The caller's jobs filtered by ``status`` / ``definitionKey``, cursor-paginated."""
     args = parse_query(JobListQuery)
-    query = select(Job).where(Job.tenant_id == g.tenant.id)
+    query = after_cursor(jobs_query(g.tenant.id, args), Job, args.cursor).limit(args.limit + 1)
+    return page(list(db.session.scalars(query)), args.limit, job_to_dict)
+
+
+def jobs_query(tenant_id: uuid.UUID, args: JobListQuery) -> Select[Any]:
+    """A tenant's jobs with the list filters applied (the API and the dashboard list the same rows)."""
+    query = select(Job).where(Job.tenant_id == tenant_id)
     if args.status is not None:
         query = query.where(Job.status == args.status)
     if args.definitionKey is not None:
         query = query.where(Job.definition_key == args.definitionKey)
-    query = after_cursor(query, Job, args.cursor).limit(args.limit + 1)
-    return page(list(db.session.scalars(query)), args.limit, job_to_dict)
+    return query
 
 
 @bp.get("/jobs/<uuid:job_id>")

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from gpujobs.api.deliveries import MAX_DELIVERIES
-from gpujobs.api.dlq import DeadLetterQuery
+from gpujobs.api.dlq import DeadLetterQuery, dead_letters_query
 from gpujobs.api.errors import validation_problem
-from gpujobs.api.jobs import MAX_EVENTS_PER_PAGE, JobListQuery, tenant_job
+from gpujobs.api.jobs import MAX_EVENTS_PER_PAGE, JobListQuery, jobs_query, tenant_job
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.definitions.registry import all_definitions
 from gpujobs.extensions import db
@@ -78,12 +78,7 @@ def overview() -> str:
 def jobs() -> str:
     """The tenant's jobs, newest first, filtered and cursor-paginated like ``GET /v1/jobs``."""
     args = _args(JobListQuery)
-    query = select(Job).where(Job.tenant_id == g.tenant.id)
-    if args.status is not None:
-        query = query.where(Job.status == args.status)
-    if args.definitionKey is not None:
-        query = query.where(Job.definition_key == args.definitionKey)
-    listing = _listing(query, Job, args)
+    listing = _listing(jobs_query(g.tenant.id, args), Job, args)
     return render_template(
         "ui/jobs.html",
         jobs=[job_view(job) for job in listing["items"]],
@@ -170,10 +165,7 @@ def instance_actions(instance: Instance) -> list[str]:
 def dead_letters() -> str:
     """Dead letters not yet redriven, newest first, each with its job's masked params."""
     args = _args(DeadLetterQuery)
-    query = select(DeadLetter).where(DeadLetter.tenant_id == g.tenant.id, DeadLetter.redriven_at.is_(None))
-    if args.definitionKey is not None:
-        query = query.where(DeadLetter.definition_key == args.definitionKey)
-    listing = _listing(query, DeadLetter, args)
+    listing = _listing(dead_letters_query(g.tenant.id, args), DeadLetter, args)
     job_ids = [letter.job_id for letter in listing["items"]]
     params = dict(db.session.execute(select(Job.id, Job.params).where(Job.id.in_(job_ids))).all())
     letters = [
