@@ -80,6 +80,8 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     params = CreateInstanceParams.model_validate(raw)
     job_id = uuid.UUID(ctx.job_id)
     instance = records.ensure_row(job_id, uuid.UUID(ctx.tenant), raw)
+    # A read-only copy (its id and name never change), so each commit below does not re-read the row.
+    db.session.expunge(instance)
     db.session.commit()
     config = current_app.config
     timeout = params.timeout_seconds(config["GPUJOBS_MONITOR_TIMEOUT_SECONDS"])
