@@ -34,19 +34,22 @@ class Catalogue:
 
     def __init__(self, client: NovitaClient, *, fresh: bool = False) -> None:
         self._client = client
-        self._max_age = 0.0 if fresh else current_app.config["GPUJOBS_NOVITA_CATALOGUE_SECONDS"]
-        self.remembered = False  # whether any answer came from memory rather than from Novita
+        self._keep = current_app.config["GPUJOBS_NOVITA_CATALOGUE_SECONDS"]
+        self._max_age = 0.0 if fresh else self._keep
+        self.remembered = False  # whether a product list came from memory rather than from Novita
 
     def list_clusters(self) -> list[Cluster]:
         """Novita's clusters (regions)."""
-        return self._remember(("clusters",), self._client.list_clusters)
+        return self._remember(("clusters",), self._client.list_clusters)[0]
 
     def list_products(self, product_name: str, cluster_id: str, *, gpu_num: int) -> list[Product]:
         """The products named so in one cluster, with that cluster's stock."""
-        return self._remember(
+        products, remembered = self._remember(
             ("products", cluster_id, product_name, gpu_num),
             lambda: self._client.list_products(product_name, cluster_id, gpu_num=gpu_num),
         )
+        self.remembered |= remembered
+        return products
 
     def forget_products(self, cluster_id: str) -> None:
         """Drop a cluster's product lists: Novita just refused a create there, so its stock was stale."""
@@ -55,20 +58,20 @@ class Catalogue:
             for key in [key for key in _remembered if key[:3] == prefix]:
                 del _remembered[key]
 
-    def _remember(self, what: tuple[Any, ...], fetch: Callable[[], T]) -> T:
+    def _remember(self, what: tuple[Any, ...], fetch: Callable[[], T]) -> tuple[T, bool]:
+        """The answer, and whether it came from memory."""
         key = (self._client.base_url, *what)
         now = time.monotonic()
         with _lock:
             kept = _remembered.get(key)
         if kept is not None and now - kept[0] < self._max_age:
-            self.remembered = True
-            return kept[1]
+            return kept[1], True
         value = fetch()
         with _lock:
-            if len(_remembered) >= MAX_LISTS:
-                for stale in [k for k, (at, _) in _remembered.items() if now - at >= self._max_age]:
+            if len(_remembered) >= MAX_LISTS:  # stale by the configured age, whatever this caller asked
+                for stale in [k for k, (at, _) in _remembered.items() if now - at >= self._keep]:
                     del _remembered[stale]
                 if len(_remembered) >= MAX_LISTS:
                     _remembered.clear()
             _remembered[key] = (now, value)
-        return value
+        return value, False

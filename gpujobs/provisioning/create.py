@@ -142,9 +142,11 @@ def _create(
     catalogue = Catalogue(client, fresh=params.maxPricePerHour is not None)
     novita_id, search = _place(ctx, client, instance, params, image, catalogue, fallback)
     if novita_id is None and catalogue.remembered:
-        # Nothing fitted the remembered lists; stock may have arrived since. Ask Novita before giving up.
+        # Nothing fitted the remembered product lists; stock may have arrived since. Ask Novita before
+        # giving up, without trying again the places it has just refused.
+        refused = frozenset((c.product.id, c.cluster.id) for c in search.refused)
         fresh = Catalogue(client, fresh=True)
-        novita_id, search = _place(ctx, client, instance, params, image, fresh, fallback)
+        novita_id, search = _place(ctx, client, instance, params, image, fresh, fallback, refused)
     if novita_id is None:
         raise search.failure()
     return novita_id
@@ -158,9 +160,13 @@ def _place(
     image: Image,
     catalogue: Catalogue,
     fallback: list[str],
+    refused_before: frozenset[tuple[str, str]] = frozenset(),
 ) -> tuple[str | None, Search]:
     """Try the candidates in order until Novita creates one; None (and the search) if none was placed."""
-    search = Search(params.productName, params.gpuNum, image.rootfs_gb, params.maxPricePerHour)
+    search = Search(
+        params.productName, params.gpuNum, image.rootfs_gb, params.maxPricePerHour,
+        refused_before=refused_before,
+    )  # fmt: skip
     clusters = regions_in_order(params.region, fallback, catalogue.list_clusters())
     for candidate in search.candidates(catalogue, clusters):
         ctx.raise_if_cancelled()
@@ -185,16 +191,17 @@ def _place(
 def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None:
     """Note the new instance on the row, if this run still holds the job and the row.
 
-    A run paused between its claim and here may find the job rescued and rerun meanwhile, the rerun
-    having created (or adopted) an instance of its own. The row keeps the rerun's; this one, named
-    like it, is left to the reconcile sweep, which deletes it as a duplicate once the job has ended.
+    A run paused between its claim and here may find the job rescued and rerun meanwhile. The row
+    keeps what the rerun recorded: this very instance if the rerun adopted it by name, or one the
+    rerun created, in which case this one is a duplicate that the reconcile sweep deletes once the
+    job has ended.
     """
     job_id = uuid.UUID(ctx.job_id)
     held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
     if not records.transition(instance.id, (records.CREATING,), *held, novita_id=novita_id):
         db.session.rollback()
         log.warning("job %s: attempt %s lost the job while creating %s", job_id, ctx.attempt, novita_id)
-        raise PermanentError(f"attempt {ctx.attempt} no longer holds job {job_id}; {novita_id} is left over")
+        raise PermanentError(f"attempt {ctx.attempt} no longer holds job {job_id} (it created {novita_id})")
 
 
 def _placement(candidate: Candidate) -> dict[str, Any]:

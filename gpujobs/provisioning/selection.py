@@ -72,6 +72,8 @@ class Search:
     out_of_stock: list[str] = field(default_factory=list)
     over_cap: list[Candidate] = field(default_factory=list)
     refused: list[Candidate] = field(default_factory=list)
+    # (product id, cluster id) pairs Novita refused earlier in this create step: not asked again.
+    refused_before: frozenset[tuple[str, str]] = frozenset()
 
     def candidates(self, client: ProductSource, clusters: list[Cluster]) -> Iterator[Candidate]:
         """Candidates region by region, cheapest first within a region; lists a region only when reached."""
@@ -89,7 +91,9 @@ class Search:
                 self.out_of_stock.append(cluster.region_code)
             for product in in_stock:
                 candidate = Candidate(product, cluster, self.gpu_num)
-                if cap_units is not None and candidate.price_units > cap_units:
+                if (product.id, cluster.id) in self.refused_before:
+                    self.refused.append(candidate)
+                elif cap_units is not None and candidate.price_units > cap_units:
                     self.over_cap.append(candidate)
                 else:
                     yield candidate

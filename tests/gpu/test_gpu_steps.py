@@ -91,6 +91,25 @@ def test_a_create_that_finds_nothing_in_remembered_lists_asks_novita_again_befor
     assert sim.count_calls("POST", "/gpu/instance/create") == 1
 
 
+def test_the_second_look_at_fresh_lists_never_asks_for_a_place_novita_just_refused(
+    app, tenant, sim, novita_config
+):
+    created_and_handed_off(app, tenant)  # the worker now remembers the lists
+    no_room = {"count": 100, "reason": "INSUFFICIENT_RESOURCE", "endpoint": "/gpu/instance/create"}
+    sim.inject(fail_next=no_room)
+    with app.app_context():
+        job_id = create.submit(uuid.UUID(tenant["id"]), REQUEST)[0].id
+        assert runner.run_job(job_id) == "failed"
+        db.session.remove()
+    refused = [
+        (event.data["productId"], event.data["clusterId"])
+        for event in events(app, job_id)
+        if event.type == "job.placement_refused"
+    ]
+    assert refused and len(refused) == len(set(refused))  # each place asked once, across both passes
+    assert sim.count_calls("POST", "/gpu/instance/create") == 1 + len(refused)
+
+
 def test_a_request_with_a_price_cap_reads_fresh_lists(app, tenant, sim, novita_config):
     created_and_handed_off(app, tenant)
     created_and_handed_off(app, tenant, priority="high")
