@@ -121,12 +121,13 @@ def publish_due_webhooks() -> int:
     """Hand every pending delivery whose time came to the webhook queue (delivery claims it).
 
     A delivery never tried is left alone for its first ``SEND_LEASE_SECONDS``: the message that
-    carries it with the rest of its job's events, in order, is normally still on its way, and a
-    single copy sent now could overtake an earlier event. Past that, its message was lost.
+    carries it with the rest of its job's events, in order, is normally still on its way. Past that
+    (the message was lost, or waits behind a long queue), the job's untried deliveries go out again
+    as one ordered message; a delivery being retried goes out on its own.
     """
     first_send_over = func.now() - timedelta(seconds=webhooks.SEND_LEASE_SECONDS)
-    due = db.session.scalars(
-        select(WebhookDelivery.id)
+    due = db.session.execute(
+        select(WebhookDelivery.id, WebhookDelivery.job_id, WebhookDelivery.attempts)
         .where(
             WebhookDelivery.status == "pending",
             WebhookDelivery.next_attempt_at <= func.now(),
@@ -135,9 +136,13 @@ def publish_due_webhooks() -> int:
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(SWEEP_BATCH_SIZE)
     ).all()
+    untried_jobs = list(dict.fromkeys(job_id for _, job_id, attempts in due if attempts == 0))
+    for job_id in untried_jobs:
+        webhooks.publish_pending(job_id)
     db.session.commit()
-    for delivery_id in due:
-        webhooks.publish_delivery(delivery_id)
+    for delivery_id, _, attempts in due:
+        if attempts > 0:
+            webhooks.publish_delivery(delivery_id)
     return len(due)
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
-from sqlalchemy import func, text, update
+import redis
+from sqlalchemy import func, select, text, update
 
-from gpujobs import sweeps
+from gpujobs import sweeps, webhooks
 from gpujobs.extensions import db
-from gpujobs.models import Tenant, WebhookDelivery
+from gpujobs.models import Job, Tenant, WebhookDelivery
+
+WEBHOOK_URL = "http://127.0.0.1:9/hook"  # nothing listens; these tests only read the rows and the queue
 
 
 def test_a_jobs_deliveries_show_their_state_and_never_the_signing_secret(app, client, tenant, delivery):
@@ -68,3 +73,22 @@ def test_the_webhook_sweep_leaves_a_new_delivery_to_the_message_that_carries_it_
         db.session.commit()
         assert sweeps.publish_due_webhooks() == 1  # still untried a while later: that message was lost
         db.session.remove()
+
+
+def test_the_sweep_sends_a_jobs_untried_deliveries_again_as_one_message_in_order(app, tenant, submit):
+    job_id = uuid.UUID(submit(tenant, webhookUrl=WEBHOOK_URL).json["id"])
+    queue = redis.Redis.from_url(app.config["REDIS_URL"])
+    with app.app_context():
+        job = db.session.get(Job, job_id)
+        for event_type in ("instance.running", "job.succeeded"):  # recorded in this order, messages lost
+            webhooks.record_event(job, event_type)
+        two_minutes_ago = func.now() - text("interval '2 minutes'")
+        db.session.execute(update(WebhookDelivery).values(created_at=two_minutes_ago))
+        db.session.commit()
+        queue.delete("webhooks")
+        assert sweeps.publish_due_webhooks() == 2
+        ids = {d.event_type: str(d.id) for d in db.session.scalars(select(WebhookDelivery))}
+        db.session.remove()
+    (message,) = queue.lrange("webhooks", 0, -1)
+    args = json.loads(base64.b64decode(json.loads(message)["body"]))[0]
+    assert args == [ids["instance.running"], ids["job.succeeded"]]
