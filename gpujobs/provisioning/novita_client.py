@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import redis
 from flask import current_app
@@ -26,6 +27,9 @@ READ_TIMEOUT_SECONDS = 20.0
 # Retries inside one call, for blips; longer outages are the engine's (create) or the monitor's business.
 MAX_ATTEMPTS_PER_CALL = 3
 CALLS_KEY = "gpujobs:novita:calls"
+TALLY_PAUSE_SECONDS = 30.0
+
+_tally_paused_until = 0.0
 
 
 _local = threading.local()
@@ -61,9 +65,18 @@ def novita_client(max_attempts: int = MAX_ATTEMPTS_PER_CALL) -> Iterator[NovitaC
 
 
 def count_call(method: str, path: str, outcome: str) -> None:
-    """One more Novita call in the shared tally; if Redis is away the call goes uncounted."""
-    with suppress(redis.RedisError):
+    """One more Novita call in the shared tally; while Redis is away, calls go uncounted.
+
+    After a failure the tally pauses for ``TALLY_PAUSE_SECONDS``, so an unreachable Redis costs one
+    timeout, not one per Novita call.
+    """
+    global _tally_paused_until
+    if time.monotonic() < _tally_paused_until:
+        return
+    try:
         redis_client().hincrby(CALLS_KEY, f"{method} {path} {outcome}", 1)
+    except redis.RedisError:
+        _tally_paused_until = time.monotonic() + TALLY_PAUSE_SECONDS
 
 
 def call_counts() -> dict[tuple[str, str, str], int] | None:

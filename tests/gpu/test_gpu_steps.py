@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 from types import SimpleNamespace
@@ -359,3 +360,15 @@ def test_an_action_job_is_published_only_once_its_instance_is_marked_with_it(
     monkeypatch.setattr(dispatch, "publish", publish)
     deleting = client.delete(f"/v1/instances/{instance_id}", headers=tenant["headers"]).json
     assert [tuple(row) for row in seen] == [("deleting", uuid.UUID(deleting["jobId"]))]
+
+
+def test_with_redis_away_the_novita_call_tally_pauses_instead_of_waiting_on_every_call(monkeypatch):
+    from gpujobs import create_app
+    from gpujobs.embedded import free_port
+    from gpujobs.provisioning import novita_client
+
+    monkeypatch.setattr(novita_client, "_tally_paused_until", 0.0)
+    down = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    with down.app_context():
+        novita_client.count_call("GET", "/clusters", "ok")  # fails once, quietly
+    assert novita_client._tally_paused_until > time.monotonic() + novita_client.TALLY_PAUSE_SECONDS - 5
