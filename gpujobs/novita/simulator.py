@@ -183,7 +183,8 @@ def serve(
         port: TCP port; the API is then at http://<host>:<port>/gpu-instance/openapi/v1.
         api_key: the only key accepted as `Authorization: Bearer <api_key>`.
         phase_seconds: seconds per lifecycle phase, one number or a mapping by status name.
-        seed: seeds instance ids and injected randomness, for reproducible runs.
+        seed: seeds placement choices, SSH passwords and injected errors, for reproducible runs
+            (instance ids are random, unique across restarts as Novita's are).
         inject: initial fault options (see gpujobs.novita.sim.faults); change them later via /_sim/inject.
     """
     simulator = NovitaSimulator(

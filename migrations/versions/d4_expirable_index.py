@@ -5,7 +5,7 @@ batch first walked past all expired dead letters (48.8 ms per batch with 66,967 
 this index; bench/README.md). The predicate says ``dead_lettered IS FALSE`` exactly as the cleanup
 query does: PostgreSQL matches a partial index only on the same expression, and ``NOT dead_lettered``
 is not the same. Built concurrently so a large jobs table stays writable while it builds (the build
-waits for transactions already open on ``jobs`` to finish).
+waits for every transaction older than it to finish, idle ones included).
 
 Revision ID: d4_expirable_index
 Revises: c3_delivery_shards
