@@ -82,9 +82,9 @@ def jobs() -> None:
 @click.option("--limit", default=20, show_default=True)
 def jobs_list(tenant: str | None, status: str | None, limit: int) -> None:
     """List the newest jobs, one JSON object per line."""
+    from gpujobs import resources
     from gpujobs.extensions import db
     from gpujobs.models import Job, Tenant
-    from gpujobs.serializers import job_to_dict
 
     with _app().app_context():
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
@@ -93,7 +93,7 @@ def jobs_list(tenant: str | None, status: str | None, limit: int) -> None:
         if status:
             query = query.where(Job.status == status)
         for job in db.session.scalars(query):
-            click.echo(json.dumps(job_to_dict(job)))
+            click.echo(json.dumps(resources.Job.json_of(job)))
 
 
 @main.group()
@@ -105,9 +105,9 @@ def dlq() -> None:
 @click.option("--limit", default=20, show_default=True)
 def dlq_list(limit: int) -> None:
     """List dead letters not yet redriven, one JSON object per line."""
+    from gpujobs import resources
     from gpujobs.extensions import db
     from gpujobs.models import DeadLetter
-    from gpujobs.serializers import dead_letter_to_dict
 
     with _app().app_context():
         query = (
@@ -117,7 +117,7 @@ def dlq_list(limit: int) -> None:
             .limit(limit)
         )
         for letter in db.session.scalars(query):
-            click.echo(json.dumps(dead_letter_to_dict(letter)))
+            click.echo(json.dumps(resources.DeadLetter.json_of(letter)))
 
 
 @dlq.command("retry")

@@ -18,13 +18,12 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs import jobs
+from gpujobs import jobs, resources
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import GpuJobsError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, Tenant, WebhookDelivery
 from gpujobs.outbound import send
-from gpujobs.serializers import instance_to_dict, job_to_dict
 from gpujobs.signing import webhook_headers
 
 log = logging.getLogger(__name__)
@@ -49,10 +48,11 @@ def record_event(job: Job, event_type: str, instance: Instance | None = None) ->
     """Record ``event_type`` for the job's receiver, once per job attempt (in the caller's transaction)."""
     if not job.webhook_url:
         return
+    instance_body = resources.Instance.json_of(instance) if instance else None
     payload = {
         "type": event_type,
         "timestamp": jobs.utcnow().isoformat(),
-        "data": {"job": job_to_dict(job), "instance": instance_to_dict(instance) if instance else None},
+        "data": {"job": resources.Job.json_of(job), "instance": instance_body},
     }
     db.session.execute(
         insert(WebhookDelivery)

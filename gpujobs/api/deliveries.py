@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, g
 from sqlalchemy import select
 
-from gpujobs import webhooks
+from gpujobs import resources, webhooks
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError
@@ -16,7 +16,6 @@ from gpujobs.api.jobs import tenant_job
 from gpujobs.api.openapi import operation
 from gpujobs.extensions import db
 from gpujobs.models import WebhookDelivery
-from gpujobs.serializers import delivery_to_dict
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/jobs")
 
@@ -37,11 +36,11 @@ def list_deliveries(job_id: uuid.UUID) -> dict[str, Any]:
         .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
         .limit(MAX_DELIVERIES)
     ).all()
-    return {"jobId": str(job.id), "items": [delivery_to_dict(d) for d in deliveries]}
+    return {"jobId": str(job.id), "items": [resources.Delivery.json_of(d) for d in deliveries]}
 
 
 @bp.post("/<uuid:job_id>/deliveries/<uuid:delivery_id>/redeliver")
-@operation(summary="Send a webhook delivery again now", tag=TAG, responses={202: schemas.Delivery})
+@operation(summary="Send a webhook delivery again now", tag=TAG, responses={202: resources.Delivery})
 @require_api_key
 def redeliver(job_id: uuid.UUID, delivery_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Queue the delivery for an immediate attempt, with the same ``webhook-id`` (whatever its status)."""
@@ -56,4 +55,4 @@ def redeliver(job_id: uuid.UUID, delivery_id: uuid.UUID) -> tuple[dict[str, Any]
     if owned is None or not webhooks.redeliver(delivery_id, g.tenant.id):
         raise ApiError(404, "Not Found", f"job {job_id} has no delivery {delivery_id}")
     delivery = db.session.get(WebhookDelivery, delivery_id, populate_existing=True)
-    return delivery_to_dict(delivery), 202
+    return resources.Delivery.json_of(delivery), 202

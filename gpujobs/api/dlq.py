@@ -9,7 +9,7 @@ from flask import Blueprint, g
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, select
 
-from gpujobs import operations
+from gpujobs import operations, resources
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError
@@ -18,7 +18,6 @@ from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
-from gpujobs.serializers import dead_letter_to_dict, job_to_dict
 
 bp = Blueprint("dlq", __name__, url_prefix="/v1/dlq")
 
@@ -65,7 +64,7 @@ def list_dead_letters() -> dict[str, Any]:
     """Dead letters not yet redriven; filter by ``definitionKey``."""
     args = parse_query(DeadLetterQuery)
     query = after_cursor(dead_letters_query(g.tenant.id, args), DeadLetter, args.cursor).limit(args.limit + 1)
-    return page(list(db.session.scalars(query)), args.limit, dead_letter_to_dict)
+    return page(list(db.session.scalars(query)), args.limit, resources.DeadLetter.json_of)
 
 
 def dead_letters_query(tenant_id: uuid.UUID, args: DeadLetterQuery) -> Select[Any]:
@@ -82,7 +81,8 @@ def dead_letters_query(tenant_id: uuid.UUID, args: DeadLetterQuery) -> Select[An
 def get_dead_letter(letter_id: uuid.UUID) -> dict[str, Any]:
     """One dead letter with its job."""
     letter = tenant_letter(letter_id)
-    return {**dead_letter_to_dict(letter), "job": job_to_dict(db.session.get(Job, letter.job_id))}
+    job = resources.Job.json_of(db.session.get(Job, letter.job_id))
+    return {**resources.DeadLetter.json_of(letter), "job": job}
 
 
 @bp.post("/<uuid:letter_id>/retry")
@@ -90,7 +90,7 @@ def get_dead_letter(letter_id: uuid.UUID) -> dict[str, Any]:
     summary="Redrive a dead letter",
     tag=TAG,
     request=Redrive,
-    responses={202: schemas.Job, 409: "already redriven"},
+    responses={202: resources.Job, 409: "already redriven"},
 )
 @require_api_key
 def retry_dead_letter(letter_id: uuid.UUID) -> tuple[dict[str, Any], int]:
@@ -100,4 +100,4 @@ def retry_dead_letter(letter_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     job_id = operations.redrive(letter.id, g.tenant.id, body.maxAttempts)
     if job_id is None:
         raise ApiError(409, "Conflict", "this dead letter was already redriven")
-    return job_to_dict(db.session.get(Job, job_id)), 202
+    return resources.Job.json_of(db.session.get(Job, job_id)), 202

@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, g, url_for
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from gpujobs import resources
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError, unprocessable
@@ -27,13 +28,12 @@ from gpujobs.outbound import UnsafeURLError
 from gpujobs.provisioning import actions, create, records
 from gpujobs.provisioning.monitor import DELETE, START, STOP
 from gpujobs.provisioning.params import CreateInstanceParams, monitoring_defaults
-from gpujobs.serializers import instance_to_dict
 
 bp = Blueprint("instances", __name__, url_prefix="/v1/instances")
 
 TAG = "instances"
 InstanceStatus = Literal[records.STATUSES]  # type: ignore[valid-type]
-Priority = schemas.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
+Priority = resources.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
 PRIORITY_DOC = "a name, or 0-10 (higher is more urgent); default normal"
 WebhookUrl = Annotated[str | None, Field(max_length=2000, pattern=r"^https?://")]
 JOB_FIELDS = {"webhookUrl", "priority", "idempotencyKey"}
@@ -70,33 +70,10 @@ class Accepted(schemas.Out):
     status: str
 
 
-class InstanceOut(schemas.Out):
-    """An instance as the API shows it (`pricePerHour` in USD for all its GPUs)."""
-
-    id: str
-    jobId: str | None
-    name: str
-    label: str | None
-    novitaInstanceId: str | None
-    status: str
-    novitaStatus: str | None
-    productName: str | None
-    productId: str | None
-    region: str | None
-    clusterId: str | None
-    gpuNum: int | None
-    pricePerHour: float | None
-    endpoints: dict[str, Any]
-    error: str | None
-    createdAt: str | None
-    readyAt: str | None
-    lastSeenAt: str | None
-
-
 class InstancePage(schemas.Out):
     """One page of instances, newest first."""
 
-    items: list[InstanceOut]
+    items: list[resources.Instance]
     nextCursor: str | None
 
 
@@ -106,11 +83,6 @@ class MonitoringConfig(schemas.Out):
     pollIntervalMs: int
     maxWaitTimeMs: int
     maxRetryAttempts: int
-
-
-def _shape(instance: Instance) -> dict[str, Any]:
-    """The public shape, checked against the documented model so the two cannot drift."""
-    return InstanceOut.model_validate(instance_to_dict(instance)).model_dump()
 
 
 def _accepted(job: Job, instance: Instance) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -169,7 +141,7 @@ def list_instances() -> dict[str, Any]:
     if args.status is not None:
         query = query.where(Instance.status == args.status)
     query = after_cursor(query, Instance, args.cursor).limit(args.limit + 1)
-    return page(list(db.session.scalars(query)), args.limit, _shape)
+    return page(list(db.session.scalars(query)), args.limit, resources.Instance.json_of)
 
 
 @bp.get("/monitoring")
@@ -182,11 +154,11 @@ def monitoring_config() -> dict[str, Any]:
 
 
 @bp.get("/<uuid:instance_id>")
-@operation(summary="Get an instance", tag=TAG, responses={200: InstanceOut, 404: "no such instance"})
+@operation(summary="Get an instance", tag=TAG, responses={200: resources.Instance, 404: "no such instance"})
 @require_api_key
 def get_instance(instance_id: uuid.UUID) -> dict[str, Any]:
     """One instance: status, Novita's status, product, region, price, endpoints, timestamps."""
-    return _shape(tenant_instance(instance_id))
+    return resources.Instance.json_of(tenant_instance(instance_id))
 
 
 def _act(instance_id: uuid.UUID, action: str) -> tuple[dict[str, Any], int, dict[str, str]]:

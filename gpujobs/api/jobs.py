@@ -9,7 +9,7 @@ from flask import Blueprint, g, url_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Select, select
 
-from gpujobs import operations
+from gpujobs import operations, resources
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError, unprocessable, validation_problem
@@ -21,7 +21,6 @@ from gpujobs.definitions.registry import all_definitions
 from gpujobs.extensions import db
 from gpujobs.models import Job, JobEvent
 from gpujobs.outbound import UnsafeURLError
-from gpujobs.serializers import definition_to_dict, event_to_dict, job_to_dict
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
@@ -38,7 +37,7 @@ class SubmitJob(BaseModel):
     definitionKey: str = Field(min_length=1, max_length=100)
     definitionVersion: int = Field(default=1, ge=1, le=1000)
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: schemas.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None = Field(
+    priority: resources.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None = Field(
         default=None, description="a name, or 0-10 (higher is more urgent); default normal"
     )
     maxAttempts: int | None = Field(default=None, ge=1, le=100)
@@ -51,7 +50,7 @@ class SubmitJob(BaseModel):
 class JobListQuery(PageQuery):
     """Filters of ``GET /v1/jobs``."""
 
-    status: schemas.JobStatus | None = None
+    status: resources.JobStatus | None = None
     definitionKey: str | None = Field(None, min_length=1, max_length=100)
 
 
@@ -76,7 +75,7 @@ def tenant_job(job_id: str | uuid.UUID) -> Job:
 
 
 @bp.post("/jobs")
-@operation(summary="Submit a job", tag=TAG, request=SubmitJob, responses={202: schemas.Job})
+@operation(summary="Submit a job", tag=TAG, request=SubmitJob, responses={202: resources.Job})
 @require_api_key
 @idempotent
 def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -100,7 +99,7 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise validation_problem(exc, ("params",)) from None
     except UnsafeURLError as exc:
         raise unprocessable("webhookUrl", str(exc)) from None
-    return job_to_dict(job), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
+    return resources.Job.json_of(job), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 
 @bp.get("/jobs")
@@ -110,7 +109,7 @@ def list_jobs() -> dict[str, Any]:
     """The caller's jobs filtered by ``status`` / ``definitionKey``, cursor-paginated."""
     args = parse_query(JobListQuery)
     query = after_cursor(jobs_query(g.tenant.id, args), Job, args.cursor).limit(args.limit + 1)
-    return page(list(db.session.scalars(query)), args.limit, job_to_dict)
+    return page(list(db.session.scalars(query)), args.limit, resources.Job.json_of)
 
 
 def jobs_query(tenant_id: uuid.UUID, args: JobListQuery) -> Select[Any]:
@@ -124,18 +123,18 @@ def jobs_query(tenant_id: uuid.UUID, args: JobListQuery) -> Select[Any]:
 
 
 @bp.get("/jobs/<uuid:job_id>")
-@operation(summary="Get a job", tag=TAG, responses={200: schemas.Job})
+@operation(summary="Get a job", tag=TAG, responses={200: resources.Job})
 @require_api_key
 def get_job(job_id: uuid.UUID) -> dict[str, Any]:
     """One job."""
-    return job_to_dict(tenant_job(job_id))
+    return resources.Job.json_of(tenant_job(job_id))
 
 
 @bp.post("/jobs/<uuid:job_id>/cancel")
 @operation(
     summary="Cancel a job",
     tag=TAG,
-    responses={200: schemas.Job, 202: schemas.Job},
+    responses={200: resources.Job, 202: resources.Job},
 )
 @require_api_key
 def cancel_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
@@ -143,7 +142,7 @@ def cancel_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     tenant_job(job_id)
     status = operations.cancel(job_id, g.tenant.id)
     db.session.expire_all()
-    return job_to_dict(tenant_job(job_id)), 202 if status == "cancelling" else 200
+    return resources.Job.json_of(tenant_job(job_id)), 202 if status == "cancelling" else 200
 
 
 @bp.get("/jobs/<uuid:job_id>/events")
@@ -159,7 +158,7 @@ def job_events(job_id: uuid.UUID) -> dict[str, Any]:
         .order_by(JobEvent.id)
         .limit(MAX_EVENTS_PER_PAGE)
     ).all()
-    return {"jobId": str(job.id), "events": [event_to_dict(event) for event in events]}
+    return {"jobId": str(job.id), "events": [resources.JobEvent.json_of(event) for event in events]}
 
 
 @bp.get("/definitions")
@@ -167,4 +166,4 @@ def job_events(job_id: uuid.UUID) -> dict[str, Any]:
 @require_api_key
 def list_definitions() -> dict[str, Any]:
     """Every registered job definition and its defaults."""
-    return {"definitions": [definition_to_dict(d) for d in all_definitions()]}
+    return {"definitions": [resources.Definition.json_of(d) for d in all_definitions()]}

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 from flask import Blueprint, g, url_for
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from sqlalchemy import select
 
-from gpujobs import schedules
+from gpujobs import resources, schedules
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError, unprocessable, validation_problem
@@ -18,7 +17,6 @@ from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.extensions import db
-from gpujobs.jobs import PRIORITY_NAMES
 from gpujobs.models import Schedule
 
 bp = Blueprint("schedules", __name__, url_prefix="/v1/schedules")
@@ -38,7 +36,7 @@ class CreateSchedule(BaseModel):
     definitionKey: str = Field(min_length=1, max_length=100)
     definitionVersion: int = Field(default=1, ge=1, le=1000)
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: schemas.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None = Field(
+    priority: resources.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None = Field(
         default=None, description="a name, or 0-10 (higher is more urgent); default normal"
     )
     timezone: str = Field(
@@ -55,46 +53,11 @@ class UpdateSchedule(BaseModel):
     enabled: StrictBool
 
 
-class ScheduleOut(schemas.Out):
-    """A cron schedule and when it runs next."""
-
-    id: uuid.UUID
-    name: str
-    cron: str
-    timezone: str
-    definitionKey: str
-    definitionVersion: int
-    params: dict[str, Any]
-    priority: schemas.PriorityName
-    enabled: bool
-    nextRunAt: datetime
-    lastRunAt: datetime | None
-    createdAt: datetime
-
-
 class SchedulePage(schemas.Out):
     """One page of schedules, newest first; pass ``nextCursor`` as ``cursor`` for the next."""
 
-    items: list[ScheduleOut]
+    items: list[resources.Schedule]
     nextCursor: str | None
-
-
-def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
-    """A schedule as the API shows it (``ScheduleOut``)."""
-    return {
-        "id": str(schedule.id),
-        "name": schedule.name,
-        "cron": schedule.cron,
-        "timezone": schedule.timezone,
-        "definitionKey": schedule.definition_key,
-        "definitionVersion": schedule.definition_version,
-        "params": schedule.params,
-        "priority": PRIORITY_NAMES[schedule.priority],
-        "enabled": schedule.enabled,
-        "nextRunAt": schedule.next_run_at.isoformat(),
-        "lastRunAt": schedule.last_run_at.isoformat() if schedule.last_run_at else None,
-        "createdAt": schedule.created_at.isoformat(),
-    }
 
 
 def tenant_schedule(schedule_id: uuid.UUID) -> Schedule:
@@ -110,7 +73,7 @@ def tenant_schedule(schedule_id: uuid.UUID) -> Schedule:
     summary="Create a cron schedule",
     tag=TAG,
     request=CreateSchedule,
-    responses={201: ScheduleOut, 409: "The tenant already has a schedule of this name"},
+    responses={201: resources.Schedule, 409: "The tenant already has a schedule of this name"},
 )
 @require_api_key
 def create_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -137,7 +100,7 @@ def create_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
     except schedules.DuplicateScheduleName as exc:
         raise ApiError(409, "Conflict", str(exc)) from None
     location = url_for("schedules.get_schedule", schedule_id=schedule.id)
-    return schedule_to_dict(schedule), 201, {"Location": location}
+    return resources.Schedule.json_of(schedule), 201, {"Location": location}
 
 
 @bp.get("")
@@ -148,20 +111,20 @@ def list_schedules() -> dict[str, Any]:
     args = parse_query(PageQuery)
     query = select(Schedule).where(Schedule.tenant_id == g.tenant.id)
     query = after_cursor(query, Schedule, args.cursor).limit(args.limit + 1)
-    return page(list(db.session.scalars(query)), args.limit, schedule_to_dict)
+    return page(list(db.session.scalars(query)), args.limit, resources.Schedule.json_of)
 
 
 @bp.get("/<uuid:schedule_id>")
-@operation(summary="Get a schedule", tag=TAG, responses={200: ScheduleOut})
+@operation(summary="Get a schedule", tag=TAG, responses={200: resources.Schedule})
 @require_api_key
 def get_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
     """One schedule with its next and last run."""
-    return schedule_to_dict(tenant_schedule(schedule_id))
+    return resources.Schedule.json_of(tenant_schedule(schedule_id))
 
 
 @bp.patch("/<uuid:schedule_id>")
 @operation(
-    summary="Pause or resume a schedule", tag=TAG, request=UpdateSchedule, responses={200: ScheduleOut}
+    summary="Pause or resume a schedule", tag=TAG, request=UpdateSchedule, responses={200: resources.Schedule}
 )
 @require_api_key
 def update_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
@@ -170,7 +133,7 @@ def update_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
     schedule = schedules.set_enabled(schedule_id, g.tenant.id, body.enabled)
     if schedule is None:
         raise ApiError(404, "Not Found", f"no schedule {schedule_id}")
-    return schedule_to_dict(schedule)
+    return resources.Schedule.json_of(schedule)
 
 
 @bp.delete("/<uuid:schedule_id>")

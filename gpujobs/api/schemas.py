@@ -1,23 +1,20 @@
-"""Response models: the documented shape of every JSON answer, turned into the OpenAPI components.
+"""Response models of the API beyond the resources: pages, problems, statistics and probes.
 
-``gpujobs.serializers`` and ``gpujobs.stats`` build the bodies; these models describe them, and the
+The resources themselves (job, event, delivery, ...) are the models of ``gpujobs.resources``, which also
+serialize them. ``gpujobs.stats`` builds the statistics bodies; the models here describe them, and the
 tests validate real responses against them (schemathesis does too), so docs and answers cannot drift.
-Extra fields are forbidden so a field added to a serializer but not here fails those tests.
+Extra fields are forbidden so a field added to a body but not here fails those tests.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from gpujobs.jobs import PRIORITY_NAMES, STATUSES
-
-JobStatus = Literal[STATUSES]  # type: ignore[valid-type]
-PriorityName = Literal[PRIORITY_NAMES]  # type: ignore[valid-type]
-DeliveryStatus = Literal["pending", "succeeded", "failed", "disabled"]
+from gpujobs.resources import DeadLetter, Definition, Delivery, Job, JobEvent
 
 
 class Out(BaseModel):
@@ -45,47 +42,11 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = None
 
 
-class Job(Out):
-    """A job and its whole state."""
-
-    id: uuid.UUID
-    definitionKey: str
-    definitionVersion: int
-    status: JobStatus
-    priority: PriorityName
-    params: dict[str, Any]
-    attempt: int
-    maxAttempts: int
-    timeoutSeconds: int
-    progress: float | None
-    result: dict[str, Any] | None
-    error: str | None
-    cancelRequested: bool
-    deadLettered: bool
-    idempotencyKey: str | None
-    webhookUrl: str | None
-    createdAt: datetime
-    queuedAt: datetime | None
-    startedAt: datetime | None
-    finishedAt: datetime | None
-    nextRetryAt: datetime | None
-
-
 class JobPage(Out):
     """One page of jobs, newest first; pass ``nextCursor`` as ``cursor`` for the next (null: last page)."""
 
     items: list[Job]
     nextCursor: str | None
-
-
-class JobEvent(Out):
-    """One line of a job's timeline."""
-
-    id: int
-    type: str
-    attempt: int
-    data: dict[str, Any]
-    createdAt: datetime
 
 
 class JobEvents(Out):
@@ -95,39 +56,11 @@ class JobEvents(Out):
     events: list[JobEvent]
 
 
-class Delivery(Out):
-    """One webhook event for the job's receiver; ``id`` is its ``webhook-id``, stable across retries."""
-
-    id: uuid.UUID
-    jobId: uuid.UUID
-    eventType: str
-    url: str
-    status: DeliveryStatus
-    attempts: int
-    lastStatusCode: int | None
-    lastError: str | None
-    nextAttemptAt: datetime | None
-    createdAt: datetime
-    deliveredAt: datetime | None
-
-
 class DeliveryList(Out):
     """A job's webhook deliveries, oldest first."""
 
     jobId: uuid.UUID
     items: list[Delivery]
-
-
-class DeadLetter(Out):
-    """A job that exhausted its attempts."""
-
-    id: uuid.UUID
-    jobId: uuid.UUID
-    definitionKey: str
-    attempts: int
-    error: str | None
-    createdAt: datetime
-    redrivenAt: datetime | None
 
 
 class DeadLetterDetail(DeadLetter):
@@ -141,18 +74,6 @@ class DeadLetterPage(Out):
 
     items: list[DeadLetter]
     nextCursor: str | None
-
-
-class Definition(Out):
-    """A registered job definition and its defaults."""
-
-    key: str
-    version: int
-    description: str
-    defaultMaxAttempts: int
-    timeoutSeconds: int
-    concurrencyLimit: int | None
-    paramsSchema: dict[str, Any] = Field(description="JSON Schema of the definition's params")
 
 
 class DefinitionList(Out):

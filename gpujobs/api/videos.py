@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, Response, current_app, g, request, send_file, url_for
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gpujobs import operations, videos
+from gpujobs import operations, resources, videos
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError, unprocessable
@@ -47,7 +47,7 @@ class EncodeForm(BaseModel):
         None,
         description="low, medium (the default) or high; 720p, 1080p or 4k (the seed's form) sets resolution",
     )
-    priority: schemas.PriorityName | Annotated[int, Field(ge=0, le=10)] | None = Field(
+    priority: resources.PriorityName | Annotated[int, Field(ge=0, le=10)] | None = Field(
         None, description="a name, or 0-10 (higher is more urgent); default normal"
     )
 
@@ -76,7 +76,7 @@ class VideoAccepted(schemas.Out):
     """The upload is stored and its encode.video job queued; follow ``statusUrl``."""
 
     jobId: uuid.UUID
-    status: schemas.JobStatus
+    status: resources.JobStatus
     statusUrl: str
     inputFile: str
     format: Format
@@ -88,7 +88,7 @@ class VideoStatus(schemas.Out):
     """A video job's state; the output fields are null until the encoded file can be downloaded."""
 
     jobId: uuid.UUID
-    status: schemas.JobStatus
+    status: resources.JobStatus
     progress: float | None
     error: str | None
     format: Format

@@ -18,7 +18,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
-from gpujobs import operations
+from gpujobs import operations, resources
 from gpujobs.definitions.registry import Handoff, JobContext
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
@@ -35,7 +35,6 @@ from gpujobs.provisioning import records
 from gpujobs.provisioning.monitor import DELETE, GOALS, START, STOP, Watch
 from gpujobs.provisioning.novita_client import novita_client
 from gpujobs.provisioning.params import MAX_TIMEOUT_SECONDS
-from gpujobs.serializers import instance_to_dict
 
 # The row statuses each action may start from.
 ALLOWED_FROM = {
@@ -140,7 +139,8 @@ def delete(ctx: JobContext, params: dict[str, Any]) -> Handoff | dict[str, Any]:
     instance = _take(ctx, params, DELETE)
     if instance.novita_id is None:
         records.transition(instance.id, (records.DELETING,), status=records.DELETED)
-        return {"instance": instance_to_dict(db.session.get(Instance, instance.id, populate_existing=True))}
+        deleted = db.session.get(Instance, instance.id, populate_existing=True)
+        return {"instance": resources.Instance.json_of(deleted)}
     # Already gone is fine: the monitor confirms it and ends the job.
     with novita_client() as client, contextlib.suppress(NovitaNotFoundError):
         client.delete_instance(instance.novita_id)

@@ -21,7 +21,7 @@ import redis
 from flask import current_app
 from sqlalchemy.exc import OperationalError
 
-from gpujobs import jobs, webhooks
+from gpujobs import jobs, resources, webhooks
 from gpujobs.definitions.registry import Handoff
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import PermanentError, TransientError
@@ -31,7 +31,6 @@ from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError, spec
 from gpujobs.provisioning import records, snapshot
 from gpujobs.provisioning.novita_client import novita_client
-from gpujobs.serializers import instance_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +276,7 @@ def _end(
         if outcome == jobs.SUCCEEDED:
             outcome, error = jobs.FAILED, _taken_over(watch, instance)
     if outcome == jobs.SUCCEEDED:
-        ended = jobs.succeed(watch.job_id, watch.attempt, {"instance": instance_to_dict(instance)})
+        ended = jobs.succeed(watch.job_id, watch.attempt, {"instance": resources.Instance.json_of(instance)})
     elif outcome == jobs.CANCELLED:
         ended = jobs.cancel_running(watch.job_id, watch.attempt, error or "cancelled")
     else:

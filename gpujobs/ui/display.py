@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 
+from gpujobs import resources
 from gpujobs.models import Instance, Job, JobEvent, WebhookDelivery
 from gpujobs.novita.spec import REMOVAL_STATUSES
 from gpujobs.provisioning import records
-from gpujobs.serializers import delivery_to_dict, event_to_dict, instance_to_dict, job_to_dict
 from gpujobs.ui import bp
 
 MASK = "••••"
@@ -63,7 +63,7 @@ def mask_url(url: str | None) -> str | None:
 
 def job_view(job: Job) -> dict[str, Any]:
     """A job as the API shows it, with params, result, error and webhook URL masked."""
-    view = job_to_dict(job)
+    view = resources.Job.json_of(job)
     view["params"] = mask_secrets(view["params"])
     view["result"] = mask_secrets(view["result"])
     view["webhookUrl"] = mask_url(view["webhookUrl"])
@@ -76,7 +76,7 @@ def job_view(job: Job) -> dict[str, Any]:
 
 def event_view(event: JobEvent) -> dict[str, Any]:
     """One timeline entry, its data masked."""
-    view = event_to_dict(event)
+    view = resources.JobEvent.json_of(event)
     view["data"] = mask_secrets(view["data"])
     view["at"] = event.created_at
     return view
@@ -84,7 +84,7 @@ def event_view(event: JobEvent) -> dict[str, Any]:
 
 def instance_view(instance: Instance, now: datetime) -> dict[str, Any]:
     """An instance with its age, flag and endpoints as display lines."""
-    view = instance_to_dict(instance)
+    view = resources.Instance.json_of(instance)
     view["endpoints"] = endpoint_lines(mask_secrets(view["endpoints"]))
     view["age"] = duration(now - instance.created_at)
     view["flag"] = instance_flag(instance)
@@ -104,7 +104,7 @@ def instance_flag(instance: Instance) -> str | None:
 
 def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
     """A webhook delivery as the API shows it (no payload), the receiver's URL masked."""
-    view = delivery_to_dict(delivery)
+    view = resources.Delivery.json_of(delivery)
     view["url"] = mask_url(view["url"])
     view["created"] = delivery.created_at
     view["nextAttempt"] = delivery.next_attempt_at if delivery.status == "pending" else None

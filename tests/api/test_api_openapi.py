@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
+from gpujobs import resources
 from gpujobs.api import schemas
 from gpujobs.api.openapi import undocumented_routes
 from gpujobs.jobs import STATUSES
@@ -66,7 +67,7 @@ def test_the_docs_page_lists_every_operation_and_schema_without_external_assets(
     ("path", "model"),
     [
         ("/v1/jobs", schemas.JobPage),
-        ("/v1/jobs/{job_id}", schemas.Job),
+        ("/v1/jobs/{job_id}", resources.Job),
         ("/v1/jobs/{job_id}/events", schemas.JobEvents),
         ("/v1/jobs/{job_id}/deliveries", schemas.DeliveryList),
         ("/v1/dlq", schemas.DeadLetterPage),
@@ -89,10 +90,11 @@ def test_real_answers_match_their_documented_models(client, tenant, delivery, de
 def test_answers_of_the_writing_routes_match_their_documented_models(
     client, tenant, submit, delivery, dead_letter
 ):
-    conforms(submit(tenant, priority=3, maxAttempts=2, webhookUrl="http://127.0.0.1:9/x"), schemas.Job)
-    conforms(client.post(f"/v1/jobs/{delivery['job_id']}/cancel", headers=tenant["headers"]), schemas.Job)
+    conforms(submit(tenant, priority=3, maxAttempts=2, webhookUrl="http://127.0.0.1:9/x"), resources.Job)
+    conforms(client.post(f"/v1/jobs/{delivery['job_id']}/cancel", headers=tenant["headers"]), resources.Job)
     redeliver = f"/v1/jobs/{delivery['job_id']}/deliveries/{delivery['delivery_id']}/redeliver"
-    conforms(client.post(redeliver, headers=tenant["headers"]), schemas.Delivery)
-    conforms(client.post(f"/v1/dlq/{dead_letter['letter_id']}/retry", headers=tenant["headers"]), schemas.Job)
+    conforms(client.post(redeliver, headers=tenant["headers"]), resources.Delivery)
+    redrive = f"/v1/dlq/{dead_letter['letter_id']}/retry"
+    conforms(client.post(redrive, headers=tenant["headers"]), resources.Job)
     problem = client.post("/v1/jobs", json={"nope": 1}, headers=tenant["headers"])
     schemas.Problem.model_validate_json(problem.get_data(), strict=True)

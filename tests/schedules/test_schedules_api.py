@@ -9,8 +9,8 @@ import pytest
 from helpers import make_tenant
 from sqlalchemy import select
 
-from gpujobs import schedules
-from gpujobs.api.schedules import ScheduleOut, SchedulePage
+from gpujobs import resources, schedules
+from gpujobs.api.schedules import SchedulePage
 from gpujobs.extensions import db
 from gpujobs.models import Job
 
@@ -27,7 +27,7 @@ def test_creating_a_schedule_answers_201_with_its_location_and_next_run(client, 
     response = post_schedule(client, tenant, priority=9, timezone="Europe/Berlin")
     assert response.status_code == 201, response.json
     body = response.json
-    ScheduleOut.model_validate(body)
+    resources.Schedule.model_validate(body)
     assert response.headers["Location"] == f"/v1/schedules/{body['id']}"
     assert (body["name"], body["cron"], body["timezone"], body["priority"]) == (
         "nightly",

@@ -1,0 +1,287 @@
+"""Public resources: one pydantic model per resource, shared by the API, the dashboard and webhook bodies.
+
+Fields are snake_case in Python and camelCase on the wire (by alias). Each model is at once the
+serializer (``json_of(row)``) and the OpenAPI component, so the two cannot drift. Times are written
+with ``datetime.isoformat()`` (``+00:00``, not pydantic's ``Z``) so answers keep their exact form.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, cast
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+from gpujobs import models
+from gpujobs.jobs import PRIORITY_NAMES, STATUSES
+
+if TYPE_CHECKING:  # the registry imports the definitions, some of which import this module
+    from gpujobs.definitions.registry import Definition as RegisteredDefinition
+
+JobStatus = Literal[STATUSES]  # type: ignore[valid-type]
+PriorityName = Literal[PRIORITY_NAMES]  # type: ignore[valid-type]
+DeliveryStatus = Literal["pending", "succeeded", "failed", "disabled"]
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+
+class Resource(BaseModel):
+    """Base of the public resources: exactly these fields, camelCase on the wire.
+
+    ``from_row`` validates (pydantic-core, in Rust): measured against ``model_construct``, which loops in
+    Python, it costs no more on the webhook and worker paths, and it checks the row against the schema.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    @classmethod
+    def json_of(cls, row: Any) -> dict[str, Any]:
+        """The JSON object of ``row`` (what the API answers, the dashboard shows and webhooks carry)."""
+        return cls.from_row(row).model_dump(mode="json")
+
+    @classmethod
+    def from_row(cls, row: Any) -> Self:
+        """The resource of ``row``."""
+        raise NotImplementedError
+
+
+class Job(Resource):
+    """A job and its whole state."""
+
+    id: uuid.UUID
+    definition_key: str
+    definition_version: int
+    status: JobStatus
+    priority: PriorityName
+    params: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    timeout_seconds: int
+    progress: float | None
+    result: dict[str, Any] | None
+    error: str | None
+    cancel_requested: bool
+    dead_lettered: bool
+    idempotency_key: str | None
+    webhook_url: str | None
+    created_at: Timestamp
+    queued_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    next_retry_at: Timestamp | None
+
+    @classmethod
+    def from_row(cls, row: models.Job) -> Self:
+        return cls(
+            id=row.id,
+            definition_key=row.definition_key,
+            definition_version=row.definition_version,
+            status=row.status,
+            priority=PRIORITY_NAMES[row.priority],
+            params=row.params,
+            attempt=row.attempt,
+            max_attempts=row.max_attempts,
+            timeout_seconds=row.timeout_seconds,
+            progress=row.progress,
+            result=row.result,
+            error=row.error,
+            cancel_requested=row.cancel_requested,
+            dead_lettered=row.dead_lettered,
+            idempotency_key=row.idempotency_key,
+            webhook_url=row.webhook_url,
+            created_at=row.created_at,
+            queued_at=row.queued_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            next_retry_at=row.next_retry_at,
+        )
+
+
+class JobEvent(Resource):
+    """One line of a job's timeline."""
+
+    id: int
+    type: str
+    attempt: int
+    data: dict[str, Any]
+    created_at: Timestamp
+
+    @classmethod
+    def from_row(cls, row: models.JobEvent) -> Self:
+        return cls(id=row.id, type=row.type, attempt=row.attempt, data=row.data, created_at=row.created_at)
+
+
+class Instance(Resource):
+    """A GPU instance; ``pricePerHour`` is USD for all its GPUs (Novita counts 1/100,000 USD)."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID | None
+    name: str
+    label: str | None
+    novita_instance_id: str | None
+    status: str
+    novita_status: str | None
+    product_name: str | None
+    product_id: str | None
+    region: str | None
+    cluster_id: str | None
+    gpu_num: int | None
+    price_per_hour: float | None
+    endpoints: dict[str, Any]
+    error: str | None
+    created_at: Timestamp | None
+    ready_at: Timestamp | None
+    last_seen_at: Timestamp | None
+
+    @classmethod
+    def from_row(cls, row: models.Instance) -> Self:
+        price = row.price_per_hour_units
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            name=row.name,
+            label=row.label,
+            novita_instance_id=row.novita_id,
+            status=row.status,
+            novita_status=row.novita_status,
+            product_name=row.product_name,
+            product_id=row.product_id,
+            region=row.region,
+            cluster_id=row.cluster_id,
+            gpu_num=row.gpu_num,
+            price_per_hour=price / 100_000 if price is not None else None,
+            endpoints=row.endpoints,
+            error=row.error,
+            created_at=row.created_at,
+            ready_at=row.ready_at,
+            last_seen_at=row.last_seen_at,
+        )
+
+
+class DeadLetter(Resource):
+    """A job that exhausted its attempts."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    definition_key: str
+    attempts: int
+    error: str | None
+    created_at: Timestamp
+    redriven_at: Timestamp | None
+
+    @classmethod
+    def from_row(cls, row: models.DeadLetter) -> Self:
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            definition_key=row.definition_key,
+            attempts=row.attempts,
+            error=row.error,
+            created_at=row.created_at,
+            redriven_at=row.redriven_at,
+        )
+
+
+class Delivery(Resource):
+    """One webhook event for the job's receiver; ``id`` is its ``webhook-id``, stable across retries.
+
+    Its outcome and schedule only: never the payload, never a secret.
+    """
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    event_type: str
+    url: str
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: Timestamp | None
+    created_at: Timestamp
+    delivered_at: Timestamp | None
+
+    @classmethod
+    def from_row(cls, row: models.WebhookDelivery) -> Self:
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            event_type=row.event_type,
+            url=row.url,
+            status=cast(DeliveryStatus, row.status),  # a plain string column; validated here
+            attempts=row.attempts,
+            last_status_code=row.last_status_code,
+            last_error=row.last_error,
+            next_attempt_at=row.next_attempt_at,
+            created_at=row.created_at,
+            delivered_at=row.delivered_at,
+        )
+
+
+class Definition(Resource):
+    """A registered job definition and its defaults."""
+
+    key: str
+    version: int
+    description: str
+    default_max_attempts: int
+    timeout_seconds: int
+    concurrency_limit: int | None
+    params_schema: dict[str, Any] = Field(description="JSON Schema of the definition's params")
+
+    @classmethod
+    def from_row(cls, row: RegisteredDefinition) -> Self:
+        """The resource of a registered definition (from the registry, not a table)."""
+        return cls(
+            key=row.key,
+            version=row.version,
+            description=row.description,
+            default_max_attempts=row.max_attempts,
+            timeout_seconds=row.timeout_seconds,
+            concurrency_limit=row.concurrency_limit,
+            params_schema=row.params_model.model_json_schema(),
+        )
+
+
+class Schedule(Resource):
+    """A cron schedule and when it runs next."""
+
+    id: uuid.UUID
+    name: str
+    cron: str
+    timezone: str
+    definition_key: str
+    definition_version: int
+    params: dict[str, Any]
+    priority: PriorityName
+    enabled: bool
+    next_run_at: Timestamp
+    last_run_at: Timestamp | None
+    created_at: Timestamp
+
+    @classmethod
+    def from_row(cls, row: models.Schedule) -> Self:
+        return cls(
+            id=row.id,
+            name=row.name,
+            cron=row.cron,
+            timezone=row.timezone,
+            definition_key=row.definition_key,
+            definition_version=row.definition_version,
+            params=row.params,
+            priority=PRIORITY_NAMES[row.priority],
+            enabled=row.enabled,
+            next_run_at=row.next_run_at,
+            last_run_at=row.last_run_at,
+            created_at=row.created_at,
+        )
