@@ -125,6 +125,7 @@ def dlq_list(limit: int) -> None:
 @click.option("--max-attempts", type=click.IntRange(1, 100), help="Fresh attempt budget.")
 def dlq_retry(dead_letter_id: uuid.UUID, max_attempts: int | None) -> None:
     """Redrive one dead letter: its job runs again with a fresh attempt budget."""
+    from gpujobs.exceptions import Conflict
     from gpujobs.extensions import db
     from gpujobs.models import DeadLetter
     from gpujobs.operations import redrive
@@ -133,9 +134,10 @@ def dlq_retry(dead_letter_id: uuid.UUID, max_attempts: int | None) -> None:
         letter = db.session.get(DeadLetter, dead_letter_id)
         if letter is None:
             raise click.ClickException(f"no dead letter {dead_letter_id}")
-        job_id = redrive(dead_letter_id, letter.tenant_id, max_attempts)
-        if job_id is None:
-            raise click.ClickException(f"dead letter {dead_letter_id} was already redriven")
+        try:
+            job_id = redrive(dead_letter_id, letter.tenant_id, max_attempts)
+        except Conflict:
+            raise click.ClickException(f"dead letter {dead_letter_id} was already redriven") from None
         click.echo(str(job_id))
 
 

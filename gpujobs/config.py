@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from gpujobs.embedded_env import read_embedded_env
+from gpujobs.exceptions import GpuJobsError
 from gpujobs.novita.spec import PRODUCTION_BASE_URL as NOVITA_DEFAULT_BASE_URL
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ConfigError(ValueError):
+class ConfigError(GpuJobsError):
     """A setting has a value the service cannot use."""
 
 

@@ -1,15 +1,51 @@
-"""Error classes shared by the engine, the Novita client and job handlers.
+"""Error classes shared by the engine, the Novita client, job handlers and the domain functions.
 
-One decision lives here: a failure is either *transient* (worth retrying with backoff) or
-*permanent* (retrying cannot help, fail now with a clear reason). Everything that can fail a job
-raises one of these, so the engine decides retry-vs-fail in exactly one place.
+Two decisions live here. A failure that can fail a job is either *transient* (worth retrying with
+backoff) or *permanent* (retrying cannot help, fail now with a clear reason), so the engine decides
+retry-vs-fail in exactly one place. A refused request is *not found*, a *conflict* with the current
+state, or an *invalid field*; ``gpujobs.api.errors`` maps each to one HTTP answer, so no view translates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class GpuJobsError(Exception):
     """Base class for every error the service raises on purpose."""
+
+
+class NotFound(GpuJobsError):
+    """The tenant has no such thing (another tenant's counts as none: the two must not be told apart)."""
+
+
+class Conflict(GpuJobsError):
+    """A valid request that the thing's current state refuses (already redriven, not stopped, name taken)."""
+
+
+class InvalidField(GpuJobsError):
+    """Input the service cannot use; ``field`` names it as the API spells it (``params.numbers.0``).
+
+    ``errors`` holds every ``(field, message)`` when a model refused several at once.
+    """
+
+    def __init__(self, field: str, message: str, *, errors: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.field = field
+        self.errors = tuple(errors) or ((field, message),)
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, prefix: tuple[str, ...] = ()) -> InvalidField:
+        """Each field pydantic refused, by its dotted path under ``prefix`` (``body`` for the whole)."""
+        errors = [
+            (".".join(str(part) for part in (*prefix, *error["loc"])) or "body", error["msg"])
+            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        return cls(errors[0][0], errors[0][1], errors=errors)
 
 
 class TransientError(GpuJobsError):

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, text, update
 
 from gpujobs.definitions.registry import Definition
+from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
 
@@ -40,13 +41,14 @@ def priority_level(value: str | int | None) -> int:
     if value is None:
         return PRIORITY_LEVELS[DEFAULT_PRIORITY]
     if isinstance(value, bool):
-        raise ValueError("priority must be a name or an integer from 0 to 10")
+        raise InvalidField("priority", "priority must be a name or an integer from 0 to 10")
     if isinstance(value, int):
         if not 0 <= value <= 10:
-            raise ValueError("priority integers run from 0 to 10")
+            raise InvalidField("priority", "priority integers run from 0 to 10")
         return 0 if value <= 2 else 1 if value <= 5 else 2 if value <= 8 else 3
     if value not in PRIORITY_LEVELS:
-        raise ValueError(f"priority must be one of {', '.join(PRIORITY_NAMES)} or an integer from 0 to 10")
+        choices = ", ".join(PRIORITY_NAMES)
+        raise InvalidField("priority", f"priority must be one of {choices} or an integer from 0 to 10")
     return PRIORITY_LEVELS[value]
 
 

@@ -9,13 +9,29 @@ import uuid
 from typing import Any
 
 from flask import current_app
+from pydantic import ValidationError
 
 from gpujobs import jobs, webhooks
-from gpujobs.definitions.registry import get_definition
+from gpujobs.definitions.registry import Definition, get_definition
 from gpujobs.dispatch import commit_and_publish, dispatch_of
+from gpujobs.exceptions import Conflict, InvalidField, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
-from gpujobs.outbound import check_url
+from gpujobs.outbound import UnsafeURLError, check_url
+
+
+def validated(key: str, version: int, params: dict[str, Any]) -> tuple[Definition, dict[str, Any]]:
+    """The definition ``key@version`` and ``params`` normalised by its model (for a job or a schedule).
+
+    Raises InvalidField naming ``definitionKey``, or each bad ``params.*`` field.
+    """
+    definition = get_definition(key, version)
+    if definition is None:
+        raise InvalidField("definitionKey", f"no job definition {key}@{version}")
+    try:
+        return definition, definition.validate_params(params)
+    except ValidationError as exc:
+        raise InvalidField.from_validation(exc, ("params",)) from None
 
 
 def prepare(
@@ -32,19 +48,19 @@ def prepare(
     """Validate one job and add it to the session, queued; the caller commits, then publishes
     (for rows that must commit in the same transaction as the job, like a GPU instance row).
 
-    Raises LookupError (unknown definition), ValueError (bad priority),
-    UnsafeURLError (webhook URL), pydantic.ValidationError (params), and IntegrityError when the
+    Raises InvalidField (definition, params, priority, webhook URL), and IntegrityError when the
     tenant's idempotency key already belongs to a job.
     """
-    definition = get_definition(key, version)
-    if definition is None:
-        raise LookupError(f"no job definition {key}@{version}")
+    definition, params = validated(key, version, params)
     if webhook_url:  # refused here (422) rather than failing every delivery later
-        check_url(webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
+        try:
+            check_url(webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
+        except UnsafeURLError as exc:
+            raise InvalidField("webhookUrl", str(exc)) from None
     return jobs.new_job(
         tenant_id=tenant_id,
         definition=definition,
-        params=definition.validate_params(params),
+        params=params,
         priority=jobs.priority_level(priority),
         max_attempts=max_attempts,
         webhook_url=webhook_url,
@@ -72,9 +88,11 @@ def submit(
     return job
 
 
-def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> str | None:
-    """Cancel a tenant's job; returns its status afterwards, or None if the tenant has no such job."""
+def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> str:
+    """Cancel a tenant's job; returns its status afterwards (NotFound if the tenant has no such job)."""
     status = jobs.request_cancel(job_id, tenant_id)
+    if status is None:
+        raise NotFound(f"no job {job_id}")
     if status == jobs.CANCELLED:
         webhooks.record_job_event(job_id)
     db.session.commit()
@@ -83,18 +101,19 @@ def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> str | None:
     return status
 
 
-def redrive(
-    dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, max_attempts: int | None = None
-) -> uuid.UUID | None:
-    """Run a dead-lettered job again with a fresh budget (default: its definition's attempts)."""
+def redrive(dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, max_attempts: int | None = None) -> uuid.UUID:
+    """Run a dead-lettered job again with a fresh budget (default: its definition's attempts).
+
+    Raises NotFound (not the tenant's dead letter) or Conflict (already redriven).
+    """
     letter = db.session.get(DeadLetter, dead_letter_id)
     if letter is None or letter.tenant_id != tenant_id:
-        return None
+        raise NotFound(f"no dead letter {dead_letter_id}")
     definition_attempts = _default_attempts(letter.job_id)
     job_id = jobs.redrive(dead_letter_id, tenant_id, max_attempts or definition_attempts)
     if job_id is None:
         db.session.rollback()
-        return None
+        raise Conflict("this dead letter was already redriven")
     commit_and_publish([dispatch_of(db.session.get(Job, job_id))])
     return job_id
 

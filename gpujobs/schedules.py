@@ -20,9 +20,10 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gpujobs import jobs
+from gpujobs import jobs, operations
 from gpujobs.definitions.registry import get_definition
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
+from gpujobs.exceptions import Conflict, InvalidField, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule
 
@@ -34,35 +35,23 @@ CRON_FIELDS = 5  # minute hour day-of-month month day-of-week; no seconds: beat 
 CRON_KEYWORDS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
 
 
-class ScheduleError(ValueError):
-    """A schedule field the service cannot use; ``field`` names it for the API's 422."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-class DuplicateScheduleName(Exception):
-    """The tenant already has a schedule of that name."""
-
-
 def _zone(name: str) -> ZoneInfo:
-    """The IANA zone called ``name`` (``Europe/Berlin``), or a ScheduleError."""
+    """The IANA zone called ``name`` (``Europe/Berlin``), or InvalidField naming ``timezone``."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError("timezone", f"unknown time zone {name!r}; use an IANA name such as UTC") from None
+        raise InvalidField("timezone", f"unknown time zone {name!r}; use an IANA name such as UTC") from None
 
 
 def next_run_after(cron: str, timezone: str, after: datetime) -> datetime:
-    """The first tick strictly after ``after``, in UTC; raises ScheduleError for a bad cron or zone.
+    """The first tick strictly after ``after``, in UTC; raises InvalidField for a bad cron or zone.
 
     Ticks follow the zone's wall clock. As in Vixie cron, a wall time repeated when clocks go back runs
     once, unless the hour field is ``*`` (an hourly job still runs every real hour).
     """
     zone = _zone(timezone)
     if cron.strip() not in CRON_KEYWORDS and len(cron.split()) != CRON_FIELDS:
-        raise ScheduleError("cron", f"cron needs {CRON_FIELDS} fields (minute hour day month weekday)")
+        raise InvalidField("cron", f"cron needs {CRON_FIELDS} fields (minute hour day month weekday)")
     try:
         ticks = croniter(cron.strip(), after.astimezone(zone))
         every_hour = ticks.expanded[1] == ["*"]
@@ -71,7 +60,7 @@ def next_run_after(cron: str, timezone: str, after: datetime) -> datetime:
             if every_hour or not _repeated_wall_time(tick, zone):
                 return tick.astimezone(UTC)
     except CroniterError as exc:
-        raise ScheduleError("cron", f"invalid cron expression {cron!r}: {exc}") from None
+        raise InvalidField("cron", f"invalid cron expression {cron!r}: {exc}") from None
 
 
 def _repeated_wall_time(tick: datetime, zone: ZoneInfo) -> bool:
@@ -95,16 +84,9 @@ def create(
 ) -> Schedule:
     """Validate and store a schedule whose first run is its first tick after ``now``.
 
-    Raises LookupError (unknown definition), ScheduleError (cron, timezone, priority),
-    pydantic.ValidationError (params) and DuplicateScheduleName.
+    Raises InvalidField (definition, params, cron, timezone, priority) and Conflict (the name is taken).
     """
-    definition = get_definition(definition_key, definition_version)
-    if definition is None:
-        raise LookupError(f"no job definition {definition_key}@{definition_version}")
-    try:
-        level = jobs.priority_level(priority)
-    except ValueError as exc:
-        raise ScheduleError("priority", str(exc)) from None
+    definition, valid_params = operations.validated(definition_key, definition_version, params)
     schedule = Schedule(
         tenant_id=tenant_id,
         name=name,
@@ -112,8 +94,8 @@ def create(
         timezone=timezone,
         definition_key=definition.key,
         definition_version=definition.version,
-        params=definition.validate_params(params),
-        priority=level,
+        params=valid_params,
+        priority=jobs.priority_level(priority),
         enabled=enabled,
         next_run_at=next_run_after(cron, timezone, now or jobs.utcnow()),
     )
@@ -124,37 +106,41 @@ def create(
         db.session.rollback()
         if getattr(exc.orig.diag, "constraint_name", None) != NAME_CONSTRAINT:
             raise
-        raise DuplicateScheduleName(f"a schedule named {name!r} already exists") from None
+        raise Conflict(f"a schedule named {name!r} already exists") from None
     return schedule
 
 
-def get(schedule_id: uuid.UUID, tenant_id: uuid.UUID) -> Schedule | None:
-    """The tenant's schedule, or None (also for another tenant's)."""
-    return db.session.scalar(
+def get(schedule_id: uuid.UUID, tenant_id: uuid.UUID) -> Schedule:
+    """The tenant's schedule; NotFound also for another tenant's."""
+    schedule = db.session.scalar(
         select(Schedule).where(Schedule.id == schedule_id, Schedule.tenant_id == tenant_id)
     )
+    if schedule is None:
+        raise NotFound(f"no schedule {schedule_id}")
+    return schedule
 
 
-def remove(schedule_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
-    """Delete a schedule (jobs it already queued go on); False when the tenant has no such schedule."""
+def remove(schedule_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
+    """Delete a schedule (jobs it already queued go on); NotFound when the tenant has no such schedule."""
     deleted = db.session.execute(
         delete(Schedule)
         .where(Schedule.id == schedule_id, Schedule.tenant_id == tenant_id)
         .returning(Schedule.id)
     ).first()
     db.session.commit()
-    return deleted is not None
+    if deleted is None:
+        raise NotFound(f"no schedule {schedule_id}")
 
 
 def set_enabled(
     schedule_id: uuid.UUID, tenant_id: uuid.UUID, enabled: bool, now: datetime | None = None
-) -> Schedule | None:
-    """Pause or resume a schedule; None when the tenant has no such schedule.
+) -> Schedule:
+    """Pause or resume a schedule; NotFound when the tenant has no such schedule.
 
     Resuming starts from the first tick after now: ticks missed while paused are not made up.
     """
     schedule = get(schedule_id, tenant_id)
-    if schedule is None or schedule.enabled == enabled:
+    if schedule.enabled == enabled:
         return schedule
     values: dict[str, Any] = {"enabled": enabled}
     if enabled:
@@ -196,7 +182,7 @@ def _run_tick(schedule: Schedule, now: datetime) -> Job | None:
     tick = schedule.next_run_at
     try:
         following = next_run_after(schedule.cron, schedule.timezone, now)
-    except ScheduleError as exc:  # stored valid, unreadable now (a library change): stop, do not spin
+    except InvalidField as exc:  # stored valid, unreadable now (a library change): stop, do not spin
         log.error("schedule %s: disabled, %s", schedule.id, exc)
         _advance(schedule, tick, enabled=False)
         return None

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from gpujobs import jobs
 from gpujobs.definitions import video
-from gpujobs.exceptions import PermanentError
+from gpujobs.exceptions import GpuJobsError, InvalidField, PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Job
 
@@ -40,7 +40,7 @@ CLEANUP_QUERY_CHUNK = 500
 DONE_WITH_FILES = (jobs.SUCCEEDED, jobs.CANCELLED)
 
 
-class UploadRejected(Exception):
+class UploadRejected(GpuJobsError):
     """An upload the service will not encode."""
 
 
@@ -48,8 +48,11 @@ class UnsupportedVideo(UploadRejected):
     """Not an accepted container: wrong extension, or content that does not match it."""
 
 
-class UnreadableVideo(UploadRejected):
-    """The right container, but FFmpeg finds no video stream it can read."""
+class UnreadableVideo(UploadRejected, InvalidField):
+    """The right container, but FFmpeg finds no video stream it can read (an invalid ``video`` field)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("video", message)
 
 
 class VideoTooLarge(UploadRejected):

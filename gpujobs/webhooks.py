@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs, resources
 from gpujobs.dispatch import send_task
-from gpujobs.exceptions import GpuJobsError
+from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, Tenant, WebhookDelivery
 from gpujobs.outbound import send
@@ -174,15 +174,21 @@ def _outcome(status_code: int | None, attempt: int) -> tuple[str, object]:
     return "pending", jobs.utcnow() + timedelta(seconds=delay)
 
 
-def redeliver(delivery_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
-    """Send a delivery again now (operator action), keeping its ``webhook-id``; False if not the tenant's."""
+def redeliver(delivery_id: uuid.UUID, job_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
+    """Send a job's delivery again now (operator action), keeping its ``webhook-id``.
+
+    NotFound unless the delivery is the tenant's and belongs to that job.
+    """
     done = db.session.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.tenant_id == tenant_id)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.job_id == job_id,
+            WebhookDelivery.tenant_id == tenant_id,
+        )
         .values(status="pending", next_attempt_at=func.now())
     )
     db.session.commit()
     if done.rowcount != 1:
-        return False
+        raise NotFound(f"job {job_id} has no delivery {delivery_id}")
     publish_delivery(delivery_id)
-    return True

@@ -8,6 +8,7 @@ import time
 import uuid
 from itertools import pairwise
 
+import pytest
 from flask import Flask
 from helpers import wait_for
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from gpujobs import jobs, operations, runner
 from gpujobs.definitions import get_definition
 from gpujobs.dispatch import Dispatch, publish
+from gpujobs.exceptions import Conflict, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
 
@@ -151,7 +153,8 @@ def test_exhausted_attempts_land_in_the_dead_letter_queue_and_redrive_runs_again
         letter = db.session.scalar(select(DeadLetter).where(DeadLetter.job_id == job_id))
         assert letter is not None and letter.attempts == 2
         assert operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1) == job_id
-        assert operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1) is None  # only once
+        with pytest.raises(Conflict):  # only once
+            operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1)
         db.session.remove()
     wait_for(
         lambda: job_row(app, job_id).attempt == 3 and job_row(app, job_id).status == "failed", timeout=30
@@ -164,7 +167,8 @@ def test_a_queued_job_cancels_at_once_and_never_runs(app, tenant):
     job_id = submit(app, tenant, "echo", {"message": "never"})
     with app.app_context():
         assert operations.cancel(job_id, uuid.UUID(tenant["id"])) == "cancelled"
-        assert operations.cancel(job_id, uuid.uuid4()) is None  # another tenant cannot see it
+        with pytest.raises(NotFound):  # another tenant cannot see it
+            operations.cancel(job_id, uuid.uuid4())
         db.session.remove()
     assert job_row(app, job_id).status == "cancelled"
 

@@ -11,7 +11,6 @@ from sqlalchemy import select
 from gpujobs import resources, webhooks
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
-from gpujobs.api.errors import ApiError
 from gpujobs.api.jobs import tenant_job
 from gpujobs.api.openapi import operation
 from gpujobs.extensions import db
@@ -44,15 +43,6 @@ def list_deliveries(job_id: uuid.UUID) -> dict[str, Any]:
 @require_api_key
 def redeliver(job_id: uuid.UUID, delivery_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Queue the delivery for an immediate attempt, with the same ``webhook-id`` (whatever its status)."""
-    job = tenant_job(job_id)
-    owned = db.session.scalar(
-        select(WebhookDelivery.id).where(
-            WebhookDelivery.id == delivery_id,
-            WebhookDelivery.job_id == job.id,
-            WebhookDelivery.tenant_id == g.tenant.id,
-        )
-    )
-    if owned is None or not webhooks.redeliver(delivery_id, g.tenant.id):
-        raise ApiError(404, "Not Found", f"job {job_id} has no delivery {delivery_id}")
+    webhooks.redeliver(delivery_id, job_id, g.tenant.id)
     delivery = db.session.get(WebhookDelivery, delivery_id, populate_existing=True)
     return resources.Delivery.json_of(delivery), 202

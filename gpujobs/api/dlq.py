@@ -12,10 +12,10 @@ from sqlalchemy import Select, select
 from gpujobs import operations, resources
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
-from gpujobs.api.errors import ApiError
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
+from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
 
@@ -39,16 +39,16 @@ class DeadLetterQuery(PageQuery):
 
 
 def tenant_letter(letter_id: str | uuid.UUID) -> DeadLetter:
-    """The caller's dead letter, or 404."""
+    """The caller's dead letter (NotFound also for another tenant's)."""
     try:
         letter_uuid = letter_id if isinstance(letter_id, uuid.UUID) else uuid.UUID(letter_id)
     except ValueError:
-        raise ApiError(404, "Not Found", f"no dead letter {letter_id}") from None
+        raise NotFound(f"no dead letter {letter_id}") from None
     letter = db.session.scalar(
         select(DeadLetter).where(DeadLetter.id == letter_uuid, DeadLetter.tenant_id == g.tenant.id)
     )
     if letter is None:
-        raise ApiError(404, "Not Found", f"no dead letter {letter_id}")
+        raise NotFound(f"no dead letter {letter_id}")
     return letter
 
 
@@ -95,9 +95,6 @@ def get_dead_letter(letter_id: uuid.UUID) -> dict[str, Any]:
 @require_api_key
 def retry_dead_letter(letter_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """The job is queued again with a fresh attempt budget (an empty body is fine)."""
-    letter = tenant_letter(letter_id)
     body = parse_body(Redrive, optional=True)
-    job_id = operations.redrive(letter.id, g.tenant.id, body.maxAttempts)
-    if job_id is None:
-        raise ApiError(409, "Conflict", "this dead letter was already redriven")
+    job_id = operations.redrive(letter_id, g.tenant.id, body.maxAttempts)
     return resources.Job.json_of(db.session.get(Job, job_id)), 202

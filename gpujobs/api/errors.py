@@ -1,4 +1,8 @@
-"""Errors as ``application/problem+json`` (RFC 9457): bad input is a 4xx that names the field, never a 500."""
+"""Errors as ``application/problem+json`` (RFC 9457): bad input is a 4xx that names the field, never a 500.
+
+The one mapping from the exception tree to HTTP: views raise or let through the domain's errors and
+never translate them.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,19 @@ from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from gpujobs import videos
+from gpujobs.exceptions import Conflict, GpuJobsError, InvalidField, NotFound
+
 log = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
-class ApiError(Exception):
-    """An error the API reports to the client as a problem document (``headers`` go on the response)."""
+class ApiError(GpuJobsError):
+    """An answer about the HTTP request itself (credentials, rate limit, media type, malformed JSON).
+
+    The domain's errors carry no status; this one does, and ``headers`` go on the response.
+    """
 
     def __init__(
         self, status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
@@ -24,6 +34,30 @@ class ApiError(Exception):
         super().__init__(detail)
         self.status, self.title, self.detail, self.extra = status, title, detail, extra
         self.headers = headers or {}
+
+
+# How each domain error answers; the most specific class in an error's MRO wins.
+STATUSES: dict[type[GpuJobsError], tuple[int, str]] = {
+    NotFound: (404, "Not Found"),
+    Conflict: (409, "Conflict"),
+    InvalidField: (422, "Unprocessable Content"),
+    videos.UnsupportedVideo: (415, "Unsupported Media Type"),
+    videos.VideoTooLarge: (413, "Content Too Large"),
+}
+#: Every error class that has an answer (the API sends it as problem+json, the dashboard as a page).
+ANSWERED: tuple[type[GpuJobsError], ...] = (ApiError, *STATUSES)
+
+
+def problem_of(exc: GpuJobsError) -> ApiError:
+    """The answer to an error of ``ANSWERED``; for invalid input it names each field and why (422)."""
+    if isinstance(exc, ApiError):
+        return exc
+    status, title = next(STATUSES[cls] for cls in type(exc).__mro__ if cls in STATUSES)
+    if isinstance(exc, InvalidField):
+        fields = ", ".join(dict.fromkeys(field for field, _ in exc.errors))
+        errors = [{"field": field, "message": message} for field, message in exc.errors]
+        return ApiError(status, title, f"invalid value for: {fields}", errors=errors)
+    return ApiError(status, title, str(exc))
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
@@ -34,38 +68,21 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> Response:
     return response
 
 
-def unprocessable(field: str, message: str) -> ApiError:
-    """A 422 naming one invalid field (the same shape as pydantic's errors)."""
-    return ApiError(
-        422,
-        "Unprocessable Content",
-        f"invalid value for: {field}",
-        errors=[{"field": field, "message": message}],
-    )
-
-
-def validation_problem(exc: ValidationError, prefix: tuple[str, ...] = ()) -> ApiError:
-    """422 listing each invalid field by its dotted path (``params.numbers.0``)."""
-    errors = [
-        {"field": ".".join(str(part) for part in (*prefix, *error["loc"])) or "body", "message": error["msg"]}
-        for error in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    fields = ", ".join(dict.fromkeys(error["field"] for error in errors))
-    return ApiError(422, "Unprocessable Content", f"invalid value for: {fields}", errors=errors)
-
-
 def register_error_handlers(app: Flask) -> None:
     """Turn every error into a problem document; unexpected ones are logged and answered 500 plainly."""
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> Response:
-        response = problem(exc.status, exc.title, exc.detail, **exc.extra)
-        response.headers.update(exc.headers)
+    def _answer(exc: GpuJobsError) -> Response:
+        answer = problem_of(exc)
+        response = problem(answer.status, answer.title, answer.detail, **answer.extra)
+        response.headers.update(answer.headers)
         return response
+
+    for error_class in ANSWERED:
+        app.register_error_handler(error_class, _answer)
 
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError) -> Response:
-        return _api_error(validation_problem(exc))
+        return _answer(InvalidField.from_validation(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -27,8 +27,9 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from gpujobs.api.errors import ApiError, unprocessable
+from gpujobs.api.errors import ApiError
 from gpujobs.api.validation import json_object
+from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
 from gpujobs.models import IdempotencyRecord, Job
 from gpujobs.sweeps import IDEMPOTENCY_RETENTION_HOURS
@@ -87,12 +88,12 @@ def _request_key() -> str | None:
         if len(header) >= 2 and header[0] == header[-1] == '"':  # the sf-string form
             header = header[1:-1]
         if not _KEY_RE.match(header):
-            raise unprocessable(HEADER, "must be 1-200 printable ASCII characters (a UUID is best)")
+            raise InvalidField(HEADER, "must be 1-200 printable ASCII characters (a UUID is best)")
     field = json_object().get(BODY_FIELD) if request.is_json else None
     if field is not None and (not isinstance(field, str) or not _KEY_RE.match(field)):
-        raise unprocessable(BODY_FIELD, "must be 1-200 printable ASCII characters (a UUID is best)")
+        raise InvalidField(BODY_FIELD, "must be 1-200 printable ASCII characters (a UUID is best)")
     if header is not None and field is not None and header != field:
-        raise unprocessable(BODY_FIELD, f"differs from the {HEADER} header")
+        raise InvalidField(BODY_FIELD, f"differs from the {HEADER} header")
     g.idempotency_key = header if header is not None else field
     return g.idempotency_key
 
@@ -145,7 +146,7 @@ def _run_claimed(view: Callable[..., Any], args: Any, kwargs: Any, tenant_id: uu
 
 def _answer_repeat(record: IdempotencyRecord, digest: str) -> Response:
     if record.request_digest != digest:
-        raise unprocessable(HEADER, "this key was already used with a different request; use a new key")
+        raise InvalidField(HEADER, "this key was already used with a different request; use a new key")
     if record.response_status is None or record.response_body is None:
         raise _in_flight()
     response = jsonify(record.response_body["body"])

@@ -16,15 +16,14 @@ from sqlalchemy import select
 from gpujobs import resources
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
-from gpujobs.api.errors import ApiError, unprocessable
 from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.definitions import get_definition
+from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
-from gpujobs.outbound import UnsafeURLError
 from gpujobs.provisioning import actions, create, records
 from gpujobs.provisioning.monitor import DELETE, START, STOP
 from gpujobs.provisioning.params import CreateInstanceParams, monitoring_defaults
@@ -91,12 +90,12 @@ def _accepted(job: Job, instance: Instance) -> tuple[dict[str, Any], int, dict[s
 
 
 def tenant_instance(instance_id: uuid.UUID) -> Instance:
-    """The caller's instance, or 404 (also for another tenant's, which must not be told apart)."""
+    """The caller's instance; NotFound also for another tenant's, which must not be told apart."""
     instance = db.session.scalar(
         select(Instance).where(Instance.id == instance_id, Instance.tenant_id == g.tenant.id)
     )
     if instance is None:
-        raise ApiError(404, "Not Found", f"no instance {instance_id}")
+        raise NotFound(f"no instance {instance_id}")
     return instance
 
 
@@ -116,18 +115,15 @@ def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
     as `POST /v1/jobs` does.
     """
     body = parse_body(CreateInstance)
-    try:
-        with job_key_conflicts():
-            job, instance = create.submit(
-                g.tenant.id,
-                body.model_dump(mode="json", exclude=JOB_FIELDS),
-                priority=body.priority,
-                max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
-                webhook_url=body.webhookUrl,
-                idempotency_key=current_key(),
-            )
-    except UnsafeURLError as exc:
-        raise unprocessable("webhookUrl", str(exc)) from None
+    with job_key_conflicts():
+        job, instance = create.submit(
+            g.tenant.id,
+            body.model_dump(mode="json", exclude=JOB_FIELDS),
+            priority=body.priority,
+            max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
+            webhook_url=body.webhookUrl,
+            idempotency_key=current_key(),
+        )
     return _accepted(job, instance)
 
 
@@ -163,16 +159,9 @@ def get_instance(instance_id: uuid.UUID) -> dict[str, Any]:
 
 def _act(instance_id: uuid.UUID, action: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     body = parse_body(InstanceAction, optional=True)
-    try:
-        queued = actions.request(
-            g.tenant.id, instance_id, action, webhook_url=body.webhookUrl, priority=body.priority
-        )
-    except actions.ActionRefused as exc:
-        raise ApiError(409, "Conflict", str(exc)) from None
-    except UnsafeURLError as exc:
-        raise unprocessable("webhookUrl", str(exc)) from None
-    if queued is None:
-        raise ApiError(404, "Not Found", f"no instance {instance_id}")
+    queued = actions.request(
+        g.tenant.id, instance_id, action, webhook_url=body.webhookUrl, priority=body.priority
+    )
     return _accepted(*queued)
 
 

@@ -6,21 +6,20 @@ import uuid
 from typing import Annotated, Any
 
 from flask import Blueprint, g, url_for
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, select
 
 from gpujobs import operations, resources
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
-from gpujobs.api.errors import ApiError, unprocessable, validation_problem
 from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.definitions.registry import all_definitions
+from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Job, JobEvent
-from gpujobs.outbound import UnsafeURLError
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
@@ -63,14 +62,14 @@ class EventsQuery(BaseModel):
 
 
 def tenant_job(job_id: str | uuid.UUID) -> Job:
-    """The caller's job, or 404 (also for another tenant's job, which must not be told apart)."""
+    """The caller's job; NotFound also for another tenant's job, which must not be told apart."""
     try:
         job_uuid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(job_id)
     except ValueError:
-        raise ApiError(404, "Not Found", f"no job {job_id}") from None
+        raise NotFound(f"no job {job_id}") from None
     job = db.session.scalar(select(Job).where(Job.id == job_uuid, Job.tenant_id == g.tenant.id))
     if job is None:
-        raise ApiError(404, "Not Found", f"no job {job_id}")
+        raise NotFound(f"no job {job_id}")
     return job
 
 
@@ -81,24 +80,17 @@ def tenant_job(job_id: str | uuid.UUID) -> Job:
 def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Accept a job: 202 once it is durably queued."""
     body = parse_body(SubmitJob)
-    try:
-        with job_key_conflicts():
-            job = operations.submit(
-                g.tenant.id,
-                body.definitionKey,
-                body.definitionVersion,
-                body.params,
-                priority=body.priority,
-                max_attempts=body.maxAttempts,
-                webhook_url=body.webhookUrl,
-                idempotency_key=current_key(),
-            )
-    except LookupError as exc:
-        raise unprocessable("definitionKey", str(exc)) from None
-    except ValidationError as exc:
-        raise validation_problem(exc, ("params",)) from None
-    except UnsafeURLError as exc:
-        raise unprocessable("webhookUrl", str(exc)) from None
+    with job_key_conflicts():
+        job = operations.submit(
+            g.tenant.id,
+            body.definitionKey,
+            body.definitionVersion,
+            body.params,
+            priority=body.priority,
+            max_attempts=body.maxAttempts,
+            webhook_url=body.webhookUrl,
+            idempotency_key=current_key(),
+        )
     return resources.Job.json_of(job), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 
@@ -139,7 +131,6 @@ def get_job(job_id: uuid.UUID) -> dict[str, Any]:
 @require_api_key
 def cancel_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Queued jobs cancel at once (200), running ones go ``cancelling`` (202), finished ones stay (200)."""
-    tenant_job(job_id)
     status = operations.cancel(job_id, g.tenant.id)
     db.session.expire_all()
     return resources.Job.json_of(tenant_job(job_id)), 202 if status == "cancelling" else 200

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, tuple_
 
-from gpujobs.api.errors import unprocessable
+from gpujobs.exceptions import InvalidField
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -42,7 +42,7 @@ def after_cursor(query: Select[Any], model: Any, cursor: str | None) -> Select[A
         created_raw, id_raw = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         created_at, row_id = datetime.fromisoformat(created_raw), uuid.UUID(id_raw)
     except (ValueError, UnicodeError):  # binascii.Error is a ValueError
-        raise unprocessable(
+        raise InvalidField(
             "cursor", "not a cursor of this API; use nextCursor from a previous page"
         ) from None
     # A row comparison, not "a < x OR (a = x AND b < y)": PostgreSQL turns it into an index condition

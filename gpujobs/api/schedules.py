@@ -6,13 +6,12 @@ import uuid
 from typing import Annotated, Any
 
 from flask import Blueprint, g, url_for
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 
 from gpujobs import resources, schedules
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
-from gpujobs.api.errors import ApiError, unprocessable, validation_problem
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
@@ -60,14 +59,6 @@ class SchedulePage(schemas.Out):
     nextCursor: str | None
 
 
-def tenant_schedule(schedule_id: uuid.UUID) -> Schedule:
-    """The caller's schedule, or 404 (also for another tenant's)."""
-    schedule = schedules.get(schedule_id, g.tenant.id)
-    if schedule is None:
-        raise ApiError(404, "Not Found", f"no schedule {schedule_id}")
-    return schedule
-
-
 @bp.post("")
 @operation(
     summary="Create a cron schedule",
@@ -79,26 +70,17 @@ def tenant_schedule(schedule_id: uuid.UUID) -> Schedule:
 def create_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store a schedule; beat queues its job at every tick from the next one on."""
     body = parse_body(CreateSchedule)
-    try:
-        schedule = schedules.create(
-            g.tenant.id,
-            name=body.name,
-            cron=body.cron,
-            definition_key=body.definitionKey,
-            definition_version=body.definitionVersion,
-            params=body.params,
-            priority=body.priority,
-            timezone=body.timezone,
-            enabled=body.enabled,
-        )
-    except LookupError as exc:
-        raise unprocessable("definitionKey", str(exc)) from None
-    except ValidationError as exc:
-        raise validation_problem(exc, ("params",)) from None
-    except schedules.ScheduleError as exc:
-        raise unprocessable(exc.field, str(exc)) from None
-    except schedules.DuplicateScheduleName as exc:
-        raise ApiError(409, "Conflict", str(exc)) from None
+    schedule = schedules.create(
+        g.tenant.id,
+        name=body.name,
+        cron=body.cron,
+        definition_key=body.definitionKey,
+        definition_version=body.definitionVersion,
+        params=body.params,
+        priority=body.priority,
+        timezone=body.timezone,
+        enabled=body.enabled,
+    )
     location = url_for("schedules.get_schedule", schedule_id=schedule.id)
     return resources.Schedule.json_of(schedule), 201, {"Location": location}
 
@@ -119,7 +101,7 @@ def list_schedules() -> dict[str, Any]:
 @require_api_key
 def get_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
     """One schedule with its next and last run."""
-    return resources.Schedule.json_of(tenant_schedule(schedule_id))
+    return resources.Schedule.json_of(schedules.get(schedule_id, g.tenant.id))
 
 
 @bp.patch("/<uuid:schedule_id>")
@@ -130,10 +112,7 @@ def get_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
 def update_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
     """Resuming starts from the next tick: ticks missed while paused are not made up."""
     body = parse_body(UpdateSchedule)
-    schedule = schedules.set_enabled(schedule_id, g.tenant.id, body.enabled)
-    if schedule is None:
-        raise ApiError(404, "Not Found", f"no schedule {schedule_id}")
-    return resources.Schedule.json_of(schedule)
+    return resources.Schedule.json_of(schedules.set_enabled(schedule_id, g.tenant.id, body.enabled))
 
 
 @bp.delete("/<uuid:schedule_id>")
@@ -141,6 +120,5 @@ def update_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
 @require_api_key
 def delete_schedule(schedule_id: uuid.UUID) -> tuple[str, int]:
     """Remove a schedule; the jobs it already queued are not touched."""
-    if not schedules.remove(schedule_id, g.tenant.id):
-        raise ApiError(404, "Not Found", f"no schedule {schedule_id}")
+    schedules.remove(schedule_id, g.tenant.id)
     return "", 204

@@ -14,7 +14,8 @@ from flask import g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from gpujobs.api.errors import ApiError, unprocessable, validation_problem
+from gpujobs.api.errors import ApiError
+from gpujobs.exceptions import InvalidField
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -40,11 +41,11 @@ def unstorable(value: str) -> str | None:
 def _check_storable(value: Any, path: tuple[str, ...], depth: int = 0) -> None:
     """Raise a 422 naming the first string (or key) PostgreSQL could not store."""
     if depth > MAX_JSON_DEPTH:
-        raise unprocessable(".".join(path) or "body", f"nesting deeper than {MAX_JSON_DEPTH} levels")
+        raise InvalidField(".".join(path) or "body", f"nesting deeper than {MAX_JSON_DEPTH} levels")
     if isinstance(value, str):
         reason = unstorable(value)
         if reason:
-            raise unprocessable(".".join(path) or "body", reason)
+            raise InvalidField(".".join(path) or "body", reason)
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_storable(key, (*path, key), depth + 1)
@@ -97,7 +98,7 @@ def parse_body(model: type[Model], *, optional: bool = False) -> Model:
     try:
         return model.model_validate(json_object(optional=optional))
     except ValidationError as exc:
-        raise validation_problem(exc) from None
+        raise InvalidField.from_validation(exc) from None
 
 
 def parse_query(model: type[Model]) -> Model:
@@ -105,7 +106,7 @@ def parse_query(model: type[Model]) -> Model:
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
-        raise validation_problem(exc) from None
+        raise InvalidField.from_validation(exc) from None
 
 
 def reject_unstorable_query() -> None:
@@ -113,4 +114,4 @@ def reject_unstorable_query() -> None:
     for name, value in request.args.items(multi=True):
         reason = unstorable(name) or unstorable(value)
         if reason:
-            raise unprocessable(name, reason)
+            raise InvalidField(name, reason)

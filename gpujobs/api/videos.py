@@ -16,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gpujobs import operations, resources, videos
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
-from gpujobs.api.errors import ApiError, unprocessable
+from gpujobs.api.errors import ApiError
 from gpujobs.api.jobs import tenant_job
 from gpujobs.api.openapi import operation
 from gpujobs.definitions.video import OUTPUT_FORMATS, RESOLUTION_BOXES, X264_QUALITY
+from gpujobs.exceptions import InvalidField, NotFound
 from gpujobs.models import Job
 
 bp = Blueprint("videos", __name__, url_prefix="/v1/videos")
@@ -30,10 +31,6 @@ MAX_FORM_PARTS = 16
 Format = Literal[OUTPUT_FORMATS]  # type: ignore[valid-type]
 Resolution = Literal[tuple(RESOLUTION_BOXES)]  # type: ignore[valid-type]
 Quality = Literal[tuple(X264_QUALITY)]  # type: ignore[valid-type]
-REJECTIONS = {
-    videos.UnsupportedVideo: (415, "Unsupported Media Type"),
-    videos.VideoTooLarge: (413, "Content Too Large"),
-}
 
 
 class EncodeForm(BaseModel):
@@ -105,10 +102,10 @@ class VideoStatus(schemas.Out):
 
 
 def video_job(job_id: uuid.UUID) -> Job:
-    """The caller's encode.video job, or 404 (also for another tenant's, or another kind of job)."""
+    """The caller's encode.video job; NotFound also for another tenant's, or another kind of job."""
     job = tenant_job(job_id)
     if job.definition_key != videos.DEFINITION_KEY:
-        raise ApiError(404, "Not Found", f"no video job {job_id}")
+        raise NotFound(f"no video job {job_id}")
     return job
 
 
@@ -139,16 +136,10 @@ def encode_video() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise ApiError(415, "Unsupported Media Type", "send multipart/form-data with the file in field video")
     upload = request.files.get("video")
     if upload is None or not upload.filename:
-        raise unprocessable("video", "must be a file")
+        raise InvalidField("video", "must be a file")
     form = EncodeForm.model_validate(request.form.to_dict())
     storage = current_app.config["GPUJOBS_STORAGE_DIR"]
-    try:
-        input_file = videos.store_upload(upload.stream, upload.filename, storage, max_bytes)
-    except videos.UnreadableVideo as exc:
-        raise unprocessable("video", str(exc)) from None
-    except videos.UploadRejected as exc:
-        status, title = REJECTIONS[type(exc)]
-        raise ApiError(status, title, str(exc)) from None
+    input_file = videos.store_upload(upload.stream, upload.filename, storage, max_bytes)
     try:
         job = operations.submit(
             g.tenant.id,
@@ -202,7 +193,7 @@ def download_video(job_id: uuid.UUID) -> Response:
     job = video_job(job_id)
     output = videos.finished_output(job, current_app.config["GPUJOBS_STORAGE_DIR"])
     if output is None:
-        raise ApiError(404, "Not Found", f"video job {job_id} has no encoded file (status: {job.status})")
+        raise NotFound(f"video job {job_id} has no encoded file (status: {job.status})")
     fmt = job.params["format"]
     name = f"{job.id}-{job.params['resolution']}.{fmt}"
     return send_file(output, mimetype=videos.MEDIA_TYPES[fmt], as_attachment=True, download_name=name)

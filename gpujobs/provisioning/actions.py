@@ -21,7 +21,7 @@ from sqlalchemy import select
 from gpujobs import operations, resources
 from gpujobs.definitions.registry import Handoff, JobContext
 from gpujobs.dispatch import commit_and_publish, dispatch_of
-from gpujobs.exceptions import PermanentError
+from gpujobs.exceptions import Conflict, NotFound, PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.novita import (
@@ -52,10 +52,6 @@ ALLOWED_FROM = {
 KEYS = {STOP: "gpu.instance.stop", START: "gpu.instance.start", DELETE: "gpu.instance.delete"}
 
 
-class ActionRefused(Exception):
-    """The instance is not in a state this action can start from (the API answers 409)."""
-
-
 def request(
     tenant_id: uuid.UUID,
     instance_id: uuid.UUID,
@@ -63,8 +59,8 @@ def request(
     *,
     webhook_url: str | None = None,
     priority: str | int | None = None,
-) -> tuple[Job, Instance] | None:
-    """Queue an action on a tenant's instance; None when the tenant has no such instance.
+) -> tuple[Job, Instance]:
+    """Queue an action on a tenant's instance (NotFound if it has none, Conflict if its status forbids).
 
     The row's new status, its new job and the job commit together before the job is published, so the
     handler always finds the row marked with its job. Without a webhook URL, the action notifies the
@@ -75,11 +71,11 @@ def request(
     )
     if instance is None:
         db.session.rollback()
-        return None
+        raise NotFound(f"no instance {instance_id}")
     in_flight = GOALS[action].in_flight
     if not records.transition(instance.id, ALLOWED_FROM[action], status=in_flight):
         db.session.rollback()
-        raise ActionRefused(_refusal(action, instance))
+        raise Conflict(_refusal(action, instance))
     previous = db.session.get(Job, instance.job_id) if instance.job_id else None
     try:
         job = operations.prepare(
@@ -91,7 +87,7 @@ def request(
         raise
     if not records.transition(instance.id, (in_flight,), job_id=job.id):  # held FOR UPDATE: cannot miss
         db.session.rollback()
-        raise ActionRefused(_refusal(action, instance))
+        raise Conflict(_refusal(action, instance))
     commit_and_publish([dispatch_of(job)])
     return job, db.session.get(Instance, instance.id, populate_existing=True)
 

@@ -12,7 +12,8 @@ from flask import Blueprint, Response, render_template
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 
-from gpujobs.api.errors import ApiError
+from gpujobs.api.errors import ANSWERED, problem_of
+from gpujobs.exceptions import GpuJobsError
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
 
@@ -42,14 +43,18 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> tuple[str, int]:
-    """The API's lookups and parsers (404 for another tenant's id, 400 for a bad cursor) as pages."""
-    errors = exc.extra.get("errors") or []
+def _error_page(exc: GpuJobsError) -> tuple[str, int]:
+    """The API's answers to the same errors (404 for another tenant's id, 422 for a bad cursor) as pages."""
+    answer = problem_of(exc)
+    errors = answer.extra.get("errors") or []
     page = render_template(
-        "ui/error.html", status=exc.status, title=exc.title, detail=exc.detail, errors=errors
+        "ui/error.html", status=answer.status, title=answer.title, detail=answer.detail, errors=errors
     )
-    return page, exc.status
+    return page, answer.status
+
+
+for _error_class in ANSWERED:
+    bp.register_error_handler(_error_class, _error_page)
 
 
 @bp.errorhandler(HTTPException)

@@ -17,6 +17,7 @@ from werkzeug.wrappers import Response
 from gpujobs import operations, webhooks
 from gpujobs.api.dlq import Redrive, tenant_letter
 from gpujobs.api.jobs import tenant_job
+from gpujobs.exceptions import Conflict
 from gpujobs.provisioning import actions as instance_actions
 from gpujobs.ui import bp
 from gpujobs.ui.signin import dashboard_path
@@ -57,8 +58,9 @@ def redrive(letter_id: str) -> Response:
     except ValidationError as exc:
         flash(f"maxAttempts: {exc.errors()[0]['msg']}.", "error")
         return _back(url_for("ui.dead_letters"))
-    job_id = operations.redrive(letter.id, g.tenant.id, budget)
-    if job_id is None:
+    try:
+        job_id = operations.redrive(letter.id, g.tenant.id, budget)
+    except Conflict:
         flash("This dead letter was already redriven.", "error")
         return _back(url_for("ui.dead_letters"))
     flash("Job redriven: it is queued again.")
@@ -69,8 +71,7 @@ def redrive(letter_id: str) -> Response:
 def redeliver(job_id: str, delivery_id: str) -> Response:
     """Send a webhook delivery again now, under the same ``webhook-id``."""
     job = tenant_job(job_id)
-    if not webhooks.redeliver(_uuid_or_404(delivery_id), g.tenant.id):
-        abort(404)
+    webhooks.redeliver(_uuid_or_404(delivery_id), job.id, g.tenant.id)
     flash("Webhook queued for redelivery.")
     return redirect(url_for("ui.job", job_id=job.id))
 
@@ -81,12 +82,9 @@ def instance_action(instance_id: str, action: str) -> Response:
     if action not in instance_actions.KEYS:
         abort(404)
     try:
-        queued = instance_actions.request(g.tenant.id, _uuid_or_404(instance_id), action)
-    except instance_actions.ActionRefused as exc:
+        job, instance = instance_actions.request(g.tenant.id, _uuid_or_404(instance_id), action)
+    except Conflict as exc:
         flash(f"Refused: {exc}.", "error")
         return redirect(url_for("ui.instances"))
-    if queued is None:
-        abort(404)
-    job, instance = queued
     flash(f"{action.capitalize()} requested for {instance.label or instance.name}.")
     return redirect(url_for("ui.job", job_id=job.id))

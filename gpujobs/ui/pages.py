@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from gpujobs.api.deliveries import MAX_DELIVERIES
 from gpujobs.api.dlq import DeadLetterQuery, dead_letters_query
-from gpujobs.api.errors import validation_problem
 from gpujobs.api.jobs import MAX_EVENTS_PER_PAGE, JobListQuery, jobs_query, tenant_job
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.definitions.registry import all_definitions
+from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
 from gpujobs.jobs import CANCELLED, FAILED, QUEUED, RETRYING, RUNNING, STATUSES, TERMINAL
 from gpujobs.models import DeadLetter, Instance, Job, JobEvent, WebhookDelivery
@@ -44,7 +44,7 @@ def _args(model: type[Query]) -> Query:
     try:
         return model.model_validate({name: value for name, value in request.args.items() if value})
     except ValidationError as exc:
-        raise validation_problem(exc) from None
+        raise InvalidField.from_validation(exc) from None
 
 
 def _listing(query: Any, model: Any, args: PageQuery) -> dict[str, Any]:

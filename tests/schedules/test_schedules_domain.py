@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select, text, update
 
 from gpujobs import schedules
+from gpujobs.exceptions import InvalidField, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule
 
@@ -124,7 +125,8 @@ def test_a_paused_schedule_never_fires_and_resumes_from_its_next_tick(app_contex
     assert resumed.enabled and resumed.next_run_at == at(12, 5)  # the ticks missed while paused are dropped
     assert schedules.run_due_schedules(now=at(12, 4)) == 0
     assert schedules.run_due_schedules(now=at(12, 5)) == 1
-    assert schedules.set_enabled(schedule.id, uuid.uuid4(), False) is None  # another tenant's
+    with pytest.raises(NotFound):  # another tenant's
+        schedules.set_enabled(schedule.id, uuid.uuid4(), False)
 
 
 def test_a_daily_schedule_keeps_its_local_time_across_a_daylight_saving_change(app_context, tenant):
@@ -165,6 +167,6 @@ def test_the_next_run_follows_the_wall_clock_of_the_time_zone(cron, after, expec
     ],
 )
 def test_unusable_crons_and_time_zones_are_refused_naming_the_field(cron, timezone, field):
-    with pytest.raises(schedules.ScheduleError) as raised:
+    with pytest.raises(InvalidField) as raised:
         schedules.next_run_after(cron, timezone, T0)
     assert raised.value.field == field

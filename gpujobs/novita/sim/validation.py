@@ -15,7 +15,11 @@ from gpujobs.novita import spec
 
 
 class SimApiError(Exception):
-    """An error answer in Novita's envelope; the HTTP status comes from the documented reason table."""
+    """An error answer in Novita's envelope; the HTTP status comes from the documented reason table.
+
+    Not a ``GpuJobsError``: it models what Novita answers, raised only inside the stand-in server, and
+    the service meets it as an HTTP response that ``novita.errors`` classifies like the real one.
+    """
 
     def __init__(self, reason: str, message: str, *, http_status: int | None = None) -> None:
         super().__init__(message)
