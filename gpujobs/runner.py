@@ -6,11 +6,13 @@ fenced transition (``gpujobs.jobs``), then fires hooks and webhooks for terminal
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -77,6 +79,14 @@ class RunContext:
         """Raise ``JobCancelled`` at a safe point when cancellation was requested."""
         if self.cancel_requested():
             raise JobCancelled("cancelled on request")
+
+    @contextlib.contextmanager
+    def hold_job(self) -> Iterator[bool]:
+        """Yield whether this attempt still owns the job, holding its row lock until the block ends."""
+        try:
+            yield jobs.hold(self._claim.job_id, self.attempt)
+        finally:
+            db.session.commit()  # ends the transaction: releases the lock
 
     def mark_cancelled(self) -> None:
         """Called by the heartbeat when it learns of a cancel request or a lost lease."""

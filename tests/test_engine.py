@@ -10,6 +10,8 @@ import time
 import uuid
 from itertools import pairwise
 
+import psycopg2
+import psycopg2.errors
 import pytest
 from flask import Flask
 from helpers import wait_for
@@ -256,3 +258,28 @@ def test_a_huge_retry_after_from_a_remote_server_is_capped_and_the_job_retries(a
     job = job_row(app, job_id)
     wait = (job.next_retry_at - job.started_at).total_seconds()
     assert abs(wait - runner.MAX_RETRY_AFTER_SECONDS) < 60  # the attempt took well under a minute
+
+
+def test_only_the_attempt_that_owns_a_job_holds_it_and_no_one_changes_the_job_meanwhile(app, tenant):
+    job_id = submit(app, tenant, "test.sleep")
+    with app.app_context():
+        definition = get_definition("test.sleep", 1)
+        claim = jobs.claim(job_id, definition, 60)
+        db.session.commit()
+        ctx = runner.RunContext(claim, definition)
+        other = psycopg2.connect(app.config["DATABASE_URL"])
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SET lock_timeout = '200ms'")
+                with ctx.hold_job() as held:
+                    assert held
+                    with pytest.raises(psycopg2.errors.LockNotAvailable):
+                        cursor.execute("UPDATE jobs SET attempt = attempt + 1 WHERE id = %s", (str(job_id),))
+                    other.rollback()
+                cursor.execute("UPDATE jobs SET attempt = attempt + 1 WHERE id = %s", (str(job_id),))
+                other.commit()  # a newer attempt took the job over
+            with ctx.hold_job() as held:
+                assert not held
+        finally:
+            other.close()
+            db.session.remove()
