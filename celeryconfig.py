@@ -89,6 +89,10 @@ broker_connection_max_retries = None
 # Redis's unacked set, and if Redis kept it, its redelivery after the visibility timeout is a no-op at
 # the claim. (Celery logs a CPendingDeprecationWarning about its 6.0 default on the first loss: expected.)
 worker_cancel_long_running_tasks_on_connection_loss = False
+# Treat a channel error as a lost connection: reconnect (at most about once a second) instead of exiting.
+# A failover leaves clients of the demoted primary facing a read-only replica, and kombu's first write
+# there fails with READONLY, a ResponseError (a "channel" error), which otherwise kills the worker.
+broker_channel_error_retry = True
 
 _sweep_every = timedelta(seconds=_config["GPUJOBS_SWEEP_INTERVAL_SECONDS"])
 

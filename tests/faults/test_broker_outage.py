@@ -1,4 +1,4 @@
-"""A broker outage of any length, and a broker that comes back empty, costs no process (issue 19).
+"""A broker outage of any length, a broker that comes back empty or read-only, costs no process (issue 19).
 
 Real processes only: a redis-server of this test's own (so stopping it leaves the suite's Redis
 alone), a real ``celery worker`` and ``celery beat`` on it, the suite's PostgreSQL for the rows.
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from flask import Flask
 from helpers import wait_for
@@ -72,6 +73,19 @@ def succeeded(flask_app: Flask, job_ids: list[uuid.UUID]) -> Callable[[], bool]:
             statuses = {db.session.get(Job, job_id).status for job_id in job_ids}
             db.session.remove()
         return statuses == {"succeeded"}
+
+    return check
+
+
+def sweeping(flask_app: Flask, predicate: Callable[[], bool]) -> Callable[[], bool]:
+    """``predicate``, after the dispatch sweep beat would run (re-sending what Redis lost)."""
+    from gpujobs.sweeps import dispatch_due
+
+    def check() -> bool:
+        with flask_app.app_context():
+            dispatch_due()
+            db.session.remove()
+        return predicate()
 
     return check
 
@@ -169,3 +183,27 @@ def test_worker_beat_and_flower_keep_their_pids_and_work_on_after_redis_comes_ba
     swept = re.compile(r"Task gpujobs\.sweep\.dispatch\[[^\]]+\] succeeded")
     wait_for(lambda: swept.search(worker.log()[worker_log_at_restart:]))
     assert answers(flower_url)
+
+
+def test_a_worker_whose_redis_turns_read_only_for_a_while_keeps_its_pid_and_works_on(
+    broker_app, broker_env, tenant, start_worker, own_redis, tmp_path
+):
+    # What a failover does to a client still connected to the old primary: it now talks to a replica.
+    other = EmbeddedRedis(tmp_path / "other-redis")
+    other.start()
+    try:
+        worker = start_worker(REDIS_URL=broker_env["REDIS_URL"])
+        pid = worker.process.pid
+        before = submit(broker_app, tenant, 0.1)
+        wait_for(succeeded(broker_app, [before]), timeout=JOB_TIMEOUT_SECONDS)
+        demoted = redis.Redis(port=own_redis.port)
+        demoted.execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+        wait_for(lambda: "read only replica" in worker.log(), timeout=JOB_TIMEOUT_SECONDS)
+        time.sleep(OUTAGE_SECONDS)
+        demoted.execute_command("REPLICAOF", "NO", "ONE")
+        after = submit(broker_app, tenant, 0.1)
+        wait_for(sweeping(broker_app, succeeded(broker_app, [after])), timeout=JOB_TIMEOUT_SECONDS)
+        assert worker.process.poll() is None, worker.log()
+        assert worker.process.pid == pid
+    finally:
+        other.stop()
