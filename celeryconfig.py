@@ -19,8 +19,6 @@ SERVICE_QUEUES = ("monitor", "webhooks", "maintenance")
 
 # The broker URL is set from REDIS_URL by the app factory; this is only the fallback for tooling.
 broker_url = "redis://localhost:6379/0"
-# Reconnect to the broker at start-up rather than exiting when Redis is briefly away.
-broker_connection_retry_on_startup = True
 # Results live in PostgreSQL (job rows); a result backend would only duplicate them.
 result_backend = None
 task_ignore_result = True
@@ -56,8 +54,6 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # One message per worker process at a time, so priority order holds and a crash strands one message.
 worker_prefetch_multiplier = 1
-# If the broker connection drops, stop long tasks instead of finishing work Redis will redeliver.
-worker_cancel_long_running_tasks_on_connection_loss = True
 # Default limits for every task; run_job sets per-definition limits when it is published.
 task_soft_time_limit = 2 * 60 * 60
 task_time_limit = 2 * 60 * 60 + 60
@@ -71,6 +67,32 @@ worker_max_tasks_per_child = 1000
 # (its --enable_events, on by default); the sent event (a task's "PENDING" line in Flower) stays off.
 worker_send_task_events = False
 task_send_sent_event = False
+
+# --- Broker outages (issue 19) ---------------------------------------------------------------------------
+# What each reconnection setting buys. Together with gpujobs.reconnect (a kombu patch, celery#9250) a
+# worker, beat and Flower ride through a Redis outage of any length, and a Redis that comes back empty,
+# with the same processes (tests/faults/test_broker_outage.py). PostgreSQL holds every job, so what Redis
+# loses the sweeps re-send; these settings only keep the processes alive and reading.
+#
+# Reconnect, with Celery's backoff (2 s more each try, at most 30 s apart), when a connection that worked
+# is lost. False would make the worker exit at the first Redis restart.
+broker_connection_retry = True
+# The same at start-up: a worker started before Redis waits for it instead of exiting.
+broker_connection_retry_on_startup = True
+# Never give up. Celery's default gives up after 100 tries (about 48 minutes of outage at the 30 s cap)
+# and the worker then exits with an OperationalError.
+broker_connection_max_retries = None
+# Keep running tasks when the connection drops. Celery's option (True) terminates every running task
+# with late acks, since its ack cannot reach the broker: each Redis blip would kill every job attempt in
+# flight (a two-hour encode included) and leave it to the lease rescue. Here the job row in PostgreSQL
+# is the truth and the attempt records its outcome there; the lost ack only leaves the message in
+# Redis's unacked set, and if Redis kept it, its redelivery after the visibility timeout is a no-op at
+# the claim. (Celery logs a CPendingDeprecationWarning about its 6.0 default on the first loss: expected.)
+worker_cancel_long_running_tasks_on_connection_loss = False
+# Treat a channel error as a lost connection: reconnect (at most about once a second) instead of exiting.
+# A failover leaves clients of the demoted primary facing a read-only replica, and kombu's first write
+# there fails with READONLY, a ResponseError (a "channel" error), which otherwise kills the worker.
+broker_channel_error_retry = True
 
 _sweep_every = timedelta(seconds=_config["GPUJOBS_SWEEP_INTERVAL_SECONDS"])
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from celery import Celery, Task
 from flask import Flask
 
+from gpujobs.reconnect import patch_redis_transport
+
 # Every module that defines tasks; a worker imports them all at start.
 TASK_MODULES = ["gpujobs.tasks", "gpujobs.provisioning.tasks"]
 
@@ -17,6 +19,7 @@ def celery_init_app(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
+    patch_redis_transport()  # a worker survives a broker that drops mid-task (gpujobs.reconnect)
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
     celery.config_from_object("celeryconfig")
     if app.config.get("REDIS_URL"):

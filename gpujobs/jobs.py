@@ -183,6 +183,20 @@ def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: int) -> bool | N
     ).scalar_one_or_none()
 
 
+def hold(job_id: uuid.UUID, attempt: int) -> bool:
+    """Lock the job's row if ``attempt`` still owns it; False when the job moved on.
+
+    Until the transaction ends no claim, rescue or cancel can change the job, so what the caller does
+    meanwhile (publishing a file) is done by the owner and by no one else.
+    """
+    owner = db.session.scalar(
+        select(Job.id)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(ACTIVE))
+        .with_for_update()
+    )
+    return owner is not None
+
+
 def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
     """Store the latest progress figure; False if this attempt no longer owns the job."""
     result = db.session.execute(_fenced(job_id, attempt, *ACTIVE).values(progress=percent))

@@ -6,10 +6,13 @@ fenced transition (``gpujobs.jobs``), then fires hooks and webhooks for terminal
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -26,6 +29,10 @@ from gpujobs.models import Job
 log = logging.getLogger(__name__)
 
 CANCEL_CHECK_INTERVAL_SECONDS = 1.0
+# The longest wait a remote's Retry-After can impose before the next attempt. A server may send any
+# number ("1e300", an HTTP date in the year 9999); a due time past the year 9999 raised OverflowError
+# and lost the attempt until the lease rescue. A day is already longer than any honest rate limit.
+MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 
 
 class RunContext:
@@ -72,6 +79,14 @@ class RunContext:
         """Raise ``JobCancelled`` at a safe point when cancellation was requested."""
         if self.cancel_requested():
             raise JobCancelled("cancelled on request")
+
+    @contextlib.contextmanager
+    def hold_job(self) -> Iterator[bool]:
+        """Yield whether this attempt still owns the job, holding its row lock until the block ends."""
+        try:
+            yield jobs.hold(self._claim.job_id, self.attempt)
+        finally:
+            db.session.commit()  # ends the transaction: releases the lock
 
     def mark_cancelled(self) -> None:
         """Called by the heartbeat when it learns of a cancel request or a lost lease."""
@@ -217,15 +232,21 @@ def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseExceptio
     else:
         log.exception("job %s: handler raised an unexpected error", claim.job_id)
         error = f"{type(exc).__name__}: {exc}"
-    retry_after = getattr(exc, "retry_after_seconds", None)
-    delay = retry_after if retry_after is not None else definition.retry.delay_seconds(claim.attempt)
     return jobs.fail_attempt(
         claim.job_id,
         claim.attempt,
         storable(error[:2000]),
         retryable=not isinstance(exc, PermanentError),
-        retry_delay_seconds=delay,
+        retry_delay_seconds=_retry_delay_seconds(definition, claim.attempt, exc),
     )
+
+
+def _retry_delay_seconds(definition: Definition, attempt: int, exc: BaseException) -> float:
+    """The remote's Retry-After, within [0, MAX_RETRY_AFTER_SECONDS]; else the definition's backoff."""
+    retry_after = getattr(exc, "retry_after_seconds", None)
+    if retry_after is None or math.isnan(retry_after):
+        return definition.retry.delay_seconds(attempt)
+    return min(max(retry_after, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _hook(hook: Any, ctx: RunContext, params: dict[str, Any]) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
+import threading
 import time
 import uuid
 from itertools import pairwise
 
+import psycopg2
+import psycopg2.errors
 import pytest
 from flask import Flask
 from helpers import wait_for
@@ -226,3 +230,59 @@ def test_a_result_with_a_nul_character_is_stored_with_it_replaced(app, tenant, w
     wait_for(status_is(app, job_id, "succeeded", "failed"))
     job = job_row(app, job_id)
     assert job.status == "succeeded" and job.result == {"body": "before\ufffdafter"}
+
+
+class _RateLimited(http.server.BaseHTTPRequestHandler):
+    """Answers every request 429 with the Retry-After the test put in the path (``/<value>``)."""
+
+    def do_GET(self) -> None:
+        self.send_response(429)
+        self.send_header("Retry-After", self.path.lstrip("/"))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+        pass
+
+
+@pytest.mark.parametrize("retry_after", ["1e300", "inf", "99999999999999"])
+def test_a_huge_retry_after_from_a_remote_server_is_capped_and_the_job_retries(app, tenant, retry_after):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RateLimited)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/{retry_after}"
+        job_id = submit(app, tenant, "call.api", {"endpoint": endpoint})
+        with app.app_context():
+            assert runner.run_job(job_id) == "retrying"
+            db.session.remove()
+    finally:
+        server.shutdown()
+        server.server_close()
+    job = job_row(app, job_id)
+    wait = (job.next_retry_at - job.started_at).total_seconds()
+    assert abs(wait - runner.MAX_RETRY_AFTER_SECONDS) < 60  # the attempt took well under a minute
+
+
+def test_only_the_attempt_that_owns_a_job_holds_it_and_no_one_changes_the_job_meanwhile(app, tenant):
+    job_id = submit(app, tenant, "test.sleep")
+    with app.app_context():
+        definition = get_definition("test.sleep", 1)
+        claim = jobs.claim(job_id, definition, 60)
+        db.session.commit()
+        ctx = runner.RunContext(claim, definition)
+        other = psycopg2.connect(app.config["DATABASE_URL"])
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SET lock_timeout = '200ms'")
+                with ctx.hold_job() as held:
+                    assert held
+                    with pytest.raises(psycopg2.errors.LockNotAvailable):
+                        cursor.execute("UPDATE jobs SET attempt = attempt + 1 WHERE id = %s", (str(job_id),))
+                    other.rollback()
+                cursor.execute("UPDATE jobs SET attempt = attempt + 1 WHERE id = %s", (str(job_id),))
+                other.commit()  # a newer attempt took the job over
+            with ctx.hold_job() as held:
+                assert not held
+        finally:
+            other.close()
+            db.session.remove()

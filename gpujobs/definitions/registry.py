@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +37,10 @@ class JobContext(Protocol):
 
     def raise_if_cancelled(self) -> None:
         """Raise ``JobCancelled`` when cancellation was requested (a convenient safe point)."""
+
+    def hold_job(self) -> AbstractContextManager[bool]:
+        """A block that yields whether this attempt still owns the job; no other attempt can take the
+        job over until the block ends. For publishing a side effect only the job's owner may publish."""
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,26 @@
 """encode.video@1: transcode an uploaded video with the FFmpeg binary that ships in imageio-ffmpeg.
 
 Params can only name a bare file in ``<storage>/uploads/``; the output goes to
-``<storage>/outputs/<job_id>.<format>``, written under a temporary name and renamed when complete, so a
-half-written file is never served. FFmpeg reports its position on stdout (``-progress pipe:1``), which
-becomes job progress; cancellation and the definition's timeout kill the process.
+``<storage>/outputs/<job_id>.<format>``. Each attempt writes its own ``<job_id>.<attempt>.part.<format>``
+(a stale attempt still encoding never shares or deletes a newer one's file), and renames it into place
+only while it still holds the job (``JobContext.hold_job``), so a half-written file is never served and
+an attempt that lost the job never publishes. FFmpeg reports its position on stdout (``-progress
+pipe:1``), which becomes job progress. It runs in its own process group, killed as a whole on cancel,
+timeout or any exception (a soft time limit, a warm shutdown); on Linux it also dies with the worker
+process that started it, even one killed with SIGKILL (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import os
 import queue
 import re
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -178,6 +186,54 @@ def _tail(stderr: str, *hide_dirs: Path) -> str:
     return text[-STDERR_TAIL_CHARS:] or "(no output)"
 
 
+# prctl(2) option: the signal the kernel sends this process when the thread that forked it exits.
+PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl, looked up once in the parent: the forked child must not load anything."""
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Runs in the forked child before exec: be SIGKILLed when the worker process that forked us dies.
+
+    A worker process killed outright (SIGKILL, the OOM killer, a hard time limit) runs no cleanup, and
+    FFmpeg would go on encoding for nobody, holding cores the next attempt needs. The parent may have
+    died before the prctl took effect, hence the check. This runs between fork and exec while the
+    parent has other threads (the lease heartbeat), so it only makes two system calls, through a
+    ctypes function the parent already loaded.
+    """
+    _prctl()(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _start_ffmpeg(command: list[str], stderr: IO[str]) -> subprocess.Popen[str]:
+    """Start FFmpeg in a process group of its own (the unit we kill), tied to this process's life."""
+    preexec = functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
+    if preexec:
+        _prctl()  # resolved here, never in the child
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+        preexec_fn=preexec,  # see _die_with_parent
+    )
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """SIGKILL FFmpeg's whole process group if it is still running, and reap it."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
     """Move ffmpeg's progress lines to a queue so the main loop can also watch the clock and cancel."""
     for line in stream:
@@ -213,9 +269,7 @@ def run_ffmpeg(
     deadline = time.monotonic() + ENCODE_TIMEOUT_SECONDS
     command = [ffmpeg_exe(), *_FFMPEG_FLAGS, *args]
     with tempfile.TemporaryFile("w+", errors="replace") as stderr:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, text=True
-        )
+        process = _start_ffmpeg(command, stderr)
         lines: queue.Queue[str | None] = queue.Queue()
         reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
         reader.start()
@@ -232,10 +286,8 @@ def run_ffmpeg(
                 if time.monotonic() > deadline:
                     raise PermanentError(f"encoding exceeded the {ENCODE_TIMEOUT_SECONDS}s timeout")
             returncode = process.wait()
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
+        finally:  # cancel, timeout, soft time limit, warm shutdown: nothing of FFmpeg outlives this
+            _kill_group(process)
             reader.join(timeout=5)
         stderr.seek(0)
         tail = _tail(stderr.read(), *hide_dirs)
@@ -271,7 +323,8 @@ def encode_video(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     width, height = target_size(info.width, info.height, params["resolution"])
     target = output_path(storage_dir, ctx.job_id, params["format"])
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f"{ctx.job_id}.part.{params['format']}")  # renamed only once complete
+    # This attempt's own file, renamed into place only once complete and only by the job's holder.
+    partial = target.with_name(f"{ctx.job_id}.{ctx.attempt}.part.{params['format']}")
 
     ctx.progress(0, "encoding started", width=width, height=height, durationSeconds=info.duration_seconds)
     streams = ["-map", "0:v:0", "-map", "0:a:0?", "-pix_fmt", "yuv420p"]  # first video, first audio if any
@@ -288,7 +341,10 @@ def encode_video(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         ):
             decoded = f"{encoded.duration_seconds or 0:.1f}s of {info.duration_seconds:.1f}s"
             raise PermanentError(f"{source.name} is truncated or corrupt: only {decoded} decoded: {tail}")
-        os.replace(partial, target)
+        with ctx.hold_job() as held:  # no other attempt can take the job over until the rename is done
+            if not held:
+                raise JobCancelled(f"job {ctx.job_id}: attempt {ctx.attempt} lost the job; output not kept")
+            os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
     ctx.progress(100, "encoded")

@@ -6,6 +6,7 @@ same registry the worker uses, so failures point at the definition and not at th
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ class RecordingContext:
         self.progress_calls: list[tuple[float, str | None, dict[str, Any]]] = []
         self.cancelled = False
         self.cancel_checks = 0
+        self.holds_job = True  # False: a newer attempt or the lease rescue took the job over
         self._cancel_after_progress = cancel_after_progress
 
     def emit_event(self, event_type: str, data: dict[str, Any] | None = None) -> None:
@@ -51,6 +53,10 @@ class RecordingContext:
     def raise_if_cancelled(self) -> None:
         if self.cancel_requested():
             raise JobCancelled(f"job {self.job_id} was cancelled")
+
+    @contextlib.contextmanager
+    def hold_job(self) -> Iterator[bool]:
+        yield self.holds_job
 
     @property
     def percents(self) -> list[float]:

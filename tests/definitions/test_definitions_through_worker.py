@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import wait_for
-from test_video import _make_video
+from test_video import _ffmpeg_pids_writing_to, _make_video
 
 from gpujobs.definitions import video
+from gpujobs.extensions import db
 from gpujobs.jobs import TERMINAL
+from gpujobs.sweeps import dispatch_due, rescue_stuck
 
 
 def run_over_http(client, tenant, key: str, params: dict[str, Any], **options: Any) -> dict[str, Any]:
@@ -121,6 +126,32 @@ def test_encode_video_transcodes_an_upload_to_webm(client, tenant, worker, app):
     output = video.output_path(storage, job["id"], "webm")
     assert output.stat().st_size == result["sizeBytes"] > 0
     assert progress_events(client, tenant, job)[-1]["percent"] == 100
+
+
+def test_ffmpeg_dies_with_the_pool_process_that_ran_it_and_the_job_goes_on(client, tenant, worker, app):
+    storage = app.config["GPUJOBS_STORAGE_DIR"]
+    _make_video(video.upload_dir(storage) / "killed_worker.mp4", seconds=10, size="640x480", rate=30)
+    params = {"inputFile": "killed_worker.mp4", "resolution": "4k", "quality": "high"}
+    body = {"definitionKey": "encode.video", "definitionVersion": 1, "params": params}
+    accepted = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+    assert accepted.status_code == 202, accepted.json
+    partial = video.output_path(storage, accepted.json["id"], "mp4").with_suffix("")  # <outputs>/<job id>
+    ffmpeg = wait_for(lambda: _ffmpeg_pids_writing_to(partial), timeout=60)
+    pool_process = int(Path(f"/proc/{ffmpeg[0]}/stat").read_text().split(") ")[1].split()[1])
+    assert pool_process in worker.child_pids()
+    os.kill(pool_process, signal.SIGKILL)  # what the OOM killer or a hard time limit does
+    wait_for(lambda: ffmpeg[0] not in _ffmpeg_pids_writing_to(partial), timeout=5)
+
+    def encoding_again() -> bool:
+        """The sweeps beat would run: the lease rescue gives the job a new attempt, with a new FFmpeg."""
+        with app.app_context():
+            rescue_stuck()
+            dispatch_due()
+            db.session.remove()
+        return bool(set(_ffmpeg_pids_writing_to(partial)) - set(ffmpeg))
+
+    wait_for(encoding_again, timeout=60, interval=0.5)
+    client.post(f"/v1/jobs/{accepted.json['id']}/cancel", headers=tenant["headers"])
 
 
 def test_routes_generate_beats_the_given_order(client, tenant, worker):

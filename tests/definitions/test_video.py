@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
+from helpers import wait_for
 from pydantic import ValidationError
 
 from gpujobs.definitions import video
@@ -138,6 +141,7 @@ class _WatchingContext:
     def __init__(self, ctx: Any, outputs: Path) -> None:
         self.ctx, self.outputs = ctx, outputs
         self.pids_at_cancel: list[int] = []
+        self.groups_at_cancel: list[int] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.ctx, name)
@@ -146,6 +150,7 @@ class _WatchingContext:
         self.ctx.progress(percent, message, **data)
         if self.ctx.cancelled and not self.pids_at_cancel:
             self.pids_at_cancel = _ffmpeg_pids_writing_to(self.outputs)
+            self.groups_at_cancel = [os.getpgid(pid) for pid in self.pids_at_cancel]
 
 
 def test_cancelling_kills_ffmpeg_and_leaves_no_partial_file(run_job, make_ctx, uploads, tmp_path, long_clip):
@@ -157,6 +162,7 @@ def test_cancelling_kills_ffmpeg_and_leaves_no_partial_file(run_job, make_ctx, u
     assert time.monotonic() - started < 10
     assert 0 < ctx.ctx.percents[1] < 100  # ffmpeg had reported real progress before the cancel
     assert len(ctx.pids_at_cancel) == 1 and _ffmpeg_pids_writing_to(ctx.outputs) == []
+    assert ctx.groups_at_cancel == ctx.pids_at_cancel  # FFmpeg led a process group of its own, killed whole
     assert os.listdir(ctx.outputs) == []
 
 
@@ -167,6 +173,65 @@ def test_an_encode_past_its_timeout_is_killed(run_job, ctx, uploads, tmp_path, l
         run_job("encode.video", {"inputFile": "long.mp4", "resolution": "4k", "quality": "high"}, ctx)
     outputs = video.output_path(tmp_path, ctx.job_id, "mp4").parent
     assert _ffmpeg_pids_writing_to(outputs) == [] and os.listdir(outputs) == []
+
+
+def test_each_attempt_encodes_to_its_own_file_and_leaves_a_stale_attempts_file_alone(
+    run_job, ctx, uploads, tmp_path
+):
+    _make_video(uploads / "clip_2.mp4", seconds=1, size="160x120", rate=10)
+    target = video.output_path(tmp_path, ctx.job_id, "mp4")
+    target.parent.mkdir(parents=True)
+    stale = target.with_name(f"{ctx.job_id}.1.part.mp4")  # attempt 1, still encoding after losing its lease
+    stale.write_bytes(b"attempt 1 at work")
+    ctx.attempt = 2
+    run_job("encode.video", {"inputFile": "clip_2.mp4"}, ctx)
+    assert stale.read_bytes() == b"attempt 1 at work"
+    assert sorted(os.listdir(target.parent)) == sorted([stale.name, target.name])
+
+
+def test_an_attempt_that_lost_the_job_does_not_publish_its_output(run_job, ctx, uploads, tmp_path):
+    _make_video(uploads / "clip_3.mp4", seconds=1, size="160x120", rate=10)
+    target = video.output_path(tmp_path, ctx.job_id, "mp4")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"published by the newer attempt")
+    ctx.holds_job = False
+    with pytest.raises(JobCancelled, match="lost the job"):
+        run_job("encode.video", {"inputFile": "clip_3.mp4"}, ctx)
+    assert target.read_bytes() == b"published by the newer attempt"
+    assert os.listdir(target.parent) == [target.name]  # its own partial file is gone too
+
+
+# Runs run_ffmpeg in a process of its own, as a worker's pool process would, on a long 4k encode.
+_ENCODER = """
+import os
+from gpujobs.definitions import video
+
+class Context:
+    job_id, attempt = "x", 1
+    def progress(self, *args, **kwargs): pass
+    def cancel_requested(self): return False
+
+scale = ["-vf", "scale=3840:2160", "-c:v", "libx264", "-preset", "veryslow", "-f", "mp4"]
+video.run_ffmpeg(Context(), ["-y", "-i", os.environ["SOURCE"], *scale, os.environ["TARGET"]], None)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_ffmpeg_dies_with_a_worker_process_killed_by_sigkill(tmp_path, long_clip):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    env = dict(os.environ, SOURCE=str(long_clip), TARGET=str(outputs / "x.mp4"))
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    encoder = subprocess.Popen([sys.executable, "-c", _ENCODER], env=env)
+    try:
+        ffmpeg = wait_for(lambda: _ffmpeg_pids_writing_to(outputs), timeout=30)
+        encoder.kill()  # no finally, no atexit: only the kernel can stop FFmpeg now
+        encoder.wait()
+        wait_for(lambda: _ffmpeg_pids_writing_to(outputs) == [], timeout=5)
+    finally:
+        for pid in _ffmpeg_pids_writing_to(outputs):
+            os.kill(pid, signal.SIGKILL)
+    assert len(ffmpeg) == 1
 
 
 @pytest.mark.parametrize(
