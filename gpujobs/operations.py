@@ -11,11 +11,11 @@ from typing import Any
 from flask import current_app
 
 from gpujobs import jobs, webhooks
-from gpujobs.definitions.registry import get_definition
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
 from gpujobs.outbound import check_url
+from gpujobs.registry import get_definition
 
 
 def prepare(

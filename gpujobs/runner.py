@@ -17,11 +17,11 @@ from flask import Flask, current_app
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from gpujobs import jobs, webhooks
-from gpujobs.definitions.registry import Definition, Handoff, get_definition
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Job
+from gpujobs.registry import Definition, Handoff, get_definition
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gpujobs import jobs
-from gpujobs.definitions.registry import get_definition
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule
+from gpujobs.registry import get_definition
 
 log = logging.getLogger(__name__)
 

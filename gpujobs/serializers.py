@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gpujobs.jobs import PRIORITY_NAMES
 from gpujobs.models import DeadLetter, Instance, Job, JobEvent, WebhookDelivery
-
-if TYPE_CHECKING:  # the registry imports the definitions, some of which import this module
-    from gpujobs.definitions.registry import Definition
+from gpujobs.registry import Definition
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -22,7 +22,6 @@ from flask import current_app
 from sqlalchemy.exc import OperationalError
 
 from gpujobs import jobs, webhooks
-from gpujobs.definitions.registry import Handoff
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.extensions import db
@@ -31,6 +30,7 @@ from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError, spec
 from gpujobs.provisioning import records, snapshot
 from gpujobs.provisioning.novita_client import novita_client
+from gpujobs.registry import Handoff
 from gpujobs.serializers import instance_to_dict
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from helpers import make_tenant
 from sqlalchemy import func, select, update
 
 from gpujobs import dispatch, jobs, runner
-from gpujobs.definitions import get_definition
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, WebhookDelivery
 from gpujobs.provisioning import create, records
+from gpujobs.registry import get_definition
 
 HOOK_URL = "http://127.0.0.1:9/hooks"  # never called here: deliveries are only recorded and queued
 

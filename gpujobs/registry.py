@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -56,6 +56,7 @@ class Handoff:
 
 Handler = Callable[[JobContext, dict[str, Any]], "dict[str, Any] | Handoff | None"]
 Hook = Callable[[JobContext, dict[str, Any]], None]
+HandlerT = TypeVar("HandlerT", bound=Handler)
 
 
 class Params(BaseModel):
@@ -120,10 +121,10 @@ def register(definition: Definition) -> Definition:
     return definition
 
 
-def job_definition(key: str, version: int = 1, **options: Any) -> Callable[[Handler], Handler]:
-    """Decorator form of :func:`register` for a handler function."""
+def job_definition(key: str, version: int = 1, **options: Any) -> Callable[[HandlerT], HandlerT]:
+    """Decorator form of :func:`register` for a handler function (returned unchanged)."""
 
-    def decorate(handler: Handler) -> Handler:
+    def decorate(handler: HandlerT) -> HandlerT:
         register(Definition(key=key, version=version, handler=handler, **options))
         return handler
 
