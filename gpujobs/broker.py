@@ -13,7 +13,7 @@ import redis
 from flask import current_app
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-import celeryconfig
+from gpujobs import celery_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def redis_client() -> redis.Redis:
 
 def queue_depths() -> dict[str, int] | None:
     """Messages waiting in each Celery queue (every priority sub-list), or None if Redis does not answer."""
-    queues = (*celeryconfig.JOB_QUEUES, *celeryconfig.SERVICE_QUEUES)
+    queues = (*celery_settings.JOB_QUEUES, *celery_settings.SERVICE_QUEUES)
     try:
         with redis_client().pipeline(transaction=False) as pipe:
             for queue in queues:

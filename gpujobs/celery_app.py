@@ -10,7 +10,7 @@ TASK_MODULES = ["gpujobs.tasks", "gpujobs.provisioning.tasks"]
 
 
 def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app for ``app`` from the top-level ``celeryconfig`` and the broker URL."""
+    """Create the Celery app for ``app`` from ``gpujobs.celery_settings`` and the broker URL."""
 
     class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:
@@ -18,7 +18,7 @@ def celery_init_app(app: Flask) -> Celery:
                 return self.run(*args, **kwargs)
 
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
-    celery.config_from_object("celeryconfig")
+    celery.config_from_object("gpujobs.celery_settings")
     if app.config.get("REDIS_URL"):
         celery.conf.broker_url = app.config["REDIS_URL"]
     celery.set_default()

@@ -30,9 +30,9 @@ STOP_TIMEOUT_SECONDS = 15.0
 
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
     """The Celery worker command line: every queue, service queues first (read in that order)."""
-    import celeryconfig
+    from gpujobs import celery_settings
 
-    queues = ",".join((*celeryconfig.SERVICE_QUEUES, *celeryconfig.JOB_QUEUES))
+    queues = ",".join((*celery_settings.SERVICE_QUEUES, *celery_settings.JOB_QUEUES))
     return [
         sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker", "-Q", queues,
         "-c", str(concurrency), "-n", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
