@@ -5,6 +5,8 @@ from __future__ import annotations
 from celery import Celery, Task
 from flask import Flask
 
+from gpujobs import celery_settings
+
 # Every module that defines tasks; a worker imports them all at start.
 TASK_MODULES = ["gpujobs.tasks", "gpujobs.provisioning.tasks"]
 
@@ -18,7 +20,7 @@ def celery_init_app(app: Flask) -> Celery:
                 return self.run(*args, **kwargs)
 
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
-    celery.config_from_object("gpujobs.celery_settings")
+    celery.config_from_object(celery_settings)
     if app.config.get("REDIS_URL"):
         celery.conf.broker_url = app.config["REDIS_URL"]
     celery.set_default()

@@ -10,12 +10,27 @@ from datetime import timedelta
 from kombu import Queue
 
 from gpujobs.config import load_config
+from gpujobs.dispatch import QUEUE_BY_PRIORITY
+from gpujobs.jobs import DEFAULT_PRIORITY, PRIORITY_LEVELS
+from gpujobs.provisioning.monitor import MONITOR_QUEUE, MONITOR_TASK
+from gpujobs.provisioning.tasks import SWEEP_RECONCILE_TASK
+from gpujobs.tasks import (
+    MAINTENANCE_QUEUE,
+    SWEEP_CLEANUP_TASK,
+    SWEEP_DISPATCH_TASK,
+    SWEEP_RESCUE_TASK,
+    SWEEP_SCHEDULES_TASK,
+    SWEEP_VIDEOS_TASK,
+    SWEEP_WEBHOOKS_TASK,
+)
+from gpujobs.webhooks import DELIVER_TASK, WEBHOOKS_QUEUE
 
 _config = load_config()
 
-# Job queues by priority, then the service's own short tasks, each in its own queue.
-JOB_QUEUES = ("critical", "high", "normal", "low")
-SERVICE_QUEUES = ("monitor", "webhooks", "maintenance")
+# Job queues by priority, most urgent first, then the service's own short tasks, each in its own queue
+# (each name is defined beside the code that owns it).
+JOB_QUEUES = tuple(reversed(QUEUE_BY_PRIORITY))
+SERVICE_QUEUES = (MONITOR_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
 
 # The broker URL is set from REDIS_URL by the app factory; this is only the fallback for tooling.
 broker_url = "redis://localhost:6379/0"
@@ -31,14 +46,27 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
-# Declared queues; the service queues come first so a worker reading in order serves them first.
+# Declared queues; the service queues come first so a worker reading in order serves them first. A
+# worker started without -Q (the Procfile's) reads every queue declared here, in this order.
 task_queues = [Queue(name) for name in (*SERVICE_QUEUES, *JOB_QUEUES)]
-task_default_queue = "normal"
-# Tasks whose queue is fixed; run_job's queue is chosen per job from its priority at publish.
+task_default_queue = QUEUE_BY_PRIORITY[PRIORITY_LEVELS[DEFAULT_PRIORITY]]
+# Tasks whose queue is fixed, by exact name. Celery's router applies these to send_task too, so callers
+# never name a service queue; only run_job's queue is chosen per job, from its priority, at publish.
 task_routes = {
-    "gpujobs.sweep.*": {"queue": "maintenance"},
-    "gpujobs.webhooks.*": {"queue": "webhooks"},
-    "gpujobs.gpu.monitor": {"queue": "monitor"},
+    DELIVER_TASK: {"queue": WEBHOOKS_QUEUE},
+    MONITOR_TASK: {"queue": MONITOR_QUEUE},
+    **{
+        task: {"queue": MAINTENANCE_QUEUE}
+        for task in (
+            SWEEP_DISPATCH_TASK,
+            SWEEP_RESCUE_TASK,
+            SWEEP_WEBHOOKS_TASK,
+            SWEEP_SCHEDULES_TASK,
+            SWEEP_RECONCILE_TASK,
+            SWEEP_CLEANUP_TASK,
+            SWEEP_VIDEOS_TASK,
+        )
+    },
 }
 
 broker_transport_options = {
@@ -83,11 +111,11 @@ def _sweep(task: str, every: timedelta) -> dict:
 
 # The sweeps (gpujobs.sweeps and friends). Exactly one beat is expected; each is safe to run twice at once.
 beat_schedule = {
-    "dispatch-due-jobs": _sweep("gpujobs.sweep.dispatch", _sweep_every),
-    "rescue-stuck-jobs": _sweep("gpujobs.sweep.rescue", _sweep_every),
-    "deliver-due-webhooks": _sweep("gpujobs.sweep.webhooks", _sweep_every),
-    "run-due-schedules": _sweep("gpujobs.sweep.schedules", _sweep_every),
-    "reconcile-instances": _sweep("gpujobs.sweep.reconcile", timedelta(minutes=1)),
-    "clean-up-finished": _sweep("gpujobs.sweep.cleanup", timedelta(minutes=10)),
-    "clean-up-videos": _sweep("gpujobs.sweep.videos", timedelta(minutes=10)),
+    "dispatch-due-jobs": _sweep(SWEEP_DISPATCH_TASK, _sweep_every),
+    "rescue-stuck-jobs": _sweep(SWEEP_RESCUE_TASK, _sweep_every),
+    "deliver-due-webhooks": _sweep(SWEEP_WEBHOOKS_TASK, _sweep_every),
+    "run-due-schedules": _sweep(SWEEP_SCHEDULES_TASK, _sweep_every),
+    "reconcile-instances": _sweep(SWEEP_RECONCILE_TASK, timedelta(minutes=1)),
+    "clean-up-finished": _sweep(SWEEP_CLEANUP_TASK, timedelta(minutes=10)),
+    "clean-up-videos": _sweep(SWEEP_VIDEOS_TASK, timedelta(minutes=10)),
 }

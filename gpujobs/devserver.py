@@ -29,12 +29,9 @@ STOP_TIMEOUT_SECONDS = 15.0
 
 
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
-    """The Celery worker command line: every queue, service queues first (read in that order)."""
-    from gpujobs import celery_settings
-
-    queues = ",".join((*celery_settings.SERVICE_QUEUES, *celery_settings.JOB_QUEUES))
+    """The Celery worker command line: without -Q it reads every declared queue, service queues first."""
     return [
-        sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker", "-Q", queues,
+        sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker",
         "-c", str(concurrency), "-n", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 

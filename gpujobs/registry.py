@@ -43,14 +43,14 @@ class Handoff:
     """Returned by a handler whose job goes on in another task (the GPU chain's monitor step).
 
     The job stays ``running`` under the same attempt; the engine publishes ``task`` after commit with
-    ``(job_id, attempt, *args)``. That task owns the job from then on: it renews the lease and ends the
-    job with fenced writes. If its messages are lost, the lease expires and the rescue sweep reruns
-    the handler, which must therefore be idempotent (the GPU create step adopts its instance by name).
+    ``(job_id, attempt, *args)``, to the queue ``task_routes`` names for it. That task owns the job
+    from then on: it renews the lease and ends the job with fenced writes. If its messages are lost,
+    the lease expires and the rescue sweep reruns the handler, which must therefore be idempotent (the
+    GPU create step adopts its instance by name).
     """
 
     task: str
     args: tuple[Any, ...] = ()
-    queue: str = "monitor"
     countdown_seconds: float = 0.0
 
 

@@ -175,7 +175,6 @@ def _hand_off(claim: jobs.Claim, handoff: Handoff) -> None:
     send_task(
         handoff.task,
         [str(claim.job_id), claim.attempt, *handoff.args],
-        handoff.queue,
         f"job {claim.job_id} hand-off to {handoff.task}",
         countdown=handoff.countdown_seconds or None,
     )

@@ -36,6 +36,8 @@ from gpujobs.serializers import instance_to_dict
 log = logging.getLogger(__name__)
 
 MONITOR_TASK = "gpujobs.gpu.monitor"
+# Its own queue (gpujobs.celery_settings routes the task there), so a backlog of jobs never delays a look.
+MONITOR_QUEUE = "monitor"
 CREATE, START, STOP, DELETE = "create", "start", "stop", "delete"
 FAILED_EVENT = "instance.failed"
 # What a look concludes (see judge); _NOT_YET: nothing is known about the instance since the action yet.
@@ -98,7 +100,6 @@ class Watch:
         send_task(
             MONITOR_TASK,
             [str(self.job_id), self.attempt, *self._args()],
-            "monitor",
             f"job {self.job_id}: next look",
             countdown=self.interval,
         )
