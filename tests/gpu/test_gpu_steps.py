@@ -364,7 +364,7 @@ def test_an_action_job_is_published_only_once_its_instance_is_marked_with_it(
 
 def test_with_redis_away_the_novita_call_tally_pauses_instead_of_waiting_on_every_call(monkeypatch):
     from gpujobs import create_app
-    from gpujobs.embedded import free_port
+    from gpujobs.dev.embedded import free_port
     from gpujobs.provisioning import novita_client
 
     monkeypatch.setattr(novita_client, "_tally_paused_until", 0.0)

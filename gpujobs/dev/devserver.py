@@ -18,9 +18,13 @@ from pathlib import Path
 
 import requests
 
+from gpujobs import create_app
 from gpujobs.config import load_config
-from gpujobs.embedded import EmbeddedPostgres, EmbeddedRedis
-from gpujobs.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
+from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from gpujobs.dev.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
+from gpujobs.novita.simulator import run_simulator
+from gpujobs.operations import submit
+from gpujobs.tenants import create_api_key, ensure_tenant
 
 DEV_TENANT = "dev"
 SIMULATOR_API_KEY = "sk_simulator_dev"
@@ -57,8 +61,6 @@ def run() -> None:
         write_embedded_env(data_dir, {k: env[k] for k in ("DATABASE_URL", "REDIS_URL")})
         stack.callback(lambda: (data_dir / EMBEDDED_ENV_FILE).unlink(missing_ok=True))
         if not os.environ.get("NOVITA_API_KEY"):
-            from gpujobs.novita.simulator import run_simulator
-
             sim = stack.enter_context(run_simulator(api_key=SIMULATOR_API_KEY))
             env["NOVITA_API_KEY"], env["NOVITA_BASE_URL"] = SIMULATOR_API_KEY, sim.base_url
         os.environ.update(env)
@@ -81,10 +83,6 @@ def run() -> None:
 def _prepare_database() -> str:
     """Migrate, create the development tenant's key, and queue a few sample jobs to look at."""
     from flask_migrate import upgrade
-
-    from gpujobs import create_app
-    from gpujobs.auth import create_api_key, ensure_tenant
-    from gpujobs.operations import submit
 
     app = create_app()
     with app.app_context():
