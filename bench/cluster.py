@@ -26,8 +26,8 @@ import psycopg2
 import redis
 import requests
 
-from gpujobs.devserver import worker_command
-from gpujobs.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from gpujobs.dev.devserver import worker_command
+from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from gpujobs.novita.simulator import NovitaSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ class Cluster:
         from flask_migrate import upgrade
 
         from gpujobs import create_app
-        from gpujobs.auth import create_api_key
+        from gpujobs.tenants import create_api_key
 
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
         self.redis = EmbeddedRedis(self.data_dir / "redis")

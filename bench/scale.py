@@ -2,7 +2,7 @@
 
 python -m bench.scale [--sizes 10000,1000000] [--quick] [--calls 200]
 
-One embedded PostgreSQL per size and one Redis (``gpujobs.embedded``, migrations applied as
+One embedded PostgreSQL per size and one Redis (``gpujobs.dev.embedded``, migrations applied as
 ``bench.cluster`` does). The app is called in-process through its test client: the figures are the
 service's own cost (auth, rate limit, SQL, JSON) without HTTP noise; sweeps are called as beat's tasks
 call them. Calls alternate between the sizes, so load from other processes hits every size alike.
@@ -38,7 +38,7 @@ from sqlalchemy import event, text
 
 from bench.cluster import ROOT
 from bench.load import percentile
-from gpujobs.embedded import EmbeddedPostgres, EmbeddedRedis
+from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
 JOBS_PER_HOUR = 2000  # "thousands of jobs an hour": 10^6 jobs are ~3 weeks of history, 10^4 are 5 hours
 BATCH_ROWS = 50_000  # rows per seeding transaction
@@ -348,9 +348,9 @@ def deploy(size: int, database_url: str, redis_url: str) -> tuple[Flask, Seed, s
     from flask_migrate import upgrade
 
     from gpujobs import create_app
-    from gpujobs.auth import create_api_key, ensure_tenant
     from gpujobs.extensions import db
     from gpujobs.sweeps import dispatch_due
+    from gpujobs.tenants import create_api_key, ensure_tenant
 
     app = create_app({"DATABASE_URL": database_url, "REDIS_URL": redis_url})
     with app.app_context():

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from gpujobs.definitions.registry import JobContext, Params, RetryPolicy, job_definition
+from gpujobs.registry import JobContext, Params, RetryPolicy, job_definition
 
 
 class WorkParams(Params):

@@ -38,7 +38,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(_migrations_dir()))
     celery_init_app(app)
 
-    from gpujobs import definitions  # noqa: F401  (registers the built-in definitions)
+    # The built-in definitions register themselves when imported: the samples, then gpu.instance.*.
+    from gpujobs import definitions  # noqa: F401
+    from gpujobs.provisioning import actions, create  # noqa: F401
 
     for module in app.config["GPUJOBS_DEFINITION_MODULES"]:
         importlib.import_module(module)

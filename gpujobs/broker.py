@@ -13,8 +13,6 @@ import redis
 from flask import current_app
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
-import celeryconfig
-
 log = logging.getLogger(__name__)
 
 # Redis answers in well under a millisecond; a second means it is away, and every caller has a
@@ -42,8 +40,9 @@ def redis_client() -> redis.Redis:
 
 
 def queue_depths() -> dict[str, int] | None:
-    """Messages waiting in each Celery queue (every priority sub-list), or None if Redis does not answer."""
-    queues = (*celeryconfig.JOB_QUEUES, *celeryconfig.SERVICE_QUEUES)
+    """Messages waiting in each declared Celery queue (every priority sub-list), in the order workers
+    read them; None if Redis does not answer."""
+    queues = [queue.name for queue in current_app.extensions["celery"].conf.task_queues]
     try:
         with redis_client().pipeline(transaction=False) as pipe:
             for queue in queues:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery, Task
 from flask import Flask
 
+from gpujobs import celery_settings
 from gpujobs.reconnect import patch_redis_transport
 
 # Every module that defines tasks; a worker imports them all at start.
@@ -12,7 +13,7 @@ TASK_MODULES = ["gpujobs.tasks", "gpujobs.provisioning.tasks"]
 
 
 def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app for ``app`` from the top-level ``celeryconfig`` and the broker URL."""
+    """Create the Celery app for ``app`` from ``gpujobs.celery_settings`` and the broker URL."""
 
     class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:
@@ -21,7 +22,7 @@ def celery_init_app(app: Flask) -> Celery:
 
     patch_redis_transport()  # a worker survives a broker that drops mid-task (gpujobs.reconnect)
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
-    celery.config_from_object("celeryconfig")
+    celery.config_from_object(celery_settings)
     if app.config.get("REDIS_URL"):
         celery.conf.broker_url = app.config["REDIS_URL"]
     celery.set_default()

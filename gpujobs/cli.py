@@ -34,7 +34,7 @@ def keys() -> None:
 @click.option("--tenant", required=True, help="Tenant name (created if new).")
 def keys_create(tenant: str) -> None:
     """Create an API key for TENANT and print it (shown only once; stored hashed)."""
-    from gpujobs.auth import create_api_key
+    from gpujobs.tenants import create_api_key
 
     with _app().app_context():
         click.echo(create_api_key(tenant))
@@ -50,8 +50,8 @@ def webhooks() -> None:
 @click.option("--rotate", is_flag=True, help="Issue a new secret; the old one keeps signing for 24 h.")
 def webhooks_secret(tenant: str, rotate: bool) -> None:
     """Print the tenant's whsec_ signing secret (after rotating it with --rotate)."""
-    from gpujobs.auth import ensure_tenant, rotate_webhook_secret
     from gpujobs.extensions import db
+    from gpujobs.tenants import ensure_tenant, rotate_webhook_secret
 
     with _app().app_context():
         if rotate:
@@ -155,6 +155,6 @@ def simulator(host: str, port: int, api_key: str) -> None:
 @main.command()
 def dev() -> None:
     """Run everything locally: embedded PostgreSQL and Redis, the simulator, API, worker, beat, Flower."""
-    from gpujobs.devserver import run
+    from gpujobs.dev.devserver import run
 
     run()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpujobs.embedded_env import read_embedded_env
+from gpujobs.dev.embedded_env import read_embedded_env
 from gpujobs.exceptions import GpuJobsError
 from gpujobs.novita.spec import PRODUCTION_BASE_URL as NOVITA_DEFAULT_BASE_URL
 

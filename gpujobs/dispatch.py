@@ -21,7 +21,8 @@ from gpujobs.models import Job
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "gpujobs.run_job"
-QUEUE_BY_PRIORITY = ("low", "normal", "high", "critical")  # index = priority level
+# One queue per priority, named after it (index = priority level): the only queue chosen at publish.
+QUEUE_BY_PRIORITY = jobs.PRIORITY_NAMES
 # Fail fast when the broker is away: the row is durable and the sweep re-publishes it.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 # Messages go to a queue by name (Redis's anonymous exchange: the list is the queue), so there is
@@ -47,17 +48,18 @@ def dispatch_of(job: Job) -> Dispatch:
     return Dispatch(job.id, job.priority, job.timeout_seconds)
 
 
-def send_task(name: str, args: list[Any], queue: str, what: str, **options: Any) -> bool:
+def send_task(name: str, args: list[Any], what: str, **options: Any) -> bool:
     """Hand a message to the broker; False (logged) when it cannot be reached.
 
-    Every caller has a durable fallback (a sweep or a lease) for a message that did not go out, so
-    a broker outage is a warning here, never an error for the request or task that tried.
+    The queue comes from ``task_routes`` (Celery routes ``send_task`` too), unless ``options`` names
+    one: only a job's priority queue is chosen here. Every caller has a durable fallback (a sweep or
+    a lease) for a message that did not go out, so a broker outage is a warning here, never an error
+    for the request or task that tried.
     """
     try:
         current_app.extensions["celery"].send_task(
             name,
             args=args,
-            queue=queue,
             declare=NO_DECLARE,
             retry=True,
             retry_policy=PUBLISH_RETRY_POLICY,
@@ -81,7 +83,7 @@ def _job_message(item: Dispatch) -> tuple[str, list[str], str, dict[str, Any]]:
 def publish(item: Dispatch) -> bool:
     """Send one job id to its priority queue."""
     name, args, queue, options = _job_message(item)
-    return send_task(name, args, queue, f"job {item.job_id}", **options)
+    return send_task(name, args, f"job {item.job_id}", queue=queue, **options)
 
 
 def publish_batch(items: list[Dispatch]) -> bool:

@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, text, update
 
-from gpujobs.definitions.registry import Definition
 from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
+from gpujobs.registry import Definition
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from flask import current_app
 from pydantic import ValidationError
 
 from gpujobs import jobs, webhooks
-from gpujobs.definitions.registry import Definition, get_definition
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
 from gpujobs.outbound import UnsafeURLError, check_url
+from gpujobs.registry import Definition, get_definition
 
 
 def validated(key: str, version: int, params: dict[str, Any]) -> tuple[Definition, dict[str, Any]]:

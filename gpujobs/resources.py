@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, cast
+from typing import Annotated, Any, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from gpujobs import models
 from gpujobs.jobs import PRIORITY_NAMES, STATUSES
-
-if TYPE_CHECKING:  # the registry imports the definitions, some of which import this module
-    from gpujobs.definitions.registry import Definition as RegisteredDefinition
+from gpujobs.registry import Definition as RegisteredDefinition
 
 JobStatus = Literal[STATUSES]  # type: ignore[valid-type]
 PriorityName = Literal[PRIORITY_NAMES]  # type: ignore[valid-type]

@@ -20,11 +20,11 @@ from flask import Flask, current_app
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from gpujobs import jobs, webhooks
-from gpujobs.definitions.registry import Definition, Handoff, get_definition
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Job
+from gpujobs.registry import Definition, Handoff, get_definition
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,6 @@ def _hand_off(claim: jobs.Claim, handoff: Handoff) -> None:
     send_task(
         handoff.task,
         [str(claim.job_id), claim.attempt, *handoff.args],
-        handoff.queue,
         f"job {claim.job_id} hand-off to {handoff.task}",
         countdown=handoff.countdown_seconds or None,
     )

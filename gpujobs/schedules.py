@@ -21,11 +21,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gpujobs import jobs, operations
-from gpujobs.definitions.registry import get_definition
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule
+from gpujobs.registry import get_definition
 
 log = logging.getLogger(__name__)
 

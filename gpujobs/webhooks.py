@@ -29,6 +29,8 @@ from gpujobs.signing import webhook_headers
 log = logging.getLogger(__name__)
 
 DELIVER_TASK = "gpujobs.webhooks.deliver"
+# Its own queue (gpujobs.celery_settings routes the task there), so a backlog of jobs never delays a delivery.
+WEBHOOKS_QUEUE = "webhooks"
 # Delay before each retry (after the first try), after the Standard Webhooks / Svix schedule:
 # about 27 hours in all, so a receiver that is down overnight still gets its events.
 RETRY_SCHEDULE_SECONDS = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
@@ -92,14 +94,14 @@ def publish_pending(job_id: uuid.UUID) -> None:
         # The task's default limits fit one delivery; each one more may take the whole send timeout.
         limit = len(due) * (TOTAL_TIMEOUT_SECONDS + 5) + 30
         send_task(
-            DELIVER_TASK, [str(item) for item in due], "webhooks", f"deliveries of job {job_id}",
+            DELIVER_TASK, [str(item) for item in due], f"deliveries of job {job_id}",
             soft_time_limit=limit, time_limit=limit + 30,
         )  # fmt: skip
 
 
 def publish_delivery(delivery_id: uuid.UUID) -> None:
     """Hand one delivery to the webhook queue; if the broker is away, the webhook sweep sends it later."""
-    send_task(DELIVER_TASK, [str(delivery_id)], "webhooks", f"delivery {delivery_id}")
+    send_task(DELIVER_TASK, [str(delivery_id)], f"delivery {delivery_id}")
 
 
 def signing_secrets(tenant: Tenant) -> list[str]:

@@ -15,7 +15,7 @@ import redis
 from flask import Flask
 from sqlalchemy import text
 
-from gpujobs.embedded import EmbeddedPostgres, EmbeddedRedis
+from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import make_tenant
@@ -121,7 +121,7 @@ class WorkerProcess:
     """A real ``celery worker`` subprocess of the service under test."""
 
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int, name: str) -> None:
-        from gpujobs.devserver import worker_command
+        from gpujobs.dev.devserver import worker_command
 
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()

@@ -10,8 +10,8 @@ from flask import Flask
 
 def make_tenant(app: Flask, name: str) -> dict[str, str]:
     """Create a tenant and an API key for it."""
-    from gpujobs.auth import create_api_key, ensure_tenant
     from gpujobs.extensions import db
+    from gpujobs.tenants import create_api_key, ensure_tenant
 
     with app.app_context():
         key = create_api_key(name)

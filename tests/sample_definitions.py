@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from gpujobs.definitions.registry import Params, RetryPolicy, job_definition
+from gpujobs.registry import Params, RetryPolicy, job_definition
 
 
 class SleepParams(Params):

@@ -7,9 +7,9 @@ import uuid
 from helpers import make_tenant
 
 from gpujobs import jobs
-from gpujobs.definitions import get_definition
 from gpujobs.extensions import db
 from gpujobs.models import Job
+from gpujobs.registry import get_definition
 
 
 def post_job(client, tenant, **body):

@@ -18,11 +18,11 @@ from helpers import wait_for
 from sqlalchemy import select
 
 from gpujobs import jobs, operations, runner
-from gpujobs.definitions import get_definition
 from gpujobs.dispatch import Dispatch, publish
 from gpujobs.exceptions import Conflict, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
+from gpujobs.registry import get_definition
 
 
 def submit(app: Flask, tenant: dict, key: str, params: dict | None = None, **options) -> uuid.UUID:

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from gpujobs import create_app
 from gpujobs.config import SETTINGS, ConfigError, load_config, sqlalchemy_url
-from gpujobs.embedded import free_port
+from gpujobs.dev.embedded import free_port
 
 
 def test_config_uses_documented_defaults_when_the_environment_is_empty(tmp_path):
@@ -139,9 +139,9 @@ def _cli(process_env, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, process_env):
-    from gpujobs.auth import authenticate
     from gpujobs.extensions import db
     from gpujobs.models import ApiKey
+    from gpujobs.tenants import authenticate
 
     result = _cli(process_env, "keys", "create", "--tenant", "cli-tenant")
     assert result.returncode == 0, result.stderr

@@ -12,10 +12,10 @@ from helpers import wait_for
 from sqlalchemy import event, func, select, text, update
 
 from gpujobs import create_app, jobs, operations
-from gpujobs.definitions import get_definition
-from gpujobs.embedded import free_port
+from gpujobs.dev.embedded import free_port
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
+from gpujobs.registry import get_definition
 from gpujobs.sweeps import clean_up, dispatch_due, rescue_stuck
 
 

@@ -1,6 +1,6 @@
 """Bearer-key authentication for API views: ``g.tenant`` is the caller's tenant, every query scopes on it.
 
-Keys are looked up by SHA-256 digest and compared in constant time (``gpujobs.auth``); each
+Keys are looked up by SHA-256 digest and compared in constant time (``gpujobs.tenants``); each
 authenticated request then counts against the key's rate limit.
 """
 
@@ -14,7 +14,7 @@ from flask import g, request
 
 from gpujobs.api import ratelimit
 from gpujobs.api.errors import ApiError
-from gpujobs.auth import authenticate, key_digest
+from gpujobs.tenants import authenticate, key_digest
 
 View = TypeVar("View", bound=Callable[..., Any])
 

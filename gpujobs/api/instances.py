@@ -20,13 +20,13 @@ from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_ke
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
-from gpujobs.definitions import get_definition
 from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.provisioning import actions, create, records
 from gpujobs.provisioning.monitor import DELETE, START, STOP
 from gpujobs.provisioning.params import CreateInstanceParams, monitoring_defaults
+from gpujobs.registry import get_definition
 
 bp = Blueprint("instances", __name__, url_prefix="/v1/instances")
 

@@ -16,10 +16,10 @@ from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_ke
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
-from gpujobs.definitions.registry import all_definitions
 from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Job, JobEvent
+from gpujobs.registry import all_definitions
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 

@@ -1,6 +1,3 @@
-"""Built-in job definitions; importing this package registers them all."""
+"""Built-in job definitions; importing this package registers them all (the registry is gpujobs.registry)."""
 
-from gpujobs.definitions import call_api, gpu, routes, samples, video  # noqa: F401  (each registers its own)
-from gpujobs.definitions.registry import Definition, all_definitions, get_definition
-
-__all__ = ["Definition", "all_definitions", "get_definition"]
+from gpujobs.definitions import call_api, routes, samples, video  # noqa: F401  (each registers its own)

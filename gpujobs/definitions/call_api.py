@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 from flask import current_app, has_app_context
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from gpujobs.definitions.registry import JobContext, Params, job_definition
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.outbound import UnsafeURLError, check_url, send
+from gpujobs.registry import JobContext, Params, job_definition
 
 MAX_API_HEADERS = 20
 MAX_API_BODY_BYTES = 64 * 1024

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from gpujobs.definitions.registry import JobContext, Params, job_definition
+from gpujobs.registry import JobContext, Params, job_definition
 
 MIN_LOCATIONS = 2
 MAX_LOCATIONS = 500  # the O(n^2) matrix and passes stay around a second each at this size

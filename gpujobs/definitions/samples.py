@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from gpujobs.definitions.registry import JobContext, Params, RetryPolicy, job_definition
 from gpujobs.exceptions import PermanentError, TransientError
+from gpujobs.registry import JobContext, Params, RetryPolicy, job_definition
 
 # JavaScript clients silently lose precision past 2**53 - 1, so larger integers travel as strings.
 MAX_JS_SAFE_INTEGER = 2**53 - 1

@@ -32,8 +32,8 @@ import imageio_ffmpeg
 from flask import current_app
 from pydantic import Field
 
-from gpujobs.definitions.registry import JobContext, Params, job_definition
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
+from gpujobs.registry import JobContext, Params, job_definition
 
 ALLOWED_UPLOAD_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "webm", "avi"})
 OUTPUT_FORMATS = ("mp4", "webm")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gpujobs.novita.client import NovitaClient
-from gpujobs.novita.create import CreateInstanceRequest, NetworkStorageMount
+from gpujobs.novita.create_request import CreateInstanceRequest, NetworkStorageMount
 from gpujobs.novita.errors import (
     AccountLimitError,
     ClusterUnavailableError,

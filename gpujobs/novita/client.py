@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from gpujobs import __version__
 from gpujobs.novita import spec
-from gpujobs.novita.create import CreateInstanceRequest
+from gpujobs.novita.create_request import CreateInstanceRequest
 from gpujobs.novita.errors import (
     CreateOutcomeUnknownError,
     InvalidStateError,

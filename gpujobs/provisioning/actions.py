@@ -19,7 +19,6 @@ from flask import current_app
 from sqlalchemy import select
 
 from gpujobs import operations, resources
-from gpujobs.definitions.registry import Handoff, JobContext
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, NotFound, PermanentError
 from gpujobs.extensions import db
@@ -34,7 +33,13 @@ from gpujobs.novita import (
 from gpujobs.provisioning import records
 from gpujobs.provisioning.monitor import DELETE, GOALS, START, STOP, Watch
 from gpujobs.provisioning.novita_client import novita_client
-from gpujobs.provisioning.params import MAX_TIMEOUT_SECONDS
+from gpujobs.provisioning.params import (
+    JOB_TIMEOUT_SECONDS,
+    MAX_TIMEOUT_SECONDS,
+    NOVITA_RETRY,
+    InstanceActionParams,
+)
+from gpujobs.registry import Handoff, JobContext, job_definition
 
 # The row statuses each action may start from.
 ALLOWED_FROM = {
@@ -102,6 +107,26 @@ def _refusal(action: str, instance: Instance) -> str:
     return f"cannot {action} instance {instance.id}: it is {instance.status}, and {action} needs {allowed}"
 
 
+def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
+    """When the handler itself ended the job (failed, cancelled), settle the instance's status.
+
+    Only if the job took the instance: one refused by `_take` is another tenant's or another job's.
+    """
+    records.settle_after_job(uuid.UUID(ctx.job_id), uuid.UUID(params["instanceId"]))
+    db.session.commit()
+
+
+# What the three action definitions share; each settles its instance if its handler ends the job.
+ACTION_OPTIONS: dict[str, Any] = {
+    "params_model": InstanceActionParams,
+    "max_attempts": 3,
+    "timeout_seconds": JOB_TIMEOUT_SECONDS,
+    "retry": NOVITA_RETRY,
+    "on_end": on_end,
+}
+
+
+@job_definition(KEYS[STOP], 1, description="Stop an instance; wait until it exited.", **ACTION_OPTIONS)
 def stop(ctx: JobContext, params: dict[str, Any]) -> Handoff:
     """Stop a running instance (GPU billing stops once Novita reports it exited)."""
     instance = _take(ctx, params, STOP)
@@ -113,6 +138,12 @@ def stop(ctx: JobContext, params: dict[str, Any]) -> Handoff:
     return _watch(ctx, instance, STOP)
 
 
+@job_definition(
+    KEYS[START],
+    1,
+    description="Start an instance; wait until it runs (its GPU may be gone).",
+    **ACTION_OPTIONS,
+)
 def start(ctx: JobContext, params: dict[str, Any]) -> Handoff:
     """Start a stopped instance; its GPU may have been taken meanwhile, which fails the job clearly."""
     instance = _take(ctx, params, START)
@@ -130,6 +161,7 @@ def start(ctx: JobContext, params: dict[str, Any]) -> Handoff:
     return _watch(ctx, instance, START)
 
 
+@job_definition(KEYS[DELETE], 1, description="Delete an instance; wait until it is gone.", **ACTION_OPTIONS)
 def delete(ctx: JobContext, params: dict[str, Any]) -> Handoff | dict[str, Any]:
     """Delete an instance in any state; one that never reached Novita is simply marked deleted."""
     instance = _take(ctx, params, DELETE)
@@ -141,15 +173,6 @@ def delete(ctx: JobContext, params: dict[str, Any]) -> Handoff | dict[str, Any]:
     with novita_client() as client, contextlib.suppress(NovitaNotFoundError):
         client.delete_instance(instance.novita_id)
     return _watch(ctx, instance, DELETE)
-
-
-def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
-    """When the handler itself ended the job (failed, cancelled), settle the instance's status.
-
-    Only if the job took the instance: one refused by `_take` is another tenant's or another job's.
-    """
-    records.settle_after_job(uuid.UUID(ctx.job_id), uuid.UUID(params["instanceId"]))
-    db.session.commit()
 
 
 def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:

@@ -21,7 +21,6 @@ from typing import Any
 from flask import current_app
 
 from gpujobs import operations
-from gpujobs.definitions.registry import Handoff, JobContext
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
@@ -32,8 +31,14 @@ from gpujobs.provisioning import records
 from gpujobs.provisioning.catalogue import Catalogue
 from gpujobs.provisioning.monitor import CREATE, Watch
 from gpujobs.provisioning.novita_client import novita_client
-from gpujobs.provisioning.params import DEFAULT_ROOTFS_GB, CreateInstanceParams
+from gpujobs.provisioning.params import (
+    DEFAULT_ROOTFS_GB,
+    JOB_TIMEOUT_SECONDS,
+    NOVITA_RETRY,
+    CreateInstanceParams,
+)
 from gpujobs.provisioning.selection import Candidate, Search, regions_in_order
+from gpujobs.registry import Handoff, JobContext, job_definition
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,23 @@ def submit(
     return job, instance
 
 
+def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
+    """When the create step itself ended the job (refused, failed, cancelled), say so on the instance."""
+    job_id = uuid.UUID(ctx.job_id)
+    records.settle_after_job(job_id, records.instance_id_for(job_id))
+    db.session.commit()
+
+
+@job_definition(
+    CREATE_KEY,
+    1,
+    params_model=CreateInstanceParams,
+    max_attempts=3,
+    timeout_seconds=JOB_TIMEOUT_SECONDS,
+    retry=NOVITA_RETRY,
+    on_end=on_end,
+    description="Provision a Novita GPU instance: select, create or adopt, wait until running, notify.",
+)
 def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     """Adopt the job's instance if it exists, else select a product and create it; then watch it."""
     params = CreateInstanceParams.model_validate(raw)
@@ -98,13 +120,6 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
             started = time.time()
     interval = params.poll_interval_seconds(config["GPUJOBS_MONITOR_INTERVAL_SECONDS"])
     return Watch(job_id, ctx.attempt, instance.id, CREATE, time.time(), started, timeout, interval).handoff()
-
-
-def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
-    """When the create step itself ended the job (refused, failed, cancelled), say so on the instance."""
-    job_id = uuid.UUID(ctx.job_id)
-    records.settle_after_job(job_id, records.instance_id_for(job_id))
-    db.session.commit()
 
 
 def _adoptable(client: NovitaClient, name: str) -> NovitaInstance | None:

@@ -22,7 +22,6 @@ from flask import current_app
 from sqlalchemy.exc import OperationalError
 
 from gpujobs import jobs, resources, webhooks
-from gpujobs.definitions.registry import Handoff
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.extensions import db
@@ -31,10 +30,13 @@ from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError, spec
 from gpujobs.provisioning import records, snapshot
 from gpujobs.provisioning.novita_client import novita_client
+from gpujobs.registry import Handoff
 
 log = logging.getLogger(__name__)
 
 MONITOR_TASK = "gpujobs.gpu.monitor"
+# Its own queue (gpujobs.celery_settings routes the task there), so a backlog of jobs never delays a look.
+MONITOR_QUEUE = "monitor"
 CREATE, START, STOP, DELETE = "create", "start", "stop", "delete"
 FAILED_EVENT = "instance.failed"
 # What a look concludes (see judge); _NOT_YET: nothing is known about the instance since the action yet.
@@ -97,7 +99,6 @@ class Watch:
         send_task(
             MONITOR_TASK,
             [str(self.job_id), self.attempt, *self._args()],
-            "monitor",
             f"job {self.job_id}: next look",
             countdown=self.interval,
         )

@@ -13,16 +13,22 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gpujobs.definitions.registry import Params
 from gpujobs.novita import spec
+from gpujobs.registry import Params, RetryPolicy
 
 MIN_POLL_INTERVAL_MS = 500
 MAX_POLL_INTERVAL_MS = 60_000
 MIN_TIMEOUT_SECONDS = 10
-# The job's own timeout (the rescue sweep's limit) sits above this, see gpujobs.definitions.gpu.
+# The job's own timeout (the rescue sweep's limit) sits above this, see JOB_TIMEOUT_SECONDS.
 MAX_TIMEOUT_SECONDS = 3600
 MAX_RETRY_ATTEMPTS = 10
 DEFAULT_ROOTFS_GB = 60  # Novita's free container disk (§5)
+
+# A `gpu.instance.*` job's timeout (enforced by the rescue sweep) sits well above the longest monitoring
+# deadline a request may ask for, so the monitor always ends the job first, with the clearer reason.
+JOB_TIMEOUT_SECONDS = 2 * MAX_TIMEOUT_SECONDS
+# Novita outages are short or long; a create rerun is cheap (it adopts by name), so back off to a minute.
+NOVITA_RETRY = RetryPolicy(base_delay_seconds=2.0, max_delay_seconds=60.0)
 
 
 class Port(Params):

@@ -8,6 +8,9 @@ from celery import shared_task
 
 from gpujobs.provisioning import monitor, reconcile
 
+# A sweep beat runs (gpujobs.celery_settings schedules and routes it with the others in gpujobs.tasks).
+SWEEP_RECONCILE_TASK = "gpujobs.sweep.reconcile"
+
 
 @shared_task(name=monitor.MONITOR_TASK, soft_time_limit=60, time_limit=90)
 def monitor_instance(job_id: str, attempt: int, *args: Any) -> None:
@@ -15,7 +18,7 @@ def monitor_instance(job_id: str, attempt: int, *args: Any) -> None:
     monitor.poll(monitor.Watch.from_args(job_id, attempt, *args))
 
 
-@shared_task(name="gpujobs.sweep.reconcile", soft_time_limit=300, time_limit=330)
+@shared_task(name=SWEEP_RECONCILE_TASK, soft_time_limit=300, time_limit=330)
 def sweep_reconcile() -> dict[str, Any]:
     """Delete leaked Novita instances, mark lost ones, settle stranded rows (safe to run twice at once)."""
     return reconcile.reconcile()

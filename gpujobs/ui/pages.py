@@ -17,12 +17,12 @@ from gpujobs.api.deliveries import MAX_DELIVERIES
 from gpujobs.api.dlq import DeadLetterQuery, dead_letters_query
 from gpujobs.api.jobs import MAX_EVENTS_PER_PAGE, JobListQuery, jobs_query, tenant_job
 from gpujobs.api.pagination import PageQuery, after_cursor, page
-from gpujobs.definitions.registry import all_definitions
 from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
 from gpujobs.jobs import CANCELLED, FAILED, QUEUED, RETRYING, RUNNING, STATUSES, TERMINAL
 from gpujobs.models import DeadLetter, Instance, Job, JobEvent, WebhookDelivery
 from gpujobs.provisioning.actions import ALLOWED_FROM
+from gpujobs.registry import all_definitions
 from gpujobs.ui import bp, figures
 from gpujobs.ui.display import delivery_view, event_view, instance_view, job_view, mask_secrets, preview
 

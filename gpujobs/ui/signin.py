@@ -33,9 +33,9 @@ from itsdangerous import BadSignature
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
-from gpujobs.auth import authenticate, key_digest
 from gpujobs.extensions import db
 from gpujobs.models import ApiKey, Tenant
+from gpujobs.tenants import authenticate, key_digest
 from gpujobs.ui import bp
 
 COOKIE_NAME = "gpujobs_ui"

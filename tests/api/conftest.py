@@ -13,9 +13,9 @@ from helpers import make_tenant
 from werkzeug.serving import make_server
 
 from gpujobs import jobs, operations
-from gpujobs.definitions import get_definition
 from gpujobs.extensions import db
 from gpujobs.models import Job
+from gpujobs.registry import get_definition
 
 WEBHOOK_URL = "http://127.0.0.1:9/hook"  # nothing listens: deliveries stay pending, which is all we read
 

@@ -16,8 +16,8 @@ import pytest
 from flask import Flask
 
 from gpujobs.definitions import routes, samples, video  # noqa: F401  (importing registers them)
-from gpujobs.definitions.registry import get_definition
 from gpujobs.exceptions import JobCancelled
+from gpujobs.registry import get_definition
 
 
 class RecordingContext:

@@ -14,9 +14,9 @@ import pytest
 from pydantic import ValidationError
 
 from gpujobs.definitions import call_api, samples
-from gpujobs.definitions.registry import get_definition
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.outbound import UnsafeURLError
+from gpujobs.registry import get_definition
 
 # --- echo and failing ---------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from flask import Flask
 from helpers import wait_for
 
 from gpujobs import operations
-from gpujobs.embedded import EmbeddedRedis, free_port
+from gpujobs.dev.embedded import EmbeddedRedis, free_port
 from gpujobs.extensions import db
 from gpujobs.models import Job
 

@@ -22,11 +22,11 @@ from helpers import make_tenant
 from sqlalchemy import func, select, update
 
 from gpujobs import dispatch, jobs, runner
-from gpujobs.definitions import get_definition
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, WebhookDelivery
 from gpujobs.provisioning import create, records
+from gpujobs.registry import get_definition
 
 HOOK_URL = "http://127.0.0.1:9/hooks"  # never called here: deliveries are only recorded and queued
 
@@ -364,7 +364,7 @@ def test_an_action_job_is_published_only_once_its_instance_is_marked_with_it(
 
 def test_with_redis_away_the_novita_call_tally_pauses_instead_of_waiting_on_every_call(monkeypatch):
     from gpujobs import create_app
-    from gpujobs.embedded import free_port
+    from gpujobs.dev.embedded import free_port
     from gpujobs.provisioning import novita_client
 
     monkeypatch.setattr(novita_client, "_tally_paused_until", 0.0)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 from novita_testkit import PHASE_SECONDS
 
-from gpujobs.embedded import free_port
+from gpujobs.dev.embedded import free_port
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.novita import (
     AccountLimitError,

@@ -227,9 +227,9 @@ def dead_letter(
 ) -> Callable[..., tuple[uuid.UUID, uuid.UUID]]:
     """Factory: a job that failed for good after one attempt; returns (job id, dead letter id)."""
     from gpujobs import jobs
-    from gpujobs.definitions import get_definition
     from gpujobs.extensions import db
     from gpujobs.models import DeadLetter
+    from gpujobs.registry import get_definition
 
     def make(
         tenant: dict[str, str], key: str = "echo", params: dict[str, Any] | None = None

@@ -11,9 +11,9 @@ import pytest
 from helpers import make_tenant
 from sqlalchemy import insert, select
 
-from gpujobs.definitions import get_definition
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Instance, Job, WebhookDelivery
+from gpujobs.registry import get_definition
 
 WATCH_TIMEOUT_MS = 60_000
 

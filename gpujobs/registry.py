@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,19 +48,20 @@ class Handoff:
     """Returned by a handler whose job goes on in another task (the GPU chain's monitor step).
 
     The job stays ``running`` under the same attempt; the engine publishes ``task`` after commit with
-    ``(job_id, attempt, *args)``. That task owns the job from then on: it renews the lease and ends the
-    job with fenced writes. If its messages are lost, the lease expires and the rescue sweep reruns
-    the handler, which must therefore be idempotent (the GPU create step adopts its instance by name).
+    ``(job_id, attempt, *args)``, to the queue ``task_routes`` names for it. That task owns the job
+    from then on: it renews the lease and ends the job with fenced writes. If its messages are lost,
+    the lease expires and the rescue sweep reruns the handler, which must therefore be idempotent (the
+    GPU create step adopts its instance by name).
     """
 
     task: str
     args: tuple[Any, ...] = ()
-    queue: str = "monitor"
     countdown_seconds: float = 0.0
 
 
 Handler = Callable[[JobContext, dict[str, Any]], "dict[str, Any] | Handoff | None"]
 Hook = Callable[[JobContext, dict[str, Any]], None]
+HandlerT = TypeVar("HandlerT", bound=Handler)
 
 
 class Params(BaseModel):
@@ -125,10 +126,10 @@ def register(definition: Definition) -> Definition:
     return definition
 
 
-def job_definition(key: str, version: int = 1, **options: Any) -> Callable[[Handler], Handler]:
-    """Decorator form of :func:`register` for a handler function."""
+def job_definition(key: str, version: int = 1, **options: Any) -> Callable[[HandlerT], HandlerT]:
+    """Decorator form of :func:`register` for a handler function (returned unchanged)."""
 
-    def decorate(handler: Handler) -> Handler:
+    def decorate(handler: HandlerT) -> HandlerT:
         register(Definition(key=key, version=version, handler=handler, **options))
         return handler
 

@@ -18,9 +18,13 @@ from pathlib import Path
 
 import requests
 
+from gpujobs import create_app
 from gpujobs.config import load_config
-from gpujobs.embedded import EmbeddedPostgres, EmbeddedRedis
-from gpujobs.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
+from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from gpujobs.dev.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
+from gpujobs.novita.simulator import run_simulator
+from gpujobs.operations import submit
+from gpujobs.tenants import create_api_key, ensure_tenant
 
 DEV_TENANT = "dev"
 SIMULATOR_API_KEY = "sk_simulator_dev"
@@ -29,12 +33,9 @@ STOP_TIMEOUT_SECONDS = 15.0
 
 
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
-    """The Celery worker command line: every queue, service queues first (read in that order)."""
-    import celeryconfig
-
-    queues = ",".join((*celeryconfig.SERVICE_QUEUES, *celeryconfig.JOB_QUEUES))
+    """The Celery worker command line: without -Q it reads every declared queue, service queues first."""
     return [
-        sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker", "-Q", queues,
+        sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker",
         "-c", str(concurrency), "-n", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 
@@ -60,8 +61,6 @@ def run() -> None:
         write_embedded_env(data_dir, {k: env[k] for k in ("DATABASE_URL", "REDIS_URL")})
         stack.callback(lambda: (data_dir / EMBEDDED_ENV_FILE).unlink(missing_ok=True))
         if not os.environ.get("NOVITA_API_KEY"):
-            from gpujobs.novita.simulator import run_simulator
-
             sim = stack.enter_context(run_simulator(api_key=SIMULATOR_API_KEY))
             env["NOVITA_API_KEY"], env["NOVITA_BASE_URL"] = SIMULATOR_API_KEY, sim.base_url
         os.environ.update(env)
@@ -84,10 +83,6 @@ def run() -> None:
 def _prepare_database() -> str:
     """Migrate, create the development tenant's key, and queue a few sample jobs to look at."""
     from flask_migrate import upgrade
-
-    from gpujobs import create_app
-    from gpujobs.auth import create_api_key, ensure_tenant
-    from gpujobs.operations import submit
 
     app = create_app()
     with app.app_context():
