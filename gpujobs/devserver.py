@@ -33,10 +33,9 @@ def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[st
     import celeryconfig
 
     queues = ",".join((*celeryconfig.SERVICE_QUEUES, *celeryconfig.JOB_QUEUES))
-    return [
-        sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker", "-Q", queues,
-        "-c", str(concurrency), "-n", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
+    celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker"]
+    options = ["-Q", queues, "-c", str(concurrency), "-n", hostname, "--loglevel", "INFO"]
+    return [*celery, *options, "--without-gossip", "--without-mingle"]
 
 
 def run() -> None:
@@ -87,7 +86,7 @@ def _prepare_database() -> str:
 
     from gpujobs import create_app
     from gpujobs.auth import create_api_key, ensure_tenant
-    from gpujobs.operations import submit
+    from gpujobs.operations import JobOptions, submit
 
     app = create_app()
     with app.app_context():
@@ -95,8 +94,9 @@ def _prepare_database() -> str:
         api_key = create_api_key(DEV_TENANT)
         tenant = ensure_tenant(DEV_TENANT)
         submit(tenant.id, "echo", 1, {"message": "hello from make run"})
-        submit(tenant.id, "compute.math", 1, {"operation": "fibonacci", "numbers": [90]}, priority="high")
-        submit(tenant.id, "failing", 1, {}, max_attempts=2, priority="low")
+        fibonacci = {"operation": "fibonacci", "numbers": [90]}
+        submit(tenant.id, "compute.math", 1, fibonacci, JobOptions(priority="high"))
+        submit(tenant.id, "failing", 1, {}, JobOptions(max_attempts=2, priority="low"))
     return api_key
 
 

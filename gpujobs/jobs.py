@@ -191,10 +191,14 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> b
     """Finish a job as succeeded; False when a newer attempt or a rescue got there first."""
     done = db.session.execute(
         _fenced(job_id, attempt, *ACTIVE).values(
-            status=SUCCEEDED, result=result, error=None, progress=100.0, finished_at=func.now(),
+            status=SUCCEEDED,
+            result=result,
+            error=None,
+            progress=100.0,
+            finished_at=func.now(),
             lease_expires_at=None,
         )
-    )  # fmt: skip
+    )
     if done.rowcount != 1:
         return False
     add_event(job_id, "job.succeeded", attempt)
@@ -254,10 +258,14 @@ def _fail(
 ) -> str | None:
     done = db.session.execute(
         _fenced(job_id, attempt, *from_statuses).values(
-            status=FAILED, error=error, finished_at=func.now(), lease_expires_at=None, next_retry_at=None,
+            status=FAILED,
+            error=error,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            next_retry_at=None,
             dead_lettered=True,
         )
-    )  # fmt: skip
+    )
     if done.rowcount != 1:
         return None
     db.session.add(
@@ -318,11 +326,17 @@ def redrive(dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, budget: int) -> uui
         update(Job)
         .where(Job.id == letter.job_id, Job.status == FAILED)
         .values(
-            status=QUEUED, max_attempts=Job.attempt + budget, dead_lettered=False, error=None,
-            cancel_requested=False, queued_at=func.now(), published_at=None, finished_at=None,
+            status=QUEUED,
+            max_attempts=Job.attempt + budget,
+            dead_lettered=False,
+            error=None,
+            cancel_requested=False,
+            queued_at=func.now(),
+            published_at=None,
+            finished_at=None,
         )
         .returning(Job.attempt)
-    ).one_or_none()  # fmt: skip
+    ).one_or_none()
     if row is None:
         return None
     add_event(letter.job_id, "job.redriven", row.attempt, {"additionalAttempts": budget})

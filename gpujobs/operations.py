@@ -6,6 +6,7 @@ Each one validates, changes rows through ``gpujobs.jobs``, commits, and only the
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
@@ -18,16 +19,29 @@ from gpujobs.models import DeadLetter, Job
 from gpujobs.outbound import check_url
 
 
+@dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """How to run one job, besides what and with which params; each None takes the default."""
+
+    #: A name (``low`` … ``critical``) or 0-10 with higher more urgent; default ``normal``.
+    priority: str | int | None = None
+    #: Attempts before the job fails for good; default: its definition's.
+    max_attempts: int | None = None
+    #: The receiver of the job's webhook events; none: no events.
+    webhook_url: str | None = None
+    #: The tenant's key for this submission; a second job with it is refused.
+    idempotency_key: str | None = None
+
+
+DEFAULT_OPTIONS = JobOptions()
+
+
 def prepare(
     tenant_id: uuid.UUID,
     key: str,
     version: int,
     params: dict[str, Any],
-    *,
-    priority: str | int | None = None,
-    max_attempts: int | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
+    options: JobOptions = DEFAULT_OPTIONS,
 ) -> Job:
     """Validate one job and add it to the session, queued; the caller commits, then publishes
     (for rows that must commit in the same transaction as the job, like a GPU instance row).
@@ -39,16 +53,16 @@ def prepare(
     definition = get_definition(key, version)
     if definition is None:
         raise LookupError(f"no job definition {key}@{version}")
-    if webhook_url:  # refused here (422) rather than failing every delivery later
-        check_url(webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
+    if options.webhook_url:  # refused here (422) rather than failing every delivery later
+        check_url(options.webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
     return jobs.new_job(
         tenant_id=tenant_id,
         definition=definition,
         params=definition.validate_params(params),
-        priority=jobs.priority_level(priority),
-        max_attempts=max_attempts,
-        webhook_url=webhook_url,
-        idempotency_key=idempotency_key,
+        priority=jobs.priority_level(options.priority),
+        max_attempts=options.max_attempts,
+        webhook_url=options.webhook_url,
+        idempotency_key=options.idempotency_key,
     )
 
 
@@ -57,17 +71,10 @@ def submit(
     key: str,
     version: int,
     params: dict[str, Any],
-    *,
-    priority: str | int | None = None,
-    max_attempts: int | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
+    options: JobOptions = DEFAULT_OPTIONS,
 ) -> Job:
     """Validate and queue one job, commit, publish (see ``prepare`` for what it raises)."""
-    job = prepare(
-        tenant_id, key, version, params, priority=priority, max_attempts=max_attempts,
-        webhook_url=webhook_url, idempotency_key=idempotency_key,
-    )  # fmt: skip
+    job = prepare(tenant_id, key, version, params, options)
     commit_and_publish([dispatch_of(job)])
     return job
 

@@ -123,10 +123,14 @@ def _hour_start(hours_back: int) -> datetime:
 
 
 _SUMS = (
-    func.sum(JobHourly.succeeded), func.sum(JobHourly.failed), func.sum(JobHourly.cancelled),
-    func.sum(JobHourly.retried), func.sum(JobHourly.timed), func.sum(JobHourly.processing_seconds),
+    func.sum(JobHourly.succeeded),
+    func.sum(JobHourly.failed),
+    func.sum(JobHourly.cancelled),
+    func.sum(JobHourly.retried),
+    func.sum(JobHourly.timed),
+    func.sum(JobHourly.processing_seconds),
     func.sum(JobHourly.queue_seconds),
-)  # fmt: skip
+)
 
 
 def _rates(row: Any) -> dict[str, float | None]:

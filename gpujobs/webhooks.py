@@ -57,12 +57,18 @@ def record_event(job: Job, event_type: str, instance: Instance | None = None) ->
     db.session.execute(
         insert(WebhookDelivery)
         .values(
-            id=uuid.uuid4(), tenant_id=job.tenant_id, job_id=job.id, job_attempt=job.attempt,
-            event_type=event_type, url=job.webhook_url, payload=payload, status="pending",
+            id=uuid.uuid4(),
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            job_attempt=job.attempt,
+            event_type=event_type,
+            url=job.webhook_url,
+            payload=payload,
+            status="pending",
             next_attempt_at=func.now(),
         )
         .on_conflict_do_nothing(constraint="uq_webhook_event")
-    )  # fmt: skip
+    )
 
 
 def record_job_event(job_id: uuid.UUID) -> None:
@@ -92,9 +98,13 @@ def publish_pending(job_id: uuid.UUID) -> None:
         # The task's default limits fit one delivery; each one more may take the whole send timeout.
         limit = len(due) * (TOTAL_TIMEOUT_SECONDS + 5) + 30
         send_task(
-            DELIVER_TASK, [str(item) for item in due], "webhooks", f"deliveries of job {job_id}",
-            soft_time_limit=limit, time_limit=limit + 30,
-        )  # fmt: skip
+            DELIVER_TASK,
+            [str(item) for item in due],
+            "webhooks",
+            f"deliveries of job {job_id}",
+            soft_time_limit=limit,
+            time_limit=limit + 30,
+        )
 
 
 def publish_delivery(delivery_id: uuid.UUID) -> None:
@@ -139,10 +149,13 @@ def deliver(delivery_id: uuid.UUID) -> str | None:
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt)
         .values(
-            status=new_status, last_status_code=status_code, last_error=error, next_attempt_at=next_at,
+            status=new_status,
+            last_status_code=status_code,
+            last_error=error,
+            next_attempt_at=next_at,
             delivered_at=func.now() if new_status == "succeeded" else None,
         )
-    )  # fmt: skip
+    )
     db.session.commit()
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
@@ -151,10 +164,14 @@ def deliver(delivery_id: uuid.UUID) -> str | None:
 def _send(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
     try:
         response = send(
-            "POST", url, data=body, headers=headers,
+            "POST",
+            url,
+            data=body,
+            headers=headers,
             allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"],
-            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS, total_timeout_seconds=TOTAL_TIMEOUT_SECONDS,
-        )  # fmt: skip
+            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
+            total_timeout_seconds=TOTAL_TIMEOUT_SECONDS,
+        )
     except GpuJobsError as exc:
         return None, str(exc)[:500]
     error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"

@@ -23,6 +23,7 @@ from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.definitions import get_definition
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
+from gpujobs.operations import JobOptions
 from gpujobs.outbound import UnsafeURLError
 from gpujobs.provisioning import actions, create, records
 from gpujobs.provisioning.monitor import DELETE, START, STOP
@@ -146,13 +147,14 @@ def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
     body = parse_body(CreateInstance)
     try:
         with job_key_conflicts():
-            job, instance = create.submit(
-                g.tenant.id,
-                body.model_dump(mode="json", exclude=JOB_FIELDS),
+            options = JobOptions(
                 priority=body.priority,
                 max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
                 webhook_url=body.webhookUrl,
                 idempotency_key=current_key(),
+            )
+            job, instance = create.submit(
+                g.tenant.id, body.model_dump(mode="json", exclude=JOB_FIELDS), options
             )
     except UnsafeURLError as exc:
         raise unprocessable("webhookUrl", str(exc)) from None
@@ -192,9 +194,8 @@ def get_instance(instance_id: uuid.UUID) -> dict[str, Any]:
 def _act(instance_id: uuid.UUID, action: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     body = parse_body(InstanceAction, optional=True)
     try:
-        queued = actions.request(
-            g.tenant.id, instance_id, action, webhook_url=body.webhookUrl, priority=body.priority
-        )
+        options = JobOptions(priority=body.priority, webhook_url=body.webhookUrl)
+        queued = actions.request(g.tenant.id, instance_id, action, options)
     except actions.ActionRefused as exc:
         raise ApiError(409, "Conflict", str(exc)) from None
     except UnsafeURLError as exc:

@@ -84,15 +84,14 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     body = parse_body(SubmitJob)
     try:
         with job_key_conflicts():
-            job = operations.submit(
-                g.tenant.id,
-                body.definitionKey,
-                body.definitionVersion,
-                body.params,
+            options = operations.JobOptions(
                 priority=body.priority,
                 max_attempts=body.maxAttempts,
                 webhook_url=body.webhookUrl,
                 idempotency_key=current_key(),
+            )
+            job = operations.submit(
+                g.tenant.id, body.definitionKey, body.definitionVersion, body.params, options
             )
     except LookupError as exc:
         raise unprocessable("definitionKey", str(exc)) from None

@@ -155,7 +155,7 @@ def encode_video() -> tuple[dict[str, Any], int, dict[str, str]]:
             videos.DEFINITION_KEY,
             videos.DEFINITION_VERSION,
             form.job_params(input_file),
-            priority=form.priority,
+            operations.JobOptions(priority=form.priority),
         )
     except BaseException:  # nothing will read the upload now (the database is away, say): remove it
         videos.discard_upload(storage, input_file)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from flask import current_app
@@ -31,6 +32,7 @@ from gpujobs.novita import (
     NovitaNotFoundError,
     spec,
 )
+from gpujobs.operations import DEFAULT_OPTIONS, JobOptions
 from gpujobs.provisioning import records
 from gpujobs.provisioning.monitor import DELETE, GOALS, START, STOP, Watch
 from gpujobs.provisioning.novita_client import novita_client
@@ -61,9 +63,7 @@ def request(
     tenant_id: uuid.UUID,
     instance_id: uuid.UUID,
     action: str,
-    *,
-    webhook_url: str | None = None,
-    priority: str | int | None = None,
+    options: JobOptions = DEFAULT_OPTIONS,
 ) -> tuple[Job, Instance] | None:
     """Queue an action on a tenant's instance; None when the tenant has no such instance.
 
@@ -83,10 +83,9 @@ def request(
         raise ActionRefused(_refusal(action, instance))
     previous = db.session.get(Job, instance.job_id) if instance.job_id else None
     try:
-        job = operations.prepare(
-            tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, priority=priority,
-            webhook_url=webhook_url or (previous.webhook_url if previous else None),
-        )  # fmt: skip
+        if not options.webhook_url and previous is not None:
+            options = replace(options, webhook_url=previous.webhook_url)
+        job = operations.prepare(tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, options)
     except Exception:
         db.session.rollback()
         raise

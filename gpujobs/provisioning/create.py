@@ -28,6 +28,7 @@ from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.novita import CreateInstanceRequest, EnvVar, NovitaClient, PlacementError, PortSpec, Template
 from gpujobs.novita import Instance as NovitaInstance
+from gpujobs.operations import DEFAULT_OPTIONS, JobOptions
 from gpujobs.provisioning import records
 from gpujobs.provisioning.catalogue import Catalogue
 from gpujobs.provisioning.monitor import CREATE, Watch
@@ -52,13 +53,7 @@ class Image:
 
 
 def submit(
-    tenant_id: uuid.UUID,
-    params: dict[str, Any],
-    *,
-    priority: str | int | None = None,
-    max_attempts: int | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
+    tenant_id: uuid.UUID, params: dict[str, Any], options: JobOptions = DEFAULT_OPTIONS
 ) -> tuple[Job, Instance]:
     """Queue a create job and its instance row (the API's `POST /v1/instances`).
 
@@ -66,10 +61,7 @@ def submit(
     job does (no crash in between leaves a job whose 202 never named an instance), and a worker never
     runs a job whose row is not there yet.
     """
-    job = operations.prepare(
-        tenant_id, CREATE_KEY, 1, params, priority=priority, max_attempts=max_attempts,
-        webhook_url=webhook_url, idempotency_key=idempotency_key,
-    )  # fmt: skip
+    job = operations.prepare(tenant_id, CREATE_KEY, 1, params, options)
     instance = records.ensure_row(job.id, tenant_id, job.params)
     commit_and_publish([dispatch_of(job)])
     return job, instance
@@ -164,17 +156,28 @@ def _place(
 ) -> tuple[str | None, Search]:
     """Try the candidates in order until Novita creates one; None (and the search) if none was placed."""
     search = Search(
-        params.productName, params.gpuNum, image.rootfs_gb, params.maxPricePerHour,
+        params.productName,
+        params.gpuNum,
+        image.rootfs_gb,
+        params.maxPricePerHour,
         refused_before=refused_before,
-    )  # fmt: skip
+    )
     clusters = regions_in_order(params.region, fallback, catalogue.list_clusters())
     for candidate in search.candidates(catalogue, clusters):
         ctx.raise_if_cancelled()
         _claim(
-            ctx, instance, novita_id=None, novita_status=None, product_id=candidate.product.id,
-            product_name=candidate.product.name, cluster_id=candidate.cluster.id, region=candidate.region,
-            price_per_hour_units=candidate.price_units, endpoints={}, ready_at=None,
-        )  # fmt: skip
+            ctx,
+            instance,
+            novita_id=None,
+            novita_status=None,
+            product_id=candidate.product.id,
+            product_name=candidate.product.name,
+            cluster_id=candidate.cluster.id,
+            region=candidate.region,
+            price_per_hour_units=candidate.price_units,
+            endpoints={},
+            ready_at=None,
+        )
         try:
             novita_id = client.create_instance(_request(image, params, instance.name, candidate))
         except PlacementError as exc:
@@ -236,9 +239,15 @@ def _request(
     envs = tuple(EnvVar(env.key, env.value) for env in params.envs)
     if image.template is None:
         return CreateInstanceRequest(
-            **placement, image_url=image.image_url or "", rootfs_size_gb=rootfs, gpu_num=params.gpuNum,
-            image_auth_id=image.image_auth_id, ports=ports, envs=envs, command=params.command,
-        )  # fmt: skip
+            **placement,
+            image_url=image.image_url or "",
+            rootfs_size_gb=rootfs,
+            gpu_num=params.gpuNum,
+            image_auth_id=image.image_auth_id,
+            ports=ports,
+            envs=envs,
+            command=params.command,
+        )
     request = CreateInstanceRequest.from_template(
         image.template, **placement, gpu_num=params.gpuNum, rootfs_size_gb=rootfs, image_auth=image.credential
     )

@@ -154,9 +154,13 @@ def _record_deleted(unrecorded: list[tuple[Instance, str]]) -> None:
     """
     for row, novita_id in unrecorded:
         records.transition(
-            row.id, (row.status,), records.owned_by(row.job_id), Instance.novita_id.is_(None),
-            novita_id=novita_id, status=records.DELETING,
-        )  # fmt: skip
+            row.id,
+            (row.status,),
+            records.owned_by(row.job_id),
+            Instance.novita_id.is_(None),
+            novita_id=novita_id,
+            status=records.DELETING,
+        )
 
 
 def _write(rows: list[Instance], views: dict[uuid.UUID, NovitaInstance | None]) -> dict[str, Any]:

@@ -79,12 +79,19 @@ def ensure_row(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) 
     db.session.execute(
         insert(Instance)
         .values(
-            id=instance_id, tenant_id=tenant_id, job_id=job_id, name=instance_name(job_id), status=REQUESTED,
-            label=params.get("name"), product_name=params["productName"], region=params.get("region"),
-            gpu_num=params.get("gpuNum"), endpoints={},
+            id=instance_id,
+            tenant_id=tenant_id,
+            job_id=job_id,
+            name=instance_name(job_id),
+            status=REQUESTED,
+            label=params.get("name"),
+            product_name=params["productName"],
+            region=params.get("region"),
+            gpu_num=params.get("gpuNum"),
+            endpoints={},
         )
         .on_conflict_do_nothing()
-    )  # fmt: skip
+    )
     return db.session.get(Instance, instance_id, populate_existing=True)
 
 

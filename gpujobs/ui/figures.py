@@ -99,6 +99,12 @@ def chart(hourly: list[dict[str, Any]]) -> dict[str, Any]:
         if index % LABEL_EVERY_HOURS == 0 or index == len(buckets) - 1:
             labels.append({"x": round(x + (slot - BAR_GAP) / 2, 2), "text": f"{start:%H}:00"})
     return {
-        "width": CHART_WIDTH, "height": CHART_HEIGHT, "baseline": baseline, "bars": bars, "labels": labels,
-        "tallest": max(totals, default=0), "total": sum(totals), "series": CHART_SERIES,
-    }  # fmt: skip
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "baseline": baseline,
+        "bars": bars,
+        "labels": labels,
+        "tallest": max(totals, default=0),
+        "total": sum(totals),
+        "series": CHART_SERIES,
+    }

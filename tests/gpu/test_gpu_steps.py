@@ -26,6 +26,7 @@ from gpujobs.definitions import get_definition
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, WebhookDelivery
+from gpujobs.operations import JobOptions
 from gpujobs.provisioning import create, records
 
 HOOK_URL = "http://127.0.0.1:9/hooks"  # never called here: deliveries are only recorded and queued
@@ -40,7 +41,7 @@ def sim_options():
 def created_and_handed_off(app, tenant, **options) -> tuple[str, str]:
     """Submit a create job and run its create step here; returns (job id, instance id)."""
     with app.app_context():
-        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, **options)
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, JobOptions(**options))
         ids = str(job.id), str(instance.id)
         assert runner.run_job(job.id) == "running"
         db.session.remove()
