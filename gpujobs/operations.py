@@ -17,6 +17,7 @@ from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
 from gpujobs.outbound import check_url
+from gpujobs.states import JobStatus
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,13 +80,13 @@ def submit(
     return job
 
 
-def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> str | None:
+def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobStatus | None:
     """Cancel a tenant's job; returns its status afterwards, or None if the tenant has no such job."""
     status = jobs.request_cancel(job_id, tenant_id)
-    if status == jobs.CANCELLED:
+    if status == JobStatus.CANCELLED:
         webhooks.record_job_event(job_id)
     db.session.commit()
-    if status == jobs.CANCELLED:
+    if status == JobStatus.CANCELLED:
         webhooks.publish_pending(job_id)
     return status
 

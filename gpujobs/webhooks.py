@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import func, select, update
@@ -26,6 +26,7 @@ from gpujobs.models import Instance, Job, Tenant, WebhookDelivery
 from gpujobs.outbound import send
 from gpujobs.serializers import instance_to_dict, job_to_dict
 from gpujobs.signing import webhook_headers
+from gpujobs.states import DeliveryStatus, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,10 @@ RETRY_JITTER_FRACTION = 0.1
 SEND_LEASE_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 5.0
 TOTAL_TIMEOUT_SECONDS = 15.0
-EVENT_BY_STATUS = {
-    jobs.SUCCEEDED: "job.succeeded",
-    jobs.FAILED: "job.failed",
-    jobs.CANCELLED: "job.cancelled",
+EVENT_BY_STATUS: dict[str, str] = {
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
 }
 
 
@@ -64,7 +65,7 @@ def record_event(job: Job, event_type: str, instance: Instance | None = None) ->
             event_type=event_type,
             url=job.webhook_url,
             payload=payload,
-            status="pending",
+            status=DeliveryStatus.PENDING,
             next_attempt_at=func.now(),
         )
         .on_conflict_do_nothing(constraint="uq_webhook_event")
@@ -89,7 +90,7 @@ def publish_pending(job_id: uuid.UUID) -> None:
         select(WebhookDelivery.id)
         .where(
             WebhookDelivery.job_id == job_id,
-            WebhookDelivery.status == "pending",
+            WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.attempts == 0,
         )
         .order_by(WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
@@ -121,13 +122,13 @@ def signing_secrets(tenant: Tenant) -> list[str]:
     return secrets
 
 
-def deliver(delivery_id: uuid.UUID) -> str | None:
+def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
     """Try one delivery now; returns its new status, or None when another sender holds it."""
     attempt = db.session.execute(
         update(WebhookDelivery)
         .where(
             WebhookDelivery.id == delivery_id,
-            WebhookDelivery.status == "pending",
+            WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.next_attempt_at <= func.now(),
         )
         .values(
@@ -153,7 +154,7 @@ def deliver(delivery_id: uuid.UUID) -> str | None:
             last_status_code=status_code,
             last_error=error,
             next_attempt_at=next_at,
-            delivered_at=func.now() if new_status == "succeeded" else None,
+            delivered_at=func.now() if new_status == DeliveryStatus.SUCCEEDED else None,
         )
     )
     db.session.commit()
@@ -178,17 +179,17 @@ def _send(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, s
     return response.status_code, error
 
 
-def _outcome(status_code: int | None, attempt: int) -> tuple[str, object]:
+def _outcome(status_code: int | None, attempt: int) -> tuple[DeliveryStatus, datetime | None]:
     """2xx succeeds, 410 disables, anything else (redirects included) retries on the schedule."""
     if status_code is not None and 200 <= status_code < 300:
-        return "succeeded", None
+        return DeliveryStatus.SUCCEEDED, None
     if status_code == 410:
-        return "disabled", None
+        return DeliveryStatus.DISABLED, None
     if attempt > len(RETRY_SCHEDULE_SECONDS):
-        return "failed", None
+        return DeliveryStatus.FAILED, None
     delay = RETRY_SCHEDULE_SECONDS[attempt - 1]
     delay *= 1 + random.uniform(-RETRY_JITTER_FRACTION, RETRY_JITTER_FRACTION)
-    return "pending", jobs.utcnow() + timedelta(seconds=delay)
+    return DeliveryStatus.PENDING, jobs.utcnow() + timedelta(seconds=delay)
 
 
 def redeliver(delivery_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
@@ -196,7 +197,7 @@ def redeliver(delivery_id: uuid.UUID, tenant_id: uuid.UUID) -> bool:
     done = db.session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.tenant_id == tenant_id)
-        .values(status="pending", next_attempt_at=func.now())
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=func.now())
     )
     db.session.commit()
     if done.rowcount != 1:

@@ -7,7 +7,7 @@ Every change is a job (`gpu.instance.create|stop|start|delete@1`), so it is dura
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from flask import Blueprint, current_app, g, url_for
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,19 +22,20 @@ from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.definitions import get_definition
 from gpujobs.extensions import db
+from gpujobs.jobs import PriorityName
 from gpujobs.models import Instance, Job
 from gpujobs.operations import JobOptions
 from gpujobs.outbound import UnsafeURLError
-from gpujobs.provisioning import actions, create, records
+from gpujobs.provisioning import actions, create
 from gpujobs.provisioning.monitor import DELETE, START, STOP
 from gpujobs.provisioning.params import CreateInstanceParams, monitoring_defaults
 from gpujobs.serializers import instance_to_dict
+from gpujobs.states import InstanceStatus
 
 bp = Blueprint("instances", __name__, url_prefix="/v1/instances")
 
 TAG = "instances"
-InstanceStatus = Literal[records.STATUSES]  # type: ignore[valid-type]
-Priority = schemas.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
+Priority = PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
 PRIORITY_DOC = "a name, or 0-10 (higher is more urgent); default normal"
 WebhookUrl = Annotated[str | None, Field(max_length=2000, pattern=r"^https?://")]
 JOB_FIELDS = {"webhookUrl", "priority", "idempotencyKey"}
@@ -68,7 +69,7 @@ class Accepted(schemas.Out):
 
     jobId: str
     instanceId: str
-    status: str
+    status: InstanceStatus
 
 
 class InstanceOut(schemas.Out):
@@ -79,7 +80,7 @@ class InstanceOut(schemas.Out):
     name: str
     label: str | None
     novitaInstanceId: str | None
-    status: str
+    status: InstanceStatus
     novitaStatus: str | None
     productName: str | None
     productId: str | None
@@ -115,7 +116,9 @@ def _shape(instance: Instance) -> dict[str, Any]:
 
 
 def _accepted(job: Job, instance: Instance) -> tuple[dict[str, Any], int, dict[str, str]]:
-    body = Accepted(jobId=str(job.id), instanceId=str(instance.id), status=instance.status).model_dump()
+    body = Accepted(
+        jobId=str(job.id), instanceId=str(instance.id), status=InstanceStatus(instance.status)
+    ).model_dump()
     return body, 202, {"Location": url_for("instances.get_instance", instance_id=instance.id)}
 
 

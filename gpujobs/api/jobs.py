@@ -22,6 +22,7 @@ from gpujobs.extensions import db
 from gpujobs.models import Job, JobEvent
 from gpujobs.outbound import UnsafeURLError
 from gpujobs.serializers import definition_to_dict, event_to_dict, job_to_dict
+from gpujobs.states import JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
@@ -142,7 +143,7 @@ def cancel_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     tenant_job(job_id)
     status = operations.cancel(job_id, g.tenant.id)
     db.session.expire_all()
-    return job_to_dict(tenant_job(job_id)), 202 if status == "cancelling" else 200
+    return job_to_dict(tenant_job(job_id)), 202 if status == JobStatus.CANCELLING else 200
 
 
 @bp.get("/jobs/<uuid:job_id>/events")

@@ -13,11 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpujobs.jobs import PRIORITY_NAMES, STATUSES
-
-JobStatus = Literal[STATUSES]  # type: ignore[valid-type]
-PriorityName = Literal[PRIORITY_NAMES]  # type: ignore[valid-type]
-DeliveryStatus = Literal["pending", "succeeded", "failed", "disabled"]
+from gpujobs.jobs import PriorityName
+from gpujobs.states import DeliveryStatus, JobStatus
 
 
 class Out(BaseModel):

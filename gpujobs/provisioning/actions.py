@@ -38,18 +38,19 @@ from gpujobs.provisioning.monitor import DELETE, GOALS, START, STOP, Watch
 from gpujobs.provisioning.novita_client import novita_client
 from gpujobs.provisioning.params import MAX_TIMEOUT_SECONDS
 from gpujobs.serializers import instance_to_dict
+from gpujobs.states import InstanceStatus
 
 # The row statuses each action may start from.
 ALLOWED_FROM = {
-    STOP: (records.RUNNING,),
-    START: (records.STOPPED,),
+    STOP: (InstanceStatus.RUNNING,),
+    START: (InstanceStatus.STOPPED,),
     DELETE: (
-        records.RUNNING,
-        records.STOPPED,
-        records.STARTING,
-        records.STOPPING,
-        records.FAILED,
-        records.LOST,
+        InstanceStatus.RUNNING,
+        InstanceStatus.STOPPED,
+        InstanceStatus.STARTING,
+        InstanceStatus.STOPPING,
+        InstanceStatus.FAILED,
+        InstanceStatus.LOST,
     ),
 }
 KEYS = {STOP: "gpu.instance.stop", START: "gpu.instance.start", DELETE: "gpu.instance.delete"}
@@ -97,7 +98,7 @@ def request(
 
 
 def _refusal(action: str, instance: Instance) -> str:
-    if instance.status in (records.REQUESTED, records.CREATING):
+    if instance.status in (InstanceStatus.REQUESTED, InstanceStatus.CREATING):
         return (
             f"instance {instance.id} is still being provisioned by job {instance.job_id}; "
             "wait for that job, or cancel it to delete the instance"
@@ -138,7 +139,7 @@ def delete(ctx: JobContext, params: dict[str, Any]) -> Handoff | dict[str, Any]:
     """Delete an instance in any state; one that never reached Novita is simply marked deleted."""
     instance = _take(ctx, params, DELETE)
     if instance.novita_id is None:
-        records.transition(instance.id, (records.DELETING,), status=records.DELETED)
+        records.transition(instance.id, (InstanceStatus.DELETING,), status=InstanceStatus.DELETED)
         return {"instance": instance_to_dict(db.session.get(Instance, instance.id, populate_existing=True))}
     # Already gone is fine: the monitor confirms it and ends the job.
     with novita_client() as client, contextlib.suppress(NovitaNotFoundError):

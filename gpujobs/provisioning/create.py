@@ -35,6 +35,7 @@ from gpujobs.provisioning.monitor import CREATE, Watch
 from gpujobs.provisioning.novita_client import novita_client
 from gpujobs.provisioning.params import DEFAULT_ROOTFS_GB, CreateInstanceParams
 from gpujobs.provisioning.selection import Candidate, Search, regions_in_order
+from gpujobs.states import InstanceStatus
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     ctx.raise_if_cancelled()
     with novita_client() as client:
         # A row still `requested` was never claimed, so no create was ever sent for it: nothing to adopt.
-        found = None if instance.status == records.REQUESTED else _adoptable(client, instance.name)
+        found = None if instance.status == InstanceStatus.REQUESTED else _adoptable(client, instance.name)
         if found is not None:
             _claim(ctx, instance, novita_id=found.id, novita_status=found.status)
             ctx.emit_event("instance_adopted", {"novitaInstanceId": found.id, "novitaStatus": found.status})
@@ -116,7 +117,7 @@ def _claim(ctx: JobContext, instance: Instance, **values: Any) -> None:
     job_id = uuid.UUID(ctx.job_id)
     held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
     if not records.transition(
-        instance.id, records.CREATABLE, *held, status=records.CREATING, error=None, **values
+        instance.id, records.CREATABLE, *held, status=InstanceStatus.CREATING, error=None, **values
     ):
         raise PermanentError(f"instance {instance.id} is no longer being created")
     db.session.commit()
@@ -201,7 +202,7 @@ def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None
     """
     job_id = uuid.UUID(ctx.job_id)
     held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
-    if not records.transition(instance.id, (records.CREATING,), *held, novita_id=novita_id):
+    if not records.transition(instance.id, (InstanceStatus.CREATING,), *held, novita_id=novita_id):
         db.session.rollback()
         log.warning("job %s: attempt %s lost the job while creating %s", job_id, ctx.attempt, novita_id)
         raise PermanentError(f"attempt {ctx.attempt} no longer holds job {job_id} (it created {novita_id})")

@@ -14,7 +14,7 @@ from helpers import wait_for
 from test_video import _make_video
 
 from gpujobs.definitions import video
-from gpujobs.jobs import TERMINAL
+from gpujobs.states import JOB_TERMINAL as TERMINAL
 
 
 def run_over_http(client, tenant, key: str, params: dict[str, Any], **options: Any) -> dict[str, Any]:
