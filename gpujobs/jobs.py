@@ -13,7 +13,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import func, insert, select, text, update
 
@@ -21,18 +21,14 @@ from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
 from gpujobs.registry import Definition
+from gpujobs.states import JOB_ACTIVE, JobStatus
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
-SUCCEEDED, FAILED, CANCELLING, CANCELLED = "succeeded", "failed", "cancelling", "cancelled"
-STATUSES = (QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, CANCELLING, CANCELLED)
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
-ACTIVE = (RUNNING, CANCELLING)
-
 # Stored as 0..3 so ORDER BY and queue choice are cheap; the API speaks the names.
-PRIORITY_NAMES = ("low", "normal", "high", "critical")
-PRIORITY_LEVELS = {name: level for level, name in enumerate(PRIORITY_NAMES)}
+PriorityName = Literal["low", "normal", "high", "critical"]
+PRIORITY_NAMES: tuple[PriorityName, ...] = get_args(PriorityName)
+PRIORITY_LEVELS: dict[str, int] = {name: level for level, name in enumerate(PRIORITY_NAMES)}
 DEFAULT_PRIORITY = "normal"
 
 
@@ -94,7 +90,7 @@ def new_job(
         definition_version=definition.version,
         params=params,
         priority=priority,
-        status=QUEUED,
+        status=JobStatus.QUEUED,
         attempt=0,
         max_attempts=max_attempts or definition.max_attempts,
         timeout_seconds=definition.timeout_seconds,
@@ -118,7 +114,7 @@ def mark_published(job_ids: list[uuid.UUID], published: bool = True) -> None:
     if job_ids:
         db.session.execute(
             update(Job)
-            .where(Job.id.in_(job_ids), Job.status == QUEUED)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
             .values(published_at=func.now() if published else None)
         )
 
@@ -138,20 +134,20 @@ def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Clai
             .where(
                 Job.definition_key == definition.key,
                 Job.definition_version == definition.version,
-                Job.status.in_(ACTIVE),
+                Job.status.in_(JOB_ACTIVE),
             )
         )
         if running >= definition.concurrency_limit:
             db.session.execute(
-                update(Job).where(Job.id == job_id, Job.status == QUEUED).values(published_at=None)
+                update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(published_at=None)
             )
             log.info("job %s waits: %s is at its concurrency limit", job_id, definition.ref)
             return None
     row = db.session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED, Job.cancel_requested.is_(False))
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
         .values(
-            status=RUNNING,
+            status=JobStatus.RUNNING,
             attempt=Job.attempt + 1,
             started_at=func.now(),
             lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
@@ -165,14 +161,14 @@ def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Clai
     return Claim(job_id, row.attempt, row.tenant_id, row.params, row.max_attempts)
 
 
-def _fenced(job_id: uuid.UUID, attempt: int, *statuses: str) -> Any:
+def _fenced(job_id: uuid.UUID, attempt: int, *statuses: JobStatus) -> Any:
     return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(statuses))
 
 
 def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: int) -> bool | None:
     """Extend a running job's lease; returns its cancel flag, or None if the lease is no longer ours."""
     return db.session.execute(
-        _fenced(job_id, attempt, *ACTIVE)
+        _fenced(job_id, attempt, *JOB_ACTIVE)
         # Never shorten a lease: a hand-off may have extended it past the heartbeat's next renewal.
         .values(
             lease_expires_at=func.greatest(
@@ -191,7 +187,7 @@ def hold(job_id: uuid.UUID, attempt: int) -> bool:
     """
     owner = db.session.scalar(
         select(Job.id)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(ACTIVE))
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE))
         .with_for_update()
     )
     return owner is not None
@@ -199,18 +195,22 @@ def hold(job_id: uuid.UUID, attempt: int) -> bool:
 
 def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
     """Store the latest progress figure; False if this attempt no longer owns the job."""
-    result = db.session.execute(_fenced(job_id, attempt, *ACTIVE).values(progress=percent))
+    result = db.session.execute(_fenced(job_id, attempt, *JOB_ACTIVE).values(progress=percent))
     return result.rowcount == 1
 
 
 def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> bool:
     """Finish a job as succeeded; False when a newer attempt or a rescue got there first."""
     done = db.session.execute(
-        _fenced(job_id, attempt, *ACTIVE).values(
-            status=SUCCEEDED, result=result, error=None, progress=100.0, finished_at=func.now(),
+        _fenced(job_id, attempt, *JOB_ACTIVE).values(
+            status=JobStatus.SUCCEEDED,
+            result=result,
+            error=None,
+            progress=100.0,
+            finished_at=func.now(),
             lease_expires_at=None,
         )
-    )  # fmt: skip
+    )
     if done.rowcount != 1:
         return False
     add_event(job_id, "job.succeeded", attempt)
@@ -220,8 +220,8 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> b
 def cancel_running(job_id: uuid.UUID, attempt: int, reason: str) -> bool:
     """Finish a job whose handler stopped because cancellation was requested."""
     done = db.session.execute(
-        _fenced(job_id, attempt, *ACTIVE).values(
-            status=CANCELLED, error=reason, finished_at=func.now(), lease_expires_at=None
+        _fenced(job_id, attempt, *JOB_ACTIVE).values(
+            status=JobStatus.CANCELLED, error=reason, finished_at=func.now(), lease_expires_at=None
         )
     )
     if done.rowcount != 1:
@@ -232,7 +232,7 @@ def cancel_running(job_id: uuid.UUID, attempt: int, reason: str) -> bool:
 
 def fail_attempt(
     job_id: uuid.UUID, attempt: int, error: str, *, retryable: bool, retry_delay_seconds: float
-) -> str | None:
+) -> JobStatus | None:
     """Record a failed attempt: ``retrying`` with a due time, or ``failed`` and dead-lettered.
 
     Returns the new status, or None when the write was fenced out. This is the one place that
@@ -248,15 +248,15 @@ def fail_attempt(
     if retryable and attempt < job.max_attempts and not job.cancel_requested:
         due = utcnow() + timedelta(seconds=retry_delay_seconds)
         done = db.session.execute(
-            _fenced(job_id, attempt, *ACTIVE).values(
-                status=RETRYING, error=error, next_retry_at=due, lease_expires_at=None
+            _fenced(job_id, attempt, *JOB_ACTIVE).values(
+                status=JobStatus.RETRYING, error=error, next_retry_at=due, lease_expires_at=None
             )
         )
         if done.rowcount != 1:
             return None
         add_event(job_id, "job.retrying", attempt, {"error": error, "nextRetryAt": due.isoformat()})
-        return RETRYING
-    return _fail(job_id, attempt, error, job.tenant_id, job.definition_key, from_statuses=ACTIVE)
+        return JobStatus.RETRYING
+    return _fail(job_id, attempt, error, job.tenant_id, job.definition_key, from_statuses=JOB_ACTIVE)
 
 
 def _fail(
@@ -266,14 +266,18 @@ def _fail(
     tenant_id: uuid.UUID,
     definition_key: str,
     *,
-    from_statuses: tuple[str, ...],
-) -> str | None:
+    from_statuses: tuple[JobStatus, ...],
+) -> JobStatus | None:
     done = db.session.execute(
         _fenced(job_id, attempt, *from_statuses).values(
-            status=FAILED, error=error, finished_at=func.now(), lease_expires_at=None, next_retry_at=None,
+            status=JobStatus.FAILED,
+            error=error,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            next_retry_at=None,
             dead_lettered=True,
         )
-    )  # fmt: skip
+    )
     if done.rowcount != 1:
         return None
     db.session.add(
@@ -283,33 +287,38 @@ def _fail(
     )
     add_event(job_id, "job.failed", attempt, {"error": error})
     add_event(job_id, "job.dead_lettered", attempt)
-    return FAILED
+    return JobStatus.FAILED
 
 
-def request_cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> str | None:
+def request_cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobStatus | None:
     """Cancel a job: waiting jobs stop at once, running ones are asked to stop (a durable flag).
 
     Returns the job's status after the request, or None when no such job belongs to the tenant.
     """
     waiting = db.session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_((QUEUED, RETRYING)))
-        .values(status=CANCELLED, cancel_requested=True, finished_at=func.now(), next_retry_at=None)
+        .where(
+            Job.id == job_id,
+            Job.tenant_id == tenant_id,
+            Job.status.in_((JobStatus.QUEUED, JobStatus.RETRYING)),
+        )
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=func.now(), next_retry_at=None)
         .returning(Job.attempt)
     ).one_or_none()
     if waiting is not None:
         add_event(job_id, "job.cancelled", waiting.attempt, {"reason": "cancelled before it ran"})
-        return CANCELLED
+        return JobStatus.CANCELLED
     running = db.session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == RUNNING)
-        .values(status=CANCELLING, cancel_requested=True)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.CANCELLING, cancel_requested=True)
         .returning(Job.attempt)
     ).one_or_none()
     if running is not None:
         add_event(job_id, "job.cancelling", running.attempt)
-        return CANCELLING
-    return db.session.scalar(select(Job.status).where(Job.id == job_id, Job.tenant_id == tenant_id))
+        return JobStatus.CANCELLING
+    status = db.session.scalar(select(Job.status).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    return None if status is None else JobStatus(status)
 
 
 def redrive(dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, budget: int) -> uuid.UUID | None:
@@ -332,13 +341,19 @@ def redrive(dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, budget: int) -> uui
         return None
     row = db.session.execute(
         update(Job)
-        .where(Job.id == letter.job_id, Job.status == FAILED)
+        .where(Job.id == letter.job_id, Job.status == JobStatus.FAILED)
         .values(
-            status=QUEUED, max_attempts=Job.attempt + budget, dead_lettered=False, error=None,
-            cancel_requested=False, queued_at=func.now(), published_at=None, finished_at=None,
+            status=JobStatus.QUEUED,
+            max_attempts=Job.attempt + budget,
+            dead_lettered=False,
+            error=None,
+            cancel_requested=False,
+            queued_at=func.now(),
+            published_at=None,
+            finished_at=None,
         )
         .returning(Job.attempt)
-    ).one_or_none()  # fmt: skip
+    ).one_or_none()
     if row is None:
         return None
     add_event(letter.job_id, "job.redriven", row.attempt, {"additionalAttempts": budget})
@@ -363,11 +378,11 @@ def rescue(job_id: uuid.UUID, attempt: int) -> bool:
         return False
     if attempt >= job.max_attempts:
         reason = "worker lost (lease expired) and no attempts left"
-        _fail(job_id, attempt, reason, job.tenant_id, job.definition_key, from_statuses=ACTIVE)
+        _fail(job_id, attempt, reason, job.tenant_id, job.definition_key, from_statuses=JOB_ACTIVE)
         return False
     done = db.session.execute(
-        _fenced(job_id, attempt, *ACTIVE).values(
-            status=QUEUED, queued_at=func.now(), published_at=None, lease_expires_at=None
+        _fenced(job_id, attempt, *JOB_ACTIVE).values(
+            status=JobStatus.QUEUED, queued_at=func.now(), published_at=None, lease_expires_at=None
         )
     )
     if done.rowcount != 1:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from gpujobs import broker, stats
 from gpujobs.provisioning.novita_client import call_counts
+from gpujobs.states import JobStatus
 
 
 class ServiceCollector(Collector):
@@ -73,7 +74,12 @@ class ServiceCollector(Collector):
         finished = GaugeMetricFamily(
             "gpujobs_jobs_finished_this_hour", "Jobs finished in the current clock hour", labels=["status"]
         )
-        for status, field in (("succeeded", "completed"), ("failed", "failed"), ("cancelled", "cancelled")):
+        fields = {
+            JobStatus.SUCCEEDED: "completed",
+            JobStatus.FAILED: "failed",
+            JobStatus.CANCELLED: "cancelled",
+        }
+        for status, field in fields.items():
             finished.add_metric([status], hour[field])
         yield finished
         rates = stats.performance_summary(None)

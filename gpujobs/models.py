@@ -30,6 +30,15 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gpujobs.extensions import db
+from gpujobs.states import (
+    INSTANCE_ENDED,
+    JOB_ACTIVE,
+    JOB_TERMINAL,
+    DeliveryStatus,
+    InstanceStatus,
+    JobStatus,
+    sql_list,
+)
 
 
 def _uuid_pk() -> Mapped[uuid.UUID]:
@@ -113,32 +122,32 @@ class Job(db.Model):
             text("id DESC"),
         ),
         # The dispatch sweep: queued jobs whose message may never have gone out.
-        Index("ix_jobs_unpublished", "queued_at", postgresql_where=text("status = 'queued'")),
-        Index("ix_jobs_retry_due", "next_retry_at", postgresql_where=text("status = 'retrying'")),
+        Index("ix_jobs_unpublished", "queued_at", postgresql_where=text(f"status = '{JobStatus.QUEUED}'")),
+        Index(
+            "ix_jobs_retry_due", "next_retry_at", postgresql_where=text(f"status = '{JobStatus.RETRYING}'")
+        ),
         Index(
             "ix_jobs_lease",
             "lease_expires_at",
-            postgresql_where=text("status IN ('running', 'cancelling')"),
+            postgresql_where=text(f"status IN ({sql_list(JOB_ACTIVE)})"),
         ),
         # Cluster-wide concurrency limits count the running jobs of one definition.
         Index(
             "ix_jobs_running_definition",
             "definition_key",
             "definition_version",
-            postgresql_where=text("status IN ('running', 'cancelling')"),
+            postgresql_where=text(f"status IN ({sql_list(JOB_ACTIVE)})"),
         ),
         Index(
             "ix_jobs_finished",
             "finished_at",
-            postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled')"),
+            postgresql_where=text(f"status IN ({sql_list(JOB_TERMINAL)})"),
         ),
         # Cleanup: finished jobs it may delete (dead letters stay until redriven; migration d4).
         Index(
             "ix_jobs_expirable",
             "finished_at",
-            postgresql_where=text(
-                "status IN ('succeeded', 'failed', 'cancelled') AND dead_lettered IS FALSE"
-            ),
+            postgresql_where=text(f"status IN ({sql_list(JOB_TERMINAL)}) AND dead_lettered IS FALSE"),
         ),
         Index(
             "uq_jobs_tenant_idempotency",
@@ -197,7 +206,7 @@ class Instance(db.Model):
     novita_id: Mapped[str | None] = mapped_column(String(100), unique=True)
     # The caller's own name for the instance (Novita's name is derived from the job, see ``name``).
     label: Mapped[str | None] = mapped_column(String(255))
-    status: Mapped[str] = mapped_column(String(32), nullable=False, default="requested")
+    status: Mapped[str] = mapped_column(String(32), nullable=False, default=InstanceStatus.REQUESTED)
     novita_status: Mapped[str | None] = mapped_column(String(32))
     product_name: Mapped[str | None] = mapped_column(String(200))
     product_id: Mapped[str | None] = mapped_column(String(200))
@@ -223,7 +232,7 @@ class Instance(db.Model):
         Index(
             "ix_instances_live",
             "status",
-            postgresql_where=text("status NOT IN ('deleted', 'lost', 'failed')"),
+            postgresql_where=text(f"status NOT IN ({sql_list(INSTANCE_ENDED)})"),
         ),
     )
 
@@ -240,7 +249,7 @@ class WebhookDelivery(db.Model):
     event_type: Mapped[str] = mapped_column(String(64), nullable=False)
     url: Mapped[str] = mapped_column(Text, nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_status_code: Mapped[int | None] = mapped_column(Integer)
@@ -251,7 +260,9 @@ class WebhookDelivery(db.Model):
     __table_args__ = (
         # One event per job transition, however often the task that records it runs.
         UniqueConstraint("job_id", "event_type", "job_attempt", name="uq_webhook_event"),
-        Index("ix_webhook_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+        Index(
+            "ix_webhook_due", "next_attempt_at", postgresql_where=text(f"status = '{DeliveryStatus.PENDING}'")
+        ),
     )
 
 
@@ -357,5 +368,5 @@ Index(
     "ix_jobs_tenant_finished",
     Job.tenant_id,
     Job.finished_at,
-    postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled')"),
+    postgresql_where=text(f"status IN ({sql_list(JOB_TERMINAL)})"),
 )

@@ -6,6 +6,7 @@ Each one validates, changes rows through ``gpujobs.jobs``, commits, and only the
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
@@ -18,6 +19,24 @@ from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
 from gpujobs.outbound import UnsafeURLError, check_url
 from gpujobs.registry import Definition, get_definition
+from gpujobs.states import JobStatus
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """How to run one job, besides what and with which params; each None takes the default."""
+
+    #: A name (``low`` … ``critical``) or 0-10 with higher more urgent; default ``normal``.
+    priority: str | int | None = None
+    #: Attempts before the job fails for good; default: its definition's.
+    max_attempts: int | None = None
+    #: The receiver of the job's webhook events; none: no events.
+    webhook_url: str | None = None
+    #: The tenant's key for this submission; a second job with it is refused.
+    idempotency_key: str | None = None
+
+
+DEFAULT_OPTIONS = JobOptions()
 
 
 def validated(key: str, version: int, params: dict[str, Any]) -> tuple[Definition, dict[str, Any]]:
@@ -39,11 +58,7 @@ def prepare(
     key: str,
     version: int,
     params: dict[str, Any],
-    *,
-    priority: str | int | None = None,
-    max_attempts: int | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
+    options: JobOptions = DEFAULT_OPTIONS,
 ) -> Job:
     """Validate one job and add it to the session, queued; the caller commits, then publishes
     (for rows that must commit in the same transaction as the job, like a GPU instance row).
@@ -52,19 +67,19 @@ def prepare(
     tenant's idempotency key already belongs to a job.
     """
     definition, params = validated(key, version, params)
-    if webhook_url:  # refused here (422) rather than failing every delivery later
+    if options.webhook_url:  # refused here (422) rather than failing every delivery later
         try:
-            check_url(webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
+            check_url(options.webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
         except UnsafeURLError as exc:
             raise InvalidField("webhookUrl", str(exc)) from None
     return jobs.new_job(
         tenant_id=tenant_id,
         definition=definition,
         params=params,
-        priority=jobs.priority_level(priority),
-        max_attempts=max_attempts,
-        webhook_url=webhook_url,
-        idempotency_key=idempotency_key,
+        priority=jobs.priority_level(options.priority),
+        max_attempts=options.max_attempts,
+        webhook_url=options.webhook_url,
+        idempotency_key=options.idempotency_key,
     )
 
 
@@ -73,30 +88,23 @@ def submit(
     key: str,
     version: int,
     params: dict[str, Any],
-    *,
-    priority: str | int | None = None,
-    max_attempts: int | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
+    options: JobOptions = DEFAULT_OPTIONS,
 ) -> Job:
     """Validate and queue one job, commit, publish (see ``prepare`` for what it raises)."""
-    job = prepare(
-        tenant_id, key, version, params, priority=priority, max_attempts=max_attempts,
-        webhook_url=webhook_url, idempotency_key=idempotency_key,
-    )  # fmt: skip
+    job = prepare(tenant_id, key, version, params, options)
     commit_and_publish([dispatch_of(job)])
     return job
 
 
-def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> str:
+def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobStatus:
     """Cancel a tenant's job; returns its status afterwards (NotFound if the tenant has no such job)."""
     status = jobs.request_cancel(job_id, tenant_id)
     if status is None:
         raise NotFound(f"no job {job_id}")
-    if status == jobs.CANCELLED:
+    if status == JobStatus.CANCELLED:
         webhooks.record_job_event(job_id)
     db.session.commit()
-    if status == jobs.CANCELLED:
+    if status == JobStatus.CANCELLED:
         webhooks.publish_pending(job_id)
     return status
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, Self, cast
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from gpujobs import models
-from gpujobs.jobs import PRIORITY_NAMES, STATUSES
+from gpujobs.jobs import PRIORITY_NAMES, PriorityName
 from gpujobs.registry import Definition as RegisteredDefinition
+from gpujobs.states import DeliveryStatus, InstanceStatus, JobStatus
 
-JobStatus = Literal[STATUSES]  # type: ignore[valid-type]
-PriorityName = Literal[PRIORITY_NAMES]  # type: ignore[valid-type]
-DeliveryStatus = Literal["pending", "succeeded", "failed", "disabled"]
 Timestamp = Annotated[
     datetime,
     PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
@@ -128,7 +126,7 @@ class Instance(Resource):
     name: str
     label: str | None
     novita_instance_id: str | None
-    status: str
+    status: InstanceStatus
     novita_status: str | None
     product_name: str | None
     product_id: str | None
@@ -216,7 +214,7 @@ class Delivery(Resource):
             job_id=row.job_id,
             event_type=row.event_type,
             url=row.url,
-            status=cast(DeliveryStatus, row.status),  # a plain string column; validated here
+            status=DeliveryStatus(row.status),
             attempts=row.attempts,
             last_status_code=row.last_status_code,
             last_error=row.last_error,

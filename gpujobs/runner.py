@@ -25,6 +25,7 @@ from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Job
 from gpujobs.registry import Definition, Handoff, get_definition
+from gpujobs.states import JOB_TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Heartbeat(threading.Thread):
         self.join(timeout=5)
 
 
-def run_job(job_id: uuid.UUID) -> str | None:
+def run_job(job_id: uuid.UUID) -> JobStatus | None:
     """Claim and run one job; returns its new status, or None when it was not ours to run."""
     row = db.session.execute(
         db.select(Job.definition_key, Job.definition_version).where(Job.id == job_id)
@@ -151,7 +152,7 @@ def run_job(job_id: uuid.UUID) -> str | None:
     return status
 
 
-def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> str | None:
+def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> JobStatus | None:
     params = claim.params
     try:
         _hook(definition.on_start, ctx, params)
@@ -159,7 +160,7 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> str 
     except JobCancelled as exc:
         db.session.rollback()
         cancelled = jobs.cancel_running(claim.job_id, claim.attempt, str(exc))
-        status = jobs.CANCELLED if cancelled else None
+        status = JobStatus.CANCELLED if cancelled else None
     except Exception as exc:  # every failure, expected or not, becomes one recorded outcome
         db.session.rollback()
         status = _record_failure(definition, claim, exc)
@@ -170,16 +171,16 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> str 
             jobs.renew_lease(claim.job_id, claim.attempt, lease)
             db.session.commit()
             _hand_off(claim, result)
-            return jobs.RUNNING
+            return JobStatus.RUNNING
         status = _store_success(definition, claim, result)
-    if status in jobs.TERMINAL:
+    if status in JOB_TERMINAL:
         webhooks.record_job_event(claim.job_id)
     db.session.commit()
-    if status == jobs.SUCCEEDED:
+    if status == JobStatus.SUCCEEDED:
         _hook(definition.on_success, ctx, params)
-    elif status in (jobs.FAILED, jobs.RETRYING):
+    elif status in (JobStatus.FAILED, JobStatus.RETRYING):
         _hook(definition.on_fail, ctx, params)
-    if status in jobs.TERMINAL:
+    if status in JOB_TERMINAL:
         _hook(definition.on_end, ctx, params)
         webhooks.publish_pending(claim.job_id)
     return status
@@ -207,17 +208,19 @@ def storable(value: Any) -> Any:
     return value
 
 
-def _store_success(definition: Definition, claim: jobs.Claim, result: dict[str, Any] | None) -> str | None:
+def _store_success(
+    definition: Definition, claim: jobs.Claim, result: dict[str, Any] | None
+) -> JobStatus | None:
     """Record success; a result PostgreSQL still refuses fails the job for good rather than looping."""
     try:
-        return jobs.SUCCEEDED if jobs.succeed(claim.job_id, claim.attempt, storable(result)) else None
+        return JobStatus.SUCCEEDED if jobs.succeed(claim.job_id, claim.attempt, storable(result)) else None
     except DBAPIError as exc:
         db.session.rollback()
         log.error("job %s: result could not be stored (%s)", claim.job_id, type(exc.orig).__name__)
         return _record_failure(definition, claim, PermanentError("the result could not be stored"))
 
 
-def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseException) -> str | None:
+def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseException) -> JobStatus | None:
     """Turn an exception into ``retrying`` or ``failed``: permanent errors never retry."""
     if isinstance(exc, SoftTimeLimitExceeded):
         error = f"timed out after {definition.timeout_seconds} s"

@@ -28,8 +28,8 @@ from sqlalchemy.dialects.postgresql import array
 
 from gpujobs.broker import redis_client
 from gpujobs.extensions import db
-from gpujobs.jobs import FAILED, STATUSES, SUCCEEDED
 from gpujobs.models import DeliveryCounter, Job, JobCounter, JobHourly
+from gpujobs.states import DeliveryStatus, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ MAX_THROUGHPUT_HOURS = 168
 SAMPLE_LIMIT = 2_000  # most recent finished jobs read for percentiles: p99 rests on 20 of them
 DEFAULT_TTL_SECONDS = 30
 MAX_TTL_SECONDS = 3600
-DELIVERY_STATUSES = ("pending", "succeeded", "failed", "disabled")
 QUANTILES = (0.5, 0.95, 0.99)
 CACHE_PREFIX = "gpujobs:metrics"
 
@@ -83,7 +82,7 @@ def job_counts(tenant_id: uuid.UUID | None) -> dict[tuple[str, int], dict[str, i
     counts: dict[tuple[str, int], dict[str, int]] = {}
     for key, version, status, count in rows:
         if count:
-            counts.setdefault((key, version), dict.fromkeys(STATUSES, 0))[status] = int(count)
+            counts.setdefault((key, version), dict.fromkeys(JobStatus, 0))[status] = int(count)
     return counts
 
 
@@ -94,13 +93,13 @@ def delivery_counts(tenant_id: uuid.UUID | None) -> dict[str, int]:
         .where(_scope(DeliveryCounter.tenant_id, tenant_id))
         .group_by(DeliveryCounter.status)
     )
-    counts = dict.fromkeys(DELIVERY_STATUSES, 0)
+    counts: dict[str, int] = dict.fromkeys(DeliveryStatus, 0)
     counts.update({status: int(count) for status, count in rows if status in counts})
     return counts
 
 
 def _summary(per_definition: dict[tuple[str, int], dict[str, int]]) -> dict[str, Any]:
-    by_status = {status: sum(c[status] for c in per_definition.values()) for status in STATUSES}
+    by_status = {status: sum(c[status] for c in per_definition.values()) for status in JobStatus}
     return {"total": sum(by_status.values()), "byStatus": by_status}
 
 
@@ -123,10 +122,14 @@ def _hour_start(hours_back: int) -> datetime:
 
 
 _SUMS = (
-    func.sum(JobHourly.succeeded), func.sum(JobHourly.failed), func.sum(JobHourly.cancelled),
-    func.sum(JobHourly.retried), func.sum(JobHourly.timed), func.sum(JobHourly.processing_seconds),
+    func.sum(JobHourly.succeeded),
+    func.sum(JobHourly.failed),
+    func.sum(JobHourly.cancelled),
+    func.sum(JobHourly.retried),
+    func.sum(JobHourly.timed),
+    func.sum(JobHourly.processing_seconds),
     func.sum(JobHourly.queue_seconds),
-)  # fmt: skip
+)
 
 
 def _rates(row: Any) -> dict[str, float | None]:
@@ -197,7 +200,7 @@ def definition_metrics(tenant_id: uuid.UUID | None) -> dict[str, Any]:
     }
     definitions = []
     for key, version in sorted(per_definition.keys() | rates.keys()):
-        counts = per_definition.get((key, version), dict.fromkeys(STATUSES, 0))
+        counts = per_definition.get((key, version), dict.fromkeys(JobStatus, 0))
         rate = rates.get((key, version)) or _rates((0,) * len(_SUMS))
         definitions.append(
             {
@@ -221,7 +224,7 @@ def duration_percentiles(tenant_id: uuid.UUID | None) -> dict[str, Any]:
         )
         .where(
             _scope(Job.tenant_id, tenant_id),
-            Job.status.in_((SUCCEEDED, FAILED)),
+            Job.status.in_((JobStatus.SUCCEEDED, JobStatus.FAILED)),
             Job.finished_at >= func.now() - timedelta(hours=WINDOW_HOURS),
             Job.started_at.is_not(None),
         )

@@ -18,6 +18,7 @@ from gpujobs import broker, jobs, webhooks
 from gpujobs.dispatch import QUEUE_BY_PRIORITY, Dispatch, commit_and_publish
 from gpujobs.extensions import db
 from gpujobs.models import IdempotencyRecord, Job, WebhookDelivery
+from gpujobs.states import JOB_ACTIVE, JOB_TERMINAL, DeliveryStatus, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ def dispatch_due() -> int:
     """Queue retries whose time came, and (re-)publish queued jobs with no message in Redis."""
     promoted = db.session.execute(
         update(Job)
-        .where(Job.id.in_(_due(Job.status == jobs.RETRYING, Job.next_retry_at <= func.now())))
-        .values(status=jobs.QUEUED, queued_at=func.now(), published_at=None, next_retry_at=None)
+        .where(Job.id.in_(_due(Job.status == JobStatus.RETRYING, Job.next_retry_at <= func.now())))
+        .values(status=JobStatus.QUEUED, queued_at=func.now(), published_at=None, next_retry_at=None)
         .returning(Job.id, Job.attempt)
     ).all()
     for job_id, attempt in promoted:
@@ -44,7 +45,7 @@ def dispatch_due() -> int:
     lost = Job.priority.in_(lost_queues) & (Job.published_at < stale)
     rows = db.session.execute(
         select(Job.id, Job.priority, Job.timeout_seconds)
-        .where(Job.status == jobs.QUEUED, unpublished | lost if lost_queues else unpublished)
+        .where(Job.status == JobStatus.QUEUED, unpublished | lost if lost_queues else unpublished)
         .order_by(Job.priority.desc(), Job.queued_at)
         .limit(SWEEP_BATCH_SIZE)
         .with_for_update(skip_locked=True)
@@ -71,14 +72,14 @@ def rescue_stuck() -> int:
     """Requeue jobs whose worker stopped renewing the lease; fail jobs that ran past their timeout."""
     expired = db.session.execute(
         select(Job.id, Job.attempt)
-        .where(Job.status.in_(jobs.ACTIVE), Job.lease_expires_at < func.now())
+        .where(Job.status.in_(JOB_ACTIVE), Job.lease_expires_at < func.now())
         .limit(SWEEP_BATCH_SIZE)
         .with_for_update(skip_locked=True)
     ).all()
     overran = db.session.execute(
         select(Job.id, Job.attempt, Job.timeout_seconds)
         .where(
-            Job.status.in_(jobs.ACTIVE),
+            Job.status.in_(JOB_ACTIVE),
             Job.lease_expires_at >= func.now(),
             Job.started_at + Job.timeout_seconds * text("interval '1 second'") < func.now(),
         )
@@ -96,7 +97,7 @@ def rescue_stuck() -> int:
         webhooks.record_job_event(job_id)
     requeued_rows = db.session.execute(
         select(Job.id, Job.priority, Job.timeout_seconds).where(
-            Job.id.in_(requeued), Job.status == jobs.QUEUED
+            Job.id.in_(requeued), Job.status == JobStatus.QUEUED
         )
     ).all()
     commit_and_publish(Dispatch(*row) for row in requeued_rows)
@@ -129,7 +130,7 @@ def publish_due_webhooks() -> int:
     due = db.session.execute(
         select(WebhookDelivery.id, WebhookDelivery.job_id, WebhookDelivery.attempts)
         .where(
-            WebhookDelivery.status == "pending",
+            WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.next_attempt_at <= func.now(),
             (WebhookDelivery.attempts > 0) | (WebhookDelivery.created_at < first_send_over),
         )
@@ -159,12 +160,12 @@ def clean_up() -> int:
         # A job waiting for a webhook retry (the schedule spans ~27 h) or sitting in the dead-letter
         # queue is kept: deleting it would drop the delivery or the letter with it.
         pending_delivery = exists().where(
-            WebhookDelivery.job_id == Job.id, WebhookDelivery.status == "pending"
+            WebhookDelivery.job_id == Job.id, WebhookDelivery.status == DeliveryStatus.PENDING
         )
         batch = (
             select(Job.id)
             .where(
-                Job.status.in_(jobs.TERMINAL),
+                Job.status.in_(JOB_TERMINAL),
                 Job.finished_at < cutoff,
                 Job.dead_lettered.is_(False),
                 ~pending_delivery,

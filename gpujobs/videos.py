@@ -24,6 +24,7 @@ from gpujobs.definitions import video
 from gpujobs.exceptions import GpuJobsError, InvalidField, PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Job
+from gpujobs.states import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ ISOBMFF_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"
 MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
 CLEANUP_QUERY_CHUNK = 500
 # A job in these states never reads its files again (failed ones can be redriven: kept).
-DONE_WITH_FILES = (jobs.SUCCEEDED, jobs.CANCELLED)
+DONE_WITH_FILES = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
 
 
 class UploadRejected(GpuJobsError):
@@ -119,7 +120,7 @@ def discard_upload(storage_dir: str | Path, name: str) -> None:
 
 def finished_output(job: Job, storage_dir: str | Path) -> Path | None:
     """The encoded file of a succeeded encode.video job, or None until it exists (or after cleanup)."""
-    if job.status != jobs.SUCCEEDED:
+    if job.status != JobStatus.SUCCEEDED:
         return None
     path = video.output_path(storage_dir, str(job.id), job.params["format"]).resolve()
     return path if path.is_file() else None  # absolute: send_file reads relative paths from the package

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import current_app
 from sqlalchemy import func, select, update
@@ -25,6 +25,7 @@ from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, Tenant, WebhookDelivery
 from gpujobs.outbound import send
 from gpujobs.signing import webhook_headers
+from gpujobs.states import DeliveryStatus, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,10 @@ RETRY_JITTER_FRACTION = 0.1
 SEND_LEASE_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 5.0
 TOTAL_TIMEOUT_SECONDS = 15.0
-EVENT_BY_STATUS = {
-    jobs.SUCCEEDED: "job.succeeded",
-    jobs.FAILED: "job.failed",
-    jobs.CANCELLED: "job.cancelled",
+EVENT_BY_STATUS: dict[str, str] = {
+    JobStatus.SUCCEEDED: "job.succeeded",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
 }
 
 
@@ -59,12 +60,18 @@ def record_event(job: Job, event_type: str, instance: Instance | None = None) ->
     db.session.execute(
         insert(WebhookDelivery)
         .values(
-            id=uuid.uuid4(), tenant_id=job.tenant_id, job_id=job.id, job_attempt=job.attempt,
-            event_type=event_type, url=job.webhook_url, payload=payload, status="pending",
+            id=uuid.uuid4(),
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            job_attempt=job.attempt,
+            event_type=event_type,
+            url=job.webhook_url,
+            payload=payload,
+            status=DeliveryStatus.PENDING,
             next_attempt_at=func.now(),
         )
         .on_conflict_do_nothing(constraint="uq_webhook_event")
-    )  # fmt: skip
+    )
 
 
 def record_job_event(job_id: uuid.UUID) -> None:
@@ -85,7 +92,7 @@ def publish_pending(job_id: uuid.UUID) -> None:
         select(WebhookDelivery.id)
         .where(
             WebhookDelivery.job_id == job_id,
-            WebhookDelivery.status == "pending",
+            WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.attempts == 0,
         )
         .order_by(WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
@@ -94,9 +101,12 @@ def publish_pending(job_id: uuid.UUID) -> None:
         # The task's default limits fit one delivery; each one more may take the whole send timeout.
         limit = len(due) * (TOTAL_TIMEOUT_SECONDS + 5) + 30
         send_task(
-            DELIVER_TASK, [str(item) for item in due], f"deliveries of job {job_id}",
-            soft_time_limit=limit, time_limit=limit + 30,
-        )  # fmt: skip
+            DELIVER_TASK,
+            [str(item) for item in due],
+            f"deliveries of job {job_id}",
+            soft_time_limit=limit,
+            time_limit=limit + 30,
+        )
 
 
 def publish_delivery(delivery_id: uuid.UUID) -> None:
@@ -113,13 +123,13 @@ def signing_secrets(tenant: Tenant) -> list[str]:
     return secrets
 
 
-def deliver(delivery_id: uuid.UUID) -> str | None:
+def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
     """Try one delivery now; returns its new status, or None when another sender holds it."""
     attempt = db.session.execute(
         update(WebhookDelivery)
         .where(
             WebhookDelivery.id == delivery_id,
-            WebhookDelivery.status == "pending",
+            WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.next_attempt_at <= func.now(),
         )
         .values(
@@ -141,10 +151,13 @@ def deliver(delivery_id: uuid.UUID) -> str | None:
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.attempts == attempt)
         .values(
-            status=new_status, last_status_code=status_code, last_error=error, next_attempt_at=next_at,
-            delivered_at=func.now() if new_status == "succeeded" else None,
+            status=new_status,
+            last_status_code=status_code,
+            last_error=error,
+            next_attempt_at=next_at,
+            delivered_at=func.now() if new_status == DeliveryStatus.SUCCEEDED else None,
         )
-    )  # fmt: skip
+    )
     db.session.commit()
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
@@ -153,27 +166,31 @@ def deliver(delivery_id: uuid.UUID) -> str | None:
 def _send(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
     try:
         response = send(
-            "POST", url, data=body, headers=headers,
+            "POST",
+            url,
+            data=body,
+            headers=headers,
             allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"],
-            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS, total_timeout_seconds=TOTAL_TIMEOUT_SECONDS,
-        )  # fmt: skip
+            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
+            total_timeout_seconds=TOTAL_TIMEOUT_SECONDS,
+        )
     except GpuJobsError as exc:
         return None, str(exc)[:500]
     error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
     return response.status_code, error
 
 
-def _outcome(status_code: int | None, attempt: int) -> tuple[str, object]:
+def _outcome(status_code: int | None, attempt: int) -> tuple[DeliveryStatus, datetime | None]:
     """2xx succeeds, 410 disables, anything else (redirects included) retries on the schedule."""
     if status_code is not None and 200 <= status_code < 300:
-        return "succeeded", None
+        return DeliveryStatus.SUCCEEDED, None
     if status_code == 410:
-        return "disabled", None
+        return DeliveryStatus.DISABLED, None
     if attempt > len(RETRY_SCHEDULE_SECONDS):
-        return "failed", None
+        return DeliveryStatus.FAILED, None
     delay = RETRY_SCHEDULE_SECONDS[attempt - 1]
     delay *= 1 + random.uniform(-RETRY_JITTER_FRACTION, RETRY_JITTER_FRACTION)
-    return "pending", jobs.utcnow() + timedelta(seconds=delay)
+    return DeliveryStatus.PENDING, jobs.utcnow() + timedelta(seconds=delay)
 
 
 def redeliver(delivery_id: uuid.UUID, job_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
@@ -188,7 +205,7 @@ def redeliver(delivery_id: uuid.UUID, job_id: uuid.UUID, tenant_id: uuid.UUID) -
             WebhookDelivery.job_id == job_id,
             WebhookDelivery.tenant_id == tenant_id,
         )
-        .values(status="pending", next_attempt_at=func.now())
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=func.now())
     )
     db.session.commit()
     if done.rowcount != 1:

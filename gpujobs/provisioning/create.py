@@ -27,6 +27,7 @@ from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.novita import CreateInstanceRequest, EnvVar, NovitaClient, PlacementError, PortSpec, Template
 from gpujobs.novita import Instance as NovitaInstance
+from gpujobs.operations import DEFAULT_OPTIONS, JobOptions
 from gpujobs.provisioning import records
 from gpujobs.provisioning.catalogue import Catalogue
 from gpujobs.provisioning.monitor import CREATE, Watch
@@ -39,6 +40,7 @@ from gpujobs.provisioning.params import (
 )
 from gpujobs.provisioning.selection import Candidate, Search, regions_in_order
 from gpujobs.registry import Handoff, JobContext, job_definition
+from gpujobs.states import InstanceStatus
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,7 @@ class Image:
 
 
 def submit(
-    tenant_id: uuid.UUID,
-    params: dict[str, Any],
-    *,
-    priority: str | int | None = None,
-    max_attempts: int | None = None,
-    webhook_url: str | None = None,
-    idempotency_key: str | None = None,
+    tenant_id: uuid.UUID, params: dict[str, Any], options: JobOptions = DEFAULT_OPTIONS
 ) -> tuple[Job, Instance]:
     """Queue a create job and its instance row (the API's `POST /v1/instances`).
 
@@ -71,10 +67,7 @@ def submit(
     job does (no crash in between leaves a job whose 202 never named an instance), and a worker never
     runs a job whose row is not there yet.
     """
-    job = operations.prepare(
-        tenant_id, CREATE_KEY, 1, params, priority=priority, max_attempts=max_attempts,
-        webhook_url=webhook_url, idempotency_key=idempotency_key,
-    )  # fmt: skip
+    job = operations.prepare(tenant_id, CREATE_KEY, 1, params, options)
     instance = records.ensure_row(job.id, tenant_id, job.params)
     commit_and_publish([dispatch_of(job)])
     return job, instance
@@ -110,7 +103,7 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     ctx.raise_if_cancelled()
     with novita_client() as client:
         # A row still `requested` was never claimed, so no create was ever sent for it: nothing to adopt.
-        found = None if instance.status == records.REQUESTED else _adoptable(client, instance.name)
+        found = None if instance.status == InstanceStatus.REQUESTED else _adoptable(client, instance.name)
         if found is not None:
             _claim(ctx, instance, novita_id=found.id, novita_status=found.status)
             ctx.emit_event("instance_adopted", {"novitaInstanceId": found.id, "novitaStatus": found.status})
@@ -139,7 +132,7 @@ def _claim(ctx: JobContext, instance: Instance, **values: Any) -> None:
     job_id = uuid.UUID(ctx.job_id)
     held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
     if not records.transition(
-        instance.id, records.CREATABLE, *held, status=records.CREATING, error=None, **values
+        instance.id, records.CREATABLE, *held, status=InstanceStatus.CREATING, error=None, **values
     ):
         raise PermanentError(f"instance {instance.id} is no longer being created")
     db.session.commit()
@@ -179,17 +172,28 @@ def _place(
 ) -> tuple[str | None, Search]:
     """Try the candidates in order until Novita creates one; None (and the search) if none was placed."""
     search = Search(
-        params.productName, params.gpuNum, image.rootfs_gb, params.maxPricePerHour,
+        params.productName,
+        params.gpuNum,
+        image.rootfs_gb,
+        params.maxPricePerHour,
         refused_before=refused_before,
-    )  # fmt: skip
+    )
     clusters = regions_in_order(params.region, fallback, catalogue.list_clusters())
     for candidate in search.candidates(catalogue, clusters):
         ctx.raise_if_cancelled()
         _claim(
-            ctx, instance, novita_id=None, novita_status=None, product_id=candidate.product.id,
-            product_name=candidate.product.name, cluster_id=candidate.cluster.id, region=candidate.region,
-            price_per_hour_units=candidate.price_units, endpoints={}, ready_at=None,
-        )  # fmt: skip
+            ctx,
+            instance,
+            novita_id=None,
+            novita_status=None,
+            product_id=candidate.product.id,
+            product_name=candidate.product.name,
+            cluster_id=candidate.cluster.id,
+            region=candidate.region,
+            price_per_hour_units=candidate.price_units,
+            endpoints={},
+            ready_at=None,
+        )
         try:
             novita_id = client.create_instance(_request(image, params, instance.name, candidate))
         except PlacementError as exc:
@@ -213,7 +217,7 @@ def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None
     """
     job_id = uuid.UUID(ctx.job_id)
     held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
-    if not records.transition(instance.id, (records.CREATING,), *held, novita_id=novita_id):
+    if not records.transition(instance.id, (InstanceStatus.CREATING,), *held, novita_id=novita_id):
         db.session.rollback()
         log.warning("job %s: attempt %s lost the job while creating %s", job_id, ctx.attempt, novita_id)
         raise PermanentError(f"attempt {ctx.attempt} no longer holds job {job_id} (it created {novita_id})")
@@ -251,9 +255,15 @@ def _request(
     envs = tuple(EnvVar(env.key, env.value) for env in params.envs)
     if image.template is None:
         return CreateInstanceRequest(
-            **placement, image_url=image.image_url or "", rootfs_size_gb=rootfs, gpu_num=params.gpuNum,
-            image_auth_id=image.image_auth_id, ports=ports, envs=envs, command=params.command,
-        )  # fmt: skip
+            **placement,
+            image_url=image.image_url or "",
+            rootfs_size_gb=rootfs,
+            gpu_num=params.gpuNum,
+            image_auth_id=image.image_auth_id,
+            ports=ports,
+            envs=envs,
+            command=params.command,
+        )
     request = CreateInstanceRequest.from_template(
         image.template, **placement, gpu_num=params.gpuNum, rootfs_size_gb=rootfs, image_auth=image.credential
     )

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any
 
 import redis
@@ -31,6 +32,7 @@ from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError,
 from gpujobs.provisioning import records, snapshot
 from gpujobs.provisioning.novita_client import novita_client
 from gpujobs.registry import Handoff
+from gpujobs.states import InstanceStatus, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +41,54 @@ MONITOR_TASK = "gpujobs.gpu.monitor"
 MONITOR_QUEUE = "monitor"
 CREATE, START, STOP, DELETE = "create", "start", "stop", "delete"
 FAILED_EVENT = "instance.failed"
-# What a look concludes (see judge); _NOT_YET: nothing is known about the instance since the action yet.
-_WAIT, _DONE, _FAIL, _START = "wait", "done", "fail", "start"
-_NOT_YET: Any = object()
+
+
+class Verdict(StrEnum):
+    """What one look concludes about an action (see ``judge``)."""
+
+    #: Not there yet: look again after the interval.
+    WAIT = "wait"
+    #: The instance reached the action's goal.
+    DONE = "done"
+    #: The action cannot succeed any more (the reason says why).
+    FAIL = "fail"
+    #: Created but left stopped: start it, then keep watching.
+    START = "start"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A verdict, and for a failure the reason the job fails with."""
+
+    verdict: Verdict
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """Novita's view of the instance since the action: `known` is False while every answer predates it.
+
+    `seen` is None when Novita no longer has the instance.
+    """
+
+    known: bool
+    seen: NovitaInstance | None = None
 
 
 @dataclass(frozen=True)
 class Goal:
     """What an action waits for: the row's status meanwhile, its status when done, and the event then."""
 
-    in_flight: str
-    done: str
+    in_flight: InstanceStatus
+    done: InstanceStatus
     event: str
 
 
 GOALS = {
-    CREATE: Goal(records.CREATING, records.RUNNING, "instance.running"),
-    START: Goal(records.STARTING, records.RUNNING, "instance.running"),
-    STOP: Goal(records.STOPPING, records.STOPPED, "instance.stopped"),
-    DELETE: Goal(records.DELETING, records.DELETED, "instance.deleted"),
+    CREATE: Goal(InstanceStatus.CREATING, InstanceStatus.RUNNING, "instance.running"),
+    START: Goal(InstanceStatus.STARTING, InstanceStatus.RUNNING, "instance.running"),
+    STOP: Goal(InstanceStatus.STOPPING, InstanceStatus.STOPPED, "instance.stopped"),
+    DELETE: Goal(InstanceStatus.DELETING, InstanceStatus.DELETED, "instance.deleted"),
 }
 
 
@@ -132,7 +163,7 @@ def poll(watch: Watch) -> None:
         watch.look_again()
     except PermanentError as exc:
         db.session.rollback()
-        _end(watch, jobs.FAILED, str(exc), {}, FAILED_EVENT)
+        _end(watch, JobStatus.FAILED, str(exc), {}, FAILED_EVENT)
 
 
 def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) -> None:
@@ -140,54 +171,58 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
         return _cancel(watch, instance, client)
     if time.time() >= watch.started + watch.timeout:
         return _time_out(watch, instance, client)
-    seen = _observe(watch, instance, client)
-    if seen is _NOT_YET:
+    sighting = _observe(watch, instance, client)
+    if not sighting.known:
         return watch.look_again()
+    seen = sighting.seen
     if seen is not None and seen.status != instance.novita_status:
         records.mirror(instance.id, seen.status)
-    verdict, reason = judge(watch.action, seen)
-    if verdict == _START:
+    judgement = judge(watch.action, seen)
+    if judgement.verdict == Verdict.START:
         _start(client, instance)
         db.session.commit()
         return replace(watch, since=time.time()).look_again()
-    if verdict == _WAIT:
+    if judgement.verdict == Verdict.WAIT:
         db.session.commit()
         return watch.look_again()
-    if verdict == _DONE:
+    if judgement.verdict == Verdict.DONE:
         return _succeed(watch, instance, client, seen)
-    return _fail(watch, instance, client, reason, seen)
+    return _fail(watch, instance, client, judgement.reason, seen)
 
 
-def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> NovitaInstance | None:
-    """Novita's view of the instance (None: Novita no longer has it), or _NOT_YET when unknown so far."""
+def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> Sighting:
+    """Novita's view of the instance, unknown until a snapshot taken since the action has been read."""
     found = snapshot.read(client, instance.novita_id, watch.interval)
     if found is None or found[0] < watch.since:
-        return _NOT_YET
+        return Sighting(known=False)
     if found[1] is not None:
-        return found[1]
+        return Sighting(known=True, seen=found[1])
     try:  # not listed: make sure before calling it gone (a list can lag, or stop at its page cap)
-        return client.get_instance(instance.novita_id)
+        return Sighting(known=True, seen=client.get_instance(instance.novita_id))
     except NovitaNotFoundError:
-        return None
+        return Sighting(known=True)
 
 
-def judge(action: str, seen: NovitaInstance | None) -> tuple[str, str | None]:
+def judge(action: str, seen: NovitaInstance | None) -> Judgement:
     """Whether an action is done, failed (and why), needs a start, or must wait; None means gone."""
+    done, wait = Judgement(Verdict.DONE), Judgement(Verdict.WAIT)
     if action == DELETE:
-        return (_DONE, None) if seen is None or seen.is_gone else (_WAIT, None)
+        return done if seen is None or seen.is_gone else wait
     if seen is None or seen.is_being_removed:
-        return _FAIL, f"the instance was removed (Novita status {seen.status if seen else 'gone'})"
+        status = seen.status if seen else "gone"
+        return Judgement(Verdict.FAIL, f"the instance was removed (Novita status {status})")
     if action == STOP:
-        return (_DONE, None) if seen.is_exited else (_WAIT, None)
+        return done if seen.is_exited else wait
     if seen.is_running:
-        return _DONE, None
+        return done
     if seen.status_error is not None:
-        return _FAIL, f"Novita reports {seen.status_error.state or seen.status}: {seen.status_error.message}"
+        state = seen.status_error.state or seen.status
+        return Judgement(Verdict.FAIL, f"Novita reports {state}: {seen.status_error.message}")
     if seen.is_exited:
         if action == CREATE and seen.started_at is None:
-            return _START, None  # created but left stopped: it is not starting by itself
-        return _FAIL, "the instance exited without a stop request"
-    return _WAIT, None
+            return Judgement(Verdict.START)  # created but left stopped: it is not starting by itself
+        return Judgement(Verdict.FAIL, "the instance exited without a stop request")
+    return wait
 
 
 def _start(client: NovitaClient, instance: Instance) -> None:
@@ -212,19 +247,19 @@ def _succeed(watch: Watch, instance: Instance, client: NovitaClient, seen: Novit
     values: dict[str, Any] = {"status": watch.goal.done, "error": None, "last_seen_at": jobs.utcnow()}
     if seen is not None:
         values["novita_status"] = seen.status
-    if watch.goal.done == records.RUNNING:
+    if watch.goal.done == InstanceStatus.RUNNING:
         # List answers lack port endpoints (§6): one GET per instance, once, when it is ready.
         values.update(endpoints=endpoints_of(client.get_instance(instance.novita_id)), ready_at=jobs.utcnow())
-    _end(watch, jobs.SUCCEEDED, None, values, watch.goal.event)
+    _end(watch, JobStatus.SUCCEEDED, None, values, watch.goal.event)
 
 
 def _fail(
     watch: Watch, instance: Instance, client: NovitaClient, reason: str | None, seen: NovitaInstance | None
 ) -> None:
     if watch.action == CREATE and seen is not None:
-        return _give_up(watch, instance, client, jobs.FAILED, reason)
+        return _give_up(watch, instance, client, JobStatus.FAILED, reason)
     status = records.settled_status(seen.status if seen else spec.Status.REMOVED.value, watch.goal.in_flight)
-    return _end(watch, jobs.FAILED, reason, {"status": status}, FAILED_EVENT)
+    return _end(watch, JobStatus.FAILED, reason, {"status": status}, FAILED_EVENT)
 
 
 def _time_out(watch: Watch, instance: Instance, client: NovitaClient) -> None:
@@ -232,32 +267,36 @@ def _time_out(watch: Watch, instance: Instance, client: NovitaClient) -> None:
     reason = f"timed out: not {watch.goal.done} after {watch.timeout:g} s (last Novita status: {last})"
     if watch.action != CREATE:
         status = records.settled_status(instance.novita_status, watch.goal.in_flight)
-        return _end(watch, jobs.FAILED, reason, {"status": status}, FAILED_EVENT)
+        return _end(watch, JobStatus.FAILED, reason, {"status": status}, FAILED_EVENT)
     if current_app.config["GPUJOBS_DELETE_ON_TIMEOUT"]:
-        return _give_up(watch, instance, client, jobs.FAILED, reason)
+        return _give_up(watch, instance, client, JobStatus.FAILED, reason)
     return _end(
-        watch, jobs.FAILED, f"{reason}; the instance was kept", {"status": records.FAILED}, FAILED_EVENT
+        watch,
+        JobStatus.FAILED,
+        f"{reason}; the instance was kept",
+        {"status": InstanceStatus.FAILED},
+        FAILED_EVENT,
     )
 
 
 def _cancel(watch: Watch, instance: Instance, client: NovitaClient) -> None:
     if watch.action == CREATE:
-        return _give_up(watch, instance, client, jobs.CANCELLED, "cancelled on request")
+        return _give_up(watch, instance, client, JobStatus.CANCELLED, "cancelled on request")
     status = records.settled_status(instance.novita_status, watch.goal.in_flight)
-    return _end(watch, jobs.CANCELLED, "cancelled on request", {"status": status})
+    return _end(watch, JobStatus.CANCELLED, "cancelled on request", {"status": status})
 
 
 def _give_up(
-    watch: Watch, instance: Instance, client: NovitaClient, outcome: str, reason: str | None
+    watch: Watch, instance: Instance, client: NovitaClient, outcome: JobStatus, reason: str | None
 ) -> None:
     """End a provisioning that will not be used: delete its instance first, so it stops billing."""
     _delete(client, instance)
-    event = FAILED_EVENT if outcome == jobs.FAILED else None
-    _end(watch, outcome, f"{reason}; the instance was deleted", {"status": records.DELETING}, event)
+    event = FAILED_EVENT if outcome == JobStatus.FAILED else None
+    _end(watch, outcome, f"{reason}; the instance was deleted", {"status": InstanceStatus.DELETING}, event)
 
 
 def _end(
-    watch: Watch, outcome: str, error: str | None, row_values: dict[str, Any], event: str | None = None
+    watch: Watch, outcome: JobStatus, error: str | None, row_values: dict[str, Any], event: str | None = None
 ) -> None:
     """End the job (fenced), update its instance, record the webhook events; commit, then publish.
 
@@ -266,7 +305,7 @@ def _end(
     claim a success it can no longer vouch for (it fails, saying who has the instance now) and sends no
     instance event; a failure or cancellation keeps its reason.
     """
-    if outcome != jobs.SUCCEEDED:
+    if outcome != JobStatus.SUCCEEDED:
         row_values = {**row_values, "error": error}
     moved = records.transition(
         watch.instance_id, (watch.goal.in_flight,), records.owned_by(watch.job_id), **row_values
@@ -274,11 +313,11 @@ def _end(
     instance = db.session.get(Instance, watch.instance_id, populate_existing=True)
     if not moved:
         event = None
-        if outcome == jobs.SUCCEEDED:
-            outcome, error = jobs.FAILED, _taken_over(watch, instance)
-    if outcome == jobs.SUCCEEDED:
+        if outcome == JobStatus.SUCCEEDED:
+            outcome, error = JobStatus.FAILED, _taken_over(watch, instance)
+    if outcome == JobStatus.SUCCEEDED:
         ended = jobs.succeed(watch.job_id, watch.attempt, {"instance": resources.Instance.json_of(instance)})
-    elif outcome == jobs.CANCELLED:
+    elif outcome == JobStatus.CANCELLED:
         ended = jobs.cancel_running(watch.job_id, watch.attempt, error or "cancelled")
     else:
         failed = jobs.fail_attempt(

@@ -30,11 +30,12 @@ from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import NovitaClient, NovitaNotFoundError, spec
 from gpujobs.provisioning import records, snapshot
 from gpujobs.provisioning.novita_client import novita_client
+from gpujobs.states import INSTANCE_ENDED, InstanceStatus
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "gpujobs.sweep.reconcile"
-STEADY = (records.RUNNING, records.STOPPED)
+STEADY = (InstanceStatus.RUNNING, InstanceStatus.STOPPED)
 LOST_REASON = "Novita no longer has this instance"
 SETTLE_REASON = "its job ended before the instance settled"
 
@@ -49,7 +50,7 @@ def reconcile() -> dict[str, Any]:
         rows = db.session.scalars(
             select(Instance).where(
                 or_(
-                    Instance.status.notin_((records.DELETED, records.LOST, records.FAILED)),
+                    Instance.status.notin_(INSTANCE_ENDED),
                     Instance.novita_id.in_(list(listed)),
                     Instance.name.in_([item.name for item in listed.values()]),
                 )
@@ -154,9 +155,13 @@ def _record_deleted(unrecorded: list[tuple[Instance, str]]) -> None:
     """
     for row, novita_id in unrecorded:
         records.transition(
-            row.id, (row.status,), records.owned_by(row.job_id), Instance.novita_id.is_(None),
-            novita_id=novita_id, status=records.DELETING,
-        )  # fmt: skip
+            row.id,
+            (row.status,),
+            records.owned_by(row.job_id),
+            Instance.novita_id.is_(None),
+            novita_id=novita_id,
+            status=InstanceStatus.DELETING,
+        )
 
 
 def _write(rows: list[Instance], views: dict[uuid.UUID, NovitaInstance | None]) -> dict[str, Any]:
@@ -186,15 +191,15 @@ def _settle(row: Instance, novita_status: str | None) -> str | None:
     """Bring one quiet row in line with Novita; returns "lost", "settled" or None (nothing to do)."""
     gone = novita_status in spec.GONE_STATUSES
     if row.status in STEADY:
-        target = records.LOST if gone else records.settled_status(novita_status, row.status)
-        if target not in (*STEADY, records.LOST) or target == row.status:
+        target = InstanceStatus.LOST if gone else records.settled_status(novita_status, row.status)
+        if target not in (*STEADY, InstanceStatus.LOST) or target == row.status:
             return None  # mid-change at Novita (e.g. being removed): look again next time
-        error = LOST_REASON if target == records.LOST else row.error
+        error = LOST_REASON if target == InstanceStatus.LOST else row.error
         if not records.transition(row.id, (row.status,), status=target, error=error):
             return None
-        return "lost" if target == records.LOST else "settled"
-    if row.status == records.DELETING:
-        if gone and records.transition(row.id, (row.status,), status=records.DELETED):
+        return "lost" if target == InstanceStatus.LOST else "settled"
+    if row.status == InstanceStatus.DELETING:
+        if gone and records.transition(row.id, (row.status,), status=InstanceStatus.DELETED):
             return "settled"
         return None
     return "settled" if records.settle(row, SETTLE_REASON, novita_status) else None

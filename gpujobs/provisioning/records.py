@@ -20,21 +20,36 @@ from gpujobs import jobs
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.novita import spec
+from gpujobs.states import JOB_ACTIVE, JOB_LIVE, JOB_TERMINAL, InstanceStatus
 
 log = logging.getLogger(__name__)
 
-REQUESTED, CREATING, RUNNING = "requested", "creating", "running"
-STOPPING, STOPPED, STARTING = "stopping", "stopped", "starting"
-DELETING, DELETED, FAILED, LOST = "deleting", "deleted", "failed", "lost"
-STATUSES = (REQUESTED, CREATING, RUNNING, STOPPING, STOPPED, STARTING, DELETING, DELETED, FAILED, LOST)
 # An instance in these is ours to keep at Novita; any other Novita instance with our prefix is a leak.
-WANTED = (REQUESTED, CREATING, RUNNING, STOPPING, STOPPED, STARTING, FAILED)
+WANTED = (
+    InstanceStatus.REQUESTED,
+    InstanceStatus.CREATING,
+    InstanceStatus.RUNNING,
+    InstanceStatus.STOPPING,
+    InstanceStatus.STOPPED,
+    InstanceStatus.STARTING,
+    InstanceStatus.FAILED,
+)
 # Someone (a job) is changing the instance; when no live job does, the reconcile sweep settles it.
-IN_FLIGHT = (REQUESTED, CREATING, STARTING, STOPPING)
+IN_FLIGHT = (
+    InstanceStatus.REQUESTED,
+    InstanceStatus.CREATING,
+    InstanceStatus.STARTING,
+    InstanceStatus.STOPPING,
+)
 # A create step may (re)claim its row from these: a first run, a rerun, or a redrive of a failed job.
-CREATABLE = (REQUESTED, CREATING, FAILED, DELETING, DELETED, LOST)
-
-LIVE_JOB_STATUSES = (jobs.QUEUED, jobs.RUNNING, jobs.RETRYING, jobs.CANCELLING)
+CREATABLE = (
+    InstanceStatus.REQUESTED,
+    InstanceStatus.CREATING,
+    InstanceStatus.FAILED,
+    InstanceStatus.DELETING,
+    InstanceStatus.DELETED,
+    InstanceStatus.LOST,
+)
 
 # Instance ids are derived from job ids, so the API can answer with one before a worker ran.
 _INSTANCE_ID_NAMESPACE = uuid.UUID("2f6f0c55-6f5e-4d36-9d0a-8f3c1b7e4a10")
@@ -79,12 +94,19 @@ def ensure_row(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) 
     db.session.execute(
         insert(Instance)
         .values(
-            id=instance_id, tenant_id=tenant_id, job_id=job_id, name=instance_name(job_id), status=REQUESTED,
-            label=params.get("name"), product_name=params["productName"], region=params.get("region"),
-            gpu_num=params.get("gpuNum"), endpoints={},
+            id=instance_id,
+            tenant_id=tenant_id,
+            job_id=job_id,
+            name=instance_name(job_id),
+            status=InstanceStatus.REQUESTED,
+            label=params.get("name"),
+            product_name=params["productName"],
+            region=params.get("region"),
+            gpu_num=params.get("gpuNum"),
+            endpoints={},
         )
         .on_conflict_do_nothing()
-    )  # fmt: skip
+    )
     return db.session.get(Instance, instance_id, populate_existing=True)
 
 
@@ -118,7 +140,7 @@ def run_holds(job_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
     A run that was paused past its lease and rescued wakes up holding a stale attempt; its writes must
     change nothing (above all, it must not claim the row and create a second instance).
     """
-    return exists().where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(jobs.ACTIVE))
+    return exists().where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE))
 
 
 def mirror(instance_id: uuid.UUID, novita_status: str) -> None:
@@ -133,13 +155,13 @@ def mirror(instance_id: uuid.UUID, novita_status: str) -> None:
 def settled_status(novita_status: str | None, fallback: str) -> str:
     """The row status a Novita status amounts to, or `fallback` while Novita is mid-change."""
     if novita_status in spec.READY_STATUSES:
-        return RUNNING
+        return InstanceStatus.RUNNING
     if novita_status in spec.STOPPED_STATUSES:
-        return STOPPED
+        return InstanceStatus.STOPPED
     if novita_status in spec.GONE_STATUSES:
-        return DELETED
+        return InstanceStatus.DELETED
     if novita_status in spec.REMOVAL_STATUSES:
-        return DELETING
+        return InstanceStatus.DELETING
     return fallback
 
 
@@ -152,10 +174,11 @@ def settle(instance: Instance, reason: str | None, novita_status: str | None) ->
     """
     if instance.status not in IN_FLIGHT:
         return False
-    if instance.status in (REQUESTED, CREATING):
-        status = DELETING if instance.novita_id else FAILED
+    status: str
+    if instance.status in (InstanceStatus.REQUESTED, InstanceStatus.CREATING):
+        status = InstanceStatus.DELETING if instance.novita_id else InstanceStatus.FAILED
     else:
-        status = settled_status(novita_status, instance.status if novita_status else FAILED)
+        status = settled_status(novita_status, instance.status if novita_status else InstanceStatus.FAILED)
     if status == instance.status:
         return False
     return transition(instance.id, (instance.status,), owned_by(instance.job_id), status=status, error=reason)
@@ -171,7 +194,7 @@ def settle_after_job(job_id: uuid.UUID, instance_id: uuid.UUID) -> None:
     """
     job = db.session.get(Job, job_id, populate_existing=True)
     instance = db.session.get(Instance, instance_id, populate_existing=True)
-    if job is None or instance is None or job.status not in jobs.TERMINAL:
+    if job is None or instance is None or job.status not in JOB_TERMINAL:
         return
     if instance.job_id != job.id or instance.tenant_id != job.tenant_id:
         return
@@ -182,6 +205,4 @@ def live_jobs(job_ids: set[uuid.UUID]) -> set[uuid.UUID]:
     """Which of these jobs are still queued, running, retrying or cancelling."""
     if not job_ids:
         return set()
-    return set(
-        db.session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(LIVE_JOB_STATUSES)))
-    )
+    return set(db.session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(JOB_LIVE))))

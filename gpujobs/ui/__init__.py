@@ -8,12 +8,15 @@ every page shows that tenant's rows only, through the same tenant-scoped lookups
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, render_template
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 
 from gpujobs.api.errors import ANSWERED, problem_of
 from gpujobs.exceptions import GpuJobsError
+from gpujobs.states import JobStatus
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
 
@@ -22,6 +25,12 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+
+
+@bp.context_processor
+def _states() -> dict[str, Any]:
+    """``JobStatus`` in every dashboard template, so a template compares with a member, not a word."""
+    return {"JobStatus": JobStatus}
 
 
 @bp.record_once

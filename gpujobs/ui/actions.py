@@ -19,6 +19,7 @@ from gpujobs.api.dlq import Redrive, tenant_letter
 from gpujobs.api.jobs import tenant_job
 from gpujobs.exceptions import Conflict
 from gpujobs.provisioning import actions as instance_actions
+from gpujobs.states import JobStatus
 from gpujobs.ui import bp
 from gpujobs.ui.signin import dashboard_path
 
@@ -40,9 +41,9 @@ def cancel_job(job_id: str) -> Response:
     """Cancel a job: queued ones at once, running ones at their next check."""
     job = tenant_job(job_id)
     status = operations.cancel(job.id, g.tenant.id)
-    if status == "cancelling":
+    if status == JobStatus.CANCELLING:
         flash("Cancellation requested: the job stops at its next check.")
-    elif status == "cancelled":
+    elif status == JobStatus.CANCELLED:
         flash("Job cancelled.")
     else:
         flash(f"Nothing to cancel: the job is {status}.", "error")

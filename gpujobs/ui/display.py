@@ -16,14 +16,14 @@ from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 from gpujobs import resources
 from gpujobs.models import Instance, Job, JobEvent, WebhookDelivery
 from gpujobs.novita.spec import REMOVAL_STATUSES
-from gpujobs.provisioning import records
+from gpujobs.states import DeliveryStatus, InstanceStatus
 from gpujobs.ui import bp
 
 MASK = "••••"
 SECRET_NAME = re.compile(r"pass(word)?|secret|token|api[_-]?key|auth|credential|private", re.IGNORECASE)
 # A row we finished deleting: if Novita still shows the instance, it has leaked. (Failed rows are
 # kept on purpose when GPUJOBS_DELETE_ON_TIMEOUT=0, see records.WANTED, so they are not leaks.)
-UNWANTED_INSTANCE_STATUSES = frozenset({records.DELETED})
+UNWANTED_INSTANCE_STATUSES = frozenset({InstanceStatus.DELETED})
 PREVIEW_CHARS = 90
 
 
@@ -94,7 +94,7 @@ def instance_view(instance: Instance, now: datetime) -> dict[str, Any]:
 
 def instance_flag(instance: Instance) -> str | None:
     """``lost`` (we think it exists, Novita does not) or ``leaked`` (Novita has one we gave up on)."""
-    if instance.status == "lost":
+    if instance.status == InstanceStatus.LOST:
         return "lost"
     novita = instance.novita_status
     if instance.status in UNWANTED_INSTANCE_STATUSES and novita and novita not in REMOVAL_STATUSES:
@@ -107,7 +107,7 @@ def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
     view = resources.Delivery.json_of(delivery)
     view["url"] = mask_url(view["url"])
     view["created"] = delivery.created_at
-    view["nextAttempt"] = delivery.next_attempt_at if delivery.status == "pending" else None
+    view["nextAttempt"] = delivery.next_attempt_at if delivery.status == DeliveryStatus.PENDING else None
     return view
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from gpujobs import broker, stats
 from gpujobs.extensions import db
 from gpujobs.models import JobHourly
+from gpujobs.states import DeliveryStatus, JobStatus
 
 GPU_DEFINITION_PREFIX = "gpu.instance."
 # Chart geometry in SVG user units; the template draws exactly what ``chart`` computes.
@@ -25,7 +26,7 @@ CHART_WIDTH, CHART_HEIGHT, CHART_TOP, CHART_BOTTOM = 720, 190, 22, 24
 BAR_GAP = 4
 LABEL_EVERY_HOURS = 6
 # Stacked from the bottom in this order, named after job statuses (the CSS colours them so).
-CHART_SERIES = ("succeeded", "failed", "cancelled")
+CHART_SERIES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,14 @@ def overview(tenant_id: uuid.UUID) -> dict[str, Any]:
     """Everything the overview page shows, for one tenant."""
     counts = stats.stats(tenant_id)
     deliveries = counts["webhookDeliveries"]
-    finished_deliveries = deliveries["succeeded"] + deliveries["failed"] + deliveries["disabled"]
+    undelivered = deliveries[DeliveryStatus.FAILED] + deliveries[DeliveryStatus.DISABLED]
+    finished_deliveries = deliveries[DeliveryStatus.SUCCEEDED] + undelivered
     hourly = stats.throughput(tenant_id, stats.WINDOW_HOURS)["data"]
     return {
         "counts": counts["byStatus"],
         "chart": chart(hourly),
         "gpu_rate": gpu_failure_rate(tenant_id),
-        "webhook_rate": Rate(deliveries["failed"] + deliveries["disabled"], finished_deliveries),
+        "webhook_rate": Rate(undelivered, finished_deliveries),
         "queues": broker.queue_depths(),
     }
 
@@ -77,7 +79,7 @@ def gpu_failure_rate(tenant_id: uuid.UUID) -> Rate:
 def chart(hourly: list[dict[str, Any]]) -> dict[str, Any]:
     """Stacked bars for ``stats.throughput``'s hours (oldest first), the busiest hour filling the plot."""
     buckets = [
-        {"succeeded": h["completed"], "failed": h["failed"], "cancelled": h["cancelled"]} for h in hourly
+        dict(zip(CHART_SERIES, (h["completed"], h["failed"], h["cancelled"]), strict=True)) for h in hourly
     ]
     totals = [sum(bucket.values()) for bucket in buckets]
     scale = (CHART_HEIGHT - CHART_TOP - CHART_BOTTOM) / (max(totals, default=0) or 1)
@@ -99,6 +101,12 @@ def chart(hourly: list[dict[str, Any]]) -> dict[str, Any]:
         if index % LABEL_EVERY_HOURS == 0 or index == len(buckets) - 1:
             labels.append({"x": round(x + (slot - BAR_GAP) / 2, 2), "text": f"{start:%H}:00"})
     return {
-        "width": CHART_WIDTH, "height": CHART_HEIGHT, "baseline": baseline, "bars": bars, "labels": labels,
-        "tallest": max(totals, default=0), "total": sum(totals), "series": CHART_SERIES,
-    }  # fmt: skip
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "baseline": baseline,
+        "bars": bars,
+        "labels": labels,
+        "tallest": max(totals, default=0),
+        "total": sum(totals),
+        "series": CHART_SERIES,
+    }

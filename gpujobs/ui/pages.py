@@ -19,23 +19,23 @@ from gpujobs.api.jobs import MAX_EVENTS_PER_PAGE, JobListQuery, jobs_query, tena
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
-from gpujobs.jobs import CANCELLED, FAILED, QUEUED, RETRYING, RUNNING, STATUSES, TERMINAL
 from gpujobs.models import DeadLetter, Instance, Job, JobEvent, WebhookDelivery
 from gpujobs.provisioning.actions import ALLOWED_FROM
 from gpujobs.registry import all_definitions
+from gpujobs.states import JOB_TERMINAL, DeliveryStatus, JobStatus
 from gpujobs.ui import bp, figures
 from gpujobs.ui.display import delivery_view, event_view, instance_view, job_view, mask_secrets, preview
 
 Query = TypeVar("Query", bound=PageQuery)
-CANCELLABLE = (QUEUED, RETRYING, RUNNING)
+CANCELLABLE = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)
 RECENT_FAILURES = 5
 # Event types that close an attempt, and what they mean for it.
 ATTEMPT_ENDS = {
-    "job.succeeded": "succeeded",
-    "job.failed": FAILED,
+    "job.succeeded": JobStatus.SUCCEEDED,
+    "job.failed": JobStatus.FAILED,
     "job.retrying": "failed, retried",
     "job.rescued": "worker lost, requeued",
-    "job.cancelled": CANCELLED,
+    "job.cancelled": JobStatus.CANCELLED,
 }
 
 
@@ -62,7 +62,7 @@ def overview() -> str:
     """Counts by status, 24-hour throughput, error rates, queue depths, the latest failures."""
     failures = db.session.scalars(
         select(Job)
-        .where(Job.tenant_id == g.tenant.id, Job.status == FAILED)
+        .where(Job.tenant_id == g.tenant.id, Job.status == JobStatus.FAILED)
         .order_by(Job.created_at.desc(), Job.id.desc())
         .limit(RECENT_FAILURES)
     )
@@ -84,7 +84,7 @@ def jobs() -> str:
         jobs=[job_view(job) for job in listing["items"]],
         next_cursor=listing["nextCursor"],
         filters=args,
-        statuses=STATUSES,
+        statuses=list(JobStatus),
         definition_keys=_definition_keys(),
         refresh=True,
     )
@@ -121,7 +121,8 @@ def job(job_id: str) -> str:
         instance=instance_view(instance, datetime.now(UTC)) if instance else None,
         cancellable=row.status in CANCELLABLE,
         # Refresh while anything can still change: the job, or a webhook delivery being retried.
-        refresh=row.status not in TERMINAL or any(d["status"] == "pending" for d in deliveries),
+        refresh=row.status not in JOB_TERMINAL
+        or any(d["status"] == DeliveryStatus.PENDING for d in deliveries),
     )
 
 
@@ -131,7 +132,9 @@ def attempts(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for event in timeline:
         if event["attempt"] < 1:
             continue
-        attempt = by_number.setdefault(event["attempt"], {"number": event["attempt"], "outcome": "running"})
+        attempt = by_number.setdefault(
+            event["attempt"], {"number": event["attempt"], "outcome": JobStatus.RUNNING}
+        )
         if event["type"] == "job.started":
             attempt["started"] = event["at"]
         elif event["type"] in ATTEMPT_ENDS and "ended" not in attempt:

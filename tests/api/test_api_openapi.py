@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from gpujobs import resources
 from gpujobs.api import schemas
 from gpujobs.api.openapi import undocumented_routes
-from gpujobs.jobs import STATUSES
+from gpujobs.states import JobStatus
 
 
 def conforms(response, model: type[BaseModel]) -> None:
@@ -37,9 +37,8 @@ def test_the_document_describes_auth_errors_parameters_and_idempotency(app, clie
     problem = submit["responses"]["422"]["content"]["application/problem+json"]["schema"]
     assert problem == {"$ref": "#/components/schemas/Problem"}
     listing = {p["name"]: p for p in paths["/v1/jobs"]["get"]["parameters"]}
-    assert (
-        listing["status"]["schema"]["enum"] == list(STATUSES) and listing["limit"]["schema"]["maximum"] == 200
-    )
+    assert listing["status"]["schema"]["enum"] == list(JobStatus)
+    assert listing["limit"]["schema"]["maximum"] == 200
     job = paths["/v1/jobs/{job_id}"]["get"]
     uuid_schema = {"type": "string", "format": "uuid"}
     assert job["parameters"][0] == {"name": "job_id", "in": "path", "required": True, "schema": uuid_schema}

@@ -18,7 +18,7 @@ from test_video import _ffmpeg_pids_writing_to, _make_video
 
 from gpujobs.definitions import video
 from gpujobs.extensions import db
-from gpujobs.jobs import TERMINAL
+from gpujobs.states import JOB_TERMINAL as TERMINAL
 from gpujobs.sweeps import dispatch_due, rescue_stuck
 
 

@@ -116,10 +116,11 @@ def run_chain(
     `create.submit` (e.g. `webhook_url`).
     """
     from gpujobs import runner
+    from gpujobs.operations import JobOptions
     from gpujobs.provisioning import create
 
     with app.app_context():
-        job, instance = create.submit(uuid.UUID(tenant_id), params, **options)
+        job, instance = create.submit(uuid.UUID(tenant_id), params, JobOptions(**options))
         ids = str(job.id), str(instance.id)
         runner.run_job(job.id)
         db.session.remove()

@@ -101,7 +101,7 @@ def test_an_instance_whose_create_answer_was_lost_and_whose_job_then_failed_is_d
 ):
     sim.inject(lose_next_creates=1)
     with app.app_context():  # one attempt only: the lost answer fails the job, the row never learns the id
-        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, max_attempts=1)
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, operations.JobOptions(max_attempts=1))
         job_id, instance_id = job.id, str(instance.id)
         assert runner.run_job(job_id) == "failed"
         db.session.remove()

@@ -25,8 +25,10 @@ from gpujobs import dispatch, jobs, runner
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, WebhookDelivery
+from gpujobs.operations import JobOptions
 from gpujobs.provisioning import create, records
 from gpujobs.registry import get_definition
+from gpujobs.states import InstanceStatus
 
 HOOK_URL = "http://127.0.0.1:9/hooks"  # never called here: deliveries are only recorded and queued
 
@@ -40,7 +42,7 @@ def sim_options():
 def created_and_handed_off(app, tenant, **options) -> tuple[str, str]:
     """Submit a create job and run its create step here; returns (job id, instance id)."""
     with app.app_context():
-        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, **options)
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, JobOptions(**options))
         ids = str(job.id), str(instance.id)
         assert runner.run_job(job.id) == "running"
         db.session.remove()
@@ -126,7 +128,7 @@ def test_a_run_that_lost_its_job_while_creating_leaves_the_row_to_the_rerun(app,
     with app.app_context():
         job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
         claim = jobs.claim(job.id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
-        records.transition(instance.id, records.CREATABLE, status=records.CREATING)
+        records.transition(instance.id, records.CREATABLE, status=InstanceStatus.CREATING)
         db.session.commit()  # as the create step's claim does before it calls Novita
         stale = SimpleNamespace(job_id=str(job.id), attempt=claim.attempt - 1)  # as after a rescue and rerun
         with pytest.raises(PermanentError, match="no longer holds"):
@@ -165,13 +167,15 @@ def test_only_the_run_that_holds_the_job_may_claim_its_instance_row(app, tenant,
         job_id, instance_id = job.id, instance.id
         take = records.run_holds(job_id, 1), records.owned_by(job_id)
         # Still queued: no run holds it.
-        assert not records.transition(instance_id, records.CREATABLE, *take, status=records.CREATING)
+        assert not records.transition(instance_id, records.CREATABLE, *take, status=InstanceStatus.CREATING)
         jobs.claim(job_id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
         stale = records.run_holds(job_id, 2), records.owned_by(job_id)
-        assert not records.transition(instance_id, records.CREATABLE, *stale, status=records.CREATING)
+        assert not records.transition(instance_id, records.CREATABLE, *stale, status=InstanceStatus.CREATING)
         other_job = records.run_holds(job_id, 1), records.owned_by(uuid.uuid4())
-        assert not records.transition(instance_id, records.CREATABLE, *other_job, status=records.CREATING)
-        assert records.transition(instance_id, records.CREATABLE, *take, status=records.CREATING)
+        assert not records.transition(
+            instance_id, records.CREATABLE, *other_job, status=InstanceStatus.CREATING
+        )
+        assert records.transition(instance_id, records.CREATABLE, *take, status=InstanceStatus.CREATING)
         db.session.rollback()
 
 

@@ -213,7 +213,9 @@ def submit_job(app: Flask) -> Callable[..., uuid.UUID]:
         tenant: dict[str, str], key: str, params: dict[str, Any] | None = None, **options: Any
     ) -> uuid.UUID:
         with app.app_context():
-            job = operations.submit(uuid.UUID(tenant["id"]), key, 1, params or {}, **options)
+            job = operations.submit(
+                uuid.UUID(tenant["id"]), key, 1, params or {}, operations.JobOptions(**options)
+            )
             job_id = job.id
             db.session.remove()
         return job_id
