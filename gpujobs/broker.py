@@ -8,8 +8,11 @@ one server (``redis://``, ``rediss://``) or a Sentinel deployment the way Celery
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
+import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -133,3 +136,38 @@ def queue_depths() -> dict[str, int] | None:
     steps = len(PRIORITY_STEPS)
     return {queue: sum(lengths[i * steps : (i + 1) * steps]) for i, queue in enumerate(queues)}
 
+
+def oldest_waiting_jobs(queues: tuple[str, ...]) -> dict[str, uuid.UUID | None] | None:
+    """Per job queue, the job id in its oldest waiting message (None: the queue is empty), or None if
+    Redis does not answer. A queue whose oldest message is not a job's is left out.
+
+    kombu pushes on the left and workers pop on the right, so the oldest message is the list's last
+    item; job messages carry no message priority, so they all sit in the queue's base list.
+    """
+    try:
+        with redis_client().pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.lindex(queue, -1)
+            oldest = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("queue heads unavailable (%s)", type(exc).__name__)
+        return None
+    heads: dict[str, uuid.UUID | None] = {}
+    for queue, raw in zip(queues, oldest, strict=True):
+        job_id = None if raw is None else job_id_of_message(raw)
+        if raw is None or job_id is not None:
+            heads[queue] = job_id
+    return heads
+
+
+def job_id_of_message(raw: bytes) -> uuid.UUID | None:
+    """The job id a ``run_job`` message in a Redis queue carries, or None if it carries none."""
+    try:
+        payload = json.loads(raw)
+        body = payload["body"]
+        if payload["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return uuid.UUID(args[0])
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None

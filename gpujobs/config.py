@@ -115,6 +115,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUJOBS_LOG_LEVEL", "INFO", str.upper, "Log level of every process."),
     Setting("GPUJOBS_LEASE_SECONDS", "60", _positive_int, "A running job's lease; expired ones are rescued."),
     Setting("GPUJOBS_SWEEP_INTERVAL_SECONDS", "5", _positive_float, "How often beat runs the fast sweeps."),
+    Setting(
+        "GPUJOBS_REPUBLISH_AFTER_SECONDS",
+        "10",
+        _positive_float,
+        "A queued job published this long ago whose message should have been taken (its queue is "
+        "empty, or holds only later messages) is published again.",
+    ),
     Setting("GPUJOBS_RETENTION_HOURS", "24", _positive_float, "Finished jobs and events older are deleted."),
     Setting(
         "GPUJOBS_CLEANUP_BATCH_SIZE",

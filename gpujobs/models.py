@@ -112,8 +112,11 @@ class Job(db.Model):
             text("created_at DESC"),
             text("id DESC"),
         ),
-        # The dispatch sweep: queued jobs whose message may never have gone out.
-        Index("ix_jobs_unpublished", "queued_at", postgresql_where=text("status = 'queued'")),
+        # The dispatch sweep: queued jobs never published, or published before the oldest message
+        # still waiting in their priority's queue (their message was lost; migration e5).
+        Index(
+            "ix_jobs_queued_published", "priority", "published_at", postgresql_where=text("status = 'queued'")
+        ),
         Index("ix_jobs_retry_due", "next_retry_at", postgresql_where=text("status = 'retrying'")),
         Index(
             "ix_jobs_lease",
