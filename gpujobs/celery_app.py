@@ -6,6 +6,7 @@ from celery import Celery, Task
 from flask import Flask
 
 from gpujobs import celery_settings
+from gpujobs.broker import celery_broker_settings
 from gpujobs.reconnect import patch_redis_transport
 
 # Every module that defines tasks; a worker imports them all at start.
@@ -13,7 +14,7 @@ TASK_MODULES = ["gpujobs.tasks", "gpujobs.provisioning.tasks"]
 
 
 def celery_init_app(app: Flask) -> Celery:
-    """Create the Celery app for ``app`` from ``gpujobs.celery_settings`` and the broker URL."""
+    """Create the Celery app for ``app`` from ``gpujobs.celery_settings`` and ``REDIS_URL``."""
 
     class FlaskTask(Task):
         def __call__(self, *args: object, **kwargs: object) -> object:
@@ -24,7 +25,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
     celery.config_from_object(celery_settings)
     if app.config.get("REDIS_URL"):
-        celery.conf.broker_url = app.config["REDIS_URL"]
+        celery.conf.update(celery_broker_settings(app.config, celery_settings.broker_transport_options))
     celery.set_default()
     app.extensions["celery"] = celery
     return celery

@@ -78,7 +78,31 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", None, str, "PostgreSQL URL. Unset: the embedded server that `make run` started."),
-    Setting("REDIS_URL", None, str, "Redis URL (Celery broker). Unset: the embedded server of `make run`."),
+    Setting(
+        "REDIS_URL",
+        None,
+        str,
+        "Redis URL (Celery broker): `redis://`, `rediss://`, or Sentinel nodes "
+        "`sentinel://h1:26379;sentinel://h2:26379`. Unset: the embedded server of `make run`.",
+    ),
+    Setting(
+        "GPUJOBS_REDIS_SENTINEL_MASTER",
+        "mymaster",
+        str,
+        "Name of the master the Sentinels watch (when `REDIS_URL` lists `sentinel://` nodes).",
+    ),
+    Setting(
+        "GPUJOBS_REDIS_PASSWORD",
+        None,
+        str,
+        "Password of the Redis server (with Sentinel: of the master and replicas) when the URL holds none.",
+    ),
+    Setting(
+        "GPUJOBS_REDIS_SENTINEL_PASSWORD",
+        None,
+        str,
+        "Password of the Sentinel nodes themselves (their `requirepass`), if they have one.",
+    ),
     Setting("NOVITA_API_KEY", None, str, "Novita API key. Unset in `make run`: the simulator is used."),
     Setting("NOVITA_BASE_URL", NOVITA_DEFAULT_BASE_URL, str, "Novita GPU instance API base URL."),
     Setting(
@@ -92,6 +116,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUJOBS_LOG_LEVEL", "INFO", str.upper, "Log level of every process."),
     Setting("GPUJOBS_LEASE_SECONDS", "60", _positive_int, "A running job's lease; expired ones are rescued."),
     Setting("GPUJOBS_SWEEP_INTERVAL_SECONDS", "5", _positive_float, "How often beat runs the fast sweeps."),
+    Setting(
+        "GPUJOBS_REPUBLISH_AFTER_SECONDS",
+        "10",
+        _positive_float,
+        "A queued job published this long ago whose message should have been taken (its queue is "
+        "empty, or holds only later messages) is published again.",
+    ),
     Setting("GPUJOBS_RETENTION_HOURS", "24", _positive_float, "Finished jobs and events older are deleted."),
     Setting(
         "GPUJOBS_CLEANUP_BATCH_SIZE",

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import redis
 from flask import Blueprint, current_app
 from sqlalchemy import text
 
+from gpujobs.broker import connect_redis
 from gpujobs.extensions import db
 
 bp = Blueprint("health", __name__)
@@ -38,11 +38,7 @@ def _check_postgres() -> str:
 
 def _check_redis() -> str:
     try:
-        client = redis.Redis.from_url(
-            current_app.config["REDIS_URL"],
-            socket_connect_timeout=REDIS_PROBE_TIMEOUT_SECONDS,
-            socket_timeout=REDIS_PROBE_TIMEOUT_SECONDS,
-        )
+        client = connect_redis(current_app.config, REDIS_PROBE_TIMEOUT_SECONDS)
         try:
             client.ping()
         finally:

@@ -121,8 +121,14 @@ class Job(db.Model):
             text("created_at DESC"),
             text("id DESC"),
         ),
-        # The dispatch sweep: queued jobs whose message may never have gone out.
-        Index("ix_jobs_unpublished", "queued_at", postgresql_where=text(f"status = '{JobStatus.QUEUED}'")),
+        # The dispatch sweep: queued jobs never published, or published before the oldest message
+        # still waiting in their priority's queue (their message was lost; migration e5).
+        Index(
+            "ix_jobs_queued_published",
+            "priority",
+            "published_at",
+            postgresql_where=text(f"status = '{JobStatus.QUEUED}'"),
+        ),
         Index(
             "ix_jobs_retry_due", "next_retry_at", postgresql_where=text(f"status = '{JobStatus.RETRYING}'")
         ),

@@ -8,6 +8,7 @@ logs what it did. Each is bounded per run; the next tick continues where it stop
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -23,13 +24,12 @@ from gpujobs.states import JOB_ACTIVE, JOB_TERMINAL, DeliveryStatus, JobStatus
 log = logging.getLogger(__name__)
 
 SWEEP_BATCH_SIZE = 500
-# A queued job published this long ago whose queue is empty in Redis lost its message.
-REPUBLISH_AFTER_SECONDS = 10
 IDEMPOTENCY_RETENTION_HOURS = 24
 
 
 def dispatch_due() -> int:
-    """Queue retries whose time came, and (re-)publish queued jobs with no message in Redis."""
+    """Queue retries whose time came, publish queued jobs never published, and again those whose
+    message was lost."""
     promoted = db.session.execute(
         update(Job)
         .where(Job.id.in_(_due(Job.status == JobStatus.RETRYING, Job.next_retry_at <= func.now())))
@@ -39,33 +39,71 @@ def dispatch_due() -> int:
     for job_id, attempt in promoted:
         jobs.add_event(job_id, "job.queued", attempt, {"reason": "retry due"})
     db.session.commit()
-    lost_queues = _empty_queues()
-    stale = func.now() - timedelta(seconds=REPUBLISH_AFTER_SECONDS)
-    unpublished = Job.published_at.is_(None)
-    lost = Job.priority.in_(lost_queues) & (Job.published_at < stale)
+    heads = broker.oldest_waiting_jobs(QUEUE_BY_PRIORITY)  # before any row is locked
     rows = db.session.execute(
         select(Job.id, Job.priority, Job.timeout_seconds)
-        .where(Job.status == JobStatus.QUEUED, unpublished | lost if lost_queues else unpublished)
+        .where(Job.status == JobStatus.QUEUED, Job.published_at.is_(None))
         .order_by(Job.priority.desc(), Job.queued_at)
         .limit(SWEEP_BATCH_SIZE)
         .with_for_update(skip_locked=True)
     ).all()
-    commit_and_publish(Dispatch(*row) for row in rows)
-    if promoted or rows:
-        log.info("dispatch sweep: %d retries due, %d jobs published", len(promoted), len(rows))
-    return len(rows)
+    lost = [] if heads is None else _lost_messages(heads)  # Redis away: nothing can be published now
+    commit_and_publish(Dispatch(*row) for row in (*rows, *lost))
+    if promoted or rows or lost:
+        log.info(
+            "dispatch sweep: %d retries due, %d jobs published, %d lost messages sent again",
+            len(promoted),
+            len(rows),
+            len(lost),
+        )
+    return len(rows) + len(lost)
 
 
 def _due(*conditions: object) -> object:
     return select(Job.id).where(*conditions).limit(SWEEP_BATCH_SIZE).with_for_update(skip_locked=True)
 
 
-def _empty_queues() -> list[int]:
-    """Priority levels whose Redis queue holds no message (so queued jobs there lost theirs)."""
-    depths = broker.queue_depths()
-    if depths is None:  # Redis away: nothing can be published now anyway
-        return []
-    return [level for level, queue in enumerate(QUEUE_BY_PRIORITY) if depths[queue] == 0]
+def _lost_messages(heads: dict[str, uuid.UUID | None]) -> list[Any]:
+    """Queued jobs whose message should have been taken by now, so was lost (Redis flushed, a
+    failover that dropped the last writes, a deleted message), even while their queue is busy.
+
+    Each priority queue is first in, first out: a job published before the oldest message still
+    waiting in its queue (or at all, if the queue is empty) should have been taken already. One
+    published longer ago than ``GPUJOBS_REPUBLISH_AFTER_SECONDS`` and still queued lost its message
+    and is published again (which restarts its clock). The bound leaves time for a message a worker
+    just took to be claimed; a duplicate is harmless anyway, since only one claim can succeed. A job
+    waiting its turn behind others is never sent twice, however long the backlog. ``heads`` is
+    ``broker.oldest_waiting_jobs``.
+    """
+    head_ids = [job_id for job_id in heads.values() if job_id is not None]
+    published = (
+        dict(
+            db.session.execute(
+                select(Job.id, Job.published_at).where(Job.id.in_(head_ids), Job.status == JobStatus.QUEUED)
+            ).all()
+        )
+        if head_ids
+        else {}
+    )
+    stale = func.now() - timedelta(seconds=current_app.config["GPUJOBS_REPUBLISH_AFTER_SECONDS"])
+    lost: list[Any] = []
+    for level, queue in enumerate(QUEUE_BY_PRIORITY):
+        if queue not in heads:  # its oldest message is not a job's: look again next tick
+            continue
+        head = heads[queue]
+        if head is not None and published.get(head) is None:
+            continue  # a duplicate or a message being claimed right now heads the queue
+        before = [Job.published_at < stale]
+        if head is not None:
+            before.append(Job.published_at < published[head])
+        lost += db.session.execute(
+            select(Job.id, Job.priority, Job.timeout_seconds)
+            .where(Job.status == JobStatus.QUEUED, Job.priority == level, *before)
+            .order_by(Job.published_at)
+            .limit(SWEEP_BATCH_SIZE)
+            .with_for_update(skip_locked=True)
+        ).all()
+    return lost
 
 
 def rescue_stuck() -> int:

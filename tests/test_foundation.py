@@ -108,7 +108,7 @@ def test_migrations_build_the_whole_schema_on_an_empty_database(app: Flask, serv
         remaining = set(inspect(db.engine).get_table_names()) - {"alembic_version"}
         db.engine.dispose()
     assert {"jobs", "job_events", "instances", "webhook_deliveries", "dead_letters", "tenants"} <= tables
-    assert {"ix_jobs_unpublished", "ix_jobs_retry_due", "ix_jobs_lease", "ix_jobs_expirable"} <= indexes
+    assert {"ix_jobs_queued_published", "ix_jobs_retry_due", "ix_jobs_lease", "ix_jobs_expirable"} <= indexes
     assert remaining == set()
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 from bench.scale import Seed, Watch, seed, watching
 from gpujobs import schedules, stats, sweeps
+from gpujobs.dispatch import QUEUE_BY_PRIORITY
 from gpujobs.extensions import db
 
 JOBS = 2000
@@ -156,7 +157,14 @@ def test_one_job_and_its_events_are_read_by_key(client, history, captured):
 def test_the_dispatch_sweep_reads_only_due_retries_and_queued_jobs(history, captured):
     swept = captured(sweeps.dispatch_due)
     assert "ix_jobs_retry_due" in indexes(plan(only(swept, r"^UPDATE jobs SET status.*next_retry_at <=")))
-    assert "ix_jobs_unpublished" in indexes(plan(only(swept, r"^SELECT\b.*\bFOR UPDATE SKIP LOCKED")))
+    unpublished = only(swept, r"^SELECT\b.*published_at IS NULL.*\bFOR UPDATE")
+    assert "ix_jobs_queued_published" in indexes(plan(unpublished))
+    # Every queue is empty here, so each priority level is asked for jobs whose message was lost.
+    lost = [
+        statement for statement in swept if re.search(r"\bpriority = .*published_at < ", statement[0], re.S)
+    ]
+    assert len(lost) == len(QUEUE_BY_PRIORITY)
+    assert all(indexes(plan(statement)) == {"ix_jobs_queued_published"} for statement in lost)
 
 
 def test_the_rescue_sweep_reads_only_leased_jobs(history, captured):

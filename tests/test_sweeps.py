@@ -6,12 +6,14 @@ import os
 import signal
 import threading
 import uuid
+from datetime import timedelta
 
 import redis
 from helpers import wait_for
 from sqlalchemy import event, func, select, text, update
 
 from gpujobs import create_app, jobs, operations
+from gpujobs.broker import job_id_of_message
 from gpujobs.dev.embedded import free_port
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
@@ -119,6 +121,76 @@ def test_a_redis_flush_while_jobs_wait_loses_nothing(app, tenant, start_worker):
         return done == 20
 
     wait_for(all_succeeded, timeout=60)
+
+
+def submitted(tenant_id: str, count: int, key: str = "echo", params: dict | None = None) -> list[uuid.UUID]:
+    """Jobs submitted one by one, as by the API: each committed and published on its own, in order."""
+    return [
+        operations.submit(uuid.UUID(tenant_id), key, 1, params or {"message": str(i)}).id
+        for i in range(count)
+    ]
+
+
+def lose_message(app, job_id: uuid.UUID, queue: str = "normal") -> None:
+    """Delete a job's message from its Redis queue, as a flush or a failover that dropped it would."""
+    store = redis.Redis.from_url(app.config["REDIS_URL"])
+    [raw] = [raw for raw in store.lrange(queue, 0, -1) if job_id_of_message(raw) == job_id]
+    assert store.lrem(queue, 1, raw) == 1
+
+
+def test_a_message_lost_from_a_busy_queue_is_sent_again_and_a_waiting_job_is_not(app, app_context, tenant):
+    lost, *waiting = submitted(tenant["id"], 5)
+    db.session.execute(update(Job).values(published_at=Job.published_at - text("interval '1 minute'")))
+    db.session.commit()
+    assert dispatch_due() == 0  # a backlog older than the bound, every message in place: nothing sent twice
+    lose_message(app, lost)  # the oldest, next to be taken; four later ones keep the queue busy
+    assert queue_length(app) == 4
+    assert dispatch_due() == 1
+    assert queue_length(app) == 5
+    republished = db.session.scalar(select(Job.published_at).where(Job.id == lost))
+    assert republished > max(db.session.scalars(select(Job.published_at).where(Job.id.in_(waiting))))
+    assert dispatch_due() == 0  # sent again once; its clock restarted
+
+
+def test_a_lost_message_is_recovered_within_the_bound_while_a_worker_drains_the_queue(
+    app, tenant, start_worker, monkeypatch
+):
+    bound, sweep_interval = 2.0, 0.5
+    monkeypatch.setitem(app.config, "GPUJOBS_REPUBLISH_AFTER_SECONDS", bound)
+    start_worker(concurrency=1, name="drain")
+    with app.app_context():
+        [plug] = submitted(tenant["id"], 1, "test.sleep", {"seconds": 3})  # keeps the worker busy meanwhile
+        wait_for(lambda: db.session.scalar(select(Job.status).where(Job.id == plug)) == "running")
+        ids = submitted(tenant["id"], 12, "test.sleep", {"seconds": 0.5})
+        published_first = db.session.get(Job, ids[0]).published_at
+        db.session.remove()
+    lose_message(app, ids[0])
+
+    def sweep() -> tuple[int, int, object] | None:
+        with app.app_context():
+            republished = dispatch_due()
+            left = queue_length(app)
+            published_again = db.session.get(Job, ids[0]).published_at
+            db.session.remove()
+        return (republished, left, published_again) if republished else None
+
+    republished, left, published_again = wait_for(sweep, timeout=30, interval=sweep_interval)
+    assert republished == 1 and left > 1  # sent again while later messages still waited
+    assert published_again <= published_first + timedelta(seconds=bound + sweep_interval + 1.0)
+
+    def all_succeeded() -> bool:
+        with app.app_context():
+            done = db.session.scalar(select(func.count()).where(Job.id.in_(ids), Job.status == "succeeded"))
+            db.session.remove()
+        return done == len(ids)
+
+    wait_for(all_succeeded, timeout=60)
+    with app.app_context():
+        starts = db.session.scalar(
+            select(func.count()).where(JobEvent.job_id == ids[0], JobEvent.type == "job.started")
+        )
+        db.session.remove()
+    assert starts == 1
 
 
 def test_retries_become_due_and_are_queued_by_the_dispatch_sweep(app, app_context, tenant):
