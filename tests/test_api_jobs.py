@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from helpers import make_tenant
+from support.tenants import make_tenant
 
 from gpujobs import jobs
 from gpujobs.definitions import get_definition

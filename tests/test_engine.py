@@ -9,8 +9,9 @@ import uuid
 from itertools import pairwise
 
 from flask import Flask
-from helpers import wait_for
 from sqlalchemy import select
+from support.polling import wait_for
+from support.rows import event_types, job_row
 
 from gpujobs import jobs, operations, runner
 from gpujobs.definitions import get_definition
@@ -25,24 +26,6 @@ def submit(app: Flask, tenant: dict, key: str, params: dict | None = None, **opt
         job_id = job.id
         db.session.remove()
     return job_id
-
-
-def job_row(app: Flask, job_id: uuid.UUID) -> Job:
-    with app.app_context():
-        job = db.session.get(Job, job_id)
-        db.session.expunge(job)
-        db.session.remove()
-    return job
-
-
-def event_types(app: Flask, job_id: uuid.UUID) -> list[str]:
-    with app.app_context():
-        types = db.session.scalars(
-            select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
-        )
-        result = list(types)
-        db.session.remove()
-    return result
 
 
 def status_is(app: Flask, job_id: uuid.UUID, *statuses: str):

@@ -8,8 +8,8 @@ import threading
 import uuid
 
 import redis
-from helpers import wait_for
 from sqlalchemy import event, func, select, text, update
+from support.polling import wait_for
 
 from gpujobs import create_app, jobs, operations
 from gpujobs.definitions import get_definition

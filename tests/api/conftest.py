@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from helpers import make_tenant
+from support.tenants import make_tenant
 from werkzeug.serving import make_server
 
 from gpujobs import jobs, operations

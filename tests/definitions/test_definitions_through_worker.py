@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from helpers import wait_for
-from test_video import _make_video
+from support.media import make_clip
+from support.polling import wait_for
 
 from gpujobs.definitions import video
 from gpujobs.jobs import TERMINAL
@@ -112,7 +112,7 @@ def test_process_batch_reports_progress_after_each_batch(client, tenant, worker)
 
 def test_encode_video_transcodes_an_upload_to_webm(client, tenant, worker, app):
     storage = app.config["GPUJOBS_STORAGE_DIR"]
-    _make_video(video.upload_dir(storage) / "through_worker.mp4", seconds=1, size="160x120", rate=10)
+    make_clip(video.upload_dir(storage) / "through_worker.mp4", seconds=1, size="160x120", rate=10)
     params = {"inputFile": "through_worker.mp4", "format": "webm", "resolution": "720p", "quality": "low"}
     job = run_over_http(client, tenant, "encode.video", params)
     assert job["status"] == "succeeded", job["error"]

@@ -13,34 +13,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from pydantic import ValidationError
+from support.media import make_clip
 
 from gpujobs.definitions import video
 from gpujobs.exceptions import JobCancelled, PermanentError
-
-
-def _make_video(path: Path, seconds: int, size: str, rate: int) -> Path:
-    """A real clip: FFmpeg's test pattern with a sine tone, as a phone or camera upload would have."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sources = ["-f", "lavfi", "-i", f"testsrc=duration={seconds}:size={size}:rate={rate}"]
-    sources += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
-    encode = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"]
-    encode += ["-movflags", "+faststart"]  # index first, as phones write: a truncated copy still opens
-    subprocess.run(
-        [
-            video.ffmpeg_exe(),
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            *sources,
-            *encode,
-            str(path),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
 
 
 def _streams(path: Path) -> str:
@@ -73,7 +49,7 @@ def _ffmpeg_pids_writing_to(directory: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Ten seconds that take far longer than the test waits to encode at 4k/high."""
-    return _make_video(tmp_path_factory.mktemp("clips") / "long.mp4", seconds=10, size="640x480", rate=30)
+    return make_clip(tmp_path_factory.mktemp("clips") / "long.mp4", seconds=10, size="640x480", rate=30)
 
 
 @pytest.fixture
@@ -84,7 +60,7 @@ def uploads(flask_app: Flask, tmp_path: Path) -> Path:
 
 
 def test_a_clip_is_encoded_to_720p_mp4_with_progress(run_job, ctx, uploads, tmp_path):
-    _make_video(uploads / "clip_1.mp4", seconds=2, size="320x240", rate=15)
+    make_clip(uploads / "clip_1.mp4", seconds=2, size="320x240", rate=15)
     result = run_job("encode.video", {"inputFile": "clip_1.mp4", "resolution": "720p", "format": "mp4"}, ctx)
     target = video.output_path(tmp_path, ctx.job_id, "mp4")
     assert result["outputFile"] == f"{ctx.job_id}.mp4" and result["outputPath"] == f"outputs/{ctx.job_id}.mp4"
@@ -99,7 +75,7 @@ def test_a_clip_is_encoded_to_720p_mp4_with_progress(run_job, ctx, uploads, tmp_
 
 
 def test_a_portrait_clip_is_encoded_to_webm_with_vp9_and_opus(run_job, ctx, uploads, tmp_path):
-    _make_video(uploads / "portrait.mov", seconds=1, size="200x320", rate=10)
+    make_clip(uploads / "portrait.mov", seconds=1, size="200x320", rate=10)
     params = {"inputFile": "portrait.mov", "resolution": "720p", "format": "webm", "quality": "low"}
     result = run_job("encode.video", params, ctx)
     assert (result["width"], result["height"]) == (720, 1152)  # 5:8 fitted into 720x1280
@@ -123,7 +99,7 @@ def test_target_sizes_keep_the_aspect_ratio_with_even_sides(width, height, resol
 
 @pytest.mark.parametrize("content", [b"\x00\x01garbage" * 1000, "half"], ids=["garbage", "truncated"])
 def test_a_corrupt_upload_fails_permanently_with_a_short_reason(run_job, ctx, uploads, tmp_path, content):
-    good = _make_video(tmp_path / "good.mp4", seconds=2, size="320x240", rate=15)
+    good = make_clip(tmp_path / "good.mp4", seconds=2, size="320x240", rate=15)
     data = good.read_bytes()[: good.stat().st_size // 2] if content == "half" else content
     (uploads / "broken.mp4").write_bytes(data)
     with pytest.raises(PermanentError) as raised:
@@ -188,7 +164,7 @@ def test_input_files_that_are_not_bare_upload_names_are_refused_at_validation(ru
 
 
 def test_a_symlink_out_of_uploads_and_a_missing_upload_are_refused(run_job, uploads, tmp_path):
-    outside = _make_video(tmp_path / "outside.mp4", seconds=1, size="160x120", rate=10)
+    outside = make_clip(tmp_path / "outside.mp4", seconds=1, size="160x120", rate=10)
     (uploads / "link.mp4").symlink_to(outside)
     with pytest.raises(PermanentError, match="not an upload name"):
         run_job("encode.video", {"inputFile": "link.mp4"})

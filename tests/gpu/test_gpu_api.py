@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from gpu_testkit import REQUEST, job_row, novita_name, provision
-from helpers import make_tenant
 from sqlalchemy import delete, func, select
+from support.gpu import REQUEST, novita_name, provision
+from support.rows import job_row
+from support.tenants import make_tenant
 
 from gpujobs import dispatch
 from gpujobs.extensions import db

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from gpu_testkit import REQUEST, instance_row, novita_name, run_chain
 from sqlalchemy import text, update
+from support.gpu import REQUEST, novita_name, run_chain
+from support.rows import instance_row
 
 from gpujobs import operations, runner
 from gpujobs.extensions import db

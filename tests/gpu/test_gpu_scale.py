@@ -7,8 +7,8 @@ import time
 import uuid
 
 import pytest
-from helpers import wait_for
 from sqlalchemy import func, select
+from support.polling import wait_for
 
 from gpujobs import operations
 from gpujobs.extensions import db

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from gpu_testkit import REQUEST, next_monitor_look, wait_for_job
 from sqlalchemy import text
+from support.gpu import REQUEST, next_monitor_look, wait_for_job
 
 from gpujobs import runner
 from gpujobs.extensions import db

@@ -8,18 +8,10 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from gpu_testkit import (
-    REQUEST,
-    events,
-    instance_row,
-    job_row,
-    look,
-    next_monitor_look,
-    run_chain,
-    run_looks,
-)
-from helpers import make_tenant
 from sqlalchemy import func, select, update
+from support.gpu import REQUEST, look, next_monitor_look, run_chain, run_looks
+from support.rows import events, instance_row, job_row
+from support.tenants import make_tenant
 
 from gpujobs import dispatch, jobs, runner
 from gpujobs.definitions import get_definition

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from gpu_testkit import (
-    IMAGE,
-    PHASE_SECONDS,
-    events,
-    instance_row,
-    job_row,
-    novita_name,
-    provision,
-    wait_for_job,
-)
-from helpers import wait_for
+from support.gpu import IMAGE, PHASE_SECONDS, novita_name, provision, wait_for_job
+from support.polling import wait_for
+from support.rows import events, instance_row, job_row
 
 from gpujobs.extensions import db
 

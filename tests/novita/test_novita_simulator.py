@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from novita_testkit import API_KEY
+from support.novita import API_KEY
 
 from gpujobs.novita import CreateInstanceRequest, InsufficientResourceError, NovitaClient, NovitaError, spec
 from gpujobs.novita.simulator import NovitaSimulator, run_simulator

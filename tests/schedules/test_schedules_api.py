@@ -6,8 +6,8 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import make_tenant
 from sqlalchemy import select
+from support.tenants import make_tenant
 
 from gpujobs import schedules
 from gpujobs.api.schedules import ScheduleOut, SchedulePage

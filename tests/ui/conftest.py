@@ -8,7 +8,6 @@ where ``.ci/install-browser`` must have installed it.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import select, text
+from support.ui import csrf_of
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 CHROMIUM = os.environ.get("GPUJOBS_CHROMIUM", "/usr/bin/chromium")
@@ -176,16 +176,6 @@ def insert_jobs(app: Flask) -> Callable[..., None]:
             db.session.remove()
 
     return insert
-
-
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
-
-
-def csrf_of(html: str) -> str:
-    """The CSRF token in a page's forms."""
-    match = CSRF_FIELD.search(html)
-    assert match, "the page has no form with a CSRF token"
-    return match.group(1)
 
 
 @pytest.fixture

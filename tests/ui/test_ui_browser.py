@@ -8,22 +8,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from helpers import make_tenant
 from sqlalchemy import insert, select
+from support.rows import job_row
+from support.tenants import make_tenant
 
 from gpujobs.definitions import get_definition
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Instance, Job, WebhookDelivery
 
 WATCH_TIMEOUT_MS = 60_000
-
-
-def job_row(app, job_id: uuid.UUID) -> Job:
-    with app.app_context():
-        job = db.session.get(Job, job_id)
-        db.session.expunge(job)
-        db.session.remove()
-    return job
 
 
 def confirm(page, row_or_page, action: str) -> None:

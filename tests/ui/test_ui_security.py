@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import csrf_of
-from helpers import make_tenant
 from sqlalchemy import update
+from support.tenants import make_tenant
+from support.ui import csrf_of
 
 from gpujobs.extensions import db
 from gpujobs.models import ApiKey, Instance, Job

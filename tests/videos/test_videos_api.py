@@ -6,7 +6,8 @@ import io
 import subprocess
 
 import pytest
-from helpers import make_tenant, wait_for
+from support.polling import wait_for
+from support.tenants import make_tenant
 
 from gpujobs.api.videos import VideoAccepted, VideoStatus
 from gpujobs.definitions import video
