@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
 from sqlalchemy import insert, select
 from support.rows import job_row
 from support.tenants import make_tenant
 
-from gpujobs.definitions import get_definition
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Instance, Job, WebhookDelivery
 
@@ -70,8 +68,6 @@ def test_an_operator_watches_a_job_go_from_queued_to_succeeded_and_opens_its_tim
 def test_a_gpu_job_is_watched_from_queued_to_succeeded_on_the_simulator(
     app, tenant, signed_in, submit_job, start_worker, screenshot
 ):
-    if get_definition("gpu.instance.create", 1) is None:
-        pytest.skip("gpu.instance.create@1 is not registered yet (GPU provisioning is being built)")
     from gpujobs.novita.simulator import run_simulator
 
     with run_simulator(api_key="sk_ui", phase_seconds=0.2) as sim:
@@ -187,8 +183,6 @@ def test_the_instances_page_shows_price_region_product_endpoints_and_marks_lost_
 
 
 def test_an_operator_stops_an_instance_through_a_job(app, tenant, signed_in):
-    if get_definition("gpu.instance.stop", 1) is None:
-        pytest.skip("gpu.instance.stop@1 is not registered yet (instance actions are being built)")
     instance_id = add_instance(app, tenant, "gpujobs-stop-me", status="running", novita_status="running")
     page = signed_in(tenant)
     page.click("nav >> text=Instances")
