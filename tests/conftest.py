@@ -95,12 +95,14 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def app_context(app: Flask) -> Iterator[None]:
-    """An application context for calling domain code directly."""
-    from gpujobs.extensions import db
+    """An application context for the whole test, for calling domain code directly.
 
+    Flask-SQLAlchemy removes the session when the context ends. A test that also makes requests keeps its
+    own short contexts instead: a request reuses an app context that is already open (its ``g`` and its
+    session), so it would no longer run as it does in production.
+    """
     with app.app_context():
         yield
-        db.session.remove()
 
 
 @pytest.fixture

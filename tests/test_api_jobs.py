@@ -85,7 +85,6 @@ def test_another_tenants_job_and_dead_letter_answer_404_on_every_route(app, clie
         jobs.claim(job.id, get_definition("echo", 1), 60)
         jobs.fail_attempt(job.id, 1, "boom", retryable=False, retry_delay_seconds=0)
         db.session.commit()
-        db.session.remove()
     letter_id = client.get("/v1/dlq", headers=tenant["headers"]).json["items"][0]["id"]
     for method, path in [
         ("get", f"/v1/jobs/{job_id}"),
@@ -143,7 +142,6 @@ def test_cancel_answers_200_for_a_queued_job_202_for_a_running_one_and_200_once_
     with app.app_context():
         jobs.claim(uuid.UUID(running), get_definition("echo", 1), 60)
         db.session.commit()
-        db.session.remove()
     response = client.post(f"/v1/jobs/{running}/cancel", headers=tenant["headers"])
     assert response.status_code == 202 and response.json["status"] == "cancelling"
     again = client.post(f"/v1/jobs/{queued}/cancel", headers=tenant["headers"])

@@ -139,7 +139,7 @@ def _cli(process_env, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, process_env):
+def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, process_env, app_context):
     from gpujobs.auth import authenticate
     from gpujobs.extensions import db
     from gpujobs.models import ApiKey
@@ -149,12 +149,11 @@ def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, pro
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gj_")
     key = lines[0]
-    with app.app_context():
-        stored = db.session.execute(text("SELECT key_digest, prefix FROM api_keys")).all()
-        assert len(stored) == 1 and key not in stored[0].key_digest and stored[0].key_digest != key
-        assert authenticate(key).name == "cli-tenant"
-        assert authenticate(key + "x") is None
-        assert db.session.query(ApiKey).count() == 1
+    stored = db.session.execute(text("SELECT key_digest, prefix FROM api_keys")).all()
+    assert len(stored) == 1 and key not in stored[0].key_digest and stored[0].key_digest != key
+    assert authenticate(key).name == "cli-tenant"
+    assert authenticate(key + "x") is None
+    assert db.session.query(ApiKey).count() == 1
 
 
 def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flask, process_env):

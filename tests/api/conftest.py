@@ -54,7 +54,6 @@ def run_job(app: Flask) -> Callable[..., None]:
                 operations.cancel(job.id, job.tenant_id)
                 jobs.cancel_running(job.id, claim.attempt, "cancelled")
             db.session.commit()
-            db.session.remove()
 
     return run
 

@@ -24,7 +24,6 @@ def test_a_jobs_deliveries_show_their_state_and_never_the_signing_secret(app, cl
     assert item["status"] == "pending" and item["attempts"] == 0 and item["nextAttemptAt"]
     with app.app_context():
         secret = db.session.get(Tenant, uuid.UUID(tenant["id"])).webhook_secret
-        db.session.remove()
     assert secret not in response.get_data(as_text=True) and "whsec_" not in response.get_data(as_text=True)
 
 
@@ -43,7 +42,6 @@ def test_redeliver_puts_a_finished_delivery_back_to_pending_with_the_same_webhoo
             )
         )
         db.session.commit()
-        db.session.remove()
     path = f"/v1/jobs/{delivery['job_id']}/deliveries/{delivery['delivery_id']}/redeliver"
     response = client.post(path, headers=tenant["headers"])
     assert response.status_code == 202
@@ -65,14 +63,14 @@ def test_a_delivery_is_only_reachable_through_its_own_job_and_tenant(client, ten
     )
 
 
-def test_the_webhook_sweep_leaves_a_new_delivery_to_the_message_that_carries_it_in_order(app, delivery):
-    with app.app_context():
-        assert sweeps.publish_due_webhooks() == 0  # never tried, just recorded: its message is on its way
-        two_minutes_ago = func.now() - text("interval '2 minutes'")
-        db.session.execute(update(WebhookDelivery).values(created_at=two_minutes_ago))
-        db.session.commit()
-        assert sweeps.publish_due_webhooks() == 1  # still untried a while later: that message was lost
-        db.session.remove()
+def test_the_webhook_sweep_leaves_a_new_delivery_to_the_message_that_carries_it_in_order(
+    app, delivery, app_context
+):
+    assert sweeps.publish_due_webhooks() == 0  # never tried, just recorded: its message is on its way
+    two_minutes_ago = func.now() - text("interval '2 minutes'")
+    db.session.execute(update(WebhookDelivery).values(created_at=two_minutes_ago))
+    db.session.commit()
+    assert sweeps.publish_due_webhooks() == 1  # still untried a while later: that message was lost
 
 
 def test_the_sweep_sends_a_jobs_untried_deliveries_again_as_one_message_in_order(app, tenant, submit):
@@ -88,7 +86,6 @@ def test_the_sweep_sends_a_jobs_untried_deliveries_again_as_one_message_in_order
         queue.delete("webhooks")
         assert sweeps.publish_due_webhooks() == 2
         ids = {d.event_type: str(d.id) for d in db.session.scalars(select(WebhookDelivery))}
-        db.session.remove()
     (message,) = queue.lrange("webhooks", 0, -1)
     args = json.loads(base64.b64decode(json.loads(message)["body"]))[0]
     assert args == [ids["instance.running"], ids["job.succeeded"]]

@@ -35,7 +35,6 @@ def test_every_route_but_the_probes_and_docs_refuses_a_missing_wrong_or_revoked_
     with app.app_context():
         db.session.execute(update(ApiKey).values(revoked_at=db.func.now()))
         db.session.commit()
-        db.session.remove()
     refusals = ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}, tenant["headers"])
     checked = 0
     for method, rule, _ in routes(app, auth_only=True):

@@ -7,8 +7,6 @@ from support.gpu import IMAGE, PHASE_SECONDS, novita_name, provision, wait_for_j
 from support.polling import wait_for
 from support.rows import events, instance_row, job_row
 
-from gpujobs.extensions import db
-
 # Instances that stay in `pulling` for a minute: long enough to cancel or time out first.
 SLOW_PULL = pytest.mark.parametrize(
     "sim_options", [{"phase_seconds": {"default": PHASE_SECONDS, "pulling": 60}}]
@@ -170,7 +168,6 @@ def test_a_monitor_polling_less_often_than_its_lease_lasts_is_never_rescued(
     def ended() -> bool:
         with app.app_context():  # the rescue sweep, as beat would run it
             rescue_stuck()
-            db.session.remove()
         return job_row(app, accepted["jobId"]).status in ("succeeded", "failed")
 
     wait_for(ended, timeout=40, interval=0.5)

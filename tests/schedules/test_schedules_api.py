@@ -123,7 +123,6 @@ def test_a_schedule_made_over_http_queues_its_job_at_its_tick(client, tenant, ap
     with app.app_context():
         assert schedules.run_due_schedules(now=tick) == 1
         job_id = db.session.scalar(select(Job.id).where(Job.idempotency_key.like("schedule:%")))
-        db.session.remove()
     job = client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json
     assert (job["definitionKey"], job["priority"], job["params"]["message"]) == ("echo", "low", "good night")
     after = client.get(f"/v1/schedules/{created['id']}", headers=tenant["headers"]).json

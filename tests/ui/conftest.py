@@ -173,7 +173,6 @@ def insert_jobs(app: Flask) -> Callable[..., None]:
                 db.session.commit()
             db.session.execute(text("ANALYZE jobs"))
             db.session.commit()
-            db.session.remove()
 
     return insert
 
@@ -197,7 +196,6 @@ def ui_client(app: Flask) -> Callable[[dict[str, str]], Any]:
 def submit_job(app: Flask) -> Callable[..., uuid.UUID]:
     """Factory: submit a job through ``operations.submit`` (committed and published); returns its id."""
     from gpujobs import operations
-    from gpujobs.extensions import db
 
     def submit(
         tenant: dict[str, str], key: str, params: dict[str, Any] | None = None, **options: Any
@@ -205,7 +203,6 @@ def submit_job(app: Flask) -> Callable[..., uuid.UUID]:
         with app.app_context():
             job = operations.submit(uuid.UUID(tenant["id"]), key, 1, params or {}, **options)
             job_id = job.id
-            db.session.remove()
         return job_id
 
     return submit
@@ -233,7 +230,6 @@ def dead_letter(
             )
             db.session.commit()
             letter_id = db.session.scalar(select(DeadLetter.id).where(DeadLetter.job_id == job_id))
-            db.session.remove()
         return job_id, letter_id
 
     return make
