@@ -139,6 +139,7 @@ def _cli(process_env, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, process_env, app_context):
     from gpujobs.auth import authenticate
     from gpujobs.extensions import db
@@ -156,6 +157,7 @@ def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, pro
     assert db.session.query(ApiKey).count() == 1
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flask, process_env):
     first = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")
     again = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")
@@ -166,6 +168,7 @@ def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flas
     assert rotated.stdout.startswith("whsec_") and rotated.stdout != first.stdout
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_an_api_key_from_the_cli_works_on_an_authenticated_endpoint(client, process_env):
     key = _cli(process_env, "keys", "create", "--tenant", "api-user").stdout.strip()
     assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200

@@ -7,6 +7,7 @@ import signal
 import threading
 import uuid
 
+import pytest
 import redis
 from sqlalchemy import event, func, select, text, update
 from support.polling import wait_for
@@ -81,6 +82,7 @@ def test_two_dispatch_sweeps_at_once_publish_each_job_once(app, app_context, ten
     assert queue_length(app) == 200
 
 
+@pytest.mark.slow
 def test_a_batch_the_broker_refuses_stays_unpublished_for_the_next_sweep(app, tenant):
     with app.app_context():
         ids = queued_jobs(tenant["id"], 5)

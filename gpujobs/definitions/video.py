@@ -237,6 +237,8 @@ def run_ffmpeg(
                 process.kill()
             process.wait()
             reader.join(timeout=5)
+            if process.stdout is not None:  # our end of the progress pipe, read to its end by now
+                process.stdout.close()
         stderr.seek(0)
         tail = _tail(stderr.read(), *hide_dirs)
     if returncode < 0:  # killed by a signal we did not send (OOM killer, shutdown): worth retrying

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from sqlalchemy import insert, select
 from support.rows import job_row
 from support.tenants import make_tenant
 
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Instance, Job, WebhookDelivery
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 WATCH_TIMEOUT_MS = 60_000
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from html import unescape
 
+import pytest
 from sqlalchemy import select
 
 from gpujobs.extensions import db
@@ -35,6 +36,7 @@ def median_seconds(client, url: str) -> float:
     return statistics.median(timings)
 
 
+@pytest.mark.slow  # 100,000 rows to insert first
 def test_every_page_renders_in_under_200_ms_with_100_000_jobs_in_the_table(
     app, tenant, ui_client, insert_jobs, capsys
 ):
