@@ -80,6 +80,7 @@ def test_listing_pages_with_a_cursor_and_filters_by_status_and_definition(client
 def test_another_tenants_job_and_dead_letter_answer_404_on_every_route(app, client, tenant):
     other = make_tenant(app, "other")
     job_id = post_job(client, tenant).json["id"]
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         job = db.session.get(Job, uuid.UUID(job_id))
         jobs.claim(job.id, get_definition("echo", 1), 60)
@@ -139,6 +140,7 @@ def test_cancel_answers_200_for_a_queued_job_202_for_a_running_one_and_200_once_
     response = client.post(f"/v1/jobs/{queued}/cancel", headers=tenant["headers"])
     assert response.status_code == 200 and response.json["status"] == "cancelled"
     running = post_job(client, tenant).json["id"]
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         jobs.claim(uuid.UUID(running), get_definition("echo", 1), 60)
         db.session.commit()

@@ -91,6 +91,7 @@ def test_a_worker_killed_mid_job_is_rescued_after_its_lease_and_the_job_complete
     started = time.monotonic()
 
     def rescued_and_done() -> bool:
+        # a fresh context per poll: it sees what the worker committed since the last one
         with app.app_context():
             rescue_stuck()
             dispatch_due()

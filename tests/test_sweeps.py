@@ -84,6 +84,7 @@ def test_two_dispatch_sweeps_at_once_publish_each_job_once(app, app_context, ten
 
 @pytest.mark.slow
 def test_a_batch_the_broker_refuses_stays_unpublished_for_the_next_sweep(app, tenant):
+    # separate contexts: the middle step runs in a second app, whose Redis is down
     with app.app_context():
         ids = queued_jobs(tenant["id"], 5)
     down = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
@@ -97,6 +98,7 @@ def test_a_batch_the_broker_refuses_stays_unpublished_for_the_next_sweep(app, te
 
 
 def test_a_redis_flush_while_jobs_wait_loses_nothing(app, tenant, start_worker):
+    # separate contexts: each step sees what the one before committed, in a fresh session
     with app.app_context():
         ids = [
             operations.submit(uuid.UUID(tenant["id"]), "echo", 1, {"message": str(i)}).id for i in range(20)
@@ -191,6 +193,7 @@ def test_a_worker_told_to_stop_finishes_its_running_job_first(app, tenant, start
     job_id = operations.submit(uuid.UUID(tenant["id"]), "test.sleep", 1, {"seconds": 2}).id
 
     def status() -> str:
+        # a fresh context per poll: it sees what the worker committed since the last one
         with app.app_context():
             value = db.session.scalar(select(Job.status).where(Job.id == job_id))
         return value

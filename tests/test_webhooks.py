@@ -51,6 +51,7 @@ def test_a_failing_receiver_is_retried_with_the_same_webhook_id(app, client, ten
     job_id = client.post("/v1/jobs", json=body, headers=tenant["headers"]).json["id"]
 
     def first_attempt_recorded() -> bool:
+        # a context of its own: the test client's requests must not run inside it
         with app.app_context():
             code = db.session.scalar(select(WebhookDelivery.last_status_code))
         return code == 503

@@ -22,6 +22,7 @@ def test_a_jobs_deliveries_show_their_state_and_never_the_signing_secret(app, cl
     (item,) = response.json["items"]
     assert item["id"] == delivery["delivery_id"] and item["eventType"] == "job.cancelled"
     assert item["status"] == "pending" and item["attempts"] == 0 and item["nextAttemptAt"]
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         secret = db.session.get(Tenant, uuid.UUID(tenant["id"])).webhook_secret
     assert secret not in response.get_data(as_text=True) and "whsec_" not in response.get_data(as_text=True)
@@ -35,6 +36,7 @@ def test_a_job_without_a_webhook_has_no_deliveries(client, tenant, submit):
 def test_redeliver_puts_a_finished_delivery_back_to_pending_with_the_same_webhook_id(
     app, client, tenant, delivery
 ):
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.execute(
             update(WebhookDelivery).values(
@@ -76,6 +78,7 @@ def test_the_webhook_sweep_leaves_a_new_delivery_to_the_message_that_carries_it_
 def test_the_sweep_sends_a_jobs_untried_deliveries_again_as_one_message_in_order(app, tenant, submit):
     job_id = uuid.UUID(submit(tenant, webhookUrl=WEBHOOK_URL).json["id"])
     queue = redis.Redis.from_url(app.config["REDIS_URL"])
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         job = db.session.get(Job, job_id)
         for event_type in ("instance.running", "job.succeeded"):  # recorded in this order, messages lost

@@ -52,6 +52,7 @@ def test_the_same_key_with_another_body_is_422_and_creates_nothing(app, tenant, 
 
 def test_the_same_key_while_the_first_request_is_in_flight_is_409_with_retry_after(app, tenant, submit):
     first = submit(tenant, headers={"Idempotency-Key": "k2"})
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():  # put the record back in the state it has while its request runs
         db.session.execute(update(IdempotencyRecord).values(response_status=None, response_body=None))
         db.session.commit()
@@ -77,6 +78,7 @@ def test_a_key_whose_request_failed_is_released_so_a_corrected_retry_succeeds(ap
 
 def test_an_expired_key_may_be_used_again(app, tenant, submit):
     submit(tenant, headers={"Idempotency-Key": "old"})
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.execute(update(IdempotencyRecord).values(created_at=func.now() - timedelta(hours=25)))
         db.session.execute(update(Job).values(idempotency_key=None))  # the old job is gone or unrelated
@@ -88,6 +90,7 @@ def test_an_expired_key_may_be_used_again(app, tenant, submit):
 
 def test_a_repeat_after_a_lost_answer_names_the_job_that_holds_the_key(app, tenant, submit):
     first = submit(tenant, headers={"Idempotency-Key": "lost"})
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():  # the process died between committing the job and storing the answer
         db.session.execute(
             update(IdempotencyRecord).values(

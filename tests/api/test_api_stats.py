@@ -54,6 +54,7 @@ def test_stats_count_every_status_and_definition_exactly_as_the_jobs_table_does(
     assert stats["byStatus"] == {**expected, "cancelled": 1}
     by_definition = {d["definitionKey"]: d for d in stats["byDefinition"]}
     assert by_definition["echo"]["total"] == 4 and by_definition["compute.math"]["byStatus"]["queued"] == 1
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         truth = dict(db.session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
     assert {s: n for s, n in stats["byStatus"].items() if n} == truth
@@ -61,6 +62,7 @@ def test_stats_count_every_status_and_definition_exactly_as_the_jobs_table_does(
 
 
 def test_deleted_jobs_leave_the_counts_and_redrives_move_them(app, client, tenant, history):
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.execute(delete(Job).where(Job.status.in_(("succeeded", "cancelled"))))
         db.session.commit()
@@ -203,6 +205,7 @@ FROM jobs WHERE status = 'failed';
 def test_folding_past_hours_into_one_shard_keeps_every_metric(app, client, tenant, history):
     tenant_id = uuid.UUID(tenant["id"])
     old_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         for shard, (succeeded, seconds) in enumerate([(3, 1.5), (4, 2.0), (5, 0.5)], start=1):
             db.session.add(

@@ -55,6 +55,7 @@ def test_reusing_an_idempotency_key_whose_answer_expired_is_a_conflict_naming_th
     headers = {**tenant["headers"], "Idempotency-Key": "create-box-2"}
     first = client.post("/v1/instances", json=REQUEST, headers=headers)
     assert first.status_code == 202
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():  # the cleanup sweep forgot the answer after 24 h; the job still holds the key
         db.session.execute(delete(IdempotencyRecord))
         db.session.commit()

@@ -46,6 +46,7 @@ def test_two_hundred_monitored_instances_cost_one_list_page_per_poll_interval_no
         GPUJOBS_MONITOR_INTERVAL_SECONDS=str(POLL_INTERVAL_SECONDS),
         GPUJOBS_LEASE_SECONDS=str(LEASE_SECONDS),
     )
+    # separate contexts: each step sees what the one before committed, in a fresh session
     with app.app_context():
         job_ids = [create.submit(uuid.UUID(tenant["id"]), REQUEST)[0].id for _ in range(INSTANCES)]
 

@@ -237,6 +237,7 @@ def test_a_lost_monitor_message_is_recovered_by_the_rescue_sweep_and_the_rerun_a
 def test_deleting_an_instance_that_never_reached_novita_just_marks_it_deleted(
     app, client, tenant, sim, novita_config
 ):
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST | {"maxPricePerHour": 0.01})
         instance_id = str(instance.id)
@@ -296,6 +297,7 @@ def test_a_stop_whose_instance_a_delete_took_over_fails_instead_of_claiming_the_
 ):
     _, instance_id = run_chain(app, tenant["id"], REQUEST, webhook_url=HOOK_URL)
     stop = client.post(f"/v1/instances/{instance_id}/stop", headers=tenant["headers"]).json
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         assert runner.run_job(uuid.UUID(stop["jobId"])) == "running"  # Novita was asked; now watched
     delete = client.delete(f"/v1/instances/{instance_id}", headers=tenant["headers"]).json
@@ -318,6 +320,7 @@ def test_a_stop_whose_instance_a_delete_took_over_fails_instead_of_claiming_the_
 def test_an_action_job_is_published_only_once_its_instance_is_marked_with_it(
     app, client, tenant, sim, novita_config, monkeypatch
 ):
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():  # an instance whose provisioning failed before it reached Novita
         job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST | {"maxPricePerHour": 0.01})
         instance_id = instance.id

@@ -166,6 +166,7 @@ def test_a_monitor_polling_less_often_than_its_lease_lasts_is_never_rescued(
     accepted = provision(client, tenant, monitoring={"pollIntervalMs": 5000})
 
     def ended() -> bool:
+        # a fresh context per poll: it sees what the worker committed since the last one
         with app.app_context():  # the rescue sweep, as beat would run it
             rescue_stuck()
         return job_row(app, accepted["jobId"]).status in ("succeeded", "failed")

@@ -120,6 +120,7 @@ def test_another_tenants_schedules_are_invisible_and_keys_are_required(client, t
 def test_a_schedule_made_over_http_queues_its_job_at_its_tick(client, tenant, app):
     created = post_schedule(client, tenant, cron="*/10 * * * *", priority="low").json
     tick = datetime.fromisoformat(created["nextRunAt"])
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         assert schedules.run_due_schedules(now=tick) == 1
         job_id = db.session.scalar(select(Job.id).where(Job.idempotency_key.like("schedule:%")))

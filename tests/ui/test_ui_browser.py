@@ -121,6 +121,7 @@ def test_an_operator_redrives_a_dead_letter_with_a_new_max_attempts(
     assert page.url.endswith(f"/ui/jobs/{job_id}")
     job = job_row(app, job_id)
     assert job.status == "queued" and job.max_attempts == job.attempt + 5
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         assert db.session.get(DeadLetter, letter_id).redriven_at is not None
     page.click("nav >> text=Dead letters")
@@ -130,6 +131,7 @@ def test_an_operator_redrives_a_dead_letter_with_a_new_max_attempts(
 def test_an_operator_redelivers_a_failed_webhook(app, tenant, signed_in, submit_job):
     job_id = submit_job(tenant, "echo", webhook_url="http://127.0.0.1:9/hook")
     delivery_id = uuid.uuid4()
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.execute(
             insert(WebhookDelivery).values(
@@ -193,6 +195,7 @@ def test_an_operator_stops_an_instance_through_a_job(app, tenant, signed_in):
     assert row.locator("details[data-action='start']").count() == 0  # only what its status allows
     confirm(page, row, "stop")
     page.wait_for_selector(".flash:has-text('Stop requested')")
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         job = db.session.scalar(select(Job).where(Job.definition_key == "gpu.instance.stop"))
         assert job.params["instanceId"] == str(instance_id)

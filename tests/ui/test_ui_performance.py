@@ -41,6 +41,7 @@ def test_every_page_renders_in_under_200_ms_with_100_000_jobs_in_the_table(
     app, tenant, ui_client, insert_jobs, capsys
 ):
     insert_jobs(tenant["id"], JOB_COUNT)
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         tenant_jobs = select(Job.id).where(Job.tenant_id == uuid.UUID(tenant["id"]))
         middle = db.session.scalar(
