@@ -161,7 +161,11 @@ def test_serve_runs_a_standalone_simulator_until_interrupted() -> None:
             assert len(client.list_clusters()) == 4
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        finally:
+            process.kill()  # a no-op once it has exited; ends a simulator that ignored SIGINT
+            process.communicate()  # reaps it and closes its pipes
 
     assert process.returncode == 0
 
