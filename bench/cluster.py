@@ -138,10 +138,10 @@ class Cluster:
         return {"Authorization": f"Bearer {self.api_key}"}
 
     def _spawn(self, command: list[str], name: str) -> subprocess.Popen[bytes]:
-        log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        return subprocess.Popen(
-            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        with open(self.data_dir / f"{name}.log", "ab") as log:  # the process keeps its own copy
+            return subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def _start_worker(self, index: int) -> subprocess.Popen[bytes]:
         return self._spawn(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,11 +13,9 @@ import pytest
 import redis
 from flask import Flask
 from sqlalchemy import text
+from support.tenants import make_tenant
 
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import make_tenant
 
 WORKER_READY_TIMEOUT_SECONDS = 60
 # Short timings so crash recovery is observable in seconds, not minutes.
@@ -27,8 +24,15 @@ TEST_SETTINGS = {
     "GPUJOBS_SWEEP_INTERVAL_SECONDS": "1",
     "GPUJOBS_WEBHOOK_ALLOW_PRIVATE": "1",
     "GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS": "5",
-    "GPUJOBS_DEFINITION_MODULES": "sample_definitions",
+    "GPUJOBS_DEFINITION_MODULES": "support.sample_definitions",
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that starts a real worker process ``slow``: starting and stopping one takes seconds."""
+    for item in items:
+        if "start_worker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +66,8 @@ def service_env(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="session")
 def process_env(service_env: dict[str, str]) -> dict[str, str]:
-    """The full environment for a subprocess of the service (worker, CLI), tests' modules importable."""
+    """The full environment for a subprocess of the service (worker, CLI): the same import path as
+    pyproject's ``pythonpath`` (the repository and ``tests/``), so ``support`` is importable there too."""
     here = Path(__file__).resolve().parent
     return dict(os.environ, **service_env, PYTHONPATH=os.pathsep.join((str(here.parent), str(here))))
 
@@ -97,12 +102,14 @@ def _clean_state(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def app_context(app: Flask) -> Iterator[None]:
-    """An application context for calling domain code directly."""
-    from gpujobs.extensions import db
+    """An application context for the whole test, for calling domain code directly.
 
+    Flask-SQLAlchemy removes the session when the context ends. A test that also makes requests keeps its
+    own short contexts instead: a request reuses an app context that is already open (its ``g`` and its
+    session), so it would no longer run as it does in production.
+    """
     with app.app_context():
         yield
-        db.session.remove()
 
 
 @pytest.fixture

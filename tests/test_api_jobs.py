@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from helpers import make_tenant
+from support.tenants import make_tenant
 
 from gpujobs import jobs
 from gpujobs.extensions import db
@@ -80,12 +80,12 @@ def test_listing_pages_with_a_cursor_and_filters_by_status_and_definition(client
 def test_another_tenants_job_and_dead_letter_answer_404_on_every_route(app, client, tenant):
     other = make_tenant(app, "other")
     job_id = post_job(client, tenant).json["id"]
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         job = db.session.get(Job, uuid.UUID(job_id))
         jobs.claim(job.id, get_definition("echo", 1), 60)
         jobs.fail_attempt(job.id, 1, "boom", retryable=False, retry_delay_seconds=0)
         db.session.commit()
-        db.session.remove()
     letter_id = client.get("/v1/dlq", headers=tenant["headers"]).json["items"][0]["id"]
     for method, path in [
         ("get", f"/v1/jobs/{job_id}"),
@@ -140,10 +140,10 @@ def test_cancel_answers_200_for_a_queued_job_202_for_a_running_one_and_200_once_
     response = client.post(f"/v1/jobs/{queued}/cancel", headers=tenant["headers"])
     assert response.status_code == 200 and response.json["status"] == "cancelled"
     running = post_job(client, tenant).json["id"]
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         jobs.claim(uuid.UUID(running), get_definition("echo", 1), 60)
         db.session.commit()
-        db.session.remove()
     response = client.post(f"/v1/jobs/{running}/cancel", headers=tenant["headers"])
     assert response.status_code == 202 and response.json["status"] == "cancelling"
     again = client.post(f"/v1/jobs/{queued}/cancel", headers=tenant["headers"])

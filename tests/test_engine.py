@@ -14,8 +14,9 @@ import psycopg2
 import psycopg2.errors
 import pytest
 from flask import Flask
-from helpers import wait_for
 from sqlalchemy import select
+from support.polling import wait_for
+from support.rows import event_types, job_row
 
 from gpujobs import jobs, operations, runner
 from gpujobs.dispatch import Dispatch, publish
@@ -31,26 +32,7 @@ def submit(app: Flask, tenant: dict, key: str, params: dict | None = None, **opt
             uuid.UUID(tenant["id"]), key, 1, params or {}, operations.JobOptions(**options)
         )
         job_id = job.id
-        db.session.remove()
     return job_id
-
-
-def job_row(app: Flask, job_id: uuid.UUID) -> Job:
-    with app.app_context():
-        job = db.session.get(Job, job_id)
-        db.session.expunge(job)
-        db.session.remove()
-    return job
-
-
-def event_types(app: Flask, job_id: uuid.UUID) -> list[str]:
-    with app.app_context():
-        types = db.session.scalars(
-            select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
-        )
-        result = list(types)
-        db.session.remove()
-    return result
 
 
 def status_is(app: Flask, job_id: uuid.UUID, *statuses: str):
@@ -64,7 +46,6 @@ def sweeping_until(app: Flask, predicate):
     def check() -> bool:
         with app.app_context():
             dispatch_due()
-            db.session.remove()
         return predicate()
 
     return check
@@ -78,11 +59,10 @@ def test_a_job_runs_once_to_succeeded_with_its_result_and_timeline(app, tenant, 
     assert event_types(app, job_id) == ["job.queued", "job.started", "job.succeeded"]
 
 
-def test_a_duplicate_delivery_of_the_same_message_runs_the_handler_once(app, tenant, worker):
+def test_a_duplicate_delivery_of_the_same_message_runs_the_handler_once(app, tenant, worker, app_context):
     job_id = submit(app, tenant, "test.sleep", {"seconds": 0.3})
-    with app.app_context():
-        for _ in range(3):  # the same id published again, as a redelivery would
-            publish(Dispatch(job_id, 1, 60))
+    for _ in range(3):  # the same id published again, as a redelivery would
+        publish(Dispatch(job_id, 1, 60))
     wait_for(status_is(app, job_id, "succeeded"))
     time.sleep(1.0)  # give the duplicates time to be consumed
     types = event_types(app, job_id)
@@ -119,10 +99,10 @@ def test_a_worker_killed_mid_job_is_rescued_after_its_lease_and_the_job_complete
     started = time.monotonic()
 
     def rescued_and_done() -> bool:
+        # a fresh context per poll: it sees what the worker committed since the last one
         with app.app_context():
             rescue_stuck()
             dispatch_due()
-            db.session.remove()
         return job_row(app, job_id).status == "succeeded"
 
     wait_for(rescued_and_done, timeout=40, interval=0.5)
@@ -132,36 +112,32 @@ def test_a_worker_killed_mid_job_is_rescued_after_its_lease_and_the_job_complete
     assert job_row(app, job_id).attempt == 2
 
 
-def test_transient_failures_retry_with_backoff_then_succeed(app, tenant, worker):
+def test_transient_failures_retry_with_backoff_then_succeed(app, tenant, worker, app_context):
     job_id = submit(app, tenant, "test.flaky")
     wait_for(sweeping_until(app, status_is(app, job_id, "succeeded")), timeout=30, interval=0.2)
-    with app.app_context():
-        retries = db.session.scalars(
-            select(JobEvent)
-            .where(JobEvent.job_id == job_id, JobEvent.type == "job.retrying")
-            .order_by(JobEvent.id)
-        ).all()
-        for event in retries:
-            delay = (
-                jobs.datetime.fromisoformat(event.data["nextRetryAt"]) - event.created_at
-            ).total_seconds()
-            # RetryPolicy(0.5, 1.0) with full jitter: attempt 1 waits 0.25-0.5 s, attempt 2 0.5-1 s
-            assert 0.2 <= delay <= 1.1, delay
-        db.session.remove()
+    retries = db.session.scalars(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.type == "job.retrying")
+        .order_by(JobEvent.id)
+    ).all()
+    for event in retries:
+        delay = (jobs.datetime.fromisoformat(event.data["nextRetryAt"]) - event.created_at).total_seconds()
+        # RetryPolicy(0.5, 1.0) with full jitter: attempt 1 waits 0.25-0.5 s, attempt 2 0.5-1 s
+        assert 0.2 <= delay <= 1.1, delay
     assert len(retries) == 2
     assert job_row(app, job_id).attempt == 3
 
 
-def test_exhausted_attempts_land_in_the_dead_letter_queue_and_redrive_runs_again(app, tenant, worker):
+def test_exhausted_attempts_land_in_the_dead_letter_queue_and_redrive_runs_again(
+    app, tenant, worker, app_context
+):
     job_id = submit(app, tenant, "failing", {}, max_attempts=2)
     wait_for(sweeping_until(app, status_is(app, job_id, "failed")), timeout=40, interval=0.3)
-    with app.app_context():
-        letter = db.session.scalar(select(DeadLetter).where(DeadLetter.job_id == job_id))
-        assert letter is not None and letter.attempts == 2
-        assert operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1) == job_id
-        with pytest.raises(Conflict):  # only once
-            operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1)
-        db.session.remove()
+    letter = db.session.scalar(select(DeadLetter).where(DeadLetter.job_id == job_id))
+    assert letter is not None and letter.attempts == 2
+    assert operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1) == job_id
+    with pytest.raises(Conflict):  # only once
+        operations.redrive(letter.id, uuid.UUID(tenant["id"]), 1)
     wait_for(
         lambda: job_row(app, job_id).attempt == 3 and job_row(app, job_id).status == "failed", timeout=30
     )
@@ -169,37 +145,31 @@ def test_exhausted_attempts_land_in_the_dead_letter_queue_and_redrive_runs_again
     assert "job.redriven" in event_types(app, job_id)
 
 
-def test_a_queued_job_cancels_at_once_and_never_runs(app, tenant):
+def test_a_queued_job_cancels_at_once_and_never_runs(app, tenant, app_context):
     job_id = submit(app, tenant, "echo", {"message": "never"})
-    with app.app_context():
-        assert operations.cancel(job_id, uuid.UUID(tenant["id"])) == "cancelled"
-        with pytest.raises(NotFound):  # another tenant cannot see it
-            operations.cancel(job_id, uuid.uuid4())
-        db.session.remove()
+    assert operations.cancel(job_id, uuid.UUID(tenant["id"])) == "cancelled"
+    with pytest.raises(NotFound):  # another tenant cannot see it
+        operations.cancel(job_id, uuid.uuid4())
     assert job_row(app, job_id).status == "cancelled"
 
 
-def test_a_running_job_is_asked_to_stop_and_ends_cancelled(app, tenant, worker):
+def test_a_running_job_is_asked_to_stop_and_ends_cancelled(app, tenant, worker, app_context):
     job_id = submit(app, tenant, "test.sleep", {"seconds": 30})
     wait_for(status_is(app, job_id, "running"))
-    with app.app_context():
-        assert operations.cancel(job_id, uuid.UUID(tenant["id"])) == "cancelling"
-        db.session.remove()
+    assert operations.cancel(job_id, uuid.UUID(tenant["id"])) == "cancelling"
     wait_for(status_is(app, job_id, "cancelled"), timeout=10)
     assert "job.effect" not in event_types(app, job_id)
 
 
-def test_a_critical_job_overtakes_a_backlog_of_low_jobs(app, tenant, start_worker):
+def test_a_critical_job_overtakes_a_backlog_of_low_jobs(app, tenant, start_worker, app_context):
     backlog = [submit(app, tenant, "echo", {"message": str(i)}, priority="low") for i in range(300)]
     urgent = submit(app, tenant, "echo", {"message": "urgent"}, priority="critical")
     start_worker(concurrency=1, name="single")
     wait_for(status_is(app, urgent, "succeeded"), timeout=60)
     urgent_started = job_row(app, urgent).started_at
-    with app.app_context():
-        started_before = db.session.scalar(
-            select(db.func.count()).where(Job.id.in_(backlog), Job.started_at < urgent_started)
-        )
-        db.session.remove()
+    started_before = db.session.scalar(
+        select(db.func.count()).where(Job.id.in_(backlog), Job.started_at < urgent_started)
+    )
     # Compared by start times, not by what finished when the test looked (the backlog keeps running).
     # A worker reads the queues in priority order, so the critical job goes first; one low message may
     # already be in hand when it arrives.
@@ -217,11 +187,9 @@ def test_a_concurrency_limit_holds_across_two_worker_processes(app, tenant, star
         assert later_start >= earlier_end
 
 
-def test_a_database_error_in_a_handler_is_recorded_without_its_sql_or_parameters(app, tenant):
+def test_a_database_error_in_a_handler_is_recorded_without_its_sql_or_parameters(app, tenant, app_context):
     job_id = submit(app, tenant, "test.db_error")
-    with app.app_context():
-        assert runner.run_job(job_id) == "failed"
-        db.session.remove()
+    assert runner.run_job(job_id) == "failed"
     error = job_row(app, job_id).error
     assert error.startswith("database error (UndefinedTable)")
     assert "SELECT" not in error and "hunter2" not in error

@@ -85,7 +85,8 @@ def test_factory_builds_an_app_with_celery_configured_for_reliability(app: Flask
     assert celery.conf.task_reject_on_worker_lost is True
     assert celery.conf.worker_prefetch_multiplier == 1
     assert celery.conf.broker_transport_options["visibility_timeout"] > celery.conf.task_time_limit
-    assert "gpujobs.run_job" in celery.tasks or "gpujobs.tasks" in celery.conf.include
+    celery.loader.import_default_modules()  # what a worker does at start: import every task module
+    assert "gpujobs.run_job" in celery.tasks
 
 
 def test_migrations_build_the_whole_schema_on_an_empty_database(app: Flask, servers):
@@ -138,7 +139,8 @@ def _cli(process_env, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, process_env):
+@pytest.mark.slow  # CLI subprocesses
+def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, process_env, app_context):
     from gpujobs.extensions import db
     from gpujobs.models import ApiKey
     from gpujobs.tenants import authenticate
@@ -148,14 +150,14 @@ def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, pro
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gj_")
     key = lines[0]
-    with app.app_context():
-        stored = db.session.execute(text("SELECT key_digest, prefix FROM api_keys")).all()
-        assert len(stored) == 1 and key not in stored[0].key_digest and stored[0].key_digest != key
-        assert authenticate(key).name == "cli-tenant"
-        assert authenticate(key + "x") is None
-        assert db.session.query(ApiKey).count() == 1
+    stored = db.session.execute(text("SELECT key_digest, prefix FROM api_keys")).all()
+    assert len(stored) == 1 and key not in stored[0].key_digest and stored[0].key_digest != key
+    assert authenticate(key).name == "cli-tenant"
+    assert authenticate(key + "x") is None
+    assert db.session.query(ApiKey).count() == 1
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flask, process_env):
     first = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")
     again = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")
@@ -166,6 +168,7 @@ def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flas
     assert rotated.stdout.startswith("whsec_") and rotated.stdout != first.stdout
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_an_api_key_from_the_cli_works_on_an_authenticated_endpoint(client, process_env):
     key = _cli(process_env, "keys", "create", "--tenant", "api-user").stdout.strip()
     assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200

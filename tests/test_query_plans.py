@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from helpers import make_tenant
 from sqlalchemy import text
+from support.tenants import make_tenant
 
 from bench.scale import Seed, Watch, seed, watching
 from gpujobs import schedules, stats, sweeps

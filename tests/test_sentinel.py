@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from helpers import wait_for
 from sqlalchemy import func, select
+from support.polling import wait_for
 
 from gpujobs import create_app, operations
 from gpujobs.broker import redis_client

@@ -8,9 +8,10 @@ import threading
 import uuid
 from datetime import timedelta
 
+import pytest
 import redis
-from helpers import wait_for
 from sqlalchemy import event, func, select, text, update
+from support.polling import wait_for
 
 from gpujobs import create_app, jobs, operations
 from gpujobs.broker import job_id_of_message
@@ -60,7 +61,6 @@ def in_parallel(app, sweep, copies: int = 2) -> None:
         with app.app_context():
             barrier.wait()
             sweep()
-            db.session.remove()
 
     threads = [threading.Thread(target=run) for _ in range(copies)]
     for thread in threads:
@@ -84,40 +84,37 @@ def test_two_dispatch_sweeps_at_once_publish_each_job_once(app, app_context, ten
     assert queue_length(app) == 200
 
 
+@pytest.mark.slow
 def test_a_batch_the_broker_refuses_stays_unpublished_for_the_next_sweep(app, tenant):
+    # separate contexts: the middle step runs in a second app, whose Redis is down
     with app.app_context():
         ids = queued_jobs(tenant["id"], 5)
-        db.session.remove()
     down = create_app({"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
     with down.app_context():
         assert dispatch_due() == 5  # taken, marked, sent as one batch: the flush fails
         unpublished = db.session.scalars(select(Job.published_at).where(Job.id.in_(ids))).all()
-        db.session.remove()
     assert unpublished == [None] * 5
     with app.app_context():
         assert dispatch_due() == 5  # the next tick, with Redis back
-        db.session.remove()
     assert queue_length(app) == 5
 
 
 def test_a_redis_flush_while_jobs_wait_loses_nothing(app, tenant, start_worker):
+    # separate contexts: each step sees what the one before committed, in a fresh session
     with app.app_context():
         ids = [
             operations.submit(uuid.UUID(tenant["id"]), "echo", 1, {"message": str(i)}).id for i in range(20)
         ]
-        db.session.remove()
     redis.Redis.from_url(app.config["REDIS_URL"]).flushall()  # Redis restarted empty
     with app.app_context():
         db.session.execute(update(Job).values(published_at=func.now() - text("interval '1 minute'")))
         db.session.commit()
         assert dispatch_due() == 20
-        db.session.remove()
     start_worker()
 
     def all_succeeded() -> bool:
         with app.app_context():
             done = db.session.scalar(select(func.count()).where(Job.id.in_(ids), Job.status == "succeeded"))
-            db.session.remove()
         return done == 20
 
     wait_for(all_succeeded, timeout=60)
@@ -263,16 +260,14 @@ def test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches(app, app
     assert db.session.scalar(select(func.count()).where(JobEvent.job_id.in_(old))) == 0
 
 
-def test_a_worker_told_to_stop_finishes_its_running_job_first(app, tenant, start_worker):
+def test_a_worker_told_to_stop_finishes_its_running_job_first(app, tenant, start_worker, app_context):
     worker = start_worker(concurrency=1, name="stopping")
-    with app.app_context():
-        job_id = operations.submit(uuid.UUID(tenant["id"]), "test.sleep", 1, {"seconds": 2}).id
-        db.session.remove()
+    job_id = operations.submit(uuid.UUID(tenant["id"]), "test.sleep", 1, {"seconds": 2}).id
 
     def status() -> str:
+        # a fresh context per poll: it sees what the worker committed since the last one
         with app.app_context():
             value = db.session.scalar(select(Job.status).where(Job.id == job_id))
-            db.session.remove()
         return value
 
     wait_for(lambda: status() == "running", timeout=30)

@@ -6,45 +6,13 @@ import json
 import uuid
 
 import pytest
-from helpers import wait_for
-from sqlalchemy import select, text, update
-from standardwebhooks.webhooks import Webhook
+from sqlalchemy import select, update
+from support.polling import wait_for
+from support.receivers import Receiver
+from support.tenants import secret_of
 
-from bench.receiver import LoopbackReceiver
 from gpujobs.extensions import db
 from gpujobs.models import WebhookDelivery
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that verifies with ``standardwebhooks`` and can fail on purpose."""
-
-    def __init__(self, secret: str, fail_first: int = 0) -> None:
-        self.verified: list[dict] = []
-        self.ids: list[str] = []
-        self.remaining_failures = fail_first
-        self._webhook = Webhook(secret)
-        self._receiver = LoopbackReceiver(self._on_post)
-        self.url = self._receiver.url
-
-    def _on_post(self, headers: dict[str, str], body: bytes) -> int:
-        self.ids.append(headers["webhook-id"])
-        if self.remaining_failures > 0:
-            self.remaining_failures -= 1
-            return 503
-        self.verified.append(self._webhook.verify(body, headers))
-        return 204
-
-    def close(self) -> None:
-        self._receiver.close()
-
-
-def secret_of(app, tenant) -> str:
-    with app.app_context():
-        secret = db.session.execute(
-            text("SELECT webhook_secret FROM tenants WHERE id = :id"), {"id": tenant["id"]}
-        ).scalar_one()
-        db.session.remove()
-    return secret
 
 
 @pytest.fixture
@@ -83,9 +51,9 @@ def test_a_failing_receiver_is_retried_with_the_same_webhook_id(app, client, ten
     job_id = client.post("/v1/jobs", json=body, headers=tenant["headers"]).json["id"]
 
     def first_attempt_recorded() -> bool:
+        # a context of its own: the test client's requests must not run inside it
         with app.app_context():
             code = db.session.scalar(select(WebhookDelivery.last_status_code))
-            db.session.remove()
         return code == 503
 
     wait_for(first_attempt_recorded, timeout=30)
@@ -97,13 +65,11 @@ def test_a_failing_receiver_is_retried_with_the_same_webhook_id(app, client, ten
         )
         db.session.commit()
         publish_due_webhooks()
-        db.session.remove()
     wait_for(lambda: hook.verified, timeout=30)
     assert len(set(hook.ids)) == 1 and len(hook.ids) == 2
     with app.app_context():
         delivery = db.session.scalar(select(WebhookDelivery))
         assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("succeeded", 2, 204)
-        db.session.remove()
 
 
 def test_rotated_secrets_sign_with_both_during_the_overlap(

@@ -292,6 +292,8 @@ def run_ffmpeg(
         finally:  # cancel, timeout, soft time limit, warm shutdown: nothing of FFmpeg outlives this
             _kill_group(process)
             reader.join(timeout=5)
+            if process.stdout is not None:  # our end of the progress pipe, read to its end by now
+                process.stdout.close()
         stderr.seek(0)
         tail = _tail(stderr.read(), *hide_dirs)
     if returncode < 0:  # killed by a signal we did not send (OOM killer, shutdown): worth retrying

@@ -179,7 +179,7 @@ class RetryPolicy:
         self.max_attempts = max_attempts
         self.backoff_max_seconds = backoff_max_seconds
         self._backoff = wait_exponential_jitter(
-            initial=backoff_initial_seconds, max=backoff_max_seconds, jitter=backoff_initial_seconds
+            multiplier=backoff_initial_seconds, max=backoff_max_seconds, jitter=backoff_initial_seconds
         )
 
     def retrying(self, retry_on: RetryPredicate) -> Retrying:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from helpers import make_tenant
+from support.tenants import make_tenant
 from werkzeug.serving import make_server
 
 from gpujobs import jobs, operations
@@ -54,7 +54,6 @@ def run_job(app: Flask) -> Callable[..., None]:
                 operations.cancel(job.id, job.tenant_id)
                 jobs.cancel_running(job.id, claim.attempt, "cancelled")
             db.session.commit()
-            db.session.remove()
 
     return run
 

@@ -28,6 +28,9 @@ SENT: Counter[str] = Counter()
 SPENT: Counter[str] = Counter()
 
 
+pytestmark = pytest.mark.slow  # hundreds of generated requests: about a minute in all
+
+
 @pytest.fixture
 def seeded(delivery, dead_letter) -> dict[str, str]:
     """Real objects of the tenant, by path parameter name."""

@@ -16,7 +16,6 @@ from gpujobs.models import IdempotencyRecord, Job
 def count_jobs(app) -> int:
     with app.app_context():
         count = db.session.scalar(select(func.count()).select_from(Job))
-        db.session.remove()
     return count
 
 
@@ -53,10 +52,10 @@ def test_the_same_key_with_another_body_is_422_and_creates_nothing(app, tenant, 
 
 def test_the_same_key_while_the_first_request_is_in_flight_is_409_with_retry_after(app, tenant, submit):
     first = submit(tenant, headers={"Idempotency-Key": "k2"})
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():  # put the record back in the state it has while its request runs
         db.session.execute(update(IdempotencyRecord).values(response_status=None, response_body=None))
         db.session.commit()
-        db.session.remove()
     again = submit(tenant, headers={"Idempotency-Key": "k2"})
     assert again.status_code == 409 and again.headers["Retry-After"] == "1"
     assert first.status_code == 202 and count_jobs(app) == 1
@@ -79,11 +78,11 @@ def test_a_key_whose_request_failed_is_released_so_a_corrected_retry_succeeds(ap
 
 def test_an_expired_key_may_be_used_again(app, tenant, submit):
     submit(tenant, headers={"Idempotency-Key": "old"})
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.execute(update(IdempotencyRecord).values(created_at=func.now() - timedelta(hours=25)))
         db.session.execute(update(Job).values(idempotency_key=None))  # the old job is gone or unrelated
         db.session.commit()
-        db.session.remove()
     reused = submit(tenant, headers={"Idempotency-Key": "old"}, params={"message": "new"})
     assert reused.status_code == 202 and "Idempotent-Replayed" not in reused.headers
     assert count_jobs(app) == 2
@@ -91,6 +90,7 @@ def test_an_expired_key_may_be_used_again(app, tenant, submit):
 
 def test_a_repeat_after_a_lost_answer_names_the_job_that_holds_the_key(app, tenant, submit):
     first = submit(tenant, headers={"Idempotency-Key": "lost"})
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():  # the process died between committing the job and storing the answer
         db.session.execute(
             update(IdempotencyRecord).values(
@@ -98,7 +98,6 @@ def test_a_repeat_after_a_lost_answer_names_the_job_that_holds_the_key(app, tena
             )
         )
         db.session.commit()
-        db.session.remove()
     again = submit(tenant, headers={"Idempotency-Key": "lost"})
     assert again.status_code == 409 and again.json["jobId"] == first.json["id"]
     assert count_jobs(app) == 1

@@ -54,18 +54,18 @@ def test_stats_count_every_status_and_definition_exactly_as_the_jobs_table_does(
     assert stats["byStatus"] == {**expected, "cancelled": 1}
     by_definition = {d["definitionKey"]: d for d in stats["byDefinition"]}
     assert by_definition["echo"]["total"] == 4 and by_definition["compute.math"]["byStatus"]["queued"] == 1
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         truth = dict(db.session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        db.session.remove()
     assert {s: n for s, n in stats["byStatus"].items() if n} == truth
     assert client.get("/v1/stats", headers=other["headers"]).json["total"] == 0
 
 
 def test_deleted_jobs_leave_the_counts_and_redrives_move_them(app, client, tenant, history):
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.execute(delete(Job).where(Job.status.in_(("succeeded", "cancelled"))))
         db.session.commit()
-        db.session.remove()
     letter = client.get("/v1/dlq", headers=tenant["headers"]).json["items"][0]["id"]
     client.post(f"/v1/dlq/{letter}/retry", headers=tenant["headers"])
     stats = client.get("/v1/stats", headers=tenant["headers"]).json
@@ -205,6 +205,7 @@ FROM jobs WHERE status = 'failed';
 def test_folding_past_hours_into_one_shard_keeps_every_metric(app, client, tenant, history):
     tenant_id = uuid.UUID(tenant["id"])
     old_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=30)
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         for shard, (succeeded, seconds) in enumerate([(3, 1.5), (4, 2.0), (5, 0.5)], start=1):
             db.session.add(
@@ -215,7 +216,6 @@ def test_folding_past_hours_into_one_shard_keeps_every_metric(app, client, tenan
                 )
             )  # fmt: skip
         db.session.commit()
-        db.session.remove()
     urls = ["/v1/metrics?ttl=0", "/v1/metrics/throughput?hours=48&ttl=0", "/v1/metrics/definitions?ttl=0"]
     before = [client.get(url, headers=tenant["headers"]).json for url in urls]
     with app.app_context():
@@ -226,6 +226,5 @@ def test_folding_past_hours_into_one_shard_keeps_every_metric(app, client, tenan
             .order_by(JobHourly.hour)
         ).all()
         assert stats.compact_hours() == 0  # nothing left to fold
-        db.session.remove()
     assert rows[0] == (old_hour, 0, 12, 4.0) and all(row.hour > old_hour for row in rows[1:])
     assert [client.get(url, headers=tenant["headers"]).json for url in urls] == before

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_for
-from test_video import _ffmpeg_pids_writing_to, _make_video
+from support.media import ffmpeg_pids_writing_to, make_clip
+from support.polling import wait_for
 
 from gpujobs.definitions import video
 from gpujobs.extensions import db
@@ -117,7 +117,7 @@ def test_process_batch_reports_progress_after_each_batch(client, tenant, worker)
 
 def test_encode_video_transcodes_an_upload_to_webm(client, tenant, worker, app):
     storage = app.config["GPUJOBS_STORAGE_DIR"]
-    _make_video(video.upload_dir(storage) / "through_worker.mp4", seconds=1, size="160x120", rate=10)
+    make_clip(video.upload_dir(storage) / "through_worker.mp4", seconds=1, size="160x120", rate=10)
     params = {"inputFile": "through_worker.mp4", "format": "webm", "resolution": "720p", "quality": "low"}
     job = run_over_http(client, tenant, "encode.video", params)
     assert job["status"] == "succeeded", job["error"]
@@ -130,17 +130,17 @@ def test_encode_video_transcodes_an_upload_to_webm(client, tenant, worker, app):
 
 def test_ffmpeg_dies_with_the_pool_process_that_ran_it_and_the_job_goes_on(client, tenant, worker, app):
     storage = app.config["GPUJOBS_STORAGE_DIR"]
-    _make_video(video.upload_dir(storage) / "killed_worker.mp4", seconds=10, size="640x480", rate=30)
+    make_clip(video.upload_dir(storage) / "killed_worker.mp4", seconds=10, size="640x480", rate=30)
     params = {"inputFile": "killed_worker.mp4", "resolution": "4k", "quality": "high"}
     body = {"definitionKey": "encode.video", "definitionVersion": 1, "params": params}
     accepted = client.post("/v1/jobs", json=body, headers=tenant["headers"])
     assert accepted.status_code == 202, accepted.json
     partial = video.output_path(storage, accepted.json["id"], "mp4").with_suffix("")  # <outputs>/<job id>
-    ffmpeg = wait_for(lambda: _ffmpeg_pids_writing_to(partial), timeout=60)
+    ffmpeg = wait_for(lambda: ffmpeg_pids_writing_to(partial), timeout=60)
     pool_process = int(Path(f"/proc/{ffmpeg[0]}/stat").read_text().split(") ")[1].split()[1])
     assert pool_process in worker.child_pids()
     os.kill(pool_process, signal.SIGKILL)  # what the OOM killer or a hard time limit does
-    wait_for(lambda: ffmpeg[0] not in _ffmpeg_pids_writing_to(partial), timeout=5)
+    wait_for(lambda: ffmpeg[0] not in ffmpeg_pids_writing_to(partial), timeout=5)
 
     def encoding_again() -> bool:
         """The sweeps beat would run: the lease rescue gives the job a new attempt, with a new FFmpeg."""
@@ -148,7 +148,7 @@ def test_ffmpeg_dies_with_the_pool_process_that_ran_it_and_the_job_goes_on(clien
             rescue_stuck()
             dispatch_due()
             db.session.remove()
-        return bool(set(_ffmpeg_pids_writing_to(partial)) - set(ffmpeg))
+        return bool(set(ffmpeg_pids_writing_to(partial)) - set(ffmpeg))
 
     wait_for(encoding_again, timeout=60, interval=0.5)
     client.post(f"/v1/jobs/{accepted.json['id']}/cancel", headers=tenant["headers"])

@@ -14,36 +14,12 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from helpers import wait_for
 from pydantic import ValidationError
+from support.media import ffmpeg_pids_writing_to, make_clip
+from support.polling import wait_for
 
 from gpujobs.definitions import video
 from gpujobs.exceptions import JobCancelled, PermanentError
-
-
-def _make_video(path: Path, seconds: int, size: str, rate: int) -> Path:
-    """A real clip: FFmpeg's test pattern with a sine tone, as a phone or camera upload would have."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sources = ["-f", "lavfi", "-i", f"testsrc=duration={seconds}:size={size}:rate={rate}"]
-    sources += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
-    encode = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest"]
-    encode += ["-movflags", "+faststart"]  # index first, as phones write: a truncated copy still opens
-    subprocess.run(
-        [
-            video.ffmpeg_exe(),
-            "-hide_banner",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-y",
-            *sources,
-            *encode,
-            str(path),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
 
 
 def _streams(path: Path) -> str:
@@ -57,26 +33,10 @@ def _streams(path: Path) -> str:
     return completed.stderr
 
 
-def _ffmpeg_pids_writing_to(directory: Path) -> list[int]:
-    """Live processes whose command line names a file in ``directory`` (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if not entry.name.isdigit() or str(directory) not in (entry / "cmdline").read_text(
-                errors="replace"
-            ):
-                continue
-            if (entry / "stat").read_text().split(") ")[1][0] != "Z":  # a zombie has already exited
-                pids.append(int(entry.name))
-        except OSError:
-            continue  # exited while we looked
-    return pids
-
-
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Ten seconds that take far longer than the test waits to encode at 4k/high."""
-    return _make_video(tmp_path_factory.mktemp("clips") / "long.mp4", seconds=10, size="640x480", rate=30)
+    return make_clip(tmp_path_factory.mktemp("clips") / "long.mp4", seconds=10, size="640x480", rate=30)
 
 
 @pytest.fixture
@@ -87,7 +47,7 @@ def uploads(flask_app: Flask, tmp_path: Path) -> Path:
 
 
 def test_a_clip_is_encoded_to_720p_mp4_with_progress(run_job, ctx, uploads, tmp_path):
-    _make_video(uploads / "clip_1.mp4", seconds=2, size="320x240", rate=15)
+    make_clip(uploads / "clip_1.mp4", seconds=2, size="320x240", rate=15)
     result = run_job("encode.video", {"inputFile": "clip_1.mp4", "resolution": "720p", "format": "mp4"}, ctx)
     target = video.output_path(tmp_path, ctx.job_id, "mp4")
     assert result["outputFile"] == f"{ctx.job_id}.mp4" and result["outputPath"] == f"outputs/{ctx.job_id}.mp4"
@@ -102,7 +62,7 @@ def test_a_clip_is_encoded_to_720p_mp4_with_progress(run_job, ctx, uploads, tmp_
 
 
 def test_a_portrait_clip_is_encoded_to_webm_with_vp9_and_opus(run_job, ctx, uploads, tmp_path):
-    _make_video(uploads / "portrait.mov", seconds=1, size="200x320", rate=10)
+    make_clip(uploads / "portrait.mov", seconds=1, size="200x320", rate=10)
     params = {"inputFile": "portrait.mov", "resolution": "720p", "format": "webm", "quality": "low"}
     result = run_job("encode.video", params, ctx)
     assert (result["width"], result["height"]) == (720, 1152)  # 5:8 fitted into 720x1280
@@ -126,7 +86,7 @@ def test_target_sizes_keep_the_aspect_ratio_with_even_sides(width, height, resol
 
 @pytest.mark.parametrize("content", [b"\x00\x01garbage" * 1000, "half"], ids=["garbage", "truncated"])
 def test_a_corrupt_upload_fails_permanently_with_a_short_reason(run_job, ctx, uploads, tmp_path, content):
-    good = _make_video(tmp_path / "good.mp4", seconds=2, size="320x240", rate=15)
+    good = make_clip(tmp_path / "good.mp4", seconds=2, size="320x240", rate=15)
     data = good.read_bytes()[: good.stat().st_size // 2] if content == "half" else content
     (uploads / "broken.mp4").write_bytes(data)
     with pytest.raises(PermanentError) as raised:
@@ -149,7 +109,7 @@ class _WatchingContext:
     def progress(self, percent: float, message: str | None = None, **data: Any) -> None:
         self.ctx.progress(percent, message, **data)
         if self.ctx.cancelled and not self.pids_at_cancel:
-            self.pids_at_cancel = _ffmpeg_pids_writing_to(self.outputs)
+            self.pids_at_cancel = ffmpeg_pids_writing_to(self.outputs)
             self.groups_at_cancel = [os.getpgid(pid) for pid in self.pids_at_cancel]
 
 
@@ -161,7 +121,7 @@ def test_cancelling_kills_ffmpeg_and_leaves_no_partial_file(run_job, make_ctx, u
         run_job("encode.video", {"inputFile": "long.mp4", "resolution": "4k", "quality": "high"}, ctx)
     assert time.monotonic() - started < 10
     assert 0 < ctx.ctx.percents[1] < 100  # ffmpeg had reported real progress before the cancel
-    assert len(ctx.pids_at_cancel) == 1 and _ffmpeg_pids_writing_to(ctx.outputs) == []
+    assert len(ctx.pids_at_cancel) == 1 and ffmpeg_pids_writing_to(ctx.outputs) == []
     assert ctx.groups_at_cancel == ctx.pids_at_cancel  # FFmpeg led a process group of its own, killed whole
     assert os.listdir(ctx.outputs) == []
 
@@ -172,13 +132,13 @@ def test_an_encode_past_its_timeout_is_killed(run_job, ctx, uploads, tmp_path, l
     with pytest.raises(PermanentError, match="timeout"):
         run_job("encode.video", {"inputFile": "long.mp4", "resolution": "4k", "quality": "high"}, ctx)
     outputs = video.output_path(tmp_path, ctx.job_id, "mp4").parent
-    assert _ffmpeg_pids_writing_to(outputs) == [] and os.listdir(outputs) == []
+    assert ffmpeg_pids_writing_to(outputs) == [] and os.listdir(outputs) == []
 
 
 def test_each_attempt_encodes_to_its_own_file_and_leaves_a_stale_attempts_file_alone(
     run_job, ctx, uploads, tmp_path
 ):
-    _make_video(uploads / "clip_2.mp4", seconds=1, size="160x120", rate=10)
+    make_clip(uploads / "clip_2.mp4", seconds=1, size="160x120", rate=10)
     target = video.output_path(tmp_path, ctx.job_id, "mp4")
     target.parent.mkdir(parents=True)
     stale = target.with_name(f"{ctx.job_id}.1.part.mp4")  # attempt 1, still encoding after losing its lease
@@ -190,7 +150,7 @@ def test_each_attempt_encodes_to_its_own_file_and_leaves_a_stale_attempts_file_a
 
 
 def test_an_attempt_that_lost_the_job_does_not_publish_its_output(run_job, ctx, uploads, tmp_path):
-    _make_video(uploads / "clip_3.mp4", seconds=1, size="160x120", rate=10)
+    make_clip(uploads / "clip_3.mp4", seconds=1, size="160x120", rate=10)
     target = video.output_path(tmp_path, ctx.job_id, "mp4")
     target.parent.mkdir(parents=True)
     target.write_bytes(b"published by the newer attempt")
@@ -224,12 +184,12 @@ def test_ffmpeg_dies_with_a_worker_process_killed_by_sigkill(tmp_path, long_clip
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     encoder = subprocess.Popen([sys.executable, "-c", _ENCODER], env=env)
     try:
-        ffmpeg = wait_for(lambda: _ffmpeg_pids_writing_to(outputs), timeout=30)
+        ffmpeg = wait_for(lambda: ffmpeg_pids_writing_to(outputs), timeout=30)
         encoder.kill()  # no finally, no atexit: only the kernel can stop FFmpeg now
         encoder.wait()
-        wait_for(lambda: _ffmpeg_pids_writing_to(outputs) == [], timeout=5)
+        wait_for(lambda: ffmpeg_pids_writing_to(outputs) == [], timeout=5)
     finally:
-        for pid in _ffmpeg_pids_writing_to(outputs):
+        for pid in ffmpeg_pids_writing_to(outputs):
             os.kill(pid, signal.SIGKILL)
     assert len(ffmpeg) == 1
 
@@ -253,7 +213,7 @@ def test_input_files_that_are_not_bare_upload_names_are_refused_at_validation(ru
 
 
 def test_a_symlink_out_of_uploads_and_a_missing_upload_are_refused(run_job, uploads, tmp_path):
-    outside = _make_video(tmp_path / "outside.mp4", seconds=1, size="160x120", rate=10)
+    outside = make_clip(tmp_path / "outside.mp4", seconds=1, size="160x120", rate=10)
     (uploads / "link.mp4").symlink_to(outside)
     with pytest.raises(PermanentError, match="not an upload name"):
         run_job("encode.video", {"inputFile": "link.mp4"})

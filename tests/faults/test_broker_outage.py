@@ -21,7 +21,7 @@ import pytest
 import redis
 import requests
 from flask import Flask
-from helpers import wait_for
+from support.polling import wait_for
 
 from gpujobs import operations
 from gpujobs.dev.embedded import EmbeddedRedis, free_port

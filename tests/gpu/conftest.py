@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from gpu_testkit import API_KEY, MONITOR_INTERVAL_SECONDS, PHASE_SECONDS
-from test_webhooks import Receiver, secret_of
+from support.gpu import API_KEY, MONITOR_INTERVAL_SECONDS, PHASE_SECONDS
+from support.receivers import Receiver
+from support.tenants import secret_of
 
 from gpujobs.novita import NovitaClient
 from gpujobs.novita.simulator import NovitaSimulator, run_simulator

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from gpu_testkit import instance_row, job_row, provision, wait_for_job
-from helpers import wait_for
+from support.gpu import provision, wait_for_job
+from support.polling import wait_for
+from support.rows import instance_row, job_row
 
 
 def act(client, tenant, instance_id: str, action: str) -> dict:

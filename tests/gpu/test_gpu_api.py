@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from gpu_testkit import REQUEST, job_row, novita_name, provision
-from helpers import make_tenant
 from sqlalchemy import delete, func, select
+from support.gpu import REQUEST, novita_name, provision
+from support.rows import job_row
+from support.tenants import make_tenant
 
 from gpujobs import dispatch
 from gpujobs.extensions import db
@@ -54,10 +55,10 @@ def test_reusing_an_idempotency_key_whose_answer_expired_is_a_conflict_naming_th
     headers = {**tenant["headers"], "Idempotency-Key": "create-box-2"}
     first = client.post("/v1/instances", json=REQUEST, headers=headers)
     assert first.status_code == 202
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():  # the cleanup sweep forgot the answer after 24 h; the job still holds the key
         db.session.execute(delete(IdempotencyRecord))
         db.session.commit()
-        db.session.remove()
     again = client.post("/v1/instances", json=REQUEST, headers=headers)
     assert (again.status_code, again.content_type) == (409, "application/problem+json")
     assert again.json["jobId"] == first.json["jobId"]
@@ -86,17 +87,17 @@ def test_a_create_job_is_committed_together_with_its_instance_before_it_is_publi
     assert seen == [(1, 1)]
 
 
-def test_a_create_whose_instance_row_cannot_be_written_leaves_no_job_behind(app, tenant, monkeypatch):
+def test_a_create_whose_instance_row_cannot_be_written_leaves_no_job_behind(
+    app, tenant, monkeypatch, app_context
+):
     def broken(*args, **kwargs):
         raise RuntimeError("database refused the row")
 
     monkeypatch.setattr(records, "ensure_row", broken)
-    with app.app_context():
-        with pytest.raises(RuntimeError):
-            create.submit(uuid.UUID(tenant["id"]), REQUEST)
-        db.session.rollback()
-        assert db.session.scalar(select(func.count()).select_from(Job)) == 0
-        db.session.remove()
+    with pytest.raises(RuntimeError):
+        create.submit(uuid.UUID(tenant["id"]), REQUEST)
+    db.session.rollback()
+    assert db.session.scalar(select(func.count()).select_from(Job)) == 0
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from gpu_testkit import REQUEST, instance_row, novita_name, run_chain
 from sqlalchemy import text, update
+from support.gpu import REQUEST, novita_name, run_chain
+from support.rows import instance_row
 
 from gpujobs import operations, runner
 from gpujobs.extensions import db
@@ -37,7 +38,6 @@ def novita_instance(novita, name: str, cluster_id: str = "as-sgp-2") -> str:
 def run_reconcile(app) -> dict:
     with app.app_context():
         report = reconcile()
-        db.session.remove()
     return report
 
 
@@ -85,11 +85,10 @@ def test_a_create_names_its_instance_with_the_deployments_prefix(
 
 
 def test_an_instance_whose_create_job_is_still_live_is_not_a_leak(
-    app, tenant, sim, novita, novita_config, monkeypatch
+    app, tenant, sim, novita, novita_config, monkeypatch, app_context
 ):
-    with app.app_context():  # queued through /v1/jobs: no worker has run it, so there is no row yet
-        job_id = operations.submit(uuid.UUID(tenant["id"]), "gpu.instance.create", 1, REQUEST).id
-        db.session.remove()
+    # queued through /v1/jobs: no worker has run it, so there is no row yet
+    job_id = operations.submit(uuid.UUID(tenant["id"]), "gpu.instance.create", 1, REQUEST).id
     novita_instance(novita, novita_name(job_id))  # created just before a crash
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     assert run_reconcile(app)["leaked"] == []
@@ -97,14 +96,13 @@ def test_an_instance_whose_create_job_is_still_live_is_not_a_leak(
 
 
 def test_an_instance_whose_create_answer_was_lost_and_whose_job_then_failed_is_deleted_as_a_leak(
-    app, tenant, sim, novita_config, monkeypatch
+    app, tenant, sim, novita_config, monkeypatch, app_context
 ):
     sim.inject(lose_next_creates=1)
-    with app.app_context():  # one attempt only: the lost answer fails the job, the row never learns the id
-        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, operations.JobOptions(max_attempts=1))
-        job_id, instance_id = job.id, str(instance.id)
-        assert runner.run_job(job_id) == "failed"
-        db.session.remove()
+    # one attempt only: the lost answer fails the job, the row never learns the id
+    job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, operations.JobOptions(max_attempts=1))
+    job_id, instance_id = job.id, str(instance.id)
+    assert runner.run_job(job_id) == "failed"
     assert (instance_row(app, instance_id).status, instance_row(app, instance_id).novita_id) == (
         "failed",
         None,
@@ -134,28 +132,25 @@ def test_a_running_instance_novita_no_longer_has_is_marked_lost(app, tenant, sim
 
 
 def test_a_row_left_mid_stop_by_a_job_that_ended_takes_novitas_status(
-    app, tenant, sim, novita, novita_config
+    app, tenant, sim, novita, novita_config, app_context
 ):
     _, instance_id = run_chain(app, tenant["id"], REQUEST)
     novita.stop_instance(instance_row(app, instance_id).novita_id)
-    with app.app_context():  # as if a stop job had died after asking Novita
-        db.session.execute(
-            update(Instance)
-            .where(Instance.id == uuid.UUID(instance_id))
-            .values(status="stopping", updated_at=db.func.now() - text("interval '1 minute'"))
-        )
-        db.session.commit()
-        db.session.remove()
+    # as if a stop job had died after asking Novita
+    db.session.execute(
+        update(Instance)
+        .where(Instance.id == uuid.UUID(instance_id))
+        .values(status="stopping", updated_at=db.func.now() - text("interval '1 minute'"))
+    )
+    db.session.commit()
     assert run_reconcile(app)["settled"] == [instance_id]
     assert instance_row(app, instance_id).status == "stopped"
 
 
-def test_a_second_reconcile_running_at_the_same_time_steps_aside(app, sim, novita_config):
-    with app.app_context():
-        with db.engine.connect() as other:
-            other.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": LOCK_NAME})
-            assert reconcile() == {"skipped": True}
-            other.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), {"name": LOCK_NAME})
-        assert reconcile()["skipped"] is False
-        db.session.remove()
+def test_a_second_reconcile_running_at_the_same_time_steps_aside(app, sim, novita_config, app_context):
+    with db.engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(hashtext(:name))"), {"name": LOCK_NAME})
+        assert reconcile() == {"skipped": True}
+        other.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), {"name": LOCK_NAME})
+    assert reconcile()["skipped"] is False
     assert sim.count_calls("GET", "/gpu/instances") == 1

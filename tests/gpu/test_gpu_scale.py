@@ -7,8 +7,8 @@ import time
 import uuid
 
 import pytest
-from helpers import wait_for
 from sqlalchemy import func, select
+from support.polling import wait_for
 
 from gpujobs import operations
 from gpujobs.extensions import db
@@ -34,7 +34,6 @@ def sim_options():
 def count(app, *conditions) -> int:
     with app.app_context():
         total = db.session.scalar(select(func.count()).select_from(Job).where(*conditions))
-        db.session.remove()
     return total
 
 
@@ -47,14 +46,13 @@ def test_two_hundred_monitored_instances_cost_one_list_page_per_poll_interval_no
         GPUJOBS_MONITOR_INTERVAL_SECONDS=str(POLL_INTERVAL_SECONDS),
         GPUJOBS_LEASE_SECONDS=str(LEASE_SECONDS),
     )
+    # separate contexts: each step sees what the one before committed, in a fresh session
     with app.app_context():
         job_ids = [create.submit(uuid.UUID(tenant["id"]), REQUEST)[0].id for _ in range(INSTANCES)]
-        db.session.remove()
 
     def all_created() -> bool:
         with app.app_context():
             created = db.session.scalar(select(func.count()).where(Instance.novita_id.is_not(None)))
-            db.session.remove()
         return created == INSTANCES
 
     wait_for(all_created, timeout=120, interval=0.5)
@@ -83,6 +81,5 @@ def test_two_hundred_monitored_instances_cost_one_list_page_per_poll_interval_no
     with app.app_context():
         for job_id in job_ids:
             operations.cancel(job_id, uuid.UUID(tenant["id"]))
-        db.session.remove()
     wait_for(lambda: count(app, Job.status == "cancelled") == INSTANCES, timeout=120, interval=0.5)
     assert all(instance["status"] == "removed" for instance in sim.instances())

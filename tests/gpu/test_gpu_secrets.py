@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from gpu_testkit import REQUEST, next_monitor_look, wait_for_job
 from sqlalchemy import text
+from support.gpu import REQUEST, next_monitor_look, wait_for_job
 
 from gpujobs import runner
 from gpujobs.extensions import db
@@ -29,7 +29,6 @@ def everything_in_postgres(app) -> str:
             db.session.execute(text(f"SELECT coalesce(json_agg(t)::text, '') FROM {table} t")).scalar_one()
             for table in tables
         ]
-        db.session.remove()
     return "\n".join(rows)
 
 
@@ -91,12 +90,10 @@ def every_logger(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCapture
 
 
 def test_the_create_step_logs_nothing_of_the_password_and_hands_off_only_ids_and_numbers(
-    app, tenant, sim, novita_config, every_logger
+    app, tenant, sim, novita_config, every_logger, app_context
 ):
-    with app.app_context():
-        job, _ = create.submit(uuid.UUID(tenant["id"]), PRIVATE)
-        assert runner.run_job(job.id) == "running"
-        db.session.remove()
+    job, _ = create.submit(uuid.UUID(tenant["id"]), PRIVATE)
+    assert runner.run_job(job.id) == "running"
     assert PASSWORD.encode() not in everything_in_redis(app)
     args = next_monitor_look(app)
     assert all(isinstance(arg, (str, int, float)) and PASSWORD not in str(arg) for arg in args)

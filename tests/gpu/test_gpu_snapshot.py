@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 import redis
-from gpu_testkit import novita_name
+from support.gpu import novita_name
 
 from gpujobs.novita import CreateInstanceRequest
 from gpujobs.provisioning import snapshot

@@ -8,18 +8,10 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from gpu_testkit import (
-    REQUEST,
-    events,
-    instance_row,
-    job_row,
-    look,
-    next_monitor_look,
-    run_chain,
-    run_looks,
-)
-from helpers import make_tenant
 from sqlalchemy import func, select, update
+from support.gpu import REQUEST, look, next_monitor_look, run_chain, run_looks
+from support.rows import events, instance_row, job_row
+from support.tenants import make_tenant
 
 from gpujobs import dispatch, jobs, runner
 from gpujobs.exceptions import PermanentError
@@ -45,7 +37,6 @@ def created_and_handed_off(app, tenant, **options) -> tuple[str, str]:
         job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, JobOptions(**options))
         ids = str(job.id), str(instance.id)
         assert runner.run_job(job.id) == "running"
-        db.session.remove()
     return ids
 
 
@@ -82,28 +73,24 @@ def test_create_steps_reuse_the_catalogue_until_novita_refuses_a_placement(app, 
 
 
 def test_a_create_that_finds_nothing_in_remembered_lists_asks_novita_again_before_failing(
-    app, tenant, sim, novita_config
+    app, tenant, sim, novita_config, app_context
 ):
     sim.inject(out_of_stock_clusters=["cn-hongkong-1", "as-sgp-2", "us-ca-6", "eu-ger-2"])
-    with app.app_context():
-        job, _ = create.submit(uuid.UUID(tenant["id"]), REQUEST)
-        assert runner.run_job(job.id) == "failed"  # out of stock everywhere, said by fresh lists
-        db.session.remove()
+    job, _ = create.submit(uuid.UUID(tenant["id"]), REQUEST)
+    assert runner.run_job(job.id) == "failed"  # out of stock everywhere, said by fresh lists
     sim.inject(out_of_stock_clusters=[])  # stock arrives; the worker still remembers the empty lists
     created_and_handed_off(app, tenant)
     assert sim.count_calls("POST", "/gpu/instance/create") == 1
 
 
 def test_the_second_look_at_fresh_lists_never_asks_for_a_place_novita_just_refused(
-    app, tenant, sim, novita_config
+    app, tenant, sim, novita_config, app_context
 ):
     created_and_handed_off(app, tenant)  # the worker now remembers the lists
     no_room = {"count": 100, "reason": "INSUFFICIENT_RESOURCE", "endpoint": "/gpu/instance/create"}
     sim.inject(fail_next=no_room)
-    with app.app_context():
-        job_id = create.submit(uuid.UUID(tenant["id"]), REQUEST)[0].id
-        assert runner.run_job(job_id) == "failed"
-        db.session.remove()
+    job_id = create.submit(uuid.UUID(tenant["id"]), REQUEST)[0].id
+    assert runner.run_job(job_id) == "failed"
     refused = [
         (event.data["productId"], event.data["clusterId"])
         for event in events(app, job_id)
@@ -113,31 +100,29 @@ def test_the_second_look_at_fresh_lists_never_asks_for_a_place_novita_just_refus
     assert sim.count_calls("POST", "/gpu/instance/create") == 1 + len(refused)
 
 
-def test_a_request_with_a_price_cap_reads_fresh_lists(app, tenant, sim, novita_config):
+def test_a_request_with_a_price_cap_reads_fresh_lists(app, tenant, sim, novita_config, app_context):
     created_and_handed_off(app, tenant)
     created_and_handed_off(app, tenant, priority="high")
     assert sim.count_calls("GET", "/products") == 1
-    with app.app_context():
-        job, _ = create.submit(uuid.UUID(tenant["id"]), {**REQUEST, "maxPricePerHour": 5.0})
-        assert runner.run_job(job.id) == "running"
-        db.session.remove()
+    job, _ = create.submit(uuid.UUID(tenant["id"]), {**REQUEST, "maxPricePerHour": 5.0})
+    assert runner.run_job(job.id) == "running"
     assert sim.count_calls("GET", "/products") == 2
 
 
-def test_a_run_that_lost_its_job_while_creating_leaves_the_row_to_the_rerun(app, tenant, sim, novita_config):
-    with app.app_context():
-        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
-        claim = jobs.claim(job.id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
-        records.transition(instance.id, records.CREATABLE, status=InstanceStatus.CREATING)
-        db.session.commit()  # as the create step's claim does before it calls Novita
-        stale = SimpleNamespace(job_id=str(job.id), attempt=claim.attempt - 1)  # as after a rescue and rerun
-        with pytest.raises(PermanentError, match="no longer holds"):
-            create._record_created(stale, instance, "nv-from-the-paused-run")
-        holder = SimpleNamespace(job_id=str(job.id), attempt=claim.attempt)
-        create._record_created(holder, instance, "nv-ours")
-        db.session.commit()
-        assert db.session.get(Instance, instance.id, populate_existing=True).novita_id == "nv-ours"
-        db.session.remove()
+def test_a_run_that_lost_its_job_while_creating_leaves_the_row_to_the_rerun(
+    app, tenant, sim, novita_config, app_context
+):
+    job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
+    claim = jobs.claim(job.id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
+    records.transition(instance.id, records.CREATABLE, status=InstanceStatus.CREATING)
+    db.session.commit()  # as the create step's claim does before it calls Novita
+    stale = SimpleNamespace(job_id=str(job.id), attempt=claim.attempt - 1)  # as after a rescue and rerun
+    with pytest.raises(PermanentError, match="no longer holds"):
+        create._record_created(stale, instance, "nv-from-the-paused-run")
+    holder = SimpleNamespace(job_id=str(job.id), attempt=claim.attempt)
+    create._record_created(holder, instance, "nv-ours")
+    db.session.commit()
+    assert db.session.get(Instance, instance.id, populate_existing=True).novita_id == "nv-ours"
 
 
 def test_a_catalogue_age_of_zero_asks_novita_on_every_create(app, tenant, sim, novita_config, monkeypatch):
@@ -161,22 +146,21 @@ def test_the_prometheus_scrape_counts_novita_calls_by_path_and_outcome(
         assert line in scrape
 
 
-def test_only_the_run_that_holds_the_job_may_claim_its_instance_row(app, tenant, sim, novita_config):
-    with app.app_context():
-        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
-        job_id, instance_id = job.id, instance.id
-        take = records.run_holds(job_id, 1), records.owned_by(job_id)
-        # Still queued: no run holds it.
-        assert not records.transition(instance_id, records.CREATABLE, *take, status=InstanceStatus.CREATING)
-        jobs.claim(job_id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
-        stale = records.run_holds(job_id, 2), records.owned_by(job_id)
-        assert not records.transition(instance_id, records.CREATABLE, *stale, status=InstanceStatus.CREATING)
-        other_job = records.run_holds(job_id, 1), records.owned_by(uuid.uuid4())
-        assert not records.transition(
-            instance_id, records.CREATABLE, *other_job, status=InstanceStatus.CREATING
-        )
-        assert records.transition(instance_id, records.CREATABLE, *take, status=InstanceStatus.CREATING)
-        db.session.rollback()
+def test_only_the_run_that_holds_the_job_may_claim_its_instance_row(
+    app, tenant, sim, novita_config, app_context
+):
+    job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
+    job_id, instance_id = job.id, instance.id
+    take = records.run_holds(job_id, 1), records.owned_by(job_id)
+    # Still queued: no run holds it.
+    assert not records.transition(instance_id, records.CREATABLE, *take, status=InstanceStatus.CREATING)
+    jobs.claim(job_id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
+    stale = records.run_holds(job_id, 2), records.owned_by(job_id)
+    assert not records.transition(instance_id, records.CREATABLE, *stale, status=InstanceStatus.CREATING)
+    other_job = records.run_holds(job_id, 1), records.owned_by(uuid.uuid4())
+    assert not records.transition(instance_id, records.CREATABLE, *other_job, status=InstanceStatus.CREATING)
+    assert records.transition(instance_id, records.CREATABLE, *take, status=InstanceStatus.CREATING)
+    db.session.rollback()
 
 
 def test_one_look_at_a_running_instance_ends_the_job_with_its_endpoints(app, tenant, sim, novita_config):
@@ -188,16 +172,14 @@ def test_one_look_at_a_running_instance_ends_the_job_with_its_endpoints(app, ten
     assert sim.count_calls("GET", "/gpu/instance") == 1
 
 
-def test_a_look_records_each_webhook_event_once_however_often_it_runs(app, tenant, sim, novita_config):
+def test_a_look_records_each_webhook_event_once_however_often_it_runs(
+    app, tenant, sim, novita_config, app_context
+):
     created_and_handed_off(app, tenant, webhook_url=HOOK_URL)
     args = next_monitor_look(app)
     for _ in range(2):  # the same message delivered twice
         look(app, args)
-    with app.app_context():
-        types = db.session.scalars(
-            select(WebhookDelivery.event_type).order_by(WebhookDelivery.event_type)
-        ).all()
-        db.session.remove()
+    types = db.session.scalars(select(WebhookDelivery.event_type).order_by(WebhookDelivery.event_type)).all()
     assert types == ["instance.running", "job.succeeded"]
     assert next_monitor_look(app) is None  # and the chain ended: no further look was published
 
@@ -233,22 +215,20 @@ def test_a_permanent_novita_error_during_monitoring_fails_the_job_with_its_reaso
 
 
 def test_a_lost_monitor_message_is_recovered_by_the_rescue_sweep_and_the_rerun_adopts_the_instance(
-    app, tenant, sim, novita_config
+    app, tenant, sim, novita_config, app_context
 ):
     from gpujobs.sweeps import rescue_stuck
 
     job_id, _ = created_and_handed_off(app, tenant)
     assert next_monitor_look(app) is not None  # taken off the queue and lost
-    with app.app_context():
-        db.session.execute(
-            update(Job)
-            .where(Job.id == uuid.UUID(job_id))
-            .values(lease_expires_at=func.now() - timedelta(seconds=1))
-        )
-        db.session.commit()
-        rescue_stuck()
-        assert runner.run_job(uuid.UUID(job_id)) == "running"
-        db.session.remove()
+    db.session.execute(
+        update(Job)
+        .where(Job.id == uuid.UUID(job_id))
+        .values(lease_expires_at=func.now() - timedelta(seconds=1))
+    )
+    db.session.commit()
+    rescue_stuck()
+    assert runner.run_job(uuid.UUID(job_id)) == "running"
     look(app, next_monitor_look(app))
     job = job_row(app, job_id)
     assert (job.status, job.attempt) == ("succeeded", 2)
@@ -259,16 +239,15 @@ def test_a_lost_monitor_message_is_recovered_by_the_rescue_sweep_and_the_rerun_a
 def test_deleting_an_instance_that_never_reached_novita_just_marks_it_deleted(
     app, client, tenant, sim, novita_config
 ):
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST | {"maxPricePerHour": 0.01})
         instance_id = str(instance.id)
         assert runner.run_job(job.id) == "failed"
-        db.session.remove()
     assert instance_row(app, instance_id).status == "failed"
     deleting = client.delete(f"/v1/instances/{instance_id}", headers=tenant["headers"]).json
     with app.app_context():
         assert runner.run_job(uuid.UUID(deleting["jobId"])) == "succeeded"
-        db.session.remove()
     assert instance_row(app, instance_id).status == "deleted"
     assert sim.count_calls("POST", "/gpu/instance/delete") == 0
 
@@ -280,7 +259,6 @@ def delete_through_v1_jobs(app, client, headers, instance_id: str) -> str:
     assert response.status_code == 202, response.json
     with app.app_context():
         assert runner.run_job(uuid.UUID(response.json["id"])) == "failed"
-        db.session.remove()
     return response.json["id"]
 
 
@@ -321,9 +299,9 @@ def test_a_stop_whose_instance_a_delete_took_over_fails_instead_of_claiming_the_
 ):
     _, instance_id = run_chain(app, tenant["id"], REQUEST, webhook_url=HOOK_URL)
     stop = client.post(f"/v1/instances/{instance_id}/stop", headers=tenant["headers"]).json
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         assert runner.run_job(uuid.UUID(stop["jobId"])) == "running"  # Novita was asked; now watched
-        db.session.remove()
     delete = client.delete(f"/v1/instances/{instance_id}", headers=tenant["headers"]).json
     assert delete["status"] == "deleting"
 
@@ -338,18 +316,17 @@ def test_a_stop_whose_instance_a_delete_took_over_fails_instead_of_claiming_the_
     assert (row.status, str(row.job_id)) == ("deleting", delete["jobId"])
     with app.app_context():
         sent = db.session.scalars(select(WebhookDelivery.event_type)).all()
-        db.session.remove()
     assert sorted(sent) == ["instance.running", "job.failed", "job.succeeded"]  # no instance.stopped
 
 
 def test_an_action_job_is_published_only_once_its_instance_is_marked_with_it(
     app, client, tenant, sim, novita_config, monkeypatch
 ):
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():  # an instance whose provisioning failed before it reached Novita
         job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST | {"maxPricePerHour": 0.01})
         instance_id = instance.id
         assert runner.run_job(job.id) == "failed"
-        db.session.remove()
     seen = []
 
     def publish(item):  # what a worker that took the message at once would find

@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from gpu_testkit import (
-    IMAGE,
-    PHASE_SECONDS,
-    events,
-    instance_row,
-    job_row,
-    novita_name,
-    provision,
-    wait_for_job,
-)
-from helpers import wait_for
-
-from gpujobs.extensions import db
+from support.gpu import IMAGE, PHASE_SECONDS, novita_name, provision, wait_for_job
+from support.polling import wait_for
+from support.rows import events, instance_row, job_row
 
 # Instances that stay in `pulling` for a minute: long enough to cancel or time out first.
 SLOW_PULL = pytest.mark.parametrize(
@@ -176,9 +166,9 @@ def test_a_monitor_polling_less_often_than_its_lease_lasts_is_never_rescued(
     accepted = provision(client, tenant, monitoring={"pollIntervalMs": 5000})
 
     def ended() -> bool:
+        # a fresh context per poll: it sees what the worker committed since the last one
         with app.app_context():  # the rescue sweep, as beat would run it
             rescue_stuck()
-            db.session.remove()
         return job_row(app, accepted["jobId"]).status in ("succeeded", "failed")
 
     wait_for(ended, timeout=40, interval=0.5)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from novita_testkit import API_KEY, PHASE_SECONDS, REMOVED_GRACE_SECONDS
+from support.novita import API_KEY, PHASE_SECONDS, REMOVED_GRACE_SECONDS
 
 from gpujobs.novita import CreateInstanceRequest, NovitaClient
 from gpujobs.novita.simulator import ManualClock, NovitaSimulator, run_simulator

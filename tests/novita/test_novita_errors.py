@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from novita_testkit import PHASE_SECONDS
+from support.novita import PHASE_SECONDS
 
 from gpujobs.dev.embedded import free_port
 from gpujobs.exceptions import PermanentError, TransientError

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 
 import pytest
-from novita_testkit import API_KEY, PHASE_SECONDS, REMOVED_GRACE_SECONDS
+from support.novita import API_KEY, PHASE_SECONDS, REMOVED_GRACE_SECONDS
 
 from gpujobs.novita import (
     CreateInstanceRequest,

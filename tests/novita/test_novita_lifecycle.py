@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from novita_testkit import API_KEY, PHASE_SECONDS
+from support.novita import API_KEY, PHASE_SECONDS
 
 from gpujobs.exceptions import PermanentError
 from gpujobs.novita import (

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 import pytest
-from novita_testkit import API_KEY
+from support.novita import API_KEY
 
 from gpujobs.novita import (
     CreateInstanceRequest,

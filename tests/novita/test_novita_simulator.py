@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from novita_testkit import API_KEY
+from support.novita import API_KEY
 
 from gpujobs.novita import CreateInstanceRequest, InsufficientResourceError, NovitaClient, NovitaError, spec
 from gpujobs.novita.simulator import NovitaSimulator, run_simulator
@@ -161,7 +161,11 @@ def test_serve_runs_a_standalone_simulator_until_interrupted() -> None:
             assert len(client.list_clusters()) == 4
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        finally:
+            process.kill()  # a no-op once it has exited; ends a simulator that ignored SIGINT
+            process.communicate()  # reaps it and closes its pipes
 
     assert process.returncode == 0
 

@@ -6,8 +6,8 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import make_tenant
 from sqlalchemy import select
+from support.tenants import make_tenant
 
 from gpujobs import resources, schedules
 from gpujobs.api.schedules import SchedulePage
@@ -120,10 +120,10 @@ def test_another_tenants_schedules_are_invisible_and_keys_are_required(client, t
 def test_a_schedule_made_over_http_queues_its_job_at_its_tick(client, tenant, app):
     created = post_schedule(client, tenant, cron="*/10 * * * *", priority="low").json
     tick = datetime.fromisoformat(created["nextRunAt"])
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         assert schedules.run_due_schedules(now=tick) == 1
         job_id = db.session.scalar(select(Job.id).where(Job.idempotency_key.like("schedule:%")))
-        db.session.remove()
     job = client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json
     assert (job["definitionKey"], job["priority"], job["params"]["message"]) == ("echo", "low", "good night")
     after = client.get(f"/v1/schedules/{created['id']}", headers=tenant["headers"]).json

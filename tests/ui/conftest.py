@@ -8,7 +8,6 @@ where ``.ci/install-browser`` must have installed it.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from sqlalchemy import select, text
+from support.ui import csrf_of
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 CHROMIUM = os.environ.get("GPUJOBS_CHROMIUM", "/usr/bin/chromium")
@@ -173,19 +173,8 @@ def insert_jobs(app: Flask) -> Callable[..., None]:
                 db.session.commit()
             db.session.execute(text("ANALYZE jobs"))
             db.session.commit()
-            db.session.remove()
 
     return insert
-
-
-CSRF_FIELD = re.compile(r'name="csrf_token" value="([0-9a-f]+)"')
-
-
-def csrf_of(html: str) -> str:
-    """The CSRF token in a page's forms."""
-    match = CSRF_FIELD.search(html)
-    assert match, "the page has no form with a CSRF token"
-    return match.group(1)
 
 
 @pytest.fixture
@@ -207,7 +196,6 @@ def ui_client(app: Flask) -> Callable[[dict[str, str]], Any]:
 def submit_job(app: Flask) -> Callable[..., uuid.UUID]:
     """Factory: submit a job through ``operations.submit`` (committed and published); returns its id."""
     from gpujobs import operations
-    from gpujobs.extensions import db
 
     def submit(
         tenant: dict[str, str], key: str, params: dict[str, Any] | None = None, **options: Any
@@ -217,7 +205,6 @@ def submit_job(app: Flask) -> Callable[..., uuid.UUID]:
                 uuid.UUID(tenant["id"]), key, 1, params or {}, operations.JobOptions(**options)
             )
             job_id = job.id
-            db.session.remove()
         return job_id
 
     return submit
@@ -245,7 +232,6 @@ def dead_letter(
             )
             db.session.commit()
             letter_id = db.session.scalar(select(DeadLetter.id).where(DeadLetter.job_id == job_id))
-            db.session.remove()
         return job_id, letter_id
 
     return make

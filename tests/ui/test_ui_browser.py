@@ -8,22 +8,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from helpers import make_tenant
 from sqlalchemy import insert, select
+from support.rows import job_row
+from support.tenants import make_tenant
 
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Instance, Job, WebhookDelivery
-from gpujobs.registry import get_definition
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 WATCH_TIMEOUT_MS = 60_000
-
-
-def job_row(app, job_id: uuid.UUID) -> Job:
-    with app.app_context():
-        job = db.session.get(Job, job_id)
-        db.session.expunge(job)
-        db.session.remove()
-    return job
 
 
 def confirm(page, row_or_page, action: str) -> None:
@@ -77,8 +71,6 @@ def test_an_operator_watches_a_job_go_from_queued_to_succeeded_and_opens_its_tim
 def test_a_gpu_job_is_watched_from_queued_to_succeeded_on_the_simulator(
     app, tenant, signed_in, submit_job, start_worker, screenshot
 ):
-    if get_definition("gpu.instance.create", 1) is None:
-        pytest.skip("gpu.instance.create@1 is not registered yet (GPU provisioning is being built)")
     from gpujobs.novita.simulator import run_simulator
 
     with run_simulator(api_key="sk_ui", phase_seconds=0.2) as sim:
@@ -129,6 +121,7 @@ def test_an_operator_redrives_a_dead_letter_with_a_new_max_attempts(
     assert page.url.endswith(f"/ui/jobs/{job_id}")
     job = job_row(app, job_id)
     assert job.status == "queued" and job.max_attempts == job.attempt + 5
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         assert db.session.get(DeadLetter, letter_id).redriven_at is not None
     page.click("nav >> text=Dead letters")
@@ -138,6 +131,7 @@ def test_an_operator_redrives_a_dead_letter_with_a_new_max_attempts(
 def test_an_operator_redelivers_a_failed_webhook(app, tenant, signed_in, submit_job):
     job_id = submit_job(tenant, "echo", webhook_url="http://127.0.0.1:9/hook")
     delivery_id = uuid.uuid4()
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.execute(
             insert(WebhookDelivery).values(
@@ -194,8 +188,6 @@ def test_the_instances_page_shows_price_region_product_endpoints_and_marks_lost_
 
 
 def test_an_operator_stops_an_instance_through_a_job(app, tenant, signed_in):
-    if get_definition("gpu.instance.stop", 1) is None:
-        pytest.skip("gpu.instance.stop@1 is not registered yet (instance actions are being built)")
     instance_id = add_instance(app, tenant, "gpujobs-stop-me", status="running", novita_status="running")
     page = signed_in(tenant)
     page.click("nav >> text=Instances")
@@ -203,6 +195,7 @@ def test_an_operator_stops_an_instance_through_a_job(app, tenant, signed_in):
     assert row.locator("details[data-action='start']").count() == 0  # only what its status allows
     confirm(page, row, "stop")
     page.wait_for_selector(".flash:has-text('Stop requested')")
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         job = db.session.scalar(select(Job).where(Job.definition_key == "gpu.instance.stop"))
         assert job.params["instanceId"] == str(instance_id)

@@ -88,6 +88,7 @@ def test_a_redrive_with_an_out_of_range_max_attempts_is_refused_and_the_letter_s
         )
         assert response.headers["Location"] == "/ui/dlq"
         assert "maxAttempts:" in client.get("/ui/dlq").get_data(as_text=True)
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         assert db.session.get(DeadLetter, letter_id).redriven_at is None
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import csrf_of
-from helpers import make_tenant
 from sqlalchemy import update
+from support.tenants import make_tenant
+from support.ui import csrf_of
 
 from gpujobs.extensions import db
 from gpujobs.models import ApiKey, Instance, Job
@@ -84,6 +84,7 @@ def test_signing_out_ends_the_session(ui_client, tenant):
 def test_revoking_the_api_key_ends_the_sessions_it_opened(app, ui_client, tenant):
     client = ui_client(tenant)
     assert client.get("/ui/").status_code == 200
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.execute(update(ApiKey).values(revoked_at=db.func.now()))
         db.session.commit()
@@ -142,6 +143,7 @@ def test_another_tenants_jobs_letters_and_instances_answer_404_on_pages_and_acti
     assert intruder.get("/ui/jobs/not-a-uuid").status_code == 404
     for url in _action_urls(owner_job, letter_id)[:-1]:
         assert intruder.post(url, data={"csrf_token": intruder.csrf}).status_code == 404, url
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         assert db.session.get(Job, owner_job).status == "queued"
     html = intruder.get("/ui/jobs").get_data(as_text=True)
@@ -219,6 +221,7 @@ def test_the_dashboard_leaves_the_api_sessionless(client, tenant):
 
 def test_an_instance_action_its_status_does_not_allow_is_refused_with_the_reason(app, ui_client, tenant):
     instance_id = uuid.uuid4()
+    # a context of its own: the test client's requests must not run inside it
     with app.app_context():
         db.session.add(
             Instance(id=instance_id, tenant_id=uuid.UUID(tenant["id"]), name="gpujobs-x", status="running")

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from flask import Flask
+from support.media import CODECS_BY_SUFFIX, make_clip
 
 from gpujobs.definitions import video
-
-# Codecs a camera or an editor would put in each container.
-CODECS_BY_SUFFIX = {
-    ".mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
-    ".mov": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
-    ".mkv": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"],
-    ".webm": ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "libopus"],
-}
-
-
-def make_clip(
-    path: Path, seconds: float = 2, size: str = "320x240", rate: int = 15, audio_only: bool = False
-) -> Path:
-    """A real clip: FFmpeg's test pattern and a sine tone, in the container the suffix names."""
-    sources = (
-        [] if audio_only else ["-f", "lavfi", "-i", f"testsrc=duration={seconds}:size={size}:rate={rate}"]
-    )
-    sources += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
-    codecs = CODECS_BY_SUFFIX[path.suffix] + ([] if audio_only else ["-pix_fmt", "yuv420p"])
-    command = [video.ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *sources]
-    subprocess.run([*command, *codecs, "-shortest", str(path)], check=True, timeout=60)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ import io
 import subprocess
 
 import pytest
-from helpers import make_tenant, wait_for
+from support.polling import wait_for
+from support.tenants import make_tenant
 
 from gpujobs.api.videos import VideoAccepted, VideoStatus
 from gpujobs.definitions import video
@@ -52,12 +53,14 @@ def test_a_real_clip_is_uploaded_encoded_by_a_worker_and_downloaded(client, tena
     assert len(download.data) == status["sizeBytes"]
     saved = tmp_path / "downloaded.mp4"
     saved.write_bytes(download.data)
+    download.close()  # a file response holds the file open until it is closed
     described = subprocess.run(
         [video.ffmpeg_exe(), "-hide_banner", "-i", str(saved)], capture_output=True, text=True, check=False
     ).stderr
     assert "Video: h264" in described and "960x720" in described and "Audio: aac" in described
     ranged = client.get(status["downloadUrl"], headers={**tenant["headers"], "Range": "bytes=0-99"})
     assert ranged.status_code == 206 and ranged.data == download.data[:100]
+    ranged.close()
 
 
 @pytest.mark.parametrize(

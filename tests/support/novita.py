@@ -1,4 +1,4 @@
-"""Constants shared by the Novita tests and their conftest (conftest itself is not importable)."""
+"""Constants of the Novita contract tests: the simulator's API key and its lifecycle timings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Definitions used only by the engine tests (loaded through GPUJOBS_DEFINITION_MODULES)."""
+"""Definitions only the tests use, loaded as GPUJOBS_DEFINITION_MODULES=support.sample_definitions by the
+test process and by its workers."""
 
 from __future__ import annotations
 

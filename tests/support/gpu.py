@@ -1,4 +1,4 @@
-"""Constants and helpers shared by the GPU workflow tests and their conftest (conftest is not importable)."""
+"""Constants and helpers of the GPU workflow tests: the simulator's settings, requests, the monitor chain."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import uuid
 from typing import Any
 
 from flask import Flask
-from helpers import wait_for
-from sqlalchemy import select
 
-from gpujobs.extensions import db
-from gpujobs.models import Instance, Job, JobEvent
+from gpujobs.models import Job
+from support.polling import wait_for
+from support.rows import job_row
 
 API_KEY = "sk_test_gpu_workflow"
 # Each lifecycle phase (pending, toCreate, creating, pulling, ...) lasts this long: create to running ~1 s.
@@ -34,35 +33,6 @@ def provision(client: Any, tenant: dict[str, str], **changes: Any) -> dict[str, 
     return response.json
 
 
-def job_row(app: Flask, job_id: str | uuid.UUID) -> Job:
-    """A detached copy of a job row."""
-    with app.app_context():
-        job = db.session.get(Job, uuid.UUID(str(job_id)))
-        db.session.expunge(job)
-        db.session.remove()
-    return job
-
-
-def instance_row(app: Flask, instance_id: str | uuid.UUID) -> Instance:
-    """A detached copy of an instance row."""
-    with app.app_context():
-        instance = db.session.get(Instance, uuid.UUID(str(instance_id)))
-        db.session.expunge(instance)
-        db.session.remove()
-    return instance
-
-
-def events(app: Flask, job_id: str | uuid.UUID) -> list[JobEvent]:
-    """A job's timeline, detached."""
-    with app.app_context():
-        rows = db.session.scalars(
-            select(JobEvent).where(JobEvent.job_id == uuid.UUID(str(job_id))).order_by(JobEvent.id)
-        ).all()
-        db.session.expunge_all()
-        db.session.remove()
-    return list(rows)
-
-
 def wait_for_job(app: Flask, job_id: str, *statuses: str, timeout: float = 30.0) -> Job:
     """Wait until the job is in one of `statuses` (running the dispatch sweep, as beat would)."""
     from gpujobs.sweeps import dispatch_due
@@ -70,7 +40,6 @@ def wait_for_job(app: Flask, job_id: str, *statuses: str, timeout: float = 30.0)
     def done() -> Job | None:
         with app.app_context():
             dispatch_due()
-            db.session.remove()
         job = job_row(app, job_id)
         return job if job.status in statuses else None
 
@@ -95,7 +64,6 @@ def look(app: Flask, args: list[Any]) -> None:
 
     with app.app_context():
         monitor.poll(monitor.Watch.from_args(*args))
-        db.session.remove()
 
 
 def run_looks(app: Flask, *, max_looks: int = 50) -> None:
@@ -123,6 +91,5 @@ def run_chain(
         job, instance = create.submit(uuid.UUID(tenant_id), params, JobOptions(**options))
         ids = str(job.id), str(instance.id)
         runner.run_job(job.id)
-        db.session.remove()
     run_looks(app, max_looks=max_looks)
     return ids
