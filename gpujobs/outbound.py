@@ -1,6 +1,6 @@
 """The one way the service makes HTTP calls to user-supplied URLs (webhooks and the ``call.api`` job).
 
-Decisions (ARCHITECTURE.md section 6; reliability.md sections 3.3-3.4, promises W3 and W4):
+Decisions (after OWASP's SSRF prevention cheat sheet and how Svix and Stripe deliver webhooks):
 
 * ``http``/``https`` only, a host, no ``user:pass@``. Any port 1-65535: the address check, not the port,
   keeps calls off internal services, and real receivers listen on 8080, 8443, ...

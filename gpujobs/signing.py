@@ -1,4 +1,5 @@
-"""Standard Webhooks signing for outbound webhook deliveries (ARCHITECTURE.md section 6).
+"""Standard Webhooks signing for outbound webhook deliveries (the Standard Webhooks
+specification, https://www.standardwebhooks.com).
 
 Each endpoint has its own ``whsec_<base64>`` secret. A delivery is signed over the exact bytes sent,
 as ``HMAC-SHA256(key, "{msg_id}.{timestamp}.{body}")``, and carried in ``webhook-signature`` as

@@ -153,7 +153,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-# --- hostile URLs (reliability.md section 3.4) -------------------------------------------------------
+# --- hostile URLs (OWASP SSRF cheat sheet) ------------------------------------------------------------
 
 HOSTILE_URLS = {
     "loopback": ["http://127.0.0.1/", "http://127.8.9.10:8080/x", "http://localhost/", "http://[::1]/"],

@@ -1,6 +1,6 @@
 """NovitaClient: the Novita GPU-instance API (`/gpu-instance/openapi/v1`) as typed Python calls.
 
-Retry policy, from §12 and from what each call can do twice without harm:
+Retry policy, from docs/novita-api.md §12 and from what each call can do twice without harm:
 - GETs are retried on 429, 5xx, timeouts and connection errors.
 - start/stop/restart/delete are retried the same way. Their effect is idempotent but their answer is not: if
   an earlier attempt may have acted (5xx, lost answer), "invalid state change" (and, for delete, not-found)

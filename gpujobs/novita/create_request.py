@@ -3,6 +3,8 @@
 Quirks handled here so no caller has to remember them: `ports` is a comma string, `imageAuth` is
 `"username:password"` while a registry-auth *id* goes in `imageAuthId`, network storages use a capital
 `Id`, and `kind` is always sent. Registry credentials and env values are kept out of `repr`.
+
+Section numbers (§) cite docs/novita-api.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Typed Novita errors, each a TransientError or PermanentError so the engine decides retry-vs-fail once.
 
 `error_from_response` turns any HTTP error answer into one of these: the documented JSON envelope
-`{code, reason, message, metadata}` (§12), an undocumented reason, or a body that is not JSON at all (an
-HTML page from Cloudflare or a proxy). Messages carry method, path, status, reason and Novita's message,
-never request headers or bodies, so they cannot leak the API key or registry passwords.
+`{code, reason, message, metadata}` (docs/novita-api.md §12), an undocumented reason, or a body that is not
+JSON at all (an HTML page from Cloudflare or a proxy). Messages carry method, path, status, reason and
+Novita's message, never request headers or bodies, so they cannot leak the API key or registry passwords.
 """
 
 from __future__ import annotations

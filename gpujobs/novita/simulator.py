@@ -1,6 +1,6 @@
 """A local Novita GPU-instance API over real HTTP, for contract tests, end-to-end tests and benchmarks.
 
-It follows §15 of NOVITA_API.md: the documented paths under `/gpu-instance/openapi/v1`, bearer auth, seeded
+It follows docs/novita-api.md §15: the documented paths under `/gpu-instance/openapi/v1`, bearer auth, seeded
 clusters/products/templates/registry auths, per-cluster capacity, clock-driven lifecycles, Novita's error
 envelope, and failure injection. Every call and every instance ever created is kept in a ledger.
 

@@ -1,6 +1,6 @@
 """One description of the Novita GPU-instance API, shared by the client and the simulator.
 
-Everything here is taken from /work/shared/novita/NOVITA_API.md (section numbers in comments). The client
+Everything here is taken from docs/novita-api.md (its section numbers in comments). The client
 and the simulator both import these names, so a path, a status or an error reason cannot drift between
 the code that speaks the API and the code that imitates it.
 """

@@ -82,7 +82,7 @@ class Transport:
         self._timeout = (connect_timeout_seconds, read_timeout_seconds)
         self._on_call = on_call
         self._session = requests.Session()
-        # Content-Type is documented as required on every endpoint, GETs included (§1).
+        # Content-Type is documented as required on every endpoint, GETs included (docs/novita-api.md §1).
         self._session.headers.update(
             {
                 "Authorization": f"Bearer {api_key}",

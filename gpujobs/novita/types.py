@@ -3,6 +3,8 @@
 Numbers that arrive as strings become ints, `""` becomes None, `Id` and `id` both become `id`, template port
 groups are flattened, and secrets (registry passwords, env values, SSH passwords) are either kept out of
 `repr` or not kept at all. Callers never see raw JSON.
+
+Section numbers (§) cite docs/novita-api.md.
 """
 
 from __future__ import annotations

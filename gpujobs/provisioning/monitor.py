@@ -248,7 +248,8 @@ def _succeed(watch: Watch, instance: Instance, client: NovitaClient, seen: Novit
     if seen is not None:
         values["novita_status"] = seen.status
     if watch.goal.done == InstanceStatus.RUNNING:
-        # List answers lack port endpoints (§6): one GET per instance, once, when it is ready.
+        # List answers lack port endpoints (docs/novita-api.md §6): one GET per instance, once, when it is
+        # ready.
         values.update(endpoints=endpoints_of(client.get_instance(instance.novita_id)), ready_at=jobs.utcnow())
     _end(watch, JobStatus.SUCCEEDED, None, values, watch.goal.event)
 

@@ -2,8 +2,8 @@
 
 `CreateInstanceParams` is both the params model of `gpu.instance.create@1` and the core of the
 `POST /v1/instances` body, so both doors refuse the same mistakes with the same 422. Field names are the
-public camelCase ones (seed 002). Limits mirror Novita's create-instance rules (§5 of NOVITA_API.md), so
-a request Novita would refuse never gets queued.
+public camelCase ones the GPU queue this service replaced used. Limits mirror Novita's create-instance rules
+(docs/novita-api.md §5), so a request Novita would refuse never gets queued.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ TAKEN_AT_FIELD = "_taken_at"
 KEEP_SECONDS = 600
 # Longer than one paged list can take with its retries; a refresher that died frees the lock after it.
 REFRESH_LOCK_SECONDS = 60
-# The largest page Novita is known to serve (§7); the client pages on when there are more instances.
+# The largest page Novita is known to serve (docs/novita-api.md §7); the client pages on when there are more
+# instances.
 PAGE_SIZE = 200
 
 # Delete the lock only if it is still ours (it may have expired and been taken by another refresher).

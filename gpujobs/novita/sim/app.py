@@ -9,6 +9,8 @@ Admin routes:
   `GET /_sim/inject` shows the current fault settings.
 - `GET /_sim/ledger` -> `{"calls": [...]}`; `GET /_sim/instances` -> `{"instances": [...]}`.
 - `POST /_sim/reset` -> back to the seed with no faults and an empty ledger.
+
+Section numbers (§) cite docs/novita-api.md.
 """
 
 from __future__ import annotations

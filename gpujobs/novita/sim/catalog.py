@@ -1,8 +1,8 @@
 """The simulator's catalogue: clusters, products with per-cluster GPU capacity, templates, registry auths.
 
 Capacity is counted in GPUs per (product, cluster). `/products` derives `availableDeploy` and
-`inventoryState` from it (§15), creates and starts acquire it, and entering `exited` or `removed` frees it.
-Callers hold the simulator lock; this class does no locking of its own.
+`inventoryState` from it (docs/novita-api.md §15), creates and starts acquire it, and entering `exited` or
+`removed` frees it. Callers hold the simulator lock; this class does no locking of its own.
 """
 
 from __future__ import annotations

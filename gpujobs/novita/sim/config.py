@@ -17,7 +17,8 @@ class SimulatorConfig:
     # "toCreate", "creating", "pulling", "toStart", ..., plus "notified"/"reclaiming" for spot reclaims and
     # "default" for the rest). Zero makes every action complete at once (benchmarks).
     phase_seconds: float | Mapping[str, float] = DEFAULT_PHASE_SECONDS
-    # Novita reports an undocumented `pending` right after create (§8); off to model only the documented enum.
+    # Novita reports an undocumented `pending` right after create (docs/novita-api.md §8); off to model only
+    # the documented enum.
     include_pending: bool = True
     # How long a deleted instance stays listed as `removed` before it is gone (§7, §15).
     removed_grace_seconds: float = 30.0

@@ -15,7 +15,7 @@ Options (`Faults.configure` keys; the same JSON keys work for `POST /_sim/inject
 - `fail_pull_images` (list of image URLs), `fail_next_pulls` (int): image pulls that fail.
 - `out_of_stock_clusters` (list of cluster ids): every product there has no free GPU.
 - `auth_failure_status` (401 or 403): how a bad key is answered (UNAUTHORIZED or INVALID_API_KEY).
-- `not_found_status` (400, 404 or 200): how an unknown instance is answered (§13.11).
+- `not_found_status` (400, 404 or 200): how an unknown instance is answered (docs/novita-api.md §13.11).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Clock-driven instance lifecycles for the simulator (§8 "likely transitions").
+"""Clock-driven instance lifecycles for the simulator (docs/novita-api.md §8 "likely transitions").
 
 An action gives an instance a *track*: transient phases with durations, ending in a steady status. Status is
 settled lazily against the clock whenever the instance is read, so a manual clock makes every transition

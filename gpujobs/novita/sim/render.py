@@ -2,6 +2,8 @@
 
 Numbers arrive as strings where DOCS says so (`gpuNum`, `cpuNum`, `memory`); list items carry
 `volumeMounts[].size` as a string and `portMappings` without `endpoint`; empty strings stand in for null.
+
+Section numbers (§) cite docs/novita-api.md.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Chosen on purpose: several products share the name "RTX 4090 24GB" at different 
 clusters; RTX 5090 is always out of stock; H100 exists in one cluster only; RTX 3090 has an empty `regions`
 list (meaning every cluster); `regions` entries come in the display, bare-code and bare-id formats; one
 price is a string; one template needs a private registry auth.
+
+Section numbers (§) cite docs/novita-api.md.
 """
 
 from __future__ import annotations

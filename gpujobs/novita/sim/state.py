@@ -88,7 +88,8 @@ class SimState:
                 raise SimApiError(
                     "UNSUPPORTED_BILLING_MODE", f"{product.id} has no {params.billing_mode} billing"
                 )
-            # An empty clusterId means Novita picks a cluster (§5); we pick one that has room.
+            # An empty clusterId means Novita picks a cluster (docs/novita-api.md §5); we pick one that has
+            # room.
             cluster = self.catalog.cluster(
                 params.cluster_id or self._pick_cluster(product.id, params.gpu_num)
             )

@@ -3,6 +3,8 @@
 The rules come from the constants in `gpujobs.novita.spec`, so client and simulator agree on the limits.
 Unknown fields are ignored (§15), and only camelCase is accepted: a snake_case `product_id` simply counts as
 a missing `productId`.
+
+Section numbers (§) cite docs/novita-api.md.
 """
 
 from __future__ import annotations
