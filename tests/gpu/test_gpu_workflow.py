@@ -90,8 +90,9 @@ def test_a_price_cap_refuses_every_product_above_it_with_a_clear_reason(app, cli
         "price cap: no RTX 4090 24GB x1 at or below $0.20/h in CN-HK-01, AS-SGP-02, US-CA-06, EU-GER-02; "
         "the cheapest in stock is $0.28/h (4090.hd.16c62g in US-CA-06)"
     )
-    instance = instance_row(app, accepted["instanceId"])
-    assert instance.status == "failed" and instance.error == job.error
+    # The create step's on_end hook settles the instance just after the job's own commit.
+    wait_for(lambda: instance_row(app, accepted["instanceId"]).status == "failed")
+    assert instance_row(app, accepted["instanceId"]).error == job.error
     assert sim.count_calls("POST", "/gpu/instance/create") == 0
 
 
