@@ -134,7 +134,7 @@ def run(
         recovery[f"Redis down {redis_down_seconds:g} s, back empty"] = _settle(
             cluster, submitter.accepted, time.monotonic()
         )
-        pids_changed = sum(1 for old, new in zip(before, cluster.pids(), strict=True) if old != new)
+        pids_changed = _replaced(before, cluster)
         republished_after, queued = _lose_a_message(cluster, submitter)
         recovery["message lost from a busy queue"] = _settle(cluster, submitter.accepted, time.monotonic())
         _postgres_outage(cluster, submitter, quarter)
@@ -161,18 +161,30 @@ def run_failover(jobs: int = 100, work_ms: int = 300, data_dir: Path | None = No
             submitter.submit(half)  # queued and running when the primary dies
             killed = time.monotonic()
             deployment.processes["primary"].kill()
+            promoted: list[float] = []
+            watch = threading.Thread(target=_watch_promotion, args=(deployment, killed, promoted))
+            watch.start()
             submitter.submit(jobs - half)  # while the Sentinels notice, agree and promote
-            replica = deployment.ports["replica"]
-            wait_for(lambda: deployment.master_port() == replica, timeout=HEAL_TIMEOUT_SECONDS)
-            failover_seconds = round(time.monotonic() - killed, 1)
+            watch.join()
             recovery = {"Sentinel failover": _settle(cluster, submitter.accepted, killed)}
-            pids_changed = sum(1 for old, new in zip(before, cluster.pids(), strict=True) if old != new)
+            pids_changed = _replaced(before, cluster)
             report = _account(cluster, submitter)
     finally:
         deployment.stop()
-    report.recovery_seconds, report.pids_changed = recovery, pids_changed
-    report.failover_seconds = failover_seconds
+    report.recovery_seconds, report.pids_changed, [report.failover_seconds] = recovery, pids_changed, promoted
     return report
+
+
+def _watch_promotion(deployment: SentinelDeployment, killed: float, promoted: list[float]) -> None:
+    """Append the seconds from the primary's death until the Sentinels name the replica master."""
+    replica = deployment.ports["replica"]
+    wait_for(lambda: deployment.master_port() == replica, timeout=HEAL_TIMEOUT_SECONDS)
+    promoted.append(round(time.monotonic() - killed, 1))
+
+
+def _replaced(before: list[int | None], cluster: Cluster) -> int:
+    """How many of the workers and beat have another PID (or none) than ``before``."""
+    return sum(1 for old, new in zip(before, cluster.pids(), strict=True) if old != new)
 
 
 def _settings() -> dict[str, str]:
@@ -208,7 +220,8 @@ def _lose_a_message(cluster: Cluster, submitter: Submitter) -> tuple[float, int]
     Returns seconds from its first publish to its second, and the messages still waiting then."""
     submitter.submit(BUSY_JOBS, BUSY_WORK_MS)
     store = redis.Redis.from_url(cluster.env["REDIS_URL"])
-    job_id = job_id_of_message(store.lindex(BUSY_QUEUE, -1))  # the oldest: the next to be taken
+    job_id = job_id_of_message(cast(bytes, store.lindex(BUSY_QUEUE, -1)))  # the oldest: the next to be taken
+    assert job_id is not None, "the busy queue drained before a message could be lost"
     [[first]] = _query(cluster, "SELECT published_at FROM jobs WHERE id::text = ANY(%s)", [str(job_id)])
     lose_message(cluster.env["REDIS_URL"], job_id, BUSY_QUEUE)
     sql = "SELECT published_at FROM jobs WHERE id::text = ANY(%s) AND published_at > %s"
