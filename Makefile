@@ -27,7 +27,7 @@ bench: $(STAMP)  ## Benchmarks; each prints its figures (see bench/README.md)
 	$(BIN)/python -m bench.novita_calls
 	$(BIN)/python -m bench.scale
 
-faults: $(STAMP)  ## Fault injection with accounting (SIGKILL, Redis wiped, PostgreSQL down, SIGSTOP)
+faults: $(STAMP)  ## Fault injection with accounting (SIGKILL, Redis down and wiped, a lost message, PostgreSQL down, SIGSTOP, Sentinel failover)
 	$(BIN)/python -m bench.faults --jobs 200
 
 lint: $(STAMP)

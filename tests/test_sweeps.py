@@ -14,8 +14,8 @@ from sqlalchemy import event, func, select, text, update
 from support.polling import wait_for
 
 from gpujobs import create_app, jobs, operations
-from gpujobs.broker import job_id_of_message
 from gpujobs.dev.embedded import free_port
+from gpujobs.dev.faults import lose_message
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job, JobEvent
 from gpujobs.registry import get_definition
@@ -128,19 +128,13 @@ def submitted(tenant_id: str, count: int, key: str = "echo", params: dict | None
     ]
 
 
-def lose_message(app, job_id: uuid.UUID, queue: str = "normal") -> None:
-    """Delete a job's message from its Redis queue, as a flush or a failover that dropped it would."""
-    store = redis.Redis.from_url(app.config["REDIS_URL"])
-    [raw] = [raw for raw in store.lrange(queue, 0, -1) if job_id_of_message(raw) == job_id]
-    assert store.lrem(queue, 1, raw) == 1
-
-
 def test_a_message_lost_from_a_busy_queue_is_sent_again_and_a_waiting_job_is_not(app, app_context, tenant):
     lost, *waiting = submitted(tenant["id"], 5)
     db.session.execute(update(Job).values(published_at=Job.published_at - text("interval '1 minute'")))
     db.session.commit()
     assert dispatch_due() == 0  # a backlog older than the bound, every message in place: nothing sent twice
-    lose_message(app, lost)  # the oldest, next to be taken; four later ones keep the queue busy
+    # The oldest, next to be taken; four later ones keep the queue busy.
+    lose_message(app.config["REDIS_URL"], lost)
     assert queue_length(app) == 4
     assert dispatch_due() == 1
     assert queue_length(app) == 5
@@ -161,7 +155,7 @@ def test_a_lost_message_is_recovered_within_the_bound_while_a_worker_drains_the_
         ids = submitted(tenant["id"], 12, "test.sleep", {"seconds": 0.5})
         published_first = db.session.get(Job, ids[0]).published_at
         db.session.remove()
-    lose_message(app, ids[0])
+    lose_message(app.config["REDIS_URL"], ids[0])
 
     def sweep() -> tuple[int, int, object] | None:
         with app.app_context():

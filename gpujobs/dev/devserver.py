@@ -2,7 +2,8 @@
 
 Starts embedded PostgreSQL and Redis when ``DATABASE_URL`` / ``REDIS_URL`` are unset, the Novita
 simulator when ``NOVITA_API_KEY`` is unset, applies migrations, creates a development tenant, key and
-a few sample jobs, then runs the API, a worker, beat and Flower as child processes until Ctrl-C.
+a few sample jobs, then runs the API, a worker, beat and Flower as supervised child processes until
+Ctrl-C (``gpujobs.dev.supervisor``: one that dies is restarted, one that keeps dying stops the run).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
@@ -22,6 +22,7 @@ from gpujobs import create_app
 from gpujobs.config import load_config
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.dev.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
+from gpujobs.dev.supervisor import CrashLoop, Supervisor
 from gpujobs.novita.simulator import run_simulator
 from gpujobs.operations import JobOptions, submit
 from gpujobs.tenants import create_api_key, ensure_tenant
@@ -29,7 +30,6 @@ from gpujobs.tenants import create_api_key, ensure_tenant
 DEV_TENANT = "dev"
 SIMULATOR_API_KEY = "sk_simulator_dev"
 READY_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 15.0
 
 
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
@@ -66,17 +66,17 @@ def run() -> None:
         api_key = _prepare_database()
         port = int(env.get("PORT", "5000"))
         flower_port = int(env.get("FLOWER_PORT", "5555"))
-        processes = _start_processes(env, data_dir, port, flower_port)
-        stack.callback(_stop_processes, processes)
-        _wait_until_ready(f"http://127.0.0.1:{port}/ready", processes)
-        _print_banner(port, flower_port, api_key, env)
+        supervisor = Supervisor(_commands(data_dir, port, flower_port), env, data_dir / "logs")
+        stack.callback(supervisor.stop)
+        supervisor.start()
         try:
-            while all(process.poll() is None for process in processes.values()):
-                time.sleep(0.5)
-            dead = [name for name, process in processes.items() if process.poll() is not None]
-            print(f"\nstopping: {', '.join(dead)} exited", file=sys.stderr)
+            _wait_until_ready(f"http://127.0.0.1:{port}/ready", supervisor)
+            _print_banner(port, flower_port, api_key, env, data_dir / "logs")
+            supervisor.run()
         except KeyboardInterrupt:
             print("\nstopping...", file=sys.stderr)
+        except CrashLoop as crash:
+            raise SystemExit(f"\n{crash}") from None  # after the stack has stopped everything
 
 
 def _prepare_database() -> str:
@@ -95,36 +95,20 @@ def _prepare_database() -> str:
     return api_key
 
 
-def _start_processes(
-    env: dict[str, str], data_dir: Path, port: int, flower_port: int
-) -> dict[str, subprocess.Popen[bytes]]:
+def _commands(data_dir: Path, port: int, flower_port: int) -> dict[str, list[str]]:
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker"]
-    commands = {
+    return {
         "web": [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "gpujobs.wsgi:app"],
         "worker": worker_command(),
         "beat": [*celery, "beat", "--loglevel", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
     }
-    return {name: subprocess.Popen(command, env=env) for name, command in commands.items()}
 
 
-def _stop_processes(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for process in processes.values():
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _wait_until_ready(url: str, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+def _wait_until_ready(url: str, supervisor: Supervisor) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if processes["web"].poll() is not None:
-            raise SystemExit("the API process exited during start-up")
+        supervisor.check()  # an API that dies during start-up is restarted, or stops the run
         try:
             if requests.get(url, timeout=2).status_code == 200:
                 return
@@ -134,7 +118,7 @@ def _wait_until_ready(url: str, processes: dict[str, subprocess.Popen[bytes]]) -
     raise SystemExit(f"{url} did not answer 200 within {READY_TIMEOUT_SECONDS:.0f} s")
 
 
-def _print_banner(port: int, flower_port: int, api_key: str, env: dict[str, str]) -> None:
+def _print_banner(port: int, flower_port: int, api_key: str, env: dict[str, str], log_dir: Path) -> None:
     novita = (
         "simulator at " + env["NOVITA_BASE_URL"]
         if env.get("NOVITA_API_KEY") == SIMULATOR_API_KEY
@@ -148,6 +132,7 @@ gpujobs is running (Ctrl-C stops everything)
   Flower     http://127.0.0.1:{flower_port}
   Novita     {novita}
   API key    {api_key}
+  Logs       {log_dir}/{{web,worker,beat,flower}}.log
 
   curl -H "Authorization: Bearer {api_key}" http://127.0.0.1:{port}/v1/jobs
 """,

@@ -1,17 +1,7 @@
-"""Waiting for something another process does (a worker, a sweep, a receiver)."""
+"""Waiting for something another process does: `wait_for` is in gpujobs/dev, shared with the benchmarks."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from gpujobs.dev.polling import wait_for
 
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1) -> object:
-    """Poll until ``predicate`` returns something truthy; fail the test with a clear message if not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
+__all__ = ["wait_for"]
