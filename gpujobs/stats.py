@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 WINDOW_HOURS = 24  # rates and mean durations cover the last 24 hourly buckets, the current included
 MAX_THROUGHPUT_HOURS = 168
 SAMPLE_LIMIT = 2_000  # most recent finished jobs read for percentiles: p99 rests on 20 of them
-DEFAULT_TTL_SECONDS = 30
 MAX_TTL_SECONDS = 3600
 QUANTILES = (0.5, 0.95, 0.99)
 CACHE_PREFIX = "gpujobs:metrics"
