@@ -11,7 +11,7 @@ from flask import Flask
 
 __version__ = "0.1.0"  # before the imports below: the Novita client reads it for its User-Agent
 
-from gpujobs.config import load_config, sqlalchemy_url
+from gpujobs.config import engine_options, load_config, sqlalchemy_url
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -27,7 +27,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not app.config.get("DATABASE_URL"):
         raise RuntimeError("DATABASE_URL is not set and no embedded server is running (start one: make run)")
     app.config["SQLALCHEMY_DATABASE_URI"] = sqlalchemy_url(app.config["DATABASE_URL"])
-    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True, "pool_recycle": 300})
+    app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config))
     app.config["SECRET_KEY"] = app.config.get("GPUJOBS_SECRET_KEY") or secrets.token_hex(32)
     app.config["MAX_CONTENT_LENGTH"] = app.config["GPUJOBS_MAX_BODY_BYTES"]
     logging.basicConfig(

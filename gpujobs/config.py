@@ -55,6 +55,27 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected an integer, 0 or more")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("expected a number from 0 to 1")
+    return value
+
+
+def _connect_timeout(raw: str) -> int:
+    value = int(raw)
+    if value < 2:  # libpq treats 0 as "wait forever" and 1 as 2
+        raise ValueError("expected whole seconds, 2 or more")
+    return value
+
+
 def _instance_prefix(raw: str) -> str:
     # Novita names allow letters, digits and hyphens, 255 characters; a job id (36) follows the prefix.
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}", raw):
@@ -115,6 +136,62 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUJOBS_STORAGE_DIR", None, str, "Uploaded and encoded videos. Unset: `<data dir>/storage`."),
     Setting("GPUJOBS_LOG_LEVEL", "INFO", str.upper, "Log level of every process."),
     Setting("GPUJOBS_LEASE_SECONDS", "60", _positive_int, "A running job's lease; expired ones are rescued."),
+    Setting(
+        "GPUJOBS_HEARTBEAT_INTERVAL_SECONDS",
+        "10",
+        _positive_float,
+        "How often a running job renews its lease and learns of a cancel request (at most a third of "
+        "the lease, so a renewal can fail twice before the lease runs out).",
+    ),
+    Setting(
+        "GPUJOBS_CANCEL_CHECK_INTERVAL_SECONDS",
+        "1",
+        _positive_float,
+        "How often, at most, a handler's cancel check reads the job's flag from PostgreSQL.",
+    ),
+    Setting(
+        "GPUJOBS_BACKOFF_MAX_SECONDS",
+        "3600",
+        _positive_float,
+        "Longest wait before a retry, whatever a definition's own backoff says.",
+    ),
+    Setting(
+        "GPUJOBS_BACKOFF_JITTER",
+        "0.3",
+        _fraction,
+        "Fraction of each backoff step drawn at random (0: none, 1: anywhere from 0); spreads out retries.",
+    ),
+    Setting(
+        "GPUJOBS_METRICS_CACHE_TTL_SECONDS",
+        "30",
+        _non_negative_int,
+        "Age of a cached metrics answer served when the request gives no `ttl` (0: always fresh).",
+    ),
+    Setting("GPUJOBS_DB_POOL_SIZE", "5", _positive_int, "PostgreSQL connections each process keeps open."),
+    Setting(
+        "GPUJOBS_DB_MAX_OVERFLOW",
+        "15",
+        _non_negative_int,
+        "Connections a process may open beyond the pool under load (pool + overflow: the seed's 20).",
+    ),
+    Setting(
+        "GPUJOBS_DB_POOL_TIMEOUT_SECONDS",
+        "30",
+        _positive_float,
+        "How long a request waits for a free pooled connection before failing.",
+    ),
+    Setting(
+        "GPUJOBS_DB_POOL_RECYCLE_SECONDS",
+        "300",
+        _positive_int,
+        "Pooled connections older than this are replaced (ahead of server or proxy idle timeouts).",
+    ),
+    Setting(
+        "GPUJOBS_DB_CONNECT_TIMEOUT_SECONDS",
+        "5",
+        _connect_timeout,
+        "How long opening a PostgreSQL connection may take (whole seconds, at least 2: libpq's floor).",
+    ),
     Setting("GPUJOBS_SWEEP_INTERVAL_SECONDS", "5", _positive_float, "How often beat runs the fast sweeps."),
     Setting(
         "GPUJOBS_REPUBLISH_AFTER_SECONDS",
@@ -198,6 +275,18 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not config["GPUJOBS_STORAGE_DIR"]:
         config["GPUJOBS_STORAGE_DIR"] = str(Path(config["GPUJOBS_DATA_DIR"]) / "storage")
     return config
+
+
+def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """SQLAlchemy engine options from the pool settings (pre-ping drops connections the server closed)."""
+    return {
+        "pool_pre_ping": True,
+        "pool_size": config["GPUJOBS_DB_POOL_SIZE"],
+        "max_overflow": config["GPUJOBS_DB_MAX_OVERFLOW"],
+        "pool_timeout": config["GPUJOBS_DB_POOL_TIMEOUT_SECONDS"],
+        "pool_recycle": config["GPUJOBS_DB_POOL_RECYCLE_SECONDS"],
+        "connect_args": {"connect_timeout": config["GPUJOBS_DB_CONNECT_TIMEOUT_SECONDS"]},
+    }
 
 
 def sqlalchemy_url(database_url: str) -> str:

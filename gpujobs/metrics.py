@@ -3,7 +3,7 @@
 No multiprocess mode and no in-process counters: with several gunicorn and Celery processes those
 would each hold a slice of the truth. Every figure here is read from the shared state instead, and
 each read is cheap: the counter tables (a few rows per tenant and definition), one pipelined round
-of ``LLEN``, and the duration sample cached for ``stats.DEFAULT_TTL_SECONDS``.
+of ``LLEN``, and the duration sample cached for ``GPUJOBS_METRICS_CACHE_TTL_SECONDS``.
 
 Novita API calls are the one counter: every process adds to a Redis hash
 (``gpujobs.provisioning.novita_client``), read here.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from flask import current_app
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -93,7 +94,10 @@ class ServiceCollector(Collector):
     @staticmethod
     def _durations() -> Iterator[Metric]:
         sample, _ = stats.cached(
-            "percentiles", None, stats.DEFAULT_TTL_SECONDS, lambda: stats.duration_percentiles(None)
+            "percentiles",
+            None,
+            current_app.config["GPUJOBS_METRICS_CACHE_TTL_SECONDS"],
+            lambda: stats.duration_percentiles(None),
         )
         for name, field, text in (
             ("gpujobs_job_run_seconds", "processingTime", "Run time of recently finished jobs"),

@@ -87,6 +87,8 @@ class Job(db.Model):
     definition_version: Mapped[int] = mapped_column(Integer, nullable=False)
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
     priority: Mapped[int] = mapped_column(SmallInteger, nullable=False)
+    # The 0-10 number a client sent, answered back as sent; null when it sent a name (or none).
+    priority_number: Mapped[int | None] = mapped_column(SmallInteger)
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, nullable=False)

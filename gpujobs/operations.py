@@ -77,6 +77,7 @@ def prepare(
         definition=definition,
         params=params,
         priority=jobs.priority_level(options.priority),
+        priority_number=options.priority if isinstance(options.priority, int) else None,
         max_attempts=options.max_attempts,
         webhook_url=options.webhook_url,
         idempotency_key=options.idempotency_key,

@@ -7,6 +7,7 @@ so a bad request is refused with a 422 before anything is queued.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -72,18 +73,28 @@ class Params(BaseModel):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff with "equal jitter": half the step is kept, half is random.
+    """Capped exponential backoff with jitter: a fraction of each step is random, the rest is kept.
 
-    Keeping half avoids a near-immediate retry; the random half spreads a burst of failures out.
+    Keeping part avoids a near-immediate retry; the random part spreads a burst of failures out. The
+    fraction and a cap over every definition's own are settings (``GPUJOBS_BACKOFF_JITTER``,
+    ``GPUJOBS_BACKOFF_MAX_SECONDS``), passed in by the runner.
     """
 
     base_delay_seconds: float = 1.0
     max_delay_seconds: float = 300.0
 
-    def delay_seconds(self, attempt: int, rng: random.Random | None = None) -> float:
+    def delay_seconds(
+        self,
+        attempt: int,
+        rng: random.Random | None = None,
+        *,
+        jitter_fraction: float = 0.5,
+        cap_seconds: float = math.inf,
+    ) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.max_delay_seconds, self.base_delay_seconds * 2 ** max(attempt - 1, 0))
-        return (rng or random).uniform(ceiling / 2, ceiling)
+        step = self.base_delay_seconds * 2 ** max(attempt - 1, 0)
+        ceiling = min(self.max_delay_seconds, cap_seconds, step)
+        return (rng or random).uniform(ceiling * (1 - jitter_fraction), ceiling)
 
 
 @dataclass(frozen=True)

@@ -53,13 +53,15 @@ class Resource(BaseModel):
 
 
 class Job(Resource):
-    """A job and its whole state."""
+    """A job and its whole state; ``jobId`` repeats ``id`` for clients of the seed Job Server."""
 
     id: uuid.UUID
+    job_id: uuid.UUID
     definition_key: str
     definition_version: int
     status: JobStatus
-    priority: PriorityName
+    priority: PriorityName | int = Field(description="as submitted: a level name, or the 0-10 number sent")
+    priority_level: PriorityName = Field(description="the level the job is queued at")
     params: dict[str, Any]
     attempt: int
     max_attempts: int
@@ -81,10 +83,12 @@ class Job(Resource):
     def from_row(cls, row: models.Job) -> Self:
         return cls(
             id=row.id,
+            job_id=row.id,
             definition_key=row.definition_key,
             definition_version=row.definition_version,
             status=row.status,
-            priority=PRIORITY_NAMES[row.priority],
+            priority=PRIORITY_NAMES[row.priority] if row.priority_number is None else row.priority_number,
+            priority_level=PRIORITY_NAMES[row.priority],
             params=row.params,
             attempt=row.attempt,
             max_attempts=row.max_attempts,

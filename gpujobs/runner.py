@@ -29,7 +29,6 @@ from gpujobs.states import JOB_TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 
-CANCEL_CHECK_INTERVAL_SECONDS = 1.0
 # The longest wait a remote's Retry-After can impose before the next attempt. A server may send any
 # number ("1e300", an HTTP date in the year 9999); a due time past the year 9999 raised OverflowError
 # and lost the attempt until the lease rescue. A day is already longer than any honest rate limit.
@@ -47,6 +46,7 @@ class RunContext:
         self._claim = claim
         self._cancelled = False
         self._checked_at = 0.0
+        self._check_interval_seconds = current_app.config["GPUJOBS_CANCEL_CHECK_INTERVAL_SECONDS"]
 
     def emit_event(self, event_type: str, data: dict[str, Any] | None = None) -> None:
         """Append ``job.<event_type>`` to the timeline at once (committed, visible to the API)."""
@@ -63,9 +63,10 @@ class RunContext:
         db.session.commit()
 
     def cancel_requested(self) -> bool:
-        """True once cancellation was asked for (or the lease was lost); checked at most once a second."""
+        """True once cancellation was asked for (or the lease was lost); read from the row at most once per
+        ``GPUJOBS_CANCEL_CHECK_INTERVAL_SECONDS``, so a tight loop calling it costs no query per turn."""
         now = time.monotonic()
-        if not self._cancelled and now - self._checked_at >= CANCEL_CHECK_INTERVAL_SECONDS:
+        if not self._cancelled and now - self._checked_at >= self._check_interval_seconds:
             self._checked_at = now
             flag = db.session.scalar(
                 db.select(Job.cancel_requested).where(
@@ -95,16 +96,18 @@ class RunContext:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease every third of its length while the handler runs, in its own app context."""
+    """Renews the lease every ``GPUJOBS_HEARTBEAT_INTERVAL_SECONDS`` (at most a third of the lease) while the
+    handler runs, in its own app context; each renewal also reads the cancel flag."""
 
     def __init__(self, app: Flask, ctx: RunContext, lease_seconds: int) -> None:
         super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
         self._app, self._ctx, self._lease_seconds = app, ctx, lease_seconds
+        self._interval_seconds = min(app.config["GPUJOBS_HEARTBEAT_INTERVAL_SECONDS"], lease_seconds / 3)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         with self._app.app_context():
-            while not self._stop_event.wait(self._lease_seconds / 3):
+            while not self._stop_event.wait(self._interval_seconds):
                 try:
                     flag = jobs.renew_lease(
                         uuid.UUID(self._ctx.job_id), self._ctx.attempt, self._lease_seconds
@@ -244,10 +247,15 @@ def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseExceptio
 
 
 def _retry_delay_seconds(definition: Definition, attempt: int, exc: BaseException) -> float:
-    """The remote's Retry-After, within [0, MAX_RETRY_AFTER_SECONDS]; else the definition's backoff."""
+    """The remote's Retry-After, within [0, MAX_RETRY_AFTER_SECONDS]; else the definition's backoff, jittered
+    and capped by the settings."""
     retry_after = getattr(exc, "retry_after_seconds", None)
     if retry_after is None or math.isnan(retry_after):
-        return definition.retry.delay_seconds(attempt)
+        return definition.retry.delay_seconds(
+            attempt,
+            jitter_fraction=current_app.config["GPUJOBS_BACKOFF_JITTER"],
+            cap_seconds=current_app.config["GPUJOBS_BACKOFF_MAX_SECONDS"],
+        )
     return min(max(retry_after, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 

@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 WINDOW_HOURS = 24  # rates and mean durations cover the last 24 hourly buckets, the current included
 MAX_THROUGHPUT_HOURS = 168
 SAMPLE_LIMIT = 2_000  # most recent finished jobs read for percentiles: p99 rests on 20 of them
-DEFAULT_TTL_SECONDS = 30
 MAX_TTL_SECONDS = 3600
 QUANTILES = (0.5, 0.95, 0.99)
 CACHE_PREFIX = "gpujobs:metrics"
@@ -172,10 +171,35 @@ def throughput(tenant_id: uuid.UUID | None, hours: int) -> dict[str, Any]:
     return {"hours": hours, "data": data}
 
 
-def throughput_summary(tenant_id: uuid.UUID | None) -> dict[str, int]:
-    """Jobs finished (succeeded or failed) in the last 1, 24 and 168 hourly buckets."""
-    finished = [p["completed"] + p["failed"] for p in throughput(tenant_id, MAX_THROUGHPUT_HOURS)["data"]]
-    return {"lastHour": sum(finished[-1:]), "lastDay": sum(finished[-24:]), "lastWeek": sum(finished)}
+ROLLING_WINDOWS_HOURS = {"lastHour": 1, "lastDay": 24, "lastWeek": MAX_THROUGHPUT_HOURS}
+
+
+def throughput_summary(tenant_id: uuid.UUID | None, now: datetime | None = None) -> dict[str, int]:
+    """Jobs finished (succeeded or failed) in the 1, 24 and 168 hours ending ``now`` (default: now).
+
+    Read from the ``job_hourly`` counters, interpolating the partial oldest hour: a window of N hours
+    ending at minute m of the current clock hour holds the current hour so far, the N - 1 whole hours
+    before it, and the last (60 - m)/60 of the hour before those, counted as if its jobs finished
+    evenly through it. A finer counter (per minute) would be exact, but it would add a row write to every
+    job's finish and ~60x the rows to read; the error of the even spread is bounded by that one oldest
+    hour's count, and shrinks relative to longer windows.
+    """
+    now = now or datetime.now(UTC)
+    current = now.replace(minute=0, second=0, microsecond=0)
+    elapsed = (now - current) / timedelta(hours=1)
+    oldest = current - timedelta(hours=MAX_THROUGHPUT_HOURS)
+    rows = db.session.execute(
+        select(JobHourly.hour, func.sum(JobHourly.succeeded) + func.sum(JobHourly.failed))
+        .where(_scope(JobHourly.tenant_id, tenant_id), JobHourly.hour >= oldest, JobHourly.hour <= current)
+        .group_by(JobHourly.hour)
+    )
+    finished = {round((current - hour) / timedelta(hours=1)): int(count) for hour, count in rows}
+    return {
+        name: round(
+            sum(finished.get(back, 0) for back in range(hours)) + finished.get(hours, 0) * (1 - elapsed)
+        )
+        for name, hours in ROLLING_WINDOWS_HOURS.items()
+    }
 
 
 def overview(tenant_id: uuid.UUID | None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import redis
 from flask import Flask
 from sqlalchemy import text
 from support.tenants import make_tenant
+from werkzeug.serving import make_server
 
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -116,6 +118,17 @@ def app_context(app: Flask) -> Iterator[None]:
 def client(app: Flask):
     """A test client of the real app."""
     return app.test_client()
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    """The app behind a real threaded HTTP server on a free port; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ def test_submitting_a_job_answers_202_with_location_and_the_queued_job(client, t
     response = post_job(client, tenant, priority=9)
     assert response.status_code == 202
     assert response.headers["Location"] == f"/v1/jobs/{response.json['id']}"
-    assert response.json["status"] == "queued" and response.json["priority"] == "critical"
+    assert response.json["status"] == "queued" and response.json["jobId"] == response.json["id"]
+    assert (response.json["priority"], response.json["priorityLevel"]) == (9, "critical")
     assert (
         client.get(response.headers["Location"], headers=tenant["headers"]).json["id"] == response.json["id"]
     )

@@ -37,10 +37,12 @@ def test_a_job_is_written_as_the_api_always_answered():
     )
     assert list(resources.Job.json_of(job).items()) == [
         ("id", "00000000-0000-0000-0000-000000000001"),
+        ("jobId", "00000000-0000-0000-0000-000000000001"),
         ("definitionKey", "echo"),
         ("definitionVersion", 1),
         ("status", "queued"),
         ("priority", "critical"),
+        ("priorityLevel", "critical"),
         ("params", {"message": "é"}),
         ("attempt", 0),
         ("maxAttempts", 3),

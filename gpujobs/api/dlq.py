@@ -22,6 +22,9 @@ from gpujobs.models import DeadLetter, Job
 bp = Blueprint("dlq", __name__, url_prefix="/v1/dlq")
 
 TAG = "dlq"
+DEFAULT_DLQ_PAGE_SIZE = 100
+MAX_DLQ_PAGE_SIZE = 1000
+MAX_DLQ_OFFSET = 1_000_000  # a bound on the rows one request may make PostgreSQL skip
 
 
 class Redrive(BaseModel):
@@ -33,8 +36,16 @@ class Redrive(BaseModel):
 
 
 class DeadLetterQuery(PageQuery):
-    """Filters of ``GET /v1/dlq``."""
+    """Filters and paging of ``GET /v1/dlq``: the Job Server's ``limit`` and ``offset``, or the cursor."""
 
+    limit: int = Field(DEFAULT_DLQ_PAGE_SIZE, ge=1, le=MAX_DLQ_PAGE_SIZE, description="items per page")
+    offset: int = Field(
+        0,
+        ge=0,
+        le=MAX_DLQ_OFFSET,
+        description="items to skip (after the cursor, if one is given); slower at depth, since PostgreSQL "
+        "reads every skipped row: prefer nextCursor",
+    )
     definitionKey: str | None = Field(None, min_length=1, max_length=100)
 
 
@@ -61,9 +72,10 @@ def tenant_letter(letter_id: str | uuid.UUID) -> DeadLetter:
 )
 @require_api_key
 def list_dead_letters() -> dict[str, Any]:
-    """Dead letters not yet redriven; filter by ``definitionKey``."""
+    """Dead letters not yet redriven; filter by ``definitionKey``, page by ``cursor`` or ``offset``."""
     args = parse_query(DeadLetterQuery)
-    query = after_cursor(dead_letters_query(g.tenant.id, args), DeadLetter, args.cursor).limit(args.limit + 1)
+    query = after_cursor(dead_letters_query(g.tenant.id, args), DeadLetter, args.cursor)
+    query = query.offset(args.offset).limit(args.limit + 1)
     return page(list(db.session.scalars(query)), args.limit, resources.DeadLetter.json_of)
 
 

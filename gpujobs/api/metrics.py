@@ -22,11 +22,13 @@ TAG = "metrics"
 
 
 class CacheQuery(BaseModel):
-    """``ttl``: the oldest cached answer accepted, in seconds (0: compute now)."""
+    """``ttl``: the oldest cached answer accepted, in seconds (0: compute now; default the setting)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    ttl: int = Field(stats.DEFAULT_TTL_SECONDS, ge=0, le=stats.MAX_TTL_SECONDS)
+    ttl: int | None = Field(
+        None, ge=0, le=stats.MAX_TTL_SECONDS, description="default: GPUJOBS_METRICS_CACHE_TTL_SECONDS (30)"
+    )
 
 
 class ThroughputQuery(CacheQuery):
@@ -35,8 +37,10 @@ class ThroughputQuery(CacheQuery):
     hours: int = Field(24, ge=1, le=stats.MAX_THROUGHPUT_HOURS)
 
 
-def _cached(name: str, ttl: int, compute: Callable[[], Any]) -> Response:
+def _cached(name: str, ttl: int | None, compute: Callable[[], Any]) -> Response:
     """The tenant's figures, from the cache when younger than ``ttl``; ``Age`` says how old they are."""
+    if ttl is None:
+        ttl = current_app.config["GPUJOBS_METRICS_CACHE_TTL_SECONDS"]
     body, age = stats.cached(name, g.tenant.id, ttl, compute)
     return Response(current_app.json.dumps(body), mimetype="application/json", headers={"Age": str(age)})
 

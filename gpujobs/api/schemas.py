@@ -155,7 +155,8 @@ class Performance(PerformanceSummary):
 
 
 class ThroughputSummary(Out):
-    """Jobs finished (succeeded or failed) in the last 1, 24 and 168 hourly buckets, the current included."""
+    """Jobs finished (succeeded or failed) in the 1, 24 and 168 hours ending now (the partial oldest hour
+    interpolated from its hourly count)."""
 
     lastHour: int
     lastDay: int

@@ -71,6 +71,7 @@ class VideoAccepted(schemas.Out):
 
     jobId: uuid.UUID
     status: resources.JobStatus
+    message: str
     statusUrl: str
     inputFile: str
     format: OutputFormat
@@ -83,6 +84,7 @@ class VideoStatus(schemas.Out):
 
     jobId: uuid.UUID
     status: resources.JobStatus
+    definitionKey: str
     progress: float | None
     error: str | None
     format: OutputFormat
@@ -149,7 +151,13 @@ def encode_video() -> tuple[dict[str, Any], int, dict[str, str]]:
         videos.discard_upload(storage, input_file)
         raise
     status_url = url_for("videos.video_status", job_id=job.id)
-    accepted = {"jobId": str(job.id), "status": job.status, "statusUrl": status_url, "inputFile": input_file}
+    accepted = {
+        "jobId": str(job.id),
+        "status": job.status,
+        "message": "Video encoding job created",
+        "statusUrl": status_url,
+        "inputFile": input_file,
+    }
     return {**accepted, **_choices(job)}, 202, {"Location": status_url}
 
 
@@ -164,6 +172,7 @@ def video_status(job_id: uuid.UUID) -> dict[str, Any]:
     return {
         "jobId": str(job.id),
         "status": job.status,
+        "definitionKey": job.definition_key,
         "progress": job.progress,
         "error": job.error,
         **_choices(job),

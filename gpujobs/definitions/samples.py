@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import operator
+import random
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,9 @@ MAX_ROW_FIELDS = 50
 MAX_STRING_CHARS = 1_000
 MAX_BATCH_ITEMS = 1_000
 MAX_BATCH_SIZE = 100
+SAMPLE_DATASET_ROWS = 1_000
+SAMPLE_DATASET_FIELD = "amount"
+SAMPLE_REGIONS = ("north", "south", "east", "west")
 
 # Deterministic Miller-Rabin witnesses: exact for every n < 3.3 * 10**24, far above MAX_PRIME_CANDIDATE.
 _MILLER_RABIN_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
@@ -224,17 +228,28 @@ _CONDITIONS: dict[str, Callable[[Any, Any], bool]] = {
 class DataParams(Params):
     """Params of `process.data@1`: records and one operation (aggregate, filter or transform) on a field."""
 
-    dataset: str = Field("inline", max_length=100, description="a label carried into the result")
+    dataset: str = Field(
+        "inline",
+        max_length=100,
+        description=f"a label carried into the result; without data, the name of a generated sample of "
+        f"{SAMPLE_DATASET_ROWS} records (id, region, amount), the same for the same name",
+    )
     operation: Literal["aggregate", "filter", "transform"] = Field(
         description="aggregate: count, sum, min, max and mean of a numeric field per group; filter: keep the "
         "rows matching the condition; transform: rewrite the field in every row"
     )
-    data: list[dict[str, Scalar]] = Field(
+    data: list[dict[str, Scalar]] | None = Field(
+        None,
         max_length=MAX_DATA_ROWS,
-        description=f"the records: objects of at most {MAX_ROW_FIELDS} fields with scalar values",
+        description=f"the records: objects of at most {MAX_ROW_FIELDS} fields with scalar values; "
+        "omitted: the generated sample named by dataset",
     )
-    field: str = Field(
-        min_length=1, max_length=100, description="name of the field to aggregate, filter on or transform"
+    field: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="name of the field to aggregate, filter on or transform (required with data; "
+        f"default {SAMPLE_DATASET_FIELD!r} on a generated sample)",
     )
     groupBy: str | None = Field(
         None, max_length=100, description="aggregate: the field whose value groups rows (one group if unset)"
@@ -255,18 +270,31 @@ class DataParams(Params):
 
     @field_validator("data")
     @classmethod
-    def _bounded_rows(cls, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if any(len(row) > MAX_ROW_FIELDS for row in rows):
+    def _bounded_rows(cls, rows: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if rows is not None and any(len(row) > MAX_ROW_FIELDS for row in rows):
             raise ValueError(f"rows have at most {MAX_ROW_FIELDS} fields")
         return rows
 
     @model_validator(mode="after")
     def _operation_options(self) -> DataParams:
+        if self.field is None:
+            if self.data is not None:
+                raise ValueError("field is required with data")
+            self.field = SAMPLE_DATASET_FIELD
         if self.operation == "filter" and self.condition is None:
             raise ValueError("filter needs a condition")
         if self.operation == "transform" and self.transform is None:
             raise ValueError("transform needs a transform")
         return self
+
+
+def sample_dataset(name: str) -> list[dict[str, Any]]:
+    """The generated records named ``name``: the seed Job Server's examples name a dataset, send no rows."""
+    rng = random.Random(hashlib.sha256(name.encode()).digest())
+    return [
+        {"id": i + 1, "region": rng.choice(SAMPLE_REGIONS), "amount": round(rng.uniform(1, 1000), 2)}
+        for i in range(SAMPLE_DATASET_ROWS)
+    ]
 
 
 def _is_number(value: Any) -> bool:
@@ -330,7 +358,8 @@ def _transformed(value: Any, params: dict[str, Any], index: int) -> Any:
 )
 def process_data(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     """Run one record operation; the result names the dataset and operation it came from."""
-    rows, field, op = params["data"], params["field"], params["operation"]
+    rows = params["data"] if params["data"] is not None else sample_dataset(params["dataset"])
+    field, op = params["field"], params["operation"]
     result: dict[str, Any] = {"dataset": params["dataset"], "operation": op, "rowCount": len(rows)}
     if op == "aggregate":
         result.update(

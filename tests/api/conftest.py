@@ -1,16 +1,14 @@
-"""Fixtures of the HTTP API tests: a second tenant, jobs in given states, a real threaded HTTP server."""
+"""Fixtures of the HTTP API tests: a second tenant and jobs in given states."""
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from flask import Flask
 from support.tenants import make_tenant
-from werkzeug.serving import make_server
 
 from gpujobs import jobs, operations
 from gpujobs.extensions import db
@@ -74,14 +72,3 @@ def delivery(client, tenant, submit) -> dict[str, str]:
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant["headers"]).status_code == 200
     items = client.get(f"/v1/jobs/{job_id}/deliveries", headers=tenant["headers"]).json["items"]
     return {"job_id": job_id, "delivery_id": items[0]["id"]}
-
-
-@pytest.fixture
-def live_server(app: Flask) -> Iterator[str]:
-    """The app behind a real threaded HTTP server on a free port; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)

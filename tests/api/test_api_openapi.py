@@ -43,11 +43,12 @@ def test_the_document_describes_auth_errors_parameters_and_idempotency(app, clie
     uuid_schema = {"type": "string", "format": "uuid"}
     assert job["parameters"][0] == {"name": "job_id", "in": "path", "required": True, "schema": uuid_schema}
     assert paths["/health"]["get"]["security"] == [] and job["security"] == [{"bearerAuth": []}]
-    throughput = {p["name"]: p["schema"] for p in paths["/v1/metrics/throughput"]["get"]["parameters"]}
-    assert throughput == {
-        "ttl": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 30},
+    throughput = {p["name"]: p for p in paths["/v1/metrics/throughput"]["get"]["parameters"]}
+    assert {name: parameter["schema"] for name, parameter in throughput.items()} == {
+        "ttl": {"type": "integer", "minimum": 0, "maximum": 3600},  # its default is a setting
         "hours": {"type": "integer", "minimum": 1, "maximum": 168, "default": 24},
     }
+    assert "GPUJOBS_METRICS_CACHE_TTL_SECONDS" in throughput["ttl"]["description"]
 
 
 def test_the_docs_page_lists_every_operation_and_schema_without_external_assets(client):

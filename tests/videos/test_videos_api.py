@@ -88,13 +88,14 @@ def test_the_seed_quality_form_and_the_explicit_fields_both_choose_the_encode(
 
 
 @pytest.mark.parametrize(
-    ("priority", "expected"), [("10", "critical"), ("high", "high"), ("0", "low"), (None, "normal")]
+    ("priority", "expected"),
+    [("10", (10, "critical")), ("high", ("high", "high")), ("0", (0, "low")), (None, ("normal", "normal"))],
 )
 def test_priority_is_a_name_or_a_number_from_0_to_10(client, tenant, clips, priority, expected):
     fields = {} if priority is None else {"priority": priority}
     response = upload(client, tenant, clips["mp4"].read_bytes(), **fields)
     job = client.get(f"/v1/jobs/{response.json['jobId']}", headers=tenant["headers"]).json
-    assert job["priority"] == expected
+    assert (job["priority"], job["priorityLevel"]) == expected
 
 
 @pytest.mark.parametrize(
