@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import func, insert, select, text, update
 
 from gpujobs.exceptions import InvalidField
-from gpujobs.extensions import db
+from gpujobs.extensions import db, rows_changed
 from gpujobs.models import DeadLetter, Job, JobEvent
 from gpujobs.registry import Definition
 from gpujobs.states import JOB_ACTIVE, JobStatus
@@ -128,7 +128,7 @@ def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Clai
     """
     if definition.concurrency_limit is not None:
         db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:ref))"), {"ref": definition.ref})
-        running = db.session.scalar(
+        running = db.session.execute(
             select(func.count())
             .select_from(Job)
             .where(
@@ -136,7 +136,7 @@ def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Clai
                 Job.definition_version == definition.version,
                 Job.status.in_(JOB_ACTIVE),
             )
-        )
+        ).scalar_one()
         if running >= definition.concurrency_limit:
             db.session.execute(
                 update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(published_at=None)
@@ -195,13 +195,12 @@ def hold(job_id: uuid.UUID, attempt: int) -> bool:
 
 def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
     """Store the latest progress figure; False if this attempt no longer owns the job."""
-    result = db.session.execute(_fenced(job_id, attempt, *JOB_ACTIVE).values(progress=percent))
-    return result.rowcount == 1
+    return rows_changed(_fenced(job_id, attempt, *JOB_ACTIVE).values(progress=percent)) == 1
 
 
 def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> bool:
     """Finish a job as succeeded; False when a newer attempt or a rescue got there first."""
-    done = db.session.execute(
+    done = rows_changed(
         _fenced(job_id, attempt, *JOB_ACTIVE).values(
             status=JobStatus.SUCCEEDED,
             result=result,
@@ -211,7 +210,7 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> b
             lease_expires_at=None,
         )
     )
-    if done.rowcount != 1:
+    if done != 1:
         return False
     add_event(job_id, "job.succeeded", attempt)
     return True
@@ -219,12 +218,12 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> b
 
 def cancel_running(job_id: uuid.UUID, attempt: int, reason: str) -> bool:
     """Finish a job whose handler stopped because cancellation was requested."""
-    done = db.session.execute(
+    done = rows_changed(
         _fenced(job_id, attempt, *JOB_ACTIVE).values(
             status=JobStatus.CANCELLED, error=reason, finished_at=func.now(), lease_expires_at=None
         )
     )
-    if done.rowcount != 1:
+    if done != 1:
         return False
     add_event(job_id, "job.cancelled", attempt, {"reason": reason})
     return True
@@ -247,12 +246,12 @@ def fail_attempt(
         return None
     if retryable and attempt < job.max_attempts and not job.cancel_requested:
         due = utcnow() + timedelta(seconds=retry_delay_seconds)
-        done = db.session.execute(
+        done = rows_changed(
             _fenced(job_id, attempt, *JOB_ACTIVE).values(
                 status=JobStatus.RETRYING, error=error, next_retry_at=due, lease_expires_at=None
             )
         )
-        if done.rowcount != 1:
+        if done != 1:
             return None
         add_event(job_id, "job.retrying", attempt, {"error": error, "nextRetryAt": due.isoformat()})
         return JobStatus.RETRYING
@@ -268,7 +267,7 @@ def _fail(
     *,
     from_statuses: tuple[JobStatus, ...],
 ) -> JobStatus | None:
-    done = db.session.execute(
+    done = rows_changed(
         _fenced(job_id, attempt, *from_statuses).values(
             status=JobStatus.FAILED,
             error=error,
@@ -278,7 +277,7 @@ def _fail(
             dead_lettered=True,
         )
     )
-    if done.rowcount != 1:
+    if done != 1:
         return None
     db.session.add(
         DeadLetter(
@@ -380,12 +379,12 @@ def rescue(job_id: uuid.UUID, attempt: int) -> bool:
         reason = "worker lost (lease expired) and no attempts left"
         _fail(job_id, attempt, reason, job.tenant_id, job.definition_key, from_statuses=JOB_ACTIVE)
         return False
-    done = db.session.execute(
+    done = rows_changed(
         _fenced(job_id, attempt, *JOB_ACTIVE).values(
             status=JobStatus.QUEUED, queued_at=func.now(), published_at=None, lease_expires_at=None
         )
     )
-    if done.rowcount != 1:
+    if done != 1:
         return False
     add_event(job_id, "job.rescued", attempt, {"reason": "lease expired"})
     return True
