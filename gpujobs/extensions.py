@@ -9,10 +9,9 @@ import psycopg2
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Table
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase
-from sqlalchemy.sql import Executable
 
 
 class Base(DeclarativeBase):
@@ -32,13 +31,12 @@ else:
     Model = db.Model
 
 
-def rows_changed(statement: Executable, params: dict[str, Any] | None = None) -> int:
-    """Run an UPDATE, DELETE or INSERT and return how many rows it changed (the compare-and-set answer).
+def rows_changed(result: Result[*tuple[Any, ...]]) -> int:
+    """How many rows an UPDATE, DELETE or INSERT changed (the compare-and-set answer).
 
     ``Session.execute`` is typed as returning a plain ``Result``; a data-changing statement always
     gets the driver's ``CursorResult``, which is the one that carries ``rowcount``.
     """
-    result = db.session.execute(statement, params)
     assert isinstance(result, CursorResult)
     return result.rowcount
 

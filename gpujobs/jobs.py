@@ -195,12 +195,13 @@ def hold(job_id: uuid.UUID, attempt: int) -> bool:
 
 def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
     """Store the latest progress figure; False if this attempt no longer owns the job."""
-    return rows_changed(_fenced(job_id, attempt, *JOB_ACTIVE).values(progress=percent)) == 1
+    result = db.session.execute(_fenced(job_id, attempt, *JOB_ACTIVE).values(progress=percent))
+    return rows_changed(result) == 1
 
 
 def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> bool:
     """Finish a job as succeeded; False when a newer attempt or a rescue got there first."""
-    done = rows_changed(
+    done = db.session.execute(
         _fenced(job_id, attempt, *JOB_ACTIVE).values(
             status=JobStatus.SUCCEEDED,
             result=result,
@@ -210,7 +211,7 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> b
             lease_expires_at=None,
         )
     )
-    if done != 1:
+    if rows_changed(done) != 1:
         return False
     add_event(job_id, "job.succeeded", attempt)
     return True
@@ -218,12 +219,12 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> b
 
 def cancel_running(job_id: uuid.UUID, attempt: int, reason: str) -> bool:
     """Finish a job whose handler stopped because cancellation was requested."""
-    done = rows_changed(
+    done = db.session.execute(
         _fenced(job_id, attempt, *JOB_ACTIVE).values(
             status=JobStatus.CANCELLED, error=reason, finished_at=func.now(), lease_expires_at=None
         )
     )
-    if done != 1:
+    if rows_changed(done) != 1:
         return False
     add_event(job_id, "job.cancelled", attempt, {"reason": reason})
     return True
@@ -246,12 +247,12 @@ def fail_attempt(
         return None
     if retryable and attempt < job.max_attempts and not job.cancel_requested:
         due = utcnow() + timedelta(seconds=retry_delay_seconds)
-        done = rows_changed(
+        done = db.session.execute(
             _fenced(job_id, attempt, *JOB_ACTIVE).values(
                 status=JobStatus.RETRYING, error=error, next_retry_at=due, lease_expires_at=None
             )
         )
-        if done != 1:
+        if rows_changed(done) != 1:
             return None
         add_event(job_id, "job.retrying", attempt, {"error": error, "nextRetryAt": due.isoformat()})
         return JobStatus.RETRYING
@@ -267,7 +268,7 @@ def _fail(
     *,
     from_statuses: tuple[JobStatus, ...],
 ) -> JobStatus | None:
-    done = rows_changed(
+    done = db.session.execute(
         _fenced(job_id, attempt, *from_statuses).values(
             status=JobStatus.FAILED,
             error=error,
@@ -277,7 +278,7 @@ def _fail(
             dead_lettered=True,
         )
     )
-    if done != 1:
+    if rows_changed(done) != 1:
         return None
     db.session.add(
         DeadLetter(
@@ -379,12 +380,12 @@ def rescue(job_id: uuid.UUID, attempt: int) -> bool:
         reason = "worker lost (lease expired) and no attempts left"
         _fail(job_id, attempt, reason, job.tenant_id, job.definition_key, from_statuses=JOB_ACTIVE)
         return False
-    done = rows_changed(
+    done = db.session.execute(
         _fenced(job_id, attempt, *JOB_ACTIVE).values(
             status=JobStatus.QUEUED, queued_at=func.now(), published_at=None, lease_expires_at=None
         )
     )
-    if done != 1:
+    if rows_changed(done) != 1:
         return False
     add_event(job_id, "job.rescued", attempt, {"reason": "lease expired"})
     return True

@@ -215,10 +215,10 @@ def _run_tick(schedule: Schedule, now: datetime) -> Job | None:
 
 def _advance(schedule: Schedule, tick: datetime, **values: Any) -> bool:
     """Compare-and-set the schedule past ``tick``; False if something else moved it first."""
-    moved = rows_changed(
+    moved = db.session.execute(
         update(Schedule)
         .where(Schedule.id == schedule.id, Schedule.next_run_at == tick, Schedule.enabled)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return moved == 1
+    return rows_changed(moved) == 1

@@ -289,6 +289,6 @@ def compact_hours() -> int:
     unchanged, so reads need not know which hours are folded. Run by the cleanup sweep.
     """
     before = _hour_start(COMPACT_AFTER_HOURS - 1)
-    folded = rows_changed(_COMPACT_SQL, {"before": before})
+    folded = rows_changed(db.session.execute(_COMPACT_SQL, {"before": before}))
     db.session.commit()
     return folded

@@ -211,7 +211,7 @@ def clean_up() -> int:
             .limit(batch_size)
             .with_for_update(skip_locked=True)
         )
-        deleted = rows_changed(delete(Job).where(Job.id.in_(batch)))
+        deleted = rows_changed(db.session.execute(delete(Job).where(Job.id.in_(batch))))
         db.session.commit()
         total += deleted
         if deleted < batch_size:

@@ -198,7 +198,7 @@ def redeliver(delivery_id: uuid.UUID, job_id: uuid.UUID, tenant_id: uuid.UUID) -
 
     NotFound unless the delivery is the tenant's and belongs to that job.
     """
-    done = rows_changed(
+    done = db.session.execute(
         update(WebhookDelivery)
         .where(
             WebhookDelivery.id == delivery_id,
@@ -208,6 +208,6 @@ def redeliver(delivery_id: uuid.UUID, job_id: uuid.UUID, tenant_id: uuid.UUID) -
         .values(status=DeliveryStatus.PENDING, next_attempt_at=func.now())
     )
     db.session.commit()
-    if done != 1:
+    if rows_changed(done) != 1:
         raise NotFound(f"job {job_id} has no delivery {delivery_id}")
     publish_delivery(delivery_id)

@@ -123,14 +123,14 @@ def transition(
 ) -> bool:
     """Change a row only if it is still in one of `from_statuses` (and meets `conditions`, such as
     `owned_by(job_id)`); False when someone else moved it."""
-    done = rows_changed(
+    done = db.session.execute(
         update(Instance)
         .where(Instance.id == instance_id, Instance.status.in_(from_statuses), *conditions)
         .values(**values)
     )
-    if done != 1:
+    if rows_changed(done) != 1:
         log.info("instance %s: not in %s any more, left as it is", instance_id, "/".join(from_statuses))
-    return done == 1
+    return rows_changed(done) == 1
 
 
 def owned_by(job_id: uuid.UUID | None) -> ColumnElement[bool]:
