@@ -18,6 +18,7 @@ run: $(STAMP)  ## The whole service with embedded PostgreSQL, Redis and the Novi
 
 test: $(STAMP)  ## The whole suite against real PostgreSQL, Redis, Celery workers and the simulator
 	$(BIN)/ruff check .
+	$(BIN)/mypy gpujobs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## Benchmarks; each prints its figures (see bench/README.md)
@@ -33,10 +34,11 @@ faults: $(STAMP)  ## Fault injection with accounting (SIGKILL, Redis down and wi
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy gpujobs
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache

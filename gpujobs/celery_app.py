@@ -22,7 +22,7 @@ def celery_init_app(app: Flask) -> Celery:
                 return self.run(*args, **kwargs)
 
     patch_redis_transport()  # a worker survives a broker that drops mid-task (gpujobs.reconnect)
-    celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
+    celery: Celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
     celery.config_from_object(celery_settings)
     if app.config.get("REDIS_URL"):
         celery.conf.update(celery_broker_settings(app.config, celery_settings.broker_transport_options))

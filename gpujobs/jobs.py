@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import func, insert, select, text, update
 
 from gpujobs.exceptions import InvalidField
-from gpujobs.extensions import db
+from gpujobs.extensions import db, rows_changed
 from gpujobs.models import DeadLetter, Job, JobEvent
 from gpujobs.registry import Definition
 from gpujobs.states import JOB_ACTIVE, JobStatus
@@ -130,7 +130,7 @@ def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Clai
     """
     if definition.concurrency_limit is not None:
         db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:ref))"), {"ref": definition.ref})
-        running = db.session.scalar(
+        running = db.session.execute(
             select(func.count())
             .select_from(Job)
             .where(
@@ -138,7 +138,7 @@ def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Clai
                 Job.definition_version == definition.version,
                 Job.status.in_(JOB_ACTIVE),
             )
-        )
+        ).scalar_one()
         if running >= definition.concurrency_limit:
             db.session.execute(
                 update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(published_at=None)
@@ -198,7 +198,7 @@ def hold(job_id: uuid.UUID, attempt: int) -> bool:
 def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
     """Store the latest progress figure; False if this attempt no longer owns the job."""
     result = db.session.execute(_fenced(job_id, attempt, *JOB_ACTIVE).values(progress=percent))
-    return result.rowcount == 1
+    return rows_changed(result) == 1
 
 
 def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> bool:
@@ -213,7 +213,7 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> b
             lease_expires_at=None,
         )
     )
-    if done.rowcount != 1:
+    if rows_changed(done) != 1:
         return False
     add_event(job_id, "job.succeeded", attempt)
     return True
@@ -226,7 +226,7 @@ def cancel_running(job_id: uuid.UUID, attempt: int, reason: str) -> bool:
             status=JobStatus.CANCELLED, error=reason, finished_at=func.now(), lease_expires_at=None
         )
     )
-    if done.rowcount != 1:
+    if rows_changed(done) != 1:
         return False
     add_event(job_id, "job.cancelled", attempt, {"reason": reason})
     return True
@@ -254,7 +254,7 @@ def fail_attempt(
                 status=JobStatus.RETRYING, error=error, next_retry_at=due, lease_expires_at=None
             )
         )
-        if done.rowcount != 1:
+        if rows_changed(done) != 1:
             return None
         add_event(job_id, "job.retrying", attempt, {"error": error, "nextRetryAt": due.isoformat()})
         return JobStatus.RETRYING
@@ -280,7 +280,7 @@ def _fail(
             dead_lettered=True,
         )
     )
-    if done.rowcount != 1:
+    if rows_changed(done) != 1:
         return None
     db.session.add(
         DeadLetter(
@@ -387,7 +387,7 @@ def rescue(job_id: uuid.UUID, attempt: int) -> bool:
             status=JobStatus.QUEUED, queued_at=func.now(), published_at=None, lease_expires_at=None
         )
     )
-    if done.rowcount != 1:
+    if rows_changed(done) != 1:
         return False
     add_event(job_id, "job.rescued", attempt, {"reason": "lease expired"})
     return True

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gpujobs.extensions import db
+from gpujobs.extensions import Model
 from gpujobs.states import (
     INSTANCE_ENDED,
     JOB_ACTIVE,
@@ -49,7 +49,7 @@ def _created_at() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
-class Tenant(db.Model):
+class Tenant(Model):
     """A customer. Everything else belongs to exactly one tenant and is invisible to the others."""
 
     __tablename__ = "tenants"
@@ -63,7 +63,7 @@ class Tenant(db.Model):
     created_at: Mapped[datetime] = _created_at()
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     """An API key, stored as a SHA-256 digest: a database leak does not leak usable keys."""
 
     __tablename__ = "api_keys"
@@ -76,7 +76,7 @@ class ApiKey(db.Model):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Job(db.Model):
+class Job(Model):
     """One unit of work and its whole state; ``attempt`` doubles as the fencing token."""
 
     __tablename__ = "jobs"
@@ -167,7 +167,7 @@ class Job(db.Model):
     )
 
 
-class JobEvent(db.Model):
+class JobEvent(Model):
     """One line of a job's timeline: every transition and every event its handler emits."""
 
     __tablename__ = "job_events"
@@ -182,7 +182,7 @@ class JobEvent(db.Model):
     __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
 
 
-class DeadLetter(db.Model):
+class DeadLetter(Model):
     """A job that exhausted its attempts, kept for inspection until an operator redrives it."""
 
     __tablename__ = "dead_letters"
@@ -202,7 +202,7 @@ class DeadLetter(db.Model):
     )
 
 
-class Instance(db.Model):
+class Instance(Model):
     """A Novita GPU instance as we know it; ``name`` is derived from the job so retries adopt it."""
 
     __tablename__ = "instances"
@@ -245,7 +245,7 @@ class Instance(db.Model):
     )
 
 
-class WebhookDelivery(db.Model):
+class WebhookDelivery(Model):
     """One event for one receiver; its id is the stable ``webhook-id`` across retries."""
 
     __tablename__ = "webhook_deliveries"
@@ -274,7 +274,7 @@ class WebhookDelivery(db.Model):
     )
 
 
-class IdempotencyRecord(db.Model):
+class IdempotencyRecord(Model):
     """The first answer to an ``Idempotency-Key``, replayed to repeats of the same request."""
 
     __tablename__ = "idempotency_keys"
@@ -291,7 +291,7 @@ class IdempotencyRecord(db.Model):
     __table_args__ = (Index("ix_idempotency_created", "created_at"),)
 
 
-class Schedule(db.Model):
+class Schedule(Model):
     """A cron schedule that submits a job at each tick."""
 
     __tablename__ = "schedules"
@@ -322,7 +322,7 @@ class Schedule(db.Model):
 COUNTER_SHARDS = 8
 
 
-class JobCounter(db.Model):
+class JobCounter(Model):
     """How many jobs exist per tenant, definition and status (one shard of the count)."""
 
     __tablename__ = "job_counters"
@@ -335,7 +335,7 @@ class JobCounter(db.Model):
     count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
 
 
-class JobHourly(db.Model):
+class JobHourly(Model):
     """Jobs that finished per tenant, clock hour (UTC) and definition, with summed durations.
 
     History, not state: cleanup of old jobs does not subtract from it. ``timed`` counts the finished
@@ -360,7 +360,7 @@ class JobHourly(db.Model):
     __table_args__ = (Index("ix_job_hourly_hour", "hour"),)
 
 
-class DeliveryCounter(db.Model):
+class DeliveryCounter(Model):
     """How many webhook deliveries exist per tenant and status (one shard of the count)."""
 
     __tablename__ = "webhook_delivery_counters"

@@ -123,11 +123,11 @@ def redrive(dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, max_attempts: int |
     if job_id is None:
         db.session.rollback()
         raise Conflict("this dead letter was already redriven")
-    commit_and_publish([dispatch_of(db.session.get(Job, job_id))])
+    commit_and_publish([dispatch_of(db.session.get_one(Job, job_id))])
     return job_id
 
 
 def _default_attempts(job_id: uuid.UUID) -> int:
-    job = db.session.get(Job, job_id)
+    job = db.session.get_one(Job, job_id)
     definition = get_definition(job.definition_key, job.definition_version)
     return definition.max_attempts if definition else job.max_attempts

@@ -48,5 +48,6 @@ def _guard(connparams: Callable[..., dict[str, Any]]) -> Callable[..., dict[str,
 def patch_redis_transport() -> None:
     """Make kombu's Redis channel raise ConnectionError once its connection is gone (idempotent)."""
     channel = kombu_redis.Channel
-    if not getattr(channel._connparams, _PATCHED, False):
-        channel._connparams = _guard(channel._connparams)  # type: ignore[method-assign]
+    # ``_connparams`` is private, so kombu's stubs (celery-types) do not declare it.
+    if not getattr(channel._connparams, _PATCHED, False):  # type: ignore[attr-defined]
+        channel._connparams = _guard(channel._connparams)  # type: ignore[attr-defined]

@@ -145,6 +145,7 @@ def run_job(job_id: uuid.UUID) -> JobStatus | None:
         return None
     log.info("job %s: attempt %s of %s started", job_id, claim.attempt, definition.ref)
     ctx = RunContext(claim, definition)
+    # Flask types current_app as the Flask it stands for, hiding the proxy's own _get_current_object.
     heartbeat = Heartbeat(current_app._get_current_object(), ctx, lease_seconds)  # type: ignore[attr-defined]
     heartbeat.start()
     try:

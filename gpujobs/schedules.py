@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from gpujobs import jobs, operations
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, NotFound
-from gpujobs.extensions import db
+from gpujobs.extensions import db, rows_changed, violated_constraint
 from gpujobs.models import Job, Schedule
 from gpujobs.registry import get_definition
 
@@ -104,7 +104,7 @@ def create(
         db.session.commit()
     except IntegrityError as exc:
         db.session.rollback()
-        if getattr(exc.orig.diag, "constraint_name", None) != NAME_CONSTRAINT:
+        if violated_constraint(exc) != NAME_CONSTRAINT:
             raise
         raise Conflict(f"a schedule named {name!r} already exists") from None
     return schedule
@@ -221,4 +221,4 @@ def _advance(schedule: Schedule, tick: datetime, **values: Any) -> bool:
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return moved.rowcount == 1
+    return rows_changed(moved) == 1

@@ -27,7 +27,7 @@ from sqlalchemy import extract, func, select, text, true
 from sqlalchemy.dialects.postgresql import array
 
 from gpujobs.broker import redis_client
-from gpujobs.extensions import db
+from gpujobs.extensions import db, rows_changed
 from gpujobs.models import DeliveryCounter, Job, JobCounter, JobHourly
 from gpujobs.states import DeliveryStatus, JobStatus
 
@@ -74,9 +74,11 @@ def _scope(column: Any, tenant_id: uuid.UUID | None) -> Any:
 
 def job_counts(tenant_id: uuid.UUID | None) -> dict[tuple[str, int], dict[str, int]]:
     """Jobs that exist now, per (definition key, version) and status (every status present)."""
-    key = (JobCounter.definition_key, JobCounter.definition_version, JobCounter.status)
+    columns = (JobCounter.definition_key, JobCounter.definition_version, JobCounter.status)
     rows = db.session.execute(
-        select(*key, func.sum(JobCounter.count)).where(_scope(JobCounter.tenant_id, tenant_id)).group_by(*key)
+        select(*columns, func.sum(JobCounter.count))
+        .where(_scope(JobCounter.tenant_id, tenant_id))
+        .group_by(*columns)
     )
     counts: dict[tuple[str, int], dict[str, int]] = {}
     for key, version, status, count in rows:
@@ -311,6 +313,6 @@ def compact_hours() -> int:
     unchanged, so reads need not know which hours are folded. Run by the cleanup sweep.
     """
     before = _hour_start(COMPACT_AFTER_HOURS - 1)
-    folded = db.session.execute(_COMPACT_SQL, {"before": before}).rowcount
+    folded = rows_changed(db.session.execute(_COMPACT_SQL, {"before": before}))
     db.session.commit()
     return folded

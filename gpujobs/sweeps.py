@@ -13,11 +13,11 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import delete, exists, func, select, text, update
+from sqlalchemy import ColumnElement, Select, delete, exists, func, select, text, update
 
 from gpujobs import broker, jobs, webhooks
 from gpujobs.dispatch import QUEUE_BY_PRIORITY, Dispatch, commit_and_publish
-from gpujobs.extensions import db
+from gpujobs.extensions import db, rows_changed
 from gpujobs.models import IdempotencyRecord, Job, WebhookDelivery
 from gpujobs.states import JOB_ACTIVE, JOB_TERMINAL, DeliveryStatus, JobStatus
 
@@ -59,7 +59,7 @@ def dispatch_due() -> int:
     return len(rows) + len(lost)
 
 
-def _due(*conditions: object) -> object:
+def _due(*conditions: ColumnElement[bool]) -> Select[uuid.UUID]:
     return select(Job.id).where(*conditions).limit(SWEEP_BATCH_SIZE).with_for_update(skip_locked=True)
 
 
@@ -130,7 +130,7 @@ def rescue_stuck() -> int:
         _row_by_row(
             "timeout", job_id, jobs.fail_attempt, attempt, reason, retryable=True, retry_delay_seconds=0
         )
-    ended = [row[0] for row in (*expired, *overran) if row[0] not in requeued]
+    ended = [row[0] for rows in (expired, overran) for row in rows if row[0] not in requeued]
     for job_id in ended:
         webhooks.record_job_event(job_id)
     requeued_rows = db.session.execute(
@@ -211,7 +211,7 @@ def clean_up() -> int:
             .limit(batch_size)
             .with_for_update(skip_locked=True)
         )
-        deleted = db.session.execute(delete(Job).where(Job.id.in_(batch))).rowcount
+        deleted = rows_changed(db.session.execute(delete(Job).where(Job.id.in_(batch))))
         db.session.commit()
         total += deleted
         if deleted < batch_size:

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert
 from gpujobs import jobs, resources
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
-from gpujobs.extensions import db
+from gpujobs.extensions import db, rows_changed
 from gpujobs.models import Instance, Job, Tenant, WebhookDelivery
 from gpujobs.outbound import send
 from gpujobs.signing import webhook_headers
@@ -141,8 +141,8 @@ def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
     db.session.commit()
     if attempt is None:
         return None
-    delivery = db.session.get(WebhookDelivery, delivery_id)
-    tenant = db.session.get(Tenant, delivery.tenant_id)
+    delivery = db.session.get_one(WebhookDelivery, delivery_id)
+    tenant = db.session.get_one(Tenant, delivery.tenant_id)
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
     headers = webhook_headers(signing_secrets(tenant), str(delivery.id), int(time.time()), body)
     status_code, error = _send(delivery.url, body, headers)
@@ -188,8 +188,8 @@ def _outcome(status_code: int | None, attempt: int) -> tuple[DeliveryStatus, dat
         return DeliveryStatus.DISABLED, None
     if attempt > len(RETRY_SCHEDULE_SECONDS):
         return DeliveryStatus.FAILED, None
-    delay = RETRY_SCHEDULE_SECONDS[attempt - 1]
-    delay *= 1 + random.uniform(-RETRY_JITTER_FRACTION, RETRY_JITTER_FRACTION)
+    jitter = 1 + random.uniform(-RETRY_JITTER_FRACTION, RETRY_JITTER_FRACTION)
+    delay = RETRY_SCHEDULE_SECONDS[attempt - 1] * jitter
     return DeliveryStatus.PENDING, jobs.utcnow() + timedelta(seconds=delay)
 
 
@@ -208,6 +208,6 @@ def redeliver(delivery_id: uuid.UUID, job_id: uuid.UUID, tenant_id: uuid.UUID) -
         .values(status=DeliveryStatus.PENDING, next_attempt_at=func.now())
     )
     db.session.commit()
-    if done.rowcount != 1:
+    if rows_changed(done) != 1:
         raise NotFound(f"job {job_id} has no delivery {delivery_id}")
     publish_delivery(delivery_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 from flask import g, request
 
@@ -16,18 +16,19 @@ from gpujobs.api import ratelimit
 from gpujobs.api.errors import ApiError
 from gpujobs.tenants import authenticate, key_digest
 
-View = TypeVar("View", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def require_api_key(view: View) -> View:
+def require_api_key(view: Callable[P, R]) -> Callable[P, R]:
     """Refuse requests without a valid ``Authorization: Bearer <key>`` (401) or over its limit (429)."""
 
     @wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
         authenticate_request()
         return view(*args, **kwargs)
 
-    return wrapped  # type: ignore[return-value]
+    return wrapped
 
 
 def authenticate_request() -> None:

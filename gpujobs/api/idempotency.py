@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, ParamSpec
 
 from flask import Response, g, jsonify, make_response, request
+from flask.typing import ResponseReturnValue
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -30,13 +31,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from gpujobs.api.errors import ApiError
 from gpujobs.api.validation import json_object
 from gpujobs.exceptions import InvalidField
-from gpujobs.extensions import db
+from gpujobs.extensions import db, violated_constraint
 from gpujobs.models import IdempotencyRecord, Job
 from gpujobs.sweeps import IDEMPOTENCY_RETENTION_HOURS
 
 log = logging.getLogger(__name__)
 
-View = TypeVar("View", bound=Callable[..., Any])
+P = ParamSpec("P")
 
 HEADER = "Idempotency-Key"
 BODY_FIELD = "idempotencyKey"
@@ -49,7 +50,7 @@ _KEY_RE = re.compile(KEY_PATTERN)
 REPLAYED_HEADERS = ("Location",)
 
 
-def idempotent(view: View) -> View:
+def idempotent(view: Callable[P, ResponseReturnValue]) -> Callable[P, ResponseReturnValue]:
     """Make a creating POST view safe to retry with an ``Idempotency-Key`` header or ``idempotencyKey`` field.
 
     Place it under ``@require_api_key`` (it needs ``g.tenant``). Same key and same request: the first
@@ -59,7 +60,7 @@ def idempotent(view: View) -> View:
     """
 
     @wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
         key = _request_key()
         if key is None:
             return view(*args, **kwargs)
@@ -72,8 +73,9 @@ def idempotent(view: View) -> View:
                 return _answer_repeat(record, digest)
         raise _in_flight()
 
-    wrapped.idempotent = True  # type: ignore[attr-defined]  (read by the OpenAPI generator)
-    return wrapped  # type: ignore[return-value]
+    # Read by the OpenAPI generator; mypy does not model attributes set on functions (python/mypy#2087).
+    wrapped.idempotent = True  # type: ignore[attr-defined]
+    return wrapped
 
 
 def current_key() -> str | None:
@@ -110,11 +112,11 @@ def _request_digest() -> str:
 def _claim(tenant_id: uuid.UUID, key: str, digest: str) -> bool:
     """Take the key: new, expired, or abandoned in flight by a request with this same digest."""
     table = IdempotencyRecord.__table__
-    statement = insert(table).values(tenant_id=tenant_id, key=key, request_digest=digest)
-    statement = statement.on_conflict_do_update(
+    claim = insert(table).values(tenant_id=tenant_id, key=key, request_digest=digest)
+    statement = claim.on_conflict_do_update(
         index_elements=[table.c.tenant_id, table.c.key],
         set_={
-            "request_digest": statement.excluded.request_digest,
+            "request_digest": claim.excluded.request_digest,
             "response_status": None,
             "response_body": None,
             "created_at": func.now(),
@@ -210,7 +212,7 @@ def job_key_conflicts() -> Iterator[None]:
     try:
         yield
     except IntegrityError as exc:
-        if getattr(exc.orig.diag, "constraint_name", None) != JOB_IDEMPOTENCY_INDEX:
+        if violated_constraint(exc) != JOB_IDEMPOTENCY_INDEX:
             raise
         db.session.rollback()
         key = current_key()

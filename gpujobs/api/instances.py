@@ -149,6 +149,7 @@ def list_instances() -> dict[str, Any]:
 def monitoring_config() -> dict[str, Any]:
     """pollIntervalMs, maxWaitTimeMs and maxRetryAttempts as a create request gets them by default."""
     definition = get_definition(create.CREATE_KEY, 1)
+    assert definition is not None  # registered when gpujobs.provisioning.create is imported, as it is here
     return monitoring_defaults(current_app.config, definition.max_attempts)
 
 

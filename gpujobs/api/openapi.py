@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from flask import Flask
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from werkzeug.routing import Rule
 
 from gpujobs.api import schemas
@@ -68,6 +68,7 @@ def operation(
     """Attach OpenAPI metadata to a view function (read by :func:`build_spec`)."""
 
     def decorate(view: View) -> View:
+        # mypy does not model attributes set on functions (python/mypy#2087).
         view.openapi_operation = Operation(  # type: ignore[attr-defined]
             summary, tag, request, query, responses or {}, auth, content_type
         )
@@ -108,7 +109,7 @@ def undocumented_routes(app: Flask) -> list[str]:
 def build_spec(app: Flask, *, title: str, version: str) -> dict[str, Any]:
     """The OpenAPI document of every documented route of ``app``."""
     routes = [(rule, view, op) for rule, view, op in documented(app) if op is not None]
-    models = {(schemas.Problem, "serialization")}
+    models: set[tuple[type[BaseModel], JsonSchemaMode]] = {(schemas.Problem, "serialization")}
     for _, _, op in routes:
         models |= {(m, "serialization") for m in op.responses.values() if isinstance(m, type)}
         models |= {(op.request, "validation")} if op.request is not None else set()

@@ -35,7 +35,9 @@ def check(key_digest: str) -> None:
     counter = f"gpujobs:ratelimit:{key_digest}:{window}"
     try:
         with redis_client().pipeline(transaction=True) as pipe:
-            count, _ = pipe.incr(counter).expire(counter, 2 * WINDOW_SECONDS).execute()
+            pipe.incr(counter)
+            pipe.expire(counter, 2 * WINDOW_SECONDS)
+            count, _ = pipe.execute()
     except redis.RedisError as exc:
         _log_outage(exc)
         return

@@ -180,7 +180,7 @@ def _product(numbers: list[int | float]) -> int | float:
         return result
     total = 1
     for n in numbers:
-        total *= n
+        total *= int(n)  # every n is an int: a float took the branch above
         if total.bit_length() > MAX_PRODUCT_BITS:
             raise PermanentError(f"product exceeds {MAX_PRODUCT_BITS} bits")
     return total

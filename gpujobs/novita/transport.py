@@ -186,7 +186,8 @@ class RetryPolicy:
         """A tenacity loop that re-raises the last error once attempts run out."""
         return Retrying(
             retry=retry_if_exception(retry_on),
-            stop=stop_after_attempt(self.max_attempts) | self._retry_after_too_long,
+            # tenacity types `|` for stop_base only, though stop_any calls any stop callable (its StopBaseT).
+            stop=stop_after_attempt(self.max_attempts) | self._retry_after_too_long,  # type: ignore[operator]
             wait=self._wait,
             before_sleep=self._log_retry,
             reraise=True,

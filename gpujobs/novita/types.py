@@ -63,6 +63,10 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _mapping(value: Any) -> Json:
+    return value if isinstance(value, Mapping) else {}
+
+
 @dataclass(frozen=True)
 class Cluster:
     """A Novita cluster (region); `id` is the slug to send as `clusterId`, `name` the display code."""
@@ -224,8 +228,8 @@ class Instance:
     @classmethod
     def from_json(cls, data: Json) -> Instance:
         """Parse a get or list item; passwords in the connect components are deliberately dropped."""
-        error = data.get("statusError") if isinstance(data.get("statusError"), Mapping) else {}
-        ssh = data.get("connectComponentSSH") if isinstance(data.get("connectComponentSSH"), Mapping) else {}
+        error = _mapping(data.get("statusError"))
+        ssh = _mapping(data.get("connectComponentSSH"))
         return cls(
             id=str(data.get("id") or ""),
             name=str(data.get("name") or ""),

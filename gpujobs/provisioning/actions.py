@@ -94,7 +94,7 @@ def request(
         db.session.rollback()
         raise Conflict(_refusal(action, instance))
     commit_and_publish([dispatch_of(job)])
-    return job, db.session.get(Instance, instance.id, populate_existing=True)
+    return job, db.session.get_one(Instance, instance.id, populate_existing=True)
 
 
 def _refusal(action: str, instance: Instance) -> str:
@@ -132,7 +132,7 @@ def stop(ctx: JobContext, params: dict[str, Any]) -> Handoff:
     instance = _take(ctx, params, STOP)
     with novita_client() as client:
         try:
-            client.stop_instance(instance.novita_id)
+            client.stop_instance(records.novita_id_of(instance))
         except InvalidStateError:
             _require(client, instance, spec.STOPPED_STATUSES | _phases(spec.STOP_PHASES), "stop")
     return _watch(ctx, instance, STOP)
@@ -149,7 +149,7 @@ def start(ctx: JobContext, params: dict[str, Any]) -> Handoff:
     instance = _take(ctx, params, START)
     with novita_client() as client:
         try:
-            client.start_instance(instance.novita_id)
+            client.start_instance(records.novita_id_of(instance))
         except InsufficientResourceError as exc:
             raise PermanentError(
                 f"cannot start instance {instance.id}: Novita has no free {instance.product_name} GPU in "
@@ -194,11 +194,13 @@ def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:
     ) or records.transition(instance.id, (in_flight,), records.owned_by(job_id), status=in_flight)
     if not taken:
         db.session.rollback()
-        raise PermanentError(_refusal(action, db.session.get(Instance, instance.id, populate_existing=True)))
+        raise PermanentError(
+            _refusal(action, db.session.get_one(Instance, instance.id, populate_existing=True))
+        )
     db.session.commit()
     if instance.novita_id is None and action != DELETE:
         raise PermanentError(f"instance {instance.id} was never created at Novita; nothing to {action}")
-    return db.session.get(Instance, instance.id, populate_existing=True)
+    return db.session.get_one(Instance, instance.id, populate_existing=True)
 
 
 def _phases(phases: tuple[spec.Status, ...]) -> frozenset[str]:
@@ -207,7 +209,7 @@ def _phases(phases: tuple[spec.Status, ...]) -> frozenset[str]:
 
 def _require(client: NovitaClient, instance: Instance, acceptable: frozenset[str], action: str) -> None:
     """After "invalid state change": fine if Novita is already where the action leads, else a clear error."""
-    status = client.get_instance(instance.novita_id).status
+    status = client.get_instance(records.novita_id_of(instance)).status
     if status not in acceptable:
         raise PermanentError(f"cannot {action} instance {instance.id}: Novita says it is {status}")
 

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from flask import current_app
 
@@ -245,12 +245,24 @@ def _resolve_image(client: NovitaClient, params: CreateInstanceParams) -> Image:
     return Image(template, None, None, rootfs, credential)
 
 
+class _Placement(TypedDict):
+    """Where and as what the instance is created, the same for a plain image and a template."""
+
+    name: str
+    product_id: str
+    cluster_id: str
+
+
 def _request(
     image: Image, params: CreateInstanceParams, name: str, candidate: Candidate
 ) -> CreateInstanceRequest:
     """The create request for one candidate; the caller's ports, envs and command add to a template's."""
     rootfs = max(image.rootfs_gb, candidate.product.min_rootfs_gb or 0)
-    placement = {"name": name, "product_id": candidate.product.id, "cluster_id": candidate.cluster.id}
+    placement: _Placement = {
+        "name": name,
+        "product_id": candidate.product.id,
+        "cluster_id": candidate.cluster.id,
+    }
     ports = tuple(PortSpec(port.port, port.type) for port in params.ports)
     envs = tuple(EnvVar(env.key, env.value) for env in params.envs)
     if image.template is None:

@@ -192,13 +192,13 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
 
 def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> Sighting:
     """Novita's view of the instance, unknown until a snapshot taken since the action has been read."""
-    found = snapshot.read(client, instance.novita_id, watch.interval)
+    found = snapshot.read(client, records.novita_id_of(instance), watch.interval)
     if found is None or found[0] < watch.since:
         return Sighting(known=False)
     if found[1] is not None:
         return Sighting(known=True, seen=found[1])
     try:  # not listed: make sure before calling it gone (a list can lag, or stop at its page cap)
-        return Sighting(known=True, seen=client.get_instance(instance.novita_id))
+        return Sighting(known=True, seen=client.get_instance(records.novita_id_of(instance)))
     except NovitaNotFoundError:
         return Sighting(known=True)
 
@@ -228,12 +228,12 @@ def judge(action: str, seen: NovitaInstance | None) -> Judgement:
 def _start(client: NovitaClient, instance: Instance) -> None:
     log.info("instance %s: created but not starting by itself; starting it", instance.id)
     with contextlib.suppress(InvalidStateError):  # it moved on its own since the snapshot was read
-        client.start_instance(instance.novita_id)
+        client.start_instance(records.novita_id_of(instance))
 
 
 def _delete(client: NovitaClient, instance: Instance) -> None:
     with contextlib.suppress(NovitaNotFoundError):  # already gone: the goal of a delete
-        client.delete_instance(instance.novita_id)
+        client.delete_instance(records.novita_id_of(instance))
     log.info("instance %s: Novita instance %s deleted", instance.id, instance.novita_id)
 
 
@@ -250,7 +250,8 @@ def _succeed(watch: Watch, instance: Instance, client: NovitaClient, seen: Novit
     if watch.goal.done == InstanceStatus.RUNNING:
         # List answers lack port endpoints (docs/novita-api.md §6): one GET per instance, once, when it is
         # ready.
-        values.update(endpoints=endpoints_of(client.get_instance(instance.novita_id)), ready_at=jobs.utcnow())
+        seen_now = client.get_instance(records.novita_id_of(instance))
+        values.update(endpoints=endpoints_of(seen_now), ready_at=jobs.utcnow())
     _end(watch, JobStatus.SUCCEEDED, None, values, watch.goal.event)
 
 
@@ -311,7 +312,7 @@ def _end(
     moved = records.transition(
         watch.instance_id, (watch.goal.in_flight,), records.owned_by(watch.job_id), **row_values
     )
-    instance = db.session.get(Instance, watch.instance_id, populate_existing=True)
+    instance = db.session.get_one(Instance, watch.instance_id, populate_existing=True)
     if not moved:
         event = None
         if outcome == JobStatus.SUCCEEDED:
@@ -332,7 +333,7 @@ def _end(
         )
         return
     if event:
-        webhooks.record_event(db.session.get(Job, watch.job_id, populate_existing=True), event, instance)
+        webhooks.record_event(db.session.get_one(Job, watch.job_id, populate_existing=True), event, instance)
     webhooks.record_job_event(watch.job_id)
     db.session.commit()
     webhooks.publish_pending(watch.job_id)

@@ -87,6 +87,7 @@ def call_counts() -> dict[tuple[str, str, str], int] | None:
         return None
     counts: dict[tuple[str, str, str], int] = {}
     for field, value in raw.items():
-        method, path, outcome = field.decode().split(" ", 2)
+        name = field if isinstance(field, str) else field.decode()  # bytes unless decode_responses
+        method, path, outcome = name.split(" ", 2)
         counts[(method, path, outcome)] = int(value)
     return counts

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from flask import current_app
@@ -89,7 +90,7 @@ def _views(
 
 def _leaks(
     client: NovitaClient,
-    rows: list[Instance],
+    rows: Sequence[Instance],
     listed: dict[str, NovitaInstance],
     taken_at: float,
     live: set[uuid.UUID],

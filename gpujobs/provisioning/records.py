@@ -17,7 +17,8 @@ from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs
-from gpujobs.extensions import db
+from gpujobs.exceptions import PermanentError
+from gpujobs.extensions import db, rows_changed
 from gpujobs.models import Instance, Job
 from gpujobs.novita import spec
 from gpujobs.states import JOB_ACTIVE, JOB_LIVE, JOB_TERMINAL, InstanceStatus
@@ -107,7 +108,14 @@ def ensure_row(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) 
         )
         .on_conflict_do_nothing()
     )
-    return db.session.get(Instance, instance_id, populate_existing=True)
+    return db.session.get_one(Instance, instance_id, populate_existing=True)
+
+
+def novita_id_of(instance: Instance) -> str:
+    """The id Novita gave the instance; PermanentError for one never created there (nothing to act on)."""
+    if instance.novita_id is None:
+        raise PermanentError(f"instance {instance.id} was never created at Novita")
+    return instance.novita_id
 
 
 def transition(
@@ -120,9 +128,9 @@ def transition(
         .where(Instance.id == instance_id, Instance.status.in_(from_statuses), *conditions)
         .values(**values)
     )
-    if done.rowcount != 1:
+    if rows_changed(done) != 1:
         log.info("instance %s: not in %s any more, left as it is", instance_id, "/".join(from_statuses))
-    return done.rowcount == 1
+    return rows_changed(done) == 1
 
 
 def owned_by(job_id: uuid.UUID | None) -> ColumnElement[bool]:

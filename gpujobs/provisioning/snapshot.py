@@ -17,6 +17,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
 from gpujobs.broker import redis_client
 from gpujobs.novita import Instance, NovitaClient, PortMapping, StatusError
 from gpujobs.provisioning import records
@@ -57,7 +59,10 @@ def refresh(client: NovitaClient) -> Listing | None:
     try:
         taken_at, instances = list_ours(client)
         staging = f"{KEY}:{token}"
-        fields = {TAKEN_AT_FIELD: repr(taken_at), **{key: _encode(item) for key, item in instances.items()}}
+        fields: dict[FieldT, EncodableT] = {
+            TAKEN_AT_FIELD: repr(taken_at),
+            **{key: _encode(item) for key, item in instances.items()},
+        }
         # Build aside, then RENAME: readers see the old snapshot or the new one, never half of one.
         with store.pipeline(transaction=True) as pipe:
             pipe.hset(staging, mapping=fields)
@@ -111,7 +116,7 @@ def _encode(item: Instance) -> str:
     )
 
 
-def _decode(raw: bytes) -> Instance:
+def _decode(raw: bytes | str) -> Instance:
     data: dict[str, Any] = json.loads(raw)
 
     def when(seconds: float | None) -> datetime | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, render_template
+from flask import Blueprint, Flask, Response, render_template
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 
@@ -38,6 +38,7 @@ def _install_session(state: BlueprintSetupState) -> None:
     """Give the app the dashboard's session cookie (HttpOnly, SameSite=Lax, Secure off localhost)."""
     from gpujobs.ui.signin import DashboardSessionInterface
 
+    assert isinstance(state.app, Flask)  # typed as the sans-IO App, which has no sessions
     state.app.session_interface = DashboardSessionInterface()
 
 

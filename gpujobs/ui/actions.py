@@ -55,7 +55,9 @@ def redrive(letter_id: str) -> Response:
     """Queue a dead-lettered job again, optionally with a new attempt budget."""
     letter = tenant_letter(letter_id)
     try:
-        budget = Redrive(maxAttempts=request.form.get("max_attempts", "").strip() or None).maxAttempts
+        budget = Redrive.model_validate(
+            {"maxAttempts": request.form.get("max_attempts", "").strip() or None}
+        ).maxAttempts
     except ValidationError as exc:
         flash(f"maxAttempts: {exc.errors()[0]['msg']}.", "error")
         return _back(url_for("ui.dead_letters"))

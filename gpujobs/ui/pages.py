@@ -6,6 +6,7 @@ Lists use the API's keyset pagination (``limit``, ``cursor``) and filters (``sta
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -97,7 +98,7 @@ def job(job_id: str) -> str:
     events = db.session.scalars(
         select(JobEvent).where(JobEvent.job_id == row.id).order_by(JobEvent.id).limit(MAX_EVENTS_PER_PAGE)
     ).all()
-    deliveries = db.session.scalars(
+    delivery_rows = db.session.scalars(
         select(WebhookDelivery)
         .where(WebhookDelivery.job_id == row.id, WebhookDelivery.tenant_id == g.tenant.id)
         .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
@@ -110,7 +111,7 @@ def job(job_id: str) -> str:
         )
     instance = db.session.scalar(select(Instance).where(Instance.job_id == row.id))
     timeline = [event_view(event) for event in events]
-    deliveries = [delivery_view(delivery) for delivery in deliveries]
+    deliveries = [delivery_view(delivery) for delivery in delivery_rows]
     return render_template(
         "ui/job.html",
         job=job_view(row),
@@ -170,7 +171,9 @@ def dead_letters() -> str:
     args = _args(DeadLetterQuery)
     listing = _listing(dead_letters_query(g.tenant.id, args), DeadLetter, args)
     job_ids = [letter.job_id for letter in listing["items"]]
-    params = dict(db.session.execute(select(Job.id, Job.params).where(Job.id.in_(job_ids))).all())
+    params: dict[uuid.UUID, dict[str, Any]] = dict(
+        db.session.execute(select(Job.id, Job.params).where(Job.id.in_(job_ids))).all()
+    )
     letters = [
         {"letter": letter, "params": preview(mask_secrets(params.get(letter.job_id, {})))}
         for letter in listing["items"]
