@@ -15,7 +15,7 @@ import redis
 from flask import Flask
 from sqlalchemy import text
 from support.tenants import make_tenant
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
@@ -120,11 +120,18 @@ def client(app: Flask):
     return app.test_client()
 
 
-@pytest.fixture
+class _QuietHandler(WSGIRequestHandler):
+    """No access log lines in the test output."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
 def live_server(app: Flask) -> Iterator[str]:
-    """The app behind a real threaded HTTP server on a free port; yields its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    """The app behind a real threaded HTTP server on a free port (API clients, the browser); its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()

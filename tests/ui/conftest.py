@@ -8,7 +8,6 @@ where ``.ci/install-browser`` must have installed it.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ import pytest
 from flask import Flask
 from sqlalchemy import select, text
 from support.ui import csrf_of
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 CHROMIUM = os.environ.get("GPUJOBS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -28,24 +26,6 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1280, "height": 900}
 # Long enough for a worker to start and a page to refresh a few times (the pages refresh every 5 s).
 BROWSER_WAIT_MS = 60_000
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log lines in the test output."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
-@pytest.fixture(scope="session")
-def live_server(app: Flask) -> Iterator[str]:
-    """The app served over real HTTP on a free local port, for the browser."""
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="ui-live-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
 
 
 def _unavailable(reason: str) -> None:

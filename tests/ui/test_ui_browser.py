@@ -156,7 +156,7 @@ def add_instance(app, tenant: dict[str, str], name: str, **values) -> uuid.UUID:
     with app.app_context():
         db.session.execute(
             insert(Instance).values(
-                id=instance_id, tenant_id=uuid.UUID(tenant["id"]), name=name, **{"endpoints": [], **values}
+                id=instance_id, tenant_id=uuid.UUID(tenant["id"]), name=name, **{"endpoints": {}, **values}
             )
         )
         db.session.commit()
