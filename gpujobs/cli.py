@@ -49,7 +49,7 @@ def keys_list(tenant: str) -> None:
 
     with _app().app_context():
         for key in list_keys(tenant):
-            row = {"id": str(key.id), "prefix": key.prefix}
+            row: dict[str, str | None] = {"id": str(key.id), "prefix": key.prefix}
             for field, at in (("created", key.created_at), ("lastUsed", key.last_used_at)):
                 row[field] = at.isoformat() if at else None
             row["revoked"] = key.revoked_at.isoformat() if key.revoked_at else None

@@ -177,7 +177,9 @@ def signin() -> Response | tuple[str, int] | str:
     tenant = authenticate(api_key) if api_key else None
     if tenant is None:
         return render_template("ui/signin.html", next_url=next_url, failed=True), 401
-    key_id = db.session.scalar(select(ApiKey.id).where(ApiKey.key_digest == key_digest(api_key)))
+    key_id = db.session.execute(
+        select(ApiKey.id).where(ApiKey.key_digest == key_digest(api_key))
+    ).scalar_one()
     session.clear()  # a fresh nonce: tokens issued before sign-in stop working
     tenant_id = tenant.id
     session_id = _start_session(key_id)
