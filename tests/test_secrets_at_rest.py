@@ -167,3 +167,11 @@ def test_secrets_new_key_prints_a_usable_key_and_rotate_key_re_encrypts(app, pro
     assert result.returncode == 0 and "1 tenants" in result.stdout, result.stderr
     with _keys(app, printed.stdout.strip(), []):
         assert secret_of(app, tenant) == secret
+
+
+def test_make_run_keeps_one_encryption_key_under_the_data_dir_readable_by_the_owner_only(tmp_path) -> None:
+    from gpujobs.dev.devserver import ENCRYPTION_KEY_FILE, dev_encryption_key
+
+    first = dev_encryption_key(tmp_path)
+    assert parse_key(first) == first and dev_encryption_key(tmp_path) == first
+    assert (tmp_path / ENCRYPTION_KEY_FILE).stat().st_mode & 0o777 == 0o600
