@@ -43,7 +43,7 @@ from gpujobs.tenants import authenticate, key_digest
 from gpujobs.ui import bp
 
 COOKIE_NAME = "gpujobs_ui"
-# A session is good for this long after sign-in (or its last change); then the key is asked again.
+# A session is good for this long after sign-in (its server-side row is dated); then the key is asked again.
 SESSION_MAX_AGE_SECONDS = 12 * 60 * 60
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 PUBLIC_ENDPOINTS = frozenset({"ui.signin", "ui.static"})
