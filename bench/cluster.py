@@ -69,6 +69,7 @@ class Cluster:
         from flask_migrate import upgrade
 
         from gpujobs import create_app
+        from gpujobs.encryption import new_key
         from gpujobs.tenants import create_api_key
 
         self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
@@ -83,6 +84,7 @@ class Cluster:
             }
         # Every web process must sign sessions with one key (gpujobs.wsgi refuses to start without it).
         secret = os.environ.get("GPUJOBS_SECRET_KEY") or secrets.token_hex(32)
+        encryption_key = os.environ.get("GPUJOBS_ENCRYPTION_KEY") or new_key()
         self.stack.callback(self._stop_servers)
         redis_env = dict(self.redis_env or {})
         if not redis_env:
@@ -98,7 +100,12 @@ class Cluster:
             # One API key sends every request of a benchmark: the per-key limit would answer with 429s.
             GPUJOBS_RATE_LIMIT_PER_MINUTE="1000000",
             PYTHONPATH=str(ROOT),
-            **{"GPUJOBS_SECRET_KEY": secret, **novita, **self.settings},
+            **{
+                "GPUJOBS_SECRET_KEY": secret,
+                "GPUJOBS_ENCRYPTION_KEY": encryption_key,
+                **novita,
+                **self.settings,
+            },
         )
         # Explicit config, not os.environ: the caller's process (a test run) must keep its own settings.
         app = create_app(
@@ -106,6 +113,7 @@ class Cluster:
                 "DATABASE_URL": self.env["DATABASE_URL"],
                 **redis_env,
                 "GPUJOBS_DEFINITION_MODULES": ["bench.workloads"],
+                "GPUJOBS_ENCRYPTION_KEY": encryption_key,
             }
         )
         with app.app_context():

@@ -348,11 +348,15 @@ def deploy(size: int, database_url: str, redis_url: str) -> tuple[Flask, Seed, s
     from flask_migrate import upgrade
 
     from gpujobs import create_app
+    from gpujobs.encryption import new_key
     from gpujobs.extensions import db
     from gpujobs.sweeps import dispatch_due
     from gpujobs.tenants import create_api_key, ensure_tenant
 
-    app = create_app({"DATABASE_URL": database_url, "REDIS_URL": redis_url})
+    encryption_key = os.environ.get("GPUJOBS_ENCRYPTION_KEY") or new_key()
+    app = create_app(
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "GPUJOBS_ENCRYPTION_KEY": encryption_key}
+    )
     with app.app_context():
         upgrade()
         key = create_api_key("scale")

@@ -11,7 +11,7 @@ from flask import Flask
 
 __version__ = "0.1.0"  # before the imports below: the Novita client reads it for its User-Agent
 
-from gpujobs.config import engine_options, load_config, sqlalchemy_url
+from gpujobs.config import ConfigError, engine_options, load_config, sqlalchemy_url
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -26,6 +26,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     if not app.config.get("DATABASE_URL"):
         raise RuntimeError("DATABASE_URL is not set and no embedded server is running (start one: make run)")
+    if not app.config.get("GPUJOBS_ENCRYPTION_KEY"):
+        # Without it no webhook could be signed; refusing here names the fix before anything runs.
+        raise ConfigError(
+            "GPUJOBS_ENCRYPTION_KEY is not set: create one with `python -m gpujobs secrets new-key`"
+        )
     app.config["SQLALCHEMY_DATABASE_URI"] = sqlalchemy_url(app.config["DATABASE_URL"])
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config))
     app.config["SECRET_KEY"] = app.config.get("GPUJOBS_SECRET_KEY") or secrets.token_hex(32)

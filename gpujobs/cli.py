@@ -1,4 +1,5 @@
-"""The command line: keys, webhook secrets, migrations, jobs, dead letters, the simulator and ``dev``.
+"""The command line: keys, webhook secrets and their encryption key, migrations, jobs, dead letters, the
+simulator and ``dev``.
 
 Commands that print a secret print only that secret, so they compose in shell scripts:
 ``export GPUJOBS_API_KEY=$(python -m gpujobs keys create --tenant acme)``.
@@ -38,6 +39,55 @@ def keys_create(tenant: str) -> None:
 
     with _app().app_context():
         click.echo(create_api_key(tenant))
+
+
+@keys.command("list")
+@click.option("--tenant", required=True, help="Tenant name.")
+def keys_list(tenant: str) -> None:
+    """List TENANT's keys, one JSON object per line: id, prefix, created, last used, revoked."""
+    from gpujobs.tenants import list_keys
+
+    with _app().app_context():
+        for key in list_keys(tenant):
+            row: dict[str, str | None] = {"id": str(key.id), "prefix": key.prefix}
+            for field, at in (("created", key.created_at), ("lastUsed", key.last_used_at)):
+                row[field] = at.isoformat() if at else None
+            row["revoked"] = key.revoked_at.isoformat() if key.revoked_at else None
+            click.echo(json.dumps(row))
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=click.UUID)
+def keys_revoke(key_id: uuid.UUID) -> None:
+    """Revoke a key at once: its API requests and its dashboard sessions are refused from now on."""
+    from gpujobs.tenants import revoke_key
+
+    with _app().app_context():
+        if not revoke_key(key_id):
+            raise click.ClickException(f"no API key {key_id}")
+        click.echo(f"revoked {key_id}")
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """The key that encrypts webhook secrets in the database."""
+
+
+@secrets_group.command("new-key")
+def secrets_new_key() -> None:
+    """Print a fresh key for GPUJOBS_ENCRYPTION_KEY (nothing is stored)."""
+    from gpujobs.encryption import new_key
+
+    click.echo(new_key())
+
+
+@secrets_group.command("rotate-key")
+def secrets_rotate_key() -> None:
+    """Re-encrypt every stored secret under GPUJOBS_ENCRYPTION_KEY (reading GPUJOBS_ENCRYPTION_OLD_KEYS)."""
+    from gpujobs.tenants import reencrypt_secrets
+
+    with _app().app_context():
+        click.echo(f"re-encrypted the secrets of {reencrypt_secrets()} tenants")
 
 
 @main.group()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gpujobs.dev.embedded_env import read_embedded_env
+from gpujobs.encryption import parse_key, parse_keys
 from gpujobs.exceptions import GpuJobsError
 from gpujobs.novita.spec import PRODUCTION_BASE_URL as NOVITA_DEFAULT_BASE_URL
 
@@ -131,6 +132,20 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         str,
         "Signs dashboard sessions; required by the web server (gpujobs.wsgi).",
+    ),
+    Setting(
+        "GPUJOBS_ENCRYPTION_KEY",
+        None,
+        parse_key,
+        "Encrypts webhook signing secrets in the database; required by every process "
+        "(`python -m gpujobs secrets new-key` prints one; `make run` keeps one under `var/`).",
+    ),
+    Setting(
+        "GPUJOBS_ENCRYPTION_OLD_KEYS",
+        "",
+        parse_keys,
+        "Retired encryption keys, comma-separated, still accepted for reading while "
+        "`python -m gpujobs secrets rotate-key` re-encrypts under the current one.",
     ),
     Setting("GPUJOBS_DATA_DIR", str(PROJECT_ROOT / "var"), str, "Embedded servers' data and dev files."),
     Setting("GPUJOBS_STORAGE_DIR", None, str, "Uploaded and encoded videos. Unset: `<data dir>/storage`."),

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
+from gpujobs.encryption import EncryptedText
 from gpujobs.extensions import Model
 from gpujobs.states import (
     INSTANCE_ENDED,
@@ -56,9 +57,9 @@ class Tenant(Model):
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     name: Mapped[str] = mapped_column(String(100), unique=True, nullable=False)
-    # HMAC keys must be usable to sign, so they are stored as issued; they never leave in responses.
-    webhook_secret: Mapped[str] = mapped_column(String(100), nullable=False)
-    previous_webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    # HMAC keys must be usable to sign, so they are stored encrypted (gpujobs.encryption), not hashed.
+    webhook_secret: Mapped[str] = mapped_column(EncryptedText, nullable=False)
+    previous_webhook_secret: Mapped[str | None] = mapped_column(EncryptedText)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created_at()
 
@@ -74,6 +75,19 @@ class ApiKey(Model):
     prefix: Mapped[str] = mapped_column(String(16), nullable=False)  # shown to operators to tell keys apart
     created_at: Mapped[datetime] = _created_at()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # to the minute
+
+
+class DashboardSession(Model):
+    """A signed-in ``/ui`` session: the cookie names a row, so signing out or revoking the key ends it."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    created_at: Mapped[datetime] = _created_at()
 
 
 class Job(Model):

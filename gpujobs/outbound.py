@@ -5,7 +5,9 @@ Decisions (after OWASP's SSRF prevention cheat sheet and how Svix and Stripe del
 * ``http``/``https`` only, a host, no ``user:pass@``. Any port 1-65535: the address check, not the port,
   keeps calls off internal services, and real receivers listen on 8080, 8443, ...
 * Unless ``allow_private``, every address a host resolves to must be public; one bad address refuses the
-  URL (OWASP: check A and AAAA, reject any). Cloud metadata addresses are refused even with it.
+  URL (OWASP: check A and AAAA, reject any). ``REFUSED_NETWORKS`` is the one table of what is refused
+  and why; IPv6 forms that carry an IPv4 address (mapped, translated, NAT64, 6to4, Teredo) are judged
+  by that address too. Cloud metadata and platform endpoints are refused even with ``allow_private``.
 * ``check_url`` (submit time) resolves names too, so a URL pointing inside is a 422 at once; a name that
   does not resolve then is refused as well (we cannot vouch for it, and typos surface immediately). In
   ``send`` a failed lookup is a TransientError instead: DNS outages pass.
@@ -48,26 +50,61 @@ _HOSTNAME_RE = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 # Hosts the C resolver would read as an IPv4 literal: 2130706433, 0x7f.1, 0177.0.0.1, 127.1.
 _LEGACY_IPV4_RE = re.compile(r"[0-9a-fx.]+")
 
-# Refused on top of "not is_global": Python 3.11's tables predate CVE-2024-4032's fixes and later IANA
-# additions, so the ranges that matter are spelled out here rather than trusted to the runtime.
-# IPv4: this network, RFC 1918, CGNAT, loopback, link-local, IETF, documentation, 6to4 relay, benchmarking,
-# multicast, reserved and broadcast. IPv6: IPv4-compatible ::/96 (holds :: and ::1 too), NAT64 local-use,
-# discard, IETF protocol (Teredo...), documentation, ULA, link-local, site-local, multicast.
-_FORBIDDEN_NETWORKS = tuple(
-    ipaddress.ip_network(net)
-    for net in (
-        *("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12"),
-        *("192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15"),
-        *("198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "::/96", "64:ff9b:1::/48"),
-        *("100::/64", "2001::/23", "2001:db8::/32", "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10"),
-        *("fec0::/10", "ff00::/8"),
-    )
+
+@dataclass(frozen=True)
+class RefusedNetwork:
+    """A range calls may not reach, and why; ``always``: refused even with GPUJOBS_WEBHOOK_ALLOW_PRIVATE."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    why: str
+    always: bool = False
+
+
+def _refused(cidr: str, why: str, *, always: bool = False) -> RefusedNetwork:
+    return RefusedNetwork(ipaddress.ip_network(cidr), why, always)
+
+
+# The one table of refused networks (a test per row). Python 3.11's own tables predate CVE-2024-4032's
+# fixes and later IANA additions, so they are spelled out here; "not is_global" is checked on top. IPv6
+# forms that carry an IPv4 address (see _embedded_ipv4) are judged by that address as well.
+REFUSED_NETWORKS: tuple[RefusedNetwork, ...] = (
+    # Cloud metadata and platform endpoints: never a webhook receiver.
+    _refused("169.254.169.254/32", "cloud metadata (AWS, GCP, Azure, OpenStack)", always=True),
+    _refused("168.63.129.16/32", "Azure platform endpoint (WireServer)", always=True),
+    _refused("100.100.100.200/32", "Alibaba Cloud metadata", always=True),
+    _refused("fd00:ec2::254/128", "AWS metadata over IPv6", always=True),
+    _refused("0.0.0.0/8", "this network"),
+    _refused("10.0.0.0/8", "private (RFC 1918)"),
+    _refused("100.64.0.0/10", "carrier-grade NAT (RFC 6598)"),
+    _refused("127.0.0.0/8", "loopback"),
+    _refused("169.254.0.0/16", "link-local"),
+    _refused("172.16.0.0/12", "private (RFC 1918)"),
+    _refused("192.0.0.0/24", "IETF protocol assignments"),
+    _refused("192.0.2.0/24", "documentation (TEST-NET-1)"),
+    _refused("192.88.99.0/24", "6to4 relay anycast"),
+    _refused("192.168.0.0/16", "private (RFC 1918)"),
+    _refused("198.18.0.0/15", "benchmarking"),
+    _refused("198.51.100.0/24", "documentation (TEST-NET-2)"),
+    _refused("203.0.113.0/24", "documentation (TEST-NET-3)"),
+    _refused("224.0.0.0/4", "multicast"),
+    _refused("240.0.0.0/4", "reserved and broadcast"),
+    _refused("::/96", "IPv4-compatible (holds :: and ::1)"),
+    _refused("::ffff:0:0:0/96", "IPv4-translated (SIIT, RFC 2765)"),
+    _refused("64:ff9b:1::/48", "NAT64 local-use (RFC 8215)"),
+    _refused("100::/64", "discard"),
+    _refused("2001::/32", "Teredo"),
+    _refused("2001::/23", "IETF protocol assignments"),
+    _refused("2001:db8::/32", "documentation"),
+    _refused("3fff::/20", "documentation"),
+    _refused("5f00::/16", "SRv6 segment identifiers"),
+    _refused("fc00::/7", "unique local"),
+    _refused("fe80::/10", "link-local"),
+    _refused("fec0::/10", "site-local"),
+    _refused("ff00::/8", "multicast"),
 )
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")
 _NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
-# AWS/GCP/Azure, AWS IPv6, Alibaba: never a webhook receiver, refused even when private targets are allowed.
-_METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
-)
 
 
 class UnsafeURLError(PermanentError):
@@ -104,23 +141,51 @@ class _Target:
         return f"{self.scheme}://{host}:{self.port}"
 
 
-def is_forbidden_address(ip: str | IPAddress) -> bool:
-    """True unless the address is plainly public, looking through IPv4-mapped, 6to4 and NAT64 forms."""
+def refusal_reason(ip: str | IPAddress, *, allow_private: bool = False) -> str | None:
+    """Why a call to ``ip`` is refused, or None when it may be made."""
     try:
         addr = ip if isinstance(ip, IPAddress) else ipaddress.ip_address(str(ip).split("%", 1)[0])
     except ValueError:
-        return True  # not provably an address we may reach
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:  # ::ffff:127.0.0.1 is 127.0.0.1 on a dual-stack socket
-            return is_forbidden_address(addr.ipv4_mapped)
-        embedded = addr.sixtofour or (
-            ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF) if addr in _NAT64_WELL_KNOWN else None
-        )
-        if embedded is not None and is_forbidden_address(embedded):
-            return True
-    if not addr.is_global or addr.is_multicast:
-        return True
-    return any(addr.version == net.version and addr in net for net in _FORBIDDEN_NETWORKS)
+        return "not an address"  # not provably an address we may reach
+    embedded = _embedded_ipv4(addr)
+    for candidate, where in ((addr, ""), (embedded, ", inside an IPv6 address")):
+        for row in REFUSED_NETWORKS:
+            if (
+                candidate is not None
+                and (row.always or not allow_private)
+                and _within(candidate, row.network)
+            ):
+                return row.why + where
+    if allow_private:
+        return None
+    judged = embedded if embedded is not None else addr  # ::ffff:8.8.8.8 and 64:ff9b::808:808 are 8.8.8.8
+    if not judged.is_global or judged.is_multicast:
+        return "not a public address"
+    return None
+
+
+def _within(addr: IPAddress, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    return addr.version == network.version and addr in network
+
+
+def is_forbidden_address(ip: str | IPAddress) -> bool:
+    """True unless the address is plainly public, looking through the IPv6 forms that embed IPv4."""
+    return refusal_reason(ip) is not None
+
+
+def _embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, translated, compatible, NAT64, 6to4, Teredo)."""
+    if isinstance(addr, ipaddress.IPv4Address):
+        return None
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]  # the client's address
+    if any(addr in net for net in (_IPV4_TRANSLATED, _NAT64_WELL_KNOWN, _IPV4_COMPATIBLE)):
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
 
 
 def check_url(url: str, *, allow_private: bool) -> None:
@@ -252,13 +317,13 @@ def _checked_addresses(
             raise resolve_error(f"host {target.host!r} could not be resolved: {exc}") from None
         if not addresses:
             raise resolve_error(f"host {target.host!r} could not be resolved: no addresses")
-    for address in addresses:
+    for address in addresses:  # one refused address refuses the URL, whatever the others are
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        unwrapped = ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip
-        if unwrapped in _METADATA_ADDRESSES or (not allow_private and is_forbidden_address(ip)):
+        why = refusal_reason(ip, allow_private=allow_private)
+        if why is not None:
             if target.literal_ip is not None:
-                raise UnsafeURLError(f"address {ip} is not a public address")
-            raise UnsafeURLError(f"host {target.host!r} resolves to non-public address {ip}")
+                raise UnsafeURLError(f"address {ip} is not a public address ({why})")
+            raise UnsafeURLError(f"host {target.host!r} resolves to non-public address {ip} ({why})")
     return addresses
 
 

@@ -2,7 +2,8 @@
 
 Fields are snake_case in Python and camelCase on the wire (by alias). Each model is at once the
 serializer (``json_of(row)``) and the OpenAPI component, so the two cannot drift. Times are written
-with ``datetime.isoformat()`` (``+00:00``, not pydantic's ``Z``) so answers keep their exact form.
+with ``datetime.isoformat()`` (``+00:00``, not pydantic's ``Z``) so answers keep their exact form. Params,
+errors, URLs and event data pass through ``gpujobs.masking`` here, so no surface shows a secret.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from gpujobs import models
 from gpujobs.jobs import PRIORITY_NAMES, PriorityName
+from gpujobs.masking import mask_secrets, mask_text, mask_url
 from gpujobs.registry import Definition as RegisteredDefinition
 from gpujobs.states import DeliveryStatus, InstanceStatus, JobStatus
 
@@ -89,17 +91,17 @@ class Job(Resource):
             status=JobStatus(row.status),
             priority=PRIORITY_NAMES[row.priority] if row.priority_number is None else row.priority_number,
             priority_level=PRIORITY_NAMES[row.priority],
-            params=row.params,
+            params=mask_secrets(row.params),
             attempt=row.attempt,
             max_attempts=row.max_attempts,
             timeout_seconds=row.timeout_seconds,
             progress=row.progress,
             result=row.result,
-            error=row.error,
+            error=mask_text(row.error),
             cancel_requested=row.cancel_requested,
             dead_lettered=row.dead_lettered,
             idempotency_key=row.idempotency_key,
-            webhook_url=row.webhook_url,
+            webhook_url=mask_url(row.webhook_url),
             created_at=row.created_at,
             queued_at=row.queued_at,
             started_at=row.started_at,
@@ -119,7 +121,8 @@ class JobEvent(Resource):
 
     @classmethod
     def from_row(cls, row: models.JobEvent) -> Self:
-        return cls(id=row.id, type=row.type, attempt=row.attempt, data=row.data, created_at=row.created_at)
+        data = mask_secrets(row.data)
+        return cls(id=row.id, type=row.type, attempt=row.attempt, data=data, created_at=row.created_at)
 
 
 class Instance(Resource):
@@ -161,8 +164,8 @@ class Instance(Resource):
             cluster_id=row.cluster_id,
             gpu_num=row.gpu_num,
             price_per_hour=price / 100_000 if price is not None else None,
-            endpoints=row.endpoints,
-            error=row.error,
+            endpoints=mask_secrets(row.endpoints),
+            error=mask_text(row.error),
             created_at=row.created_at,
             ready_at=row.ready_at,
             last_seen_at=row.last_seen_at,
@@ -187,7 +190,7 @@ class DeadLetter(Resource):
             job_id=row.job_id,
             definition_key=row.definition_key,
             attempts=row.attempts,
-            error=row.error,
+            error=mask_text(row.error),
             created_at=row.created_at,
             redriven_at=row.redriven_at,
         )
@@ -217,11 +220,11 @@ class Delivery(Resource):
             id=row.id,
             job_id=row.job_id,
             event_type=row.event_type,
-            url=row.url,
+            url=mask_url(row.url) or "",
             status=DeliveryStatus(row.status),
             attempts=row.attempts,
             last_status_code=row.last_status_code,
-            last_error=row.last_error,
+            last_error=mask_text(row.last_error),
             next_attempt_at=row.next_attempt_at,
             created_at=row.created_at,
             delivered_at=row.delivered_at,
@@ -278,7 +281,7 @@ class Schedule(Resource):
             timezone=row.timezone,
             definition_key=row.definition_key,
             definition_version=row.definition_version,
-            params=row.params,
+            params=mask_secrets(row.params),
             priority=PRIORITY_NAMES[row.priority],
             enabled=row.enabled,
             next_run_at=row.next_run_at,

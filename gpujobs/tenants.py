@@ -1,7 +1,9 @@
 """Tenants, API keys and webhook secrets.
 
 API keys are random 256-bit tokens shown once and stored as SHA-256 digests: with that much entropy a
-plain digest cannot be brute-forced, and the lookup stays a single indexed query.
+plain digest cannot be brute-forced, and the lookup stays a single indexed query. Every lookup checks
+``revoked_at``, so a revoked key is refused on its next request. Webhook secrets must be read back to
+sign, so they are encrypted instead (``gpujobs.encryption``, applied by the column type).
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import uuid
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm.attributes import flag_modified
 
 from gpujobs.extensions import db
 from gpujobs.jobs import utcnow
@@ -20,6 +24,8 @@ from gpujobs.signing import generate_secret
 
 API_KEY_PREFIX = "gj_"
 SECRET_ROTATION_OVERLAP_HOURS = 24
+# ``last_used_at`` is rewritten at most this often per key: one small write a minute, not one a request.
+LAST_USED_RESOLUTION_SECONDS = 60
 
 
 def key_digest(api_key: str) -> str:
@@ -50,13 +56,43 @@ def authenticate(api_key: str) -> Tenant | None:
     """The tenant owning a valid, unrevoked key, or None."""
     digest = key_digest(api_key)
     row = db.session.execute(
-        select(ApiKey.key_digest, Tenant)
+        select(ApiKey.id, ApiKey.key_digest, ApiKey.last_used_at, Tenant)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
         .where(ApiKey.key_digest == digest, ApiKey.revoked_at.is_(None))
     ).one_or_none()
     if row is None or not hmac.compare_digest(row.key_digest, digest):
         return None
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > timedelta(seconds=LAST_USED_RESOLUTION_SECONDS):
+        db.session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        db.session.commit()
     return row.Tenant
+
+
+def list_keys(tenant_name: str) -> list[ApiKey]:
+    """The tenant's keys, revoked ones included, oldest first (no tenant: none)."""
+    return list(
+        db.session.scalars(
+            select(ApiKey)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(Tenant.name == tenant_name)
+            .order_by(ApiKey.created_at, ApiKey.id)
+        )
+    )
+
+
+def revoke_key(key_id: uuid.UUID) -> bool:
+    """Revoke a key: its next API request and every dashboard session it opened are refused.
+
+    False if there is no such key; revoking twice keeps the first time.
+    """
+    key = db.session.get(ApiKey, key_id)
+    if key is None:
+        return False
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        db.session.commit()
+    return True
 
 
 def rotate_webhook_secret(tenant_name: str) -> str:
@@ -67,3 +103,17 @@ def rotate_webhook_secret(tenant_name: str) -> str:
     tenant.webhook_secret = generate_secret()
     db.session.commit()
     return tenant.webhook_secret
+
+
+def reencrypt_secrets() -> int:
+    """Rewrite every tenant's secrets under the current encryption key; returns the tenants rewritten.
+
+    Reading decrypts under the current or a retired key, writing always encrypts under the current one,
+    so after this run the retired keys can be dropped from ``GPUJOBS_ENCRYPTION_OLD_KEYS``.
+    """
+    tenants = list(db.session.scalars(select(Tenant).with_for_update()))
+    for tenant in tenants:
+        flag_modified(tenant, "webhook_secret")
+        flag_modified(tenant, "previous_webhook_secret")
+    db.session.commit()
+    return len(tenants)

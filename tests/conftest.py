@@ -18,6 +18,7 @@ from support.tenants import make_tenant
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
+from gpujobs.encryption import new_key
 
 WORKER_READY_TIMEOUT_SECONDS = 60
 # Short timings so crash recovery is observable in seconds, not minutes.
@@ -62,6 +63,7 @@ def service_env(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactor
     """The environment every process of the service under test gets (API, workers, CLI)."""
     env = dict(servers, **TEST_SETTINGS)
     env["GPUJOBS_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    env["GPUJOBS_ENCRYPTION_KEY"] = new_key()
     os.environ.update(env)
     return env
 

@@ -8,6 +8,7 @@ with a tripwire.
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import json
 import shutil
 import socket
@@ -284,6 +285,93 @@ def test_public_addresses_are_not_forbidden(address: str) -> None:
 )
 def test_non_public_and_unparseable_addresses_are_forbidden(address: str) -> None:
     assert is_forbidden_address(address)
+
+
+# --- the table of refused networks ---------------------------------------------------------------------
+
+
+def _inside(row: outbound.RefusedNetwork) -> str:
+    """An address inside the row's network (its last one: the first is often special on its own)."""
+    return str(row.network[-1] if row.network.num_addresses > 1 else row.network.network_address)
+
+
+@pytest.mark.parametrize("row", outbound.REFUSED_NETWORKS, ids=lambda row: str(row.network))
+def test_every_row_of_the_refused_networks_table_is_refused_with_its_reason(
+    row: outbound.RefusedNetwork, fake_dns: FakeDNS, no_connections: None
+) -> None:
+    address = _inside(row)
+    assert outbound.refusal_reason(address) == row.why
+    host = f"[{address}]" if row.network.version == 6 else address
+    with pytest.raises(UnsafeURLError, match=row.why.split(" (")[0]):
+        check_url(f"http://{host}/hook", allow_private=False)
+    fake_dns.add("row.example", [address])
+    with pytest.raises(UnsafeURLError, match="resolves to non-public address"):
+        send("POST", "http://row.example/hook", allow_private=False, data=b"{}")
+    if row.always:
+        with pytest.raises(UnsafeURLError):
+            check_url(f"http://{host}/hook", allow_private=True)
+    else:
+        assert outbound.refusal_reason(address, allow_private=True) is None
+
+
+def _ipv6_forms(ipv4: str) -> dict[str, str]:
+    """The IPv6 addresses that carry ``ipv4``: the forms a guard looking at IPv4 only would miss."""
+    n = int(ipaddress.IPv4Address(ipv4))
+    teredo_server = int(ipaddress.IPv4Address("65.54.227.120"))
+    return {
+        "mapped": f"::ffff:{ipv4}",
+        "translated": f"::ffff:0:{ipv4}",
+        "nat64": str(ipaddress.IPv6Address(int(ipaddress.IPv6Address("64:ff9b::")) | n)),
+        "nat64-local": str(ipaddress.IPv6Address(int(ipaddress.IPv6Address("64:ff9b:1::")) | n)),
+        "6to4": str(ipaddress.IPv6Address((0x2002 << 112) | (n << 80) | 1)),
+        "teredo": str(ipaddress.IPv6Address((0x20010000 << 96) | (teredo_server << 64) | (n ^ 0xFFFFFFFF))),
+    }
+
+
+PRIVATE_AND_METADATA = ["127.0.0.1", "10.0.0.1", "192.168.1.1", "169.254.169.254", "168.63.129.16"]
+EMBEDDED_CASES = [
+    pytest.param(form, ipv4, id=f"{kind}:{ipv4}")
+    for ipv4 in PRIVATE_AND_METADATA
+    for kind, form in _ipv6_forms(ipv4).items()
+]
+
+
+@pytest.mark.parametrize(("address", "ipv4"), EMBEDDED_CASES)
+def test_ipv6_forms_of_private_and_metadata_addresses_are_refused(
+    address: str, ipv4: str, no_connections: None
+) -> None:
+    assert is_forbidden_address(address)
+    with pytest.raises(UnsafeURLError, match="is not a public address"):
+        check_url(f"http://[{address}]/", allow_private=False)
+
+
+@pytest.mark.parametrize("kind", ["mapped", "translated", "nat64", "6to4", "teredo"])
+@pytest.mark.parametrize("ipv4", ["169.254.169.254", "168.63.129.16", "100.100.100.200"])
+def test_ipv6_forms_of_metadata_addresses_stay_refused_when_private_targets_are_allowed(
+    kind: str, ipv4: str, no_connections: None
+) -> None:
+    with pytest.raises(UnsafeURLError, match=r"metadata|platform endpoint"):
+        check_url(f"http://[{_ipv6_forms(ipv4)[kind]}]/", allow_private=True)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ["93.184.216.34", "10.0.0.1"],
+        ["10.0.0.1", "93.184.216.34"],
+        ["2606:2800:220:1:248:1893:25c8:1946", "::ffff:127.0.0.1"],
+        ["93.184.216.34", "64:ff9b::a9fe:a9fe"],
+        ["93.184.216.34", "168.63.129.16"],
+    ],
+)
+def test_a_dns_answer_mixing_public_and_private_addresses_is_refused(
+    answer: list[str], fake_dns: FakeDNS, no_connections: None
+) -> None:
+    fake_dns.add("mixed-answer.example", answer)
+    with pytest.raises(UnsafeURLError, match="resolves to non-public address"):
+        check_url("https://mixed-answer.example/hook", allow_private=False)
+    with pytest.raises(UnsafeURLError):
+        send("POST", "https://mixed-answer.example/hook", allow_private=False, data=b"{}")
 
 
 # --- pinning and DNS rebinding -------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from gpujobs.config import load_config
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.dev.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
 from gpujobs.dev.supervisor import CrashLoop, Supervisor
+from gpujobs.encryption import new_key
 from gpujobs.novita.simulator import run_simulator
 from gpujobs.operations import JobOptions, submit
 from gpujobs.tenants import create_api_key, ensure_tenant
@@ -30,6 +31,7 @@ from gpujobs.tenants import create_api_key, ensure_tenant
 DEV_TENANT = "dev"
 SIMULATOR_API_KEY = "sk_simulator_dev"
 READY_TIMEOUT_SECONDS = 60.0
+ENCRYPTION_KEY_FILE = "encryption.key"
 
 
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
@@ -47,6 +49,7 @@ def run() -> None:
     env = dict(os.environ, GPUJOBS_WEBHOOK_ALLOW_PRIVATE=os.environ.get("GPUJOBS_WEBHOOK_ALLOW_PRIVATE", "1"))
     # Every web process must sign dashboard sessions with the same key.
     env.setdefault("GPUJOBS_SECRET_KEY", secrets.token_hex(32))
+    env.setdefault("GPUJOBS_ENCRYPTION_KEY", dev_encryption_key(data_dir))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with ExitStack() as stack:
         if not os.environ.get("DATABASE_URL"):
@@ -57,7 +60,8 @@ def run() -> None:
             broker = EmbeddedRedis(data_dir / "redis")
             env["REDIS_URL"] = broker.start()
             stack.callback(broker.stop)
-        write_embedded_env(data_dir, {k: env[k] for k in ("DATABASE_URL", "REDIS_URL")})
+        shared = ("DATABASE_URL", "REDIS_URL", "GPUJOBS_ENCRYPTION_KEY")  # for the CLI in another terminal
+        write_embedded_env(data_dir, {k: env[k] for k in shared})
         stack.callback(lambda: (data_dir / EMBEDDED_ENV_FILE).unlink(missing_ok=True))
         if not os.environ.get("NOVITA_API_KEY"):
             sim = stack.enter_context(run_simulator(api_key=SIMULATOR_API_KEY))
@@ -77,6 +81,15 @@ def run() -> None:
             print("\nstopping...", file=sys.stderr)
         except CrashLoop as crash:
             raise SystemExit(f"\n{crash}") from None  # after the stack has stopped everything
+
+
+def dev_encryption_key(data_dir: Path) -> str:
+    """The key of the embedded database's secrets: made once, then kept beside the data it opens."""
+    path = data_dir / ENCRYPTION_KEY_FILE
+    if not path.is_file():
+        path.touch(mode=0o600)
+        path.write_text(new_key() + "\n")
+    return path.read_text().strip()
 
 
 def _prepare_database() -> str:

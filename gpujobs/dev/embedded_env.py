@@ -1,7 +1,8 @@
 """The small file through which `make run` tells other processes where its embedded servers are.
 
-``gpujobs dev`` writes ``<data dir>/embedded.env`` (``DATABASE_URL=...``, ``REDIS_URL=...``) once its
-servers are up and removes it when they stop; configuration reads it for unset variables only.
+``gpujobs dev`` writes ``<data dir>/embedded.env`` (``DATABASE_URL=...``, ``REDIS_URL=...`` and its
+``GPUJOBS_ENCRYPTION_KEY``) once its servers are up and removes it when they stop; configuration reads
+it for unset variables only.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def read_embedded_env(data_dir: Path) -> dict[str, str]:
 
 
 def write_embedded_env(data_dir: Path, values: dict[str, str]) -> Path:
-    """Record where the embedded servers listen (readable by the owner only: it names the database)."""
+    """Record where the embedded servers listen (readable by the owner only: it holds a key)."""
     path = data_dir / EMBEDDED_ENV_FILE
     path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
     path.chmod(0o600)

@@ -1,72 +1,33 @@
 """What the pages show of a row: secrets masked, times and prices made readable.
 
-Every job, event, instance and delivery reaches a template through a function here, so masking is
-decided once: any JSON key that names a secret (recursively, and ``{"key": "HF_TOKEN", "value": ...}``
-pairs such as Novita's environment lists) is shown as ``MASK``, and so are credentials in URLs.
+Every job, event, instance and delivery reaches a template through a function here, from its public
+resource (``gpujobs.resources``), which has already masked params, errors, URLs and event data with
+``gpujobs.masking``; a job's result is masked here too, since the page shows it in full.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, quote_plus, urlencode, urlsplit, urlunsplit
 
 from gpujobs import resources
+from gpujobs.masking import mask_secrets
 from gpujobs.models import Instance, Job, JobEvent, WebhookDelivery
 from gpujobs.novita.spec import REMOVAL_STATUSES
 from gpujobs.states import DeliveryStatus, InstanceStatus
 from gpujobs.ui import bp
 
-MASK = "••••"
-SECRET_NAME = re.compile(r"pass(word)?|secret|token|api[_-]?key|auth|credential|private", re.IGNORECASE)
 # A row we finished deleting: if Novita still shows the instance, it has leaked. (Failed rows are
 # kept on purpose when GPUJOBS_DELETE_ON_TIMEOUT=0, see records.WANTED, so they are not leaks.)
 UNWANTED_INSTANCE_STATUSES = frozenset({InstanceStatus.DELETED})
 PREVIEW_CHARS = 90
 
 
-def _names_secret(name: Any) -> bool:
-    return isinstance(name, str) and SECRET_NAME.search(name) is not None
-
-
-def mask_secrets(value: Any) -> Any:
-    """A copy of ``value`` with every secret-looking entry replaced by ``MASK``."""
-    if isinstance(value, dict):
-        named = value.get("key", value.get("name"))
-        if "value" in value and _names_secret(named):  # {"key": "API_TOKEN", "value": "..."}
-            return {k: MASK if k == "value" else mask_secrets(v) for k, v in value.items()}
-        return {k: MASK if _names_secret(k) else mask_secrets(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(item) for item in value]
-    if isinstance(value, str) and "://" in value:
-        return mask_url(value)
-    return value
-
-
-def mask_url(url: str | None) -> str | None:
-    """The URL without its password and secret-looking query values; unchanged when it has none."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    if "@" not in parts.netloc and not any(_names_secret(name) for name, _ in pairs):
-        return url
-    netloc = parts.netloc if "@" not in parts.netloc else f"{MASK}@{parts.netloc.rsplit('@', 1)[1]}"
-    query = "&".join(f"{quote_plus(k)}={MASK}" if _names_secret(k) else urlencode([(k, v)]) for k, v in pairs)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def job_view(job: Job) -> dict[str, Any]:
     """A job as the API shows it, with params, result, error and webhook URL masked."""
     view = resources.Job.json_of(job)
-    view["params"] = mask_secrets(view["params"])
     view["result"] = mask_secrets(view["result"])
-    view["webhookUrl"] = mask_url(view["webhookUrl"])
     view["paramsPreview"] = preview(view["params"])
     view["created"] = job.created_at
     view["finished"] = job.finished_at
@@ -77,7 +38,6 @@ def job_view(job: Job) -> dict[str, Any]:
 def event_view(event: JobEvent) -> dict[str, Any]:
     """One timeline entry, its data masked."""
     view = resources.JobEvent.json_of(event)
-    view["data"] = mask_secrets(view["data"])
     view["at"] = event.created_at
     return view
 
@@ -85,7 +45,7 @@ def event_view(event: JobEvent) -> dict[str, Any]:
 def instance_view(instance: Instance, now: datetime) -> dict[str, Any]:
     """An instance with its age, flag and endpoints as display lines."""
     view = resources.Instance.json_of(instance)
-    view["endpoints"] = endpoint_lines(mask_secrets(view["endpoints"]))
+    view["endpoints"] = endpoint_lines(view["endpoints"])
     view["age"] = duration(now - instance.created_at)
     view["flag"] = instance_flag(instance)
     view["created"] = instance.created_at
@@ -105,7 +65,6 @@ def instance_flag(instance: Instance) -> str | None:
 def delivery_view(delivery: WebhookDelivery) -> dict[str, Any]:
     """A webhook delivery as the API shows it (no payload), the receiver's URL masked."""
     view = resources.Delivery.json_of(delivery)
-    view["url"] = mask_url(view["url"])
     view["created"] = delivery.created_at
     view["nextAttempt"] = delivery.next_attempt_at if delivery.status == DeliveryStatus.PENDING else None
     return view

@@ -20,12 +20,13 @@ from gpujobs.api.jobs import MAX_EVENTS_PER_PAGE, JobListQuery, jobs_query, tena
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
+from gpujobs.masking import mask_secrets
 from gpujobs.models import DeadLetter, Instance, Job, JobEvent, WebhookDelivery
 from gpujobs.provisioning.actions import ALLOWED_FROM
 from gpujobs.registry import all_definitions
 from gpujobs.states import JOB_TERMINAL, DeliveryStatus, JobStatus
 from gpujobs.ui import bp, figures
-from gpujobs.ui.display import delivery_view, event_view, instance_view, job_view, mask_secrets, preview
+from gpujobs.ui.display import delivery_view, event_view, instance_view, job_view, preview
 
 Query = TypeVar("Query", bound=PageQuery)
 CANCELLABLE = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.RUNNING)

@@ -1,7 +1,9 @@
 """Dashboard sign-in: an API key in, a signed session cookie out, and CSRF tokens for every form.
 
-The cookie (Flask's signed session) holds the tenant id, the id of the API key row that signed in
-(so revoking the key ends its sessions) and a random session nonce; never the key itself. The CSRF
+The cookie (Flask's signed session) holds the tenant id, the id of the API key row that signed in,
+the id of its ``dashboard_sessions`` row and a random session nonce; never the key itself. Each request
+checks that row and the key in one query, uncached: signing out deletes the row and revoking the key
+(``keys revoke``) ends every session it opened, both from the next request on. The CSRF
 token is an HMAC of that nonce under the app's secret key, so it needs no storage of its own; every
 POST under ``/ui`` must carry it (400 otherwise). Signing in rotates the nonce, so a token or cookie
 planted before sign-in is worthless after it.
@@ -13,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from flask import (
@@ -30,16 +33,17 @@ from flask import (
 )
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from itsdangerous import BadSignature
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from werkzeug.wrappers import Response
 
 from gpujobs.extensions import db
-from gpujobs.models import ApiKey, Tenant
+from gpujobs.jobs import utcnow
+from gpujobs.models import ApiKey, DashboardSession, Tenant
 from gpujobs.tenants import authenticate, key_digest
 from gpujobs.ui import bp
 
 COOKIE_NAME = "gpujobs_ui"
-# A session is good for this long after sign-in (or its last change); then the key is asked again.
+# A session is good for this long after sign-in (its server-side row is dated); then the key is asked again.
 SESSION_MAX_AGE_SECONDS = 12 * 60 * 60
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 PUBLIC_ENDPOINTS = frozenset({"ui.signin", "ui.static"})
@@ -117,24 +121,42 @@ def _guard() -> Response | None:
         return None
     g.tenant = _session_tenant()
     if g.tenant is None:
-        session.pop("tenant_id", None)
-        session.pop("key_id", None)
+        for name in ("tenant_id", "key_id", "session_id"):
+            session.pop(name, None)
         next_url = request.full_path.rstrip("?") if request.method == "GET" else None
         return redirect(url_for("ui.signin", next=next_url))
     return None
 
 
 def _session_tenant() -> Tenant | None:
-    """The session's tenant while the API key that signed in is still valid."""
+    """The session's tenant while its server-side row lives and the API key that signed in is valid."""
     try:
         tenant_id, key_id = uuid.UUID(session["tenant_id"]), uuid.UUID(session["key_id"])
+        session_id = uuid.UUID(session["session_id"])
     except (KeyError, ValueError, TypeError):
         return None
     return db.session.scalar(
         select(Tenant)
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
-        .where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+        .join(DashboardSession, DashboardSession.api_key_id == ApiKey.id)
+        .where(
+            DashboardSession.id == session_id,
+            DashboardSession.created_at > utcnow() - timedelta(seconds=SESSION_MAX_AGE_SECONDS),
+            ApiKey.id == key_id,
+            ApiKey.tenant_id == tenant_id,
+            ApiKey.revoked_at.is_(None),
+        )
     )
+
+
+def _start_session(key_id: uuid.UUID) -> uuid.UUID:
+    """Record a new session (and forget sessions past their age, which no cookie can use any more)."""
+    stale = utcnow() - timedelta(seconds=SESSION_MAX_AGE_SECONDS)
+    db.session.execute(delete(DashboardSession).where(DashboardSession.created_at < stale))
+    record = DashboardSession(id=uuid.uuid4(), api_key_id=key_id)
+    db.session.add(record)
+    db.session.commit()
+    return record.id
 
 
 def dashboard_path(target: str | None, default: str) -> str:
@@ -155,15 +177,28 @@ def signin() -> Response | tuple[str, int] | str:
     tenant = authenticate(api_key) if api_key else None
     if tenant is None:
         return render_template("ui/signin.html", next_url=next_url, failed=True), 401
-    key_id = db.session.scalar(select(ApiKey.id).where(ApiKey.key_digest == key_digest(api_key)))
+    key_id = db.session.execute(
+        select(ApiKey.id).where(ApiKey.key_digest == key_digest(api_key))
+    ).scalar_one()
     session.clear()  # a fresh nonce: tokens issued before sign-in stop working
-    session.update(tenant_id=str(tenant.id), key_id=str(key_id), nonce=secrets.token_urlsafe(24))
+    tenant_id = tenant.id
+    session_id = _start_session(key_id)
+    session.update(
+        tenant_id=str(tenant_id),
+        key_id=str(key_id),
+        session_id=str(session_id),
+        nonce=secrets.token_urlsafe(24),
+    )
     return redirect(next_url)
 
 
 @bp.post("/signout")
 def signout() -> Response:
-    """End the session: the cookie keeps nothing but the "signed out" message."""
+    """End the session on the server (a copy of the cookie is worthless now) and in the browser."""
+    db.session.execute(
+        delete(DashboardSession).where(DashboardSession.id == uuid.UUID(session["session_id"]))
+    )
+    db.session.commit()
     session.clear()
     flash("Signed out.")
     return redirect(url_for("ui.signin"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 from flask import Flask
-from sqlalchemy import text
 
 from gpujobs.extensions import db
+from gpujobs.models import Tenant
 from gpujobs.tenants import create_api_key, ensure_tenant
 
 
@@ -20,6 +22,4 @@ def make_tenant(app: Flask, name: str) -> dict[str, str]:
 def secret_of(app: Flask, tenant: dict[str, str]) -> str:
     """The tenant's current webhook signing secret."""
     with app.app_context():
-        return db.session.execute(
-            text("SELECT webhook_secret FROM tenants WHERE id = :id"), {"id": tenant["id"]}
-        ).scalar_one()
+        return db.session.get_one(Tenant, uuid.UUID(tenant["id"])).webhook_secret

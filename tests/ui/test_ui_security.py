@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import update
 from support.tenants import make_tenant
 from support.ui import csrf_of
 
 from gpujobs.extensions import db
-from gpujobs.models import ApiKey, Instance, Job
+from gpujobs.models import DashboardSession, Instance, Job
+from gpujobs.tenants import list_keys, revoke_key
 from gpujobs.ui.signin import COOKIE_NAME, DashboardSessionInterface
 
 
@@ -34,7 +34,7 @@ def test_a_valid_api_key_signs_in_and_the_cookie_holds_the_tenant_but_never_the_
     raw = session_cookie(client).value
     assert tenant["key"] not in raw
     data = DashboardSessionInterface().get_signing_serializer(app).loads(raw)
-    assert set(data) == {"tenant_id", "key_id", "nonce"} and data["tenant_id"] == tenant["id"]
+    assert set(data) == {"tenant_id", "key_id", "session_id", "nonce"} and data["tenant_id"] == tenant["id"]
     assert tenant["name"] in client.get("/ui/").get_data(as_text=True)
 
 
@@ -74,21 +74,50 @@ def test_sign_in_never_redirects_outside_the_dashboard(app, tenant, target):
     assert response.headers["Location"] == "/ui/"
 
 
-def test_signing_out_ends_the_session(ui_client, tenant):
+def test_signing_out_ends_the_session_on_the_server_so_a_copied_cookie_is_refused(app, ui_client, tenant):
     client = ui_client(tenant)
+    copied = session_cookie(client).value
     response = client.post("/ui/signout", data={"csrf_token": client.csrf})
     assert response.status_code == 302
     assert client.get("/ui/").status_code == 302
+    replay = app.test_client()
+    replay.set_cookie(COOKIE_NAME, copied, path="/ui")
+    assert replay.get("/ui/").status_code == 302
+    with app.app_context():
+        assert db.session.query(DashboardSession).count() == 0
 
 
 def test_revoking_the_api_key_ends_the_sessions_it_opened(app, ui_client, tenant):
-    client = ui_client(tenant)
-    assert client.get("/ui/").status_code == 200
+    client, other = ui_client(tenant), ui_client(tenant)
+    assert client.get("/ui/").status_code == 200 and other.get("/ui/").status_code == 200
     # a context of its own: the test client's requests must not run inside it
     with app.app_context():
-        db.session.execute(update(ApiKey).values(revoked_at=db.func.now()))
-        db.session.commit()
-    assert client.get("/ui/").status_code == 302
+        (key,) = list_keys(tenant["name"])
+        assert revoke_key(key.id)
+    assert client.get("/ui/").status_code == 302 and other.get("/ui/").status_code == 302
+    assert app.test_client().get("/v1/jobs", headers=tenant["headers"]).status_code == 401
+
+
+def test_revoking_one_tenants_key_leaves_another_tenants_sessions_alone(app, ui_client, tenant):
+    other_tenant = make_tenant(app, "globex")
+    mine, theirs = ui_client(tenant), ui_client(other_tenant)
+    with app.app_context():
+        (key,) = list_keys(other_tenant["name"])
+        revoke_key(key.id)
+    assert mine.get("/ui/").status_code == 200 and theirs.get("/ui/").status_code == 302
+
+
+def test_a_session_row_of_another_key_does_not_open_the_dashboard(app, ui_client, tenant):
+    other_tenant = make_tenant(app, "globex")
+    mine, theirs = ui_client(tenant), ui_client(other_tenant)
+    forged = dict(DashboardSessionInterface().get_signing_serializer(app).loads(session_cookie(mine).value))
+    stolen = DashboardSessionInterface().get_signing_serializer(app).loads(session_cookie(theirs).value)
+    forged["session_id"] = stolen["session_id"]  # even with the app's signing key, rows stay bound to keys
+    probe = app.test_client()
+    probe.set_cookie(
+        COOKIE_NAME, DashboardSessionInterface().get_signing_serializer(app).dumps(forged), path="/ui"
+    )
+    assert probe.get("/ui/").status_code == 302
 
 
 def _action_urls(job_id: uuid.UUID, letter_id: uuid.UUID) -> list[str]:

@@ -1,0 +1,66 @@
+"""The one masking function for everything shown outside: the API, ``/ui`` and webhook bodies.
+
+``gpujobs.resources`` applies it when it serializes a row, so every surface gets the same mask. What is
+masked: values under names that look secret (``is_secret_name``, at any depth, and ``{"key": "HF_TOKEN",
+"value": ...}`` pairs such as Novita's environment lists), the userinfo of URLs, and every query value
+and fragment of URLs, also inside free text such as error messages (``call.api`` URLs carry tokens in
+their query strings). Names and paths stay readable, so a masked value still says what it was.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
+
+MASK = "••••"
+# Names that look secret, matched anywhere in the name, any case: cookie, authorization (auth), *token*,
+# *secret*, *password* (pass, passwd), credentials, private keys, api keys, signatures.
+_SECRET_WORDS = re.compile(
+    r"pass(word|wd)?|secret|token|auth|credential|private|cookie|signature|api[_-]?key", re.IGNORECASE
+)
+# ``*_key`` names: OPENAI_KEY, x-access-key, accessKey; but not a plain ``key`` (an object key, a sort key).
+_KEY_SUFFIX = re.compile(r"[_-][kK][eE][yY]$|[a-z0-9]Key$")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
+
+
+def is_secret_name(name: object) -> bool:
+    """True for a header, param or environment variable name whose value must not be shown."""
+    return isinstance(name, str) and bool(_SECRET_WORDS.search(name) or _KEY_SUFFIX.search(name))
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of ``value`` (JSON-like) with secret-named entries and URL credentials and queries masked."""
+    if isinstance(value, dict):
+        named = value.get("key", value.get("name"))
+        if "value" in value and is_secret_name(named):  # {"key": "API_TOKEN", "value": "..."}
+            return {k: MASK if k == "value" else mask_secrets(v) for k, v in value.items()}
+        return {k: MASK if is_secret_name(k) else mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(item) for item in value]
+    if isinstance(value, str):
+        return mask_text(value)
+    return value
+
+
+def mask_text(text: str | None) -> str | None:
+    """``text`` (an error message, a log line) with every URL in it masked by ``mask_url``."""
+    if not text or "://" not in text:
+        return text
+    return _URL_IN_TEXT.sub(lambda match: mask_url(match.group()) or "", text)
+
+
+def mask_url(url: str | None) -> str | None:
+    """The URL with its userinfo, each query value and its fragment masked; unchanged when it has none."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK  # not parseable, so not provably harmless
+    if "@" not in parts.netloc and not parts.query and not parts.fragment:
+        return url
+    netloc = parts.netloc if "@" not in parts.netloc else f"{MASK}@{parts.netloc.rsplit('@', 1)[1]}"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = "&".join(f"{quote_plus(name)}={MASK}" for name, _ in pairs) if pairs else parts.query and MASK
+    return urlunsplit((parts.scheme, netloc, parts.path, query, MASK if parts.fragment else ""))

@@ -1,0 +1,177 @@
+"""Secrets at rest, API keys and their tools: encryption of webhook secrets, key rotation, the migration
+that encrypts existing rows, ``keys list`` / ``keys revoke`` and ``secrets new-key`` / ``rotate-key``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine, text
+from support.tenants import make_tenant, secret_of
+
+from gpujobs import create_app
+from gpujobs.config import ConfigError, sqlalchemy_url
+from gpujobs.encryption import EncryptionError, new_key, parse_key
+from gpujobs.extensions import db
+from gpujobs.tenants import reencrypt_secrets, rotate_webhook_secret
+
+PLAIN_TENANT = "INSERT INTO tenants (id, name, webhook_secret) VALUES (gen_random_uuid(), 'a', 'whsec_plain')"
+
+
+def _cli(process_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpujobs", *args], env=process_env, capture_output=True, text=True, timeout=60
+    )
+
+
+def _dump(app: Flask) -> str:
+    """Every row of every table in the schema, as PostgreSQL prints it."""
+    with app.app_context():
+        tables = db.session.scalars(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
+        ).all()
+        rows = [
+            line
+            for table in tables
+            for line in db.session.scalars(text(f'SELECT t::text FROM "{table}" AS t')).all()
+        ]
+    return "\n".join(rows)
+
+
+@contextmanager
+def _keys(app: Flask, key: str, old_keys: list[str]) -> Iterator[None]:
+    """The app's encryption keys replaced for the block (as a redeploy with new settings would)."""
+    saved = app.config["GPUJOBS_ENCRYPTION_KEY"], app.config["GPUJOBS_ENCRYPTION_OLD_KEYS"]
+    app.config["GPUJOBS_ENCRYPTION_KEY"], app.config["GPUJOBS_ENCRYPTION_OLD_KEYS"] = key, old_keys
+    try:
+        yield
+    finally:
+        app.config["GPUJOBS_ENCRYPTION_KEY"], app.config["GPUJOBS_ENCRYPTION_OLD_KEYS"] = saved
+
+
+def test_a_dump_of_every_table_holds_no_webhook_secret_and_no_api_key_in_clear(app, tenant):
+    first = secret_of(app, tenant)
+    with app.app_context():
+        current = rotate_webhook_secret(tenant["name"])
+    dump = _dump(app)
+    assert tenant["name"] in dump  # the dump did read the tenants table
+    for secret in (first, current, tenant["key"]):
+        assert secret not in dump
+    assert "whsec_" not in dump and "gj_" not in dump.replace(tenant["key"][:10], "")
+    with app.app_context():
+        stored = db.session.execute(text("SELECT webhook_secret, previous_webhook_secret FROM tenants")).one()
+        assert all(value.startswith("gAAAAA") for value in stored)  # Fernet tokens, version byte 0x80
+    assert secret_of(app, tenant) == current
+
+
+def test_rotate_key_re_encrypts_every_secret_so_the_old_key_can_be_dropped(app, tenant):
+    secret = secret_of(app, tenant)
+    old = app.config["GPUJOBS_ENCRYPTION_KEY"]
+    new = new_key()
+    with _keys(app, new, [old]), app.app_context():
+        assert reencrypt_secrets() == 1
+    with _keys(app, new, []):
+        assert secret_of(app, tenant) == secret
+    with _keys(app, old, []), pytest.raises(EncryptionError, match="GPUJOBS_ENCRYPTION_OLD_KEYS"):
+        secret_of(app, tenant)
+
+
+def test_a_secret_under_an_unknown_key_is_refused_with_a_message_that_names_the_settings(app, tenant):
+    with _keys(app, new_key(), []), pytest.raises(EncryptionError) as refused:
+        secret_of(app, tenant)
+    assert "GPUJOBS_ENCRYPTION_KEY" in str(refused.value) and app.config["GPUJOBS_ENCRYPTION_KEY"] not in str(
+        refused.value
+    )
+
+
+def test_the_app_refuses_to_start_without_an_encryption_key_or_with_a_malformed_one(servers):
+    with pytest.raises(ConfigError, match=r"GPUJOBS_ENCRYPTION_KEY is not set.*secrets new-key"):
+        create_app({"GPUJOBS_ENCRYPTION_KEY": None})
+    with pytest.raises(ValueError, match="secrets new-key"):
+        parse_key("not-a-key")
+
+
+def test_the_migration_encrypts_existing_secrets_and_stops_without_a_key(app, servers):
+    from flask_migrate import downgrade, upgrade
+
+    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS secrets_backfill"))
+        conn.execute(text("CREATE DATABASE secrets_backfill"))
+    admin.dispose()
+    url = servers["DATABASE_URL"].replace("/gpujobs", "/secrets_backfill")
+    fresh = create_app({"DATABASE_URL": url, "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
+    try:
+        with fresh.app_context():
+            upgrade(revision="e5_queued_published_index")
+            db.session.execute(text(PLAIN_TENANT))
+            db.session.commit()
+            fresh.config["GPUJOBS_ENCRYPTION_KEY"] = None
+            with pytest.raises(EncryptionError, match="GPUJOBS_ENCRYPTION_KEY is not set"):
+                upgrade(revision="g7_secrets_at_rest")
+            db.session.rollback()
+            fresh.config["GPUJOBS_ENCRYPTION_KEY"] = app.config["GPUJOBS_ENCRYPTION_KEY"]
+            upgrade(revision="g7_secrets_at_rest")
+            stored = db.session.scalar(text("SELECT webhook_secret FROM tenants"))
+            assert "whsec_plain" not in stored
+            db.session.commit()  # the downgrade's ALTER TABLE waits for every open transaction on tenants
+            downgrade(revision="e5_queued_published_index")
+            assert db.session.scalar(text("SELECT webhook_secret FROM tenants")) == "whsec_plain"
+            db.session.remove()
+    finally:
+        with fresh.app_context():
+            db.engine.dispose()
+
+
+@pytest.mark.slow  # CLI subprocesses
+def test_keys_list_shows_ids_prefixes_and_use_and_keys_revoke_refuses_the_key_at_once(
+    app, process_env, client
+):
+    tenant = make_tenant(app, "cli-keys")
+    make_tenant(app, "someone-else")
+    assert client.get("/v1/jobs", headers=tenant["headers"]).status_code == 200
+    listed = _cli(process_env, "keys", "list", "--tenant", "cli-keys")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (
+        row["prefix"] == tenant["key"][:10] and row["created"] and row["lastUsed"] and row["revoked"] is None
+    )
+    assert tenant["key"] not in listed.stdout
+    revoked = _cli(process_env, "keys", "revoke", row["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert client.get("/v1/jobs", headers=tenant["headers"]).status_code == 401
+    (after,) = [
+        json.loads(line)
+        for line in _cli(process_env, "keys", "list", "--tenant", "cli-keys").stdout.splitlines()
+    ]
+    assert after["revoked"]
+    missing = _cli(process_env, "keys", "revoke", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode != 0 and "no API key" in missing.stderr
+
+
+@pytest.mark.slow  # CLI subprocesses
+def test_secrets_new_key_prints_a_usable_key_and_rotate_key_re_encrypts(app, process_env, tenant):
+    printed = _cli(process_env, "secrets", "new-key")
+    assert printed.returncode == 0 and parse_key(printed.stdout.strip()) == printed.stdout.strip()
+    secret = secret_of(app, tenant)
+    current = process_env["GPUJOBS_ENCRYPTION_KEY"]
+    rotated_env = dict(
+        process_env, GPUJOBS_ENCRYPTION_KEY=printed.stdout.strip(), GPUJOBS_ENCRYPTION_OLD_KEYS=current
+    )
+    result = _cli(rotated_env, "secrets", "rotate-key")
+    assert result.returncode == 0 and "1 tenants" in result.stdout, result.stderr
+    with _keys(app, printed.stdout.strip(), []):
+        assert secret_of(app, tenant) == secret
+
+
+def test_make_run_keeps_one_encryption_key_under_the_data_dir_readable_by_the_owner_only(tmp_path) -> None:
+    from gpujobs.dev.devserver import ENCRYPTION_KEY_FILE, dev_encryption_key
+
+    first = dev_encryption_key(tmp_path)
+    assert parse_key(first) == first and dev_encryption_key(tmp_path) == first
+    assert (tmp_path / ENCRYPTION_KEY_FILE).stat().st_mode & 0o777 == 0o600
