@@ -32,6 +32,11 @@ READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 
 
+def web_command(port: int) -> list[str]:
+    """The API under gunicorn with the one shared configuration (gpujobs/gunicorn_conf.py), on loopback."""
+    return [sys.executable, "-m", "gunicorn", "-c", "python:gpujobs.gunicorn_conf", "-b", f"127.0.0.1:{port}"]
+
+
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
     """The Celery worker command line: without -Q it reads every declared queue, service queues first."""
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker"]
@@ -100,7 +105,7 @@ def _start_processes(
 ) -> dict[str, subprocess.Popen[bytes]]:
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker"]
     commands = {
-        "web": [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "gpujobs.wsgi:app"],
+        "web": web_command(port),
         "worker": worker_command(),
         "beat": [*celery, "beat", "--loglevel", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
