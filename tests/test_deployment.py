@@ -91,9 +91,12 @@ def test_every_command_is_one_the_package_runs(services):
 def test_every_variable_is_a_setting_and_the_required_ones_are_demanded(services):
     known = {setting.name for setting in SETTINGS} | OTHER_VARIABLES
     for name, service in ours(services).items():
+        if name == "simulator":  # the Novita API stand-in reads no setting
+            assert "environment" not in service
+            continue
         environment = service["environment"]
         assert set(environment) <= known, name
-        assert REQUIRED <= set(environment), name
+        assert set(environment) >= REQUIRED, name
         secret = INTERPOLATION.fullmatch(environment["GPUJOBS_SECRET_KEY"])
         assert secret and secret["op"] == "?", "the secret key has no default"
     flower_auth = INTERPOLATION.fullmatch(services["flower"]["environment"]["FLOWER_BASIC_AUTH"])
