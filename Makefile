@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format bench faults clean
+# The hashed locks, compiled from pyproject.toml's ranges: runtime (the image, Procfile platforms) and
+# dev (runtime + embedded servers + tests and tools, at the same versions).
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
 
-# Reinstall only when the requirements change.
-$(STAMP): requirements.txt requirements-dev.txt
+.PHONY: run test lint format lock bench faults clean
+
+# Reinstall only when the lock changes: the stamp is newer than the lock otherwise.
+$(STAMP): requirements/dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.txt
 	touch $(STAMP)
 
 run: $(STAMP)  ## The whole service with embedded PostgreSQL, Redis and the Novita simulator
@@ -35,6 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy gpujobs
+
+lock: $(STAMP)  ## Recompile both locks from pyproject.toml (UPGRADE=--upgrade takes every new release)
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE) -o requirements/runtime.txt
+	$(BIN)/uv pip compile pyproject.toml --extra embedded --extra dev $(LOCK_FLAGS) $(UPGRADE) \
+		-c requirements/runtime.txt -o requirements/dev.txt
 
 format: $(STAMP)
 	$(BIN)/ruff format .

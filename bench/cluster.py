@@ -29,7 +29,7 @@ import psycopg2
 import redis
 import requests
 
-from gpujobs.dev.devserver import worker_command
+from gpujobs.dev.devserver import web_command, worker_command
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from gpujobs.novita.simulator import NovitaSimulator
 
@@ -121,10 +121,7 @@ class Cluster:
             self.api_key = create_api_key("bench")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.api = self._spawn(
-            [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", "-w", "2", "--threads", "8",
-             "gpujobs.wsgi:app"], "api",
-        )  # fmt: skip
+        self.api = self._spawn(web_command(self.port), "api")
         self.beat = self._spawn(
             [
                 sys.executable,

@@ -135,7 +135,8 @@ def bulk_seed(app: Flask, spec: Seed, size: int) -> str:
     from gpujobs.extensions import db
     from gpujobs.stats import compact_hours
 
-    migration = importlib.util.spec_from_file_location("b2_api", ROOT / "migrations/versions/b2_api.py")
+    b2_path = ROOT / "gpujobs/migrations/versions/b2_api.py"
+    migration = importlib.util.spec_from_file_location("b2_api", b2_path)
     b2_api = importlib.util.module_from_spec(migration)
     migration.loader.exec_module(b2_api)
     laps = [time.perf_counter()]

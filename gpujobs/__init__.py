@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -40,7 +41,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
 
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(_migrations_dir()))
+    # Inside the package, so `flask --app gpujobs db upgrade` works from an installed wheel too.
+    migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent / "migrations"))
     celery_init_app(app)
 
     # The built-in definitions register themselves when imported: the samples, then gpu.instance.*.
@@ -57,9 +59,3 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_api(app)
     app.register_blueprint(ui_bp)
     return app
-
-
-def _migrations_dir() -> Any:
-    from gpujobs.config import PROJECT_ROOT
-
-    return PROJECT_ROOT / "migrations"

@@ -19,7 +19,8 @@ from gpujobs.encryption import parse_key, parse_keys
 from gpujobs.exceptions import GpuJobsError
 from gpujobs.novita.spec import PRODUCTION_BASE_URL as NOVITA_DEFAULT_BASE_URL
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Relative to the working directory: the checkout for `make run`, wherever an installed package runs.
+DEFAULT_DATA_DIR = "var"
 
 
 class ConfigError(GpuJobsError):
@@ -147,7 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Retired encryption keys, comma-separated, still accepted for reading while "
         "`python -m gpujobs secrets rotate-key` re-encrypts under the current one.",
     ),
-    Setting("GPUJOBS_DATA_DIR", str(PROJECT_ROOT / "var"), str, "Embedded servers' data and dev files."),
+    Setting("GPUJOBS_DATA_DIR", DEFAULT_DATA_DIR, os.path.abspath, "Embedded servers' data and dev files."),
     Setting("GPUJOBS_STORAGE_DIR", None, str, "Uploaded and encoded videos. Unset: `<data dir>/storage`."),
     Setting("GPUJOBS_LOG_LEVEL", "INFO", str.upper, "Log level of every process."),
     Setting("GPUJOBS_LEASE_SECONDS", "60", _positive_int, "A running job's lease; expired ones are rescued."),
@@ -217,6 +218,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("GPUJOBS_RETENTION_HOURS", "24", _positive_float, "Finished jobs and events older are deleted."),
     Setting(
+        "GPUJOBS_DEAD_LETTER_RETENTION_DAYS",
+        "30",
+        _positive_float,
+        "Dead-lettered jobs (with their dead letters and files) older than this are deleted.",
+    ),
+    Setting(
         "GPUJOBS_CLEANUP_BATCH_SIZE",
         "250",
         _positive_int,
@@ -274,7 +281,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     directory, so the CLI in a second terminal talks to the same database as the running service.
     """
     env = dict(os.environ if environ is None else environ)
-    data_dir = Path(env.get("GPUJOBS_DATA_DIR") or PROJECT_ROOT / "var")
+    data_dir = Path(env.get("GPUJOBS_DATA_DIR") or DEFAULT_DATA_DIR)
     for name, value in read_embedded_env(data_dir).items():
         env.setdefault(name, value)
     config: dict[str, Any] = {}

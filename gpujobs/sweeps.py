@@ -188,26 +188,38 @@ def publish_due_webhooks() -> int:
 def clean_up() -> int:
     """Delete finished jobs past retention (events and deliveries go with them), batch by batch.
 
-    Dead-lettered jobs stay until an operator redrives them; jobs with a webhook still to retry stay
-    until it is settled.
+    Dead-lettered jobs have a retention of their own (days, not hours: an operator may redrive them);
+    deleting one deletes its dead letter. Jobs with a webhook still to retry stay until it is settled.
     """
-    cutoff = func.now() - timedelta(hours=current_app.config["GPUJOBS_RETENTION_HOURS"])
+    config = current_app.config
+    finished = _delete_expired(
+        Job.dead_lettered.is_(False), timedelta(hours=config["GPUJOBS_RETENTION_HOURS"])
+    )
+    dead_lettered = _delete_expired(
+        Job.dead_lettered.is_(True), timedelta(days=config["GPUJOBS_DEAD_LETTER_RETENTION_DAYS"])
+    )
+    old_keys = func.now() - timedelta(hours=IDEMPOTENCY_RETENTION_HOURS)
+    db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < old_keys))
+    db.session.commit()
+    if finished or dead_lettered:
+        log.info("cleanup sweep: %d finished and %d dead-lettered jobs removed", finished, dead_lettered)
+    return finished + dead_lettered
+
+
+def _delete_expired(which: ColumnElement[bool], retention: timedelta) -> int:
+    """Delete terminal jobs matching ``which`` that finished before ``retention`` ago, in batches."""
+    cutoff = func.now() - retention
     batch_size = current_app.config["GPUJOBS_CLEANUP_BATCH_SIZE"]
     total = 0
     while True:
-        # A job waiting for a webhook retry (the schedule spans ~27 h) or sitting in the dead-letter
-        # queue is kept: deleting it would drop the delivery or the letter with it.
+        # A job waiting for a webhook retry (the schedule spans ~27 h) is kept: deleting it would drop
+        # the delivery with it.
         pending_delivery = exists().where(
             WebhookDelivery.job_id == Job.id, WebhookDelivery.status == DeliveryStatus.PENDING
         )
         batch = (
             select(Job.id)
-            .where(
-                Job.status.in_(JOB_TERMINAL),
-                Job.finished_at < cutoff,
-                Job.dead_lettered.is_(False),
-                ~pending_delivery,
-            )
+            .where(Job.status.in_(JOB_TERMINAL), Job.finished_at < cutoff, which, ~pending_delivery)
             .limit(batch_size)
             .with_for_update(skip_locked=True)
         )
@@ -215,10 +227,4 @@ def clean_up() -> int:
         db.session.commit()
         total += deleted
         if deleted < batch_size:
-            break
-    old_keys = func.now() - timedelta(hours=IDEMPOTENCY_RETENTION_HOURS)
-    db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < old_keys))
-    db.session.commit()
-    if total:
-        log.info("cleanup sweep: %d finished jobs removed", total)
-    return total
+            return total

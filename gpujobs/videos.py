@@ -127,18 +127,26 @@ def finished_output(job: Job, storage_dir: str | Path) -> Path | None:
 
 
 def clean_up_videos(now: datetime | None = None) -> int:
-    """Delete uploads and encoded files older than the retention period, like the finished jobs.
+    """Delete the uploads of ended jobs, and files older than the retention period.
 
-    An old upload is kept while a job that may still read it exists: one waiting to run, or a failed
-    one that may be redriven. Outputs follow their job, which the jobs cleanup deletes at that age.
+    An upload goes at the first sweep after its job succeeded or was cancelled. A failed job's upload
+    stays while the job is dead-lettered (a redrive reads it again) and ages out once the dead letter's
+    retention removed the job; so does an upload no job refers to (its submission never happened).
+    Outputs follow their job, which the jobs cleanup deletes at that age.
     """
     storage = Path(current_app.config["GPUJOBS_STORAGE_DIR"])
     retention = timedelta(hours=current_app.config["GPUJOBS_RETENTION_HOURS"])
     cutoff = ((now or jobs.utcnow()) - retention).timestamp()
-    uploads = _older_files(video.upload_dir(storage), cutoff)
-    outputs = _older_files(storage / video.OUTPUTS_DIR_NAME, cutoff)
-    needed = _uploads_in_use([path.name for path in uploads])
-    removed = [path for path in uploads if path.name not in needed] + outputs
+    uploads = _files(video.upload_dir(storage))
+    in_use, ended = _upload_readers([path.name for path in uploads])
+    removed = [
+        path
+        for path, modified in uploads.items()
+        if path.name not in in_use and (path.name in ended or modified < cutoff)
+    ]
+    removed += [
+        path for path, modified in _files(storage / video.OUTPUTS_DIR_NAME).items() if modified < cutoff
+    ]
     for path in removed:
         path.unlink(missing_ok=True)
     if removed:
@@ -146,32 +154,34 @@ def clean_up_videos(now: datetime | None = None) -> int:
     return len(removed)
 
 
-def _older_files(directory: Path, cutoff: float) -> list[Path]:
-    """Files in ``directory`` last written before ``cutoff`` (none when it does not exist yet)."""
+def _files(directory: Path) -> dict[Path, float]:
+    """The files in ``directory`` with when each was last written (none when it does not exist yet)."""
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
-        return []
-    old = []
+        return {}
+    files = {}
     for entry in entries:
         with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another cleanup run
-            if entry.is_file() and entry.stat().st_mtime < cutoff:
-                old.append(Path(entry.path))
-    return old
+            if entry.is_file():
+                files[Path(entry.path)] = entry.stat().st_mtime
+    return files
 
 
-def _uploads_in_use(names: list[str]) -> set[str]:
-    """The upload names that a job which may still run refers to."""
+def _upload_readers(names: list[str]) -> tuple[set[str], set[str]]:
+    """Of ``names``: those a job which may still run refers to, and those only ended jobs refer to."""
     input_file = Job.params["inputFile"].astext
-    used: set[str] = set()
+    in_use: set[str] = set()
+    referenced: set[str] = set()
     for start in range(0, len(names), CLEANUP_QUERY_CHUNK):
-        used.update(
-            db.session.scalars(
-                select(input_file).where(
-                    Job.definition_key == DEFINITION_KEY,
-                    Job.status.not_in(DONE_WITH_FILES),
-                    input_file.in_(names[start : start + CLEANUP_QUERY_CHUNK]),
-                )
+        rows = db.session.execute(
+            select(input_file, Job.status.in_(DONE_WITH_FILES)).where(
+                Job.definition_key == DEFINITION_KEY,
+                input_file.in_(names[start : start + CLEANUP_QUERY_CHUNK]),
             )
         )
-    return used
+        for name, done in rows:
+            referenced.add(name)
+            if not done:
+                in_use.add(name)
+    return in_use, referenced - in_use

@@ -249,7 +249,7 @@ def test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches(app, app
     finally:
         event.remove(db.engine, "after_cursor_execute", count)
         app.config["GPUJOBS_CLEANUP_BATCH_SIZE"] = 5000
-    assert deletes == [10, 10, 5]
+    assert deletes == [10, 10, 5, 0]  # then the pass over dead-lettered jobs, none of them old enough
     assert db.session.scalar(select(func.count()).select_from(Job)) == 5
     assert db.session.scalar(select(func.count()).where(JobEvent.job_id.in_(old))) == 0
 
@@ -305,3 +305,19 @@ def test_cleanup_keeps_dead_letters_and_jobs_whose_webhook_is_still_retrying(app
     assert clean_up() == 1
     remaining = set(db.session.scalars(select(Job.id)))
     assert remaining == {dead, hooked}
+
+
+def test_dead_lettered_jobs_go_with_their_dead_letters_after_their_own_retention(app, app_context, tenant):
+    old_dead, young_dead, old_done = running_jobs(tenant["id"], 3)
+    for job_id in (old_dead, young_dead):
+        jobs.fail_attempt(job_id, 1, "boom", retryable=False, retry_delay_seconds=0)
+    jobs.succeed(old_done, 1, {})
+    db.session.execute(update(Job).values(finished_at=func.now() - text("interval '31 days'")))
+    db.session.execute(
+        update(Job).where(Job.id == young_dead).values(finished_at=func.now() - text("interval '29 days'"))
+    )
+    db.session.commit()
+    assert app.config["GPUJOBS_DEAD_LETTER_RETENTION_DAYS"] == 30  # the default
+    assert clean_up() == 2
+    assert set(db.session.scalars(select(Job.id))) == {young_dead}
+    assert set(db.session.scalars(select(DeadLetter.job_id))) == {young_dead}

@@ -34,6 +34,11 @@ READY_TIMEOUT_SECONDS = 60.0
 ENCRYPTION_KEY_FILE = "encryption.key"
 
 
+def web_command(port: int) -> list[str]:
+    """The API under gunicorn with the one shared configuration (gpujobs/gunicorn_conf.py), on loopback."""
+    return [sys.executable, "-m", "gunicorn", "-c", "python:gpujobs.gunicorn_conf", "-b", f"127.0.0.1:{port}"]
+
+
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
     """The Celery worker command line: without -Q it reads every declared queue, service queues first."""
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker"]
@@ -110,8 +115,8 @@ def _prepare_database() -> str:
 
 def _commands(data_dir: Path, port: int, flower_port: int) -> dict[str, list[str]]:
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker"]
-    return {
-        "web": [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "gpujobs.wsgi:app"],
+    commands = {
+        "web": web_command(port),
         "worker": worker_command(),
         "beat": [*celery, "beat", "--loglevel", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],

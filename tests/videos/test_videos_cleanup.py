@@ -1,4 +1,5 @@
-"""Video cleanup: files past retention go, unless a job that may still run needs them (injected clock)."""
+"""Video cleanup: an ended job's upload goes at once, other files past retention unless a job that may
+still run needs them (injected clock)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from gpujobs import operations
 from gpujobs.definitions import video
@@ -59,6 +60,25 @@ def test_old_uploads_and_outputs_go_unless_a_job_may_still_read_them(
     ]
     assert [path.name for path in outputs.iterdir()] == [f"{new_output}.webm"]
     assert clean_up_videos(now=NOW) == 0
+
+
+def test_an_upload_goes_as_soon_as_its_job_ended_and_a_dead_letters_stays_until_its_job_is_deleted(
+    app, app_context, tenant, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(app.config, "GPUJOBS_STORAGE_DIR", str(tmp_path))
+    uploads = video.upload_dir(tmp_path)
+    for name, status in [("done", "succeeded"), ("stopped", "cancelled"), ("running", "running")]:
+        encode_job(tenant, put(uploads / f"{name}.mp4", RECENT).name, status)
+    dead = encode_job(tenant, put(uploads / "dead.mp4", OLD).name, "failed")
+    db.session.execute(update(Job).where(Job.id == dead).values(dead_lettered=True))
+    db.session.commit()
+
+    assert clean_up_videos(now=NOW) == 2
+    assert sorted(path.name for path in uploads.iterdir()) == ["dead.mp4", "running.mp4"]
+    db.session.execute(delete(Job).where(Job.id == dead))  # what the dead-letter retention does
+    db.session.commit()
+    assert clean_up_videos(now=NOW) == 1
+    assert [path.name for path in uploads.iterdir()] == ["running.mp4"]
 
 
 def test_cleanup_with_no_storage_directory_yet_does_nothing(app, app_context, tmp_path, monkeypatch):

@@ -1,0 +1,33 @@
+"""The one gunicorn configuration: ``gunicorn -c python:gpujobs.gunicorn_conf`` (Procfile, compose, the image,
+``make run`` and the benchmarks alike).
+
+It lives in the package, so an installed wheel carries it and no checkout file is needed. Threaded
+workers: a slow client (a video upload over a poor link) holds one thread, not a whole process, and the
+worker keeps answering its heartbeat, so ``timeout`` no longer cuts long uploads. Options given on the
+command line override these (``make run`` binds to 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import os
+
+wsgi_app = "gpujobs.wsgi:app"
+bind = [f"0.0.0.0:{os.environ.get('PORT', '5000')}"]
+# Processes x threads: the shape the benchmarks measure (bench/README.md); WEB_CONCURRENCY is the
+# Procfile platforms' convention for the process count.
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GPUJOBS_WEB_THREADS", "8"))
+# A worker that stops answering its arbiter this long is restarted; with threads, a slow request
+# does not block the heartbeat, so this bounds hangs, not uploads.
+timeout = 120
+# Let in-flight requests (uploads included) finish on SIGTERM; compose and platforms wait longer.
+graceful_timeout = 30
+keepalive = 5
+# Access log on stdout, like every other log line of the service (the platform collects stdout).
+accesslog = "-"
+errorlog = "-"
+# Honour X-Forwarded-For/-Proto only from the proxy in front (its addresses, comma-separated; "*" when
+# the network guarantees that only the proxy reaches the web process, as in compose).
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
