@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import secrets
 from typing import Any
 
@@ -16,7 +15,7 @@ from gpujobs.config import load_config, sqlalchemy_url
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Flask app, its extensions and its Celery app (the Flask application-factory pattern)."""
-    from gpujobs import models  # noqa: F401  (the tables, for migrations and queries)
+    from gpujobs import logs, models  # noqa: F401  (models: the tables, for migrations and queries)
     from gpujobs.celery_app import celery_init_app
     from gpujobs.extensions import db, migrate
 
@@ -30,9 +29,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {"pool_pre_ping": True, "pool_recycle": 300})
     app.config["SECRET_KEY"] = app.config.get("GPUJOBS_SECRET_KEY") or secrets.token_hex(32)
     app.config["MAX_CONTENT_LENGTH"] = app.config["GPUJOBS_MAX_BODY_BYTES"]
-    logging.basicConfig(
-        level=app.config["GPUJOBS_LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.init_app(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(_migrations_dir()))

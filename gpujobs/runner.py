@@ -19,7 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask, current_app
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from gpujobs import jobs, webhooks
+from gpujobs import jobs, logs, webhooks
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
@@ -140,6 +140,7 @@ def run_job(job_id: uuid.UUID) -> JobStatus | None:
     if claim is None:
         log.info("job %s: not claimable (duplicate delivery, cancelled or at its limit)", job_id)
         return None
+    logs.bind(tenant=claim.tenant_id)
     log.info("job %s: attempt %s of %s started", job_id, claim.attempt, definition.ref)
     ctx = RunContext(claim, definition)
     heartbeat = Heartbeat(current_app._get_current_object(), ctx, lease_seconds)  # type: ignore[attr-defined]

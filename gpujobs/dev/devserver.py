@@ -35,7 +35,7 @@ STOP_TIMEOUT_SECONDS = 15.0
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
     """The Celery worker command line: without -Q it reads every declared queue, service queues first."""
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker"]
-    options = ["-c", str(concurrency), "-n", hostname, "--loglevel", "INFO"]
+    options = ["-c", str(concurrency), "-n", hostname]  # log level: GPUJOBS_LOG_LEVEL (gpujobs.logs)
     return [*celery, *options, "--without-gossip", "--without-mingle"]
 
 
@@ -102,7 +102,7 @@ def _start_processes(
     commands = {
         "web": [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "gpujobs.wsgi:app"],
         "worker": worker_command(),
-        "beat": [*celery, "beat", "--loglevel", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
+        "beat": [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
     }
     return {name: subprocess.Popen(command, env=env) for name, command in commands.items()}
