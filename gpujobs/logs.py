@@ -25,7 +25,6 @@ from gpujobs.config import load_config
 from gpujobs.dispatch import RUN_JOB_TASK
 from gpujobs.provisioning.monitor import MONITOR_TASK
 
-FORMATS = ("text", "json")
 CONTEXT_FIELDS = ("job_id", "tenant", "task_id", "request_id")
 REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's request id is echoed into logs and headers: only short, plain tokens are taken.

@@ -1,5 +1,4 @@
 import logging
-from logging.config import fileConfig
 
 from alembic import context
 from flask import current_app
@@ -8,9 +7,8 @@ from flask import current_app
 # access to the values within the .ini file in use.
 config = context.config
 
-# Interpret the config file for Python logging.
-# This line sets up loggers basically.
-fileConfig(config.config_file_name, disable_existing_loggers=False)  # keep the app's loggers
+# Logging is the app's (create_app configured it: gpujobs.logs), not alembic.ini's: the release
+# command's lines come in GPUJOBS_LOG_FORMAT at GPUJOBS_LOG_LEVEL like every other process's.
 logger = logging.getLogger('alembic.env')
 
 
