@@ -9,11 +9,13 @@ told not to set up logging (``setup_logging`` has a receiver), so its loggers re
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import re
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from celery import Celery, signals
@@ -39,14 +41,16 @@ JOB_TASKS = (RUN_JOB_TASK, MONITOR_TASK)
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("gpujobs_log", default=None)
 
 
-def bind(**fields: object) -> None:
-    """Add fields to every later line of this task or thread (cleared when the Celery task ends)."""
-    _context.set({**(_context.get() or {}), **{k: str(v) for k, v in fields.items() if v is not None}})
-
-
-def clear() -> None:
-    """Forget the bound fields (a pool process runs many tasks, one after another)."""
-    _context.set(None)
+@contextlib.contextmanager
+def bound(**fields: object) -> Iterator[None]:
+    """Add fields to every line logged inside the block (in this thread)."""
+    token = _context.set(
+        {**(_context.get() or {}), **{k: str(v) for k, v in fields.items() if v is not None}}
+    )
+    try:
+        yield
+    finally:
+        _context.reset(token)
 
 
 def _context_of(record: logging.LogRecord) -> dict[str, str]:
@@ -198,10 +202,11 @@ def _echo_request_id(response: Response) -> Response:
 
 @signals.task_prerun.connect
 def _bind_task(task_id: str, task: Any, args: Any = (), **_: Any) -> None:
-    clear()
-    bind(task_id=task_id, job_id=args[0] if task.name in JOB_TASKS and args else None)
+    """The task's ids on every line until it ends, Celery's own "succeeded" line included."""
+    job_id = args[0] if task.name in JOB_TASKS and args else None
+    _context.set({"task_id": task_id, **({"job_id": str(job_id)} if job_id else {})})
 
 
 @signals.task_postrun.connect
 def _unbind_task(**_: Any) -> None:
-    clear()
+    _context.set(None)  # a pool process runs many tasks, one after another

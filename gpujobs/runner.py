@@ -140,16 +140,16 @@ def run_job(job_id: uuid.UUID) -> JobStatus | None:
     if claim is None:
         log.info("job %s: not claimable (duplicate delivery, cancelled or at its limit)", job_id)
         return None
-    logs.bind(tenant=claim.tenant_id)
-    log.info("job %s: attempt %s of %s started", job_id, claim.attempt, definition.ref)
-    ctx = RunContext(claim, definition)
-    heartbeat = Heartbeat(current_app._get_current_object(), ctx, lease_seconds)  # type: ignore[attr-defined]
-    heartbeat.start()
-    try:
-        status = _execute(ctx, definition, claim)
-    finally:
-        heartbeat.stop()
-    log.info("job %s: attempt %s ended %s", job_id, claim.attempt, status or "fenced out")
+    with logs.bound(tenant=claim.tenant_id):
+        log.info("job %s: attempt %s of %s started", job_id, claim.attempt, definition.ref)
+        ctx = RunContext(claim, definition)
+        heartbeat = Heartbeat(current_app._get_current_object(), ctx, lease_seconds)  # type: ignore[attr-defined]
+        heartbeat.start()
+        try:
+            status = _execute(ctx, definition, claim)
+        finally:
+            heartbeat.stop()
+        log.info("job %s: attempt %s ended %s", job_id, claim.attempt, status or "fenced out")
     return status
 
 
