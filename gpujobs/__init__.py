@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import secrets
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from gpujobs.config import ConfigError, engine_options, load_config, sqlalchemy_
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Flask app, its extensions and its Celery app (the Flask application-factory pattern)."""
-    from gpujobs import models  # noqa: F401  (the tables, for migrations and queries)
+    from gpujobs import logs, models  # noqa: F401  (models: the tables, for migrations and queries)
     from gpujobs.celery_app import celery_init_app
     from gpujobs.extensions import db, migrate
 
@@ -36,9 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", engine_options(app.config))
     app.config["SECRET_KEY"] = app.config.get("GPUJOBS_SECRET_KEY") or secrets.token_hex(32)
     app.config["MAX_CONTENT_LENGTH"] = app.config["GPUJOBS_MAX_BODY_BYTES"]
-    logging.basicConfig(
-        level=app.config["GPUJOBS_LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.init_app(app)
 
     db.init_app(app)
     # Inside the package, so `flask --app gpujobs db upgrade` works from an installed wheel too.

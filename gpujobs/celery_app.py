@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery, Task
 from flask import Flask
 
-from gpujobs import celery_settings
+from gpujobs import celery_settings, logs
 from gpujobs.broker import celery_broker_settings
 from gpujobs.reconnect import patch_redis_transport
 
@@ -26,6 +26,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery.config_from_object(celery_settings)
     if app.config.get("REDIS_URL"):
         celery.conf.update(celery_broker_settings(app.config, celery_settings.broker_transport_options))
+    logs.init_celery(celery, app.config["GPUJOBS_LOG_FORMAT"])
     celery.set_default()
     app.extensions["celery"] = celery
     return celery

@@ -85,6 +85,18 @@ def _instance_prefix(raw: str) -> str:
     return raw
 
 
+def _log_level(raw: str) -> str:
+    if raw.strip().upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return raw.strip().upper()
+
+
+def _log_format(raw: str) -> str:
+    if raw.strip().lower() not in {"text", "json"}:
+        raise ValueError("expected text or json")
+    return raw.strip().lower()
+
+
 def _csv(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
@@ -150,7 +162,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("GPUJOBS_DATA_DIR", DEFAULT_DATA_DIR, os.path.abspath, "Embedded servers' data and dev files."),
     Setting("GPUJOBS_STORAGE_DIR", None, str, "Uploaded and encoded videos. Unset: `<data dir>/storage`."),
-    Setting("GPUJOBS_LOG_LEVEL", "INFO", str.upper, "Log level of every process."),
+    Setting("GPUJOBS_LOG_LEVEL", "INFO", _log_level, "Log level of every process (API, worker, beat, CLI)."),
+    Setting(
+        "GPUJOBS_LOG_FORMAT",
+        "text",
+        _log_format,
+        "`text` for a terminal, or `json`: one object per line with `job_id`, `tenant`, `task_id` and "
+        "`request_id` where they exist (the Docker image sets `json`).",
+    ),
     Setting("GPUJOBS_LEASE_SECONDS", "60", _positive_int, "A running job's lease; expired ones are rescued."),
     Setting(
         "GPUJOBS_HEARTBEAT_INTERVAL_SECONDS",

@@ -385,6 +385,41 @@ class DeliveryCounter(Model):
     count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
 
 
+class JobFinishedCounter(Model):
+    """Jobs that ever finished per definition and status, and how many of them needed a retry.
+
+    For Prometheus counters (``gpujobs.metrics``); history, kept by a trigger (migration h8_job_histograms).
+    """
+
+    __tablename__ = "job_finished_counters"
+
+    definition_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    definition_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    finished: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    retried: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+
+
+class JobDurationBucket(Model):
+    """One bucket of a job-duration histogram (``run`` or ``queue`` seconds), not cumulative.
+
+    ``le`` is the bucket's upper bound (``job_duration_bounds()`` in SQL, or infinity); ``seconds`` sums
+    the observations that fell in it. Kept by the same trigger as ``JobFinishedCounter``.
+    """
+
+    __tablename__ = "job_duration_buckets"
+
+    histogram: Mapped[str] = mapped_column(String(8), primary_key=True)
+    definition_key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    definition_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    le: Mapped[float] = mapped_column(primary_key=True)
+    shard: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    seconds: Mapped[float] = mapped_column(nullable=False, server_default=text("0"))
+
+
 # Duration percentiles read a tenant's most recent finished jobs (``gpujobs.stats``).
 Index(
     "ix_jobs_tenant_finished",

@@ -5,6 +5,7 @@ Each one validates, changes rows through ``gpujobs.jobs``, commits, and only the
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from gpujobs.models import DeadLetter, Job
 from gpujobs.outbound import UnsafeURLError, check_url
 from gpujobs.registry import Definition, get_definition
 from gpujobs.states import JobStatus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +97,7 @@ def submit(
     """Validate and queue one job, commit, publish (see ``prepare`` for what it raises)."""
     job = prepare(tenant_id, key, version, params, options)
     commit_and_publish([dispatch_of(job)])
+    log.info("job %s queued: %s@%s", job.id, key, version, extra={"job_id": str(job.id)})
     return job
 
 

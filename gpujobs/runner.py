@@ -19,7 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask, current_app
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from gpujobs import jobs, webhooks
+from gpujobs import jobs, logs, webhooks
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
@@ -143,16 +143,17 @@ def run_job(job_id: uuid.UUID) -> JobStatus | None:
     if claim is None:
         log.info("job %s: not claimable (duplicate delivery, cancelled or at its limit)", job_id)
         return None
-    log.info("job %s: attempt %s of %s started", job_id, claim.attempt, definition.ref)
-    ctx = RunContext(claim, definition)
-    # Flask types current_app as the Flask it stands for, hiding the proxy's own _get_current_object.
-    heartbeat = Heartbeat(current_app._get_current_object(), ctx, lease_seconds)  # type: ignore[attr-defined]
-    heartbeat.start()
-    try:
-        status = _execute(ctx, definition, claim)
-    finally:
-        heartbeat.stop()
-    log.info("job %s: attempt %s ended %s", job_id, claim.attempt, status or "fenced out")
+    with logs.bound(tenant=claim.tenant_id):
+        log.info("job %s: attempt %s of %s started", job_id, claim.attempt, definition.ref)
+        ctx = RunContext(claim, definition)
+        # Flask types current_app as the Flask it stands for, hiding the proxy's own _get_current_object.
+        heartbeat = Heartbeat(current_app._get_current_object(), ctx, lease_seconds)  # type: ignore[attr-defined]
+        heartbeat.start()
+        try:
+            status = _execute(ctx, definition, claim)
+        finally:
+            heartbeat.stop()
+        log.info("job %s: attempt %s ended %s", job_id, claim.attempt, status or "fenced out")
     return status
 
 

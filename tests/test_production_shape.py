@@ -27,8 +27,8 @@ from support.gpu import REQUEST
 from support.media import make_clip
 from support.polling import wait_for
 
-from gpujobs.config import SETTINGS
 from gpujobs.dev.embedded import free_port
+from gpujobs.encryption import new_key
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SIMULATOR_KEY = "sk_production_shape"
 INSTALL_TIMEOUT_SECONDS = 600
 JOB_TIMEOUT_SECONDS = 120
-# JSON logs are checked once the setting that turns them on exists (issue 21, item 7).
-JSON_LOGS = any(setting.name == "GPUJOBS_LOG_FORMAT" for setting in SETTINGS)
 
 
 @dataclass
@@ -143,14 +141,14 @@ def deployment(servers: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         # A database number of its own: the suite's workers never see these messages.
         "REDIS_URL": servers["REDIS_URL"].rsplit("/", 1)[0] + "/7",
         "GPUJOBS_SECRET_KEY": secrets.token_hex(32),
+        "GPUJOBS_ENCRYPTION_KEY": new_key(),
         "GPUJOBS_STORAGE_DIR": str(storage),
         "NOVITA_API_KEY": SIMULATOR_KEY,
         "NOVITA_BASE_URL": f"http://127.0.0.1:{simulator_port}/gpu-instance/openapi/v1",
         "GPUJOBS_MONITOR_INTERVAL_SECONDS": "0.5",
         "GPUJOBS_SWEEP_INTERVAL_SECONDS": "1",
+        "GPUJOBS_LOG_FORMAT": "json",
     }
-    if JSON_LOGS:
-        env["GPUJOBS_LOG_FORMAT"] = "json"
     deployment = Deployment(base, venv, env)
     try:
         yield deployment
@@ -203,11 +201,12 @@ def test_web_two_workers_and_beat_from_the_wheel_run_a_gpu_an_echo_and_a_video_j
     assert download.status_code == 200 and len(download.content) > 1000
     # Each process used its own working directory, and none of them the checkout.
     assert {path.name for path in deployment.base.iterdir()} >= {"web", "worker1", "worker2", "beat"}
-    if JSON_LOGS:
-        deployment.close()
-        for name in ("web", "worker1", "worker2", "beat"):
-            for line in deployment.logs[name].read_text().splitlines():
-                assert parses_as_json(line), f"{name}: {line}"
+    deployment.close()
+    for name in ("web", "worker1", "worker2", "beat"):
+        lines = deployment.logs[name].read_text().splitlines()
+        assert lines, f"{name} logged nothing"
+        for line in lines:
+            assert parses_as_json(line), f"{name}: {line}"
 
 
 def parses_as_json(line: str) -> bool:

@@ -7,12 +7,10 @@ and three Sentinels, with passwords). The primary is SIGKILLed mid-run; the Sent
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import subprocess
 import sys
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -131,12 +129,6 @@ def test_flower_reads_the_queues_through_the_sentinels(app, sentinel_deployment)
 
     [normal] = asyncio.run(depths())
     assert normal == {"name": "normal", "messages": 1}
-    # Flower closes its master client but not the Sentinel's own connections; their streams warn "loop is
-    # closed" whenever the garbage collector meets them (in a later test). Collect them here instead.
-    del broker
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
 
 
 def test_a_plain_redis_url_gets_no_sentinel_options(app):

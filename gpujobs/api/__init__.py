@@ -16,7 +16,9 @@ def register_api(app: Flask) -> None:
     """Attach every API blueprint, ``/metrics``, the error handlers and the request guards to ``app``."""
     from gpujobs.api import deliveries, dlq, docs, instances, jobs, metrics, ratelimit, schedules, videos
     from gpujobs.api.validation import reject_unstorable_query
+    from gpujobs.metrics import instrument
 
+    instrument(app)  # first: its timer starts before any other guard can answer
     register_error_handlers(app)
     app.before_request(reject_unstorable_query)
     app.after_request(ratelimit.add_headers)

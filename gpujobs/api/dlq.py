@@ -30,7 +30,7 @@ MAX_DLQ_OFFSET = 1_000_000  # a bound on the rows one request may make PostgreSQ
 class Redrive(BaseModel):
     """Body of ``POST /v1/dlq/{id}/retry`` (optional): attempts granted, default the definition's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"maxAttempts": 5}]})
 
     maxAttempts: int | None = Field(default=None, ge=1, le=100)
 

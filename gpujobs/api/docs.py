@@ -1,15 +1,28 @@
-"""``/openapi.json`` and ``/docs``: the generated OpenAPI document, and a readable page rendered from it.
+"""``/openapi.json`` and ``/docs``: the generated OpenAPI document, and Swagger UI to read and try it.
 
-The page is plain server-side HTML (no JavaScript, no CDN: deployments may have no internet access).
+Swagger UI's files come from the ``flask-swagger-ui`` wheel (its ``dist``), served from here: no CDN,
+so the reference works on a network without internet access. Only its assets are used, not its
+blueprint, so the page stays at ``/docs`` (documented in the spec itself), with a config of ours:
+no call to the public spec validator, the API key kept across reloads, operations grouped by tag.
+"Try it" sends ``Authorization: Bearer <key>`` once the key is entered under "Authorize" (the
+document's ``bearerAuth`` scheme), to this same server.
 """
 
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, render_template_string
-from markupsafe import Markup, escape
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    render_template_string,
+    send_from_directory,
+    url_for,
+)
 
 from gpujobs import __version__
 from gpujobs.api.openapi import build_spec, operation
@@ -18,43 +31,35 @@ bp = Blueprint("docs", __name__)
 
 TAG = "docs"
 API_TITLE = "gpujobs API"
+SWAGGER_UI_DIST = str(files("flask_swagger_ui") / "dist")
+ASSET_MAX_AGE_SECONDS = 24 * 60 * 60
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ spec.info.title }}</title>
-<style>
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem }
-h2 { border-bottom: 1px solid #ccc; margin-top: 2.5rem }
-code, pre { font: 13px ui-monospace, monospace }
-pre { background: #f6f6f6; padding: .6rem; overflow-x: auto }
-table { border-collapse: collapse; margin: .4rem 0 }
-td, th { border: 1px solid #ddd; padding: .2rem .5rem; text-align: left; vertical-align: top }
-.op { margin: 1.2rem 0; padding: .6rem .8rem; border-left: 4px solid #4a7 } .method { font-weight: bold }
-.open { color: #a60 }
-</style></head><body>
-<h1>{{ spec.info.title }} <small>{{ spec.info.version }}</small></h1>
-<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI {{ spec.openapi }}).
-Send <code>Authorization: Bearer &lt;API key&gt;</code> unless marked <span class="open">no auth</span>;
-errors are <code>application/problem+json</code>.</p>
-{% for path, methods in spec.paths.items() %}{% for method, op in methods.items() %}
-<div class="op" id="{{ op.operationId }}">
-<div><span class="method">{{ method|upper }}</span> <code>{{ path }}</code> — {{ op.summary }}
-{% if not op.security %}<span class="open">(no auth)</span>{% endif %}</div>
-{% if op.description %}<p>{{ op.description }}</p>{% endif %}
-{% if op.parameters %}<table><tr><th>parameter</th><th>in</th><th>required</th><th>schema</th><th></th></tr>
-{% for p in op.parameters %}<tr><td><code>{{ p.name }}</code></td><td>{{ p.in }}</td><td>{{ p.required }}</td>
-<td><code>{{ p.schema|tojson }}</code></td><td>{{ p.description }}</td></tr>{% endfor %}</table>{% endif %}
-{% if op.requestBody %}{% for type, body in op.requestBody.content.items() %}
-<p>Body ({{ type }}): {{ link(body.schema) }}</p>{% endfor %}{% endif %}
-<table>{% for status, response in op.responses.items() %}
-<tr><td>{{ status }}</td><td>{{ response.description }}</td>
-<td>{% for body in (response.content or {}).values() %}{{ link(body.schema) }}{% endfor %}</td></tr>
-{% endfor %}</table>
-</div>{% endfor %}{% endfor %}
-<h2>Schemas</h2>
-{% for name, schema in spec.components.schemas.items() %}<h3 id="schema-{{ name }}">{{ name }}</h3>
-<pre>{{ pretty(schema) }}</pre>{% endfor %}
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="{{ asset('swagger-ui.css') }}">
+<link rel="stylesheet" href="{{ asset('index.css') }}">
+<link rel="icon" type="image/png" href="{{ asset('favicon-32x32.png') }}" sizes="32x32">
+<link rel="icon" type="image/png" href="{{ asset('favicon-16x16.png') }}" sizes="16x16">
+</head><body>
+<div id="swagger-ui"></div>
+<script src="{{ asset('swagger-ui-bundle.js') }}"></script>
+<script src="{{ url_for('docs.swagger_initializer') }}"></script>
 </body></html>
 """
+
+# Swagger UI's options (https://swagger.io/docs/open-source-tools/swagger-ui/usage/configuration/).
+SWAGGER_UI_OPTIONS: dict[str, Any] = {
+    "dom_id": "#swagger-ui",
+    "layout": "BaseLayout",
+    "deepLinking": True,
+    "docExpansion": "list",  # tags open, operations closed
+    "tagsSorter": "alpha",
+    "filter": True,
+    "persistAuthorization": True,
+    "displayRequestDuration": True,
+    "validatorUrl": None,  # the default asks validator.swagger.io, which an offline network cannot reach
+}
 
 
 def spec() -> dict[str, Any]:
@@ -65,13 +70,6 @@ def spec() -> dict[str, Any]:
     return extensions["gpujobs_openapi"]
 
 
-def _link(schema: dict[str, Any]) -> Any:
-    name = schema.get("$ref", "").rsplit("/", 1)[-1]
-    return (
-        Markup(f'<a href="#schema-{escape(name)}">{escape(name)}</a>') if name else escape(json.dumps(schema))
-    )
-
-
 @bp.get("/openapi.json")
 @operation(summary="This API's OpenAPI document", tag=TAG, responses={200: "OpenAPI 3.1 (JSON)"}, auth=False)
 def openapi_json() -> Response:
@@ -80,7 +78,31 @@ def openapi_json() -> Response:
 
 
 @bp.get("/docs")
-@operation(summary="This API's reference, as HTML", tag=TAG, responses={200: "an HTML page"}, auth=False)
+@operation(summary="This API's reference (Swagger UI)", tag=TAG, responses={200: "an HTML page"}, auth=False)
 def docs() -> str:
-    """Every operation with its parameters, bodies and answers, and every schema."""
-    return render_template_string(PAGE, spec=spec(), link=_link, pretty=lambda s: json.dumps(s, indent=2))
+    """Every operation by tag, with its parameters, bodies, examples and answers; "try it" included."""
+    return render_template_string(PAGE, title=spec()["info"]["title"], asset=_asset_url)
+
+
+@bp.get("/docs/swagger-initializer.js")
+def swagger_initializer() -> Response:
+    """Starts Swagger UI on this server's document (a script file, so the page has no inline script)."""
+    options = {**SWAGGER_UI_OPTIONS, "url": url_for("docs.openapi_json")}
+    script = (
+        f"window.onload = function () {{\n"
+        f"  var options = {json.dumps(options)};\n"
+        f"  options.presets = [SwaggerUIBundle.presets.apis];\n"
+        f"  window.ui = SwaggerUIBundle(options);\n"
+        f"}};\n"
+    )
+    return Response(script, mimetype="text/javascript")
+
+
+@bp.get("/docs/assets/<path:name>")
+def swagger_asset(name: str) -> Response:
+    """Swagger UI's own files, from the installed package (``send_from_directory`` refuses ``..``)."""
+    return send_from_directory(SWAGGER_UI_DIST, name, max_age=ASSET_MAX_AGE_SECONDS)
+
+
+def _asset_url(name: str) -> str:
+    return url_for("docs.swagger_asset", name=name)

@@ -43,6 +43,22 @@ JOB_FIELDS = {"webhookUrl", "priority", "idempotencyKey"}
 class CreateInstance(CreateInstanceParams):
     """Body of ``POST /v1/instances``: the params of `gpu.instance.create@1`, plus how to run its job."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "productName": "RTX 4090 24GB",
+                    "region": "CN-HK-01",
+                    "imageUrl": "pytorch/pytorch:latest",
+                    "ports": [{"port": 8888, "type": "http"}],
+                    "maxPricePerHour": 0.5,
+                    "timeoutSeconds": 600,
+                    "webhookUrl": "https://example.com/hooks",
+                }
+            ]
+        }
+    )
+
     webhookUrl: WebhookUrl = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)
     idempotencyKey: str | None = Field(default=None, pattern=KEY_PATTERN, description="as the header")
@@ -51,7 +67,10 @@ class CreateInstance(CreateInstanceParams):
 class InstanceAction(BaseModel):
     """Optional body of stop, start and delete; without `webhookUrl`, the instance's last one is used."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"webhookUrl": "https://example.com/hooks", "priority": "high"}]},
+    )
 
     webhookUrl: WebhookUrl = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)

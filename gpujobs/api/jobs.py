@@ -32,7 +32,19 @@ POSTGRES_BIGINT_MAX = 2**63 - 1
 class SubmitJob(BaseModel):
     """Body of ``POST /v1/jobs``; ``params`` are validated by the definition's own model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "definitionKey": "compute.math",
+                    "definitionVersion": 1,
+                    "params": {"operation": "sum", "numbers": [1, 2, 3]},
+                    "priority": "high",
+                }
+            ]
+        },
+    )
 
     definitionKey: str = Field(min_length=1, max_length=100)
     definitionVersion: int = Field(default=1, ge=1, le=1000)

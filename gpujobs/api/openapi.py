@@ -167,8 +167,12 @@ def _operation(
     errors = {503}
     if op.request is not None:
         reference = refs[(op.request, "validation")]
-        required = bool(_resolve(reference, components).get("required"))
-        spec["requestBody"] = {"required": required, "content": {op.content_type: {"schema": reference}}}
+        body_schema = _resolve(reference, components)
+        media: dict[str, Any] = {"schema": reference}
+        if body_schema.get("examples"):  # the model's own, shown (and sent by "try it") by viewers
+            media["example"] = body_schema["examples"][0]
+        required = bool(body_schema.get("required"))
+        spec["requestBody"] = {"required": required, "content": {op.content_type: media}}
         errors |= {400, 413, 415, 422}
     if op.query is not None:
         errors.add(422)

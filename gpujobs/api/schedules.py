@@ -26,7 +26,21 @@ TAG = "schedules"
 class CreateSchedule(BaseModel):
     """Body of ``POST /v1/schedules``; ``params`` are validated by the definition's own model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "nightly-sum",
+                    "cron": "0 3 * * *",
+                    "timezone": "Europe/Berlin",
+                    "definitionKey": "compute.math",
+                    "params": {"operation": "sum", "numbers": [1, 2, 3]},
+                    "priority": "low",
+                }
+            ]
+        },
+    )
 
     name: str = Field(min_length=1, max_length=100, description="unique per tenant")
     cron: str = Field(
@@ -47,7 +61,7 @@ class CreateSchedule(BaseModel):
 class UpdateSchedule(BaseModel):
     """Body of ``PATCH /v1/schedules/{id}``: ``false`` pauses, ``true`` resumes from the next tick."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
 
     enabled: StrictBool
 

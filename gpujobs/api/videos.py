@@ -63,6 +63,10 @@ class EncodeForm(BaseModel):
 class EncodeUpload(EncodeForm):
     """The whole multipart form, as documented."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"format": "mp4", "resolution": "1080p", "quality": "high"}]}
+    )
+
     video: bytes = Field(description="the video file: mp4, mov, mkv, webm or avi")
 
 

@@ -42,7 +42,7 @@ def web_command(port: int) -> list[str]:
 def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
     """The Celery worker command line: without -Q it reads every declared queue, service queues first."""
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker"]
-    options = ["-c", str(concurrency), "-n", hostname, "--loglevel", "INFO"]
+    options = ["-c", str(concurrency), "-n", hostname]  # log level: GPUJOBS_LOG_LEVEL (gpujobs.logs)
     return [*celery, *options, "--without-gossip", "--without-mingle"]
 
 
@@ -115,10 +115,10 @@ def _prepare_database() -> str:
 
 def _commands(data_dir: Path, port: int, flower_port: int) -> dict[str, list[str]]:
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker"]
-    commands = {
+    return {
         "web": web_command(port),
         "worker": worker_command(),
-        "beat": [*celery, "beat", "--loglevel", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
+        "beat": [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
     }
 

