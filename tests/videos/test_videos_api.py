@@ -7,10 +7,11 @@ import subprocess
 
 import pytest
 from support.polling import wait_for
-from support.tenants import make_tenant
+from support.tenants import make_tenant, set_limits
 
 from gpujobs.api.videos import VideoAccepted, VideoStatus
 from gpujobs.definitions import video
+from gpujobs.jobs import PRIORITY_LEVELS
 
 
 def upload(client, tenant, content: bytes, filename: str = "holiday.mp4", **fields):
@@ -90,7 +91,8 @@ def test_the_seed_quality_form_and_the_explicit_fields_both_choose_the_encode(
 @pytest.mark.parametrize(
     ("priority", "expected"), [("10", "critical"), ("high", "high"), ("0", "low"), (None, "normal")]
 )
-def test_priority_is_a_name_or_a_number_from_0_to_10(client, tenant, clips, priority, expected):
+def test_priority_is_a_name_or_a_number_from_0_to_10(app, client, tenant, clips, priority, expected):
+    set_limits(app, tenant, max_priority=PRIORITY_LEVELS["critical"])
     fields = {} if priority is None else {"priority": priority}
     response = upload(client, tenant, clips["mp4"].read_bytes(), **fields)
     job = client.get(f"/v1/jobs/{response.json['jobId']}", headers=tenant["headers"]).json
