@@ -55,7 +55,11 @@ def validated(
     except ValidationError as exc:
         raise InvalidField.from_validation(exc, ("params",)) from None
     if definition.authorize is not None:
-        definition.authorize(tenant_id, params)
+        try:
+            definition.authorize(tenant_id, params)
+        except InvalidField as exc:
+            errors = [(f"params.{field}", message) for field, message in exc.errors]
+            raise InvalidField(*errors[0], errors=errors) from None
     return definition, params
 
 

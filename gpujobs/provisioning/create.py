@@ -67,6 +67,7 @@ def submit(
     job does (no crash in between leaves a job whose 202 never named an instance), and a worker never
     runs a job whose row is not there yet.
     """
+    grants.authorize(tenant_id, params)  # named as the body names them (prepare says params.templateId)
     job = operations.prepare(tenant_id, CREATE_KEY, 1, params, options)
     instance = records.ensure_row(job.id, tenant_id, job.params)
     commit_and_publish([dispatch_of(job)])
