@@ -95,16 +95,25 @@ def _prepare_database() -> str:
     return api_key
 
 
-def _start_processes(
-    env: dict[str, str], data_dir: Path, port: int, flower_port: int
-) -> dict[str, subprocess.Popen[bytes]]:
+def process_commands(data_dir: Path, port: int, flower_port: int) -> dict[str, list[str]]:
+    """The child processes' command lines; the API and Flower listen on loopback only.
+
+    Flower shows every tenant's tasks with their arguments, so it is never reachable from another
+    machine here; ``FLOWER_BASIC_AUTH`` in the environment (Flower reads it) adds a password.
+    """
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker"]
-    commands = {
+    return {
         "web": [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "gpujobs.wsgi:app"],
         "worker": worker_command(),
         "beat": [*celery, "beat", "--loglevel", "INFO", "-s", str(data_dir / "celerybeat-schedule")],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
     }
+
+
+def _start_processes(
+    env: dict[str, str], data_dir: Path, port: int, flower_port: int
+) -> dict[str, subprocess.Popen[bytes]]:
+    commands = process_commands(data_dir, port, flower_port)
     return {name: subprocess.Popen(command, env=env) for name, command in commands.items()}
 
 
