@@ -131,7 +131,7 @@ def tenants_show(tenant: str) -> None:
         row = db.session.scalar(select(Tenant).where(Tenant.name == tenant))
         if row is None:
             raise click.ClickException(f"no tenant {tenant!r}")
-        own = limits.overrides(row.id)
+        own: dict[str, Any] = limits.overrides(row.id)
         if own["max_priority"] is not None:
             own["max_priority"] = PRIORITY_NAMES[own["max_priority"]]
         shown = {

@@ -134,7 +134,8 @@ def claim(
         (Job.definition_key == definition.key, Job.definition_version == definition.version),
         definition.concurrency_limit,
     ):
-        return _wait(job_id, f"{definition.ref} is at its concurrency limit")
+        _wait(job_id, f"{definition.ref} is at its concurrency limit")
+        return None
     owner = db.session.execute(
         select(Job.tenant_id, TenantLimits.max_running_jobs)
         .outerjoin(TenantLimits, TenantLimits.tenant_id == Job.tenant_id)
@@ -144,7 +145,8 @@ def claim(
         return None
     limit = tenant_limit if owner.max_running_jobs is None else owner.max_running_jobs
     if limit is not None and _full(f"tenant:{owner.tenant_id}", (Job.tenant_id == owner.tenant_id,), limit):
-        return _wait(job_id, "its tenant is at its running-jobs limit")
+        _wait(job_id, "its tenant is at its running-jobs limit")
+        return None
     row = db.session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
@@ -169,10 +171,13 @@ def _full(lock: str, scope: tuple[Any, ...], limit: int) -> bool:
     Locks are always taken in one order (definition, then tenant), so two claims never wait on each other.
     """
     db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:ref))"), {"ref": lock})
-    running = db.session.scalar(
-        select(func.count()).select_from(Job).where(*scope, Job.status.in_(JOB_ACTIVE))
-    )
-    return running >= limit
+    return active_count(*scope) >= limit
+
+
+def active_count(*scope: Any) -> int:
+    """How many jobs matching ``scope`` (a definition's, a tenant's) are running now."""
+    count = select(func.count()).select_from(Job).where(*scope, Job.status.in_(JOB_ACTIVE))
+    return int(db.session.execute(count).scalar_one())
 
 
 def _wait(job_id: uuid.UUID, reason: str) -> None:

@@ -9,7 +9,7 @@ the whole cluster; the priority limit at submit (422), the schedules limit when 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import current_app
@@ -20,7 +20,6 @@ from gpujobs import jobs
 from gpujobs.exceptions import InvalidField, LimitReached
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule, TenantLimits
-from gpujobs.states import JOB_ACTIVE
 from gpujobs.tenants import ensure_tenant
 
 #: The columns ``set_limits`` may change, by the name the CLI and ``tenants show`` use.
@@ -54,8 +53,8 @@ def overrides(tenant_id: uuid.UUID) -> dict[str, int | None]:
 
 def of(tenant_id: uuid.UUID) -> Limits:
     """The tenant's limits in force."""
-    own, default = overrides(tenant_id), defaults()
-    return Limits(*(getattr(default, column) if own[column] is None else own[column] for column in COLUMNS))
+    own = {column: value for column, value in overrides(tenant_id).items() if value is not None}
+    return replace(defaults(), **own)
 
 
 def set_limits(tenant_name: str, **values: int | None) -> None:
@@ -105,16 +104,13 @@ def reserve_schedule(tenant_id: uuid.UUID) -> None:
 
 def schedule_count(tenant_id: uuid.UUID) -> int:
     """The tenant's schedules, enabled or paused (a paused one may resume at any time)."""
-    return db.session.scalar(
-        select(func.count()).select_from(Schedule).where(Schedule.tenant_id == tenant_id)
-    )
+    count = select(func.count()).select_from(Schedule).where(Schedule.tenant_id == tenant_id)
+    return int(db.session.execute(count).scalar_one())
 
 
 def running_count(tenant_id: uuid.UUID) -> int:
     """The tenant's jobs running now (an index of running jobs, not its history)."""
-    return db.session.scalar(
-        select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(JOB_ACTIVE))
-    )
+    return jobs.active_count(Job.tenant_id == tenant_id)
 
 
 def usage(tenant_id: uuid.UUID) -> dict[str, Any]:
