@@ -150,13 +150,12 @@ def tenants_show(tenant: str) -> None:
 
 def _grant_commands(group: click.Group, kind: str, noun: str) -> None:
     """``grant`` and ``revoke`` under ``group`` for one kind of Novita resource."""
-    from gpujobs.grants import Kind
 
     @group.command("grant", help=f"Let TENANT name the {noun} RESOURCE_ID of the operator's Novita account.")
     @click.option("--tenant", required=True, help="Tenant name (created if new).")
     @click.argument("resource_id")
     def grant_command(tenant: str, resource_id: str) -> None:
-        from gpujobs.grants import grant
+        from gpujobs.grants import Kind, grant
 
         with _app().app_context():
             grant(tenant, Kind(kind), resource_id)
@@ -165,7 +164,7 @@ def _grant_commands(group: click.Group, kind: str, noun: str) -> None:
     @click.option("--tenant", required=True, help="Tenant name.")
     @click.argument("resource_id")
     def revoke_command(tenant: str, resource_id: str) -> None:
-        from gpujobs.grants import revoke
+        from gpujobs.grants import Kind, revoke
 
         with _app().app_context():
             if not revoke(tenant, Kind(kind), resource_id):

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
-from gpujobs.models import NovitaGrant
+from gpujobs.models import NovitaGrant, Tenant
 from gpujobs.tenants import ensure_tenant
 
 
@@ -47,11 +47,11 @@ def grant(tenant_name: str, kind: Kind, resource_id: str) -> None:
 
 def revoke(tenant_name: str, kind: Kind, resource_id: str) -> bool:
     """Take a grant back (jobs not yet at Novita then fail); False when there was none."""
-    tenant = ensure_tenant(tenant_name)
+    tenant_id = select(Tenant.id).where(Tenant.name == tenant_name).scalar_subquery()
     removed = db.session.execute(
         delete(NovitaGrant)
         .where(
-            NovitaGrant.tenant_id == tenant.id,
+            NovitaGrant.tenant_id == tenant_id,
             NovitaGrant.kind == kind,
             NovitaGrant.resource_id == resource_id,
         )
