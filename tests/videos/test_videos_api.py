@@ -26,7 +26,7 @@ def job_params(client, tenant, response) -> dict:
 
 
 def test_a_real_clip_is_uploaded_encoded_by_a_worker_and_downloaded(client, tenant, clips, worker, tmp_path):
-    accepted = upload(client, tenant, clips["mp4"].read_bytes(), quality="720p", priority=10)
+    accepted = upload(client, tenant, clips["mp4"].read_bytes(), quality="720p", priority=8)
     assert accepted.status_code == 202, accepted.json
     VideoAccepted.model_validate(accepted.json)
     status_url = accepted.json["statusUrl"]
