@@ -99,6 +99,8 @@ class Cluster:
             GPUJOBS_DEFINITION_MODULES="bench.workloads",
             # One API key sends every request of a benchmark: the per-key limit would answer with 429s.
             GPUJOBS_RATE_LIMIT_PER_MINUTE="1000000",
+            # The priority benchmark's tenant sends `critical` jobs, above a tenant's default limit.
+            GPUJOBS_TENANT_MAX_PRIORITY="critical",
             PYTHONPATH=str(ROOT),
             **{
                 "GPUJOBS_SECRET_KEY": secret,

@@ -1,5 +1,5 @@
-"""The command line: keys, webhook secrets and their encryption key, migrations, jobs, dead letters, the
-simulator and ``dev``.
+"""The command line: keys, webhook secrets and their encryption key, tenants' limits and Novita grants,
+migrations, jobs, dead letters, the simulator and ``dev``.
 
 Commands that print a secret print only that secret, so they compose in shell scripts:
 ``export GPUJOBS_API_KEY=$(python -m gpujobs keys create --tenant acme)``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import click
 from flask import Flask
@@ -110,6 +111,127 @@ def webhooks_secret(tenant: str, rotate: bool) -> None:
             secret = ensure_tenant(tenant).webhook_secret
             db.session.commit()
             click.echo(secret)
+
+
+@main.group()
+def tenants() -> None:
+    """Tenants and their limits."""
+
+
+class LimitValue(click.ParamType):
+    """A limit on the command line: a positive integer, or ``default`` for the operator's default."""
+
+    name = "N|default"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "default":
+            return None
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit() and int(value) > 0):
+            return int(value)
+        self.fail(f"{value!r} is neither a positive integer nor 'default'", param, ctx)
+
+
+class PriorityValue(click.ParamType):
+    """A priority name on the command line, or ``default`` for the operator's default."""
+
+    name = "low|normal|high|critical|default"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from gpujobs.jobs import PRIORITY_LEVELS
+
+        if value == "default":
+            return None
+        if value in PRIORITY_LEVELS:
+            return PRIORITY_LEVELS[value]
+        self.fail(f"{value!r} is not one of {self.name.replace('|', ', ')}", param, ctx)
+
+
+@tenants.command("set-limits")
+@click.option("--tenant", required=True, help="Tenant name (created if new).")
+@click.option("--max-running-jobs", type=LimitValue(), help="Jobs running at once, cluster-wide.")
+@click.option("--max-priority", type=PriorityValue(), help="Highest priority of a job or schedule.")
+@click.option("--max-schedules", type=LimitValue(), help="Cron schedules.")
+def tenants_set_limits(tenant: str, **values: int | None) -> None:
+    """Set the tenant's own limits (the others keep theirs); ``default`` takes the operator's default."""
+    from gpujobs.limits import set_limits
+
+    context = click.get_current_context()
+    given = {
+        name: value
+        for name, value in values.items()
+        if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    }
+    if not given:
+        raise click.UsageError("give at least one of --max-running-jobs, --max-priority, --max-schedules")
+    with _app().app_context():
+        set_limits(tenant, **given)
+
+
+@tenants.command("show")
+@click.option("--tenant", required=True, help="Tenant name.")
+def tenants_show(tenant: str) -> None:
+    """Print the tenant as JSON: its limits (in force, and its own), their use, its Novita grants."""
+    from gpujobs import grants, limits
+    from gpujobs.extensions import db
+    from gpujobs.jobs import PRIORITY_NAMES
+    from gpujobs.models import Tenant
+
+    with _app().app_context():
+        row = db.session.scalar(select(Tenant).where(Tenant.name == tenant))
+        if row is None:
+            raise click.ClickException(f"no tenant {tenant!r}")
+        own: dict[str, Any] = limits.overrides(row.id)
+        if own["max_priority"] is not None:
+            own["max_priority"] = PRIORITY_NAMES[own["max_priority"]]
+        shown = {
+            "name": row.name,
+            "id": str(row.id),
+            "createdAt": row.created_at.isoformat(),
+            "limits": limits.usage(row.id),
+            "ownLimits": own,
+            "templates": [grant.resource_id for grant in grants.granted(row.id, grants.Kind.TEMPLATE)],
+            "registryAuths": [
+                grant.resource_id for grant in grants.granted(row.id, grants.Kind.REGISTRY_AUTH)
+            ],
+        }
+        click.echo(json.dumps(shown, indent=2))
+
+
+def _grant_commands(group: click.Group, kind: str, noun: str) -> None:
+    """``grant`` and ``revoke`` under ``group`` for one kind of Novita resource."""
+
+    @group.command("grant", help=f"Let TENANT name the {noun} RESOURCE_ID of the operator's Novita account.")
+    @click.option("--tenant", required=True, help="Tenant name (created if new).")
+    @click.argument("resource_id")
+    def grant_command(tenant: str, resource_id: str) -> None:
+        from gpujobs.grants import Kind, grant
+
+        with _app().app_context():
+            grant(tenant, Kind(kind), resource_id)
+
+    @group.command("revoke", help=f"Take back TENANT's {noun} RESOURCE_ID (its jobs not yet at Novita fail).")
+    @click.option("--tenant", required=True, help="Tenant name.")
+    @click.argument("resource_id")
+    def revoke_command(tenant: str, resource_id: str) -> None:
+        from gpujobs.grants import Kind, revoke
+
+        with _app().app_context():
+            if not revoke(tenant, Kind(kind), resource_id):
+                raise click.ClickException(f"{tenant!r} had no grant of {noun} {resource_id!r}")
+
+
+@main.group()
+def templates() -> None:
+    """Which Novita templates each tenant may use."""
+
+
+@main.group("registry-auths")
+def registry_auths() -> None:
+    """Which Novita registry auths each tenant may use (with imageUrl)."""
+
+
+_grant_commands(templates, "template", "template")
+_grant_commands(registry_auths, "registry_auth", "registry auth")
 
 
 @main.command()

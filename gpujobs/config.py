@@ -97,6 +97,18 @@ def _log_format(raw: str) -> str:
     return raw.strip().lower()
 
 
+def _optional_positive_int(raw: str) -> int | None:
+    return _positive_int(raw) if raw.strip() else None
+
+
+def _priority_name(raw: str) -> str:
+    from gpujobs.jobs import PRIORITY_NAMES  # not at the top: the state machine needs the models loaded
+
+    if raw.strip().lower() not in PRIORITY_NAMES:
+        raise ValueError(f"expected one of {', '.join(PRIORITY_NAMES)}")
+    return raw.strip().lower()
+
+
 def _csv(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
@@ -284,6 +296,32 @@ SETTINGS: tuple[Setting, ...] = (
         "GPUJOBS_RATE_LIMIT_PER_MINUTE", "600", _positive_int, "Requests per minute per API key (429 above)."
     ),
     Setting("GPUJOBS_METRICS_PUBLIC", "1", _bool, "Serve /metrics without an API key (for Prometheus)."),
+    Setting(
+        "GPUJOBS_METRICS_TOKEN",
+        None,
+        str,
+        "When set, /metrics answers only `Authorization: Bearer <this token>` (401 otherwise).",
+    ),
+    Setting(
+        "GPUJOBS_TENANT_MAX_RUNNING_JOBS",
+        None,
+        _optional_positive_int,
+        "Jobs one tenant may have running at once, cluster-wide (unset: no limit); per tenant: "
+        "`tenants set-limits`.",
+    ),
+    Setting(
+        "GPUJOBS_TENANT_MAX_PRIORITY",
+        "high",
+        _priority_name,
+        "The highest priority a tenant may give a job or schedule (422 above); per tenant: "
+        "`tenants set-limits`.",
+    ),
+    Setting(
+        "GPUJOBS_TENANT_MAX_SCHEDULES",
+        "20",
+        _positive_int,
+        "Cron schedules one tenant may have (409 above); per tenant: `tenants set-limits`.",
+    ),
     Setting(
         "GPUJOBS_VIDEO_MAX_BYTES", str(500 * 1024 * 1024), _positive_int, "Largest video upload accepted."
     ),

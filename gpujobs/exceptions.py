@@ -27,6 +27,14 @@ class Conflict(GpuJobsError):
     """A valid request that the thing's current state refuses (already redriven, not stopped, name taken)."""
 
 
+class LimitReached(Conflict):
+    """One more would pass one of the tenant's limits; names the limit, its value and the current use."""
+
+    def __init__(self, name: str, limit: int, used: int) -> None:
+        super().__init__(f"the tenant's {name} limit is reached: {used} of {limit}")
+        self.name, self.limit, self.used = name, limit, used
+
+
 class InvalidField(GpuJobsError):
     """Input the service cannot use; ``field`` names it as the API spells it (``params.numbers.0``).
 

@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select, text, update
 
 from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db, rows_changed
-from gpujobs.models import DeadLetter, Job, JobEvent
+from gpujobs.models import DeadLetter, Job, JobEvent, TenantLimits
 from gpujobs.registry import Definition
 from gpujobs.states import JOB_ACTIVE, JobStatus
 
@@ -121,30 +121,34 @@ def mark_published(job_ids: list[uuid.UUID], published: bool = True) -> None:
         )
 
 
-def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Claim | None:
+def claim(
+    job_id: uuid.UUID, definition: Definition, lease_seconds: int, tenant_limit: int | None = None
+) -> Claim | None:
     """Take a queued job for this worker, or None if it is not ours to run (duplicate, cancelled, full).
 
-    A definition's concurrency limit is cluster-wide: an advisory lock per definition serialises the
-    count-then-claim, so two workers cannot both take the last slot. A job refused for a full limit
-    goes back to "unpublished" and the dispatch sweep offers it again shortly.
+    A definition's concurrency limit and a tenant's running-jobs limit (its own, else ``tenant_limit``)
+    are cluster-wide: an advisory lock per definition and per tenant serialises the count-then-claim,
+    so two workers cannot both take the last slot. A job refused for a full limit goes back to
+    "unpublished" and the dispatch sweep offers it again shortly.
     """
-    if definition.concurrency_limit is not None:
-        db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:ref))"), {"ref": definition.ref})
-        running = db.session.execute(
-            select(func.count())
-            .select_from(Job)
-            .where(
-                Job.definition_key == definition.key,
-                Job.definition_version == definition.version,
-                Job.status.in_(JOB_ACTIVE),
-            )
-        ).scalar_one()
-        if running >= definition.concurrency_limit:
-            db.session.execute(
-                update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(published_at=None)
-            )
-            log.info("job %s waits: %s is at its concurrency limit", job_id, definition.ref)
-            return None
+    if definition.concurrency_limit is not None and _full(
+        definition.ref,
+        (Job.definition_key == definition.key, Job.definition_version == definition.version),
+        definition.concurrency_limit,
+    ):
+        _wait(job_id, f"{definition.ref} is at its concurrency limit")
+        return None
+    owner = db.session.execute(
+        select(Job.tenant_id, TenantLimits.max_running_jobs)
+        .outerjoin(TenantLimits, TenantLimits.tenant_id == Job.tenant_id)
+        .where(Job.id == job_id)
+    ).one_or_none()
+    if owner is None:
+        return None
+    limit = tenant_limit if owner.max_running_jobs is None else owner.max_running_jobs
+    if limit is not None and _full(f"tenant:{owner.tenant_id}", (Job.tenant_id == owner.tenant_id,), limit):
+        _wait(job_id, "its tenant is at its running-jobs limit")
+        return None
     row = db.session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
@@ -161,6 +165,29 @@ def claim(job_id: uuid.UUID, definition: Definition, lease_seconds: int) -> Clai
         return None
     add_event(job_id, "job.started", row.attempt)
     return Claim(job_id, row.attempt, row.tenant_id, row.params, row.max_attempts)
+
+
+def _full(lock: str, scope: tuple[Any, ...], limit: int) -> bool:
+    """Whether ``limit`` jobs of ``scope`` run already; holds the scope's lock until the transaction ends.
+
+    Locks are always taken in one order (definition, then tenant), so two claims never wait on each other.
+    """
+    db.session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:ref))"), {"ref": lock})
+    return active_count(*scope) >= limit
+
+
+def active_count(*scope: Any) -> int:
+    """How many jobs matching ``scope`` (a definition's, a tenant's) are running now."""
+    count = select(func.count()).select_from(Job).where(*scope, Job.status.in_(JOB_ACTIVE))
+    return int(db.session.execute(count).scalar_one())
+
+
+def _wait(job_id: uuid.UUID, reason: str) -> None:
+    """Leave the job queued and unpublished, for the dispatch sweep to offer again shortly."""
+    db.session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(published_at=None)
+    )
+    log.info("job %s waits: %s", job_id, reason)
 
 
 def _fenced(job_id: uuid.UUID, attempt: int, *statuses: JobStatus) -> Any:

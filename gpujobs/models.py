@@ -90,6 +90,32 @@ class DashboardSession(Model):
     created_at: Mapped[datetime] = _created_at()
 
 
+class TenantLimits(Model):
+    """A tenant's own limits; a NULL column takes the operator's default (``GPUJOBS_TENANT_MAX_*``)."""
+
+    __tablename__ = "tenant_limits"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_priority: Mapped[int | None] = mapped_column(SmallInteger)  # a level, 0 (low) to 3 (critical)
+    max_schedules: Mapped[int | None] = mapped_column(Integer)
+
+
+class NovitaGrant(Model):
+    """A Novita template or registry auth of the operator's account that one tenant may name."""
+
+    __tablename__ = "novita_grants"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # gpujobs.grants.Kind
+    resource_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created_at: Mapped[datetime] = _created_at()
+
+
 class Job(Model):
     """One unit of work and its whole state; ``attempt`` doubles as the fencing token."""
 
@@ -158,6 +184,12 @@ class Job(Model):
             "ix_jobs_running_definition",
             "definition_key",
             "definition_version",
+            postgresql_where=text(f"status IN ({sql_list(JOB_ACTIVE)})"),
+        ),
+        # ... and of one tenant (its running-jobs limit; migration f6).
+        Index(
+            "ix_jobs_running_tenant",
+            "tenant_id",
             postgresql_where=text(f"status IN ({sql_list(JOB_ACTIVE)})"),
         ),
         Index(

@@ -13,7 +13,7 @@ from typing import Any
 from flask import current_app
 from pydantic import ValidationError
 
-from gpujobs import jobs, webhooks
+from gpujobs import jobs, limits, webhooks
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, NotFound
 from gpujobs.extensions import db
@@ -42,18 +42,28 @@ class JobOptions:
 DEFAULT_OPTIONS = JobOptions()
 
 
-def validated(key: str, version: int, params: dict[str, Any]) -> tuple[Definition, dict[str, Any]]:
+def validated(
+    tenant_id: uuid.UUID, key: str, version: int, params: dict[str, Any]
+) -> tuple[Definition, dict[str, Any]]:
     """The definition ``key@version`` and ``params`` normalised by its model (for a job or a schedule).
 
-    Raises InvalidField naming ``definitionKey``, or each bad ``params.*`` field.
+    Raises InvalidField naming ``definitionKey``, each bad ``params.*`` field, or what the definition's
+    ``authorize`` refuses this tenant.
     """
     definition = get_definition(key, version)
     if definition is None:
         raise InvalidField("definitionKey", f"no job definition {key}@{version}")
     try:
-        return definition, definition.validate_params(params)
+        params = definition.validate_params(params)
     except ValidationError as exc:
         raise InvalidField.from_validation(exc, ("params",)) from None
+    if definition.authorize is not None:
+        try:
+            definition.authorize(tenant_id, params)
+        except InvalidField as exc:
+            errors = [(f"params.{field}", message) for field, message in exc.errors]
+            raise InvalidField(*errors[0], errors=errors) from None
+    return definition, params
 
 
 def prepare(
@@ -66,10 +76,11 @@ def prepare(
     """Validate one job and add it to the session, queued; the caller commits, then publishes
     (for rows that must commit in the same transaction as the job, like a GPU instance row).
 
-    Raises InvalidField (definition, params, priority, webhook URL), and IntegrityError when the
-    tenant's idempotency key already belongs to a job.
+    Raises InvalidField (definition, params, a Novita resource not granted, a priority above the
+    tenant's limit, webhook URL), and IntegrityError when the tenant's idempotency key already
+    belongs to a job.
     """
-    definition, params = validated(key, version, params)
+    definition, params = validated(tenant_id, key, version, params)
     if options.webhook_url:  # refused here (422) rather than failing every delivery later
         try:
             check_url(options.webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
@@ -79,7 +90,7 @@ def prepare(
         tenant_id=tenant_id,
         definition=definition,
         params=params,
-        priority=jobs.priority_level(options.priority),
+        priority=limits.allowed_priority(tenant_id, options.priority),
         priority_number=options.priority if isinstance(options.priority, int) else None,
         max_attempts=options.max_attempts,
         webhook_url=options.webhook_url,

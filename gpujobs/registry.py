@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class Handoff:
 
 Handler = Callable[[JobContext, dict[str, Any]], "dict[str, Any] | Handoff | None"]
 Hook = Callable[[JobContext, dict[str, Any]], None]
+# Refuses (InvalidField) valid params that this tenant may not use, e.g. a Novita template not granted.
+Authorize = Callable[[uuid.UUID, dict[str, Any]], None]
 HandlerT = TypeVar("HandlerT", bound=Handler)
 
 
@@ -114,6 +117,7 @@ class Definition:
     on_success: Hook | None = None
     on_fail: Hook | None = None
     on_end: Hook | None = None
+    authorize: Authorize | None = None
 
     @property
     def ref(self) -> str:

@@ -138,7 +138,9 @@ def run_job(job_id: uuid.UUID) -> JobStatus | None:
         log.error("job %s: definition %s@%s is not registered here", job_id, *row)
         return None
     lease_seconds = current_app.config["GPUJOBS_LEASE_SECONDS"]
-    claim = jobs.claim(job_id, definition, lease_seconds)
+    claim = jobs.claim(
+        job_id, definition, lease_seconds, current_app.config["GPUJOBS_TENANT_MAX_RUNNING_JOBS"]
+    )
     db.session.commit()
     if claim is None:
         log.info("job %s: not claimable (duplicate delivery, cancelled or at its limit)", job_id)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gpujobs import jobs, operations
+from gpujobs import jobs, limits, operations
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, NotFound
 from gpujobs.extensions import db, rows_changed, violated_constraint
@@ -84,9 +84,11 @@ def create(
 ) -> Schedule:
     """Validate and store a schedule whose first run is its first tick after ``now``.
 
-    Raises InvalidField (definition, params, cron, timezone, priority) and Conflict (the name is taken).
+    Raises InvalidField (definition, params, cron, timezone, priority), Conflict (the name is taken) and
+    LimitReached (the tenant has as many schedules as it may).
     """
-    definition, valid_params = operations.validated(definition_key, definition_version, params)
+    definition, valid_params = operations.validated(tenant_id, definition_key, definition_version, params)
+    level = limits.allowed_priority(tenant_id, priority)
     schedule = Schedule(
         tenant_id=tenant_id,
         name=name,
@@ -95,10 +97,11 @@ def create(
         definition_key=definition.key,
         definition_version=definition.version,
         params=valid_params,
-        priority=jobs.priority_level(priority),
+        priority=level,
         enabled=enabled,
         next_run_at=next_run_after(cron, timezone, now or jobs.utcnow()),
     )
+    limits.reserve_schedule(tenant_id)
     db.session.add(schedule)
     try:
         db.session.commit()

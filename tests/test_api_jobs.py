@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from support.tenants import make_tenant
+from support.tenants import make_tenant, set_limits
 
 from gpujobs import jobs
 from gpujobs.extensions import db
+from gpujobs.jobs import PRIORITY_LEVELS
 from gpujobs.models import Job
 from gpujobs.registry import get_definition
 
@@ -18,7 +19,8 @@ def post_job(client, tenant, **body):
     return client.post("/v1/jobs", json=body, headers=tenant["headers"])
 
 
-def test_submitting_a_job_answers_202_with_location_and_the_queued_job(client, tenant):
+def test_submitting_a_job_answers_202_with_location_and_the_queued_job(app, client, tenant):
+    set_limits(app, tenant, max_priority=PRIORITY_LEVELS["critical"])
     response = post_job(client, tenant, priority=9)
     assert response.status_code == 202
     assert response.headers["Location"] == f"/v1/jobs/{response.json['id']}"

@@ -17,6 +17,7 @@ from flask import Flask
 from sqlalchemy import select
 from support.polling import wait_for
 from support.rows import event_types, job_row
+from support.tenants import set_limits
 
 from gpujobs import jobs, operations, runner
 from gpujobs.dispatch import Dispatch, publish
@@ -162,6 +163,7 @@ def test_a_running_job_is_asked_to_stop_and_ends_cancelled(app, tenant, worker, 
 
 
 def test_a_critical_job_overtakes_a_backlog_of_low_jobs(app, tenant, start_worker, app_context):
+    set_limits(app, tenant, max_priority=jobs.PRIORITY_LEVELS["critical"])
     backlog = [submit(app, tenant, "echo", {"message": str(i)}, priority="low") for i in range(300)]
     urgent = submit(app, tenant, "echo", {"message": "urgent"}, priority="critical")
     start_worker(concurrency=1, name="single")

@@ -14,7 +14,19 @@ from gpujobs.api.errors import register_error_handlers
 
 def register_api(app: Flask) -> None:
     """Attach every API blueprint, ``/metrics``, the error handlers and the request guards to ``app``."""
-    from gpujobs.api import deliveries, dlq, docs, instances, jobs, metrics, ratelimit, schedules, videos
+    from gpujobs.api import (
+        deliveries,
+        dlq,
+        docs,
+        grants,
+        instances,
+        jobs,
+        limits,
+        metrics,
+        ratelimit,
+        schedules,
+        videos,
+    )
     from gpujobs.api.validation import reject_unstorable_query
     from gpujobs.metrics import instrument
 
@@ -22,6 +34,6 @@ def register_api(app: Flask) -> None:
     register_error_handlers(app)
     app.before_request(reject_unstorable_query)
     app.after_request(ratelimit.add_headers)
-    for module in (jobs, deliveries, dlq, instances, schedules, videos, metrics, docs):
+    for module in (jobs, deliveries, dlq, instances, grants, schedules, limits, videos, metrics, docs):
         app.register_blueprint(module.bp)
     metrics.register_prometheus(app)

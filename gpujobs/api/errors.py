@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from gpujobs import videos
-from gpujobs.exceptions import Conflict, GpuJobsError, InvalidField, NotFound
+from gpujobs.exceptions import Conflict, GpuJobsError, InvalidField, LimitReached, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def problem_of(exc: GpuJobsError) -> ApiError:
         fields = ", ".join(dict.fromkeys(field for field, _ in exc.errors))
         errors = [{"field": field, "message": message} for field, message in exc.errors]
         return ApiError(status, title, f"invalid value for: {fields}", errors=errors)
+    if isinstance(exc, LimitReached):
+        return ApiError(status, title, str(exc), limitName=exc.name, limit=exc.limit, used=exc.used)
     return ApiError(status, title, str(exc))
 
 

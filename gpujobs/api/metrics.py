@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g
+from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpujobs import stats
 from gpujobs.api import schemas
 from gpujobs.api.auth import authenticate_request, require_api_key
+from gpujobs.api.errors import ApiError
 from gpujobs.api.openapi import operation
 from gpujobs.api.validation import parse_query
 from gpujobs.metrics import make_registry
@@ -110,9 +112,14 @@ def metrics_performance() -> Response:
 
 
 def register_prometheus(app: Flask) -> None:
-    """Serve ``/metrics``: public when ``GPUJOBS_METRICS_PUBLIC`` (the default), else behind an API key."""
+    """Serve ``/metrics`` (every tenant's figures, for the operator).
+
+    With ``GPUJOBS_METRICS_TOKEN`` set it answers only that bearer token; otherwise it is public when
+    ``GPUJOBS_METRICS_PUBLIC`` (the default), else behind an API key.
+    """
     registry = make_registry()
-    public = app.config["GPUJOBS_METRICS_PUBLIC"]
+    token = app.config["GPUJOBS_METRICS_TOKEN"]
+    public = app.config["GPUJOBS_METRICS_PUBLIC"] and not token
 
     @operation(
         summary="Prometheus metrics (every tenant)",
@@ -122,8 +129,22 @@ def register_prometheus(app: Flask) -> None:
     )
     def prometheus() -> Response:
         """Every tenant's figures, computed now from the counters and Redis."""
-        if not public:
+        if token:
+            _require_token(token)
+        elif not public:
             authenticate_request()
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "prometheus", prometheus)
+
+
+def _require_token(token: str) -> None:
+    """Refuse (401) a request without ``Authorization: Bearer <token>``; compared in constant time."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())):
+        raise ApiError(
+            401,
+            "Unauthorized",
+            "the metrics token is required: Authorization: Bearer <GPUJOBS_METRICS_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="gpujobs-metrics"'},
+        )

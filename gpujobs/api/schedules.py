@@ -78,7 +78,10 @@ class SchedulePage(schemas.Out):
     summary="Create a cron schedule",
     tag=TAG,
     request=CreateSchedule,
-    responses={201: resources.Schedule, 409: "The tenant already has a schedule of this name"},
+    responses={
+        201: resources.Schedule,
+        409: "A schedule of this name exists, or the schedules limit is reached (limitName, limit, used)",
+    },
 )
 @require_api_key
 def create_schedule() -> tuple[dict[str, Any], int, dict[str, str]]:

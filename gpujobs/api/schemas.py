@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpujobs.resources import DeadLetter, Definition, Delivery, Job, JobEvent
 
@@ -40,6 +40,9 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldError] | None = None
+    limitName: str | None = Field(default=None, description="409 over a tenant limit: which one")
+    limit: int | None = Field(default=None, description="409 over a tenant limit: its value")
+    used: int | None = Field(default=None, description="409 over a tenant limit: the current use")
 
 
 class JobPage(Out):

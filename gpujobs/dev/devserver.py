@@ -75,7 +75,7 @@ def run() -> None:
         api_key = _prepare_database()
         port = int(env.get("PORT", "5000"))
         flower_port = int(env.get("FLOWER_PORT", "5555"))
-        supervisor = Supervisor(_commands(data_dir, port, flower_port), env, data_dir / "logs")
+        supervisor = Supervisor(process_commands(data_dir, port, flower_port), env, data_dir / "logs")
         stack.callback(supervisor.stop)
         supervisor.start()
         try:
@@ -113,7 +113,12 @@ def _prepare_database() -> str:
     return api_key
 
 
-def _commands(data_dir: Path, port: int, flower_port: int) -> dict[str, list[str]]:
+def process_commands(data_dir: Path, port: int, flower_port: int) -> dict[str, list[str]]:
+    """The child processes' command lines; the API and Flower listen on loopback only.
+
+    Flower shows every tenant's tasks with their arguments, so it is never reachable from another
+    machine here; ``FLOWER_BASIC_AUTH`` in the environment (Flower reads it) adds a password.
+    """
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker"]
     return {
         "web": web_command(port),

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 from flask import current_app
 
-from gpujobs import operations
+from gpujobs import grants, operations
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
@@ -67,6 +67,7 @@ def submit(
     job does (no crash in between leaves a job whose 202 never named an instance), and a worker never
     runs a job whose row is not there yet.
     """
+    grants.authorize(tenant_id, params)  # named as the body names them (prepare says params.templateId)
     job = operations.prepare(tenant_id, CREATE_KEY, 1, params, options)
     instance = records.ensure_row(job.id, tenant_id, job.params)
     commit_and_publish([dispatch_of(job)])
@@ -88,6 +89,7 @@ def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
     timeout_seconds=JOB_TIMEOUT_SECONDS,
     retry=NOVITA_RETRY,
     on_end=on_end,
+    authorize=grants.authorize,
     description="Provision a Novita GPU instance: select, create or adopt, wait until running, notify.",
 )
 def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
@@ -101,6 +103,10 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     config = current_app.config
     timeout = params.timeout_seconds(config["GPUJOBS_MONITOR_TIMEOUT_SECONDS"])
     ctx.raise_if_cancelled()
+    # Granted at submit, perhaps revoked since: asked again before any Novita call, and refused alike.
+    refused = grants.refusal(uuid.UUID(ctx.tenant), raw)
+    if refused is not None:
+        raise PermanentError(str(refused))
     with novita_client() as client:
         # A row still `requested` was never claimed, so no create was ever sent for it: nothing to adopt.
         found = None if instance.status == InstanceStatus.REQUESTED else _adoptable(client, instance.name)

@@ -1,9 +1,10 @@
 """The overview's figures, from the counters ``gpujobs.stats`` reads (never a scan of the jobs table).
 
 Counts by status and webhook outcomes come from ``job_counters`` / ``webhook_delivery_counters``, the
-24-hour throughput from ``job_hourly``, queue depths from one pipelined round of ``LLEN``: each costs a
-few rows however many jobs there are. This module adds what only the page needs: the GPU jobs'
-failure rate and the geometry of the SVG bar chart.
+24-hour throughput from ``job_hourly``: each costs a few rows however many jobs there are. This module
+adds what only the page needs: the GPU jobs' failure rate and the geometry of the SVG bar chart. Every
+figure is the tenant's own: the broker's queue depths are the whole cluster's load, so they are shown
+to the operator only (``/metrics``), never on a tenant's page.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from gpujobs import broker, stats
+from gpujobs import grants, limits, stats
 from gpujobs.extensions import db
 from gpujobs.models import JobHourly
 from gpujobs.states import DeliveryStatus, JobStatus
@@ -54,7 +55,9 @@ def overview(tenant_id: uuid.UUID) -> dict[str, Any]:
         "chart": chart(hourly),
         "gpu_rate": gpu_failure_rate(tenant_id),
         "webhook_rate": Rate(undelivered, finished_deliveries),
-        "queues": broker.queue_depths(),
+        "limits": limits.usage(tenant_id),
+        "templates": grants.granted(tenant_id, grants.Kind.TEMPLATE),
+        "registry_auths": grants.granted(tenant_id, grants.Kind.REGISTRY_AUTH),
     }
 
 

@@ -61,7 +61,7 @@ def _definition_keys() -> list[str]:
 
 @bp.get("/")
 def overview() -> str:
-    """Counts by status, 24-hour throughput, error rates, queue depths, the latest failures."""
+    """Counts by status, 24-hour throughput, error rates, limits and grants, the latest failures."""
     failures = db.session.scalars(
         select(Job)
         .where(Job.tenant_id == g.tenant.id, Job.status == JobStatus.FAILED)

@@ -158,6 +158,17 @@ def test_prometheus_scrape_can_require_an_api_key(app, tenant):
     assert client.get("/openapi.json").json["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}]
 
 
+def test_a_metrics_token_guards_prometheus_and_no_api_key_stands_in_for_it(app, tenant):
+    guarded = create_app({"TESTING": True, "GPUJOBS_METRICS_TOKEN": "scrape-me-0123456789"})
+    client = guarded.test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 401
+    assert client.get("/metrics", headers=tenant["headers"]).status_code == 401
+    answer = client.get("/metrics", headers={"Authorization": "Bearer scrape-me-0123456789"})
+    assert answer.status_code == 200 and "gpujobs_queue_depth" in answer.get_data(as_text=True)
+    assert client.get("/openapi.json").json["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}]
+
+
 def test_the_migration_counts_the_rows_that_exist_before_it(app, servers):
     from flask_migrate import upgrade
     from sqlalchemy import create_engine, text

@@ -11,6 +11,7 @@ import pytest
 import redis
 from sqlalchemy import text
 from support.gpu import REQUEST, next_monitor_look, wait_for_job
+from support.tenants import grant
 
 from gpujobs import runner
 from gpujobs.extensions import db
@@ -19,6 +20,12 @@ from gpujobs.provisioning import create
 
 PASSWORD = seed.REGISTRY_AUTHS[0]["password"]
 PRIVATE = {key: value for key, value in REQUEST.items() if key != "imageUrl"} | {"templateId": "2"}
+
+
+@pytest.fixture(autouse=True)
+def _template_granted(app, tenant) -> None:
+    """The operator granted the tenant the private template (without it, the create answers 422)."""
+    grant(app, tenant, "template", PRIVATE["templateId"])
 
 
 def everything_in_postgres(app) -> str:

@@ -7,11 +7,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
-from support.tenants import make_tenant
+from support.tenants import make_tenant, set_limits
 
 from gpujobs import resources, schedules
 from gpujobs.api.schedules import SchedulePage
 from gpujobs.extensions import db
+from gpujobs.jobs import PRIORITY_LEVELS
 from gpujobs.models import Job
 
 
@@ -23,7 +24,8 @@ def post_schedule(client, tenant, **body):
     return client.post("/v1/schedules", json=body, headers=tenant["headers"])
 
 
-def test_creating_a_schedule_answers_201_with_its_location_and_next_run(client, tenant):
+def test_creating_a_schedule_answers_201_with_its_location_and_next_run(app, client, tenant):
+    set_limits(app, tenant, max_priority=PRIORITY_LEVELS["critical"])
     response = post_schedule(client, tenant, priority=9, timezone="Europe/Berlin")
     assert response.status_code == 201, response.json
     body = response.json

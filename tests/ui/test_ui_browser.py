@@ -39,7 +39,10 @@ def test_an_operator_signs_in_with_an_api_key_and_sees_the_overview(
     assert tenant["key"] not in cookie["value"]
     assert page.locator(".count[data-status='failed'] .number").inner_text() == "51"
     assert page.locator("svg g").count() == 24 and page.locator("svg rect.bar.succeeded").count() >= 20
-    assert page.locator("td[data-queue='normal']").count() == 1
+    assert (
+        page.locator("td[data-limit='runningJobs']").count() == 1
+        and page.locator("td[data-queue]").count() == 0
+    )
     screenshot(page, "overview")
     page.click("button:has-text('Sign out')")
     page.wait_for_selector(".flash:has-text('Signed out.')")

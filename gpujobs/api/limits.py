@@ -1,0 +1,44 @@
+"""``/v1/limits``: the caller's limits and how much of each it uses now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g
+
+from gpujobs import limits
+from gpujobs.api import schemas
+from gpujobs.api.auth import require_api_key
+from gpujobs.api.openapi import operation
+from gpujobs.jobs import PriorityName
+
+bp = Blueprint("limits", __name__, url_prefix="/v1")
+
+
+class CountLimit(schemas.Out):
+    """A limit on a count: ``limit`` (null: none) and the current ``used``."""
+
+    limit: int | None
+    used: int
+
+
+class PriorityLimit(schemas.Out):
+    """The highest priority a job or schedule may ask for (a higher one answers 422)."""
+
+    limit: PriorityName
+
+
+class TenantLimits(schemas.Out):
+    """Each of the caller's limits, one object per limit (later ones, such as GPU quotas, add more)."""
+
+    runningJobs: CountLimit
+    schedules: CountLimit
+    priority: PriorityLimit
+
+
+@bp.get("/limits")
+@operation(summary="Your limits and their use", tag="metrics", responses={200: TenantLimits})
+@require_api_key
+def get_limits() -> dict[str, Any]:
+    """Jobs running at once (over it, jobs wait queued), cron schedules (409 over it), highest priority."""
+    return limits.usage(g.tenant.id)
