@@ -115,6 +115,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUJOBS_STORAGE_DIR", None, str, "Uploaded and encoded videos. Unset: `<data dir>/storage`."),
     Setting("GPUJOBS_LOG_LEVEL", "INFO", str.upper, "Log level of every process."),
     Setting("GPUJOBS_LEASE_SECONDS", "60", _positive_int, "A running job's lease; expired ones are rescued."),
+    Setting(
+        "GPUJOBS_CANCEL_GRACE_SECONDS",
+        "5",
+        _non_negative_float,
+        "How long a running job may ignore a cancel request before its worker process is stopped.",
+    ),
     Setting("GPUJOBS_SWEEP_INTERVAL_SECONDS", "5", _positive_float, "How often beat runs the fast sweeps."),
     Setting(
         "GPUJOBS_REPUBLISH_AFTER_SECONDS",

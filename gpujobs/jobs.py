@@ -179,6 +179,15 @@ def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: int) -> bool | N
     ).scalar_one_or_none()
 
 
+def cancel_flag(job_id: uuid.UUID, attempt: int) -> bool | None:
+    """A running job's cancel flag, or None if ``attempt`` no longer holds the job."""
+    return db.session.scalar(
+        select(Job.cancel_requested).where(
+            Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE)
+        )
+    )
+
+
 def hold(job_id: uuid.UUID, attempt: int) -> bool:
     """Lock the job's row if ``attempt`` still owns it; False when the job moved on.
 
@@ -200,9 +209,12 @@ def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
 
 
 def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> bool:
-    """Finish a job as succeeded; False when a newer attempt or a rescue got there first."""
+    """Finish a job as succeeded; False when a newer attempt or a rescue got there first, or when a
+    cancel was recorded while it ran (a cancelled job never ends succeeded)."""
     done = db.session.execute(
-        _fenced(job_id, attempt, *JOB_ACTIVE).values(
+        _fenced(job_id, attempt, *JOB_ACTIVE)
+        .where(Job.cancel_requested.is_(False))
+        .values(
             status=JobStatus.SUCCEEDED,
             result=result,
             error=None,

@@ -326,6 +326,10 @@ def _end(
         ended = failed is not None
     if not ended:
         db.session.rollback()
+        if outcome == JobStatus.SUCCEEDED:
+            # Refused: a cancel was recorded since this look began (or the job moved on). The next look
+            # cancels it the cancel way (a create deletes its instance), or finds the job not ours.
+            return watch.look_again()
         log.info(
             "job %s: attempt %s was fenced out; its outcome is not recorded", watch.job_id, watch.attempt
         )
