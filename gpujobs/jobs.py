@@ -79,6 +79,7 @@ def new_job(
     priority: int,
     max_attempts: int | None = None,
     webhook_url: str | None = None,
+    webhook_headers: dict[str, str] | None = None,
     idempotency_key: str | None = None,
 ) -> Job:
     """Add a queued job and its first event to the session; the caller commits, then publishes."""
@@ -95,6 +96,7 @@ def new_job(
         max_attempts=max_attempts or definition.max_attempts,
         timeout_seconds=definition.timeout_seconds,
         webhook_url=webhook_url,
+        webhook_headers=webhook_headers,
         idempotency_key=idempotency_key,
         queued_at=now,
         created_at=now,

@@ -26,6 +26,16 @@ Timestamp = Annotated[
 ]
 
 
+#: What every display shows instead of a secret value (a job's webhook header values, on the dashboard
+#: any secret-looking field).
+MASKED_VALUE = "••••"
+
+
+def masked_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Header names with their values masked: they may be tokens, so no answer or display repeats them."""
+    return None if headers is None else dict.fromkeys(headers, MASKED_VALUE)
+
+
 class Resource(BaseModel):
     """Base of the public resources: exactly these fields, camelCase on the wire.
 
@@ -71,6 +81,7 @@ class Job(Resource):
     dead_lettered: bool
     idempotency_key: str | None
     webhook_url: str | None
+    webhook_headers: dict[str, str] | None = Field(description="their names; every value shows as ••••")
     created_at: Timestamp
     queued_at: Timestamp | None
     started_at: Timestamp | None
@@ -96,6 +107,7 @@ class Job(Resource):
             dead_lettered=row.dead_lettered,
             idempotency_key=row.idempotency_key,
             webhook_url=row.webhook_url,
+            webhook_headers=masked_headers(row.webhook_headers),
             created_at=row.created_at,
             queued_at=row.queued_at,
             started_at=row.started_at,
@@ -136,6 +148,7 @@ class Instance(Resource):
     price_per_hour: float | None
     endpoints: dict[str, Any]
     error: str | None
+    external: bool = Field(description="watched on request, not created by gpujobs: never deleted by it")
     created_at: Timestamp | None
     ready_at: Timestamp | None
     last_seen_at: Timestamp | None
@@ -159,6 +172,7 @@ class Instance(Resource):
             price_per_hour=price / 100_000 if price is not None else None,
             endpoints=row.endpoints,
             error=row.error,
+            external=bool(row.external),  # None on a row not flushed yet
             created_at=row.created_at,
             ready_at=row.ready_at,
             last_seen_at=row.last_seen_at,

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, g, url_for
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from gpujobs import resources
+from gpujobs import resources, webhooks
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
@@ -37,23 +37,26 @@ TAG = "instances"
 Priority = PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
 PRIORITY_DOC = "a name, or 0-10 (higher is more urgent); default normal"
 WebhookUrl = Annotated[str | None, Field(max_length=2000, pattern=r"^https?://")]
-JOB_FIELDS = {"webhookUrl", "priority", "idempotencyKey"}
+JOB_FIELDS = {"webhookUrl", "webhookHeaders", "priority", "idempotencyKey"}
 
 
 class CreateInstance(CreateInstanceParams):
     """Body of ``POST /v1/instances``: the params of `gpu.instance.create@1`, plus how to run its job."""
 
     webhookUrl: WebhookUrl = None
+    webhookHeaders: webhooks.WebhookHeaders | None = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)
     idempotencyKey: str | None = Field(default=None, pattern=KEY_PATTERN, description="as the header")
 
 
 class InstanceAction(BaseModel):
-    """Optional body of stop, start and delete; without `webhookUrl`, the instance's last one is used."""
+    """Optional body of stop, start and delete; without `webhookUrl`, the instance's last one (and its
+    headers) is used."""
 
     model_config = ConfigDict(extra="forbid")
 
     webhookUrl: WebhookUrl = None
+    webhookHeaders: webhooks.WebhookHeaders | None = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)
 
 
@@ -124,6 +127,7 @@ def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
             priority=body.priority,
             max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
             webhook_url=body.webhookUrl,
+            webhook_headers=body.webhookHeaders,
             idempotency_key=current_key(),
         )
         job, instance = create.submit(g.tenant.id, body.model_dump(mode="json", exclude=JOB_FIELDS), options)
@@ -162,7 +166,9 @@ def get_instance(instance_id: uuid.UUID) -> dict[str, Any]:
 
 def _act(instance_id: uuid.UUID, action: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     body = parse_body(InstanceAction, optional=True)
-    options = JobOptions(priority=body.priority, webhook_url=body.webhookUrl)
+    options = JobOptions(
+        priority=body.priority, webhook_url=body.webhookUrl, webhook_headers=body.webhookHeaders
+    )
     queued = actions.request(g.tenant.id, instance_id, action, options)
     return _accepted(*queued)
 

@@ -70,7 +70,7 @@ def request(
 
     The row's new status, its new job and the job commit together before the job is published, so the
     handler always finds the row marked with its job. Without a webhook URL, the action notifies the
-    one the instance's previous job used.
+    one the instance's previous job used, with its headers.
     """
     instance = db.session.scalar(
         select(Instance).where(Instance.id == instance_id, Instance.tenant_id == tenant_id).with_for_update()
@@ -85,7 +85,9 @@ def request(
     previous = db.session.get(Job, instance.job_id) if instance.job_id else None
     try:
         if not options.webhook_url and previous is not None:
-            options = replace(options, webhook_url=previous.webhook_url)
+            options = replace(
+                options, webhook_url=previous.webhook_url, webhook_headers=previous.webhook_headers
+            )
         job = operations.prepare(tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, options)
     except Exception:
         db.session.rollback()

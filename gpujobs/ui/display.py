@@ -2,7 +2,8 @@
 
 Every job, event, instance and delivery reaches a template through a function here, so masking is
 decided once: any JSON key that names a secret (recursively, and ``{"key": "HF_TOKEN", "value": ...}``
-pairs such as Novita's environment lists) is shown as ``MASK``, and so are credentials in URLs.
+pairs such as Novita's environment lists) is shown as ``MASK``, and so are credentials in URLs and every
+value of a ``headers`` or ``webhookHeaders`` object (request headers carry tokens under any name).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from gpujobs.novita.spec import REMOVAL_STATUSES
 from gpujobs.states import DeliveryStatus, InstanceStatus
 from gpujobs.ui import bp
 
-MASK = "••••"
+MASK = resources.MASKED_VALUE
+HEADER_KEYS = frozenset({"headers", "webhookHeaders"})
 SECRET_NAME = re.compile(r"pass(word)?|secret|token|api[_-]?key|auth|credential|private", re.IGNORECASE)
 # A row we finished deleting: if Novita still shows the instance, it has leaked. (Failed rows are
 # kept on purpose when GPUJOBS_DELETE_ON_TIMEOUT=0, see records.WANTED, so they are not leaks.)
@@ -31,13 +33,21 @@ def _names_secret(name: Any) -> bool:
     return isinstance(name, str) and SECRET_NAME.search(name) is not None
 
 
+def _masked_entry(key: str, value: Any) -> Any:
+    if _names_secret(key):
+        return MASK
+    if key in HEADER_KEYS and isinstance(value, dict):
+        return resources.masked_headers(value)
+    return mask_secrets(value)
+
+
 def mask_secrets(value: Any) -> Any:
     """A copy of ``value`` with every secret-looking entry replaced by ``MASK``."""
     if isinstance(value, dict):
         named = value.get("key", value.get("name"))
         if "value" in value and _names_secret(named):  # {"key": "API_TOKEN", "value": "..."}
             return {k: MASK if k == "value" else mask_secrets(v) for k, v in value.items()}
-        return {k: MASK if _names_secret(k) else mask_secrets(v) for k, v in value.items()}
+        return {k: _masked_entry(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(item) for item in value]
     if isinstance(value, str) and "://" in value:
