@@ -25,9 +25,9 @@ from gpujobs.extensions import db
 from gpujobs.jobs import PriorityName
 from gpujobs.models import Instance, Job
 from gpujobs.operations import JobOptions
-from gpujobs.provisioning import actions, create
+from gpujobs.provisioning import actions, create, external
 from gpujobs.provisioning.monitor import DELETE, START, STOP
-from gpujobs.provisioning.params import CreateInstanceParams, monitoring_defaults
+from gpujobs.provisioning.params import CreateInstanceParams, MonitorInstanceParams, monitoring_defaults
 from gpujobs.registry import get_definition
 from gpujobs.states import InstanceStatus
 
@@ -47,6 +47,14 @@ class CreateInstance(CreateInstanceParams):
     webhookHeaders: webhooks.WebhookHeaders | None = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)
     idempotencyKey: str | None = Field(default=None, pattern=KEY_PATTERN, description="as the header")
+
+
+class MonitorInstance(MonitorInstanceParams):
+    """Body of ``POST /v1/instances/monitor``: `gpu.instance.monitor@1`'s params, and how to run its job."""
+
+    webhookUrl: WebhookUrl = None
+    webhookHeaders: webhooks.WebhookHeaders | None = None
+    priority: Priority = Field(default=None, description=PRIORITY_DOC)
 
 
 class InstanceAction(BaseModel):
@@ -131,6 +139,36 @@ def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
             idempotency_key=current_key(),
         )
         job, instance = create.submit(g.tenant.id, body.model_dump(mode="json", exclude=JOB_FIELDS), options)
+    return _accepted(job, instance)
+
+
+@bp.post("/monitor")
+@operation(
+    summary="Watch an instance gpujobs did not create",
+    tag=TAG,
+    request=MonitorInstance,
+    responses={
+        202: Accepted,
+        409: "gpujobs created that instance, or a job is acting on it now",
+        422: "invalid field, or no such Novita instance on the account (also another tenant's)",
+    },
+)
+@require_api_key
+@idempotent
+def monitor_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue `gpu.instance.monitor@1`: watch the instance until it runs, fails or times out, with the
+    usual webhooks. gpujobs never deletes it (a delete request answers 409)."""
+    body = parse_body(MonitorInstance)
+    with job_key_conflicts():
+        options = JobOptions(
+            priority=body.priority,
+            webhook_url=body.webhookUrl,
+            webhook_headers=body.webhookHeaders,
+            idempotency_key=current_key(),
+        )
+        job, instance = external.submit(
+            g.tenant.id, body.model_dump(mode="json", exclude=JOB_FIELDS), options
+        )
     return _accepted(job, instance)
 
 

@@ -78,6 +78,9 @@ def request(
     if instance is None:
         db.session.rollback()
         raise NotFound(f"no instance {instance_id}")
+    if action == DELETE and instance.external:
+        db.session.rollback()
+        raise Conflict(_not_ours(instance))
     in_flight = GOALS[action].in_flight
     if not records.transition(instance.id, ALLOWED_FROM[action], status=in_flight):
         db.session.rollback()
@@ -97,6 +100,12 @@ def request(
         raise Conflict(_refusal(action, instance))
     commit_and_publish([dispatch_of(job)])
     return job, db.session.get(Instance, instance.id, populate_existing=True)
+
+
+def _not_ours(instance: Instance) -> str:
+    return (
+        f"instance {instance.id} was not created by gpujobs (it only watched it), so gpujobs never deletes it"
+    )
 
 
 def _refusal(action: str, instance: Instance) -> str:
@@ -190,6 +199,8 @@ def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:
     instance = db.session.get(Instance, uuid.UUID(params["instanceId"]), populate_existing=True)
     if instance is None or str(instance.tenant_id) != ctx.tenant:
         raise PermanentError(f"no instance {params['instanceId']}")
+    if action == DELETE and instance.external:
+        raise PermanentError(_not_ours(instance))
     in_flight = GOALS[action].in_flight
     taken = records.transition(
         instance.id, ALLOWED_FROM[action], status=in_flight, job_id=job_id

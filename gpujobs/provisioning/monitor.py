@@ -40,6 +40,9 @@ MONITOR_TASK = "gpujobs.gpu.monitor"
 # Its own queue (gpujobs.celery_settings routes the task there), so a backlog of jobs never delays a look.
 MONITOR_QUEUE = "monitor"
 CREATE, START, STOP, DELETE = "create", "start", "stop", "delete"
+# Watching an instance gpujobs did not create (`gpujobs.provisioning.external`): like a start, it waits
+# for `running`; unlike a create, giving up never deletes it.
+MONITOR = "monitor"
 FAILED_EVENT = "instance.failed"
 
 
@@ -89,6 +92,7 @@ GOALS = {
     START: Goal(InstanceStatus.STARTING, InstanceStatus.RUNNING, "instance.running"),
     STOP: Goal(InstanceStatus.STOPPING, InstanceStatus.STOPPED, "instance.stopped"),
     DELETE: Goal(InstanceStatus.DELETING, InstanceStatus.DELETED, "instance.deleted"),
+    MONITOR: Goal(InstanceStatus.STARTING, InstanceStatus.RUNNING, "instance.running"),
 }
 
 
