@@ -168,16 +168,18 @@ def allow_ending_process() -> None:
 def _end_overdue(ctx: RunContext, grace_seconds: float) -> bool:
     """End a job whose handler ignored its cancel request for the grace period, then stop the handler.
 
-    The job ends ``cancelled`` by the usual fenced write (lock-bounded: a handler that holds its row makes
-    this wait, and the next tick tries again), so a handler that finishes later has its success refused.
-    Then, in a prefork pool process, the process exits: its uncommitted writes die with its connection and
-    Celery starts a fresh process; the redelivered message finds the job ended and is dropped. A watchdog
+    The job ends ``cancelled`` by the usual fenced write, so a handler that finishes later has its success
+    refused. Then, in a prefork pool process, the process exits: its uncommitted writes die with its
+    connection and Celery starts a fresh process; the redelivered message finds the job ended and is
+    dropped. If the write fails (PostgreSQL away, or the handler holds the row's lock), the process exits
+    all the same and the rescue sweep ends the job ``cancelled`` once its lease expires. A watchdog
     thread in the very process that runs this attempt is used rather than ``revoke(terminate=True)``: it
     needs no task id on the job, no broadcast through the broker, and cannot hit a process that has moved
     on to another task. Returns False when there was nothing to end (the job finished or moved on).
     """
     job_id = uuid.UUID(ctx.job_id)
     reason = f"cancelled: still running {grace_seconds:g} s after the cancel request, so it was stopped"
+    ended: bool | None  # None: not known, the write failed
     try:
         db.session.execute(text("SET LOCAL lock_timeout = '2s'"))
         ended = jobs.cancel_running(job_id, ctx.attempt, reason)
@@ -186,17 +188,20 @@ def _end_overdue(ctx: RunContext, grace_seconds: float) -> bool:
         db.session.commit()
     except SQLAlchemyError:
         db.session.rollback()
-        log.warning("job %s: could not end the overdue cancellation yet, will retry", job_id, exc_info=True)
+        log.warning("job %s: could not record the overdue cancellation", job_id, exc_info=True)
+        ended = None
+    if ended is False:
         return False
-    if not ended:
-        return False
-    log.warning("job %s: handler ignored the cancel request for %g s; job cancelled", job_id, grace_seconds)
-    _hook(ctx.definition.on_end, ctx, ctx.params)
-    webhooks.publish_pending(job_id)
+    if ended:
+        log.warning(
+            "job %s: handler ignored the cancel request for %g s; job cancelled", job_id, grace_seconds
+        )
+        _hook(ctx.definition.on_end, ctx, ctx.params)
+        webhooks.publish_pending(job_id)
     if _may_end_process:
         log.warning("job %s: ending pool process %s to stop its handler", job_id, os.getpid())
         os._exit(EXIT_CODE_HANDLER_STOPPED)
-    return True
+    return bool(ended)  # not recorded (and no process to end here): the next tick tries again
 
 
 def run_job(job_id: uuid.UUID) -> JobStatus | None:
