@@ -125,6 +125,10 @@ def take(tenant_id: uuid.UUID, novita_id: str, job_id: uuid.UUID, seen: NovitaIn
         raise _unknown(novita_id)
     if not row.external:
         raise Conflict(f"instance {row.id} was created by gpujobs: follow it at /v1/instances/{row.id}")
+    if seen is not None and records.job_id_of(seen.name) is not None:
+        # Named as a create job names its instance, which has not recorded it yet (or the reconcile sweep
+        # will delete it): not one to watch, and no one else's business, so answered as unknown.
+        raise _unknown(novita_id)
     in_flight = GOALS[MONITOR].in_flight
     taken = records.transition(row.id, WATCHABLE, status=in_flight, job_id=job_id, error=None) or (
         records.transition(row.id, (in_flight,), records.owned_by(job_id), status=in_flight)

@@ -118,3 +118,18 @@ def test_when_novita_cannot_be_asked_the_watch_is_queued_and_its_job_checks(
     job = wait_for_job(app, response.json["jobId"], "failed")
     assert job.error == "no Novita instance no-such-instance on this account" and job.attempt == 1
     assert instance_row(app, response.json["instanceId"]).status == "failed"
+
+
+def test_an_instance_named_as_gpujobs_names_its_own_is_not_watched(
+    app, client, tenant, sim, novita, novita_config
+):
+    import uuid
+
+    from support.gpu import novita_name
+
+    novita_id = made_elsewhere(novita, novita_name(uuid.uuid4()))  # a create whose answer was lost, say
+    response = watch(client, tenant, novita_id)
+    assert response.status_code == 422 and [e["field"] for e in response.json["errors"]] == [
+        "novitaInstanceId"
+    ]
+    assert client.get("/v1/instances", headers=tenant["headers"]).json["items"] == []
