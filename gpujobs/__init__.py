@@ -44,7 +44,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     # The built-in definitions register themselves when imported: the samples, then gpu.instance.*.
     from gpujobs import definitions  # noqa: F401
-    from gpujobs.provisioning import actions, create  # noqa: F401
+    from gpujobs.provisioning import actions, create, external  # noqa: F401
 
     for module in app.config["GPUJOBS_DEFINITION_MODULES"]:
         importlib.import_module(module)

@@ -239,6 +239,12 @@ SETTINGS: tuple[Setting, ...] = (
         _connect_timeout,
         "How long opening a PostgreSQL connection may take (whole seconds, at least 2: libpq's floor).",
     ),
+    Setting(
+        "GPUJOBS_CANCEL_GRACE_SECONDS",
+        "5",
+        _non_negative_float,
+        "How long a running job may ignore a cancel request before its worker process is stopped.",
+    ),
     Setting("GPUJOBS_SWEEP_INTERVAL_SECONDS", "5", _positive_float, "How often beat runs the fast sweeps."),
     Setting(
         "GPUJOBS_REPUBLISH_AFTER_SECONDS",

@@ -80,6 +80,7 @@ def new_job(
     priority_number: int | None = None,
     max_attempts: int | None = None,
     webhook_url: str | None = None,
+    webhook_headers: dict[str, str] | None = None,
     idempotency_key: str | None = None,
 ) -> Job:
     """Add a queued job and its first event to the session; the caller commits, then publishes."""
@@ -97,6 +98,7 @@ def new_job(
         max_attempts=max_attempts or definition.max_attempts,
         timeout_seconds=definition.timeout_seconds,
         webhook_url=webhook_url,
+        webhook_headers=webhook_headers,
         idempotency_key=idempotency_key,
         queued_at=now,
         created_at=now,
@@ -208,6 +210,15 @@ def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: int) -> bool | N
     ).scalar_one_or_none()
 
 
+def cancel_flag(job_id: uuid.UUID, attempt: int) -> bool | None:
+    """A running job's cancel flag, or None if ``attempt`` no longer holds the job."""
+    return db.session.scalar(
+        select(Job.cancel_requested).where(
+            Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE)
+        )
+    )
+
+
 def hold(job_id: uuid.UUID, attempt: int) -> bool:
     """Lock the job's row if ``attempt`` still owns it; False when the job moved on.
 
@@ -229,9 +240,12 @@ def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
 
 
 def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> bool:
-    """Finish a job as succeeded; False when a newer attempt or a rescue got there first."""
+    """Finish a job as succeeded; False when a newer attempt or a rescue got there first, or when a
+    cancel was recorded while it ran (a cancelled job never ends succeeded)."""
     done = db.session.execute(
-        _fenced(job_id, attempt, *JOB_ACTIVE).values(
+        _fenced(job_id, attempt, *JOB_ACTIVE)
+        .where(Job.cancel_requested.is_(False))
+        .values(
             status=JobStatus.SUCCEEDED,
             result=result,
             error=None,

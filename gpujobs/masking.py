@@ -21,6 +21,9 @@ _SECRET_WORDS = re.compile(
 )
 # ``*_key`` names: OPENAI_KEY, x-access-key, accessKey; but not a plain ``key`` (an object key, a sort key).
 _KEY_SUFFIX = re.compile(r"[_-][kK][eE][yY]$|[a-z0-9]Key$")
+# Objects of request headers (a job's ``webhookHeaders``, ``webhook.send``'s and ``call.api``'s ``headers``):
+# every value is masked, since a header carries a token under any name.
+HEADER_OBJECTS = frozenset({"headers", "webhookHeaders"})
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
 
 
@@ -29,18 +32,32 @@ def is_secret_name(name: object) -> bool:
     return isinstance(name, str) and bool(_SECRET_WORDS.search(name) or _KEY_SUFFIX.search(name))
 
 
+def mask_headers(headers: dict[str, Any] | None) -> dict[str, str] | None:
+    """Header names with every value masked."""
+    return None if headers is None else dict.fromkeys(headers, MASK)
+
+
 def mask_secrets(value: Any) -> Any:
-    """A copy of ``value`` (JSON-like) with secret-named entries and URL credentials and queries masked."""
+    """A copy of ``value`` (JSON-like) with secret-named entries, header values and URL credentials and
+    queries masked."""
     if isinstance(value, dict):
         named = value.get("key", value.get("name"))
         if "value" in value and is_secret_name(named):  # {"key": "API_TOKEN", "value": "..."}
             return {k: MASK if k == "value" else mask_secrets(v) for k, v in value.items()}
-        return {k: MASK if is_secret_name(k) else mask_secrets(v) for k, v in value.items()}
+        return {k: _masked_entry(k, v) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(item) for item in value]
     if isinstance(value, str):
         return mask_text(value)
     return value
+
+
+def _masked_entry(name: str, value: Any) -> Any:
+    if is_secret_name(name):
+        return MASK
+    if name in HEADER_OBJECTS and isinstance(value, dict):
+        return mask_headers(value)
+    return mask_secrets(value)
 
 
 def mask_text(text: str | None) -> str | None:

@@ -138,6 +138,9 @@ class Job(Model):
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # Extra headers on each of the job's deliveries (the tenant's own, possibly tokens: every display masks
+    # their values; migration f6).
+    webhook_headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     dead_lettered: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = _created_at()
@@ -271,6 +274,10 @@ class Instance(Model):
     price_per_hour_units: Mapped[int | None] = mapped_column(Integer)
     endpoints: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # Watched on request (``POST /v1/instances/monitor``), not created by gpujobs: never deleted by it.
+    external: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
     created_at: Mapped[datetime] = _created_at()
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -303,6 +310,8 @@ class WebhookDelivery(Model):
     event_type: Mapped[str] = mapped_column(String(64), nullable=False)
     url: Mapped[str] = mapped_column(Text, nullable=False)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    # Extra headers it is sent with, beside the signature's (its job's ``webhook_headers``; migration f6).
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

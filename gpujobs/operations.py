@@ -35,6 +35,8 @@ class JobOptions:
     max_attempts: int | None = None
     #: The receiver of the job's webhook events; none: no events.
     webhook_url: str | None = None
+    #: Extra headers on each of the job's webhook deliveries (checked by ``webhooks.check_headers``).
+    webhook_headers: dict[str, str] | None = None
     #: The tenant's key for this submission; a second job with it is refused.
     idempotency_key: str | None = None
 
@@ -77,8 +79,8 @@ def prepare(
     (for rows that must commit in the same transaction as the job, like a GPU instance row).
 
     Raises InvalidField (definition, params, a Novita resource not granted, a priority above the
-    tenant's limit, webhook URL), and IntegrityError when the tenant's idempotency key already
-    belongs to a job.
+    tenant's limit, webhook URL and headers), and IntegrityError when the tenant's idempotency key
+    already belongs to a job.
     """
     definition, params = validated(tenant_id, key, version, params)
     if options.webhook_url:  # refused here (422) rather than failing every delivery later
@@ -86,6 +88,11 @@ def prepare(
             check_url(options.webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])
         except UnsafeURLError as exc:
             raise InvalidField("webhookUrl", str(exc)) from None
+    if options.webhook_headers is not None:
+        try:
+            webhooks.check_headers(options.webhook_headers)
+        except ValueError as exc:
+            raise InvalidField("webhookHeaders", str(exc)) from None
     return jobs.new_job(
         tenant_id=tenant_id,
         definition=definition,
@@ -94,6 +101,7 @@ def prepare(
         priority_number=options.priority if isinstance(options.priority, int) else None,
         max_attempts=options.max_attempts,
         webhook_url=options.webhook_url,
+        webhook_headers=options.webhook_headers,
         idempotency_key=options.idempotency_key,
     )
 

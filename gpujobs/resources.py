@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from gpujobs import models
 from gpujobs.jobs import PRIORITY_NAMES, PriorityName
-from gpujobs.masking import mask_secrets, mask_text, mask_url
+from gpujobs.masking import mask_headers, mask_secrets, mask_text, mask_url
 from gpujobs.registry import Definition as RegisteredDefinition
 from gpujobs.states import DeliveryStatus, InstanceStatus, JobStatus
 
@@ -28,6 +28,8 @@ Timestamp = Annotated[
 ]
 
 
+#: What every display shows instead of a secret value (a job's webhook header values, on the dashboard
+#: any secret-looking field).
 class Resource(BaseModel):
     """Base of the public resources: exactly these fields, camelCase on the wire.
 
@@ -75,6 +77,7 @@ class Job(Resource):
     dead_lettered: bool
     idempotency_key: str | None
     webhook_url: str | None
+    webhook_headers: dict[str, str] | None = Field(description="their names; every value shows as ••••")
     created_at: Timestamp
     queued_at: Timestamp | None
     started_at: Timestamp | None
@@ -102,6 +105,7 @@ class Job(Resource):
             dead_lettered=row.dead_lettered,
             idempotency_key=row.idempotency_key,
             webhook_url=mask_url(row.webhook_url),
+            webhook_headers=mask_headers(row.webhook_headers),
             created_at=row.created_at,
             queued_at=row.queued_at,
             started_at=row.started_at,
@@ -143,6 +147,7 @@ class Instance(Resource):
     price_per_hour: float | None
     endpoints: dict[str, Any]
     error: str | None
+    external: bool = Field(description="watched on request, not created by gpujobs: never deleted by it")
     created_at: Timestamp | None
     ready_at: Timestamp | None
     last_seen_at: Timestamp | None
@@ -166,6 +171,7 @@ class Instance(Resource):
             price_per_hour=price / 100_000 if price is not None else None,
             endpoints=mask_secrets(row.endpoints),
             error=mask_text(row.error),
+            external=bool(row.external),  # None on a row not flushed yet
             created_at=row.created_at,
             ready_at=row.ready_at,
             last_seen_at=row.last_seen_at,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import Flask, current_app
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from gpujobs import jobs, logs, webhooks
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 # number ("1e300", an HTTP date in the year 9999); a due time past the year 9999 raised OverflowError
 # and lost the attempt until the lease rescue. A day is already longer than any honest rate limit.
 MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
+# The exit status of a pool process ended to stop a handler that ignored its cancel request (EX_SOFTWARE).
+EXIT_CODE_HANDLER_STOPPED = 70
 
 
 class RunContext:
@@ -43,6 +47,7 @@ class RunContext:
         self.attempt = claim.attempt
         self.tenant = str(claim.tenant_id)
         self.definition = definition
+        self.params = claim.params
         self._claim = claim
         self._cancelled = False
         self._checked_at = 0.0
@@ -96,33 +101,111 @@ class RunContext:
 
 
 class Heartbeat(threading.Thread):
-    """Renews the lease every ``GPUJOBS_HEARTBEAT_INTERVAL_SECONDS`` (at most a third of the lease) while the
-    handler runs, in its own app context; each renewal also reads the cancel flag."""
+    """Renews the lease while the handler runs, and stops a handler that ignores a cancel request.
+
+    It reads the job's cancel flag every ``GPUJOBS_CANCEL_CHECK_INTERVAL_SECONDS`` and renews the lease every
+    ``GPUJOBS_HEARTBEAT_INTERVAL_SECONDS`` (at most a third of the lease), in its own app context. A cancel
+    request still unheeded ``GPUJOBS_CANCEL_GRACE_SECONDS`` after it was seen is enforced here: see
+    ``_end_overdue``.
+    """
 
     def __init__(self, app: Flask, ctx: RunContext, lease_seconds: int) -> None:
         super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
         self._app, self._ctx, self._lease_seconds = app, ctx, lease_seconds
-        self._interval_seconds = min(app.config["GPUJOBS_HEARTBEAT_INTERVAL_SECONDS"], lease_seconds / 3)
+        self._renew_every = min(app.config["GPUJOBS_HEARTBEAT_INTERVAL_SECONDS"], lease_seconds / 3)
+        self._check_every = app.config["GPUJOBS_CANCEL_CHECK_INTERVAL_SECONDS"]
+        self._grace_seconds: float = app.config["GPUJOBS_CANCEL_GRACE_SECONDS"]
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        renew_every = self._renew_every
+        tick = min(self._check_every, renew_every)
+        renew_at = time.monotonic() + renew_every
+        cancel_seen_at: float | None = None
         with self._app.app_context():
-            while not self._stop_event.wait(self._interval_seconds):
+            while not self._stop_event.wait(tick):
+                now = time.monotonic()
                 try:
-                    flag = jobs.renew_lease(
-                        uuid.UUID(self._ctx.job_id), self._ctx.attempt, self._lease_seconds
-                    )
-                    db.session.commit()
+                    flag = self._beat(renew=now >= renew_at)
                 except Exception:  # a blip in PostgreSQL: try again next beat; the lease has slack
                     db.session.rollback()
                     log.warning("job %s: lease renewal failed, will retry", self._ctx.job_id, exc_info=True)
                     continue
+                if now >= renew_at:
+                    renew_at = now + renew_every
                 if flag is None or flag:
                     self._ctx.mark_cancelled()
+                if flag:
+                    cancel_seen_at = now if cancel_seen_at is None else cancel_seen_at
+                    if now - cancel_seen_at >= self._grace_seconds and _end_overdue(
+                        self._ctx, self._grace_seconds
+                    ):
+                        return
+
+    def _beat(self, *, renew: bool) -> bool | None:
+        """The cancel flag, renewing the lease on the way when due; None once the lease is not ours."""
+        job_id = uuid.UUID(self._ctx.job_id)
+        if renew:
+            flag = jobs.renew_lease(job_id, self._ctx.attempt, self._lease_seconds)
+        else:
+            flag = jobs.cancel_flag(job_id, self._ctx.attempt)
+        db.session.commit()
+        return flag
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+
+# Set in prefork pool processes only (``gpujobs.tasks``): there, and nowhere else, a handler that ignores a
+# cancel request may be stopped by ending its process. In a thread or solo pool, or in a test that calls
+# ``run_job`` directly, ending the process would end every other job with it, so the job is only ended.
+_may_end_process = False
+
+
+def allow_ending_process() -> None:
+    """Called when a prefork pool process starts: it runs one job at a time, so it may end for one."""
+    global _may_end_process
+    _may_end_process = True
+
+
+def _end_overdue(ctx: RunContext, grace_seconds: float) -> bool:
+    """End a job whose handler ignored its cancel request for the grace period, then stop the handler.
+
+    The job ends ``cancelled`` by the usual fenced write, so a handler that finishes later has its success
+    refused. Then, in a prefork pool process, the process exits: its uncommitted writes die with its
+    connection and Celery starts a fresh process; the redelivered message finds the job ended and is
+    dropped. If the write fails (PostgreSQL away, or the handler holds the row's lock), the process exits
+    all the same and the rescue sweep ends the job ``cancelled`` once its lease expires. A watchdog
+    thread in the very process that runs this attempt is used rather than ``revoke(terminate=True)``: it
+    needs no task id on the job, no broadcast through the broker, and cannot hit a process that has moved
+    on to another task. Returns False when there was nothing to end (the job finished or moved on).
+    """
+    job_id = uuid.UUID(ctx.job_id)
+    reason = f"cancelled: still running {grace_seconds:g} s after the cancel request, so it was stopped"
+    ended: bool | None  # None: not known, the write failed
+    try:
+        db.session.execute(text("SET LOCAL lock_timeout = '2s'"))
+        ended = jobs.cancel_running(job_id, ctx.attempt, reason)
+        if ended:
+            webhooks.record_job_event(job_id)
+        db.session.commit()
+    except SQLAlchemyError:
+        db.session.rollback()
+        log.warning("job %s: could not record the overdue cancellation", job_id, exc_info=True)
+        ended = None
+    if ended is False:
+        return False
+    if ended:
+        log.warning(
+            "job %s: handler ignored the cancel request for %g s; job cancelled", job_id, grace_seconds
+        )
+        _hook(ctx.definition.on_end, ctx, ctx.params)
+        webhooks.publish_pending(job_id)
+    if _may_end_process:
+        log.warning("job %s: ending pool process %s to stop its handler", job_id, os.getpid())
+        os._exit(EXIT_CODE_HANDLER_STOPPED)
+    return bool(ended)  # not recorded (and no process to end here): the next tick tries again
 
 
 def run_job(job_id: uuid.UUID) -> JobStatus | None:
@@ -218,9 +301,16 @@ def storable(value: Any) -> Any:
 def _store_success(
     definition: Definition, claim: jobs.Claim, result: dict[str, Any] | None
 ) -> JobStatus | None:
-    """Record success; a result PostgreSQL still refuses fails the job for good rather than looping."""
+    """Record success; a result PostgreSQL still refuses fails the job for good rather than looping.
+
+    Success is refused once a cancel was recorded while the job ran: it ends cancelled instead, its
+    result discarded (or not at all, when another attempt or the grace watchdog ended it first).
+    """
     try:
-        return JobStatus.SUCCEEDED if jobs.succeed(claim.job_id, claim.attempt, storable(result)) else None
+        if jobs.succeed(claim.job_id, claim.attempt, storable(result)):
+            return JobStatus.SUCCEEDED
+        reason = "cancelled on request; its result was discarded"
+        return JobStatus.CANCELLED if jobs.cancel_running(claim.job_id, claim.attempt, reason) else None
     except DBAPIError as exc:
         db.session.rollback()
         log.error("job %s: result could not be stored (%s)", claim.job_id, type(exc.orig).__name__)

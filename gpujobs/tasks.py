@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 
 from gpujobs import runner, schedules, stats, sweeps, videos, webhooks
 from gpujobs.dispatch import RUN_JOB_TASK
@@ -76,3 +76,9 @@ def sweep_videos() -> None:
 def recover_orphans(sender: Any, **_: Any) -> None:
     """At worker start, rescue jobs left by dead workers without waiting for beat."""
     sender.app.send_task(SWEEP_RESCUE_TASK)
+
+
+@worker_process_init.connect
+def allow_ending_process(**_: Any) -> None:
+    """Sent in prefork pool processes only: there a handler that ignores its cancel request may be stopped."""
+    runner.allow_ending_process()

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from typing import Annotated, Any
 
 from flask import current_app
+from pydantic import AfterValidator, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
@@ -40,6 +44,23 @@ RETRY_JITTER_FRACTION = 0.1
 SEND_LEASE_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 5.0
 TOTAL_TIMEOUT_SECONDS = 15.0
+# A job's own headers on its deliveries (``webhookHeaders``, a ``webhook.send`` job's ``headers``).
+MAX_HEADERS = 20
+MAX_HEADER_VALUE_CHARS = 1024
+MAX_HEADERS_TOTAL_BYTES = 8 * 1024
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # visible ASCII: no CR/LF (header injection), no NUL
+# Hop-by-hop headers (RFC 9110 section 7.6.1) and those the sender owns: the target, framing and body type.
+# ``webhook-*`` are the signature's: a job's own header may never stand in for them.
+_REFUSED_HEADERS = frozenset(
+    {
+        *("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection"),
+        *("te", "trailer", "transfer-encoding", "upgrade"),
+        *("host", "content-length", "content-type", "content-encoding", "expect"),
+    }
+)
+# The event type of a ``webhook.send`` job's delivery: the client's payload, not one of ours.
+MESSAGE_EVENT = "webhook.send"
 EVENT_BY_STATUS: dict[str, str] = {
     JobStatus.SUCCEEDED: "job.succeeded",
     JobStatus.FAILED: "job.failed",
@@ -47,16 +68,65 @@ EVENT_BY_STATUS: dict[str, str] = {
 }
 
 
+def check_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Headers a tenant wants on its deliveries, or ValueError naming the one refused (never its value).
+
+    At most ``MAX_HEADERS`` of them, each name a plain token said once, each value visible ASCII of at
+    most ``MAX_HEADER_VALUE_CHARS``, ``MAX_HEADERS_TOTAL_BYTES`` in all; never ``webhook-*``, hop-by-hop or
+    the ones the sender sets itself. Values may be tokens: they are sent, stored, and masked everywhere.
+    """
+    if len(headers) > MAX_HEADERS:
+        raise ValueError(f"at most {MAX_HEADERS} headers")
+    seen: set[str] = set()
+    for name, value in headers.items():
+        lower = name.lower()
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                "a header name is 1-64 letters, digits, '-' and '_', starting with a letter or digit"
+            )
+        if lower.startswith("webhook-") or lower in _REFUSED_HEADERS:
+            raise ValueError(
+                f"header {name} is set by the sender (webhook-*, hop-by-hop, framing) and refused"
+            )
+        if lower in seen:
+            raise ValueError(f"header {name} is given twice")
+        seen.add(lower)
+        if len(value) > MAX_HEADER_VALUE_CHARS or not _HEADER_VALUE.fullmatch(value):
+            raise ValueError(
+                f"header {name}: its value must be at most {MAX_HEADER_VALUE_CHARS} visible ASCII characters"
+            )
+    if sum(len(name) + len(value) + 4 for name, value in headers.items()) > MAX_HEADERS_TOTAL_BYTES:
+        raise ValueError(f"the headers take more than {MAX_HEADERS_TOTAL_BYTES} bytes in all")
+    return dict(headers)
+
+
+#: The request field of a job's (or a ``webhook.send`` job's) own headers, checked as above.
+WebhookHeaders = Annotated[
+    dict[str, str],
+    AfterValidator(check_headers),
+    Field(
+        description=f"extra headers on each delivery (at most {MAX_HEADERS}; no webhook-*, hop-by-hop, "
+        "Host, Content-Type or Content-Length); values are masked in every answer and display"
+    ),
+]
+
+
 def record_event(job: Job, event_type: str, instance: Instance | None = None) -> None:
-    """Record ``event_type`` for the job's receiver, once per job attempt (in the caller's transaction)."""
+    """Record ``event_type`` for the job's receiver, once per job attempt (in the caller's transaction).
+
+    An ``instance.*`` event also carries ``instanceId`` and ``status`` (the instance's) beside ``type``,
+    ``timestamp`` and ``data`` at the top of its body, where the GPU queue's receivers read them.
+    """
     if not job.webhook_url:
         return
     instance_body = resources.Instance.json_of(instance) if instance else None
-    payload = {
+    payload: dict[str, Any] = {
         "type": event_type,
         "timestamp": jobs.utcnow().isoformat(),
         "data": {"job": resources.Job.json_of(job), "instance": instance_body},
     }
+    if instance is not None and event_type.startswith("instance."):
+        payload |= {"instanceId": str(instance.id), "status": instance.status}
     db.session.execute(
         insert(WebhookDelivery)
         .values(
@@ -67,11 +137,45 @@ def record_event(job: Job, event_type: str, instance: Instance | None = None) ->
             event_type=event_type,
             url=job.webhook_url,
             payload=payload,
+            headers=job.webhook_headers,
             status=DeliveryStatus.PENDING,
             next_attempt_at=func.now(),
         )
         .on_conflict_do_nothing(constraint="uq_webhook_event")
     )
+
+
+def record_message(
+    job_id: uuid.UUID, url: str, payload: dict[str, Any], headers: dict[str, str]
+) -> uuid.UUID:
+    """Record a client's own message as the job's one ``webhook.send`` delivery; returns its id.
+
+    Once per job, not per attempt: a rerun finds the delivery it recorded (and sent) before.
+    """
+    tenant_id = db.session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+    db.session.execute(
+        insert(WebhookDelivery)
+        .values(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            job_id=job_id,
+            job_attempt=0,
+            event_type=MESSAGE_EVENT,
+            url=url,
+            payload=payload,
+            headers=headers or None,
+            status=DeliveryStatus.PENDING,
+            next_attempt_at=func.now(),
+        )
+        .on_conflict_do_nothing(constraint="uq_webhook_event")
+    )
+    return db.session.execute(
+        select(WebhookDelivery.id).where(
+            WebhookDelivery.job_id == job_id,
+            WebhookDelivery.event_type == MESSAGE_EVENT,
+            WebhookDelivery.job_attempt == 0,
+        )
+    ).scalar_one()
 
 
 def record_job_event(job_id: uuid.UUID) -> None:
@@ -144,7 +248,8 @@ def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
     delivery = db.session.get_one(WebhookDelivery, delivery_id)
     tenant = db.session.get_one(Tenant, delivery.tenant_id)
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
-    headers = webhook_headers(signing_secrets(tenant), str(delivery.id), int(time.time()), body)
+    signed = webhook_headers(signing_secrets(tenant), str(delivery.id), int(time.time()), body)
+    headers = {**(delivery.headers or {}), **signed}
     status_code, error = _send(delivery.url, body, headers)
     new_status, next_at = _outcome(status_code, attempt)
     db.session.execute(

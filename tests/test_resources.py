@@ -54,6 +54,7 @@ def test_a_job_is_written_as_the_api_always_answered():
         ("deadLettered", False),
         ("idempotencyKey", None),
         ("webhookUrl", None),
+        ("webhookHeaders", None),
         ("createdAt", "2026-12-07T00:01:02.345678+00:00"),
         ("queuedAt", "2026-12-07T01:00:00+02:00"),
         ("startedAt", None),
@@ -77,3 +78,24 @@ def test_an_instance_shows_its_novita_id_and_price_in_dollars():
     body = resources.Instance.json_of(instance)
     assert (body["novitaInstanceId"], body["pricePerHour"], body["jobId"]) == ("nv-1", 1.23456, None)
     assert body["createdAt"] == "2026-12-07T00:01:02.345678+00:00" and body["lastSeenAt"] is None
+
+
+def test_a_job_shows_its_webhook_header_names_and_never_their_values():
+    job = models.Job(
+        id=uuid.UUID(int=1),
+        definition_key="echo",
+        definition_version=1,
+        status="queued",
+        priority=1,
+        params={},
+        attempt=0,
+        max_attempts=3,
+        timeout_seconds=30,
+        cancel_requested=False,
+        dead_lettered=False,
+        webhook_headers={"Authorization": "Bearer hunter2", "X-Team": "blue"},
+        created_at=CREATED,
+    )
+    body = resources.Job.json_of(job)
+    assert body["webhookHeaders"] == {"Authorization": "••••", "X-Team": "••••"}
+    assert "hunter2" not in str(body) and "blue" not in str(body)

@@ -110,3 +110,121 @@ def test_a_webhook_url_pointing_inside_is_refused_at_submit(app, client, tenant)
             assert json.loads(response.data)["errors"][0]["field"] == "webhookUrl"
     finally:
         app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"] = True
+
+
+TOKEN = "tok-3f9a1c"
+
+
+def test_a_jobs_webhook_headers_go_with_each_delivery_and_no_answer_or_log_shows_their_values(
+    app, client, tenant, worker, receiver
+):
+    hook = receiver()
+    body = {
+        "definitionKey": "echo",
+        "params": {"message": "hi"},
+        "webhookUrl": hook.url,
+        "webhookHeaders": {"Authorization": f"Bearer {TOKEN}", "X-Team": "blue"},
+    }
+    response = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+    assert response.status_code == 202
+    assert response.json["webhookHeaders"] == {"Authorization": "••••", "X-Team": "••••"}
+    wait_for(lambda: hook.verified, timeout=30)  # the signature still verifies beside them
+    assert hook.headers[0]["authorization"] == f"Bearer {TOKEN}" and hook.headers[0]["x-team"] == "blue"
+    assert hook.verified[0]["data"]["job"]["webhookHeaders"] == {"Authorization": "••••", "X-Team": "••••"}
+
+    job_id = response.json["id"]
+    shown = [
+        client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).get_data(as_text=True),
+        client.get(f"/v1/jobs/{job_id}/deliveries", headers=tenant["headers"]).get_data(as_text=True),
+        worker.log(),
+    ]
+    assert all(TOKEN not in text for text in shown)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"webhook-id": "forged"},
+        {"Webhook-Signature": "v1,forged"},
+        {"Connection": "close"},
+        {"Transfer-Encoding": "chunked"},
+        {"Host": "elsewhere.example"},
+        {"Content-Length": "1"},
+        {"X-Injected": "a\r\nX-Other: b"},
+        {"X Space": "a"},
+        {"X-Long": "a" * 1025},
+        {f"X-{n}": "a" for n in range(21)},
+        {"x-dup": "a", "X-Dup": "b"},
+    ],
+)
+def test_webhook_headers_the_sender_owns_or_that_could_inject_are_refused(app, client, tenant, headers):
+    body = {
+        "definitionKey": "echo",
+        "params": {},
+        "webhookUrl": "http://127.0.0.1:9/",
+        "webhookHeaders": headers,
+    }
+    response = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json["errors"]] == ["webhookHeaders"]
+    assert all(value not in response.get_data(as_text=True) for value in headers.values() if len(value) > 4)
+
+
+def test_a_webhook_send_job_delivers_its_payload_signed_with_its_own_headers(
+    app, client, tenant, worker, receiver
+):
+    hook = receiver()
+    payload = {"instanceId": "my-instance", "status": "running", "timestamp": "2026-12-07T01:00:00Z"}
+    params = {"url": hook.url, "payload": payload, "headers": {"X-Receiver-Token": TOKEN}}
+    response = client.post(
+        "/v1/jobs", json={"definitionKey": "webhook.send", "params": params}, headers=tenant["headers"]
+    )
+    assert response.status_code == 202
+    job_id = response.json["id"]
+    wait_for(
+        lambda: client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json["status"] == "succeeded"
+    )
+    assert hook.verified == [payload]  # verified with the tenant's secret by the standardwebhooks library
+    assert hook.headers[0]["x-receiver-token"] == TOKEN
+    result = client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json["result"]
+    assert (result["status"], result["statusCode"], result["attempts"]) == ("succeeded", 204, 1)
+    (delivery,) = client.get(f"/v1/jobs/{job_id}/deliveries", headers=tenant["headers"]).json["items"]
+    assert (delivery["id"], delivery["eventType"]) == (result["deliveryId"], "webhook.send")
+    assert hook.ids == [result["deliveryId"]]
+    assert TOKEN not in worker.log()
+
+
+def test_a_webhook_send_to_a_failing_receiver_is_retried_by_the_webhook_sweep(
+    app, client, tenant, worker, receiver
+):
+    from gpujobs.sweeps import publish_due_webhooks
+
+    hook = receiver(fail_first=1)
+    params = {"url": hook.url, "payload": {"n": 1}}
+    response = client.post(
+        "/v1/jobs", json={"definitionKey": "webhook.send", "params": params}, headers=tenant["headers"]
+    )
+    job_id = response.json["id"]
+    wait_for(
+        lambda: client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json["status"] == "succeeded"
+    )
+    result = client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json["result"]
+    assert (result["status"], result["statusCode"]) == ("pending", 503)  # the first try; retries follow
+
+    def swept() -> bool:
+        with app.app_context():
+            publish_due_webhooks()
+        return bool(hook.verified)
+
+    wait_for(swept, timeout=30, interval=0.5)
+    assert hook.verified == [{"n": 1}] and hook.ids == [result["deliveryId"]] * 2  # the same webhook-id
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "ftp://example.com/x"])
+def test_a_webhook_send_to_a_forbidden_url_is_refused_at_submit(app, client, tenant, url):
+    params = {"url": url, "payload": {}}
+    response = client.post(
+        "/v1/jobs", json={"definitionKey": "webhook.send", "params": params}, headers=tenant["headers"]
+    )
+    assert response.status_code == 422
+    assert [error["field"] for error in response.json["errors"]] == ["params.url"]

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, g, url_for
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from gpujobs import resources
+from gpujobs import resources, webhooks
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
@@ -25,9 +25,9 @@ from gpujobs.extensions import db
 from gpujobs.jobs import PriorityName
 from gpujobs.models import Instance, Job
 from gpujobs.operations import JobOptions
-from gpujobs.provisioning import actions, create
+from gpujobs.provisioning import actions, create, external
 from gpujobs.provisioning.monitor import DELETE, START, STOP
-from gpujobs.provisioning.params import CreateInstanceParams, monitoring_defaults
+from gpujobs.provisioning.params import CreateInstanceParams, MonitorInstanceParams, monitoring_defaults
 from gpujobs.registry import get_definition
 from gpujobs.states import InstanceStatus
 
@@ -37,7 +37,7 @@ TAG = "instances"
 Priority = PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
 PRIORITY_DOC = "a name, or 0-10 (higher is more urgent); default normal"
 WebhookUrl = Annotated[str | None, Field(max_length=2000, pattern=r"^https?://")]
-JOB_FIELDS = {"webhookUrl", "priority", "idempotencyKey"}
+JOB_FIELDS = {"webhookUrl", "webhookHeaders", "priority", "idempotencyKey"}
 
 
 class CreateInstance(CreateInstanceParams):
@@ -60,12 +60,22 @@ class CreateInstance(CreateInstanceParams):
     )
 
     webhookUrl: WebhookUrl = None
+    webhookHeaders: webhooks.WebhookHeaders | None = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)
     idempotencyKey: str | None = Field(default=None, pattern=KEY_PATTERN, description="as the header")
 
 
+class MonitorInstance(MonitorInstanceParams):
+    """Body of ``POST /v1/instances/monitor``: `gpu.instance.monitor@1`'s params, and how to run its job."""
+
+    webhookUrl: WebhookUrl = None
+    webhookHeaders: webhooks.WebhookHeaders | None = None
+    priority: Priority = Field(default=None, description=PRIORITY_DOC)
+
+
 class InstanceAction(BaseModel):
-    """Optional body of stop, start and delete; without `webhookUrl`, the instance's last one is used."""
+    """Optional body of stop, start and delete; without `webhookUrl`, the instance's last one (and its
+    headers) is used."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -73,6 +83,7 @@ class InstanceAction(BaseModel):
     )
 
     webhookUrl: WebhookUrl = None
+    webhookHeaders: webhooks.WebhookHeaders | None = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)
 
 
@@ -143,9 +154,40 @@ def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
             priority=body.priority,
             max_attempts=body.monitoring.maxRetryAttempts if body.monitoring else None,
             webhook_url=body.webhookUrl,
+            webhook_headers=body.webhookHeaders,
             idempotency_key=current_key(),
         )
         job, instance = create.submit(g.tenant.id, body.model_dump(mode="json", exclude=JOB_FIELDS), options)
+    return _accepted(job, instance)
+
+
+@bp.post("/monitor")
+@operation(
+    summary="Watch an instance gpujobs did not create",
+    tag=TAG,
+    request=MonitorInstance,
+    responses={
+        202: Accepted,
+        409: "gpujobs created that instance, or a job is acting on it now",
+        422: "invalid field, or no such Novita instance on the account (also another tenant's)",
+    },
+)
+@require_api_key
+@idempotent
+def monitor_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue `gpu.instance.monitor@1`: watch the instance until it runs, fails or times out, with the
+    usual webhooks. gpujobs never deletes it (a delete request answers 409)."""
+    body = parse_body(MonitorInstance)
+    with job_key_conflicts():
+        options = JobOptions(
+            priority=body.priority,
+            webhook_url=body.webhookUrl,
+            webhook_headers=body.webhookHeaders,
+            idempotency_key=current_key(),
+        )
+        job, instance = external.submit(
+            g.tenant.id, body.model_dump(mode="json", exclude=JOB_FIELDS), options
+        )
     return _accepted(job, instance)
 
 
@@ -182,7 +224,9 @@ def get_instance(instance_id: uuid.UUID) -> dict[str, Any]:
 
 def _act(instance_id: uuid.UUID, action: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     body = parse_body(InstanceAction, optional=True)
-    options = JobOptions(priority=body.priority, webhook_url=body.webhookUrl)
+    options = JobOptions(
+        priority=body.priority, webhook_url=body.webhookUrl, webhook_headers=body.webhookHeaders
+    )
     queued = actions.request(g.tenant.id, instance_id, action, options)
     return _accepted(*queued)
 

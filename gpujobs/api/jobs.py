@@ -9,7 +9,7 @@ from flask import Blueprint, g, url_for
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Select, select
 
-from gpujobs import operations, resources
+from gpujobs import operations, resources, webhooks
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
 from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
@@ -54,6 +54,7 @@ class SubmitJob(BaseModel):
     )
     maxAttempts: int | None = Field(default=None, ge=1, le=100)
     webhookUrl: str | None = Field(default=None, max_length=2000, pattern=r"^https?://")
+    webhookHeaders: webhooks.WebhookHeaders | None = None
     idempotencyKey: str | None = Field(
         default=None, pattern=KEY_PATTERN, description="same as the Idempotency-Key header"
     )
@@ -98,6 +99,7 @@ def submit_job() -> tuple[dict[str, Any], int, dict[str, str]]:
             priority=body.priority,
             max_attempts=body.maxAttempts,
             webhook_url=body.webhookUrl,
+            webhook_headers=body.webhookHeaders,
             idempotency_key=current_key(),
         )
         job = operations.submit(g.tenant.id, body.definitionKey, body.definitionVersion, body.params, options)

@@ -70,7 +70,7 @@ def request(
 
     The row's new status, its new job and the job commit together before the job is published, so the
     handler always finds the row marked with its job. Without a webhook URL, the action notifies the
-    one the instance's previous job used.
+    one the instance's previous job used, with its headers.
     """
     instance = db.session.scalar(
         select(Instance).where(Instance.id == instance_id, Instance.tenant_id == tenant_id).with_for_update()
@@ -78,6 +78,9 @@ def request(
     if instance is None:
         db.session.rollback()
         raise NotFound(f"no instance {instance_id}")
+    if action == DELETE and instance.external:
+        db.session.rollback()
+        raise Conflict(_not_ours(instance))
     in_flight = GOALS[action].in_flight
     if not records.transition(instance.id, ALLOWED_FROM[action], status=in_flight):
         db.session.rollback()
@@ -85,7 +88,9 @@ def request(
     previous = db.session.get(Job, instance.job_id) if instance.job_id else None
     try:
         if not options.webhook_url and previous is not None:
-            options = replace(options, webhook_url=previous.webhook_url)
+            options = replace(
+                options, webhook_url=previous.webhook_url, webhook_headers=previous.webhook_headers
+            )
         job = operations.prepare(tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, options)
     except Exception:
         db.session.rollback()
@@ -95,6 +100,12 @@ def request(
         raise Conflict(_refusal(action, instance))
     commit_and_publish([dispatch_of(job)])
     return job, db.session.get_one(Instance, instance.id, populate_existing=True)
+
+
+def _not_ours(instance: Instance) -> str:
+    return (
+        f"instance {instance.id} was not created by gpujobs (it only watched it), so gpujobs never deletes it"
+    )
 
 
 def _refusal(action: str, instance: Instance) -> str:
@@ -188,6 +199,8 @@ def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:
     instance = db.session.get(Instance, uuid.UUID(params["instanceId"]), populate_existing=True)
     if instance is None or str(instance.tenant_id) != ctx.tenant:
         raise PermanentError(f"no instance {params['instanceId']}")
+    if action == DELETE and instance.external:
+        raise PermanentError(_not_ours(instance))
     in_flight = GOALS[action].in_flight
     taken = records.transition(
         instance.id, ALLOWED_FROM[action], status=in_flight, job_id=job_id

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 from flask import current_app
 
-from gpujobs import grants, operations
+from gpujobs import grants, operations, webhooks
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
@@ -45,6 +45,8 @@ from gpujobs.states import InstanceStatus
 log = logging.getLogger(__name__)
 
 CREATE_KEY = "gpu.instance.create"
+# Sent once Novita accepted the create (the GPU queue notified right after creation too).
+CREATED_EVENT = "instance.created"
 
 
 @dataclass(frozen=True)
@@ -208,13 +210,16 @@ def _place(
             ctx.emit_event("placement_refused", _placement(candidate) | {"reason": exc.reason})
             continue
         _record_created(ctx, instance, novita_id)
+        # Commits the row, the timeline event and the webhook event together; then the delivery goes out.
         ctx.emit_event("instance_created", _placement(candidate) | {"novitaInstanceId": novita_id})
+        webhooks.publish_pending(uuid.UUID(ctx.job_id))
         return novita_id, search
     return None, search
 
 
 def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None:
-    """Note the new instance on the row, if this run still holds the job and the row.
+    """Note the new instance on the row (and record ``instance.created``), if this run still holds the
+    job and the row.
 
     A run paused between its claim and here may find the job rescued and rerun meanwhile. The row
     keeps what the rerun recorded: this very instance if the rerun adopted it by name, or one the
@@ -227,6 +232,8 @@ def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None
         db.session.rollback()
         log.warning("job %s: attempt %s lost the job while creating %s", job_id, ctx.attempt, novita_id)
         raise PermanentError(f"attempt {ctx.attempt} no longer holds job {job_id} (it created {novita_id})")
+    created = db.session.get(Instance, instance.id, populate_existing=True)
+    webhooks.record_event(db.session.get_one(Job, job_id, populate_existing=True), CREATED_EVENT, created)
 
 
 def _placement(candidate: Candidate) -> dict[str, Any]:

@@ -40,6 +40,9 @@ MONITOR_TASK = "gpujobs.gpu.monitor"
 # Its own queue (gpujobs.celery_settings routes the task there), so a backlog of jobs never delays a look.
 MONITOR_QUEUE = "monitor"
 CREATE, START, STOP, DELETE = "create", "start", "stop", "delete"
+# Watching an instance gpujobs did not create (`gpujobs.provisioning.external`): like a start, it waits
+# for `running`; unlike a create, giving up never deletes it.
+MONITOR = "monitor"
 FAILED_EVENT = "instance.failed"
 
 
@@ -89,6 +92,7 @@ GOALS = {
     START: Goal(InstanceStatus.STARTING, InstanceStatus.RUNNING, "instance.running"),
     STOP: Goal(InstanceStatus.STOPPING, InstanceStatus.STOPPED, "instance.stopped"),
     DELETE: Goal(InstanceStatus.DELETING, InstanceStatus.DELETED, "instance.deleted"),
+    MONITOR: Goal(InstanceStatus.STARTING, InstanceStatus.RUNNING, "instance.running"),
 }
 
 
@@ -328,6 +332,10 @@ def _end(
         ended = failed is not None
     if not ended:
         db.session.rollback()
+        if outcome == JobStatus.SUCCEEDED:
+            # Refused: a cancel was recorded since this look began (or the job moved on). The next look
+            # cancels it the cancel way (a create deletes its instance), or finds the job not ours.
+            return watch.look_again()
         log.info(
             "job %s: attempt %s was fenced out; its outcome is not recorded", watch.job_id, watch.attempt
         )

@@ -112,6 +112,24 @@ class CreateInstanceParams(Params):
         return default_seconds
 
 
+class MonitorInstanceParams(Params):
+    """Params of `gpu.instance.monitor@1`: a Novita instance gpujobs did not create, and how to watch it."""
+
+    novitaInstanceId: str = Field(min_length=1, max_length=90, pattern=r"^[A-Za-z0-9._-]+$")
+    pollIntervalMs: int | None = Field(default=None, ge=MIN_POLL_INTERVAL_MS, le=MAX_POLL_INTERVAL_MS)
+    maxWaitTimeMs: int | None = Field(
+        default=None, ge=MIN_TIMEOUT_SECONDS * 1000, le=MAX_TIMEOUT_SECONDS * 1000
+    )
+
+    def timeout_seconds(self, default_seconds: float) -> float:
+        """How long the instance may take to run, from the request or the service default."""
+        return self.maxWaitTimeMs / 1000 if self.maxWaitTimeMs else min(default_seconds, MAX_TIMEOUT_SECONDS)
+
+    def poll_interval_seconds(self, default_seconds: float) -> float:
+        """Seconds between status reads, from the request or the service default."""
+        return self.pollIntervalMs / 1000 if self.pollIntervalMs else default_seconds
+
+
 class InstanceActionParams(Params):
     """Params of `gpu.instance.stop@1`, `start@1` and `delete@1`: the instance (our id, not Novita's)."""
 

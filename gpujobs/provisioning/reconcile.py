@@ -3,8 +3,8 @@
 - **leaked**: a Novita instance named our prefix plus a job id that no row wants and no live job owns
   (a create whose job was cancelled while retrying, a failed delete, a duplicate) is deleted once it is
   older than `GPUJOBS_LEAK_GRACE_SECONDS`, and reported. Any other name is never touched
-  (`records.job_id_of`). A row that never recorded the instance (its create answer was lost) is marked
-  `deleting` with its id.
+  (`records.job_id_of`), and neither is an instance gpujobs only watched (`external`). A row that never
+  recorded the instance (its create answer was lost) is marked `deleting` with its id.
 - **lost**: a row that says running or stopped whose instance Novita no longer has is marked `lost`.
 - **settled**: a row left mid-change by a job that ended without settling it takes Novita's status.
 - **mirrored**: every listed row gets Novita's status and `last_seen_at`.
@@ -143,6 +143,8 @@ def _wanted(item: NovitaInstance, row: Instance | None, live: set[uuid.UUID]) ->
     """
     if row is None or row.novita_id != item.id:
         return records.job_id_of(item.name) in live
+    if row.external:  # watched on request, not created by us: never ours to delete, whatever its name
+        return True
     return row.job_id in live or row.status in records.WANTED
 
 

@@ -1,8 +1,8 @@
 """What the pages show of a row: secrets masked, times and prices made readable.
 
 Every job, event, instance and delivery reaches a template through a function here, from its public
-resource (``gpujobs.resources``), which has already masked params, errors, URLs and event data with
-``gpujobs.masking``; a job's result is masked here too, since the page shows it in full.
+resource (``gpujobs.resources``), which has already masked params, errors, URLs, event data and webhook
+headers with ``gpujobs.masking``; a job's result is masked here too, since the page shows it in full.
 """
 
 from __future__ import annotations

@@ -46,8 +46,14 @@ def test_stop_start_and_delete_jobs_take_an_instance_through_its_lifecycle(
     assert sim.instances()[0]["status"] == "removed"
 
     # Each action notifies the webhook URL the instance was created with.
-    expected = ["instance.running", "instance.stopped", "instance.running", "instance.deleted"]
-    wait_for(lambda: len(hook.verified) == 2 * len(expected))
+    expected = [
+        "instance.created",
+        "instance.running",
+        "instance.stopped",
+        "instance.running",
+        "instance.deleted",
+    ]
+    wait_for(lambda: len(hook.verified) == len(expected) + 4)  # and one job.* event for each of the 4 jobs
     assert sorted(e["type"] for e in hook.verified if e["type"].startswith("instance.")) == sorted(expected)
 
 

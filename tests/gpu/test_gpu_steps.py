@@ -180,7 +180,7 @@ def test_a_look_records_each_webhook_event_once_however_often_it_runs(
     for _ in range(2):  # the same message delivered twice
         look(app, args)
     types = db.session.scalars(select(WebhookDelivery.event_type).order_by(WebhookDelivery.event_type)).all()
-    assert types == ["instance.running", "job.succeeded"]
+    assert types == ["instance.created", "instance.running", "job.succeeded"]
     assert next_monitor_look(app) is None  # and the chain ended: no further look was published
 
 
@@ -316,7 +316,12 @@ def test_a_stop_whose_instance_a_delete_took_over_fails_instead_of_claiming_the_
     assert (row.status, str(row.job_id)) == ("deleting", delete["jobId"])
     with app.app_context():
         sent = db.session.scalars(select(WebhookDelivery.event_type)).all()
-    assert sorted(sent) == ["instance.running", "job.failed", "job.succeeded"]  # no instance.stopped
+    assert sorted(sent) == [
+        "instance.created",
+        "instance.running",
+        "job.failed",
+        "job.succeeded",
+    ]  # no stopped
 
 
 def test_an_action_job_is_published_only_once_its_instance_is_marked_with_it(

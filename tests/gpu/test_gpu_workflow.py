@@ -36,10 +36,18 @@ def test_a_request_for_an_rtx_4090_in_hong_kong_becomes_a_running_instance_and_a
     assert endpoints[8888].startswith("https://") and ":" in endpoints[22]
     assert shown["endpoints"]["ssh"].startswith("ssh -p ")
 
-    wait_for(lambda: len(hook.verified) == 2)
+    wait_for(lambda: len(hook.verified) == 3)
     by_type = {event["type"]: event for event in hook.verified}
-    assert [event["type"] for event in hook.verified] == ["instance.running", "job.succeeded"]  # in order
+    types = [event["type"] for event in hook.verified]
+    assert types == ["instance.created", "instance.running", "job.succeeded"]  # in order
     assert by_type["instance.running"]["data"]["instance"]["status"] == "running"
+    # Instance events carry the GPU queue's top-level fields beside the Standard Webhooks envelope.
+    running = by_type["instance.running"]
+    assert (running["instanceId"], running["status"]) == (accepted["instanceId"], "running")
+    assert running["timestamp"] and "instanceId" not in by_type["job.succeeded"]
+    created_event = by_type["instance.created"]
+    assert (created_event["instanceId"], created_event["status"]) == (accepted["instanceId"], "creating")
+    assert created_event["data"]["instance"]["novitaInstanceId"] == sim.instances()[0]["id"]
     (created,) = [call for call in sim.ledger() if call["endpoint"] == "/gpu/instance/create"]
     assert created["status"] == 200
     assert [i["clusterId"] for i in sim.instances()] == ["cn-hongkong-1"]
@@ -121,8 +129,8 @@ def test_an_image_pull_failure_fails_the_job_deletes_the_instance_and_sends_a_fa
     assert job.error == "Novita reports pulling: pull image failed; the instance was deleted"
     assert instance_row(app, accepted["instanceId"]).status == "deleting"
     wait_for(lambda: sim.instances()[0]["status"] in ("toRemove", "removing", "removed"))
-    wait_for(lambda: len(hook.verified) == 2)
-    assert [event["type"] for event in hook.verified] == ["instance.failed", "job.failed"]
+    wait_for(lambda: len(hook.verified) == 3)
+    assert [event["type"] for event in hook.verified] == ["instance.created", "instance.failed", "job.failed"]
 
 
 @SLOW_PULL
@@ -136,8 +144,8 @@ def test_an_instance_that_misses_its_deadline_fails_the_job_and_is_deleted(
     assert job.error.startswith("timed out: not running after 1 s (last Novita status: ")
     assert job.error.endswith("; the instance was deleted")
     wait_for(lambda: sim.instances()[0]["status"] in ("toRemove", "removing", "removed"))
-    wait_for(lambda: len(hook.verified) == 2)
-    assert [event["type"] for event in hook.verified] == ["instance.failed", "job.failed"]
+    wait_for(lambda: len(hook.verified) == 3)
+    assert [event["type"] for event in hook.verified] == ["instance.created", "instance.failed", "job.failed"]
 
 
 @SLOW_PULL

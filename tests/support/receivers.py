@@ -15,6 +15,7 @@ class Receiver:
     def __init__(self, secret: str, fail_first: int = 0) -> None:
         self.verified: list[Any] = []
         self.ids: list[str] = []
+        self.headers: list[dict[str, str]] = []  # of each verified delivery, names lower-cased
         self.remaining_failures = fail_first
         self._webhook = Webhook(secret)
         self._receiver = LoopbackReceiver(self._on_post)
@@ -26,6 +27,7 @@ class Receiver:
             self.remaining_failures -= 1
             return 503
         self.verified.append(self._webhook.verify(body, headers))
+        self.headers.append({name.lower(): value for name, value in headers.items()})
         return 204
 
     def close(self) -> None:

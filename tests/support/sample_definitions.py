@@ -57,3 +57,11 @@ def db_error(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 
     db.session.execute(text("SELECT * FROM no_such_table WHERE secret = :value"), {"value": "hunter2"})
     return {}
+
+
+@job_definition("test.stubborn", 1, params_model=SleepParams, max_attempts=1, timeout_seconds=60)
+def stubborn(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Sleeps in one go and never looks at the cancel flag: only the grace watchdog can stop it."""
+    time.sleep(params["seconds"])
+    ctx.emit_event("effect", {"attempt": ctx.attempt})
+    return {"slept": params["seconds"]}

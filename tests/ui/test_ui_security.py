@@ -264,3 +264,13 @@ def test_an_instance_action_its_status_does_not_allow_is_refused_with_the_reason
         client.post(f"/ui/instances/{instance_id}/reboot", data={"csrf_token": client.csrf}).status_code
         == 404
     )
+
+
+def test_header_values_of_a_job_are_masked_on_its_page_whatever_their_names(
+    app, ui_client, tenant, submit_job
+):
+    params = {"url": "http://127.0.0.1:9/", "payload": {}, "headers": {"X-Custom": "value-in-params"}}
+    job_id = submit_job(tenant, "webhook.send", params, webhook_headers={"X-Other": "value-on-the-job"})
+    page = ui_client(tenant).get(f"/ui/jobs/{job_id}").get_data(as_text=True)
+    assert "X-Custom" in page
+    assert "value-in-params" not in page and "value-on-the-job" not in page

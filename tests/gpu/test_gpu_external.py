@@ -1,0 +1,135 @@
+"""Watching an instance gpujobs did not create (`POST /v1/instances/monitor`): a real worker, the simulator
+over HTTP, webhooks verified with the public library; it is never deleted."""
+
+from __future__ import annotations
+
+import pytest
+from support.gpu import PHASE_SECONDS, wait_for_job
+from support.polling import wait_for
+from support.rows import instance_row
+from support.tenants import make_tenant
+
+from gpujobs.novita import CreateInstanceRequest
+from gpujobs.provisioning.reconcile import reconcile
+
+
+def made_elsewhere(novita, name: str = "someone-elses-box") -> str:
+    """An instance created on the account by another tool: not named with gpujobs' prefix."""
+    request = CreateInstanceRequest(
+        name=name,
+        product_id="4090.16c62g",
+        cluster_id="cn-hongkong-1",
+        image_url="ubuntu:22.04",
+        rootfs_size_gb=20,
+    )
+    return novita.create_instance(request)
+
+
+def watch(client, tenant, novita_id: str, **changes):
+    body = {"novitaInstanceId": novita_id, "pollIntervalMs": 500, **changes}
+    return client.post("/v1/instances/monitor", json=body, headers=tenant["headers"])
+
+
+def test_an_instance_made_elsewhere_is_watched_until_running_with_the_usual_webhooks_and_never_deleted(
+    app, client, tenant, sim, novita, novita_config, gpu_worker, hooks, monkeypatch
+):
+    gpu_worker()
+    hook = hooks()
+    novita_id = made_elsewhere(novita)
+    response = watch(client, tenant, novita_id, webhookUrl=hook.url, maxWaitTimeMs=30_000)
+    assert response.status_code == 202, response.json
+    accepted = response.json
+    assert accepted["status"] == "starting"
+    wait_for_job(app, accepted["jobId"], "succeeded")
+
+    shown = client.get(f"/v1/instances/{accepted['instanceId']}", headers=tenant["headers"]).json
+    assert (shown["status"], shown["novitaInstanceId"], shown["external"]) == ("running", novita_id, True)
+    assert shown["label"] == "someone-elses-box" and shown["endpoints"]["ssh"]
+    wait_for(lambda: len(hook.verified) == 2)
+    assert [event["type"] for event in hook.verified] == ["instance.running", "job.succeeded"]
+    assert (hook.verified[0]["instanceId"], hook.verified[0]["status"]) == (accepted["instanceId"], "running")
+
+    refused = client.delete(f"/v1/instances/{accepted['instanceId']}", headers=tenant["headers"])
+    assert refused.status_code == 409 and "never deletes it" in refused.json["detail"]
+    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
+    with app.app_context():
+        assert reconcile()["leaked"] == []
+    assert [(i["id"], i["status"]) for i in sim.instances()] == [(novita_id, "running")]
+
+
+@pytest.mark.parametrize("sim_options", [{"phase_seconds": {"default": PHASE_SECONDS, "pulling": 60}}])
+def test_an_instance_that_misses_the_deadline_fails_the_job_and_is_kept(
+    app, client, tenant, sim, novita, novita_config, gpu_worker, hooks
+):
+    gpu_worker()
+    hook = hooks()
+    novita_id = made_elsewhere(novita)
+    accepted = watch(client, tenant, novita_id, webhookUrl=hook.url, maxWaitTimeMs=10_000).json
+    job = wait_for_job(app, accepted["jobId"], "failed", timeout=40)
+    assert job.error.startswith("timed out: not running after 10 s")
+    wait_for(lambda: len(hook.verified) == 2)
+    assert [event["type"] for event in hook.verified] == ["instance.failed", "job.failed"]
+    assert instance_row(app, accepted["instanceId"]).external
+    assert sim.count_calls("DELETE") == 0 and sim.count_calls(endpoint="/gpu/instance/delete") == 0
+    assert sim.instances()[0]["status"] == "pulling"
+
+
+def test_an_unknown_instance_and_another_tenants_are_answered_alike(
+    app, client, tenant, sim, novita, novita_config
+):
+    novita_id = made_elsewhere(novita)
+    assert watch(client, tenant, novita_id).status_code == 202  # acme watches it first
+
+    other = make_tenant(app, "other")
+    theirs = watch(client, other, novita_id)
+    unknown = watch(client, other, "no-such-instance")
+    assert theirs.status_code == unknown.status_code == 422
+    assert [e["field"] for e in theirs.json["errors"]] == [e["field"] for e in unknown.json["errors"]]
+    assert theirs.json["errors"][0]["message"] == f"no Novita instance {novita_id} on this account"
+    assert unknown.json["errors"][0]["message"] == "no Novita instance no-such-instance on this account"
+    listed = client.get("/v1/instances", headers=other["headers"]).json["items"]
+    assert listed == []
+
+
+def test_an_instance_gpujobs_created_is_not_watched_as_a_foreign_one(
+    app, client, tenant, sim, novita, novita_config
+):
+    from support.gpu import provision
+
+    from gpujobs.extensions import db
+    from gpujobs.models import Instance
+
+    accepted = provision(client, tenant)
+    novita_id = made_elsewhere(novita, "gpujobs-made")
+    with app.app_context():  # as if the create step had recorded this instance on the row
+        db.session.get(Instance, accepted["instanceId"]).novita_id = novita_id
+        db.session.commit()
+    response = watch(client, tenant, novita_id)
+    assert response.status_code == 409 and "created by gpujobs" in response.json["detail"]
+
+
+def test_when_novita_cannot_be_asked_the_watch_is_queued_and_its_job_checks(
+    app, client, tenant, sim, novita, novita_config, monkeypatch, gpu_worker
+):
+    monkeypatch.setitem(app.config, "NOVITA_API_KEY", None)  # the API process cannot reach Novita
+    response = watch(client, tenant, "no-such-instance")
+    assert response.status_code == 202
+    gpu_worker()  # the worker can: it finds no such instance and fails the job for good
+    job = wait_for_job(app, response.json["jobId"], "failed")
+    assert job.error == "no Novita instance no-such-instance on this account" and job.attempt == 1
+    assert instance_row(app, response.json["instanceId"]).status == "failed"
+
+
+def test_an_instance_named_as_gpujobs_names_its_own_is_not_watched(
+    app, client, tenant, sim, novita, novita_config
+):
+    import uuid
+
+    from support.gpu import novita_name
+
+    novita_id = made_elsewhere(novita, novita_name(uuid.uuid4()))  # a create whose answer was lost, say
+    response = watch(client, tenant, novita_id)
+    assert response.status_code == 422 and [e["field"] for e in response.json["errors"]] == [
+        "novitaInstanceId"
+    ]
+    assert client.get("/v1/instances", headers=tenant["headers"]).json["items"] == []
