@@ -22,7 +22,7 @@ from support.gpu import API_KEY, MONITOR_INTERVAL_SECONDS, PHASE_SECONDS, wait_f
 from support.media import make_clip
 from support.polling import wait_for
 from support.receivers import Receiver
-from support.tenants import secret_of
+from support.tenants import grant, secret_of, set_limits
 
 from gpujobs import outbound
 from gpujobs.novita.sim.seed import PUBLIC_TEMPLATE_ID
@@ -120,8 +120,13 @@ def has_documented_fields(answer: Any, example: Any, path: str = "") -> list[str
 
 
 @pytest.fixture
-def api(live_server: str, tenant: dict[str, str]) -> Iterator[Callable[..., requests.Response]]:
-    """``curl`` against the running service with the tenant's key: ``api("POST", "/v1/jobs", json=...)``."""
+def api(app: Flask, live_server: str, tenant: dict[str, str]) -> Iterator[Callable[..., requests.Response]]:
+    """``curl`` against the running service with the tenant's key: ``api("POST", "/v1/jobs", json=...)``.
+
+    The Job Server's examples send priority 10, which maps to ``critical``: the operator lets a migrating
+    tenant use it (``tenants set-limits --max-priority critical``, README "Moving from the seed systems").
+    """
+    set_limits(app, tenant, max_priority=3)
     with requests.Session() as session:
         session.headers.update(tenant["headers"])
 
@@ -274,6 +279,7 @@ def test_the_gpu_queues_create_instance_payload_provisions_an_instance(
         NOVITA_BASE_URL=sim.base_url,
         GPUJOBS_MONITOR_INTERVAL_SECONDS=MONITOR_INTERVAL_SECONDS,
     )
+    grant(app, tenant, "template", PUBLIC_TEMPLATE_ID)  # templates are the operator's to grant
     receiver = Receiver(secret_of(app, tenant))
     try:
         # jobQueue.addJob(JobType.CREATE_INSTANCE, {...}, JobPriority.HIGH): the payload as documented,

@@ -117,7 +117,8 @@ def test_when_novita_cannot_be_asked_the_watch_is_queued_and_its_job_checks(
     gpu_worker()  # the worker can: it finds no such instance and fails the job for good
     job = wait_for_job(app, response.json["jobId"], "failed")
     assert job.error == "no Novita instance no-such-instance on this account" and job.attempt == 1
-    assert instance_row(app, response.json["instanceId"]).status == "failed"
+    # The definition's on_end hook settles the instance just after the job's own commit.
+    wait_for(lambda: instance_row(app, response.json["instanceId"]).status == "failed")
 
 
 def test_an_instance_named_as_gpujobs_names_its_own_is_not_watched(
