@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from gpujobs.logs import gunicorn_logconfig_dict
+
 wsgi_app = "gpujobs.wsgi:app"
 bind = [f"0.0.0.0:{os.environ.get('PORT', '5000')}"]
 # Processes x threads: the shape the benchmarks measure (bench/README.md); WEB_CONCURRENCY is the
@@ -24,9 +26,11 @@ timeout = 120
 # Let in-flight requests (uploads included) finish on SIGTERM; compose and platforms wait longer.
 graceful_timeout = 30
 keepalive = 5
-# Access log on stdout, like every other log line of the service (the platform collects stdout).
+# gunicorn's own lines (start-up, workers, the access log) in the service's format and level
+# (GPUJOBS_LOG_FORMAT, GPUJOBS_LOG_LEVEL), through the same handler as every other log line.
 accesslog = "-"
 errorlog = "-"
+logconfig_dict = gunicorn_logconfig_dict()
 # Honour X-Forwarded-For/-Proto only from the proxy in front (its addresses, comma-separated; "*" when
 # the network guarantees that only the proxy reaches the web process, as in compose).
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")

@@ -152,7 +152,10 @@ def test_the_procfile_runs_what_compose_runs(services):
     for name in ("web", "worker"):
         assert processes[name] == services[name]["command"], name
     assert services["beat"]["command"][: len(processes["beat"])] == processes["beat"]
-    assert processes["flower"][:4] == services["flower"]["command"][:4]
+    # The Procfile's Flower first checks that FLOWER_BASIC_AUTH is set (Flower reads it from there).
+    guard, flower = " ".join(processes["flower"]).split(" && ", 1)
+    assert guard.startswith(": ${FLOWER_BASIC_AUTH:?")
+    assert flower.split()[:4] == services["flower"]["command"][:4]
 
 
 def test_the_image_installs_the_hashed_lock_runs_as_its_own_user_and_probes_ready(services):
