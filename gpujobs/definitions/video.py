@@ -8,6 +8,12 @@ an attempt that lost the job never publishes. FFmpeg reports its position on std
 pipe:1``), which becomes job progress. It runs in its own process group, killed as a whole on cancel,
 timeout or any exception (a soft time limit, a warm shutdown); on Linux it also dies with the worker
 process that started it, even one killed with SIGKILL (``PR_SET_PDEATHSIG``).
+
+Uploads are untrusted media, so FFmpeg touches them only here, in a worker, never in the web process:
+it may open local files only (``-protocol_whitelist file``), reads the input with the one demuxer its
+first bytes and extension agree on (``-f``; anything else is refused before FFmpeg starts), runs under
+time limits with a minimal environment (no secret of the service), and at most ``STDERR_MAX_BYTES`` of
+its error output is ever read back.
 """
 
 from __future__ import annotations
@@ -51,6 +57,18 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 CANCEL_POLL_INTERVAL_SECONDS = 0.25
 STDERR_TAIL_LINES = 5
 STDERR_TAIL_CHARS = 600
+# The most of FFmpeg's error output ever read into memory: the head for a probe (the stream description
+# comes first), the tail after an encode (the error comes last).
+STDERR_MAX_BYTES = 64 * 1024
+# The only variables FFmpeg gets: none of the service's secrets (database, broker, Novita, signing keys).
+FFMPEG_ENV_NAMES = ("PATH", "LANG", "TMPDIR")
+SNIFF_BYTES = 12
+# The container each accepted extension promises, recognised by its first bytes.
+CONTAINER_BY_EXTENSION = {"mp4": "isobmff", "mov": "isobmff", "mkv": "ebml", "webm": "ebml", "avi": "riff"}
+# ISO base media (MP4, QuickTime) files open with a box: size, then a type; QuickTime allows a few more.
+ISOBMFF_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+# The FFmpeg demuxer pinned for each container (-f): FFmpeg never guesses a format from the content.
+DEMUXER_BY_CONTAINER = {"isobmff": "mov", "ebml": "matroska", "riff": "avi"}
 MIN_OUTPUT_DURATION_RATIO = 0.9  # a shorter output means part of the input could not be decoded
 
 # The box each resolution must fit in (turned for portrait video); aspect ratio is always kept.
@@ -124,6 +142,43 @@ def input_path(storage_dir: str | os.PathLike[str], input_file: str) -> Path:
     return path
 
 
+def container_of(head: bytes) -> str | None:
+    """The container family a file's first bytes announce, or None."""
+    if head[4:8] in ISOBMFF_FIRST_BOXES:
+        return "isobmff"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):  # EBML: Matroska and WebM
+        return "ebml"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "riff"
+    return None
+
+
+def input_args(path: Path) -> list[str]:
+    """FFmpeg's arguments to read ``path``: local files only, with the demuxer its extension and content
+    agree on; PermanentError for any other file, before FFmpeg sees it."""
+    with open(path, "rb") as file:
+        container = container_of(file.read(SNIFF_BYTES))
+    expected = CONTAINER_BY_EXTENSION.get(path.suffix[1:].lower())
+    if container is None or container != expected:
+        raise PermanentError(f"{path.name} is not a {path.suffix[1:]} video (its content says otherwise)")
+    return ["-protocol_whitelist", "file", "-f", DEMUXER_BY_CONTAINER[container], "-i", str(path)]
+
+
+def ffmpeg_env() -> dict[str, str]:
+    """The minimal environment FFmpeg runs with (``FFMPEG_ENV_NAMES`` taken from ours)."""
+    return {name: os.environ[name] for name in FFMPEG_ENV_NAMES if name in os.environ}
+
+
+def _read_bounded(stderr: IO[bytes], *, tail: bool) -> str:
+    """At most ``STDERR_MAX_BYTES`` of a finished FFmpeg's error output: its head, or its tail."""
+    if tail:
+        stderr.seek(0, os.SEEK_END)
+        stderr.seek(max(0, stderr.tell() - STDERR_MAX_BYTES))
+    else:
+        stderr.seek(0)
+    return stderr.read(STDERR_MAX_BYTES).decode(errors="replace")
+
+
 def target_size(width: int, height: int, resolution: str) -> tuple[int, int]:
     """Fit the frame in the resolution's box keeping its aspect ratio; encoders need even sides."""
     box_w, box_h = RESOLUTION_BOXES[resolution]
@@ -144,28 +199,31 @@ def ffmpeg_exe() -> str:
 
 def probe(path: Path) -> MediaInfo:
     """Read size, rotation and duration from ffmpeg's stream description (no ffprobe in the wheel)."""
-    try:
-        completed = subprocess.run(
-            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-            check=False,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=PROBE_TIMEOUT_SECONDS,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise PermanentError(f"reading {path.name} took over {PROBE_TIMEOUT_SECONDS}s") from exc
-    # ffmpeg exits 1 here ("at least one output file must be specified"); stderr is the description.
-    size = _VIDEO_SIZE_RE.search(completed.stderr)
+    inputs = input_args(path)  # refuses a mismatched file before FFmpeg is even looked up
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", *inputs]
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            subprocess.run(
+                command,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=ffmpeg_env(),
+                timeout=PROBE_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PermanentError(f"reading {path.name} took over {PROBE_TIMEOUT_SECONDS}s") from exc
+        # ffmpeg exits 1 here ("at least one output file must be specified"); stderr is the description.
+        description = _read_bounded(stderr, tail=False)
+    size = _VIDEO_SIZE_RE.search(description)
     if size is None:
-        raise PermanentError(
-            f"{path.name} has no readable video stream: {_tail(completed.stderr, path.parent)}"
-        )
+        raise PermanentError(f"{path.name} has no readable video stream: {_tail(description, path.parent)}")
     width, height = int(size[1]), int(size[2])
-    rotation = _ROTATION_RE.search(completed.stderr)
+    rotation = _ROTATION_RE.search(description)
     if rotation and round(abs(float(rotation[1]))) % 180 == 90:
         width, height = height, width  # ffmpeg auto-rotates, so the frame we scale is turned
-    duration = _DURATION_RE.search(completed.stderr)
+    duration = _DURATION_RE.search(description)
     seconds = int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3]) if duration else None
     return MediaInfo(width, height, seconds or None)
 
@@ -213,7 +271,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _start_ffmpeg(command: list[str], stderr: IO[str]) -> subprocess.Popen[str]:
+def _start_ffmpeg(command: list[str], stderr: IO[bytes]) -> subprocess.Popen[str]:
     """Start FFmpeg in a process group of its own (the unit we kill), tied to this process's life."""
     preexec = functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
     if preexec:
@@ -223,6 +281,7 @@ def _start_ffmpeg(command: list[str], stderr: IO[str]) -> subprocess.Popen[str]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,
+        env=ffmpeg_env(),
         text=True,
         start_new_session=True,
         preexec_fn=preexec,  # see _die_with_parent
@@ -271,7 +330,7 @@ def run_ffmpeg(
     """
     deadline = time.monotonic() + ENCODE_TIMEOUT_SECONDS
     command = [ffmpeg_exe(), *_FFMPEG_FLAGS, *args]
-    with tempfile.TemporaryFile("w+", errors="replace") as stderr:
+    with tempfile.TemporaryFile() as stderr:
         process = _start_ffmpeg(command, stderr)
         lines: queue.Queue[str | None] = queue.Queue()
         reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
@@ -294,8 +353,7 @@ def run_ffmpeg(
             reader.join(timeout=5)
             if process.stdout is not None:  # our end of the progress pipe, read to its end by now
                 process.stdout.close()
-        stderr.seek(0)
-        tail = _tail(stderr.read(), *hide_dirs)
+        tail = _tail(_read_bounded(stderr, tail=True), *hide_dirs)
     if returncode < 0:  # killed by a signal we did not send (OOM killer, shutdown): worth retrying
         raise TransientError(f"ffmpeg was killed by signal {-returncode}")
     if returncode != 0:
@@ -334,7 +392,7 @@ def encode_video(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     ctx.progress(0, "encoding started", width=width, height=height, durationSeconds=info.duration_seconds)
     streams = ["-map", "0:v:0", "-map", "0:a:0?", "-pix_fmt", "yuv420p"]  # first video, first audio if any
     scale = ["-vf", f"scale={width}:{height}:flags=lanczos,setsar=1"]
-    args = ["-y", "-i", str(source), *streams, *scale, *_codec_args(params["format"], params["quality"])]
+    args = ["-y", *input_args(source), *streams, *scale, *_codec_args(params["format"], params["quality"])]
     try:
         hide_dirs = (storage_dir, storage_dir.resolve())
         tail = run_ffmpeg(ctx, [*args, str(partial)], info.duration_seconds, hide_dirs)

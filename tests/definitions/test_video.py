@@ -95,6 +95,46 @@ def test_a_corrupt_upload_fails_permanently_with_a_short_reason(run_job, ctx, up
     assert not video.output_path(tmp_path, ctx.job_id, "mp4").exists()
 
 
+def test_a_file_whose_content_is_not_its_extensions_container_never_reaches_ffmpeg(
+    run_job, ctx, uploads, tmp_path, monkeypatch
+):
+    make_clip(tmp_path / "real.mkv", seconds=1, size="160x120", rate=10)
+    (uploads / "renamed.mp4").write_bytes((tmp_path / "real.mkv").read_bytes())
+    monkeypatch.setattr(video, "ffmpeg_exe", lambda: pytest.fail("FFmpeg ran on a mismatched file"))
+    with pytest.raises(PermanentError, match=r"renamed\.mp4 is not a mp4 video"):
+        run_job("encode.video", {"inputFile": "renamed.mp4"}, ctx)
+
+
+def test_ffmpeg_reads_local_files_only_with_the_pinned_demuxer(uploads):
+    clip = make_clip(uploads / "clip_p.mov", seconds=1, size="160x120", rate=10)
+    args = video.input_args(clip)
+    assert args == ["-protocol_whitelist", "file", "-f", "mov", "-i", str(clip)]
+    # a network URL (as a crafted file could name one) is refused by the whitelist
+    whitelist = args[:2]
+    command = [video.ffmpeg_exe(), "-hide_banner", *whitelist, "-i", "http://127.0.0.1:9/x.mp4"]
+    stderr = subprocess.run(command, capture_output=True, text=True, env=video.ffmpeg_env()).stderr
+    assert "not on whitelist" in stderr
+
+
+def test_ffmpeg_gets_no_secret_of_the_service_in_its_environment(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://user:secret@db/x")
+    monkeypatch.setenv("NOVITA_API_KEY", "sk_secret")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    env = video.ffmpeg_env()
+    assert set(env) <= set(video.FFMPEG_ENV_NAMES) and env["LANG"] == "C.UTF-8"
+    assert "secret" not in repr(env)
+
+
+def test_only_a_bounded_share_of_ffmpegs_error_output_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "STDERR_MAX_BYTES", 1024)
+    with open(tmp_path / "stderr", "w+b") as stderr:
+        stderr.write(b"head\n" + b"x" * 100_000 + b"\ntail")
+        stderr.flush()
+        head, tail = video._read_bounded(stderr, tail=False), video._read_bounded(stderr, tail=True)
+    assert len(head) == len(tail) == 1024
+    assert head.startswith("head") and tail.endswith("tail")
+
+
 class _WatchingContext:
     """Records which ffmpeg processes were alive when cancellation was requested."""
 

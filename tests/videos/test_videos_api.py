@@ -128,8 +128,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
         (PNG, "holiday.mp4", 415),  # an image renamed
         ("mkv", "holiday.mp4", 415),  # a Matroska file calling itself MP4
         (b"", "empty.mp4", 415),
-        (b"\x00\x00\x00\x18ftypisom" + b"\x07" * 4000, "broken.mp4", 422),  # the right header, then garbage
-        ("audio", "sound.mp4", 422),  # a real MP4 with no video stream
     ],
 )
 def test_files_that_are_not_videos_are_refused_by_name_and_by_content(
@@ -141,6 +139,20 @@ def test_files_that_are_not_videos_are_refused_by_name_and_by_content(
     assert response.status_code == status, response.json
     assert response.content_type == "application/problem+json"
     assert uploads() == before
+
+
+def test_an_upload_ffmpeg_cannot_read_is_accepted_and_its_job_fails_in_the_worker_with_the_reason(
+    client, tenant, clips, worker
+):
+    accepted = upload(client, tenant, clips["audio"].read_bytes(), "sound.mp4")  # no video stream
+    assert accepted.status_code == 202, accepted.json  # the web process never runs FFmpeg
+
+    def finished() -> dict | None:
+        status = client.get(accepted.json["statusUrl"], headers=tenant["headers"]).json
+        return status if status["status"] in ("succeeded", "failed") else None
+
+    status = wait_for(finished, timeout=60, interval=0.5)
+    assert status["status"] == "failed" and "has no readable video stream" in status["error"]
 
 
 @pytest.mark.parametrize("container", ["mov", "mkv", "webm"])
