@@ -120,7 +120,7 @@ def _choices(job: Job) -> dict[str, str]:
         202: VideoAccepted,
         413: "Larger than GPUJOBS_VIDEO_MAX_BYTES",
         415: "Not an mp4, mov, mkv, webm or avi video (checked by name and by content)",
-        422: "Invalid field, or no video stream FFmpeg can read; errors[] names the field",
+        422: "Invalid field; errors[] names the field",
     },
 )
 @require_api_key
