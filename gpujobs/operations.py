@@ -39,8 +39,11 @@ class JobOptions:
 DEFAULT_OPTIONS = JobOptions()
 
 
-def validated(key: str, version: int, params: dict[str, Any]) -> tuple[Definition, dict[str, Any]]:
-    """The definition ``key@version`` and ``params`` normalised by its model (for a job or a schedule).
+def validated(
+    tenant_id: uuid.UUID, key: str, version: int, params: dict[str, Any]
+) -> tuple[Definition, dict[str, Any]]:
+    """The definition ``key@version`` and ``params`` normalised by its model (for a job or a schedule),
+    checked against what the tenant may name (its own uploads, say).
 
     Raises InvalidField naming ``definitionKey``, or each bad ``params.*`` field.
     """
@@ -48,9 +51,12 @@ def validated(key: str, version: int, params: dict[str, Any]) -> tuple[Definitio
     if definition is None:
         raise InvalidField("definitionKey", f"no job definition {key}@{version}")
     try:
-        return definition, definition.validate_params(params)
+        valid = definition.validate_params(params)
     except ValidationError as exc:
         raise InvalidField.from_validation(exc, ("params",)) from None
+    if definition.check_for_tenant is not None:
+        definition.check_for_tenant(str(tenant_id), valid)
+    return definition, valid
 
 
 def prepare(
@@ -66,7 +72,7 @@ def prepare(
     Raises InvalidField (definition, params, priority, webhook URL), and IntegrityError when the
     tenant's idempotency key already belongs to a job.
     """
-    definition, params = validated(key, version, params)
+    definition, params = validated(tenant_id, key, version, params)
     if options.webhook_url:  # refused here (422) rather than failing every delivery later
         try:
             check_url(options.webhook_url, allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"])

@@ -61,6 +61,8 @@ class Handoff:
 
 Handler = Callable[[JobContext, dict[str, Any]], "dict[str, Any] | Handoff | None"]
 Hook = Callable[[JobContext, dict[str, Any]], None]
+# Checks valid params against what the submitting tenant (its id, as text) may name; raises InvalidField.
+TenantCheck = Callable[[str, dict[str, Any]], None]
 HandlerT = TypeVar("HandlerT", bound=Handler)
 
 
@@ -103,6 +105,7 @@ class Definition:
     on_success: Hook | None = None
     on_fail: Hook | None = None
     on_end: Hook | None = None
+    check_for_tenant: TenantCheck | None = None
 
     @property
     def ref(self) -> str:

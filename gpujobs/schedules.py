@@ -86,7 +86,7 @@ def create(
 
     Raises InvalidField (definition, params, cron, timezone, priority) and Conflict (the name is taken).
     """
-    definition, valid_params = operations.validated(definition_key, definition_version, params)
+    definition, valid_params = operations.validated(tenant_id, definition_key, definition_version, params)
     schedule = Schedule(
         tenant_id=tenant_id,
         name=name,

@@ -58,13 +58,15 @@ def extension_of(filename: str) -> str:
     return extension
 
 
-def store_upload(stream: IO[bytes], filename: str, storage_dir: str | Path, max_bytes: int) -> str:
-    """Save an upload under a random name in the uploads directory and return that name.
+def store_upload(
+    stream: IO[bytes], filename: str, storage_dir: str | Path, max_bytes: int, tenant_id: str
+) -> str:
+    """Save an upload under a random name in the tenant's uploads directory and return that name.
 
     Raises UnsupportedVideo or VideoTooLarge; nothing is left on disk then.
     """
     extension = extension_of(filename)
-    directory = video.upload_dir(storage_dir)
+    directory = video.upload_dir(storage_dir, tenant_id)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"{secrets.token_hex(16)}.{extension}"  # a bare name encode.video accepts as inputFile
     path = directory / name
@@ -87,9 +89,9 @@ def store_upload(stream: IO[bytes], filename: str, storage_dir: str | Path, max_
     return name
 
 
-def discard_upload(storage_dir: str | Path, name: str) -> None:
+def discard_upload(storage_dir: str | Path, tenant_id: str, name: str) -> None:
     """Remove an upload no job will read (its submission failed)."""
-    (video.upload_dir(storage_dir) / name).unlink(missing_ok=True)
+    (video.upload_dir(storage_dir, tenant_id) / name).unlink(missing_ok=True)
 
 
 def finished_output(job: Job, storage_dir: str | Path) -> Path | None:
@@ -109,7 +111,11 @@ def clean_up_videos(now: datetime | None = None) -> int:
     storage = Path(current_app.config["GPUJOBS_STORAGE_DIR"])
     retention = timedelta(hours=current_app.config["GPUJOBS_RETENTION_HOURS"])
     cutoff = ((now or jobs.utcnow()) - retention).timestamp()
-    uploads = _older_files(video.upload_dir(storage), cutoff)
+    uploads = [
+        path
+        for directory in _subdirectories(storage / video.UPLOADS_DIR_NAME)  # one per tenant
+        for path in _older_files(directory, cutoff)
+    ]
     outputs = _older_files(storage / video.OUTPUTS_DIR_NAME, cutoff)
     needed = _uploads_in_use([path.name for path in uploads])
     removed = [path for path in uploads if path.name not in needed] + outputs
@@ -118,6 +124,14 @@ def clean_up_videos(now: datetime | None = None) -> int:
     if removed:
         log.info("video cleanup: %d files removed", len(removed))
     return len(removed)
+
+
+def _subdirectories(directory: Path) -> list[Path]:
+    """The directories in ``directory`` (none when it does not exist yet)."""
+    try:
+        return [Path(entry.path) for entry in os.scandir(directory) if entry.is_dir()]
+    except FileNotFoundError:
+        return []
 
 
 def _older_files(directory: Path, cutoff: float) -> list[Path]:

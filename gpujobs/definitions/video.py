@@ -1,6 +1,6 @@
 """encode.video@1: transcode an uploaded video with the FFmpeg binary that ships in imageio-ffmpeg.
 
-Params can only name a bare file in ``<storage>/uploads/``; the output goes to
+Params can only name a bare file in the tenant's own ``<storage>/uploads/<tenant id>/``; the output goes to
 ``<storage>/outputs/<job_id>.<format>``. Each attempt writes its own ``<job_id>.<attempt>.part.<format>``
 (a stale attempt still encoding never shares or deletes a newer one's file), and renames it into place
 only while it still holds the job (``JobContext.hold_job``), so a half-written file is never served and
@@ -38,7 +38,7 @@ import imageio_ffmpeg
 from flask import current_app
 from pydantic import Field
 
-from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
+from gpujobs.exceptions import InvalidField, JobCancelled, PermanentError, TransientError
 from gpujobs.registry import JobContext, Params, job_definition
 
 ALLOWED_UPLOAD_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "webm", "avi"})
@@ -94,7 +94,7 @@ class EncodeVideoParams(Params):
 
     inputFile: str = Field(
         pattern=INPUT_FILE_PATTERN,
-        description="bare name of a file in the uploads directory, as returned by POST /v1/videos/encode",
+        description="bare name of one of your uploads, as returned by POST /v1/videos/encode",
     )
     format: OutputFormat = Field(
         "mp4", description="output container and codecs: mp4 (H.264/AAC) or webm (VP9/Opus)"
@@ -119,9 +119,11 @@ class MediaInfo:
     duration_seconds: float | None
 
 
-def upload_dir(storage_dir: str | os.PathLike[str]) -> Path:
-    """Where uploads go; encode.video only ever reads from here."""
-    return Path(storage_dir) / UPLOADS_DIR_NAME
+def upload_dir(storage_dir: str | os.PathLike[str], tenant_id: str) -> Path:
+    """Where a tenant's uploads go: a directory per tenant, so an upload only exists for its owner."""
+    if not _SAFE_JOB_ID.fullmatch(tenant_id):
+        raise ValueError(f"no upload directory for tenant {tenant_id!r}")
+    return Path(storage_dir) / UPLOADS_DIR_NAME / tenant_id
 
 
 def output_path(storage_dir: str | os.PathLike[str], job_id: str, fmt: str) -> Path:
@@ -131,15 +133,26 @@ def output_path(storage_dir: str | os.PathLike[str], job_id: str, fmt: str) -> P
     return Path(storage_dir) / OUTPUTS_DIR_NAME / f"{job_id}.{fmt}"
 
 
-def input_path(storage_dir: str | os.PathLike[str], input_file: str) -> Path:
-    """Resolve an upload's name, refusing anything that is not a plain file inside the uploads directory."""
-    uploads = upload_dir(storage_dir).resolve()
+def input_path(storage_dir: str | os.PathLike[str], tenant_id: str, input_file: str) -> Path:
+    """Resolve the tenant's upload by name, refusing anything that is not a plain file in its directory.
+
+    Another tenant's upload is "does not exist", word for word the answer for a name nobody uploaded.
+    """
+    uploads = upload_dir(storage_dir, tenant_id).resolve()
     path = (uploads / input_file).resolve()  # resolve() follows symlinks: a link out is caught too
     if not re.fullmatch(INPUT_FILE_PATTERN, input_file) or not path.is_relative_to(uploads):
         raise PermanentError(f"inputFile {input_file!r} is not an upload name")
     if not path.is_file():
         raise PermanentError(f"upload {input_file!r} does not exist")
     return path
+
+
+def check_upload(tenant_id: str, params: dict[str, Any]) -> None:
+    """At submission: InvalidField naming ``params.inputFile`` unless it is one of the tenant's uploads."""
+    try:
+        input_path(current_app.config["GPUJOBS_STORAGE_DIR"], tenant_id, params["inputFile"])
+    except PermanentError as exc:
+        raise InvalidField("params.inputFile", str(exc)) from None
 
 
 def container_of(head: bytes) -> str | None:
@@ -376,12 +389,13 @@ def _next_line(lines: queue.Queue[str | None]) -> str | None:
     max_attempts=2,
     timeout_seconds=ENCODE_TIMEOUT_SECONDS,
     concurrency_limit=3,  # each encode saturates several cores
+    check_for_tenant=check_upload,
     description="Transcodes an uploaded video to 720p/1080p/4k MP4 (H.264/AAC) or WebM (VP9/Opus).",
 )
 def encode_video(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     """Transcode one upload and describe the file produced, as measured from the file itself."""
     storage_dir = Path(current_app.config["GPUJOBS_STORAGE_DIR"])
-    source = input_path(storage_dir, params["inputFile"])
+    source = input_path(storage_dir, ctx.tenant, params["inputFile"])
     info = probe(source)
     width, height = target_size(info.width, info.height, params["resolution"])
     target = output_path(storage_dir, ctx.job_id, params["format"])

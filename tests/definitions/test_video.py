@@ -41,7 +41,7 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def uploads(flask_app: Flask, tmp_path: Path) -> Path:
-    directory = video.upload_dir(tmp_path)
+    directory = video.upload_dir(tmp_path, "test")  # RecordingContext's tenant
     directory.mkdir(parents=True)
     return directory
 
@@ -261,9 +261,17 @@ def test_a_symlink_out_of_uploads_and_a_missing_upload_are_refused(run_job, uplo
         run_job("encode.video", {"inputFile": "nothing.mp4"})
 
 
+def test_another_tenants_upload_does_not_exist_for_a_job(run_job, uploads, tmp_path):
+    make_clip(video.upload_dir(tmp_path, "other") / "theirs.mp4", seconds=1, size="160x120", rate=10)
+    with pytest.raises(PermanentError, match=r"upload 'theirs\.mp4' does not exist"):
+        run_job("encode.video", {"inputFile": "theirs.mp4"})
+
+
 def test_output_paths_are_only_made_from_safe_job_ids_and_known_formats(tmp_path):
     assert video.output_path(tmp_path, "abc-123", "webm") == tmp_path / "outputs" / "abc-123.webm"
-    assert video.upload_dir(tmp_path) == tmp_path / "uploads"
+    assert video.upload_dir(tmp_path, "t-1") == tmp_path / "uploads" / "t-1"
+    with pytest.raises(ValueError):
+        video.upload_dir(tmp_path, "../t")
     for job_id, fmt in (("../x", "mp4"), ("a/b", "mp4"), ("ok", "exe"), ("", "mp4")):
         with pytest.raises(ValueError):
             video.output_path(tmp_path, job_id, fmt)

@@ -212,3 +212,27 @@ def test_video_routes_need_a_key_and_never_show_another_tenants_or_a_non_video_j
         assert client.get(f"/v1/videos/{job_id}/{path}").status_code == 401
     unauthenticated = client.post("/v1/videos/encode", data={"video": (io.BytesIO(b"x"), "a.mp4")})
     assert unauthenticated.status_code == 401 and unauthenticated.content_type == "application/problem+json"
+
+
+def test_an_upload_belongs_to_its_tenant_another_naming_it_gets_the_answer_for_a_missing_file(
+    client, tenant, clips, app
+):
+    input_file = upload(client, tenant, clips["mp4"].read_bytes()).json["inputFile"]
+    other = make_tenant(app, "initech")
+
+    def encode(who: dict, name: str, route: str = "/v1/jobs"):
+        params = {"inputFile": name}
+        body = {"definitionKey": "encode.video", "params": params}
+        if route == "/v1/schedules":
+            body |= {"name": f"nightly-{name}", "cron": "0 3 * * *"}
+        return client.post(route, json=body, headers=who["headers"])
+
+    assert encode(tenant, input_file).status_code == 202  # the owner may encode it again
+    for route in ("/v1/jobs", "/v1/schedules"):
+        theirs, missing = encode(other, input_file, route), encode(other, "0" * 32 + ".mp4", route)
+        assert theirs.status_code == missing.status_code == 422
+        assert theirs.json["errors"][0]["field"] == missing.json["errors"][0]["field"] == "params.inputFile"
+        assert theirs.json["errors"][0]["message"].replace(input_file, "NAME") == missing.json["errors"][0][
+            "message"
+        ].replace("0" * 32 + ".mp4", "NAME")
+    assert encode(tenant, input_file, "/v1/schedules").status_code == 201
