@@ -139,10 +139,17 @@ class Cluster:
         )
         for index in range(self.workers_wanted):
             self.workers.append(self._start_worker(index))
+        if self.workers_wanted:
+            # Deliveries have their own pool, as deployed; the job workers above do not read its queue.
+            self.webhook_worker = self._spawn(
+                worker_command("webhooks", self.concurrency, hostname=f"webhooks-{time.time_ns()}@%h"),
+                "webhooks",
+            )
         self._wait_ready()
 
     def __exit__(self, *exc: object) -> None:
-        for process in [getattr(self, "api", None), getattr(self, "beat", None), *self.workers]:
+        processes = [getattr(self, name, None) for name in ("api", "beat", "webhook_worker")]
+        for process in [*processes, *self.workers]:
             if process is not None:
                 _terminate(process)
         self.stack.close()
@@ -159,7 +166,8 @@ class Cluster:
 
     def _start_worker(self, index: int) -> subprocess.Popen[bytes]:
         return self._spawn(
-            worker_command(self.concurrency, hostname=f"bench{index}-{time.time_ns()}@%h"), f"worker{index}"
+            worker_command("jobs", self.concurrency, hostname=f"bench{index}-{time.time_ns()}@%h"),
+            f"worker{index}",
         )
 
     def _wait_ready(self) -> None:

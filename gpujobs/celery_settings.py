@@ -31,6 +31,14 @@ _config = load_config()
 # (each name is defined beside the code that owns it).
 JOB_QUEUES = tuple(reversed(QUEUE_BY_PRIORITY))
 SERVICE_QUEUES = (MONITOR_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
+# The queues each worker role reads (``-Q``, in this order). Webhook deliveries have their own pool, so a
+# receiver that holds every request for the whole timeout takes no time from jobs or sweeps; "all" is
+# one process for everything (tests, a laptop), without that isolation.
+WORKER_QUEUES: dict[str, tuple[str, ...]] = {
+    "jobs": (MONITOR_QUEUE, MAINTENANCE_QUEUE, *JOB_QUEUES),
+    "webhooks": (WEBHOOKS_QUEUE,),
+    "all": (*SERVICE_QUEUES, *JOB_QUEUES),
+}
 
 # The broker URL is set from REDIS_URL by the app factory; this is only the fallback for tooling.
 broker_url = "redis://localhost:6379/0"
@@ -45,7 +53,7 @@ timezone = "UTC"
 enable_utc = True
 
 # Declared queues; the service queues come first so a worker reading in order serves them first. A
-# worker started without -Q (the Procfile's) reads every queue declared here, in this order.
+# worker started without -Q reads every queue declared here, in this order (deployments pass -Q by role).
 task_queues = [Queue(name) for name in (*SERVICE_QUEUES, *JOB_QUEUES)]
 task_default_queue = QUEUE_BY_PRIORITY[PRIORITY_LEVELS[DEFAULT_PRIORITY]]
 # Tasks whose queue is fixed, by exact name. Celery's router applies these to send_task too, so callers

@@ -268,6 +268,24 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("GPUJOBS_WEBHOOK_ALLOW_PRIVATE", "0", _bool, "Allow webhooks and call.api to private addresses."),
     Setting(
+        "GPUJOBS_WEBHOOK_TIMEOUT_SECONDS",
+        "10",
+        _positive_float,
+        "Total deadline of one webhook attempt (connect, send, read the answer).",
+    ),
+    Setting(
+        "GPUJOBS_WEBHOOK_BREAKER_FAILURES",
+        "5",
+        _positive_int,
+        "Consecutive failed or timed-out deliveries after which a receiver's circuit opens.",
+    ),
+    Setting(
+        "GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS",
+        "60",
+        _positive_float,
+        "How long an open circuit holds a receiver's deliveries before one probe delivery is tried.",
+    ),
+    Setting(
         "GPUJOBS_MONITOR_INTERVAL_SECONDS", "5", _positive_float, "Poll interval while an instance starts."
     ),
     Setting(

@@ -309,6 +309,8 @@ class WebhookDelivery(Model):
     job_attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     event_type: Mapped[str] = mapped_column(String(64), nullable=False)
     url: Mapped[str] = mapped_column(Text, nullable=False)
+    # scheme://host:port of ``url``, the circuit breaker's key (None on rows older than the breaker).
+    endpoint: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     # Extra headers it is sent with, beside the signature's (its job's ``webhook_headers``; migration f6).
     headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
@@ -327,6 +329,21 @@ class WebhookDelivery(Model):
             "ix_webhook_due", "next_attempt_at", postgresql_where=text(f"status = '{DeliveryStatus.PENDING}'")
         ),
     )
+
+
+class WebhookEndpoint(Model):
+    """The circuit breaker of one receiver (scheme://host:port), shared by every tenant that names it.
+
+    Closed while ``open_until`` is None; open (deliveries held) until ``open_until``; past it, the one
+    delivery that moves ``open_until`` on is the probe, whose answer closes or reopens the circuit.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    endpoint: Mapped[str] = mapped_column(Text, primary_key=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    open_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = _created_at()
 
 
 class IdempotencyRecord(Model):

@@ -47,7 +47,8 @@ DEFAULT_OPTIONS = JobOptions()
 def validated(
     tenant_id: uuid.UUID, key: str, version: int, params: dict[str, Any]
 ) -> tuple[Definition, dict[str, Any]]:
-    """The definition ``key@version`` and ``params`` normalised by its model (for a job or a schedule).
+    """The definition ``key@version`` and ``params`` normalised by its model (for a job or a schedule),
+    checked against what the tenant may name (a Novita template it was granted, its own uploads).
 
     Raises InvalidField naming ``definitionKey``, each bad ``params.*`` field, or what the definition's
     ``authorize`` refuses this tenant.

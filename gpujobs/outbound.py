@@ -188,6 +188,11 @@ def _embedded_ipv4(addr: IPAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
+def endpoint_of(url: str) -> str:
+    """``scheme://host:port`` of a URL (UnsafeURLError if malformed): a receiver's identity, no path."""
+    return _parse(url).describe()
+
+
 def check_url(url: str, *, allow_private: bool) -> None:
     """Refuse an unsafe URL at submit time (the API turns UnsafeURLError into a 422)."""
     _checked_addresses(_parse(url), allow_private=allow_private, resolve_error=UnsafeURLError)

@@ -1,8 +1,9 @@
 """Video files on disk: accepting an upload for ``encode.video@1``, finding its output, and cleanup.
 
-An upload is streamed to ``<storage>/uploads/<random>.<ext>`` and kept only if its extension is allowed,
-its first bytes are the container that extension promises, and FFmpeg finds a video stream in it; so
-a renamed image or a truncated header is refused at the door instead of failing a job later. The
+An upload is streamed to ``<storage>/uploads/<random>.<ext>`` and kept only if its extension is allowed
+and its first bytes are the container that extension promises, so a renamed image is refused at the door.
+FFmpeg never runs here (untrusted media is read only in a worker): a file it cannot read fails its job
+with FFmpeg's reason. The
 encoded file's name is derived from the job id (``gpujobs.definitions.video.output_path``).
 """
 
@@ -21,7 +22,7 @@ from sqlalchemy import select
 
 from gpujobs import jobs
 from gpujobs.definitions import video
-from gpujobs.exceptions import GpuJobsError, InvalidField, PermanentError
+from gpujobs.exceptions import GpuJobsError
 from gpujobs.extensions import db
 from gpujobs.models import Job
 from gpujobs.states import JobStatus
@@ -30,11 +31,6 @@ log = logging.getLogger(__name__)
 
 DEFINITION_KEY, DEFINITION_VERSION = "encode.video", 1
 COPY_CHUNK_BYTES = 1024 * 1024
-SNIFF_BYTES = 12
-# The container each accepted extension promises, recognised by its first bytes.
-CONTAINER_BY_EXTENSION = {"mp4": "isobmff", "mov": "isobmff", "mkv": "ebml", "webm": "ebml", "avi": "riff"}
-# ISO base media (MP4, QuickTime) files open with a box: size, then a type; QuickTime allows a few more.
-ISOBMFF_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
 CLEANUP_QUERY_CHUNK = 500
 # A job in these states never reads its files again (failed ones can be redriven: kept).
@@ -47,13 +43,6 @@ class UploadRejected(GpuJobsError):
 
 class UnsupportedVideo(UploadRejected):
     """Not an accepted container: wrong extension, or content that does not match it."""
-
-
-class UnreadableVideo(UploadRejected, InvalidField):
-    """The right container, but FFmpeg finds no video stream it can read (an invalid ``video`` field)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("video", message)
 
 
 class VideoTooLarge(UploadRejected):
@@ -69,24 +58,15 @@ def extension_of(filename: str) -> str:
     return extension
 
 
-def container_of(head: bytes) -> str | None:
-    """The container family a file's first bytes announce, or None."""
-    if head[4:8] in ISOBMFF_FIRST_BOXES:
-        return "isobmff"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):  # EBML: Matroska and WebM
-        return "ebml"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "riff"
-    return None
+def store_upload(
+    stream: IO[bytes], filename: str, storage_dir: str | Path, max_bytes: int, tenant_id: str
+) -> str:
+    """Save an upload under a random name in the tenant's uploads directory and return that name.
 
-
-def store_upload(stream: IO[bytes], filename: str, storage_dir: str | Path, max_bytes: int) -> str:
-    """Save an upload under a random name in the uploads directory and return that name.
-
-    Raises UnsupportedVideo, VideoTooLarge or UnreadableVideo; nothing is left on disk then.
+    Raises UnsupportedVideo or VideoTooLarge; nothing is left on disk then.
     """
     extension = extension_of(filename)
-    directory = video.upload_dir(storage_dir)
+    directory = video.upload_dir(storage_dir, tenant_id)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"{secrets.token_hex(16)}.{extension}"  # a bare name encode.video accepts as inputFile
     path = directory / name
@@ -99,23 +79,19 @@ def store_upload(stream: IO[bytes], filename: str, storage_dir: str | Path, max_
                     raise VideoTooLarge(f"the video is larger than {max_bytes} bytes")
                 out.write(chunk)
         with open(path, "rb") as saved:
-            head = saved.read(SNIFF_BYTES)
-        expected = CONTAINER_BY_EXTENSION.get(extension)
-        if expected is None or container_of(head) != expected:
+            head = saved.read(video.SNIFF_BYTES)
+        expected = video.CONTAINER_BY_EXTENSION.get(extension)
+        if expected is None or video.container_of(head) != expected:
             raise UnsupportedVideo(f"the content of {filename!r} is not a .{extension} video")
-        try:
-            video.probe(path)
-        except PermanentError:
-            raise UnreadableVideo(f"{filename!r} has no video stream FFmpeg can read") from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return name
 
 
-def discard_upload(storage_dir: str | Path, name: str) -> None:
+def discard_upload(storage_dir: str | Path, tenant_id: str, name: str) -> None:
     """Remove an upload no job will read (its submission failed)."""
-    (video.upload_dir(storage_dir) / name).unlink(missing_ok=True)
+    (video.upload_dir(storage_dir, tenant_id) / name).unlink(missing_ok=True)
 
 
 def finished_output(job: Job, storage_dir: str | Path) -> Path | None:
@@ -137,7 +113,11 @@ def clean_up_videos(now: datetime | None = None) -> int:
     storage = Path(current_app.config["GPUJOBS_STORAGE_DIR"])
     retention = timedelta(hours=current_app.config["GPUJOBS_RETENTION_HOURS"])
     cutoff = ((now or jobs.utcnow()) - retention).timestamp()
-    uploads = _files(video.upload_dir(storage))
+    uploads = {
+        path: modified
+        for directory in _subdirectories(storage / video.UPLOADS_DIR_NAME)  # one per tenant
+        for path, modified in _files(directory).items()
+    }
     in_use, ended = _upload_readers([path.name for path in uploads])
     removed = [
         path
@@ -152,6 +132,14 @@ def clean_up_videos(now: datetime | None = None) -> int:
     if removed:
         log.info("video cleanup: %d files removed", len(removed))
     return len(removed)
+
+
+def _subdirectories(directory: Path) -> list[Path]:
+    """The directories in ``directory`` (none when it does not exist yet)."""
+    try:
+        return [Path(entry.path) for entry in os.scandir(directory) if entry.is_dir()]
+    except FileNotFoundError:
+        return []
 
 
 def _files(directory: Path) -> dict[Path, float]:

@@ -3,6 +3,15 @@
 An event is recorded in the same transaction as the transition that caused it, at most once per
 job attempt and type (a unique constraint), so its ``webhook-id`` is stable however often tasks
 run. Sending happens after commit; the job's own outcome never waits on the receiver.
+
+Each attempt has a total deadline (``GPUJOBS_WEBHOOK_TIMEOUT_SECONDS``), and a circuit breaker per
+receiver (scheme://host:port, as Svix and Stripe do) stops a failing one from taking the webhook
+pool's time: after ``GPUJOBS_WEBHOOK_BREAKER_FAILURES`` consecutive failures or timeouts its circuit
+opens and its deliveries are held (not tried, no retry spent) for a cool-down; then one delivery is
+the probe, whose success closes the circuit and releases the held deliveries at once. Opening,
+holding and closing are lines on the job's timeline. The breaker's state is a PostgreSQL row
+(``webhook_endpoints``), not Redis: it is read with the deliveries it holds, and survives a Redis
+that restarts empty.
 """
 
 from __future__ import annotations
@@ -26,8 +35,8 @@ from gpujobs import jobs, resources
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
-from gpujobs.models import Instance, Job, Tenant, WebhookDelivery
-from gpujobs.outbound import send
+from gpujobs.models import Instance, Job, Tenant, WebhookDelivery, WebhookEndpoint
+from gpujobs.outbound import endpoint_of, send
 from gpujobs.signing import webhook_headers
 from gpujobs.states import DeliveryStatus, JobStatus
 
@@ -43,7 +52,6 @@ RETRY_JITTER_FRACTION = 0.1
 # A claimed delivery is re-offered by the sweep if its sender vanished for this long.
 SEND_LEASE_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 5.0
-TOTAL_TIMEOUT_SECONDS = 15.0
 # A job's own headers on its deliveries (``webhookHeaders``, a ``webhook.send`` job's ``headers``).
 MAX_HEADERS = 20
 MAX_HEADER_VALUE_CHARS = 1024
@@ -61,6 +69,8 @@ _REFUSED_HEADERS = frozenset(
 )
 # The event type of a ``webhook.send`` job's delivery: the client's payload, not one of ours.
 MESSAGE_EVENT = "webhook.send"
+# What ``last_error`` says of a delivery the breaker holds (its try did not happen).
+HELD_ERROR = "held: the receiver's circuit is open"
 EVENT_BY_STATUS: dict[str, str] = {
     JobStatus.SUCCEEDED: "job.succeeded",
     JobStatus.FAILED: "job.failed",
@@ -136,6 +146,7 @@ def record_event(job: Job, event_type: str, instance: Instance | None = None) ->
             job_attempt=job.attempt,
             event_type=event_type,
             url=job.webhook_url,
+            endpoint=endpoint_of(job.webhook_url),
             payload=payload,
             headers=job.webhook_headers,
             status=DeliveryStatus.PENDING,
@@ -203,7 +214,7 @@ def publish_pending(job_id: uuid.UUID) -> None:
     ).all()
     if due:
         # The task's default limits fit one delivery; each one more may take the whole send timeout.
-        limit = len(due) * (TOTAL_TIMEOUT_SECONDS + 5) + 30
+        limit = len(due) * (current_app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + 5) + 30
         send_task(
             DELIVER_TASK,
             [str(item) for item in due],
@@ -246,6 +257,10 @@ def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
     if attempt is None:
         return None
     delivery = db.session.get_one(WebhookDelivery, delivery_id)
+    endpoint = delivery.endpoint or endpoint_of(delivery.url)
+    held_until = _gate(endpoint)
+    if held_until is not None:
+        return _hold(delivery, attempt, endpoint, held_until)
     tenant = db.session.get_one(Tenant, delivery.tenant_id)
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
     signed = webhook_headers(signing_secrets(tenant), str(delivery.id), int(time.time()), body)
@@ -263,21 +278,119 @@ def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
             delivered_at=func.now() if new_status == DeliveryStatus.SUCCEEDED else None,
         )
     )
+    released = _record_health(delivery, endpoint, healthy=status_code is not None and status_code < 500)
     db.session.commit()
+    for held in released:
+        publish_delivery(held)
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
 
 
+def _gate(endpoint: str) -> datetime | None:
+    """None when a delivery to ``endpoint`` may go now (circuit closed, or this one is the probe);
+    else until when the open circuit holds it."""
+    cooldown = timedelta(seconds=current_app.config["GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS"])
+    open_until = db.session.scalar(
+        select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == endpoint)
+    )
+    if open_until is None:
+        return None
+    # Past the cool-down the first delivery to move ``open_until`` on is the probe; the rest stay held.
+    probe = db.session.execute(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.endpoint == endpoint, WebhookEndpoint.open_until <= func.now())
+        .values(open_until=func.now() + cooldown, updated_at=func.now())
+        .returning(WebhookEndpoint.endpoint)
+    ).scalar_one_or_none()
+    db.session.commit()
+    if probe is not None:
+        return None
+    return db.session.scalar(select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == endpoint))
+
+
+def _hold(delivery: WebhookDelivery, attempt: int, endpoint: str, until: datetime) -> DeliveryStatus:
+    """Give the claimed try back (no retry spent) and wait for the circuit; noted once on the timeline."""
+    already_held = delivery.last_error == HELD_ERROR  # read first: the update below refreshes the object
+    db.session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery.id, WebhookDelivery.attempts == attempt)
+        .values(attempts=attempt - 1, next_attempt_at=until, last_error=HELD_ERROR)
+    )
+    if not already_held:
+        data = {"endpoint": endpoint, "eventType": delivery.event_type, "until": until.isoformat()}
+        jobs.add_event(delivery.job_id, "webhook.held", delivery.job_attempt, data)
+    db.session.commit()
+    log.info("delivery %s held: circuit of %s open until %s", delivery.id, endpoint, until)
+    return DeliveryStatus.PENDING
+
+
+def _record_health(delivery: WebhookDelivery, endpoint: str, *, healthy: bool) -> list[uuid.UUID]:
+    """Count the answer in the endpoint's breaker (in the caller's transaction); returns the held
+    deliveries a closing circuit releases. No answer, a timeout or a 5xx is a failure."""
+    config = current_app.config
+    before = db.session.execute(
+        select(WebhookEndpoint.open_until, WebhookEndpoint.consecutive_failures)
+        .where(WebhookEndpoint.endpoint == endpoint)
+        .with_for_update()
+    ).one_or_none()
+    was_open = before is not None and before.open_until is not None
+    if healthy:
+        if before is None or (not was_open and before.consecutive_failures == 0):
+            return []  # the usual case: nothing to write
+        db.session.execute(
+            update(WebhookEndpoint)
+            .where(WebhookEndpoint.endpoint == endpoint)
+            .values(consecutive_failures=0, open_until=None, updated_at=func.now())
+        )
+        if not was_open:
+            return []
+        jobs.add_event(
+            delivery.job_id, "webhook.circuit_closed", delivery.job_attempt, {"endpoint": endpoint}
+        )
+        return list(
+            db.session.scalars(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.endpoint == endpoint,
+                    WebhookDelivery.status == DeliveryStatus.PENDING,
+                    WebhookDelivery.last_error == HELD_ERROR,
+                )
+                .values(next_attempt_at=func.now())
+                .returning(WebhookDelivery.id)
+            )
+        )
+    failures = (before.consecutive_failures if before else 0) + 1
+    opens = was_open or failures >= config["GPUJOBS_WEBHOOK_BREAKER_FAILURES"]  # a failed probe reopens
+    cooldown = timedelta(seconds=config["GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS"])
+    values = {"consecutive_failures": failures, "updated_at": func.now()}
+    if opens:
+        values["open_until"] = func.now() + cooldown
+        data = {
+            "endpoint": endpoint,
+            "consecutiveFailures": failures,
+            "coolDownSeconds": cooldown.total_seconds(),
+        }
+        jobs.add_event(delivery.job_id, "webhook.circuit_opened", delivery.job_attempt, data)
+    db.session.execute(
+        insert(WebhookEndpoint)
+        .values(endpoint=endpoint, **values)
+        .on_conflict_do_update(index_elements=[WebhookEndpoint.endpoint], set_=values)
+    )
+    return []
+
+
 def _send(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+    config = current_app.config
+    total = config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"]
     try:
         response = send(
             "POST",
             url,
             data=body,
             headers=headers,
-            allow_private=current_app.config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"],
-            connect_timeout_seconds=CONNECT_TIMEOUT_SECONDS,
-            total_timeout_seconds=TOTAL_TIMEOUT_SECONDS,
+            allow_private=config["GPUJOBS_WEBHOOK_ALLOW_PRIVATE"],
+            connect_timeout_seconds=min(CONNECT_TIMEOUT_SECONDS, total),
+            total_timeout_seconds=total,
         )
     except GpuJobsError as exc:
         return None, str(exc)[:500]

@@ -149,13 +149,13 @@ def tenant(app: Flask) -> dict[str, str]:
 class WorkerProcess:
     """A real ``celery worker`` subprocess of the service under test."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int, name: str) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int, name: str, role: str) -> None:
         from gpujobs.dev.devserver import worker_command
 
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            worker_command(concurrency, hostname=f"{name}@%h"),
+            worker_command(role, concurrency, hostname=f"{name}@%h"),
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -198,12 +198,16 @@ class WorkerProcess:
 def start_worker(
     process_env: dict[str, str], app: Flask, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """Factory: start a real worker (extra env overrides allowed); all are stopped after the test."""
+    """Factory: start a real worker (extra env overrides allowed); all are stopped after the test.
+
+    Its role (``gpujobs.celery_settings.WORKER_QUEUES``) is "all" unless a test needs the deployment's
+    split between job and webhook workers.
+    """
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 2, name: str = "w1", **overrides: str) -> WorkerProcess:
+    def start(concurrency: int = 2, name: str = "w1", role: str = "all", **overrides: str) -> WorkerProcess:
         env = dict(process_env, **overrides)
-        worker = WorkerProcess(env, tmp_path / f"{name}.log", concurrency, name)
+        worker = WorkerProcess(env, tmp_path / f"{name}.log", concurrency, name, role)
         started.append(worker)
         return worker
 

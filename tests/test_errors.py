@@ -16,7 +16,7 @@ from gpujobs.exceptions import (
     PermanentError,
     TransientError,
 )
-from gpujobs.videos import UnreadableVideo, UnsupportedVideo, VideoTooLarge
+from gpujobs.videos import UnsupportedVideo, VideoTooLarge
 
 
 class Numbers(BaseModel):
@@ -46,14 +46,6 @@ def test_an_invalid_field_is_a_422_naming_the_field():
         "invalid value for: webhookUrl",
     )
     assert answer.extra == {"errors": [{"field": "webhookUrl", "message": "URL has no host"}]}
-
-
-def test_an_unreadable_video_is_an_invalid_video_field():
-    answer = problem_of(UnreadableVideo("'a.mp4' has no video stream FFmpeg can read"))
-    assert answer.status == 422
-    assert answer.extra["errors"] == [
-        {"field": "video", "message": "'a.mp4' has no video stream FFmpeg can read"}
-    ]
 
 
 def test_pydantic_errors_become_one_invalid_field_per_path_under_the_prefix():

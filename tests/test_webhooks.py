@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from functools import partial
 
 import pytest
 from sqlalchemy import select, update
@@ -228,3 +229,62 @@ def test_a_webhook_send_to_a_forbidden_url_is_refused_at_submit(app, client, ten
     )
     assert response.status_code == 422
     assert [error["field"] for error in response.json["errors"]] == ["params.url"]
+
+
+def test_the_circuit_opens_after_repeated_failures_holds_deliveries_and_a_later_probe_closes_it(
+    app, client, tenant, start_worker, receiver
+):
+    from gpujobs.models import JobEvent, WebhookEndpoint
+    from gpujobs.sweeps import publish_due_webhooks
+
+    start_worker(
+        concurrency=1, GPUJOBS_WEBHOOK_BREAKER_FAILURES="2", GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS="1"
+    )
+    hook = receiver(fail_first=2)  # two failures open the circuit; the receiver then recovers
+    job_ids = []
+    for index in range(3):  # one at a time, so the third is sent after the circuit opened
+        body = {"definitionKey": "echo", "params": {"message": f"m{index}"}, "webhookUrl": hook.url}
+        job_ids.append(client.post("/v1/jobs", json=body, headers=tenant["headers"]).json["id"])
+        sent_or_held = len(hook.ids) + 1
+        job_id = job_ids[-1]
+        wait_for(partial(_sent_or_held, app, hook, sent_or_held, job_id), timeout=30)
+
+    def breaker() -> WebhookEndpoint | None:
+        with app.app_context():
+            return db.session.scalar(select(WebhookEndpoint))
+
+    assert breaker().consecutive_failures == 2 and breaker().open_until is not None
+    assert len(hook.ids) == 2  # the third was held, not sent
+    assert _timeline(app, job_ids[1], "webhook.circuit_opened")
+    assert _timeline(app, job_ids[2], "webhook.held")
+
+    def probe_sent() -> bool:  # the beat's sweep, by hand: a due retry becomes the probe
+        with app.app_context():
+            db.session.execute(update(WebhookDelivery).values(next_attempt_at=db.func.now()))
+            db.session.commit()
+            publish_due_webhooks()
+        return len(hook.verified) >= 3
+
+    wait_for(probe_sent, timeout=30, interval=1.5)
+    assert breaker().open_until is None and breaker().consecutive_failures == 0
+    with app.app_context():
+        closed = db.session.scalars(
+            select(JobEvent.type).where(JobEvent.type == "webhook.circuit_closed")
+        ).all()
+    assert closed == ["webhook.circuit_closed"]
+    assert {event["data"]["job"]["id"] for event in hook.verified} == set(job_ids)
+
+
+def _sent_or_held(app, hook: Receiver, sent: int, job_id: str) -> bool:
+    return len(hook.ids) >= sent or _timeline(app, job_id, "webhook.held")
+
+
+def _timeline(app, job_id: str, event_type: str) -> bool:
+    from gpujobs.models import JobEvent
+
+    with app.app_context():
+        return bool(
+            db.session.scalar(
+                select(JobEvent.id).where(JobEvent.job_id == uuid.UUID(job_id), JobEvent.type == event_type)
+            )
+        )

@@ -126,7 +126,7 @@ def _choices(job: Job) -> dict[str, str]:
         202: VideoAccepted,
         413: "Larger than GPUJOBS_VIDEO_MAX_BYTES",
         415: "Not an mp4, mov, mkv, webm or avi video (checked by name and by content)",
-        422: "Invalid field, or no video stream FFmpeg can read; errors[] names the field",
+        422: "Invalid field; errors[] names the field",
     },
 )
 @require_api_key
@@ -142,7 +142,8 @@ def encode_video() -> tuple[dict[str, Any], int, dict[str, str]]:
         raise InvalidField("video", "must be a file")
     form = EncodeForm.model_validate(request.form.to_dict())
     storage = current_app.config["GPUJOBS_STORAGE_DIR"]
-    input_file = videos.store_upload(upload.stream, upload.filename, storage, max_bytes)
+    tenant_id = str(g.tenant.id)
+    input_file = videos.store_upload(upload.stream, upload.filename, storage, max_bytes, tenant_id)
     try:
         job = operations.submit(
             g.tenant.id,
@@ -152,7 +153,7 @@ def encode_video() -> tuple[dict[str, Any], int, dict[str, str]]:
             operations.JobOptions(priority=form.priority),
         )
     except BaseException:  # nothing will read the upload now (the database is away, say): remove it
-        videos.discard_upload(storage, input_file)
+        videos.discard_upload(storage, tenant_id, input_file)
         raise
     status_url = url_for("videos.video_status", job_id=job.id)
     accepted = {

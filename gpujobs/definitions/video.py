@@ -1,6 +1,6 @@
 """encode.video@1: transcode an uploaded video with the FFmpeg binary that ships in imageio-ffmpeg.
 
-Params can only name a bare file in ``<storage>/uploads/``; the output goes to
+Params can only name a bare file in the tenant's own ``<storage>/uploads/<tenant id>/``; the output goes to
 ``<storage>/outputs/<job_id>.<format>``. Each attempt writes its own ``<job_id>.<attempt>.part.<format>``
 (a stale attempt still encoding never shares or deletes a newer one's file), and renames it into place
 only while it still holds the job (``JobContext.hold_job``), so a half-written file is never served and
@@ -8,6 +8,12 @@ an attempt that lost the job never publishes. FFmpeg reports its position on std
 pipe:1``), which becomes job progress. It runs in its own process group, killed as a whole on cancel,
 timeout or any exception (a soft time limit, a warm shutdown); on Linux it also dies with the worker
 process that started it, even one killed with SIGKILL (``PR_SET_PDEATHSIG``).
+
+Uploads are untrusted media, so FFmpeg touches them only here, in a worker, never in the web process:
+it may open local files only (``-protocol_whitelist file``), reads the input with the one demuxer its
+first bytes and extension agree on (``-f``; anything else is refused before FFmpeg starts), runs under
+time limits with a minimal environment (no secret of the service), and at most ``STDERR_MAX_BYTES`` of
+its error output is ever read back.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
@@ -32,7 +39,7 @@ import imageio_ffmpeg
 from flask import current_app
 from pydantic import Field
 
-from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
+from gpujobs.exceptions import InvalidField, JobCancelled, PermanentError, TransientError
 from gpujobs.registry import JobContext, Params, job_definition
 
 ALLOWED_UPLOAD_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "webm", "avi"})
@@ -51,6 +58,18 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 CANCEL_POLL_INTERVAL_SECONDS = 0.25
 STDERR_TAIL_LINES = 5
 STDERR_TAIL_CHARS = 600
+# The most of FFmpeg's error output ever read into memory: the head for a probe (the stream description
+# comes first), the tail after an encode (the error comes last).
+STDERR_MAX_BYTES = 64 * 1024
+# The only variables FFmpeg gets: none of the service's secrets (database, broker, Novita, signing keys).
+FFMPEG_ENV_NAMES = ("PATH", "LANG", "TMPDIR")
+SNIFF_BYTES = 12
+# The container each accepted extension promises, recognised by its first bytes.
+CONTAINER_BY_EXTENSION = {"mp4": "isobmff", "mov": "isobmff", "mkv": "ebml", "webm": "ebml", "avi": "riff"}
+# ISO base media (MP4, QuickTime) files open with a box: size, then a type; QuickTime allows a few more.
+ISOBMFF_FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
+# The FFmpeg demuxer pinned for each container (-f): FFmpeg never guesses a format from the content.
+DEMUXER_BY_CONTAINER = {"isobmff": "mov", "ebml": "matroska", "riff": "avi"}
 MIN_OUTPUT_DURATION_RATIO = 0.9  # a shorter output means part of the input could not be decoded
 
 # The box each resolution must fit in (turned for portrait video); aspect ratio is always kept.
@@ -76,7 +95,7 @@ class EncodeVideoParams(Params):
 
     inputFile: str = Field(
         pattern=INPUT_FILE_PATTERN,
-        description="bare name of a file in the uploads directory, as returned by POST /v1/videos/encode",
+        description="bare name of one of your uploads, as returned by POST /v1/videos/encode",
     )
     format: OutputFormat = Field(
         "mp4", description="output container and codecs: mp4 (H.264/AAC) or webm (VP9/Opus)"
@@ -101,9 +120,11 @@ class MediaInfo:
     duration_seconds: float | None
 
 
-def upload_dir(storage_dir: str | os.PathLike[str]) -> Path:
-    """Where uploads go; encode.video only ever reads from here."""
-    return Path(storage_dir) / UPLOADS_DIR_NAME
+def upload_dir(storage_dir: str | os.PathLike[str], tenant_id: str) -> Path:
+    """Where a tenant's uploads go: a directory per tenant, so an upload only exists for its owner."""
+    if not _SAFE_JOB_ID.fullmatch(tenant_id):
+        raise ValueError(f"no upload directory for tenant {tenant_id!r}")
+    return Path(storage_dir) / UPLOADS_DIR_NAME / tenant_id
 
 
 def output_path(storage_dir: str | os.PathLike[str], job_id: str, fmt: str) -> Path:
@@ -113,15 +134,63 @@ def output_path(storage_dir: str | os.PathLike[str], job_id: str, fmt: str) -> P
     return Path(storage_dir) / OUTPUTS_DIR_NAME / f"{job_id}.{fmt}"
 
 
-def input_path(storage_dir: str | os.PathLike[str], input_file: str) -> Path:
-    """Resolve an upload's name, refusing anything that is not a plain file inside the uploads directory."""
-    uploads = upload_dir(storage_dir).resolve()
+def input_path(storage_dir: str | os.PathLike[str], tenant_id: str, input_file: str) -> Path:
+    """Resolve the tenant's upload by name, refusing anything that is not a plain file in its directory.
+
+    Another tenant's upload is "does not exist", word for word the answer for a name nobody uploaded.
+    """
+    uploads = upload_dir(storage_dir, tenant_id).resolve()
     path = (uploads / input_file).resolve()  # resolve() follows symlinks: a link out is caught too
     if not re.fullmatch(INPUT_FILE_PATTERN, input_file) or not path.is_relative_to(uploads):
         raise PermanentError(f"inputFile {input_file!r} is not an upload name")
     if not path.is_file():
         raise PermanentError(f"upload {input_file!r} does not exist")
     return path
+
+
+def check_upload(tenant_id: uuid.UUID, params: dict[str, Any]) -> None:
+    """At submission: InvalidField naming ``inputFile`` unless it is one of the tenant's uploads."""
+    try:
+        input_path(current_app.config["GPUJOBS_STORAGE_DIR"], str(tenant_id), params["inputFile"])
+    except PermanentError as exc:
+        raise InvalidField("inputFile", str(exc)) from None
+
+
+def container_of(head: bytes) -> str | None:
+    """The container family a file's first bytes announce, or None."""
+    if head[4:8] in ISOBMFF_FIRST_BOXES:
+        return "isobmff"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):  # EBML: Matroska and WebM
+        return "ebml"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "riff"
+    return None
+
+
+def input_args(path: Path) -> list[str]:
+    """FFmpeg's arguments to read ``path``: local files only, with the demuxer its extension and content
+    agree on; PermanentError for any other file, before FFmpeg sees it."""
+    with open(path, "rb") as file:
+        container = container_of(file.read(SNIFF_BYTES))
+    expected = CONTAINER_BY_EXTENSION.get(path.suffix[1:].lower())
+    if container is None or container != expected:
+        raise PermanentError(f"{path.name} is not a {path.suffix[1:]} video (its content says otherwise)")
+    return ["-protocol_whitelist", "file", "-f", DEMUXER_BY_CONTAINER[container], "-i", str(path)]
+
+
+def ffmpeg_env() -> dict[str, str]:
+    """The minimal environment FFmpeg runs with (``FFMPEG_ENV_NAMES`` taken from ours)."""
+    return {name: os.environ[name] for name in FFMPEG_ENV_NAMES if name in os.environ}
+
+
+def _read_bounded(stderr: IO[bytes], *, tail: bool) -> str:
+    """At most ``STDERR_MAX_BYTES`` of a finished FFmpeg's error output: its head, or its tail."""
+    if tail:
+        stderr.seek(0, os.SEEK_END)
+        stderr.seek(max(0, stderr.tell() - STDERR_MAX_BYTES))
+    else:
+        stderr.seek(0)
+    return stderr.read(STDERR_MAX_BYTES).decode(errors="replace")
 
 
 def target_size(width: int, height: int, resolution: str) -> tuple[int, int]:
@@ -144,28 +213,31 @@ def ffmpeg_exe() -> str:
 
 def probe(path: Path) -> MediaInfo:
     """Read size, rotation and duration from ffmpeg's stream description (no ffprobe in the wheel)."""
-    try:
-        completed = subprocess.run(
-            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
-            check=False,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=PROBE_TIMEOUT_SECONDS,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise PermanentError(f"reading {path.name} took over {PROBE_TIMEOUT_SECONDS}s") from exc
-    # ffmpeg exits 1 here ("at least one output file must be specified"); stderr is the description.
-    size = _VIDEO_SIZE_RE.search(completed.stderr)
+    inputs = input_args(path)  # refuses a mismatched file before FFmpeg is even looked up
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", *inputs]
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            subprocess.run(
+                command,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=ffmpeg_env(),
+                timeout=PROBE_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PermanentError(f"reading {path.name} took over {PROBE_TIMEOUT_SECONDS}s") from exc
+        # ffmpeg exits 1 here ("at least one output file must be specified"); stderr is the description.
+        description = _read_bounded(stderr, tail=False)
+    size = _VIDEO_SIZE_RE.search(description)
     if size is None:
-        raise PermanentError(
-            f"{path.name} has no readable video stream: {_tail(completed.stderr, path.parent)}"
-        )
+        raise PermanentError(f"{path.name} has no readable video stream: {_tail(description, path.parent)}")
     width, height = int(size[1]), int(size[2])
-    rotation = _ROTATION_RE.search(completed.stderr)
+    rotation = _ROTATION_RE.search(description)
     if rotation and round(abs(float(rotation[1]))) % 180 == 90:
         width, height = height, width  # ffmpeg auto-rotates, so the frame we scale is turned
-    duration = _DURATION_RE.search(completed.stderr)
+    duration = _DURATION_RE.search(description)
     seconds = int(duration[1]) * 3600 + int(duration[2]) * 60 + float(duration[3]) if duration else None
     return MediaInfo(width, height, seconds or None)
 
@@ -213,7 +285,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _start_ffmpeg(command: list[str], stderr: IO[str]) -> subprocess.Popen[str]:
+def _start_ffmpeg(command: list[str], stderr: IO[bytes]) -> subprocess.Popen[str]:
     """Start FFmpeg in a process group of its own (the unit we kill), tied to this process's life."""
     preexec = functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
     if preexec:
@@ -223,6 +295,7 @@ def _start_ffmpeg(command: list[str], stderr: IO[str]) -> subprocess.Popen[str]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,
+        env=ffmpeg_env(),
         text=True,
         start_new_session=True,
         preexec_fn=preexec,  # see _die_with_parent
@@ -271,7 +344,7 @@ def run_ffmpeg(
     """
     deadline = time.monotonic() + ENCODE_TIMEOUT_SECONDS
     command = [ffmpeg_exe(), *_FFMPEG_FLAGS, *args]
-    with tempfile.TemporaryFile("w+", errors="replace") as stderr:
+    with tempfile.TemporaryFile() as stderr:
         process = _start_ffmpeg(command, stderr)
         lines: queue.Queue[str | None] = queue.Queue()
         reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
@@ -294,8 +367,7 @@ def run_ffmpeg(
             reader.join(timeout=5)
             if process.stdout is not None:  # our end of the progress pipe, read to its end by now
                 process.stdout.close()
-        stderr.seek(0)
-        tail = _tail(stderr.read(), *hide_dirs)
+        tail = _tail(_read_bounded(stderr, tail=True), *hide_dirs)
     if returncode < 0:  # killed by a signal we did not send (OOM killer, shutdown): worth retrying
         raise TransientError(f"ffmpeg was killed by signal {-returncode}")
     if returncode != 0:
@@ -318,12 +390,13 @@ def _next_line(lines: queue.Queue[str | None]) -> str | None:
     max_attempts=2,
     timeout_seconds=ENCODE_TIMEOUT_SECONDS,
     concurrency_limit=3,  # each encode saturates several cores
+    authorize=check_upload,
     description="Transcodes an uploaded video to 720p/1080p/4k MP4 (H.264/AAC) or WebM (VP9/Opus).",
 )
 def encode_video(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     """Transcode one upload and describe the file produced, as measured from the file itself."""
     storage_dir = Path(current_app.config["GPUJOBS_STORAGE_DIR"])
-    source = input_path(storage_dir, params["inputFile"])
+    source = input_path(storage_dir, ctx.tenant, params["inputFile"])
     info = probe(source)
     width, height = target_size(info.width, info.height, params["resolution"])
     target = output_path(storage_dir, ctx.job_id, params["format"])
@@ -334,7 +407,7 @@ def encode_video(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
     ctx.progress(0, "encoding started", width=width, height=height, durationSeconds=info.duration_seconds)
     streams = ["-map", "0:v:0", "-map", "0:a:0?", "-pix_fmt", "yuv420p"]  # first video, first audio if any
     scale = ["-vf", f"scale={width}:{height}:flags=lanczos,setsar=1"]
-    args = ["-y", "-i", str(source), *streams, *scale, *_codec_args(params["format"], params["quality"])]
+    args = ["-y", *input_args(source), *streams, *scale, *_codec_args(params["format"], params["quality"])]
     try:
         hide_dirs = (storage_dir, storage_dir.resolve())
         tail = run_ffmpeg(ctx, [*args, str(partial)], info.duration_seconds, hide_dirs)

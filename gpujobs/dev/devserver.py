@@ -2,8 +2,9 @@
 
 Starts embedded PostgreSQL and Redis when ``DATABASE_URL`` / ``REDIS_URL`` are unset, the Novita
 simulator when ``NOVITA_API_KEY`` is unset, applies migrations, creates a development tenant, key and
-a few sample jobs, then runs the API, a worker, beat and Flower as supervised child processes until
-Ctrl-C (``gpujobs.dev.supervisor``: one that dies is restarted, one that keeps dying stops the run).
+a few sample jobs, then runs the API, a job worker, a webhook worker, beat and Flower as supervised child
+processes until Ctrl-C (``gpujobs.dev.supervisor``: one that dies is restarted, one that keeps dying stops
+the run).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import requests
 
 from gpujobs import create_app
+from gpujobs.celery_settings import WORKER_QUEUES
 from gpujobs.config import load_config
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.dev.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
@@ -39,9 +41,10 @@ def web_command(port: int) -> list[str]:
     return [sys.executable, "-m", "gunicorn", "-c", "python:gpujobs.gunicorn_conf", "-b", f"127.0.0.1:{port}"]
 
 
-def worker_command(concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
-    """The Celery worker command line: without -Q it reads every declared queue, service queues first."""
-    celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker"]
+def worker_command(role: str = "jobs", concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
+    """The Celery worker command line of a role (``WORKER_QUEUES``): it reads only that role's queues."""
+    queues = ",".join(WORKER_QUEUES[role])
+    celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker", "-Q", queues]
     options = ["-c", str(concurrency), "-n", hostname]  # log level: GPUJOBS_LOG_LEVEL (gpujobs.logs)
     return [*celery, *options, "--without-gossip", "--without-mingle"]
 
@@ -122,7 +125,8 @@ def process_commands(data_dir: Path, port: int, flower_port: int) -> dict[str, l
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker"]
     return {
         "web": web_command(port),
-        "worker": worker_command(),
+        "worker": worker_command("jobs"),
+        "webhooks": worker_command("webhooks", hostname="webhooks@%h"),
         "beat": [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
     }
@@ -155,7 +159,7 @@ gpujobs is running (Ctrl-C stops everything)
   Flower     http://127.0.0.1:{flower_port}
   Novita     {novita}
   API key    {api_key}
-  Logs       {log_dir}/{{web,worker,beat,flower}}.log
+  Logs       {log_dir}/{{web,worker,webhooks,beat,flower}}.log
 
   curl -H "Authorization: Bearer {api_key}" http://127.0.0.1:{port}/v1/jobs
 """,

@@ -117,7 +117,9 @@ def test_process_batch_reports_progress_after_each_batch(client, tenant, worker)
 
 def test_encode_video_transcodes_an_upload_to_webm(client, tenant, worker, app):
     storage = app.config["GPUJOBS_STORAGE_DIR"]
-    make_clip(video.upload_dir(storage) / "through_worker.mp4", seconds=1, size="160x120", rate=10)
+    make_clip(
+        video.upload_dir(storage, tenant["id"]) / "through_worker.mp4", seconds=1, size="160x120", rate=10
+    )
     params = {"inputFile": "through_worker.mp4", "format": "webm", "resolution": "720p", "quality": "low"}
     job = run_over_http(client, tenant, "encode.video", params)
     assert job["status"] == "succeeded", job["error"]
@@ -130,7 +132,9 @@ def test_encode_video_transcodes_an_upload_to_webm(client, tenant, worker, app):
 
 def test_ffmpeg_dies_with_the_pool_process_that_ran_it_and_the_job_goes_on(client, tenant, worker, app):
     storage = app.config["GPUJOBS_STORAGE_DIR"]
-    make_clip(video.upload_dir(storage) / "killed_worker.mp4", seconds=10, size="640x480", rate=30)
+    make_clip(
+        video.upload_dir(storage, tenant["id"]) / "killed_worker.mp4", seconds=10, size="640x480", rate=30
+    )
     params = {"inputFile": "killed_worker.mp4", "resolution": "4k", "quality": "high"}
     body = {"definitionKey": "encode.video", "definitionVersion": 1, "params": params}
     accepted = client.post("/v1/jobs", json=body, headers=tenant["headers"])

@@ -41,7 +41,7 @@ def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def uploads(flask_app: Flask, tmp_path: Path) -> Path:
-    directory = video.upload_dir(tmp_path)
+    directory = video.upload_dir(tmp_path, "test")  # RecordingContext's tenant
     directory.mkdir(parents=True)
     return directory
 
@@ -93,6 +93,46 @@ def test_a_corrupt_upload_fails_permanently_with_a_short_reason(run_job, ctx, up
         run_job("encode.video", {"inputFile": "broken.mp4"}, ctx)
     assert len(str(raised.value)) < 800 and str(tmp_path) not in str(raised.value)
     assert not video.output_path(tmp_path, ctx.job_id, "mp4").exists()
+
+
+def test_a_file_whose_content_is_not_its_extensions_container_never_reaches_ffmpeg(
+    run_job, ctx, uploads, tmp_path, monkeypatch
+):
+    make_clip(tmp_path / "real.mkv", seconds=1, size="160x120", rate=10)
+    (uploads / "renamed.mp4").write_bytes((tmp_path / "real.mkv").read_bytes())
+    monkeypatch.setattr(video, "ffmpeg_exe", lambda: pytest.fail("FFmpeg ran on a mismatched file"))
+    with pytest.raises(PermanentError, match=r"renamed\.mp4 is not a mp4 video"):
+        run_job("encode.video", {"inputFile": "renamed.mp4"}, ctx)
+
+
+def test_ffmpeg_reads_local_files_only_with_the_pinned_demuxer(uploads):
+    clip = make_clip(uploads / "clip_p.mov", seconds=1, size="160x120", rate=10)
+    args = video.input_args(clip)
+    assert args == ["-protocol_whitelist", "file", "-f", "mov", "-i", str(clip)]
+    # a network URL (as a crafted file could name one) is refused by the whitelist
+    whitelist = args[:2]
+    command = [video.ffmpeg_exe(), "-hide_banner", *whitelist, "-i", "http://127.0.0.1:9/x.mp4"]
+    stderr = subprocess.run(command, capture_output=True, text=True, env=video.ffmpeg_env()).stderr
+    assert "not on whitelist" in stderr
+
+
+def test_ffmpeg_gets_no_secret_of_the_service_in_its_environment(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://user:secret@db/x")
+    monkeypatch.setenv("NOVITA_API_KEY", "sk_secret")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    env = video.ffmpeg_env()
+    assert set(env) <= set(video.FFMPEG_ENV_NAMES) and env["LANG"] == "C.UTF-8"
+    assert "secret" not in repr(env)
+
+
+def test_only_a_bounded_share_of_ffmpegs_error_output_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "STDERR_MAX_BYTES", 1024)
+    with open(tmp_path / "stderr", "w+b") as stderr:
+        stderr.write(b"head\n" + b"x" * 100_000 + b"\ntail")
+        stderr.flush()
+        head, tail = video._read_bounded(stderr, tail=False), video._read_bounded(stderr, tail=True)
+    assert len(head) == len(tail) == 1024
+    assert head.startswith("head") and tail.endswith("tail")
 
 
 class _WatchingContext:
@@ -221,9 +261,17 @@ def test_a_symlink_out_of_uploads_and_a_missing_upload_are_refused(run_job, uplo
         run_job("encode.video", {"inputFile": "nothing.mp4"})
 
 
+def test_another_tenants_upload_does_not_exist_for_a_job(run_job, uploads, tmp_path):
+    make_clip(video.upload_dir(tmp_path, "other") / "theirs.mp4", seconds=1, size="160x120", rate=10)
+    with pytest.raises(PermanentError, match=r"upload 'theirs\.mp4' does not exist"):
+        run_job("encode.video", {"inputFile": "theirs.mp4"})
+
+
 def test_output_paths_are_only_made_from_safe_job_ids_and_known_formats(tmp_path):
     assert video.output_path(tmp_path, "abc-123", "webm") == tmp_path / "outputs" / "abc-123.webm"
-    assert video.upload_dir(tmp_path) == tmp_path / "uploads"
+    assert video.upload_dir(tmp_path, "t-1") == tmp_path / "uploads" / "t-1"
+    with pytest.raises(ValueError):
+        video.upload_dir(tmp_path, "../t")
     for job_id, fmt in (("../x", "mp4"), ("a/b", "mp4"), ("ok", "exe"), ("", "mp4")):
         with pytest.raises(ValueError):
             video.output_path(tmp_path, job_id, fmt)

@@ -22,7 +22,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def uploads(app: Flask) -> Callable[[], set[str]]:
-    """What the uploads directory holds now (it is shared by the whole run, so tests compare sets)."""
-    directory = video.upload_dir(app.config["GPUJOBS_STORAGE_DIR"])
+def uploads(app: Flask, tenant: dict[str, str]) -> Callable[[], set[str]]:
+    """What the tenant's uploads directory holds now (shared by the whole run, so tests compare sets)."""
+    directory = video.upload_dir(app.config["GPUJOBS_STORAGE_DIR"], tenant["id"])
     return lambda: {path.name for path in directory.glob("*")} if directory.is_dir() else set()

@@ -131,8 +131,6 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
         (PNG, "holiday.mp4", 415),  # an image renamed
         ("mkv", "holiday.mp4", 415),  # a Matroska file calling itself MP4
         (b"", "empty.mp4", 415),
-        (b"\x00\x00\x00\x18ftypisom" + b"\x07" * 4000, "broken.mp4", 422),  # the right header, then garbage
-        ("audio", "sound.mp4", 422),  # a real MP4 with no video stream
     ],
 )
 def test_files_that_are_not_videos_are_refused_by_name_and_by_content(
@@ -144,6 +142,20 @@ def test_files_that_are_not_videos_are_refused_by_name_and_by_content(
     assert response.status_code == status, response.json
     assert response.content_type == "application/problem+json"
     assert uploads() == before
+
+
+def test_an_upload_ffmpeg_cannot_read_is_accepted_and_its_job_fails_in_the_worker_with_the_reason(
+    client, tenant, clips, worker
+):
+    accepted = upload(client, tenant, clips["audio"].read_bytes(), "sound.mp4")  # no video stream
+    assert accepted.status_code == 202, accepted.json  # the web process never runs FFmpeg
+
+    def finished() -> dict | None:
+        status = client.get(accepted.json["statusUrl"], headers=tenant["headers"]).json
+        return status if status["status"] in ("succeeded", "failed") else None
+
+    status = wait_for(finished, timeout=60, interval=0.5)
+    assert status["status"] == "failed" and "has no readable video stream" in status["error"]
 
 
 @pytest.mark.parametrize("container", ["mov", "mkv", "webm"])
@@ -203,3 +215,27 @@ def test_video_routes_need_a_key_and_never_show_another_tenants_or_a_non_video_j
         assert client.get(f"/v1/videos/{job_id}/{path}").status_code == 401
     unauthenticated = client.post("/v1/videos/encode", data={"video": (io.BytesIO(b"x"), "a.mp4")})
     assert unauthenticated.status_code == 401 and unauthenticated.content_type == "application/problem+json"
+
+
+def test_an_upload_belongs_to_its_tenant_another_naming_it_gets_the_answer_for_a_missing_file(
+    client, tenant, clips, app
+):
+    input_file = upload(client, tenant, clips["mp4"].read_bytes()).json["inputFile"]
+    other = make_tenant(app, "initech")
+
+    def encode(who: dict, name: str, route: str = "/v1/jobs"):
+        params = {"inputFile": name}
+        body = {"definitionKey": "encode.video", "params": params}
+        if route == "/v1/schedules":
+            body |= {"name": f"nightly-{name}", "cron": "0 3 * * *"}
+        return client.post(route, json=body, headers=who["headers"])
+
+    assert encode(tenant, input_file).status_code == 202  # the owner may encode it again
+    for route in ("/v1/jobs", "/v1/schedules"):
+        theirs, missing = encode(other, input_file, route), encode(other, "0" * 32 + ".mp4", route)
+        assert theirs.status_code == missing.status_code == 422
+        assert theirs.json["errors"][0]["field"] == missing.json["errors"][0]["field"] == "params.inputFile"
+        assert theirs.json["errors"][0]["message"].replace(input_file, "NAME") == missing.json["errors"][0][
+            "message"
+        ].replace("0" * 32 + ".mp4", "NAME")
+    assert encode(tenant, input_file, "/v1/schedules").status_code == 201

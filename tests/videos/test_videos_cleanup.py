@@ -39,7 +39,7 @@ def test_old_uploads_and_outputs_go_unless_a_job_may_still_read_them(
 ):
     monkeypatch.setitem(app.config, "GPUJOBS_STORAGE_DIR", str(tmp_path))
     monkeypatch.setitem(app.config, "GPUJOBS_RETENTION_HOURS", 24)
-    uploads, outputs = video.upload_dir(tmp_path), tmp_path / video.OUTPUTS_DIR_NAME
+    uploads, outputs = video.upload_dir(tmp_path, tenant["id"]), tmp_path / video.OUTPUTS_DIR_NAME
     for name, status in [("waiting", "queued"), ("retrying", "retrying"), ("failed", "failed")]:
         encode_job(tenant, put(uploads / f"{name}.mp4", OLD).name, status)  # may still be (re)run
     for name, status in [("done", "succeeded"), ("stopped", "cancelled")]:
