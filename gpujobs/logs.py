@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
+import os
 import re
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, signals
+from celery.apps import worker as celery_worker
 from flask import Flask, Response, g, has_request_context, request
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -175,6 +179,9 @@ def init_celery(celery: Celery[Any], log_format: str) -> None:
     if log_format != "json":
         return
     signals.celeryd_init.connect(_quiet_worker, weak=False, dispatch_uid="gpujobs.logs.quiet")
+    # The worker's shutdown lines ("worker: Warm shutdown (MainProcess)") bypass logging: Celery writes
+    # them from its signal handlers with a bare os.write. Written as JSON here, the same signal-safe way.
+    celery_worker.safe_say = _say_as_json  # type: ignore[attr-defined]  # celery-types omits safe_say
     beat = celery.Beat
 
     class QuietBeat(beat):  # type: ignore[valid-type, misc]
@@ -182,6 +189,12 @@ def init_celery(celery: Celery[Any], log_format: str) -> None:
             super().__init__(**{**options, "quiet": True})
 
     celery.Beat = QuietBeat  # type: ignore[misc]  # a cached property: it may be set
+
+
+def _say_as_json(msg: str, f: Any = None) -> None:
+    """Celery's ``safe_say`` in JSON: one object per line, to stderr like every log line (no lock taken)."""
+    line = {"time": datetime.now(UTC).isoformat(), "level": "WARNING", "logger": "celery.apps.worker"}
+    os.write(2, (json.dumps({**line, "message": msg}) + "\n").encode())  # 2: the process's stderr
 
 
 def _quiet_worker(instance: Any, **_: Any) -> None:

@@ -69,7 +69,7 @@ def procfile() -> dict[str, list[str]]:
 def test_one_image_is_built_once_and_runs_every_process_of_the_service(services):
     built = [name for name, service in services.items() if "build" in service]
     assert built == ["migrate"]
-    assert set(ours(services)) == {"migrate", "web", "worker", "beat", "flower", "simulator"}
+    assert set(ours(services)) == {"migrate", "web", "worker", "webhooks", "beat", "flower", "simulator"}
     assert all(service.get("pull_policy") == "never" for service in ours(services).values())
 
 

@@ -113,7 +113,7 @@ def test_the_heartbeat_renews_at_its_interval_and_brings_the_cancel_request(app,
 def test_the_heartbeat_beats_at_least_three_times_per_lease(app, claimed):
     claim, definition = claimed
     heartbeat = runner.Heartbeat(app, runner.RunContext(claim, definition), 3)  # the setting says 10 s
-    assert heartbeat._interval_seconds == 1
+    assert heartbeat._renew_every == 1
 
 
 def _slow_definition() -> Definition:

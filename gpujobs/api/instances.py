@@ -68,6 +68,19 @@ class CreateInstance(CreateInstanceParams):
 class MonitorInstance(MonitorInstanceParams):
     """Body of ``POST /v1/instances/monitor``: `gpu.instance.monitor@1`'s params, and how to run its job."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "novitaInstanceId": "0d7c3b2c8b3a4f1e",
+                    "webhookUrl": "https://example.com/hooks",
+                    "maxWaitTimeMs": 600000,
+                    "pollIntervalMs": 10000,
+                }
+            ]
+        },
+    )
+
     webhookUrl: WebhookUrl = None
     webhookHeaders: webhooks.WebhookHeaders | None = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)

@@ -66,7 +66,7 @@ def test_an_upload_goes_as_soon_as_its_job_ended_and_a_dead_letters_stays_until_
     app, app_context, tenant, tmp_path, monkeypatch
 ):
     monkeypatch.setitem(app.config, "GPUJOBS_STORAGE_DIR", str(tmp_path))
-    uploads = video.upload_dir(tmp_path)
+    uploads = video.upload_dir(tmp_path, tenant["id"])
     for name, status in [("done", "succeeded"), ("stopped", "cancelled"), ("running", "running")]:
         encode_job(tenant, put(uploads / f"{name}.mp4", RECENT).name, status)
     dead = encode_job(tenant, put(uploads / "dead.mp4", OLD).name, "failed")
