@@ -39,7 +39,8 @@ def test_a_tenant_at_its_running_jobs_limit_waits_while_another_tenants_job_runs
 
     set_limits(app, tenant, max_running_jobs=1)
     other = make_tenant(app, "other")
-    first, second = submit(app, tenant, 3.0), submit(app, tenant, 0.1)
+    # A's first job runs long enough for B's to be claimed and finish meanwhile on a loaded machine.
+    first, second = submit(app, tenant, 10.0), submit(app, tenant, 0.1)
     start_worker(concurrency=3, name="limits")
     wait_for(lambda: job_row(app, first).status == "running", timeout=30, interval=0.1)
     theirs = submit(app, other, 0.1)
