@@ -42,7 +42,13 @@ def test_a_tenant_at_its_running_jobs_limit_waits_while_another_tenants_job_runs
     # A's first job runs long enough for B's to be claimed and finish meanwhile on a loaded machine.
     first, second = submit(app, tenant, 10.0), submit(app, tenant, 0.1)
     start_worker(concurrency=3, name="limits")
-    wait_for(lambda: job_row(app, first).status == "running", timeout=30, interval=0.1)
+
+    def a_started() -> bool:
+        with app.app_context():
+            dispatch_due()  # beat's tick, should the first message have gone to a worker of an earlier test
+        return job_row(app, first).status == "running"
+
+    wait_for(a_started, timeout=60, interval=0.2)
     theirs = submit(app, other, 0.1)
 
     def b_done() -> bool:
