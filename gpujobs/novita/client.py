@@ -5,6 +5,8 @@ Retry policy, from docs/novita-api.md §12 and from what each call can do twice 
 - start/stop/restart/delete are retried the same way. Their effect is idempotent but their answer is not: if
   an earlier attempt may have acted (5xx, lost answer), "invalid state change" (and, for delete, not-found)
   on a later attempt means that earlier attempt worked, so it counts as success. Callers poll anyway.
+- A delete is done only when a read after it shows the instance removing or removed, or Novita's envelope
+  says it is not found: an answer alone (least of all an HTML 404 from a proxy) proves nothing.
 - create is retried only when the request provably did not take effect (429, connection never made).
   Anything ambiguous raises CreateOutcomeUnknownError: the caller looks the instance up by name instead of
   creating a duplicate.
@@ -21,6 +23,7 @@ from gpujobs.novita import spec
 from gpujobs.novita.create_request import CreateInstanceRequest
 from gpujobs.novita.errors import (
     CreateOutcomeUnknownError,
+    DeleteUnconfirmedError,
     InvalidStateError,
     NovitaConnectionError,
     NovitaError,
@@ -29,6 +32,7 @@ from gpujobs.novita.errors import (
     NovitaProtocolError,
     NovitaServerError,
     NovitaTransientError,
+    NovitaUnrecognizedAnswerError,
     RateLimitedError,
 )
 from gpujobs.novita.transport import CallObserver, RetryPolicy, Transport
@@ -190,7 +194,12 @@ class NovitaClient:
         def attempt() -> str:
             try:
                 data = self._transport.request("POST", spec.INSTANCE_CREATE_PATH, body=request.to_json())
-            except (NovitaServerError, NovitaConnectionError, NovitaProtocolError) as exc:
+            except (
+                NovitaServerError,
+                NovitaConnectionError,
+                NovitaProtocolError,
+                NovitaUnrecognizedAnswerError,  # a proxy's 404 may stand for an answer that was lost
+            ) as exc:
                 if _create_can_retry(exc):
                     raise
                 raise outcome_unknown(str(exc), exc) from exc
@@ -203,10 +212,17 @@ class NovitaClient:
         return self._retried(_create_can_retry, attempt)
 
     def get_instance(self, instance_id: str) -> Instance:
-        """One instance; a missing one raises NovitaNotFoundError however Novita says so (§13.11)."""
+        """One instance; NovitaNotFoundError only when Novita's error envelope says it does not exist.
+
+        A success answer without an id is not that evidence (a cache or proxy can answer `{}` too): it is
+        NovitaUnrecognizedAnswerError, transient, and the caller looks again.
+        """
         data = self._get(spec.INSTANCE_PATH, {spec.INSTANCE_ID_PARAM: instance_id})
         if not data.get("id"):
-            raise NovitaNotFoundError(f"Novita has no instance {instance_id!r} (answer without an id)")
+            raise NovitaUnrecognizedAnswerError(
+                f"Novita GET {spec.INSTANCE_PATH} answered without an instance id for {instance_id!r}; "
+                "not read as gone"
+            )
         return Instance.from_json(data)
 
     def list_instances(
@@ -267,8 +283,33 @@ class NovitaClient:
         self._action(spec.INSTANCE_RESTART_PATH, instance_id, done_if=(InvalidStateError,))
 
     def delete_instance(self, instance_id: str) -> None:
-        """Delete (release) an instance in any state; poll until it is `removed` or not found."""
-        self._action(spec.INSTANCE_DELETE_PATH, instance_id, done_if=(InvalidStateError, NovitaNotFoundError))
+        """Delete (release) an instance in any state; returns once a read shows it removing or removed.
+
+        Raises NovitaNotFoundError when Novita's envelope says there is no such instance (already gone),
+        DeleteUnconfirmedError (transient) when the delete was taken but a read does not show removal yet,
+        and a refusal (e.g. PREPAID_INSTANCE_NOT_SUPPORT_RELEASE) when the read shows it staying.
+        """
+        try:
+            self._action(
+                spec.INSTANCE_DELETE_PATH, instance_id, done_if=(InvalidStateError, NovitaNotFoundError)
+            )
+        except InvalidStateError:
+            # Refused, or already on its way out (a delete of a `removing` instance): the read tells which.
+            if not self._removal_seen(instance_id):
+                raise
+            return
+        if not self._removal_seen(instance_id):
+            raise DeleteUnconfirmedError(
+                f"Novita took the delete of instance {instance_id!r}, "
+                "but a read does not show it removing yet"
+            )
+
+    def _removal_seen(self, instance_id: str) -> bool:
+        """Whether a fresh read shows the instance removing or removed, or Novita says it is not found."""
+        try:
+            return self.get_instance(instance_id).is_being_removed
+        except NovitaNotFoundError:
+            return True
 
     def _action(
         self, path: str, instance_id: str, *, done_if: tuple[type[NovitaPermanentError], ...]

@@ -1,15 +1,22 @@
 """Typed Novita errors, each a TransientError or PermanentError so the engine decides retry-vs-fail once.
 
-`error_from_response` turns any HTTP error answer into one of these: the documented JSON envelope
-`{code, reason, message, metadata}` (docs/novita-api.md §12), an undocumented reason, or a body that is not
-JSON at all (an HTML page from Cloudflare or a proxy). Messages carry method, path, status, reason and
-Novita's message, never request headers or bodies, so they cannot leak the API key or registry passwords.
+`error_from_response` turns any HTTP error answer into one of these: Novita's JSON envelope, flat
+`{code, reason, message, metadata}` (docs/novita-api.md §12) or nested `{"error": {code, reason?, message}}`,
+an undocumented reason, or a body that is not the envelope at all (an HTML page from Cloudflare or a proxy).
+Messages carry method, path, status, reason and Novita's message, never request headers or bodies, so they
+cannot leak the API key or registry passwords.
+
+Evidence before belief: only an envelope that says not-found (400 RESOURCE_NOT_FOUND, or a 404 carrying the
+envelope) is NovitaNotFoundError. A 404 or 405 without the envelope came from something in front of Novita
+(a proxy, a gateway, a wrong base URL) and proves nothing about the instance: NovitaUnrecognizedAnswerError,
+retried like any transient failure.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 from gpujobs.exceptions import GpuJobsError, PermanentError, TransientError
 from gpujobs.novita import spec
@@ -75,7 +82,8 @@ class NovitaAuthError(NovitaPermanentError):
 
 
 class NovitaNotFoundError(NovitaPermanentError):
-    """The instance, template or registry auth does not exist (400 RESOURCE_NOT_FOUND, 404, or no id)."""
+    """Novita's envelope says the instance, template or auth does not exist (400 RESOURCE_NOT_FOUND, or
+    a 404 carrying the envelope); the only answer that means "gone"."""
 
 
 class InvalidRequestError(NovitaPermanentError):
@@ -102,6 +110,15 @@ class AccountLimitError(NovitaPermanentError):
     """Balance, quota or operation limits of the Novita account were hit; a human has to act."""
 
 
+class NovitaUnrecognizedAnswerError(NovitaTransientError):
+    """An answer that is not Novita's (a 404/405 without its envelope, a GET without the instance): a proxy,
+    gateway or wrong base URL answered. Retried, counted, and never read as "the instance is gone"."""
+
+
+class DeleteUnconfirmedError(NovitaTransientError):
+    """Novita took a delete, but a read does not show the instance removing or removed yet: not done."""
+
+
 class NovitaProtocolError(NovitaPermanentError):
     """A success status with a body that is not the documented JSON (e.g. an HTML page at a wrong URL)."""
 
@@ -119,12 +136,57 @@ _CLASS_BY_KIND: dict[spec.ErrorKind, type[NovitaTransientError] | type[NovitaPer
 }
 
 
+# Statuses that, without Novita's envelope, mean a proxy or gateway did not route the call to the API.
+UNROUTED_HTTP_STATUSES = frozenset({404, 405})
+_REASON_WORD = re.compile(r"\b[A-Z][A-Z_]+[A-Z]\b")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Novita's error envelope, read from either shape; `reason` may be absent in the nested one."""
+
+    reason: str | None
+    message: str
+
+
+def _documented_reason(value: object) -> str | None:
+    return value if isinstance(value, str) and value in spec.ERROR_REASONS else None
+
+
+def parse_envelope(body: str) -> Envelope | None:
+    """The envelope in a body, or None if the body is not one (HTML, empty, some other JSON).
+
+    Flat: `{code, reason, message, metadata?}` with a string reason. Nested: `{"error": {code, message,
+    reason?}}`; without a reason field, a documented reason given as the code or named in the message
+    (as CNOVITA's live tests find INSUFFICIENT_RESOURCE in the error text) is taken as the reason, so
+    region fallback works whichever shape Novita answers in.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    nested = data.get("error")
+    if isinstance(nested, dict):
+        message, code = nested.get("message"), nested.get("code")
+        if not isinstance(message, str) or code is None:
+            return None
+        reason = nested.get("reason")
+        if not isinstance(reason, str) or not reason:
+            in_message = (_documented_reason(word) for word in _REASON_WORD.findall(message))
+            reason = _documented_reason(code) or next((word for word in in_message if word), None)
+        return Envelope(reason=reason, message=message)
+    reason, message = data.get("reason"), data.get("message")
+    if "code" not in data or not isinstance(reason, str) or not reason:
+        return None
+    return Envelope(reason=reason, message=str(message or ""))
+
+
 def _class_for_status(http_status: int) -> type[NovitaTransientError] | type[NovitaPermanentError]:
-    """Classify by HTTP status alone, for undocumented reasons and bodies that are not JSON."""
+    """Classify by HTTP status alone, for undocumented reasons and bodies that are not the envelope."""
     if http_status in (401, 403):
         return NovitaAuthError
-    if http_status == 404:
-        return NovitaNotFoundError
     if http_status == 429:
         return RateLimitedError
     if http_status >= 500:
@@ -133,14 +195,20 @@ def _class_for_status(http_status: int) -> type[NovitaTransientError] | type[Nov
 
 
 def _class_for(
-    http_status: int, reason: str | None, message: str
+    http_status: int, envelope: Envelope | None
 ) -> type[NovitaTransientError] | type[NovitaPermanentError]:
+    if envelope is None:
+        if http_status in UNROUTED_HTTP_STATUSES:
+            return NovitaUnrecognizedAnswerError
+        return _class_for_status(http_status)
     # SONTL saw "invalid state change" as the message; the reason that comes with it is not documented.
-    if spec.INVALID_STATE_CHANGE_MESSAGE in message.lower():
+    if spec.INVALID_STATE_CHANGE_MESSAGE in envelope.message.lower():
         return InvalidStateError
-    documented = spec.ERROR_REASONS.get(reason or "")
+    documented = spec.ERROR_REASONS.get(envelope.reason or "")
     if documented is not None:
         return _CLASS_BY_KIND[documented.kind]
+    if http_status == 404:  # Novita's own envelope on a 404: it says the thing is not there
+        return NovitaNotFoundError
     return _class_for_status(http_status)
 
 
@@ -162,23 +230,20 @@ def error_from_response(
 ) -> NovitaTransientError | NovitaPermanentError:
     """Build the typed error for a non-2xx answer, whatever its body looks like."""
     where = f"Novita {method} {path} failed with HTTP {http_status}"
-    try:
-        envelope = json.loads(body)
-    except ValueError:
-        envelope = None
-    if isinstance(envelope, dict):
-        reason = envelope.get("reason") if isinstance(envelope.get("reason"), str) else None
-        message = str(envelope.get("message") or "")
-        # A JSON body in some other shape is still worth showing, briefly.
-        text = f"{where} {reason or 'without a reason'}: {message or _snippet(body)}"
+    envelope = parse_envelope(body)
+    if envelope is not None:
+        text = f"{where} {envelope.reason or 'without a reason'}: {envelope.message or _snippet(body)}"
+    elif body.lstrip().startswith(("{", "[")):
+        # JSON, but not Novita's envelope (a gateway's own error, say): worth showing, briefly.
+        text = f"{where} and a JSON body that is not Novita's error envelope: {_snippet(body)}"
     else:
-        reason, message = None, ""
         kind = content_type.split(";")[0].strip() or "no content type"
         text = (
             f"{where} and a non-JSON body ({kind}; likely a proxy or Cloudflare page, "
             f"check the base URL and User-Agent): {_snippet(body) or '(empty body)'}"
         )
-    error_class = _class_for(http_status, reason, message)
+    error_class = _class_for(http_status, envelope)
+    reason = envelope.reason if envelope else None
     if issubclass(error_class, NovitaTransientError):
         return error_class(
             text, http_status=http_status, reason=reason, retry_after_seconds=retry_after_seconds

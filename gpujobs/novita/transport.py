@@ -21,6 +21,7 @@ from gpujobs.novita.errors import (
     NovitaPermanentError,
     NovitaProtocolError,
     NovitaTransientError,
+    NovitaUnrecognizedAnswerError,
     error_from_response,
 )
 
@@ -28,8 +29,10 @@ logger = logging.getLogger("gpujobs.novita")
 
 RetryPredicate = Callable[[BaseException], bool]
 # Told about every HTTP attempt: method, path (no ids: they travel as parameters) and outcome, which is
-# "ok", the HTTP status class ("4xx", "5xx") or "429", or "no_answer" (timeout, connection error).
+# "ok", the HTTP status class ("4xx", "5xx") or "429", "no_answer" (timeout, connection error), or
+# "no_envelope" (a 404/405 without Novita's error envelope: a proxy or a wrong base URL answered).
 CallObserver = Callable[[str, str, str], None]
+NO_ENVELOPE_OUTCOME = "no_envelope"
 
 
 def outcome_of(status_code: int | None) -> str:
@@ -122,7 +125,7 @@ class Transport:
         except requests.exceptions.RequestException as exc:
             elapsed_ms = (time.monotonic() - started) * 1000
             logger.debug("novita %s %s -> %s after %.0f ms", method, path, type(exc).__name__, elapsed_ms)
-            self._observe(method, path, None)
+            self._observe(method, path, outcome_of(None))
             sent = _request_was_sent(exc)
             raise NovitaConnectionError(
                 f"Novita {method} {path} got no answer ({type(exc).__name__}"
@@ -131,23 +134,30 @@ class Transport:
             ) from exc
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.debug("novita %s %s -> %s in %.0f ms", method, path, response.status_code, elapsed_ms)
-        self._observe(method, path, response.status_code)
-        if not response.ok:
-            raise error_from_response(
-                method=method,
-                path=path,
-                http_status=response.status_code,
-                body=response.text,
-                content_type=response.headers.get("Content-Type", ""),
-                retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        return self._json_object(method, path, response)
+        if response.ok:
+            self._observe(method, path, outcome_of(response.status_code))
+            return self._json_object(method, path, response)
+        error = error_from_response(
+            method=method,
+            path=path,
+            http_status=response.status_code,
+            body=response.text,
+            content_type=response.headers.get("Content-Type", ""),
+            retry_after_seconds=parse_retry_after(response.headers.get("Retry-After")),
+        )
+        if isinstance(error, NovitaUnrecognizedAnswerError):
+            # A configuration or protocol problem, not an answer about the instance: say so loudly.
+            logger.warning("%s; retried, and nothing is concluded from it", error)
+            self._observe(method, path, NO_ENVELOPE_OUTCOME)
+        else:
+            self._observe(method, path, outcome_of(response.status_code))
+        raise error
 
-    def _observe(self, method: str, path: str, status_code: int | None) -> None:
+    def _observe(self, method: str, path: str, outcome: str) -> None:
         if self._on_call is None:
             return
         try:
-            self._on_call(method, path, outcome_of(status_code))
+            self._on_call(method, path, outcome)
         except Exception:  # counting a call must never fail the call
             logger.debug("novita call observer failed", exc_info=True)
 

@@ -259,7 +259,8 @@ class Instance:
                 if error.get("message")
                 else None
             ),
-            ssh_command=parse_str(ssh.get("sshCommand")),
+            # DOCS spells it `sshCommand`; another client of the live API reads `command`.
+            ssh_command=parse_str(ssh.get("sshCommand")) or parse_str(ssh.get("command")),
             created_at=parse_unix_seconds(data.get("createdAt")),
             started_at=parse_unix_seconds(data.get("startedAt")),
             stopped_at=parse_unix_seconds(data.get("stoppedAt")),

@@ -26,6 +26,7 @@ from gpujobs.novita import (
     NovitaPermanentError,
     NovitaProtocolError,
     NovitaServerError,
+    NovitaUnrecognizedAnswerError,
     PortSpec,
     RateLimitedError,
     spec,
@@ -207,11 +208,13 @@ def test_a_base_url_that_is_not_http_is_a_permanent_error_without_retries(make_c
         make_client(base_url="api.novita.ai/gpu-instance/openapi/v1").list_clusters()
 
 
-def test_a_wrong_base_url_gives_a_clear_not_found_error(
+def test_a_wrong_base_url_is_a_transient_unrecognized_answer_not_not_found(
     make_client: MakeClient, sim: NovitaSimulator
 ) -> None:
-    with pytest.raises(NovitaNotFoundError, match=r"non-JSON body .*404 Not Found"):
+    with pytest.raises(NovitaUnrecognizedAnswerError, match=r"non-JSON body .*check the base URL") as caught:
         make_client(base_url=f"{sim.url}/openapi/v1").list_clusters()
+
+    assert isinstance(caught.value, TransientError) and not isinstance(caught.value, NovitaNotFoundError)
 
 
 @pytest.mark.parametrize(

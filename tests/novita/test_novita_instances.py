@@ -8,12 +8,14 @@ from collections.abc import Callable
 import pytest
 from support.novita import API_KEY, PHASE_SECONDS, REMOVED_GRACE_SECONDS
 
+from gpujobs.exceptions import TransientError
 from gpujobs.novita import (
     CreateInstanceRequest,
     EnvVar,
     NetworkStorageMount,
     NovitaClient,
     NovitaNotFoundError,
+    NovitaUnrecognizedAnswerError,
     PortSpec,
 )
 from gpujobs.novita.sim import seed
@@ -165,14 +167,25 @@ def test_find_instances_by_name_matches_exactly_not_fuzzily(
     assert novita.find_instances_by_name("job-2") == []
 
 
-@pytest.mark.parametrize("not_found_status", [400, 404, 200])
-def test_an_unknown_instance_raises_not_found_however_novita_says_so(
+@pytest.mark.parametrize("not_found_status", [400, 404])
+def test_an_unknown_instance_raises_not_found_when_novitas_envelope_says_so(
     novita: NovitaClient, sim: NovitaSimulator, not_found_status: int
 ) -> None:
     sim.inject(not_found_status=not_found_status)
 
     with pytest.raises(NovitaNotFoundError):
         novita.get_instance("0123456789abcdef")
+
+
+def test_a_success_answer_without_an_id_is_not_evidence_that_the_instance_is_gone(
+    novita: NovitaClient, sim: NovitaSimulator
+) -> None:
+    sim.inject(not_found_status=200)
+
+    with pytest.raises(NovitaUnrecognizedAnswerError) as caught:
+        novita.get_instance("0123456789abcdef")
+
+    assert isinstance(caught.value, TransientError)
 
 
 def test_a_deleted_instance_is_listed_as_removed_then_disappears(
