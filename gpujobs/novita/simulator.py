@@ -139,6 +139,10 @@ class NovitaSimulator:
             if method in (None, call["method"]) and endpoint in (None, call["endpoint"])
         )
 
+    def unknown_calls(self) -> list[dict[str, Any]]:
+        """Calls to a path or with a method the API does not serve: a client bug, so tests expect none."""
+        return [call for call in self.state.calls() if call["unknown"]]
+
     def instances(self) -> list[dict[str, Any]]:
         """Every instance ever created, deleted ones included; proves no job created two."""
         return self.state.instances_ledger()

@@ -27,6 +27,18 @@ INSTANCE_RESTART_PATH = "/gpu/instance/restart"
 INSTANCE_DELETE_PATH = "/gpu/instance/delete"
 TEMPLATE_PATH = "/template"
 REGISTRY_AUTHS_PATH = "/repository/auths"
+CPU_PRODUCTS_PATH = "/cpu/products"
+INSTANCE_EDIT_PATH = "/gpu/instance/edit"
+TEMPLATES_PATH = "/templates"
+TEMPLATE_CREATE_PATH = "/template/create"
+TEMPLATE_DELETE_PATH = "/template/delete"
+REGISTRY_AUTH_SAVE_PATH = "/repository/auth/save"
+REGISTRY_AUTH_DELETE_PATH = "/repository/auth/delete"
+# §10: [T] paths from PWSDK and MCP (CNOVITA lists at `/networkstorages`; the sources conflict).
+NETWORK_STORAGES_PATH = "/networkstorages/list"
+NETWORK_STORAGE_CREATE_PATH = "/networkstorage/create"
+NETWORK_STORAGE_UPDATE_PATH = "/networkstorage/update"
+NETWORK_STORAGE_DELETE_PATH = "/networkstorage/delete"
 
 # §2, §7, §9: query and body parameter names that differ between sources; these are the documented ones.
 INSTANCE_ID_PARAM = "instanceId"
@@ -54,6 +66,14 @@ MAX_NETWORK_STORAGES = 30
 PORT_TYPES = frozenset({"tcp", "http"})
 INSTANCE_KINDS = frozenset({"gpu", "cpu"})
 BILLING_MODES = frozenset({"onDemand", "monthly", "spot"})
+
+# §9: template channels, and the most ports one template port group holds.
+TEMPLATE_CHANNELS = frozenset({"official", "community", "private"})
+MAX_TEMPLATE_PORTS_PER_GROUP = 10
+# §11 (MCP caps): registry-auth field lengths.
+MAX_AUTH_NAME_CHARS = 255
+MAX_AUTH_USERNAME_CHARS = 511
+MAX_AUTH_PASSWORD_CHARS = 1024
 
 # §4: inventoryState is `none` (out of stock), `low`, `normal` or `high`.
 INVENTORY_NONE = "none"

@@ -1,8 +1,13 @@
 """The simulator's Flask app: the Novita API under `/gpu-instance/openapi/v1` plus admin routes under `/_sim`.
 
-API calls pass, in order: injected latency, bearer auth, injected errors, the handler, then (for a
-successful POST) an injected lost response, and finally the ledger. Admin routes need no key and are not
-recorded, so tests count only the calls the client made.
+API calls pass, in order: injected latency, an injected proxy HTML 404, bearer auth, injected errors, the
+handler, then (for a successful POST) an injected lost response, and finally the ledger. Admin routes need
+no key and are not recorded, so tests count only the calls the client made.
+
+A path or method the API does not serve gets, behind the same auth check, Novita's JSON envelope (404
+NOT_FOUND, or 405 METHOD_NOT_ALLOWED on a known path) and a ledger entry marked `unknown`; so does any call
+outside both prefixes (answered with the web server's HTML 404, as a wrong base URL would be). Tests assert
+`NovitaSimulator.unknown_calls() == []` to prove the client made no wrong call.
 
 Admin routes:
 - `POST /_sim/inject` (JSON options, see faults.py, plus `capacity` and `reclaim_instances`);
@@ -20,13 +25,15 @@ import socket
 import time
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from gpujobs.novita import spec
 from gpujobs.novita.sim.state import SimState
 from gpujobs.novita.sim.validation import SimApiError, invalid
 
 ADMIN_PREFIX = "/_sim"
+UNKNOWN_ENDPOINT = "unknown_path"
+ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 # What a Cloudflare or gateway error looks like to a client: HTML, not the API's JSON envelope.
 HTML_ERROR_PAGE = (
@@ -41,11 +48,15 @@ def error_response(
     message: str,
     *,
     html: bool = False,
+    nested: bool = False,
     retry_after_seconds: float | None = None,
 ) -> Response:
-    """An error answer in Novita's envelope (§12), or an HTML page as a proxy would send."""
+    """An error answer in Novita's envelope (§12), flat or nested, or an HTML page as a proxy would send."""
     if html:
         response = Response(HTML_ERROR_PAGE.format(status=http_status), mimetype="text/html")
+    elif nested:
+        # The shape another client of the live API parses: no reason field, so it leads the message.
+        response = jsonify({"error": {"code": http_status, "message": f"{reason}: {message}"}})
     else:
         response = jsonify({"code": http_status, "reason": reason, "message": message, "metadata": {}})
     response.status_code = http_status
@@ -76,20 +87,29 @@ def _api_blueprint(state: SimState) -> Blueprint:
     api = Blueprint("novita_api", __name__, url_prefix=spec.BASE_PATH)
     expected_auth = f"Bearer {state.config.api_key}".encode()
 
+    def envelope(http_status: int, reason: str, message: str, **options: Any) -> Response:
+        return error_response(
+            http_status, reason, message, nested=state.faults.nested_error_envelope, **options
+        )
+
     @api.before_request
     def _gate() -> Response | None:
         g.started, g.injected, g.lost = time.monotonic(), False, False
         if state.faults.latency_seconds:
             time.sleep(state.faults.latency_seconds)
+        proxy = state.faults.take_proxy_failure(_endpoint())
+        if proxy is not None:
+            g.injected = True
+            return error_response(proxy.status, proxy.reason, "", html=True)
         if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected_auth):
             if state.faults.auth_failure_status == 403:
-                return error_response(403, "INVALID_API_KEY", "invalid api-key")
-            return error_response(401, "UNAUTHORIZED", "API key is missing or incorrect")
+                return envelope(403, "INVALID_API_KEY", "invalid api-key")
+            return envelope(401, "UNAUTHORIZED", "API key is missing or incorrect")
         failure = state.faults.take_failure(_endpoint())
         if failure is None:
             return None
         g.injected = True
-        return error_response(
+        return envelope(
             failure.status,
             failure.reason,
             failure.message or f"injected {failure.reason}",
@@ -115,6 +135,7 @@ def _api_blueprint(state: SimState) -> Blueprint:
                 "status": None if g.lost else response.status_code,
                 "lost": g.lost,
                 "injected": g.injected,
+                "unknown": request.endpoint == f"{api.name}.{UNKNOWN_ENDPOINT}",
                 "at": state.clock(),
                 "elapsed_ms": round((time.monotonic() - g.started) * 1000, 1),
                 "user_agent": request.headers.get("User-Agent", ""),
@@ -133,11 +154,58 @@ def _api_blueprint(state: SimState) -> Blueprint:
 
     @api.get(spec.TEMPLATE_PATH)
     def template() -> Response:
-        return jsonify(state.catalog.template_json(_required(request.args, spec.TEMPLATE_ID_PARAM)))
+        with state.lock:
+            return jsonify(state.account.get_template(_required(request.args, spec.TEMPLATE_ID_PARAM)))
 
     @api.get(spec.REGISTRY_AUTHS_PATH)
     def registry_auths() -> Response:
-        return jsonify({"data": state.catalog.auths_json()})
+        with state.lock:
+            return jsonify({"data": state.catalog.auths_json()})
+
+    @api.get(spec.CPU_PRODUCTS_PATH)
+    def cpu_products() -> Response:
+        with state.lock:
+            return jsonify({"data": state.account.cpu_products(request.args)})
+
+    @api.get(spec.TEMPLATES_PATH)
+    def templates() -> Response:
+        with state.lock:
+            return jsonify(state.account.list_templates(request.args))
+
+    @api.get(spec.NETWORK_STORAGES_PATH)
+    def network_storages() -> Response:
+        with state.lock:
+            return jsonify(state.account.list_storages(request.args))
+
+    @api.post(spec.INSTANCE_EDIT_PATH)
+    def edit_instance() -> Response:
+        return jsonify(state.edit(_json_body()))
+
+    in_use = {
+        spec.REGISTRY_AUTH_DELETE_PATH: lambda auth_id: state.uses(auth_id=auth_id),
+        spec.NETWORK_STORAGE_DELETE_PATH: lambda storage_id: state.uses(storage_id=storage_id),
+    }
+    account_writes = {
+        spec.TEMPLATE_CREATE_PATH: state.account.create_template,
+        spec.TEMPLATE_DELETE_PATH: state.account.delete_template,
+        spec.REGISTRY_AUTH_SAVE_PATH: state.account.save_auth,
+        spec.REGISTRY_AUTH_DELETE_PATH: lambda body: state.account.delete_auth(body, in_use[_endpoint()]),
+        spec.NETWORK_STORAGE_CREATE_PATH: state.account.create_storage,
+        spec.NETWORK_STORAGE_UPDATE_PATH: state.account.update_storage,
+        spec.NETWORK_STORAGE_DELETE_PATH: lambda body: state.account.delete_storage(
+            body, in_use[_endpoint()]
+        ),
+    }
+
+    def account_write() -> Response:
+        body = _json_body()
+        with state.lock:
+            return jsonify(account_writes[_endpoint()](body))
+
+    for path in account_writes:
+        api.add_url_rule(
+            path, endpoint=path.strip("/").replace("/", "_"), view_func=account_write, methods=["POST"]
+        )
 
     @api.post(spec.INSTANCE_CREATE_PATH)
     def create_instance() -> Response:
@@ -163,6 +231,23 @@ def _api_blueprint(state: SimState) -> Blueprint:
 
     for path in actions:
         api.add_url_rule(path, endpoint=path.strip("/").replace("/", "_"), view_func=action, methods=["POST"])
+
+    @api.route("/<path:_unknown>", endpoint=UNKNOWN_ENDPOINT, methods=ANY_METHOD)
+    def unknown(_unknown: str) -> Response:
+        known = [
+            rule
+            for rule in current_app.url_map.iter_rules()
+            if rule.rule == request.path and rule.endpoint != f"{api.name}.{UNKNOWN_ENDPOINT}"
+        ]
+        if known:
+            allowed = sorted(
+                {method for rule in known for method in rule.methods or ()} - {"HEAD", "OPTIONS"}
+            )
+            return envelope(
+                405, "METHOD_NOT_ALLOWED", f"{request.method} {_endpoint()}: use {', '.join(allowed)}"
+            )
+        return envelope(404, "NOT_FOUND", f"no such API path {request.method} {_endpoint()}")
+
     return api
 
 
@@ -205,6 +290,29 @@ def create_app(state: SimState) -> Flask:
 
     @app.errorhandler(SimApiError)
     def _api_error(exc: SimApiError) -> Response:
-        return error_response(exc.http_status, exc.reason, exc.message)
+        return error_response(
+            exc.http_status, exc.reason, exc.message, nested=state.faults.nested_error_envelope
+        )
+
+    @app.after_request
+    def _outside(response: Response) -> Response:
+        """A call outside the API and admin prefixes (a wrong base URL) is a wrong call: in the ledger too."""
+        if request.blueprint is None and not request.path.startswith(ADMIN_PREFIX):
+            state.record_call(
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "endpoint": request.path,
+                    "status": response.status_code,
+                    "lost": False,
+                    "injected": False,
+                    "unknown": True,
+                    "at": state.clock(),
+                    "elapsed_ms": 0.0,
+                    "user_agent": request.headers.get("User-Agent", ""),
+                    "content_type": request.headers.get("Content-Type", ""),
+                }
+            )
+        return response
 
     return app

@@ -1,4 +1,4 @@
-"""The simulator's catalogue: clusters, products with per-cluster GPU capacity, templates, registry auths.
+"""The simulator's catalogue: clusters, products with per-cluster GPU capacity, and registry auths.
 
 Capacity is counted in GPUs per (product, cluster). `/products` derives `availableDeploy` and
 `inventoryState` from it (docs/novita-api.md §15), creates and starts acquire it, and entering `exited` or
@@ -36,7 +36,7 @@ class Catalog:
         self._faults = faults
         self.clusters = {cluster.id: cluster for cluster in seed.CLUSTERS}
         self.products = {product.id: product for product in seed.PRODUCTS}
-        self.auths = {auth["id"]: auth for auth in seed.REGISTRY_AUTHS}
+        self.auths: dict[str, Mapping[str, str]] = {auth["id"]: auth for auth in seed.REGISTRY_AUTHS}
         self.reset()
 
     def reset(self) -> None:
@@ -152,12 +152,6 @@ class Catalog:
             "spotPrice": product.spot_price,
             "inventoryState": inventory_state(free_gpus),
         }
-
-    def template_json(self, template_id: str) -> dict[str, Any]:
-        """`GET /template` body, verbatim seed shape (capital `Id`, `imageAuth` as an auth id)."""
-        if template_id not in seed.TEMPLATES:
-            raise SimApiError("TEMPLATE_NOT_FOUND", f"template {template_id!r} not found")
-        return {"template": dict(seed.TEMPLATES[template_id])}
 
     def auths_json(self) -> list[dict[str, Any]]:
         """`/repository/auths` items, password in plaintext as in the official example (§11)."""

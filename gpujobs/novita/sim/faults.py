@@ -16,6 +16,10 @@ Options (`Faults.configure` keys; the same JSON keys work for `POST /_sim/inject
 - `out_of_stock_clusters` (list of cluster ids): every product there has no free GPU.
 - `auth_failure_status` (401 or 403): how a bad key is answered (UNAUTHORIZED or INVALID_API_KEY).
 - `not_found_status` (400, 404 or 200): how an unknown instance is answered (docs/novita-api.md §13.11).
+- `proxy_html_404`: a proxy in front of Novita answers with an HTML 404 page, before any auth check: an int
+  N (the next N API calls), `true` (every call until set to `false` or 0), or `{"count", "endpoint"}`.
+- `nested_error_envelope` (bool): render every JSON error as `{"error": {"code", "message"}}` (the reason
+  leads the message) instead of the flat `{code, reason, message, metadata}`.
 """
 
 from __future__ import annotations
@@ -66,6 +70,15 @@ class ForcedFailure:
         )
 
 
+@dataclass(frozen=True)
+class ProxyNotFound(ForcedFailure):
+    """The HTML 404 page of a proxy or gateway in front of Novita (it never reaches the API)."""
+
+    status: int = 404
+    reason: str = ""
+    html: bool = True
+
+
 class Faults:
     """The current injection settings; thread-safe, deterministic given a seed and a call order."""
 
@@ -88,6 +101,9 @@ class Faults:
             self.out_of_stock_clusters: frozenset[str] = frozenset()
             self.auth_failure_status = 401
             self.not_found_status = 400
+            self.proxy_html_404_always = False
+            self._proxy: deque[ProxyNotFound] = deque()
+            self.nested_error_envelope = False
 
     def configure(self, options: Mapping[str, Any]) -> None:
         """Apply options (see the module docstring); unknown keys or bad values raise ValueError."""
@@ -119,6 +135,17 @@ class Faults:
             raise ValueError("not_found_status must be 200, 400 or 404")
         self.not_found_status = value
 
+    def _set_proxy_html_404(self, value: bool | int | Mapping[str, Any]) -> None:
+        option: dict[str, Any] = dict(value) if isinstance(value, Mapping) else {"count": value}
+        count = int(option.get("count", 1))
+        if value is False or not count:  # switched off: no proxy in front any more
+            self.proxy_html_404_always = False
+            self._proxy.clear()
+        elif value is True:
+            self.proxy_html_404_always = True
+        else:
+            self._proxy.extend([ProxyNotFound(endpoint=option.get("endpoint"))] * count)
+
     _setters: ClassVar[dict[str, Callable[[Faults, Any], None]]] = {
         "latency_seconds": lambda self, v: setattr(self, "latency_seconds", float(v)),
         "error_rate": lambda self, v: setattr(self, "error_rate", float(v)),
@@ -135,7 +162,20 @@ class Faults:
         "out_of_stock_clusters": lambda self, v: setattr(self, "out_of_stock_clusters", frozenset(v)),
         "auth_failure_status": _set_auth_failure_status,
         "not_found_status": _set_not_found_status,
+        "proxy_html_404": _set_proxy_html_404,
+        "nested_error_envelope": lambda self, v: setattr(self, "nested_error_envelope", bool(v)),
     }
+
+    def take_proxy_failure(self, endpoint: str) -> ForcedFailure | None:
+        """The proxy's HTML 404 for this call, if one is due (it answers before Novita checks the key)."""
+        with self._lock:
+            if self.proxy_html_404_always:
+                return ProxyNotFound(endpoint=endpoint)
+            for failure in self._proxy:
+                if failure.endpoint in (None, endpoint):
+                    self._proxy.remove(failure)
+                    return failure
+        return None
 
     def take_failure(self, endpoint: str) -> ForcedFailure | None:
         """The injected error for this call, if any: queued failures first, then the random share."""
@@ -183,4 +223,6 @@ class Faults:
                 "out_of_stock_clusters": sorted(self.out_of_stock_clusters),
                 "auth_failure_status": self.auth_failure_status,
                 "not_found_status": self.not_found_status,
+                "proxy_html_404": self.proxy_html_404_always or [asdict(failure) for failure in self._proxy],
+                "nested_error_envelope": self.nested_error_envelope,
             }

@@ -145,3 +145,29 @@ TEMPLATES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         },
     }
 )
+
+# `GET /cpu/products` items ([T] PWSDK: the shape is not documented; fields follow the GPU products').
+CPU_PRODUCTS: tuple[Mapping[str, Any], ...] = (
+    MappingProxyType(
+        {
+            "id": "cpu.4c8g",
+            "name": "CPU 4 vCPU 8GB",
+            "cpuNum": 4,
+            "memorySize": 8,
+            "price": 4000,
+            "regions": ["AS-SGP-02 (Singapore)", "US-CA-06 (California)"],
+            "availableDeploy": True,
+        }
+    ),
+    MappingProxyType(
+        {
+            "id": "cpu.16c32g",
+            "name": "CPU 16 vCPU 32GB",
+            "cpuNum": 16,
+            "memorySize": 32,
+            "price": 16000,
+            "regions": ["US-CA-06 (California)"],
+            "availableDeploy": True,
+        }
+    ),
+)

@@ -7,6 +7,7 @@ once. Instances are never forgotten: after deletion they stay in the ledger (`in
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import secrets
 import threading
@@ -14,12 +15,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpujobs.novita import spec
+from gpujobs.novita.sim.account import Account
 from gpujobs.novita.sim.catalog import Catalog
 from gpujobs.novita.sim.config import SimulatorConfig
 from gpujobs.novita.sim.faults import Faults
 from gpujobs.novita.sim.lifecycle import Lifecycle, Phase, SimInstance
 from gpujobs.novita.sim.render import instance_json
-from gpujobs.novita.sim.validation import SimApiError, invalid, validate_create
+from gpujobs.novita.sim.validation import SimApiError, invalid, validate_create, validate_edit
 
 
 class SimState:
@@ -31,6 +33,7 @@ class SimState:
         self.clock = clock
         self.faults = faults
         self.catalog = Catalog(faults)
+        self.account = Account(self.catalog, clock)
         self.lifecycle = Lifecycle(
             config.seconds_for, include_pending=config.include_pending, release=self._release
         )
@@ -41,6 +44,7 @@ class SimState:
         with self.lock:
             self.faults.reset(self.config.seed)
             self.catalog.reset()
+            self.account.reset()
             self._instances: dict[str, SimInstance] = {}
             self._calls: list[dict[str, Any]] = []
             self._rng = random.Random(self.config.seed)
@@ -202,6 +206,39 @@ class SimState:
             deletable = spec.KNOWN_STATUSES - spec.REMOVAL_STATUSES
             self._act(instance_id, deletable, self.lifecycle.delete_track())
             return {}
+
+    def edit(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /gpu/instance/edit`: replace the ports and/or grow the root disk, up to the product's max."""
+        params = validate_edit(body)
+        with self.lock:
+            instance = self._find(params.instance_id, self._now())
+            if instance.status in spec.REMOVAL_STATUSES:
+                raise SimApiError("CONFLICT", spec.INVALID_STATE_CHANGE_MESSAGE)
+            rootfs_size_gb = instance.params.rootfs_size_gb + params.expand_rootfs_gb
+            if rootfs_size_gb > instance.product.max_rootfs_gb:
+                raise invalid(
+                    f"rootfsSize would exceed {instance.product.max_rootfs_gb} for {instance.product.id}"
+                )
+            instance.params = dataclasses.replace(
+                instance.params,
+                rootfs_size_gb=rootfs_size_gb,
+                ports=instance.params.ports if params.ports is None else params.ports,
+            )
+            return {}
+
+    def uses(self, *, auth_id: str = "", storage_id: str = "") -> bool:
+        """Whether an instance not yet removed uses this registry auth or network storage."""
+        with self.lock:
+            now = self._now()
+            return any(
+                instance.status != spec.Status.REMOVED.value
+                and self._visible(instance, now)
+                and (
+                    (auth_id and instance.params.image_auth_id == auth_id)
+                    or (storage_id and storage_id in instance.params.network_storage_ids)
+                )
+                for instance in self._instances.values()
+            )
 
     def reclaim(self, instance_id: str) -> None:
         """Spot reclaim: take a running instance away (notified -> reclaiming -> terminated, then exited)."""

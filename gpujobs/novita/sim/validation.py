@@ -159,3 +159,36 @@ def validate_create(body: Mapping[str, Any]) -> CreateParams:
         billing_mode=billing_mode,
         month=_integer(body, "month"),
     )
+
+
+@dataclass(frozen=True)
+class EditParams:
+    """A validated `POST /gpu/instance/edit` body: new ports (None: keep them), GB to add to the root disk."""
+
+    instance_id: str
+    ports: tuple[tuple[int, str], ...] | None
+    expand_rootfs_gb: int
+
+
+def validate_edit(body: Mapping[str, Any]) -> EditParams:
+    """Check an edit body (§2): `ports` as `[{port:int, type}]` (not a string as in create, §13.4)."""
+    instance_id = _string(body, spec.INSTANCE_ID_PARAM, max_chars=255, required=True)
+    expand = _integer(body, "expandRootDisk")
+    if expand < 0:
+        raise invalid("expandRootDisk must not be negative")
+    raw_ports = body.get("ports")
+    if raw_ports is None:
+        return EditParams(instance_id, None, expand)
+    if not isinstance(raw_ports, list) or not all(isinstance(item, Mapping) for item in raw_ports):
+        raise invalid("ports must be a list of {port, type} objects")
+    if len(raw_ports) > spec.MAX_PORTS_PLUS_TOOLS:
+        raise invalid(f"ports must be at most {spec.MAX_PORTS_PLUS_TOOLS}")
+    ports = []
+    for item in raw_ports:
+        port, kind = item.get("port"), item.get("type")
+        if isinstance(port, bool) or not isinstance(port, int) or kind not in spec.PORT_TYPES:
+            raise invalid("ports items need an integer port and a type of tcp or http")
+        if not 1 <= port <= 65535 or port in spec.RESERVED_PORTS:
+            raise invalid(f"port {port} is out of range or reserved (2222-2224)")
+        ports.append((port, str(kind)))
+    return EditParams(instance_id, tuple(ports), expand)
