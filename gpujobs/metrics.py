@@ -94,7 +94,8 @@ class ServiceCollector(Collector):
             return
         calls = CounterMetricFamily(
             "gpujobs_novita_calls",
-            "HTTP attempts at the Novita API by method, path and outcome (ok, 4xx, 429, 5xx, no_answer)",
+            "HTTP attempts at the Novita API by method, path and outcome "
+            "(ok, 4xx, 429, 5xx, no_answer, no_envelope: a 404/405 without Novita's error envelope)",
             labels=["method", "path", "outcome"],
         )
         for (method, path, outcome), count in sorted(counts.items()):

@@ -203,7 +203,7 @@ def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> Sighting
         return Sighting(known=True, seen=found[1])
     try:  # not listed: make sure before calling it gone (a list can lag, or stop at its page cap)
         return Sighting(known=True, seen=client.get_instance(records.novita_id_of(instance)))
-    except NovitaNotFoundError:
+    except NovitaNotFoundError:  # Novita's own envelope says so; a proxy's 404 is transient: look again
         return Sighting(known=True)
 
 
@@ -236,9 +236,11 @@ def _start(client: NovitaClient, instance: Instance) -> None:
 
 
 def _delete(client: NovitaClient, instance: Instance) -> None:
-    with contextlib.suppress(NovitaNotFoundError):  # already gone: the goal of a delete
+    """Delete, returning only once a read shows the instance removing or gone; anything short of that
+    (an HTML 404 from a proxy, a delete not yet visible) raises a transient error and the look is retried."""
+    with contextlib.suppress(NovitaNotFoundError):  # Novita's envelope says it is gone: the goal of a delete
         client.delete_instance(records.novita_id_of(instance))
-    log.info("instance %s: Novita instance %s deleted", instance.id, instance.novita_id)
+    log.info("instance %s: Novita instance %s is being removed", instance.id, instance.novita_id)
 
 
 def endpoints_of(seen: NovitaInstance) -> dict[str, Any]:

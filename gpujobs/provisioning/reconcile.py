@@ -82,7 +82,8 @@ def _views(
             continue
         views[row.id] = listed.get(row.novita_id)
         if views[row.id] is None:
-            # Not listed: make sure before calling it gone (a list can stop at its page cap).
+            # Not listed: make sure before calling it gone (a list can stop at its page cap). Only Novita's
+            # envelope saying not-found is "gone"; an HTML 404 from a proxy is transient and ends the pass.
             with contextlib.suppress(NovitaNotFoundError):
                 views[row.id] = client.get_instance(row.novita_id)
     return views
@@ -115,7 +116,7 @@ def _leaks(
             waiting.append(item.id)
             continue
         try:
-            client.delete_instance(item.id)
+            client.delete_instance(item.id)  # returns once a read shows it removing
         except NovitaNotFoundError:
             continue
         leaked.append(
