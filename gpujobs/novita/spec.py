@@ -29,6 +29,10 @@ TEMPLATE_PATH = "/template"
 REGISTRY_AUTHS_PATH = "/repository/auths"
 CPU_PRODUCTS_PATH = "/cpu/products"
 INSTANCE_EDIT_PATH = "/gpu/instance/edit"
+# §2: [T] paths from PWSDK; bodies {instanceId, imageUrl, envs?, command?} and {instanceId, month}.
+INSTANCE_UPGRADE_PATH = "/gpu/instance/upgrade"
+INSTANCE_RENEW_PATH = "/gpu/instance/renewInstance"
+INSTANCE_TO_MONTHLY_PATH = "/gpu/instance/transToMonthlyInstance"
 TEMPLATES_PATH = "/templates"
 TEMPLATE_CREATE_PATH = "/template/create"
 TEMPLATE_DELETE_PATH = "/template/delete"
@@ -66,6 +70,9 @@ MAX_NETWORK_STORAGES = 30
 PORT_TYPES = frozenset({"tcp", "http"})
 INSTANCE_KINDS = frozenset({"gpu", "cpu"})
 BILLING_MODES = frozenset({"onDemand", "monthly", "spot"})
+# §5: `autoRenewMonth` and the months a subscription is bought or renewed for.
+MONTHS_MIN = 1
+MONTHS_MAX = 12
 
 # §9: template channels, and the most ports one template port group holds.
 TEMPLATE_CHANNELS = frozenset({"official", "community", "private"})
@@ -116,6 +123,7 @@ START_PHASES = (Status.TO_START, Status.STARTING)
 STOP_PHASES = (Status.TO_STOP, Status.STOPPING)
 RESTART_PHASES = (Status.TO_RESTART, Status.RESTARTING)
 DELETE_PHASES = (Status.TO_REMOVE, Status.REMOVING)
+RESET_PHASES = (Status.TO_RESET, Status.RESETTING)
 
 # §8, §13: the message Novita answers a start/stop in the wrong state with; the reason is unknown.
 INVALID_STATE_CHANGE_MESSAGE = "invalid state change"

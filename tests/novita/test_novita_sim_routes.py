@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import requests
-from support.novita import API_KEY
+from support.novita import API_KEY, PHASE_SECONDS
 
-from gpujobs.novita import CreateInstanceRequest, NetworkStorageMount, NovitaClient, spec
+from gpujobs.novita import CreateInstanceRequest, InvalidStateError, NetworkStorageMount, NovitaClient, spec
 from gpujobs.novita.sim import seed
-from gpujobs.novita.simulator import NovitaSimulator
+from gpujobs.novita.simulator import ManualClock, NovitaSimulator
 
 Call = Callable[..., requests.Response]
 
@@ -261,3 +261,48 @@ def test_the_fault_switches_show_in_the_injection_settings(sim: NovitaSimulator,
     assert nested.json() == {
         "error": {"code": 404, "message": "NOT_FOUND: no such API path GET /no/such/path"}
     }
+
+
+def test_an_upgrade_resets_a_running_instance_onto_a_new_image(
+    call: Call, novita: NovitaClient, make_request: Callable[..., CreateInstanceRequest], clock: ManualClock
+) -> None:
+    instance_id = novita.create_instance(make_request())
+    not_yet = call(
+        "POST", spec.INSTANCE_UPGRADE_PATH, json={"instanceId": instance_id, "imageUrl": "ubuntu:24.04"}
+    )
+    assert (not_yet.status_code, not_yet.json()["message"]) == (400, spec.INVALID_STATE_CHANGE_MESSAGE)
+    clock.advance(10 * PHASE_SECONDS)
+
+    assert (
+        call(
+            "POST", spec.INSTANCE_UPGRADE_PATH, json={"instanceId": instance_id, "imageUrl": "ubuntu:24.04"}
+        ).json()
+        == {}
+    )
+    resetting = novita.get_instance(instance_id)
+    assert (resetting.status, resetting.image_url) == ("toReset", "ubuntu:24.04")
+    clock.advance(10 * PHASE_SECONDS)
+    assert novita.get_instance(instance_id).is_running
+    missing_image = call("POST", spec.INSTANCE_UPGRADE_PATH, json={"instanceId": instance_id})
+    assert reason(missing_image) == "VALIDATOR_PARAM"
+
+
+def test_an_instance_becomes_a_subscription_then_is_renewed_and_no_longer_deletable(
+    call: Call, novita: NovitaClient, make_request: Callable[..., CreateInstanceRequest], clock: ManualClock
+) -> None:
+    instance_id = novita.create_instance(make_request())
+    creating = call("POST", spec.INSTANCE_RENEW_PATH, json={"instanceId": instance_id, "month": 1})
+    assert reason(creating) == "CREATING_INSTANCE_NOT_SUPPORT_RENEWAL"
+    clock.advance(10 * PHASE_SECONDS)
+    on_demand = call("POST", spec.INSTANCE_RENEW_PATH, json={"instanceId": instance_id, "month": 1})
+    assert reason(on_demand) == "UNSUPPORTED_BILLING_MODE"
+    thirteen = call("POST", spec.INSTANCE_TO_MONTHLY_PATH, json={"instanceId": instance_id, "month": 13})
+    assert reason(thirteen) == "VALIDATOR_PARAM"
+
+    assert (
+        call("POST", spec.INSTANCE_TO_MONTHLY_PATH, json={"instanceId": instance_id, "month": 1}).json() == {}
+    )
+    assert call("POST", spec.INSTANCE_RENEW_PATH, json={"instanceId": instance_id, "month": 2}).json() == {}
+    assert novita.get_instance(instance_id).billing_mode == "monthly"
+    with pytest.raises(InvalidStateError, match="PREPAID_INSTANCE_NOT_SUPPORT_RELEASE"):
+        novita.delete_instance(instance_id)

@@ -177,9 +177,20 @@ def _api_blueprint(state: SimState) -> Blueprint:
         with state.lock:
             return jsonify(state.account.list_storages(request.args))
 
-    @api.post(spec.INSTANCE_EDIT_PATH)
-    def edit_instance() -> Response:
-        return jsonify(state.edit(_json_body()))
+    instance_writes = {
+        spec.INSTANCE_EDIT_PATH: state.edit,
+        spec.INSTANCE_UPGRADE_PATH: state.upgrade,
+        spec.INSTANCE_RENEW_PATH: state.renew,
+        spec.INSTANCE_TO_MONTHLY_PATH: state.to_monthly,
+    }
+
+    def instance_write() -> Response:
+        return jsonify(instance_writes[_endpoint()](_json_body()))
+
+    for path in instance_writes:
+        api.add_url_rule(
+            path, endpoint=path.strip("/").replace("/", "_"), view_func=instance_write, methods=["POST"]
+        )
 
     in_use = {
         spec.REGISTRY_AUTH_DELETE_PATH: lambda auth_id: state.uses(auth_id=auth_id),

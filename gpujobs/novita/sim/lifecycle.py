@@ -94,6 +94,10 @@ class Lifecycle:
         """toRemove -> removing -> removed."""
         return [*self._phases(spec.DELETE_PHASES), Phase(spec.Status.REMOVED.value, None)]
 
+    def reset_track(self) -> list[Phase]:
+        """Upgrade (a new image on the same GPU): toReset -> resetting -> running."""
+        return [*self._phases(spec.RESET_PHASES), Phase(spec.Status.RUNNING.value, None)]
+
     def reclaim_track(self) -> list[Phase]:
         """Spot reclaim: spotStatus notified -> reclaiming -> terminated while running, then exited (§8)."""
         running = spec.Status.RUNNING.value

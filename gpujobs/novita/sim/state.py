@@ -21,7 +21,14 @@ from gpujobs.novita.sim.config import SimulatorConfig
 from gpujobs.novita.sim.faults import Faults
 from gpujobs.novita.sim.lifecycle import Lifecycle, Phase, SimInstance
 from gpujobs.novita.sim.render import instance_json
-from gpujobs.novita.sim.validation import SimApiError, invalid, validate_create, validate_edit
+from gpujobs.novita.sim.validation import (
+    SimApiError,
+    invalid,
+    validate_create,
+    validate_edit,
+    validate_months,
+    validate_upgrade,
+)
 
 
 class SimState:
@@ -225,6 +232,47 @@ class SimState:
                 ports=instance.params.ports if params.ports is None else params.ports,
             )
             return {}
+
+    def upgrade(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /gpu/instance/upgrade`: a running instance gets a new image (envs, command) via a reset."""
+        params = validate_upgrade(body)
+        with self.lock:
+            instance = self._act(params.instance_id, spec.READY_STATUSES, self.lifecycle.reset_track())
+            instance.params = dataclasses.replace(
+                instance.params,
+                image_url=params.image_url,
+                envs=instance.params.envs if params.envs is None else params.envs,
+                command=instance.params.command if params.command is None else params.command,
+            )
+            return {}
+
+    def renew(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /gpu/instance/renewInstance`: more months for a subscription instance."""
+        instance_id, month = validate_months(body)
+        with self.lock:
+            instance = self._find(instance_id, self._now())
+            if instance.status in {phase.value for phase in spec.CREATE_PHASES}:
+                raise SimApiError(
+                    "CREATING_INSTANCE_NOT_SUPPORT_RENEWAL", "the instance is still being created"
+                )
+            if not self._is_monthly(instance):
+                raise SimApiError("UNSUPPORTED_BILLING_MODE", "only a subscription instance can be renewed")
+            instance.params = dataclasses.replace(instance.params, month=instance.params.month + month)
+            return {}
+
+    def to_monthly(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /gpu/instance/transToMonthlyInstance`: a pay-as-you-go instance becomes a subscription."""
+        instance_id, month = validate_months(body)
+        with self.lock:
+            instance = self._find(instance_id, self._now())
+            if self._is_monthly(instance) or "monthly" not in instance.product.billing_methods:
+                raise SimApiError("UNSUPPORTED_BILLING_MODE", f"{instance.id} cannot become a subscription")
+            instance.params = dataclasses.replace(instance.params, billing_mode="monthly", month=month)
+            return {}
+
+    @staticmethod
+    def _is_monthly(instance: SimInstance) -> bool:
+        return instance.params.billing_mode == "monthly" or instance.params.month > 0
 
     def uses(self, *, auth_id: str = "", storage_id: str = "") -> bool:
         """Whether an instance not yet removed uses this registry auth or network storage."""

@@ -192,3 +192,32 @@ def validate_edit(body: Mapping[str, Any]) -> EditParams:
             raise invalid(f"port {port} is out of range or reserved (2222-2224)")
         ports.append((port, str(kind)))
     return EditParams(instance_id, tuple(ports), expand)
+
+
+@dataclass(frozen=True)
+class UpgradeParams:
+    """A validated `POST /gpu/instance/upgrade` body ([T] PWSDK): a new image, envs and command."""
+
+    instance_id: str
+    image_url: str
+    envs: tuple[tuple[str, str], ...] | None = field(repr=False)
+    command: str | None
+
+
+def validate_upgrade(body: Mapping[str, Any]) -> UpgradeParams:
+    """Check an upgrade body: `instanceId` and `imageUrl` required; absent `envs`/`command` are kept."""
+    return UpgradeParams(
+        instance_id=_string(body, spec.INSTANCE_ID_PARAM, max_chars=255, required=True),
+        image_url=_string(body, "imageUrl", max_chars=spec.MAX_IMAGE_URL_CHARS, required=True),
+        envs=_envs(body) if "envs" in body else None,
+        command=_string(body, "command", max_chars=spec.MAX_COMMAND_CHARS) if "command" in body else None,
+    )
+
+
+def validate_months(body: Mapping[str, Any]) -> tuple[str, int]:
+    """`{instanceId, month}` of renewInstance and transToMonthlyInstance ([T] PWSDK); month 1-12."""
+    instance_id = _string(body, spec.INSTANCE_ID_PARAM, max_chars=255, required=True)
+    month = _integer(body, "month", required=True)
+    if not spec.MONTHS_MIN <= month <= spec.MONTHS_MAX:
+        raise invalid(f"month must be between {spec.MONTHS_MIN} and {spec.MONTHS_MAX}")
+    return instance_id, month
