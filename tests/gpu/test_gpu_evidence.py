@@ -3,12 +3,16 @@ error envelope keeps region fallback working, and a full run makes no call the A
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
-from support.gpu import REQUEST, provision, run_chain, wait_for_job
+from support.gpu import REQUEST, look, next_monitor_look, provision, run_chain, wait_for_job
 from support.rows import events, instance_row, job_row
 
+from gpujobs import runner
 from gpujobs.exceptions import TransientError
 from gpujobs.novita import spec
+from gpujobs.provisioning import create
 from gpujobs.provisioning.reconcile import reconcile
 
 
@@ -92,3 +96,27 @@ def test_a_full_provisioning_run_makes_no_call_the_api_does_not_serve(
     called = {call["endpoint"] for call in sim.ledger()}
     assert {spec.INSTANCE_CREATE_PATH, spec.INSTANCE_STOP_PATH, spec.INSTANCE_DELETE_PATH} <= called
     assert sim.unknown_calls() == []
+
+
+@pytest.mark.parametrize("sim_options", [{"phase_seconds": {"default": 0, "pulling": 600}}])
+def test_a_monitor_giving_up_through_a_proxys_html_404_keeps_looking_until_the_delete_is_seen(
+    app, client, tenant, sim, novita_config
+):
+    with app.app_context():
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
+        job_id, instance_id = str(job.id), str(instance.id)
+        assert runner.run_job(job.id) == "running"
+    response = client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant["headers"])
+    assert response.status_code in (200, 202), response.json
+
+    sim.inject(proxy_html_404=True)
+    look(app, next_monitor_look(app))  # cancelled: deletes its instance, and the proxy answers the delete
+    assert job_row(app, job_id).status == "cancelling"
+    assert instance_row(app, instance_id).status == "creating"  # not `deleting`: nothing was deleted
+    assert [entry["status"] for entry in sim.instances()] == ["pulling"]
+
+    sim.inject(proxy_html_404=False)
+    look(app, next_monitor_look(app))
+    job = job_row(app, job_id)
+    assert (job.status, job.error) == ("cancelled", "cancelled on request; the instance was deleted")
+    assert [entry["status"] for entry in sim.instances()] == ["removed"]

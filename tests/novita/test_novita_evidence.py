@@ -6,10 +6,11 @@ Only Novita's envelope saying not-found means "gone"; a 404/405 without it is tr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
-from support.novita import PHASE_SECONDS
+from support.novita import API_KEY, PHASE_SECONDS
 
 from gpujobs.exceptions import TransientError
 from gpujobs.novita import (
@@ -128,16 +129,24 @@ def counted(make_client: MakeClient, outcomes: list[tuple[str, str, str]]) -> No
     return make_client(on_call=lambda method, path, outcome: outcomes.append((method, path, outcome)))
 
 
-def test_a_proxy_html_404_on_a_get_is_retried_counted_and_never_not_found(
-    counted: NovitaClient, sim: NovitaSimulator, make_request: MakeRequest, outcomes: list
+def test_a_proxy_html_404_on_a_get_is_retried_counted_logged_and_never_not_found(
+    counted: NovitaClient,
+    sim: NovitaSimulator,
+    make_request: MakeRequest,
+    outcomes: list,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     instance_id = counted.create_instance(make_request())
     sim.inject(proxy_html_404=2)
 
-    assert counted.get_instance(instance_id).id == instance_id  # two 404 pages, then Novita answers
+    with caplog.at_level(logging.WARNING, logger="gpujobs.novita"):
+        assert counted.get_instance(instance_id).id == instance_id  # two 404 pages, then Novita answers
 
     gets = [outcome for method, path, outcome in outcomes if path == spec.INSTANCE_PATH]
     assert gets == ["no_envelope", "no_envelope", "ok"]
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2 and all("GET /gpu/instance failed with HTTP 404" in line for line in warnings)
+    assert not any(API_KEY in line or instance_id in line for line in warnings)
 
     sim.inject(proxy_html_404=True)
     with pytest.raises(NovitaUnrecognizedAnswerError, match="HTTP 404 and a non-JSON body"):
