@@ -7,9 +7,9 @@ Messages carry method, path, status, reason and Novita's message, never request 
 cannot leak the API key or registry passwords.
 
 Evidence before belief: only an envelope that says not-found (400 RESOURCE_NOT_FOUND, or a 404 carrying the
-envelope) is NovitaNotFoundError. A 404 or 405 without the envelope came from something in front of Novita
-(a proxy, a gateway, a wrong base URL) and proves nothing about the instance: NovitaUnrecognizedAnswerError,
-retried like any transient failure.
+envelope with a reason) is NovitaNotFoundError. A 404 or 405 without the envelope (or with one that gives no
+reason) may come from something in front of Novita (a proxy, a gateway, a wrong base URL) and proves nothing
+about the instance: NovitaUnrecognizedAnswerError, retried like any transient failure.
 """
 
 from __future__ import annotations
@@ -156,9 +156,9 @@ def _documented_reason(value: object) -> str | None:
 def parse_envelope(body: str) -> Envelope | None:
     """The envelope in a body, or None if the body is not one (HTML, empty, some other JSON).
 
-    Flat: `{code, reason, message, metadata?}` with a string reason. Nested: `{"error": {code, message,
-    reason?}}`; without a reason field, a documented reason given as the code or named in the message
-    (as CNOVITA's live tests find INSUFFICIENT_RESOURCE in the error text) is taken as the reason, so
+    Flat `{code, reason, message, metadata?}` or nested `{"error": {code, reason?, message}}`: a `code`
+    and a `reason` or `message`. Without a reason field, a documented reason given as the code or named
+    in the message (CNOVITA's live tests find INSUFFICIENT_RESOURCE in the error text) is the reason, so
     region fallback works whichever shape Novita answers in.
     """
     try:
@@ -168,19 +168,15 @@ def parse_envelope(body: str) -> Envelope | None:
     if not isinstance(data, dict):
         return None
     nested = data.get("error")
-    if isinstance(nested, dict):
-        message, code = nested.get("message"), nested.get("code")
-        if not isinstance(message, str) or code is None:
-            return None
-        reason = nested.get("reason")
-        if not isinstance(reason, str) or not reason:
-            in_message = (_documented_reason(word) for word in _REASON_WORD.findall(message))
-            reason = _documented_reason(code) or next((word for word in in_message if word), None)
-        return Envelope(reason=reason, message=message)
-    reason, message = data.get("reason"), data.get("message")
-    if "code" not in data or not isinstance(reason, str) or not reason:
+    source = nested if isinstance(nested, dict) else data
+    code, reason, message = source.get("code"), source.get("reason"), source.get("message")
+    if code is None or (not isinstance(reason, str) and not isinstance(message, str)):
         return None
-    return Envelope(reason=reason, message=str(message or ""))
+    message = message if isinstance(message, str) else ""
+    if not isinstance(reason, str) or not reason:
+        in_message = (_documented_reason(word) for word in _REASON_WORD.findall(message))
+        reason = _documented_reason(code) or next((word for word in in_message if word), None)
+    return Envelope(reason=reason, message=message)
 
 
 def _class_for_status(http_status: int) -> type[NovitaTransientError] | type[NovitaPermanentError]:
@@ -197,17 +193,17 @@ def _class_for_status(http_status: int) -> type[NovitaTransientError] | type[Nov
 def _class_for(
     http_status: int, envelope: Envelope | None
 ) -> type[NovitaTransientError] | type[NovitaPermanentError]:
-    if envelope is None:
-        if http_status in UNROUTED_HTTP_STATUSES:
-            return NovitaUnrecognizedAnswerError
-        return _class_for_status(http_status)
-    # SONTL saw "invalid state change" as the message; the reason that comes with it is not documented.
-    if spec.INVALID_STATE_CHANGE_MESSAGE in envelope.message.lower():
-        return InvalidStateError
-    documented = spec.ERROR_REASONS.get(envelope.reason or "")
-    if documented is not None:
-        return _CLASS_BY_KIND[documented.kind]
-    if http_status == 404:  # Novita's own envelope on a 404: it says the thing is not there
+    if envelope is not None:
+        # SONTL saw "invalid state change" as the message; the reason that comes with it is not documented.
+        if spec.INVALID_STATE_CHANGE_MESSAGE in envelope.message.lower():
+            return InvalidStateError
+        documented = spec.ERROR_REASONS.get(envelope.reason or "")
+        if documented is not None:
+            return _CLASS_BY_KIND[documented.kind]
+    if http_status in UNROUTED_HTTP_STATUSES and (envelope is None or envelope.reason is None):
+        # No reason, no evidence: `{"code": 404, "message": "Not Found"}` is what many gateways send too.
+        return NovitaUnrecognizedAnswerError
+    if http_status == 404:  # Novita's envelope, with its reason, on a 404: the thing is not there
         return NovitaNotFoundError
     return _class_for_status(http_status)
 

@@ -49,6 +49,8 @@ def answer(http_status: int, body: str, content_type: str = "application/json"):
         (404, '{"message": "no Route matched with those values"}', "application/json"),
         (405, "<html><title>405 Method Not Allowed</title></html>", "text/html"),
         (405, '{"error": "method not allowed"}', "application/json"),
+        (404, '{"code": 404, "message": "Not Found"}', "application/json"),  # no reason, no evidence
+        (404, '{"error": {"code": 404, "message": "instance not found"}}', "application/json"),
     ],
 )
 def test_a_404_or_405_without_novitas_envelope_is_transient_never_not_found(
@@ -78,7 +80,8 @@ def test_novitas_not_found_envelope_in_either_shape_means_gone(body: str) -> Non
     "body",
     [
         '{"code": 404, "reason": "NOT_FOUND", "message": "not found", "metadata": {}}',
-        '{"error": {"code": 404, "message": "instance not found"}}',
+        '{"error": {"code": 404, "reason": "NOT_FOUND", "message": "instance not found"}}',
+        '{"error": {"code": 404, "message": "RESOURCE_NOT_FOUND: instance not found"}}',
     ],
 )
 def test_a_404_carrying_novitas_envelope_means_gone(body: str) -> None:
@@ -98,6 +101,17 @@ def test_insufficient_resource_keeps_its_reason_in_either_envelope_shape(body: s
     error = answer(400, body)
 
     assert type(error) is InsufficientResourceError and error.reason == "INSUFFICIENT_RESOURCE"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"code": 400, "message": "invalid state change"}',
+        '{"error": {"code": 400, "message": "invalid state change"}}',
+    ],
+)
+def test_invalid_state_change_is_recognised_without_a_reason_in_either_shape(body: str) -> None:
+    assert type(answer(400, body)) is InvalidStateError
 
 
 def test_a_nested_envelope_without_a_known_reason_is_a_plain_permanent_error() -> None:
