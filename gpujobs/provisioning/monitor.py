@@ -179,9 +179,10 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
     if not sighting.known:
         return watch.look_again()
     seen = sighting.seen
-    if seen is not None and seen.status != instance.novita_status:
-        records.mirror(instance.id, seen.status)
     judgement = judge(watch.action, seen)
+    # A look that ends the job writes Novita's status with the outcome (``_succeed``).
+    if seen is not None and seen.status != instance.novita_status and judgement.verdict != Verdict.DONE:
+        records.mirror(instance.id, seen.status)
     if judgement.verdict == Verdict.START:
         _start(client, instance)
         db.session.commit()
@@ -343,8 +344,9 @@ def _end(
     if event:
         webhooks.record_event(db.session.get_one(Job, watch.job_id, populate_existing=True), event, instance)
     webhooks.record_job_event(watch.job_id)
+    due = webhooks.pending(watch.job_id)
     db.session.commit()
-    webhooks.publish_pending(watch.job_id)
+    webhooks.publish(watch.job_id, due)
     log.info("job %s: %s (instance %s %s)", watch.job_id, outcome, instance.id, instance.status)
 
 
