@@ -189,11 +189,14 @@ def record_message(
     ).scalar_one()
 
 
-def record_job_event(job_id: uuid.UUID) -> None:
-    """Record the ``job.<outcome>`` event of a job that just reached a terminal status."""
-    job = db.session.get(Job, job_id, populate_existing=True)
-    if job is not None and job.status in EVENT_BY_STATUS:
-        instance = db.session.scalar(select(Instance).where(Instance.job_id == job.id))
+def record_job_event(job_id: uuid.UUID, job: Job | None = None, instance: Instance | None = None) -> None:
+    """Record the ``job.<outcome>`` event of a job that just reached a terminal status.
+
+    A caller that has the job's row as it is now (and its instance's) passes them: they are not read again.
+    """
+    job = job or db.session.get(Job, job_id, populate_existing=True)
+    if job is not None and job.status in EVENT_BY_STATUS and job.webhook_url:  # no receiver: no instance read
+        instance = instance or db.session.scalar(select(Instance).where(Instance.job_id == job.id))
         record_event(job, EVENT_BY_STATUS[job.status], instance)
 
 
