@@ -18,7 +18,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the Flask app, its extensions and its Celery app (the Flask application-factory pattern)."""
     from gpujobs import logs, models  # noqa: F401  (models: the tables, for migrations and queries)
     from gpujobs.celery_app import celery_init_app
-    from gpujobs.extensions import db, migrate
+    from gpujobs.extensions import db, drop_closed_connections, migrate
 
     app = Flask(__name__)
     app.config.update(load_config())
@@ -38,6 +38,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     logs.init_app(app)
 
     db.init_app(app)
+    with app.app_context():
+        drop_closed_connections(db.engine)
     # Inside the package, so `flask --app gpujobs db upgrade` works from an installed wheel too.
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent / "migrations"))
     celery_init_app(app)

@@ -1,16 +1,18 @@
-"""Bare extension objects, bound to an app in the factory (the Flask pattern that avoids cycles), and the
-two answers of the database that SQLAlchemy's types leave out: rows changed and the constraint broken."""
+"""Bare extension objects, bound to an app in the factory (the Flask pattern that avoids cycles), the
+two answers of the database that SQLAlchemy's types leave out (rows changed, the constraint broken), and
+the check that keeps a connection the server closed out of use."""
 
 from __future__ import annotations
 
+import select
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg2
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Table
+from sqlalchemy import Engine, Table, event
 from sqlalchemy.engine import CursorResult, Result
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase
 
 
@@ -44,3 +46,26 @@ def rows_changed(result: Result[*tuple[Any, ...]]) -> int:
 def violated_constraint(exc: IntegrityError) -> str | None:
     """The name of the constraint PostgreSQL says a write broke, to tell a duplicate from other faults."""
     return exc.orig.diag.constraint_name if isinstance(exc.orig, psycopg2.Error) else None
+
+
+def drop_closed_connections(engine: Engine) -> None:
+    """Replace, at checkout, a pooled connection the server has closed (a restart, a terminated backend).
+
+    An idle PostgreSQL connection is sent nothing unless the server ends it (a FATAL goodbye, then EOF),
+    so an idle socket with something to read is a connection to drop. Asking the kernel costs no round
+    trip, where ``pool_pre_ping`` sent a ``SELECT 1`` on every checkout. DisconnectionError makes the pool
+    discard the connection and open a fresh one in its place before the caller sees it.
+    """
+    event.listen(engine, "checkout", _refuse_closed)
+
+
+def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    if dbapi_connection.closed or _has_input(dbapi_connection.fileno()):
+        raise DisconnectionError("the server closed this pooled connection")
+
+
+def _has_input(fd: int) -> bool:
+    """Whether the socket is readable (data, EOF or an error) without waiting."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))

@@ -239,10 +239,11 @@ def record_progress(job_id: uuid.UUID, attempt: int, percent: float) -> bool:
     return rows_changed(result) == 1
 
 
-def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> bool:
-    """Finish a job as succeeded; False when a newer attempt or a rescue got there first, or when a
+def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> Job | None:
+    """Finish a job as succeeded and return its row as it is now (``UPDATE ... RETURNING``, for the
+    webhook event without a re-read); None when a newer attempt or a rescue got there first, or when a
     cancel was recorded while it ran (a cancelled job never ends succeeded)."""
-    done = db.session.execute(
+    job = db.session.scalars(
         _fenced(job_id, attempt, *JOB_ACTIVE)
         .where(Job.cancel_requested.is_(False))
         .values(
@@ -253,11 +254,11 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> b
             finished_at=func.now(),
             lease_expires_at=None,
         )
-    )
-    if rows_changed(done) != 1:
-        return False
-    add_event(job_id, "job.succeeded", attempt)
-    return True
+        .returning(Job)
+    ).one_or_none()
+    if job is not None:
+        add_event(job_id, "job.succeeded", attempt)
+    return job
 
 
 def cancel_running(job_id: uuid.UUID, attempt: int, reason: str) -> bool:

@@ -50,7 +50,9 @@ class RunContext:
         self.params = claim.params
         self._claim = claim
         self._cancelled = False
-        self._checked_at = 0.0
+        # The claim has just read the flag (it takes only a job not asked to cancel): the first check
+        # need not read it again before the interval.
+        self._checked_at = time.monotonic()
         self._check_interval_seconds = current_app.config["GPUJOBS_CANCEL_CHECK_INTERVAL_SECONDS"]
 
     def emit_event(self, event_type: str, data: dict[str, Any] | None = None) -> None:
@@ -256,15 +258,20 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> JobS
         status = _record_failure(definition, claim, exc)
     else:
         if isinstance(result, Handoff):
-            # The lease must outlive the wait before the follow-up task's first look.
+            # The lease must outlive the wait before the follow-up task's first look. The handler's last
+            # writes (the create step's new instance, its event and webhook) commit with it.
             lease = current_app.config["GPUJOBS_LEASE_SECONDS"] + result.countdown_seconds
             jobs.renew_lease(claim.job_id, claim.attempt, lease)
+            deliveries = webhooks.pending(claim.job_id)
             db.session.commit()
+            webhooks.publish(claim.job_id, deliveries)
             _hand_off(claim, result)
             return JobStatus.RUNNING
         status = _store_success(definition, claim, result)
+    due: list[uuid.UUID] = []
     if status in JOB_TERMINAL:
         webhooks.record_job_event(claim.job_id)
+        due = webhooks.pending(claim.job_id)
     db.session.commit()
     if status == JobStatus.SUCCEEDED:
         _hook(definition.on_success, ctx, params)
@@ -272,7 +279,7 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> JobS
         _hook(definition.on_fail, ctx, params)
     if status in JOB_TERMINAL:
         _hook(definition.on_end, ctx, params)
-        webhooks.publish_pending(claim.job_id)
+        webhooks.publish(claim.job_id, due)
     return status
 
 

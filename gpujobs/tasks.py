@@ -31,8 +31,7 @@ def run_job(job_id: str) -> None:
 @shared_task(name=webhooks.DELIVER_TASK, soft_time_limit=60, time_limit=90)
 def deliver_webhook(*delivery_ids: str) -> None:
     """Send one attempt of each delivery, in the given order (a job's events, oldest first)."""
-    for delivery_id in delivery_ids:
-        webhooks.deliver(uuid.UUID(delivery_id))
+    webhooks.deliver_in_order([uuid.UUID(delivery_id) for delivery_id in delivery_ids])
 
 
 @shared_task(name=SWEEP_DISPATCH_TASK, soft_time_limit=60, time_limit=90)

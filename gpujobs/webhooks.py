@@ -189,29 +189,44 @@ def record_message(
     ).scalar_one()
 
 
-def record_job_event(job_id: uuid.UUID) -> None:
-    """Record the ``job.<outcome>`` event of a job that just reached a terminal status."""
-    job = db.session.get(Job, job_id, populate_existing=True)
-    if job is not None and job.status in EVENT_BY_STATUS:
-        instance = db.session.scalar(select(Instance).where(Instance.job_id == job.id))
+def record_job_event(job_id: uuid.UUID, job: Job | None = None, instance: Instance | None = None) -> None:
+    """Record the ``job.<outcome>`` event of a job that just reached a terminal status.
+
+    A caller that has the job's row as it is now (and its instance's) passes them: they are not read again.
+    """
+    job = job or db.session.get(Job, job_id, populate_existing=True)
+    if job is not None and job.status in EVENT_BY_STATUS and job.webhook_url:  # no receiver: no instance read
+        instance = instance or db.session.scalar(select(Instance).where(Instance.job_id == job.id))
         record_event(job, EVENT_BY_STATUS[job.status], instance)
 
 
 def publish_pending(job_id: uuid.UUID) -> None:
-    """After commit, hand the job's new deliveries to the webhook queue as one message.
+    """After commit, hand the job's new deliveries to the webhook queue as one message."""
+    publish(job_id, pending(job_id))
+
+
+def pending(job_id: uuid.UUID) -> list[uuid.UUID]:
+    """The job's deliveries never tried yet, oldest event first; read before the commit that records
+    them, so publishing them after it takes no transaction of its own."""
+    return list(
+        db.session.scalars(
+            select(WebhookDelivery.id)
+            .where(
+                WebhookDelivery.job_id == job_id,
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+                WebhookDelivery.attempts == 0,
+            )
+            .order_by(WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
+        )
+    )
+
+
+def publish(job_id: uuid.UUID, due: list[uuid.UUID]) -> None:
+    """After commit, hand ``due`` (from ``pending``) to the webhook queue as one message.
 
     One task sends them in the order they happened, so a receiver sees ``instance.running`` before
     the ``job.succeeded`` that follows it; the webhook sweep covers a message that did not go out.
     """
-    due = db.session.scalars(
-        select(WebhookDelivery.id)
-        .where(
-            WebhookDelivery.job_id == job_id,
-            WebhookDelivery.status == DeliveryStatus.PENDING,
-            WebhookDelivery.attempts == 0,
-        )
-        .order_by(WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
-    ).all()
     if due:
         # The task's default limits fit one delivery; each one more may take the whole send timeout.
         limit = len(due) * (current_app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + 5) + 30
@@ -240,7 +255,27 @@ def signing_secrets(tenant: Tenant) -> list[str]:
 
 def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
     """Try one delivery now; returns its new status, or None when another sender holds it."""
-    attempt = db.session.execute(
+    return deliver_in_order([delivery_id])[0]
+
+
+def deliver_in_order(delivery_ids: list[uuid.UUID]) -> list[DeliveryStatus | None]:
+    """Try each delivery now, one after the other (a job's events, oldest first); returns their statuses.
+
+    Each claim commits before its send, so no other sender takes it meanwhile and no transaction stays
+    open while the receiver answers. A delivery's outcome commits with the next delivery's claim (one
+    transaction), the last one's at the end.
+    """
+    released: list[uuid.UUID] = []
+    statuses = [_try(delivery_id, released) for delivery_id in delivery_ids]
+    db.session.commit()
+    _release(released)
+    return statuses
+
+
+def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | None:
+    """One attempt of one delivery; its outcome is left for the caller's next commit. ``released`` (held
+    deliveries a closing circuit lets go) is sent once that commit is made."""
+    delivery = db.session.scalars(
         update(WebhookDelivery)
         .where(
             WebhookDelivery.id == delivery_id,
@@ -251,19 +286,22 @@ def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
             attempts=WebhookDelivery.attempts + 1,
             next_attempt_at=func.now() + timedelta(seconds=SEND_LEASE_SECONDS),
         )
-        .returning(WebhookDelivery.attempts)
-    ).scalar_one_or_none()
-    db.session.commit()
-    if attempt is None:
+        .returning(WebhookDelivery)
+    ).one_or_none()
+    if delivery is None:
         return None
-    delivery = db.session.get_one(WebhookDelivery, delivery_id)
+    db.session.expunge(delivery)  # a copy that the commits below leave as it is (no re-read)
+    attempt = delivery.attempts
     endpoint = delivery.endpoint or endpoint_of(delivery.url)
     held_until = _gate(endpoint)
     if held_until is not None:
         return _hold(delivery, attempt, endpoint, held_until)
-    tenant = db.session.get_one(Tenant, delivery.tenant_id)
+    secrets = signing_secrets(db.session.get_one(Tenant, delivery.tenant_id))
+    db.session.commit()  # the claim (and the previous delivery's outcome)
+    _release(released)
+    released.clear()
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
-    signed = webhook_headers(signing_secrets(tenant), str(delivery.id), int(time.time()), body)
+    signed = webhook_headers(secrets, str(delivery.id), int(time.time()), body)
     headers = {**(delivery.headers or {}), **signed}
     status_code, error = _send(delivery.url, body, headers)
     new_status, next_at = _outcome(status_code, attempt)
@@ -278,12 +316,14 @@ def deliver(delivery_id: uuid.UUID) -> DeliveryStatus | None:
             delivered_at=func.now() if new_status == DeliveryStatus.SUCCEEDED else None,
         )
     )
-    released = _record_health(delivery, endpoint, healthy=status_code is not None and status_code < 500)
-    db.session.commit()
-    for held in released:
-        publish_delivery(held)
+    released += _record_health(delivery, endpoint, healthy=status_code is not None and status_code < 500)
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
+
+
+def _release(released: list[uuid.UUID]) -> None:
+    for held in released:
+        publish_delivery(held)
 
 
 def _gate(endpoint: str) -> datetime | None:

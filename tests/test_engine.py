@@ -80,9 +80,9 @@ def test_a_stale_attempt_cannot_overwrite_newer_state(app_context, tenant):
     second = jobs.claim(job.id, definition, lease_seconds=60)
     db.session.commit()
     assert second.attempt == first.attempt + 1
-    assert jobs.succeed(job.id, first.attempt, {"late": True}) is False
+    assert jobs.succeed(job.id, first.attempt, {"late": True}) is None
     assert jobs.renew_lease(job.id, first.attempt, 60) is None
-    assert jobs.succeed(job.id, second.attempt, {"fresh": True}) is True
+    assert jobs.succeed(job.id, second.attempt, {"fresh": True}) is not None
     db.session.commit()
     assert db.session.get(Job, job.id).result == {"fresh": True}
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 
+import psycopg2
 import pytest
 from flask import Flask
+from sqlalchemy import text
+from support.polling import wait_for
 
 from gpujobs import jobs, operations, runner
 from gpujobs.config import ConfigError, engine_options, load_config
@@ -147,3 +151,38 @@ def test_metrics_without_a_ttl_are_cached_for_the_configured_time(
     assert total() == 0
     client.post("/v1/jobs", json={"definitionKey": "echo", "params": {}}, headers=tenant["headers"])
     assert total() == (1 if fresh else 0)
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_at_checkout_without_a_ping(
+    app: Flask, client, tenant
+):
+    """No ``SELECT 1`` per checkout, yet a backend ended under the pool is never handed out: the next
+    session and the next request get fresh connections, and succeed."""
+    assert "pool_pre_ping" not in app.config["SQLALCHEMY_ENGINE_OPTIONS"]
+    with app.app_context():
+        first = db.session.scalar(text("SELECT pg_backend_pid()"))
+        db.session.remove()  # back to the pool, idle
+        ended = _end_every_other_backend(app.config["DATABASE_URL"])
+        assert first in ended
+        wait_for(lambda: not _alive(app.config["DATABASE_URL"], ended))
+        second = db.session.scalar(text("SELECT pg_backend_pid()"))
+        db.session.remove()
+    assert second not in ended
+    assert client.get("/v1/jobs", headers=tenant["headers"]).status_code == 200
+
+
+def _end_every_other_backend(database_url: str) -> list[int]:
+    with contextlib.closing(psycopg2.connect(database_url)) as admin, admin.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+        )
+        pids = [pid for (pid,) in cursor.fetchall()]
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", (pids,))
+        return pids
+
+
+def _alive(database_url: str, pids: list[int]) -> bool:
+    with contextlib.closing(psycopg2.connect(database_url)) as admin, admin.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
+        return cursor.fetchone()[0] > 0

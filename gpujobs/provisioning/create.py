@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 from flask import current_app
 
-from gpujobs import grants, operations, webhooks
+from gpujobs import grants, jobs, operations, webhooks
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
@@ -98,10 +98,14 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     """Adopt the job's instance if it exists, else select a product and create it; then watch it."""
     params = CreateInstanceParams.model_validate(raw)
     job_id = uuid.UUID(ctx.job_id)
-    instance = records.ensure_row(job_id, uuid.UUID(ctx.tenant), raw)
+    # The API inserted the row with the job; a job queued some other way inserts it here.
+    instance = db.session.get(Instance, records.instance_id_for(job_id)) or records.ensure_row(
+        job_id, uuid.UUID(ctx.tenant), raw
+    )
     # A read-only copy (its id and name never change), so each commit below does not re-read the row.
+    # Not committed here: the row's transaction ends with the first claim of the row below (a read, or
+    # an insert no one else can see yet, so it holds nothing another transaction waits for).
     db.session.expunge(instance)
-    db.session.commit()
     config = current_app.config
     timeout = params.timeout_seconds(config["GPUJOBS_MONITOR_TIMEOUT_SECONDS"])
     ctx.raise_if_cancelled()
@@ -210,9 +214,10 @@ def _place(
             ctx.emit_event("placement_refused", _placement(candidate) | {"reason": exc.reason})
             continue
         _record_created(ctx, instance, novita_id)
-        # Commits the row, the timeline event and the webhook event together; then the delivery goes out.
-        ctx.emit_event("instance_created", _placement(candidate) | {"novitaInstanceId": novita_id})
-        webhooks.publish_pending(uuid.UUID(ctx.job_id))
+        data = _placement(candidate) | {"novitaInstanceId": novita_id}
+        # Left for the runner, which commits the row, this event and the webhook event with the hand-off's
+        # lease renewal (one transaction), then sends the delivery.
+        jobs.add_event(uuid.UUID(ctx.job_id), "job.instance_created", ctx.attempt, data)
         return novita_id, search
     return None, search
 
@@ -228,11 +233,11 @@ def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None
     """
     job_id = uuid.UUID(ctx.job_id)
     held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
-    if not records.transition(instance.id, (InstanceStatus.CREATING,), *held, novita_id=novita_id):
+    created = records.transitioned(instance.id, (InstanceStatus.CREATING,), *held, novita_id=novita_id)
+    if created is None:
         db.session.rollback()
         log.warning("job %s: attempt %s lost the job while creating %s", job_id, ctx.attempt, novita_id)
         raise PermanentError(f"attempt {ctx.attempt} no longer holds job {job_id} (it created {novita_id})")
-    created = db.session.get(Instance, instance.id, populate_existing=True)
     webhooks.record_event(db.session.get_one(Job, job_id, populate_existing=True), CREATED_EVENT, created)
 
 

@@ -179,9 +179,10 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
     if not sighting.known:
         return watch.look_again()
     seen = sighting.seen
-    if seen is not None and seen.status != instance.novita_status:
-        records.mirror(instance.id, seen.status)
     judgement = judge(watch.action, seen)
+    # A look that ends the job writes Novita's status with the outcome (``_succeed``).
+    if seen is not None and seen.status != instance.novita_status and judgement.verdict != Verdict.DONE:
+        records.mirror(instance.id, seen.status)
     if judgement.verdict == Verdict.START:
         _start(client, instance)
         db.session.commit()
@@ -315,16 +316,18 @@ def _end(
     """
     if outcome != JobStatus.SUCCEEDED:
         row_values = {**row_values, "error": error}
-    moved = records.transition(
+    moved = records.transitioned(
         watch.instance_id, (watch.goal.in_flight,), records.owned_by(watch.job_id), **row_values
     )
-    instance = db.session.get_one(Instance, watch.instance_id, populate_existing=True)
+    instance = moved or db.session.get_one(Instance, watch.instance_id, populate_existing=True)
     if not moved:
         event = None
         if outcome == JobStatus.SUCCEEDED:
             outcome, error = JobStatus.FAILED, _taken_over(watch, instance)
+    job: Job | None = None
     if outcome == JobStatus.SUCCEEDED:
-        ended = jobs.succeed(watch.job_id, watch.attempt, {"instance": resources.Instance.json_of(instance)})
+        job = jobs.succeed(watch.job_id, watch.attempt, {"instance": resources.Instance.json_of(instance)})
+        ended = job is not None
     elif outcome == JobStatus.CANCELLED:
         ended = jobs.cancel_running(watch.job_id, watch.attempt, error or "cancelled")
     else:
@@ -342,11 +345,15 @@ def _end(
             "job %s: attempt %s was fenced out; its outcome is not recorded", watch.job_id, watch.attempt
         )
         return
+    if job is None:  # ended some other way than by `succeed`, which returned the row as it is now
+        job = db.session.get_one(Job, watch.job_id, populate_existing=True)
     if event:
-        webhooks.record_event(db.session.get_one(Job, watch.job_id, populate_existing=True), event, instance)
-    webhooks.record_job_event(watch.job_id)
+        webhooks.record_event(job, event, instance)
+    # The instance is the job's own only while this job still holds it (`moved`).
+    webhooks.record_job_event(watch.job_id, job, moved)
+    due = webhooks.pending(watch.job_id)
     db.session.commit()
-    webhooks.publish_pending(watch.job_id)
+    webhooks.publish(watch.job_id, due)
     log.info("job %s: %s (instance %s %s)", watch.job_id, outcome, instance.id, instance.status)
 
 

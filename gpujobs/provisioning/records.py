@@ -123,14 +123,32 @@ def transition(
 ) -> bool:
     """Change a row only if it is still in one of `from_statuses` (and meets `conditions`, such as
     `owned_by(job_id)`); False when someone else moved it."""
-    done = db.session.execute(
-        update(Instance)
-        .where(Instance.id == instance_id, Instance.status.in_(from_statuses), *conditions)
-        .values(**values)
-    )
+    done = db.session.execute(_transition(instance_id, from_statuses, *conditions).values(**values))
     if rows_changed(done) != 1:
-        log.info("instance %s: not in %s any more, left as it is", instance_id, "/".join(from_statuses))
+        _left(instance_id, from_statuses)
     return rows_changed(done) == 1
+
+
+def transitioned(
+    instance_id: uuid.UUID, from_statuses: tuple[str, ...], *conditions: ColumnElement[bool], **values: Any
+) -> Instance | None:
+    """`transition`, returning the changed row as it is now (``UPDATE ... RETURNING``: no re-read), or
+    None when someone else moved it."""
+    statement = _transition(instance_id, from_statuses, *conditions).values(**values).returning(Instance)
+    row = db.session.scalars(statement).one_or_none()
+    if row is None:
+        _left(instance_id, from_statuses)
+    return row
+
+
+def _transition(
+    instance_id: uuid.UUID, from_statuses: tuple[str, ...], *conditions: ColumnElement[bool]
+) -> Any:
+    return update(Instance).where(Instance.id == instance_id, Instance.status.in_(from_statuses), *conditions)
+
+
+def _left(instance_id: uuid.UUID, from_statuses: tuple[str, ...]) -> None:
+    log.info("instance %s: not in %s any more, left as it is", instance_id, "/".join(from_statuses))
 
 
 def owned_by(job_id: uuid.UUID | None) -> ColumnElement[bool]:
