@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 lock: $(STAMP)  ## Recompile both locks from pyproject.toml (UPGRADE=--upgrade takes every new release)
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE) -o requirements/runtime.txt
-	$(BIN)/uv pip compile pyproject.toml --extra embedded --extra dev $(LOCK_FLAGS) $(UPGRADE) \
+	$(BIN)/uv pip compile pyproject.toml --extra embedded --extra dev --extra bench $(LOCK_FLAGS) $(UPGRADE) \
 		-c requirements/runtime.txt -o requirements/dev.txt
 
 format: $(STAMP)
