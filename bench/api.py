@@ -5,7 +5,8 @@ python -m bench.api --requests 2000 --concurrency 16 [--rate 100 --paced 1000]
 Closed loop first: ``--concurrency`` clients, each sending as soon as its answer came back, for req/s,
 and CPU per POST of the API, PostgreSQL and Redis processes (which other load on the machine does not
 change, unlike req/s). Then open loop: ``--paced`` submissions due at ``--rate`` per second, for p99 at
-that rate (latency from the time each call was due). Issue 24's targets: POST >= 0.3x health req/s, p99 < 50 ms at 100 req/s.
+that rate (latency from the time each call was due). Issue 24's targets: POST >= 0.3x health req/s,
+p99 < 50 ms at 100 req/s.
 """
 
 from __future__ import annotations
