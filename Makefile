@@ -25,9 +25,9 @@ test: $(STAMP)  ## The whole suite against real PostgreSQL, Redis, Celery worker
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## Benchmarks; each prints its figures (see bench/README.md)
-	$(BIN)/python -m bench.api
+	$(BIN)/python -m bench.efficiency
+	$(BIN)/python -m bench.peer_procrastinate
 	$(BIN)/python -m bench.priority
-	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.novita_calls
 	$(BIN)/python -m bench.scale
 
@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 lock: $(STAMP)  ## Recompile both locks from pyproject.toml (UPGRADE=--upgrade takes every new release)
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE) -o requirements/runtime.txt
-	$(BIN)/uv pip compile pyproject.toml --extra embedded --extra dev $(LOCK_FLAGS) $(UPGRADE) \
+	$(BIN)/uv pip compile pyproject.toml --extra embedded --extra dev --extra bench $(LOCK_FLAGS) $(UPGRADE) \
 		-c requirements/runtime.txt -o requirements/dev.txt
 
 format: $(STAMP)

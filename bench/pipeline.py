@@ -5,7 +5,9 @@ python -m bench.pipeline --jobs 200 --workers 1 --concurrency 4 --interval 0.2 [
 N ``POST /v1/instances`` (``gpu.instance.create@1``: create -> monitor -> webhook) against the Novita
 simulator with zero startup delay, until N ``job.succeeded`` webhooks reach a receiver on 127.0.0.1.
 jobs/s = N / (last webhook - first submit); latency = a job's webhook arrival - its submit. Then, on the
-same Redis with the same total worker concurrency, ``bench.raw_celery`` runs N three-task no-op chains.
+same Redis with the same total worker concurrency, ``bench.raw_celery`` runs N three-task no-op chains
+and ``bench.peer_procrastinate`` N three-step no-op jobs on the same PostgreSQL (``bench.anchors``): CPU
+per job of each beside the gpujobs figure, as ratios, with PostgreSQL commits per job.
 The monitor's poll interval is the floor of each job's latency, so the bench polls every ``--interval``
 seconds (``GPUJOBS_MONITOR_INTERVAL_SECONDS``). ``--count-sql`` logs every statement PostgreSQL receives
 during the run (slower) and prints the round trips per job by kind.
@@ -30,16 +32,18 @@ import psutil
 import redis
 import requests
 
-from bench import raw_celery
+from bench import anchors
 from bench.cluster import Cluster, cpu_seconds
 from bench.load import LoadResult, percentile, run_load
 from bench.receiver import LoopbackReceiver
+from bench.sqllog import count_statements, log_statements
 from gpujobs.novita.simulator import NovitaSimulator, SimulatorConfig
 
 SIM_KEY = "sk_bench_pipeline"
 PRODUCT_ID, CLUSTER_ID = "3090.16c92g", "cn-hongkong-1"
 REQUEST = {"productName": "RTX 3090 24GB", "region": "CN-HK-01", "imageUrl": "ubuntu:22.04"}
 TARGET_RATIO = 0.5
+TARGET_CPU_RATIO, TARGET_COMMITS = 5.0, 12  # issue 24: CPU per job vs a raw 3-task chain; commits
 STAGES_SQL = """
 SELECT j.id::text, extract(epoch FROM j.queued_at), extract(epoch FROM j.started_at),
        extract(epoch FROM (SELECT min(e.created_at) FROM job_events e
@@ -108,10 +112,11 @@ def stages(cluster: Cluster, arrivals: dict[str, float]) -> dict[str, float]:
     return {name: statistics.median(values) * 1000 if values else 0.0 for name, values in spans.items()}
 
 
-def transactions(cluster: Cluster) -> int:
-    """Transactions PostgreSQL has ended in the gpujobs database so far (commits and rollbacks)."""
-    sql = "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
-    return int(cluster.sql(sql)[0][0])
+def transactions(cluster: Cluster) -> tuple[int, int]:
+    """Transactions PostgreSQL has ended in the gpujobs database so far: (commits, commits + rollbacks)."""
+    sql = "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+    commits, rollbacks = cluster.sql(sql)[0]
+    return int(commits), int(commits) + int(rollbacks)
 
 
 def redis_commands(url: str) -> Counter[str]:
@@ -120,31 +125,7 @@ def redis_commands(url: str) -> Counter[str]:
     return Counter({name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()})
 
 
-def log_statements(cluster: Cluster, on: bool) -> None:
-    """Turn PostgreSQL's log of every statement on or off (server-wide, at once)."""
-    cluster.sql("ALTER SYSTEM SET log_statement = 'all'" if on else "ALTER SYSTEM RESET log_statement")
-    cluster.sql("SELECT pg_reload_conf()")
-
-
-_RECORD = re.compile(r"^\d{4}-\d\d-\d\d ", re.M)  # a log record starts with its timestamp
-_STATEMENT = re.compile(r"LOG:  statement: (.*)", re.S)
 _RAISED = re.compile(r"raised unexpected: (\w+)\('?\(?([\w.]*)")
-_TABLE = re.compile(r"^(?:UPDATE|INSERT INTO|DELETE FROM) (\w+)|\bFROM (\w+)", re.I)
-
-
-def statement_kinds(log_text: str) -> Counter[str]:
-    """Statements in a PostgreSQL log excerpt, keyed by verb and first table (``SELECT jobs``)."""
-    kinds: Counter[str] = Counter()
-    for record in _RECORD.split(log_text):
-        if (match := _STATEMENT.search(record)) is None:
-            continue
-        sql = match.group(1).strip()
-        words = sql.split()
-        verb = " ".join(words[:2]) if words[0].upper() in ("INSERT", "DELETE") else words[0]
-        table = _TABLE.search(sql)
-        name = next((t for t in table.groups() if t), "") if table else ""
-        kinds["SELECT 1 (pool pre-ping)" if sql == "SELECT 1" else f"{verb.upper()} {name}".rstrip()] += 1
-    return kinds
 
 
 def worker_errors(data_dir: Path) -> Counter[str]:
@@ -158,7 +139,7 @@ def worker_errors(data_dir: Path) -> Counter[str]:
 
 
 def own_cpu() -> tuple[float, float]:
-    """CPU seconds of this process, and of its reaped children (the raw Celery worker once it has ended)."""
+    """CPU seconds of this process, and of its reaped children."""
     times = psutil.Process().cpu_times()
     return times.user + times.system, times.children_user + times.children_system
 
@@ -168,7 +149,7 @@ def run_gpujobs(args: argparse.Namespace, cluster: Cluster, simulator: NovitaSim
     redis_url = cluster.env["REDIS_URL"]
     pg_log = cluster.data_dir / "postgres" / "log"
     if args.count_sql:
-        log_statements(cluster, True)
+        log_statements(cluster.env["DATABASE_URL"], True)
     log_offset = pg_log.stat().st_size if pg_log.exists() else 0
     hooks, groups = Hooks(args.jobs), cluster.processes()
     xacts, commands = transactions(cluster), redis_commands(redis_url)
@@ -177,10 +158,9 @@ def run_gpujobs(args: argparse.Namespace, cluster: Cluster, simulator: NovitaSim
     finished = hooks.done.wait(args.timeout)
     cpu = cpu_seconds(groups) - cpu
     cpu["bench"] = own_cpu()[0] - bench_cpu
-    xacts = transactions(cluster) - xacts
+    (commits, xacts), (commits_before, xacts_before) = transactions(cluster), xacts
+    commits, xacts = commits - commits_before, xacts - xacts_before
     commands = redis_commands(redis_url) - commands
-    if args.count_sql:
-        log_statements(cluster, False)
     hooks.close()
     arrivals, n = dict(hooks.arrivals), args.jobs
     latencies = [(arrivals[j] - t) * 1000 for j, t in submitted.items() if j in arrivals]
@@ -206,12 +186,14 @@ def run_gpujobs(args: argparse.Namespace, cluster: Cluster, simulator: NovitaSim
         "stages_median_ms": {k: round(v, 1) for k, v in stages(cluster, arrivals).items()},
         "cpu_ms_per_job": {k: round(v * 1000 / n, 1) for k, v in cpu.most_common()},
         "novita_calls_per_job": {k: round(v / n, 2) for k, v in sorted(calls.items())},
+        "cpu_ms_total": round(sum(v for k, v in cpu.items() if k != "bench") * 1000 / n, 1),
         "pg_transactions_per_job": round(xacts / n, 1),
+        "pg_commits_per_job": round(commits / n, 1),
         "redis_commands_per_job": round(sum(commands.values()) / n, 1),
         "redis_top": {k: round(v / n, 1) for k, v in commands.most_common(6)},
     }
     if args.count_sql:
-        kinds = statement_kinds(pg_log.read_text(errors="replace")[log_offset:] if pg_log.exists() else "")
+        kinds = count_statements(pg_log.read_text(errors="replace")[log_offset:] if pg_log.exists() else "")
         result["pg_statements_per_job"] = round(sum(kinds.values()) / n, 1)
         result["pg_statements_top"] = {k: round(v / n, 2) for k, v in kinds.most_common(16)}
     return result
@@ -230,14 +212,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ) as cluster:
         simulator.set_capacity(PRODUCT_ID, CLUSTER_ID, args.jobs)
         result = run_gpujobs(args, cluster, simulator)
-        redis_group = {"redis": cluster.processes()["redis"]}
-        cpu, (bench_cpu, worker_cpu) = cpu_seconds(redis_group), own_cpu()
-        concurrency = args.workers * args.concurrency
-        raw = raw_celery.measure(cluster.env["REDIS_URL"], args.jobs, concurrency, data_dir)
-        cpu = cpu_seconds(redis_group) - cpu
-        cpu.update(worker=own_cpu()[1] - worker_cpu, bench=own_cpu()[0] - bench_cpu)
-    result["raw_celery"] = {k: round(v, 1) for k, v in raw.items()}
-    result["raw_celery"]["cpu_ms_per_chain"] = {k: round(v * 1000 / args.jobs, 1) for k, v in cpu.items()}
+        result["anchors"] = anchors.measure(
+            cluster, jobs=args.jobs, steps=3, concurrency=args.workers * args.concurrency,
+            count_sql=args.count_sql,
+        )  # fmt: skip
+        if args.count_sql:
+            log_statements(cluster.env["DATABASE_URL"], False)
+    raw = result["anchors"]["raw_celery"]
+    result["cpu_ratio"] = anchors.ratios(result["cpu_ms_total"], result["anchors"])
     result["ratio"] = round(result["per_second"] / raw["per_second"], 3) if raw["per_second"] else 0.0
     result["ratio_to_99pct"] = (
         round(result["per_second_to_99pct"] / raw["per_second"], 3) if raw["per_second"] else 0.0
@@ -247,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Print the tables, then the JSON line."""
-    raw = result["raw_celery"]
+    raw = result["anchors"]["raw_celery"]
     print(
         f"{args.jobs} gpu.instance.create jobs over HTTP ({args.threads} client threads); "
         f"{args.workers} worker x {args.concurrency} processes; monitor interval {args.interval} s; "
@@ -267,12 +249,10 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
           f"POST /v1/instances {_pairs(result['submit'])}")  # fmt: skip
     print(f"jobs run again (attempt > 1): {result['jobs_run_again']}; tasks raised: {result['task_errors']}")
     print(f"median per job (ms): {_pairs(result['stages_median_ms'])}")
-    cpu = result["cpu_ms_per_job"]
-    print(f"CPU ms per job: {_pairs(cpu)} (total {sum(cpu.values()):.0f})")
-    raw_cpu = raw["cpu_ms_per_chain"]
-    print(f"raw Celery CPU ms per chain: {_pairs(raw_cpu)} (total {sum(raw_cpu.values()):.0f})")
+    anchors.report("GPU job", result, 3, ("raw_celery", TARGET_CPU_RATIO))
     print(f"Novita calls per job: {_pairs(result['novita_calls_per_job'])}")
-    print(f"PostgreSQL transactions per job {result['pg_transactions_per_job']}")
+    print(f"PostgreSQL commits per job {result['pg_commits_per_job']} (target <= {TARGET_COMMITS}), "
+          f"transactions {result['pg_transactions_per_job']}")  # fmt: skip
     print(f"Redis commands per job {result['redis_commands_per_job']} ({_pairs(result['redis_top'])})")
     if "pg_statements_per_job" in result:
         print(f"PostgreSQL statements (round trips) per job {result['pg_statements_per_job']}, by kind:")

@@ -1,4 +1,4 @@
-"""The baseline of the pipeline benchmark: a bare Celery chain of three no-op tasks.
+"""The baseline of the pipeline benchmarks: a bare Celery chain of no-op tasks (three, or one).
 
 Same Redis, same worker concurrency as gpujobs, but no database, no claims, no leases, no webhooks:
 what Celery alone costs per three-step chain on this machine. The worker runs this module as its app:
@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from celery import Celery, chain
 
+from bench.cluster import cpu_seconds
 from bench.load import percentile
 
 QUEUE = "rawbench"
@@ -44,8 +46,20 @@ def finish(submitted_at: float) -> None:
     redis.Redis.from_url(app.conf.broker_url).rpush(DONE_KEY, time.time() - submitted_at)
 
 
-def measure(broker_url: str, chains: int, concurrency: int, log_dir: Path) -> dict[str, float]:
-    """Run ``chains`` three-step chains through a fresh worker; return chains/s and latency figures."""
+def measure(
+    broker_url: str,
+    chains: int,
+    concurrency: int,
+    log_dir: Path,
+    *,
+    steps: int = 3,
+    servers: dict[str, list[int]] | None = None,
+) -> dict[str, Any]:
+    """Run ``chains`` chains of ``steps`` tasks through a fresh worker: chains/s, latency, CPU per chain.
+
+    CPU is the worker's process tree and each of ``servers`` (pids by name) from the first publish to the
+    last chain's end, plus the publishing thread's own (``time.thread_time``).
+    """
     client = redis.Redis.from_url(broker_url)
     client.delete(DONE_KEY)
     env = dict(os.environ, RAW_CELERY_BROKER=broker_url)
@@ -59,20 +73,28 @@ def measure(broker_url: str, chains: int, concurrency: int, log_dir: Path) -> di
         try:
             _wait_for_ready(log_dir / "raw-worker.log")
             app.conf.broker_url = broker_url
-            started = time.time()
+            groups = {"worker": [worker.pid], **(servers or {})}
+            cpu = cpu_seconds(groups)
+            started, publisher = time.time(), time.thread_time()
+            signatures = [*(step.s() for _ in range(steps - 1)), finish.s()]
             for _ in range(chains):
-                chain(step.s(time.time()), step.s(), finish.s()).apply_async()
+                chain(*signatures).apply_async(args=(time.time(),))
+            publisher = time.thread_time() - publisher
             while client.llen(DONE_KEY) < chains:
                 time.sleep(0.05)
             seconds = time.time() - started
+            cpu = cpu_seconds(groups) - cpu
         finally:
             worker.terminate()
             worker.wait(timeout=30)
+    cpu["publisher"] = publisher
     latencies = [float(v) * 1000 for v in client.lrange(DONE_KEY, 0, -1)]
     return {
         "per_second": chains / seconds,
         "p50_ms": percentile(latencies, 0.5),
         "p99_ms": percentile(latencies, 0.99),
+        "cpu_ms_per_chain": {k: round(v * 1000 / chains, 2) for k, v in cpu.most_common()},
+        "cpu_ms_total": round(sum(cpu.values()) * 1000 / chains, 2),
     }
 
 

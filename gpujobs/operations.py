@@ -114,9 +114,18 @@ def submit(
     params: dict[str, Any],
     options: JobOptions = DEFAULT_OPTIONS,
 ) -> Job:
-    """Validate and queue one job, commit, publish (see ``prepare`` for what it raises)."""
+    """Validate and queue one job, commit, publish (see ``prepare`` for what it raises).
+
+    The returned job keeps the values it was written with (the API's 202 body): the commit does not
+    expire it, so describing it costs no re-read of the row.
+    """
     job = prepare(tenant_id, key, version, params, options)
-    commit_and_publish([dispatch_of(job)])
+    session = db.session()
+    expire, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        commit_and_publish([dispatch_of(job)])
+    finally:
+        session.expire_on_commit = expire
     log.info("job %s queued: %s@%s", job.id, key, version, extra={"job_id": str(job.id)})
     return job
 

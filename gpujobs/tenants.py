@@ -2,21 +2,26 @@
 
 API keys are random 256-bit tokens shown once and stored as SHA-256 digests: with that much entropy a
 plain digest cannot be brute-forced, and the lookup stays a single indexed query. Every lookup checks
-``revoked_at``, so a revoked key is refused on its next request. Webhook secrets must be read back to
-sign, so they are encrypted instead (``gpujobs.encryption``, applied by the column type).
+``revoked_at``; the API keeps a valid key's tenant in Redis by digest for ``KEY_CACHE_SECONDS``
+(``gpujobs.api.ratelimit``: read in the rate limit's round trip), and ``revoke_key`` deletes that entry,
+so a revoked key is refused on its next request. Webhook secrets must be read back to sign, so they are
+encrypted instead (``gpujobs.encryption``, applied by the column type).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import uuid
 from datetime import timedelta
 
+import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm.attributes import flag_modified
 
+from gpujobs.broker import redis_client
 from gpujobs.extensions import db
 from gpujobs.jobs import utcnow
 from gpujobs.models import ApiKey, Tenant
@@ -26,11 +31,21 @@ API_KEY_PREFIX = "gj_"
 SECRET_ROTATION_OVERLAP_HOURS = 24
 # ``last_used_at`` is rewritten at most this often per key: one small write a minute, not one a request.
 LAST_USED_RESOLUTION_SECONDS = 60
+# How long the API trusts a key's cached tenant before it asks PostgreSQL again: also the longest a
+# revoked key can still be accepted if Redis could not be reached when it was revoked.
+KEY_CACHE_SECONDS = 30
+
+log = logging.getLogger(__name__)
 
 
 def key_digest(api_key: str) -> str:
     """The stored form of an API key."""
     return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def key_cache_name(digest: str) -> str:
+    """The Redis key of a key digest's cached tenant (``{digest}``: the rate-limit counter's hash tag)."""
+    return f"gpujobs:apikey:{{{digest}}}"
 
 
 def ensure_tenant(name: str) -> Tenant:
@@ -92,6 +107,13 @@ def revoke_key(key_id: uuid.UUID) -> bool:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         db.session.commit()
+    try:
+        redis_client().delete(key_cache_name(key.key_digest))
+    except redis.RedisError as exc:
+        log.warning(
+            "API key %s revoked, but its cached tenant could not be deleted (%s): it expires within %d s",
+            key.id, type(exc).__name__, KEY_CACHE_SECONDS,
+        )  # fmt: skip
     return True
 
 
