@@ -66,7 +66,8 @@ Hook = Callable[[JobContext, dict[str, Any]], None]
 # Refuses (InvalidField) valid params that this tenant may not use, e.g. a Novita template not granted.
 Authorize = Callable[[uuid.UUID, dict[str, Any]], None]
 # Runs with (job id, tenant id, params) in the transaction that queues a job, however it is queued (API,
-# CLI, schedule), before it commits: it adds rows that must exist with the job, or raises to refuse it.
+# CLI, schedule, a redrive), before it commits: it adds rows that must exist with the job, or raises to
+# refuse it.
 Queued = Callable[[uuid.UUID, uuid.UUID, dict[str, Any]], None]
 HandlerT = TypeVar("HandlerT", bound=Handler)
 

@@ -40,7 +40,7 @@ from gpujobs.provisioning.params import (
 )
 from gpujobs.provisioning.selection import Candidate, Search, regions_in_order
 from gpujobs.registry import Handoff, JobContext, job_definition
-from gpujobs.states import InstanceStatus
+from gpujobs.states import INSTANCE_ENDED, InstanceStatus
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,12 @@ def on_queued(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) -
     GPU quotas (LimitReached if there is none) and insert its instance row, in the job's transaction: a
     worker never runs a job whose row is not there yet, and the API's 202 names an instance that exists."""
     reserved = quotas.reserve_create(tenant_id, CreateInstanceParams.model_validate(params))
-    records.ensure_row(job_id, tenant_id, params, reserved_price_units=reserved)
+    instance = records.ensure_row(job_id, tenant_id, params, reserved_price_units=reserved)
+    if instance.status in INSTANCE_ENDED:  # a redriven create: its row counts again from now
+        held = records.owned_by(job_id)  # not if another job (a delete) took the row since
+        records.transition(
+            instance.id, INSTANCE_ENDED, held, status=InstanceStatus.CREATING, reserved_price_units=reserved
+        )
 
 
 def on_end(ctx: JobContext, params: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from support.tenants import make_tenant, set_limits
 from gpujobs import jobs, runner, schedules
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, Schedule
+from gpujobs.registry import get_definition
 from gpujobs.states import InstanceStatus
 
 CAPPED = {**REQUEST, "maxPricePerHour": 0.5}
@@ -153,3 +154,24 @@ def test_an_uncapped_create_reserves_the_dearest_listed_product_until_placed_at_
     assert (shown["status"], shown["pricePerHour"]) == ("running", 0.35)
     assert limits_of(client, tenant)["usdPerHour"]["used"] == 0.35
     assert client.post("/v1/instances", json=REQUEST, headers=tenant["headers"]).status_code == 202
+
+
+def test_a_redriven_create_is_held_to_the_quota_and_its_row_counts_again(app, client, tenant):
+    """A create that failed left its row `failed` (history); redriving it needs room like a new create."""
+    set_limits(app, tenant, max_instances=1)
+    first = client.post("/v1/instances", json=CAPPED, headers=tenant["headers"]).json
+    with app.app_context():
+        job_id = uuid.UUID(first["jobId"])
+        jobs.claim(job_id, get_definition("gpu.instance.create", 1), 60)
+        jobs.fail_attempt(job_id, 1, "no stock", retryable=False, retry_delay_seconds=0)
+        db.session.commit()
+    set_status(app, first["instanceId"], InstanceStatus.FAILED)
+    letter_id = client.get("/v1/dlq", headers=tenant["headers"]).json["items"][0]["id"]
+    second = client.post("/v1/instances", json=CAPPED, headers=tenant["headers"]).json
+    refused = client.post(f"/v1/dlq/{letter_id}/retry", headers=tenant["headers"])
+    assert (refused.status_code, refused.json["limitName"], refused.json["used"]) == (409, "instances", 1)
+    assert client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json["status"] == "failed"
+    set_status(app, second["instanceId"], InstanceStatus.DELETED)
+    assert client.post(f"/v1/dlq/{letter_id}/retry", headers=tenant["headers"]).status_code == 202
+    shown = client.get(f"/v1/instances/{first['instanceId']}", headers=tenant["headers"]).json
+    assert shown["status"] == "creating" and limits_of(client, tenant)["instances"]["used"] == 1
