@@ -146,12 +146,30 @@ class PriorityValue(click.ParamType):
         self.fail(f"{value!r} is not one of {self.name.replace('|', ', ')}", param, ctx)
 
 
+class UsdValue(click.ParamType):
+    """A USD-per-hour quota on the command line (``12.50``), or ``default`` for the operator's default."""
+
+    name = "USD|default"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from gpujobs.config import usd_per_hour
+
+        if value == "default":
+            return None
+        try:
+            return usd_per_hour(str(value))
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}, or 'default'", param, ctx)
+
+
 @tenants.command("set-limits")
 @click.option("--tenant", required=True, help="Tenant name (created if new).")
 @click.option("--max-running-jobs", type=LimitValue(), help="Jobs running at once, cluster-wide.")
 @click.option("--max-priority", type=PriorityValue(), help="Highest priority of a job or schedule.")
 @click.option("--max-schedules", type=LimitValue(), help="Cron schedules.")
-def tenants_set_limits(tenant: str, **values: int | None) -> None:
+@click.option("--max-instances", type=LimitValue(), help="GPU instances provisioning or running at once.")
+@click.option("--max-usd-per-hour", type=UsdValue(), help="USD per hour of those GPU instances together.")
+def tenants_set_limits(tenant: str, **values: Any) -> None:
     """Set the tenant's own limits (the others keep theirs); ``default`` takes the operator's default."""
     from gpujobs.limits import set_limits
 
@@ -162,7 +180,10 @@ def tenants_set_limits(tenant: str, **values: int | None) -> None:
         if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
     }
     if not given:
-        raise click.UsageError("give at least one of --max-running-jobs, --max-priority, --max-schedules")
+        raise click.UsageError(
+            "give at least one of --max-running-jobs, --max-priority, --max-schedules, --max-instances, "
+            "--max-usd-per-hour"
+        )
     with _app().app_context():
         set_limits(tenant, **given)
 
@@ -183,6 +204,8 @@ def tenants_show(tenant: str) -> None:
         own: dict[str, Any] = limits.overrides(row.id)
         if own["max_priority"] is not None:
             own["max_priority"] = PRIORITY_NAMES[own["max_priority"]]
+        if own["max_usd_per_hour"] is not None:
+            own["max_usd_per_hour"] = float(own["max_usd_per_hour"])
         shown = {
             "name": row.name,
             "id": str(row.id),

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,27 @@ def _log_format(raw: str) -> str:
     return raw.strip().lower()
 
 
+#: Above any USD-per-hour quota (the column holds 12 digits, 5 after the point).
+MAX_USD_PER_HOUR = Decimal(10_000_000)
+
+
 def _optional_positive_int(raw: str) -> int | None:
     return _positive_int(raw) if raw.strip() else None
+
+
+def usd_per_hour(raw: str) -> Decimal:
+    """A USD-per-hour quota as the environment and the CLI give it (ValueError if it is not one)."""
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite() or value <= 0 or value >= MAX_USD_PER_HOUR:
+        raise ValueError(f"expected a positive amount of USD below {MAX_USD_PER_HOUR}, such as 25 or 12.50")
+    return value
+
+
+def _optional_usd(raw: str) -> Decimal | None:
+    return usd_per_hour(raw) if raw.strip() else None
 
 
 def _priority_name(raw: str) -> str:
@@ -345,6 +365,20 @@ SETTINGS: tuple[Setting, ...] = (
         "20",
         _positive_int,
         "Cron schedules one tenant may have (409 above); per tenant: `tenants set-limits`.",
+    ),
+    Setting(
+        "GPUJOBS_TENANT_MAX_INSTANCES",
+        "10",
+        _optional_positive_int,
+        "GPU instances one tenant may have provisioning or running at once (409 above; empty: no limit); "
+        "per tenant: `tenants set-limits`.",
+    ),
+    Setting(
+        "GPUJOBS_TENANT_MAX_USD_PER_HOUR",
+        None,
+        _optional_usd,
+        "USD per hour one tenant's GPU instances may cost together (409 above; unset: no limit); "
+        "per tenant: `tenants set-limits`.",
     ),
     Setting(
         "GPUJOBS_VIDEO_MAX_BYTES", str(500 * 1024 * 1024), _positive_int, "Largest video upload accepted."

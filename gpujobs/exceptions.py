@@ -30,8 +30,8 @@ class Conflict(GpuJobsError):
 class LimitReached(Conflict):
     """One more would pass one of the tenant's limits; names the limit, its value and the current use."""
 
-    def __init__(self, name: str, limit: int, used: int) -> None:
-        super().__init__(f"the tenant's {name} limit is reached: {used} of {limit}")
+    def __init__(self, name: str, limit: float, used: float, detail: str | None = None) -> None:
+        super().__init__(detail or f"the tenant's {name} limit is reached: {used} of {limit}")
         self.name, self.limit, self.used = name, limit, used
 
 

@@ -83,7 +83,8 @@ def new_job(
     webhook_headers: dict[str, str] | None = None,
     idempotency_key: str | None = None,
 ) -> Job:
-    """Add a queued job and its first event to the session; the caller commits, then publishes."""
+    """Add a queued job and its first event to the session (and what its definition's ``on_queued``
+    adds, or raises); the caller commits, then publishes."""
     now = utcnow()
     job = Job(
         id=uuid.uuid4(),
@@ -106,6 +107,8 @@ def new_job(
     db.session.add(job)
     db.session.flush()
     add_event(job.id, "job.queued", 0, {"priority": PRIORITY_NAMES[priority]})
+    if definition.on_queued is not None:
+        definition.on_queued(job.id, tenant_id, params)
     return job
 
 

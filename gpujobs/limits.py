@@ -1,29 +1,31 @@
-"""Per-tenant limits: jobs running at once, the highest priority, cron schedules.
+"""Per-tenant limits: jobs running at once, the highest priority, cron schedules, and GPU quotas.
 
 The operator sets defaults in the environment (``GPUJOBS_TENANT_MAX_*``) and overrides them per tenant
 (``python -m gpujobs tenants set-limits``; a NULL column of ``tenant_limits`` takes the default). The
 running-jobs limit is enforced when a worker claims a job (``gpujobs.jobs.claim``), so it holds across
-the whole cluster; the priority limit at submit (422), the schedules limit when one is created (409).
+the whole cluster; the priority limit at submit (422), the schedules limit when one is created (409),
+the GPU quotas (instances, USD per hour; ``gpujobs.quotas``) when an instance is created or started (409).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs import jobs
+from gpujobs import jobs, quotas
 from gpujobs.exceptions import InvalidField, LimitReached
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule, TenantLimits
 from gpujobs.tenants import ensure_tenant
 
 #: The columns ``set_limits`` may change, by the name the CLI and ``tenants show`` use.
-COLUMNS = ("max_running_jobs", "max_priority", "max_schedules")
+COLUMNS = ("max_running_jobs", "max_priority", "max_schedules", "max_instances", "max_usd_per_hour")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Limits:
     max_running_jobs: int | None  # None: no limit
     max_priority: int  # a level of gpujobs.jobs.PRIORITY_NAMES
     max_schedules: int
+    max_instances: int | None  # GPU instances provisioning or running at once; None: no limit
+    max_usd_per_hour: Decimal | None  # what they may cost together; None: no limit
 
 
 def defaults() -> Limits:
@@ -42,10 +46,12 @@ def defaults() -> Limits:
         config["GPUJOBS_TENANT_MAX_RUNNING_JOBS"],
         jobs.PRIORITY_LEVELS[config["GPUJOBS_TENANT_MAX_PRIORITY"]],
         config["GPUJOBS_TENANT_MAX_SCHEDULES"],
+        config["GPUJOBS_TENANT_MAX_INSTANCES"],
+        config["GPUJOBS_TENANT_MAX_USD_PER_HOUR"],
     )
 
 
-def overrides(tenant_id: uuid.UUID) -> dict[str, int | None]:
+def overrides(tenant_id: uuid.UUID) -> dict[str, Any]:
     """The tenant's own values (None: the default applies)."""
     row = db.session.get(TenantLimits, tenant_id)
     return {column: getattr(row, column) if row else None for column in COLUMNS}
@@ -57,7 +63,7 @@ def of(tenant_id: uuid.UUID) -> Limits:
     return replace(defaults(), **own)
 
 
-def set_limits(tenant_name: str, **values: int | None) -> None:
+def set_limits(tenant_name: str, **values: int | Decimal | None) -> None:
     """Set some of the tenant's own limits (``max_running_jobs=4``); None puts one back to the default."""
     unknown = set(values) - set(COLUMNS)
     if unknown:
@@ -120,4 +126,5 @@ def usage(tenant_id: uuid.UUID) -> dict[str, Any]:
         "runningJobs": {"limit": limits.max_running_jobs, "used": running_count(tenant_id)},
         "schedules": {"limit": limits.max_schedules, "used": schedule_count(tenant_id)},
         "priority": {"limit": jobs.PRIORITY_NAMES[limits.max_priority]},
+        **quotas.usage(tenant_id, limits),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -19,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     SmallInteger,
     String,
     Text,
@@ -101,6 +103,9 @@ class TenantLimits(Model):
     max_running_jobs: Mapped[int | None] = mapped_column(Integer)
     max_priority: Mapped[int | None] = mapped_column(SmallInteger)  # a level, 0 (low) to 3 (critical)
     max_schedules: Mapped[int | None] = mapped_column(Integer)
+    # GPU quotas (``gpujobs.quotas``): instances provisioning or running at once, their USD per hour.
+    max_instances: Mapped[int | None] = mapped_column(Integer)
+    max_usd_per_hour: Mapped[Decimal | None] = mapped_column(Numeric(12, 5))
 
 
 class NovitaGrant(Model):
@@ -272,6 +277,8 @@ class Instance(Model):
     gpu_num: Mapped[int | None] = mapped_column(SmallInteger)
     # For the whole instance (every GPU), in Novita's 1/100,000 USD per hour.
     price_per_hour_units: Mapped[int | None] = mapped_column(Integer)
+    # Until a product is chosen, the most it may cost (same units): what the tenant's USD quota holds.
+    reserved_price_units: Mapped[int | None] = mapped_column(Integer)
     endpoints: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     # Watched on request (``POST /v1/instances/monitor``), not created by gpujobs: never deleted by it.

@@ -146,7 +146,8 @@ def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobStatus:
 def redrive(dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, max_attempts: int | None = None) -> uuid.UUID:
     """Run a dead-lettered job again with a fresh budget (default: its definition's attempts).
 
-    Raises NotFound (not the tenant's dead letter) or Conflict (already redriven).
+    Raises NotFound (not the tenant's dead letter) or Conflict (already redriven, or LimitReached from
+    its definition's ``on_queued``).
     """
     letter = db.session.get(DeadLetter, dead_letter_id)
     if letter is None or letter.tenant_id != tenant_id:
@@ -156,7 +157,15 @@ def redrive(dead_letter_id: uuid.UUID, tenant_id: uuid.UUID, max_attempts: int |
     if job_id is None:
         db.session.rollback()
         raise Conflict("this dead letter was already redriven")
-    commit_and_publish([dispatch_of(db.session.get_one(Job, job_id))])
+    job = db.session.get_one(Job, job_id)
+    definition = get_definition(job.definition_key, job.definition_version)
+    if definition is not None and definition.on_queued is not None:
+        try:  # queued again, it is held to what a new job is (a GPU create to its tenant's quotas)
+            definition.on_queued(job.id, tenant_id, job.params)
+        except Exception:
+            db.session.rollback()
+            raise
+    commit_and_publish([dispatch_of(job)])
     return job_id
 
 

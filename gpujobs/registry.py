@@ -65,6 +65,10 @@ Handler = Callable[[JobContext, dict[str, Any]], "dict[str, Any] | Handoff | Non
 Hook = Callable[[JobContext, dict[str, Any]], None]
 # Refuses (InvalidField) valid params that this tenant may not use, e.g. a Novita template not granted.
 Authorize = Callable[[uuid.UUID, dict[str, Any]], None]
+# Runs with (job id, tenant id, params) in the transaction that queues a job, however it is queued (API,
+# CLI, schedule, a redrive), before it commits: it adds rows that must exist with the job, or raises to
+# refuse it.
+Queued = Callable[[uuid.UUID, uuid.UUID, dict[str, Any]], None]
 HandlerT = TypeVar("HandlerT", bound=Handler)
 
 
@@ -118,6 +122,7 @@ class Definition:
     on_fail: Hook | None = None
     on_end: Hook | None = None
     authorize: Authorize | None = None
+    on_queued: Queued | None = None
 
     @property
     def ref(self) -> str:

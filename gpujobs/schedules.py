@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gpujobs import jobs, limits, operations
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
-from gpujobs.exceptions import Conflict, InvalidField, NotFound
+from gpujobs.exceptions import Conflict, InvalidField, LimitReached, NotFound
 from gpujobs.extensions import db, rows_changed, violated_constraint
 from gpujobs.models import Job, Schedule
 from gpujobs.registry import get_definition
@@ -213,6 +213,9 @@ def _run_tick(schedule: Schedule, now: datetime) -> Job | None:
             )
     except IntegrityError:  # the unique (tenant, idempotency key): this tick was queued before
         log.warning("schedule %s: tick %s was already queued, not queued again", schedule.id, tick)
+        return None
+    except LimitReached as exc:  # a GPU quota (gpujobs.quotas) refused it, as it would refuse the API
+        log.warning("schedule %s: tick %s skipped: %s", schedule.id, tick, exc)
         return None
 
 

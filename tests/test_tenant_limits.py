@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import uuid
+from decimal import Decimal
 
 import pytest
 from flask import Flask
@@ -119,6 +120,8 @@ def test_get_v1_limits_shows_each_limit_with_its_use(app, client, tenant):
         "runningJobs": {"limit": None, "used": 0},
         "schedules": {"limit": 20, "used": 0},
         "priority": {"limit": "high"},
+        "instances": {"limit": 10, "used": 0},
+        "usdPerHour": {"limit": None, "used": 0.0},
     }
     set_limits(app, tenant, max_running_jobs=4, max_schedules=3, max_priority=PRIORITY_LEVELS["critical"])
     post_schedule(client, tenant, "one")
@@ -127,6 +130,8 @@ def test_get_v1_limits_shows_each_limit_with_its_use(app, client, tenant):
         "runningJobs": {"limit": 4, "used": 0},
         "schedules": {"limit": 3, "used": 1},
         "priority": {"limit": "critical"},
+        "instances": {"limit": 10, "used": 0},
+        "usdPerHour": {"limit": None, "used": 0.0},
     }
     spec = client.get("/openapi.json").json
     assert {"/v1/limits", "/v1/templates", "/v1/registry-auths"} <= set(spec["paths"])
@@ -140,6 +145,17 @@ def test_the_operators_defaults_come_from_the_environment(service_env):
     assert config["GPUJOBS_TENANT_MAX_SCHEDULES"] == 20
     with pytest.raises(ConfigError, match="GPUJOBS_TENANT_MAX_PRIORITY"):
         load_config({**service_env, "GPUJOBS_TENANT_MAX_PRIORITY": "urgent"})
+    # GPU quotas: 10 instances unless set (empty: none); USD per hour none unless set
+    assert (config["GPUJOBS_TENANT_MAX_INSTANCES"], config["GPUJOBS_TENANT_MAX_USD_PER_HOUR"]) == (10, None)
+    quotas = {"GPUJOBS_TENANT_MAX_INSTANCES": "", "GPUJOBS_TENANT_MAX_USD_PER_HOUR": "12.50"}
+    config = load_config({**service_env, **quotas})
+    assert (config["GPUJOBS_TENANT_MAX_INSTANCES"], config["GPUJOBS_TENANT_MAX_USD_PER_HOUR"]) == (
+        None,
+        Decimal("12.50"),
+    )
+    for usd in ("0", "-3", "lots", "inf"):
+        with pytest.raises(ConfigError, match="GPUJOBS_TENANT_MAX_USD_PER_HOUR"):
+            load_config({**service_env, "GPUJOBS_TENANT_MAX_USD_PER_HOUR": usd})
 
 
 def _cli(process_env, *args: str) -> subprocess.CompletedProcess[str]:
@@ -160,6 +176,10 @@ def test_the_cli_sets_limits_grants_resources_and_shows_the_tenant(app, client, 
         "3",
         "--max-priority",
         "low",
+        "--max-instances",
+        "2",
+        "--max-usd-per-hour",
+        "12.5",
     )
     assert done.returncode == 0, done.stderr
     assert _cli(process_env, "templates", "grant", "--tenant", "acme", "tpl-1").returncode == 0
@@ -167,7 +187,15 @@ def test_the_cli_sets_limits_grants_resources_and_shows_the_tenant(app, client, 
     shown = json.loads(_cli(process_env, "tenants", "show", "--tenant", "acme").stdout)
     assert shown["limits"]["runningJobs"] == {"limit": 3, "used": 0}
     assert shown["limits"]["priority"] == {"limit": "low"}
-    assert shown["ownLimits"] == {"max_running_jobs": 3, "max_priority": "low", "max_schedules": None}
+    assert shown["limits"]["instances"] == {"limit": 2, "used": 0}
+    assert shown["limits"]["usdPerHour"] == {"limit": 12.5, "used": 0.0}
+    assert shown["ownLimits"] == {
+        "max_running_jobs": 3,
+        "max_priority": "low",
+        "max_schedules": None,
+        "max_instances": 2,
+        "max_usd_per_hour": 12.5,
+    }
     assert (shown["templates"], shown["registryAuths"]) == (["tpl-1"], ["auth-1"])
     assert client.get("/v1/limits", headers=tenant["headers"]).json["runningJobs"]["limit"] == 3
     reset = _cli(process_env, "tenants", "set-limits", "--tenant", "acme", "--max-running-jobs", "default")
@@ -179,3 +207,6 @@ def test_the_cli_sets_limits_grants_resources_and_shows_the_tenant(app, client, 
     assert client.get("/v1/templates", headers=tenant["headers"]).json == {"items": []}
     bad = _cli(process_env, "tenants", "set-limits", "--tenant", "acme", "--max-schedules", "0")
     assert bad.returncode == 2
+    for usd in ("0", "-1", "ten", "nan"):
+        bad = _cli(process_env, "tenants", "set-limits", "--tenant", "acme", "--max-usd-per-hour", usd)
+        assert bad.returncode == 2 and "positive amount of USD" in bad.stderr, usd

@@ -151,7 +151,12 @@ def tenant_instance(instance_id: uuid.UUID) -> Instance:
     summary="Provision a GPU instance",
     tag=TAG,
     request=CreateInstance,
-    responses={202: Accepted, 422: "invalid field"},
+    responses={
+        202: Accepted,
+        409: "the tenant's GPU quota (`instances` or `usdPerHour`, see `GET /v1/limits`) has no room: "
+        "`limitName`, `limit` and `used` say which and how much",
+        422: "invalid field",
+    },
 )
 @require_api_key
 @idempotent
@@ -260,7 +265,16 @@ def stop_instance(instance_id: uuid.UUID) -> tuple[dict[str, Any], int, dict[str
 
 
 @bp.post("/<uuid:instance_id>/start")
-@operation(summary="Start an instance", tag=TAG, request=InstanceAction, responses=ACTION_RESPONSES)
+@operation(
+    summary="Start an instance",
+    tag=TAG,
+    request=InstanceAction,
+    responses={
+        **ACTION_RESPONSES,
+        409: "the instance is not stopped, or the tenant's GPU quotas have no room for it to run "
+        "(`limitName`, `limit`, `used`)",
+    },
+)
 @require_api_key
 def start_instance(instance_id: uuid.UUID) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Queue `gpu.instance.start@1` for a stopped instance."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, g
+from pydantic import Field
 
 from gpujobs import limits
 from gpujobs.api import schemas
@@ -28,17 +29,33 @@ class PriorityLimit(schemas.Out):
     limit: PriorityName
 
 
+class UsdLimit(schemas.Out):
+    """A quota on USD per hour: ``limit`` (null: none) and the current ``used``."""
+
+    limit: float | None
+    used: float
+
+
 class TenantLimits(schemas.Out):
-    """Each of the caller's limits, one object per limit (later ones, such as GPU quotas, add more)."""
+    """Each of the caller's limits, one object per limit."""
 
     runningJobs: CountLimit
     schedules: CountLimit
     priority: PriorityLimit
+    instances: CountLimit = Field(
+        description="GPU instances provisioning or running at once (requested, creating, starting, "
+        "running, stopping, deleting; not stopped); a create or start over it answers 409"
+    )
+    usdPerHour: UsdLimit = Field(
+        description="USD per hour of those instances together: each one's price, or until it is placed "
+        "the most it may cost (its maxPricePerHour, else the dearest matching product); 409 over it"
+    )
 
 
 @bp.get("/limits")
 @operation(summary="Your limits and their use", tag="metrics", responses={200: TenantLimits})
 @require_api_key
 def get_limits() -> dict[str, Any]:
-    """Jobs running at once (over it, jobs wait queued), cron schedules (409 over it), highest priority."""
+    """Jobs running at once (over it, jobs wait queued), cron schedules (409 over it), highest priority,
+    and the GPU quotas: instances at once and their USD per hour (409 over either)."""
     return limits.usage(g.tenant.id)

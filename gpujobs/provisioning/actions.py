@@ -19,9 +19,9 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
-from gpujobs import operations, resources
+from gpujobs import operations, quotas, resources
 from gpujobs.dispatch import commit_and_publish, dispatch_of
-from gpujobs.exceptions import Conflict, NotFound, PermanentError
+from gpujobs.exceptions import Conflict, LimitReached, NotFound, PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.novita import (
@@ -66,7 +66,8 @@ def request(
     action: str,
     options: JobOptions = DEFAULT_OPTIONS,
 ) -> tuple[Job, Instance]:
-    """Queue an action on a tenant's instance (NotFound if it has none, Conflict if its status forbids).
+    """Queue an action on a tenant's instance (NotFound if it has none, Conflict if its status forbids,
+    LimitReached if a start finds the tenant's GPU quotas full).
 
     The row's new status, its new job and the job commit together before the job is published, so the
     handler always finds the row marked with its job. Without a webhook URL, the action notifies the
@@ -81,6 +82,12 @@ def request(
     if action == DELETE and instance.external:
         db.session.rollback()
         raise Conflict(_not_ours(instance))
+    if action == START and instance.status == InstanceStatus.STOPPED and not instance.external:
+        try:  # running again, it bills a GPU again: it needs a place in the tenant's quotas
+            quotas.reserve_start(tenant_id, instance)
+        except LimitReached:
+            db.session.rollback()
+            raise
     in_flight = GOALS[action].in_flight
     if not records.transition(instance.id, ALLOWED_FROM[action], status=in_flight):
         db.session.rollback()

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 from flask import current_app
 
-from gpujobs import grants, jobs, operations, webhooks
+from gpujobs import grants, jobs, operations, quotas, webhooks
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
@@ -40,7 +40,7 @@ from gpujobs.provisioning.params import (
 )
 from gpujobs.provisioning.selection import Candidate, Search, regions_in_order
 from gpujobs.registry import Handoff, JobContext, job_definition
-from gpujobs.states import InstanceStatus
+from gpujobs.states import INSTANCE_ENDED, InstanceStatus
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,31 @@ def submit(
 ) -> tuple[Job, Instance]:
     """Queue a create job and its instance row (the API's `POST /v1/instances`).
 
-    Both commit in one transaction before the job is published: the API's instance exists whenever its
-    job does (no crash in between leaves a job whose 202 never named an instance), and a worker never
-    runs a job whose row is not there yet.
+    Both commit in one transaction before the job is published (`on_queued`), so the instance exists
+    whenever its job does. Raises LimitReached over the tenant's GPU quotas.
     """
     grants.authorize(tenant_id, params)  # named as the body names them (prepare says params.templateId)
-    job = operations.prepare(tenant_id, CREATE_KEY, 1, params, options)
-    instance = records.ensure_row(job.id, tenant_id, job.params)
+    try:
+        job = operations.prepare(tenant_id, CREATE_KEY, 1, params, options)
+    except Exception:
+        db.session.rollback()  # a refused quota: the job was added, and the quota lock is held till here
+        raise
+    instance = db.session.get_one(Instance, records.instance_id_for(job.id))
     commit_and_publish([dispatch_of(job)])
     return job, instance
+
+
+def on_queued(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) -> None:
+    """However a create job is queued (API, `POST /v1/jobs`, a schedule), hold its place in the tenant's
+    GPU quotas (LimitReached if there is none) and insert its instance row, in the job's transaction: a
+    worker never runs a job whose row is not there yet, and the API's 202 names an instance that exists."""
+    reserved = quotas.reserve_create(tenant_id, CreateInstanceParams.model_validate(params))
+    instance = records.ensure_row(job_id, tenant_id, params, reserved_price_units=reserved)
+    if instance.status in INSTANCE_ENDED:  # a redriven create: its row counts again from now
+        held = records.owned_by(job_id)  # not if another job (a delete) took the row since
+        records.transition(
+            instance.id, INSTANCE_ENDED, held, status=InstanceStatus.CREATING, reserved_price_units=reserved
+        )
 
 
 def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
@@ -92,6 +108,7 @@ def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
     retry=NOVITA_RETRY,
     on_end=on_end,
     authorize=grants.authorize,
+    on_queued=on_queued,
     description="Provision a Novita GPU instance: select, create or adopt, wait until running, notify.",
 )
 def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
@@ -187,7 +204,7 @@ def _place(
         params.productName,
         params.gpuNum,
         image.rootfs_gb,
-        params.maxPricePerHour,
+        quotas.price_cap(instance, params),
         refused_before=refused_before,
     )
     clusters = regions_in_order(params.region, fallback, catalogue.list_clusters())

@@ -89,8 +89,14 @@ def instance_id_for(job_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(_INSTANCE_ID_NAMESPACE, str(job_id))
 
 
-def ensure_row(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) -> Instance:
-    """The create job's instance row, inserted if missing (API and worker may race; both get one row)."""
+def ensure_row(
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    params: dict[str, Any],
+    reserved_price_units: int | None = None,
+) -> Instance:
+    """The create job's instance row, inserted if missing (API and worker may race; both get one row);
+    a new row holds ``reserved_price_units`` of its tenant's USD quota (``gpujobs.quotas``)."""
     instance_id = instance_id_for(job_id)
     db.session.execute(
         insert(Instance)
@@ -104,6 +110,7 @@ def ensure_row(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) 
             product_name=params["productName"],
             region=params.get("region"),
             gpu_num=params.get("gpuNum"),
+            reserved_price_units=reserved_price_units,
             endpoints={},
         )
         .on_conflict_do_nothing()

@@ -9,6 +9,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 from support.polling import wait_for
+from support.tenants import set_limits
 
 from gpujobs import operations
 from gpujobs.extensions import db
@@ -41,6 +42,7 @@ def test_two_hundred_monitored_instances_cost_one_list_page_per_poll_interval_no
     app, tenant, sim, gpu_worker
 ):
     sim.set_capacity("3090.16c92g", "cn-hongkong-1", INSTANCES)
+    set_limits(app, tenant, max_instances=INSTANCES)  # above the default GPU quota
     gpu_worker(
         concurrency=4,
         GPUJOBS_MONITOR_INTERVAL_SECONDS=str(POLL_INTERVAL_SECONDS),

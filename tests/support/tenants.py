@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from flask import Flask
 
@@ -25,7 +26,7 @@ def secret_of(app: Flask, tenant: dict[str, str]) -> str:
         return db.session.get_one(Tenant, uuid.UUID(tenant["id"])).webhook_secret
 
 
-def set_limits(app: Flask, tenant: dict[str, str], **values: int | None) -> None:
+def set_limits(app: Flask, tenant: dict[str, str], **values: int | Decimal | None) -> None:
     """Give the tenant its own limits (``max_priority=3``), as ``tenants set-limits`` does."""
     from gpujobs.limits import set_limits as set_own_limits
 
