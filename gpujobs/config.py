@@ -296,10 +296,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "GPUJOBS_INSTANCE_PREFIX",
-        "gpujobs-",
+        None,
         _instance_prefix,
-        "Name prefix of the Novita instances this deployment creates; give each deployment sharing a "
-        "Novita account its own, or each one's reconcile sweep deletes the other's instances as leaks.",
+        "Name prefix of the Novita instances this deployment creates. Unset: the deployment's own "
+        "`gpujobs-<8 hex>-`, drawn once and stored in the database, so deployments sharing a Novita "
+        "account never delete each other's instances as leaks.",
     ),
     Setting(
         "GPUJOBS_NOVITA_CATALOGUE_SECONDS",

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -48,6 +49,22 @@ def _uuid_pk() -> Mapped[uuid.UUID]:
 
 def _created_at() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Deployment(Model):
+    """This deployment's identity, one row written by migration ``l12_prefix22_deployment``.
+
+    Its instance prefix tells this deployment's Novita instances apart from those of any other deployment
+    on the same Novita account (``gpujobs.deployment``).
+    """
+
+    __tablename__ = "deployment"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    instance_prefix: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (CheckConstraint("id = 1", name="ck_deployment_one_row"),)
 
 
 class Tenant(Model):
