@@ -318,6 +318,13 @@ SETTINGS: tuple[Setting, ...] = (
         "GPUJOBS_LEAK_GRACE_SECONDS", "600", _positive_float, "Age before an unowned instance is deleted."
     ),
     Setting(
+        "GPUJOBS_COST_ACCRUAL_SECONDS",
+        "60",
+        _positive_float,
+        "How often the cost sweep charges billed instances their price for the time since its last look; "
+        "a change of state is charged to within this.",
+    ),
+    Setting(
         "GPUJOBS_RATE_LIMIT_PER_MINUTE", "600", _positive_int, "Requests per minute per API key (429 above)."
     ),
     Setting("GPUJOBS_METRICS_PUBLIC", "1", _bool, "Serve /metrics without an API key (for Prometheus)."),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -20,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     SmallInteger,
     String,
     Text,
@@ -295,6 +297,15 @@ class Instance(Model):
     external: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=text("false")
     )
+    # Cost accrued while Novita billed it (gpujobs.provisioning.costs), in 1/100,000 USD; it only grows.
+    cost_units: Mapped[Decimal] = mapped_column(
+        Numeric(24, 6), nullable=False, default=Decimal(0), server_default=text("0")
+    )
+    # Cost is accrued up to here: the row's creation, a new Novita instance's create, or the cost sweep's
+    # last look. The next look charges the time since, if Novita is billing the instance then.
+    cost_accrued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
     created_at: Mapped[datetime] = _created_at()
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -313,6 +324,21 @@ class Instance(Model):
             postgresql_where=text(f"status NOT IN ({sql_list(INSTANCE_ENDED)})"),
         ),
     )
+
+
+class InstanceCostHour(Model):
+    """Cost an instance accrued in one clock hour (UTC), in 1/100,000 USD: the tenant's spend by hour."""
+
+    __tablename__ = "instance_cost_hours"
+
+    instance_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    units: Mapped[Decimal] = mapped_column(Numeric(24, 6), nullable=False)
+
+    __table_args__ = (Index("ix_instance_cost_hours_tenant_hour", "tenant_id", "hour"),)
 
 
 class WebhookDelivery(Model):

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 
 from flask import current_app
 
-from gpujobs import grants, operations, webhooks
+from gpujobs import grants, jobs, operations, webhooks
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
@@ -201,6 +201,7 @@ def _place(
             price_per_hour_units=candidate.price_units,
             endpoints={},
             ready_at=None,
+            cost_accrued_at=jobs.utcnow(),  # a new instance is charged from its create, not the row's past
         )
         try:
             novita_id = client.create_instance(_request(image, params, instance.name, candidate))
