@@ -316,10 +316,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "GPUJOBS_INSTANCE_PREFIX",
-        "gpujobs-",
+        None,
         _instance_prefix,
-        "Name prefix of the Novita instances this deployment creates; give each deployment sharing a "
-        "Novita account its own, or each one's reconcile sweep deletes the other's instances as leaks.",
+        "Name prefix of the Novita instances this deployment creates. Unset: the deployment's own "
+        "`gpujobs-<8 hex>-`, drawn once and stored in the database, so deployments sharing a Novita "
+        "account never delete each other's instances as leaks.",
     ),
     Setting(
         "GPUJOBS_NOVITA_CATALOGUE_SECONDS",
@@ -335,6 +336,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "GPUJOBS_LEAK_GRACE_SECONDS", "600", _positive_float, "Age before an unowned instance is deleted."
+    ),
+    Setting(
+        "GPUJOBS_COST_ACCRUAL_SECONDS",
+        "60",
+        _positive_float,
+        "How often the cost sweep charges billed instances their price for the time since its last look; "
+        "a change of state is charged to within this.",
     ),
     Setting(
         "GPUJOBS_RATE_LIMIT_PER_MINUTE", "600", _positive_int, "Requests per minute per API key (429 above)."

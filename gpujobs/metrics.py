@@ -12,10 +12,14 @@ where all processes already write, and read from there by whichever web process 
 - HTTP requests by route template and status, and Novita API calls: Redis hashes every process adds
   to (``instrument``, ``gpujobs.provisioning.novita_client``); losing Redis resets them, which
   Prometheus's ``rate()`` reads as a counter reset;
-- queue depths: one pipelined round of ``LLEN``.
+- queue depths: one pipelined round of ``LLEN``;
+- GPU spend: the amounts the cost sweep accrues on instance rows (``gpujobs.provisioning.costs``), which
+  only ever grow.
 
 Scrape one web process (through the load balancer): every process answers the same figures.
-No tenant label anywhere: tenants are unbounded. Definitions, statuses, queues and routes are bounded.
+No tenant label but one: tenants are unbounded. Definitions, statuses, queues and routes are bounded.
+The exception is ``gpujobs_gpu_cost_usd_total``, by tenant: the operator bills or caps tenants by it,
+and only tenants that have had an instance get a series.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from gpujobs import broker, stats
 from gpujobs.broker import redis_client
 from gpujobs.extensions import db
 from gpujobs.models import JobDurationBucket, JobFinishedCounter
+from gpujobs.provisioning import costs
 from gpujobs.provisioning.novita_client import call_counts
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,7 @@ class ServiceCollector(Collector):
         yield from self._durations()
         yield from self._http()
         yield from self._novita_calls()
+        yield from self._gpu_cost()
 
     @staticmethod
     def _novita_calls() -> Iterator[Metric]:
@@ -101,6 +107,17 @@ class ServiceCollector(Collector):
         for (method, path, outcome), count in sorted(counts.items()):
             calls.add_metric([method, path, outcome], count)
         yield calls
+
+    @staticmethod
+    def _gpu_cost() -> Iterator[Metric]:
+        cost = CounterMetricFamily(
+            "gpujobs_gpu_cost_usd",
+            "USD accrued by GPU instances while Novita billed them (price times billed time), by tenant",
+            labels=["tenant"],
+        )
+        for tenant, usd in costs.totals_by_tenant().items():
+            cost.add_metric([tenant], usd)
+        yield cost
 
     @staticmethod
     def _finished() -> Iterator[Metric]:

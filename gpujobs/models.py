@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -50,6 +51,22 @@ def _uuid_pk() -> Mapped[uuid.UUID]:
 
 def _created_at() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Deployment(Model):
+    """This deployment's identity, one row written by migration ``l12_prefix22_deployment``.
+
+    Its instance prefix tells this deployment's Novita instances apart from those of any other deployment
+    on the same Novita account (``gpujobs.deployment``).
+    """
+
+    __tablename__ = "deployment"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    instance_prefix: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (CheckConstraint("id = 1", name="ck_deployment_one_row"),)
 
 
 class Tenant(Model):
@@ -285,6 +302,15 @@ class Instance(Model):
     external: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=text("false")
     )
+    # Cost accrued while Novita billed it (gpujobs.provisioning.costs), in 1/100,000 USD; it only grows.
+    cost_units: Mapped[Decimal] = mapped_column(
+        Numeric(24, 6), nullable=False, default=Decimal(0), server_default=text("0")
+    )
+    # Cost is accrued up to here: the row's creation, a new Novita instance's create, or the cost sweep's
+    # last look. The next look charges the time since, if Novita is billing the instance then.
+    cost_accrued_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
     created_at: Mapped[datetime] = _created_at()
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -303,6 +329,21 @@ class Instance(Model):
             postgresql_where=text(f"status NOT IN ({sql_list(INSTANCE_ENDED)})"),
         ),
     )
+
+
+class InstanceCostHour(Model):
+    """Cost an instance accrued in one clock hour (UTC), in 1/100,000 USD: the tenant's spend by hour."""
+
+    __tablename__ = "instance_cost_hours"
+
+    instance_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+    units: Mapped[Decimal] = mapped_column(Numeric(24, 6), nullable=False)
+
+    __table_args__ = (Index("ix_instance_cost_hours_tenant_hour", "tenant_id", "hour"),)
 
 
 class WebhookDelivery(Model):

@@ -145,6 +145,7 @@ class Instance(Resource):
     cluster_id: str | None
     gpu_num: int | None
     price_per_hour: float | None
+    cost_usd: float = Field(description="accrued while Novita billed it, by the cost sweep (every minute)")
     endpoints: dict[str, Any]
     error: str | None
     external: bool = Field(description="watched on request, not created by gpujobs: never deleted by it")
@@ -169,6 +170,7 @@ class Instance(Resource):
             cluster_id=row.cluster_id,
             gpu_num=row.gpu_num,
             price_per_hour=price / 100_000 if price is not None else None,
+            cost_usd=round(float(row.cost_units or 0) / 100_000, 6),  # None on a row not flushed yet
             endpoints=mask_secrets(row.endpoints),
             error=mask_text(row.error),
             external=bool(row.external),  # None on a row not flushed yet

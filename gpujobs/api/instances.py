@@ -25,7 +25,7 @@ from gpujobs.extensions import db
 from gpujobs.jobs import PriorityName
 from gpujobs.models import Instance, Job
 from gpujobs.operations import JobOptions
-from gpujobs.provisioning import actions, create, external
+from gpujobs.provisioning import actions, create, external, records
 from gpujobs.provisioning.monitor import DELETE, START, STOP
 from gpujobs.provisioning.params import CreateInstanceParams, MonitorInstanceParams, monitoring_defaults
 from gpujobs.registry import get_definition
@@ -127,6 +127,10 @@ class MonitoringConfig(schemas.Out):
     pollIntervalMs: int
     maxWaitTimeMs: int
     maxRetryAttempts: int
+    instancePrefix: str = Field(
+        description="the name prefix of this deployment's Novita instances: the reconcile sweep only "
+        "ever deletes unowned instances whose names start with it"
+    )
 
 
 def _accepted(job: Job, instance: Instance) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -226,10 +230,12 @@ def list_instances() -> dict[str, Any]:
 @operation(summary="Monitoring defaults", tag=TAG, responses={200: MonitoringConfig})
 @require_api_key
 def monitoring_config() -> dict[str, Any]:
-    """pollIntervalMs, maxWaitTimeMs and maxRetryAttempts as a create request gets them by default."""
+    """pollIntervalMs, maxWaitTimeMs and maxRetryAttempts as a create request gets them by default, and
+    the prefix this deployment names its instances with."""
     definition = get_definition(create.CREATE_KEY, 1)
     assert definition is not None  # registered when gpujobs.provisioning.create is imported, as it is here
-    return monitoring_defaults(current_app.config, definition.max_attempts)
+    defaults = monitoring_defaults(current_app.config, definition.max_attempts)
+    return {**defaults, "instancePrefix": records.name_prefix()}
 
 
 @bp.get("/<uuid:instance_id>")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -17,6 +18,7 @@ from gpujobs.api.errors import ApiError
 from gpujobs.api.openapi import operation
 from gpujobs.api.validation import parse_query
 from gpujobs.metrics import make_registry
+from gpujobs.provisioning import costs
 
 bp = Blueprint("metrics", __name__, url_prefix="/v1")
 
@@ -37,6 +39,51 @@ class ThroughputQuery(CacheQuery):
     """``hours``: how far back, in clock hours (the current one included)."""
 
     hours: int = Field(24, ge=1, le=stats.MAX_THROUGHPUT_HOURS)
+
+
+class CostQuery(BaseModel):
+    """``hours``: how far back, in clock hours (the current one included)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hours: int = Field(24, ge=1, le=costs.MAX_COST_HOURS)
+
+
+class CostHour(schemas.Out):
+    """USD accrued during one clock hour (``period`` is its start, UTC)."""
+
+    period: datetime
+    usd: float
+
+
+class InstanceCost(schemas.Out):
+    """USD one instance accrued in the window."""
+
+    instanceId: str
+    label: str | None
+    productName: str | None
+    gpuNum: int | None
+    usd: float
+
+
+class ProductCost(schemas.Out):
+    """USD the tenant's instances of one GPU product accrued in the window."""
+
+    productName: str
+    usd: float
+
+
+class Cost(schemas.Out):
+    """The tenant's GPU spend over the last ``hours`` clock hours (from ``since``): each instance's price
+    for the time Novita billed it, as accrued by the cost sweep (to within
+    ``GPUJOBS_COST_ACCRUAL_SECONDS``). Largest first in ``byInstance`` and ``byProduct``."""
+
+    hours: int
+    since: datetime
+    totalUsd: float
+    byHour: list[CostHour]
+    byInstance: list[InstanceCost]
+    byProduct: list[ProductCost]
 
 
 def _cached(name: str, ttl: int | None, compute: Callable[[], Any]) -> Response:
@@ -109,6 +156,19 @@ def metrics_performance() -> Response:
     """Rates and means over 24 h; p50/p95/p99 over the most recent finished jobs."""
     tenant_id = g.tenant.id
     return _cached("performance", parse_query(CacheQuery).ttl, lambda: stats.performance(tenant_id))
+
+
+@bp.get("/metrics/cost")
+@operation(
+    summary="GPU spend by hour, instance and product",
+    tag=TAG,
+    query=CostQuery,
+    responses={200: Cost, 422: "invalid field"},
+)
+@require_api_key
+def metrics_cost() -> dict[str, Any]:
+    """What the caller's GPU instances cost in each of the last ``hours`` clock hours (never cached)."""
+    return costs.spend(g.tenant.id, parse_query(CostQuery).hours)
 
 
 def register_prometheus(app: Flask) -> None:

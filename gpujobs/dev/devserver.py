@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from gpujobs import create_app
+from gpujobs import create_app, deployment
 from gpujobs.celery_settings import WORKER_QUEUES
 from gpujobs.config import load_config
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -75,7 +75,7 @@ def run() -> None:
             sim = stack.enter_context(run_simulator(api_key=SIMULATOR_API_KEY))
             env["NOVITA_API_KEY"], env["NOVITA_BASE_URL"] = SIMULATOR_API_KEY, sim.base_url
         os.environ.update(env)
-        api_key = _prepare_database()
+        api_key, instance_prefix = _prepare_database()
         port = int(env.get("PORT", "5000"))
         flower_port = int(env.get("FLOWER_PORT", "5555"))
         supervisor = Supervisor(process_commands(data_dir, port, flower_port), env, data_dir / "logs")
@@ -83,7 +83,7 @@ def run() -> None:
         supervisor.start()
         try:
             _wait_until_ready(f"http://127.0.0.1:{port}/ready", supervisor)
-            _print_banner(port, flower_port, api_key, env, data_dir / "logs")
+            _print_banner(port, flower_port, api_key, instance_prefix, env, data_dir / "logs")
             supervisor.run()
         except KeyboardInterrupt:
             print("\nstopping...", file=sys.stderr)
@@ -100,8 +100,9 @@ def dev_encryption_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _prepare_database() -> str:
-    """Migrate, create the development tenant's key, and queue a few sample jobs to look at."""
+def _prepare_database() -> tuple[str, str]:
+    """Migrate, create the development tenant's key, and queue a few sample jobs to look at; returns the
+    key and the deployment's instance prefix."""
     from flask_migrate import upgrade
 
     app = create_app()
@@ -113,7 +114,7 @@ def _prepare_database() -> str:
         fibonacci = {"operation": "fibonacci", "numbers": [90]}
         submit(tenant.id, "compute.math", 1, fibonacci, JobOptions(priority="high"))
         submit(tenant.id, "failing", 1, {}, JobOptions(max_attempts=2, priority="low"))
-    return api_key
+        return api_key, deployment.instance_prefix()
 
 
 def process_commands(data_dir: Path, port: int, flower_port: int) -> dict[str, list[str]]:
@@ -145,7 +146,9 @@ def _wait_until_ready(url: str, supervisor: Supervisor) -> None:
     raise SystemExit(f"{url} did not answer 200 within {READY_TIMEOUT_SECONDS:.0f} s")
 
 
-def _print_banner(port: int, flower_port: int, api_key: str, env: dict[str, str], log_dir: Path) -> None:
+def _print_banner(
+    port: int, flower_port: int, api_key: str, instance_prefix: str, env: dict[str, str], log_dir: Path
+) -> None:
     novita = (
         "simulator at " + env["NOVITA_BASE_URL"]
         if env.get("NOVITA_API_KEY") == SIMULATOR_API_KEY
@@ -158,6 +161,7 @@ gpujobs is running (Ctrl-C stops everything)
   Dashboard  http://127.0.0.1:{port}/ui/      (sign in with the API key below)
   Flower     http://127.0.0.1:{flower_port}
   Novita     {novita}
+  Instances  named {instance_prefix}<job id> (the reconcile sweep deletes only leaks with this prefix)
   API key    {api_key}
   Logs       {log_dir}/{{web,worker,webhooks,beat,flower}}.log
 

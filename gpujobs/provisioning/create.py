@@ -222,6 +222,7 @@ def _place(
             price_per_hour_units=candidate.price_units,
             endpoints={},
             ready_at=None,
+            cost_accrued_at=jobs.utcnow(),  # a new instance is charged from its create, not the row's past
         )
         try:
             novita_id = client.create_instance(_request(image, params, instance.name, candidate))

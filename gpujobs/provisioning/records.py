@@ -12,11 +12,10 @@ import logging
 import uuid
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs import jobs
+from gpujobs import deployment, jobs
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db, rows_changed
 from gpujobs.models import Instance, Job
@@ -57,8 +56,8 @@ _INSTANCE_ID_NAMESPACE = uuid.UUID("2f6f0c55-6f5e-4d36-9d0a-8f3c1b7e4a10")
 
 
 def name_prefix() -> str:
-    """The prefix of every Novita instance this deployment creates (``GPUJOBS_INSTANCE_PREFIX``)."""
-    return current_app.config["GPUJOBS_INSTANCE_PREFIX"]
+    """The prefix of every Novita instance this deployment creates (``gpujobs.deployment``)."""
+    return deployment.instance_prefix()
 
 
 def instance_name(job_id: uuid.UUID) -> str:

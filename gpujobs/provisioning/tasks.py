@@ -1,4 +1,5 @@
-"""Celery tasks of the provisioning chain (monitor, reconcile): thin entry points over the domain code."""
+"""Celery tasks of the provisioning chain (monitor, reconcile, costs): thin entry points over the domain
+code."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from typing import Any
 
 from celery import shared_task
 
-from gpujobs.provisioning import monitor, reconcile
+from gpujobs.provisioning import costs, monitor, reconcile
 
 # A sweep beat runs (gpujobs.celery_settings schedules and routes it with the others in gpujobs.tasks).
 SWEEP_RECONCILE_TASK = "gpujobs.sweep.reconcile"
+SWEEP_COSTS_TASK = "gpujobs.sweep.costs"
 
 
 @shared_task(name=monitor.MONITOR_TASK, soft_time_limit=60, time_limit=90)
@@ -22,3 +24,9 @@ def monitor_instance(job_id: str, attempt: int, *args: Any) -> None:
 def sweep_reconcile() -> dict[str, Any]:
     """Delete leaked Novita instances, mark lost ones, settle stranded rows (safe to run twice at once)."""
     return reconcile.reconcile()
+
+
+@shared_task(name=SWEEP_COSTS_TASK, soft_time_limit=120, time_limit=150)
+def sweep_costs() -> dict[str, Any]:
+    """Charge billed instances the time since the last look (safe to run twice at once)."""
+    return costs.accrue()

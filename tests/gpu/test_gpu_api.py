@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -31,7 +32,7 @@ def test_a_create_request_answers_202_with_its_job_its_instance_and_where_to_loo
         "RTX 4090 24GB",
         "CN-HK-01",
     )
-    assert shown["name"] == novita_name(body["jobId"]) and shown["jobId"] == body["jobId"]
+    assert shown["name"] == novita_name(app, body["jobId"]) and shown["jobId"] == body["jobId"]
     job = client.get(f"/v1/jobs/{body['jobId']}", headers=tenant["headers"]).json
     assert (job["definitionKey"], job["status"], job["params"]["productName"]) == (
         "gpu.instance.create",
@@ -133,7 +134,22 @@ def test_the_request_monitoring_config_sets_the_jobs_attempt_budget(app, client,
 
 def test_the_monitoring_defaults_are_exposed_in_the_seeds_names(client, tenant):
     response = client.get("/v1/instances/monitoring", headers=tenant["headers"])
-    assert response.json == {"pollIntervalMs": 5000, "maxWaitTimeMs": 600000, "maxRetryAttempts": 3}
+    assert response.json == {
+        "pollIntervalMs": 5000,
+        "maxWaitTimeMs": 600000,
+        "maxRetryAttempts": 3,
+        "instancePrefix": response.json["instancePrefix"],
+    }
+    assert re.fullmatch(r"gpujobs-[0-9a-f]{8}-", response.json["instancePrefix"])
+
+
+def test_an_explicit_instance_prefix_is_shown_and_wins_over_the_stored_one(app, client, tenant, monkeypatch):
+    monkeypatch.setitem(app.config, "GPUJOBS_INSTANCE_PREFIX", "acme-gpu-")
+    response = client.get("/v1/instances/monitoring", headers=tenant["headers"])
+    assert response.json["instancePrefix"] == "acme-gpu-"
+    instance_id = provision(client, tenant)["instanceId"]
+    shown = client.get(f"/v1/instances/{instance_id}", headers=tenant["headers"]).json
+    assert shown["name"].startswith("acme-gpu-")
 
 
 def test_instances_are_listed_newest_first_a_page_at_a_time(client, tenant):

@@ -128,7 +128,7 @@ def test_an_instance_named_as_gpujobs_names_its_own_is_not_watched(
 
     from support.gpu import novita_name
 
-    novita_id = made_elsewhere(novita, novita_name(uuid.uuid4()))  # a create whose answer was lost, say
+    novita_id = made_elsewhere(novita, novita_name(app, uuid.uuid4()))  # a create whose answer was lost, say
     response = watch(client, tenant, novita_id)
     assert response.status_code == 422 and [e["field"] for e in response.json["errors"]] == [
         "novitaInstanceId"

@@ -44,7 +44,7 @@ def run_reconcile(app) -> dict:
 def test_an_instance_no_live_job_owns_is_deleted_after_the_grace_period_and_reported(
     app, sim, novita, novita_config, monkeypatch
 ):
-    leaked = novita_instance(novita, novita_name(uuid.uuid4()))
+    leaked = novita_instance(novita, novita_name(app, uuid.uuid4()))
     theirs = novita_instance(novita, "someone-elses-box")
 
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 3600.0)
@@ -61,16 +61,18 @@ def test_an_instance_no_live_job_owns_is_deleted_after_the_grace_period_and_repo
 def test_another_deployments_instances_on_the_same_account_are_never_taken_for_leaks(
     app, tenant, sim, novita, novita_config, monkeypatch
 ):
+    stored = novita_name(app, "")  # this deployment's own prefix, gpujobs-<8 hex>-
     staging = [  # in another cluster: the simulator holds a few 4090s per cluster
-        novita_instance(novita, f"gpujobs-staging-{uuid.uuid4()}", "us-ca-6"),  # a prefix starting with ours
-        novita_instance(novita, f"gpujobs--{uuid.uuid4()}", "us-ca-6"),  # ours plus "-": not a canonical id
-        novita_instance(novita, f"gpujobs-{uuid.uuid4().hex}", "us-ca-6"),
+        novita_instance(novita, f"{stored}staging-{uuid.uuid4()}", "us-ca-6"),  # a prefix starting with ours
+        novita_instance(novita, f"{stored}-{uuid.uuid4()}", "us-ca-6"),  # ours plus "-": not a canonical id
+        novita_instance(novita, f"{stored}{uuid.uuid4().hex}", "us-ca-6"),
+        novita_instance(novita, f"gpujobs-{uuid.uuid4()}", "us-ca-6"),  # the old shared default
     ]
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     assert run_reconcile(app)["leaked"] == []
+    ours = novita_instance(novita, novita_name(app, uuid.uuid4()))
     monkeypatch.setitem(app.config, "GPUJOBS_INSTANCE_PREFIX", "gpujobs-prod-")
-    leaked = novita_instance(novita, f"gpujobs-prod-{uuid.uuid4()}")
-    ours = novita_instance(novita, novita_name(uuid.uuid4()))  # the default prefix is another one now
+    leaked = novita_instance(novita, f"gpujobs-prod-{uuid.uuid4()}")  # the stored prefix is another one now
     assert [item["novitaInstanceId"] for item in run_reconcile(app)["leaked"]] == [leaked]
     status = {instance["id"]: instance["status"] for instance in sim.instances()}
     assert status == {**dict.fromkeys([*staging, ours], "running"), leaked: "removed"}
@@ -89,7 +91,7 @@ def test_an_instance_whose_create_job_is_still_live_is_not_a_leak(
 ):
     # queued through /v1/jobs: no worker has run it, so there is no row yet
     job_id = operations.submit(uuid.UUID(tenant["id"]), "gpu.instance.create", 1, REQUEST).id
-    novita_instance(novita, novita_name(job_id))  # created just before a crash
+    novita_instance(novita, novita_name(app, job_id))  # created just before a crash
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     assert run_reconcile(app)["leaked"] == []
     assert sim.count_calls("POST", "/gpu/instance/delete") == 0
@@ -108,7 +110,7 @@ def test_an_instance_whose_create_answer_was_lost_and_whose_job_then_failed_is_d
         None,
     )
     (created,) = sim.instances()
-    assert created["name"] == novita_name(job_id)
+    assert created["name"] == novita_name(app, job_id)
 
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     report = run_reconcile(app)

@@ -24,8 +24,8 @@ def created(novita, name: str) -> str:
     return novita.create_instance(request)
 
 
-def test_reads_within_one_interval_share_one_list_call(app_context, sim, novita, novita_config):
-    ids = [created(novita, novita_name(uuid.uuid4())) for _ in range(3)]
+def test_reads_within_one_interval_share_one_list_call(app, app_context, sim, novita, novita_config):
+    ids = [created(novita, novita_name(app, uuid.uuid4())) for _ in range(3)]
     for _ in range(10):
         for novita_id in ids:
             _, seen = snapshot.read(novita, novita_id, max_age_seconds=60)
@@ -43,7 +43,7 @@ def test_instances_without_our_prefix_are_not_in_the_snapshot(app_context, sim, 
 def test_while_another_process_refreshes_a_reader_uses_the_previous_snapshot(
     app, app_context, sim, novita, novita_config
 ):
-    novita_id = created(novita, novita_name(uuid.uuid4()))
+    novita_id = created(novita, novita_name(app, uuid.uuid4()))
     assert snapshot.read(novita, "absent", max_age_seconds=60)[1] is None  # a first snapshot
     redis.Redis.from_url(app.config["REDIS_URL"]).set(snapshot.LOCK_KEY, "someone else")
     _, seen = snapshot.read(novita, novita_id, max_age_seconds=0)  # stale, but the lock is taken

@@ -31,7 +31,7 @@ def test_a_request_for_an_rtx_4090_in_hong_kong_becomes_a_running_instance_and_a
         "cn-hongkong-1",
     )
     assert shown["pricePerHour"] == 0.35 and shown["label"] == "trainer" and shown["readyAt"]
-    assert shown["name"] == novita_name(accepted["jobId"])
+    assert shown["name"] == novita_name(app, accepted["jobId"])
     endpoints = {port["port"]: port["endpoint"] for port in shown["endpoints"]["ports"]}
     assert endpoints[8888].startswith("https://") and ":" in endpoints[22]
     assert shown["endpoints"]["ssh"].startswith("ssh -p ")
@@ -112,7 +112,7 @@ def test_a_lost_create_answer_and_the_retry_yield_exactly_one_instance(app, clie
     assert job.attempt == 2
     types = [event.type for event in events(app, accepted["jobId"])]
     assert "job.retrying" in types and "job.instance_adopted" in types
-    ours = [i for i in sim.instances() if i["name"] == novita_name(accepted["jobId"])]
+    ours = [i for i in sim.instances() if i["name"] == novita_name(app, accepted["jobId"])]
     assert len(ours) == 1 and len(sim.instances()) == 1
     assert sim.count_calls("POST", "/gpu/instance/create") == 1
     assert instance_row(app, accepted["instanceId"]).novita_id == ours[0]["id"]

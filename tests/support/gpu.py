@@ -21,9 +21,13 @@ IMAGE = "pytorch/pytorch:2.3.0-cuda12.1-cudnn8-runtime"
 REQUEST = {"productName": "RTX 4090 24GB", "region": "CN-HK-01", "imageUrl": IMAGE}
 
 
-def novita_name(job_id: str | uuid.UUID) -> str:
-    """The Novita name of a create job's instance under the default `GPUJOBS_INSTANCE_PREFIX`."""
-    return f"gpujobs-{job_id}"
+def novita_name(app: Flask, job_id: str | uuid.UUID) -> str:
+    """The Novita name of a create job's instance under the deployment's prefix (`GPUJOBS_INSTANCE_PREFIX`
+    or the one stored in the database)."""
+    from gpujobs.provisioning.records import name_prefix
+
+    with app.app_context():
+        return f"{name_prefix()}{job_id}"
 
 
 def provision(client: Any, tenant: dict[str, str], **changes: Any) -> dict[str, Any]:
