@@ -103,27 +103,30 @@ def publish(item: Dispatch) -> bool:
 
 
 def publish_batch(items: list[Dispatch]) -> bool:
-    """Send many job ids in one Redis round trip (kombu's publish batch); False (logged) if not sent.
+    """Send many job ids in one Redis round trip; False (logged) if not sent (``send_batch``)."""
+    return send_batch([_job_message(item) for item in items], f"{len(items)} jobs")
 
-    Sweeps publish hundreds of jobs at once. ``send_task`` one by one costs ~0.7 ms a message here (a
+
+def send_batch(messages: list[tuple[str, list[Any], str, dict[str, Any]]], what: str) -> bool:
+    """Send many task messages (task, args, queue, options) in one Redis round trip (kombu's publish
+    batch); False (logged) if not sent.
+
+    Sweeps publish hundreds of messages at once. ``send_task`` one by one costs ~0.7 ms a message here (a
     Redis client and a round trip each, routing and option merging each); building each message with
     Celery's own ``amqp.create_task_message`` and buffering them in one pipeline costs ~0.2 ms
-    (bench/README.md, "Scale"). The batch is not retried: if it fails, every job in it counts as
-    unsent and the dispatch sweep sends it again (a message that did go out twice is harmless).
+    (bench/README.md, "Scale"). The batch is not retried: if it fails, every message in it counts as
+    unsent and a sweep sends it again (a message that did go out twice is harmless).
     """
     amqp = current_app.extensions["celery"].amqp
     try:
         with current_app.extensions["celery"].producer_or_acquire() as producer, producer.batch():
-            for item in items:
-                name, args, queue, options = _job_message(item)
+            for name, args, queue, options in messages:
                 message = amqp.create_task_message(
                     str(uuid.uuid4()), name, args, {}, argsrepr=repr(args), kwargsrepr="{}", **options
                 )
                 amqp.send_task_message(producer, name, message, queue=queue, declare=NO_DECLARE, retry=False)
     except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
-        log.warning(
-            "%d jobs not published (%s); the dispatch sweep will recover them", len(items), type(exc).__name__
-        )
+        log.warning("%s not published (%s); a sweep will recover them", what, type(exc).__name__)
         return False
     return True
 

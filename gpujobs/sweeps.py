@@ -169,8 +169,7 @@ def publish_due_webhooks() -> int:
         .limit(SWEEP_BATCH_SIZE)
     ).all()
     untried_jobs = list(dict.fromkeys(job_id for _, job_id, attempts in due if attempts == 0))
-    for job_id in untried_jobs:
-        webhooks.publish_pending(job_id)
+    webhooks.publish_pending_of(untried_jobs)
     db.session.commit()
     for delivery_id, _, attempts in due:
         if attempts > 0:

@@ -32,7 +32,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs, resources
-from gpujobs.dispatch import send_task
+from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
 from gpujobs.models import Instance, Job, Tenant, WebhookDelivery, WebhookEndpoint
@@ -203,25 +203,43 @@ def publish_pending(job_id: uuid.UUID) -> None:
     One task sends them in the order they happened, so a receiver sees ``instance.running`` before
     the ``job.succeeded`` that follows it; the webhook sweep covers a message that did not go out.
     """
-    due = db.session.scalars(
-        select(WebhookDelivery.id)
+    due = _untried([job_id]).get(job_id)
+    if due:
+        send_task(DELIVER_TASK, due, f"deliveries of job {job_id}", **_deliver_limits(len(due)))
+
+
+def publish_pending_of(job_ids: list[uuid.UUID]) -> None:
+    """``publish_pending`` for many jobs in one query and one Redis round trip (the webhook sweep: a
+    receiver's held deliveries, hundreds of jobs' worth, come due at once when its circuit's cool-down
+    ends; one message each cost the job workers, which run the sweeps, seconds per tick)."""
+    due = _untried(job_ids)
+    messages = [(DELIVER_TASK, ids, WEBHOOKS_QUEUE, _deliver_limits(len(ids))) for ids in due.values()]
+    if messages:
+        send_batch(messages, f"deliveries of {len(messages)} jobs")
+
+
+def _untried(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+    """Each job's pending deliveries never tried, in the order they happened."""
+    rows = db.session.execute(
+        select(WebhookDelivery.job_id, WebhookDelivery.id)
         .where(
-            WebhookDelivery.job_id == job_id,
+            WebhookDelivery.job_id.in_(job_ids),
             WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.attempts == 0,
         )
-        .order_by(WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
+        .order_by(WebhookDelivery.job_id, WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
     ).all()
-    if due:
-        # The task's default limits fit one delivery; each one more may take the whole send timeout.
-        limit = len(due) * (current_app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + 5) + 30
-        send_task(
-            DELIVER_TASK,
-            [str(item) for item in due],
-            f"deliveries of job {job_id}",
-            soft_time_limit=limit,
-            time_limit=limit + 30,
-        )
+    due: dict[uuid.UUID, list[str]] = {}
+    for job_id, delivery_id in rows:
+        due.setdefault(job_id, []).append(str(delivery_id))
+    return due
+
+
+def _deliver_limits(deliveries: int) -> dict[str, float]:
+    """The time limits of one message: its default fits one delivery; each one more may take the whole
+    send timeout."""
+    limit = deliveries * (current_app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + 5) + 30
+    return {"soft_time_limit": limit, "time_limit": limit + 30}
 
 
 def publish_delivery(delivery_id: uuid.UUID) -> None:
