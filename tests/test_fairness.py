@@ -79,3 +79,25 @@ def test_a_flood_alone_on_the_cluster_completes_every_job_by_top_ups_without_the
     start_worker(concurrency=2, name="alone")
     wait_for(lambda: counts(app, tenant).get("succeeded") == FLOOD, timeout=120, interval=0.3)
     assert {job_row(app, job_id).attempt for job_id in flood} == {1}  # each ran once: none lost, none twice
+
+
+def test_the_dispatch_sweep_publishes_tenants_in_turn_each_within_its_window(app, tenant):
+    """After a Redis flush, every job is unpublished: the sweep takes A's first, B's first, A's second..."""
+    import redis
+    from sqlalchemy import update
+
+    from gpujobs.broker import job_id_of_message
+
+    other = make_tenant(app, "other")
+    set_limits(app, tenant, max_running_jobs=3)
+    set_limits(app, other, max_running_jobs=2)
+    mine = [submit(app, tenant) for _ in range(5)]
+    theirs = [submit(app, other) for _ in range(5)]
+    store = redis.Redis.from_url(app.config["REDIS_URL"])
+    store.flushdb()  # Redis restarted empty, and the jobs were never sent: all wait in PostgreSQL
+    with app.app_context():
+        db.session.execute(update(Job).values(published_at=None))
+        db.session.commit()
+        dispatch_due()
+    published = [job_id_of_message(raw) for raw in reversed(store.lrange("normal", 0, -1))]  # oldest first
+    assert published == [mine[0], theirs[0], mine[1], theirs[1], mine[2]]
