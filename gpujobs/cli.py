@@ -1,5 +1,5 @@
 """The command line: keys, webhook secrets and their encryption key, tenants' limits and Novita grants,
-migrations, jobs, dead letters, the simulator and ``dev``.
+migrations, jobs, dead letters, video uploads, the simulator and ``dev``.
 
 Commands that print a secret print only that secret, so they compose in shell scripts:
 ``export GPUJOBS_API_KEY=$(python -m gpujobs keys create --tenant acme)``.
@@ -334,6 +334,27 @@ def dlq_retry(dead_letter_id: uuid.UUID, max_attempts: int | None) -> None:
         except Conflict:
             raise click.ClickException(f"dead letter {dead_letter_id} was already redriven") from None
         click.echo(str(job_id))
+
+
+@main.group()
+def videos() -> None:
+    """Video uploads on disk."""
+
+
+@videos.command("move-flat-uploads")
+def videos_move_flat_uploads() -> None:
+    """Move uploads stored flat in uploads/ into their tenant's directory; print each file's outcome.
+
+    Files whose owner is unknown (no job or schedule names them, or several tenants do) are left.
+    """
+    from gpujobs.videos import move_flat_uploads
+
+    with _app().app_context():
+        outcome = move_flat_uploads()
+    for what, names in outcome.items():
+        for name in names:
+            click.echo(f"{what}: {name}")
+    click.echo(", ".join(f"{len(names)} {what}" for what, names in outcome.items()))
 
 
 @main.command()

@@ -3,6 +3,12 @@
 A 202 is only sent after the job row is committed; the message goes out after that. If Redis is
 down, or the process dies between commit and publish, the row stays unpublished and the dispatch
 sweep sends it later. A message sent twice is harmless: the claim lets only one run.
+
+Fairness between tenants: a tenant's jobs go to the broker only while it has fewer than its window
+of jobs published or running (its running-jobs limit, capped by ``GPUJOBS_TENANT_MAX_PUBLISHED``). The
+rest wait unpublished in PostgreSQL; the dispatch sweep publishes them tenant by tenant in turn, and a
+job that ends tops its tenant up at once. So one tenant's flood never stands in the Redis queues ahead
+of another tenant's job: at most a window of it does (as River, Oban and Sidekiq Enterprise do).
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from flask import current_app
+from sqlalchemy import bindparam, select, text
 
 from gpujobs import jobs
 from gpujobs.extensions import db
 from gpujobs.models import Job
+from gpujobs.states import JOB_ACTIVE, JobStatus, sql_list
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,9 @@ PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 
 NO_DECLARE = ()
 
 
+# The most jobs one top-up publishes (a job's end frees one slot; a lowered limit or a lost message
+# may leave a few more).
+TOP_UP_BATCH = 20
 # Seconds between the soft time limit (the handler is told) and the hard one (the process is killed).
 HARD_LIMIT_MARGIN_SECONDS = 30
 
@@ -41,11 +52,16 @@ class Dispatch(NamedTuple):
     job_id: uuid.UUID
     priority: int
     timeout_seconds: int
+    tenant_id: uuid.UUID
+
+
+#: The columns of a Dispatch, in order, for the queries that read them.
+DISPATCH_COLUMNS = (Job.id, Job.priority, Job.timeout_seconds, Job.tenant_id)
 
 
 def dispatch_of(job: Job) -> Dispatch:
     """The publishing facts of a job row."""
-    return Dispatch(job.id, job.priority, job.timeout_seconds)
+    return Dispatch(job.id, job.priority, job.timeout_seconds, job.tenant_id)
 
 
 def send_task(name: str, args: list[Any], what: str, **options: Any) -> bool:
@@ -87,39 +103,44 @@ def publish(item: Dispatch) -> bool:
 
 
 def publish_batch(items: list[Dispatch]) -> bool:
-    """Send many job ids in one Redis round trip (kombu's publish batch); False (logged) if not sent.
+    """Send many job ids in one Redis round trip; False (logged) if not sent (``send_batch``)."""
+    return send_batch([_job_message(item) for item in items], f"{len(items)} jobs")
 
-    Sweeps publish hundreds of jobs at once. ``send_task`` one by one costs ~0.7 ms a message here (a
+
+def send_batch(messages: list[tuple[str, list[Any], str, dict[str, Any]]], what: str) -> bool:
+    """Send many task messages (task, args, queue, options) in one Redis round trip (kombu's publish
+    batch); False (logged) if not sent.
+
+    Sweeps publish hundreds of messages at once. ``send_task`` one by one costs ~0.7 ms a message here (a
     Redis client and a round trip each, routing and option merging each); building each message with
     Celery's own ``amqp.create_task_message`` and buffering them in one pipeline costs ~0.2 ms
-    (bench/README.md, "Scale"). The batch is not retried: if it fails, every job in it counts as
-    unsent and the dispatch sweep sends it again (a message that did go out twice is harmless).
+    (bench/README.md, "Scale"). The batch is not retried: if it fails, every message in it counts as
+    unsent and a sweep sends it again (a message that did go out twice is harmless).
     """
     amqp = current_app.extensions["celery"].amqp
     try:
         with current_app.extensions["celery"].producer_or_acquire() as producer, producer.batch():
-            for item in items:
-                name, args, queue, options = _job_message(item)
+            for name, args, queue, options in messages:
                 message = amqp.create_task_message(
                     str(uuid.uuid4()), name, args, {}, argsrepr=repr(args), kwargsrepr="{}", **options
                 )
                 amqp.send_task_message(producer, name, message, queue=queue, declare=NO_DECLARE, retry=False)
     except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
-        log.warning(
-            "%d jobs not published (%s); the dispatch sweep will recover them", len(items), type(exc).__name__
-        )
+        log.warning("%s not published (%s); a sweep will recover them", what, type(exc).__name__)
         return False
     return True
 
 
-def commit_and_publish(queued: Iterable[Dispatch]) -> None:
+def commit_and_publish(queued: Iterable[Dispatch], *, within_window: bool = True) -> None:
     """Mark the jobs published, commit, publish them; un-mark (for the dispatch sweep) what failed.
 
-    If the process dies between commit and publish, the sweep finds the job queued with an empty
-    queue in Redis and publishes it again. One job goes out on its own, with the broker retry policy
-    (an API request); several go out as one batch (a sweep).
+    New jobs (``within_window``) are published only while their tenant has room in its window; the
+    others are committed unpublished, for the dispatch sweep or the next top-up. If the process dies
+    between commit and publish, the sweep finds the job queued with an empty queue in Redis and
+    publishes it again. One job goes out on its own, with the broker retry policy (an API request);
+    several go out as one batch (a sweep).
     """
-    queued = list(queued)
+    queued = _admitted(list(queued)) if within_window else list(queued)
     jobs.mark_published([item.job_id for item in queued])
     db.session.commit()
     if len(queued) > 1:
@@ -129,3 +150,96 @@ def commit_and_publish(queued: Iterable[Dispatch]) -> None:
     if failed:
         jobs.mark_published(failed, published=False)
         db.session.commit()
+
+
+# A tenant's window: its running-jobs limit (its own, else the default), capped by
+# GPUJOBS_TENANT_MAX_PUBLISHED; NULL when neither is set (no window). Its free slots: the window less
+# the jobs it has published (queued, message sent) or running. PostgreSQL's LEAST ignores NULLs.
+# Counting stops at the window, on the two partial indexes of a tenant's in-flight jobs (migration l12).
+_WINDOW = "LEAST(COALESCE(l.max_running_jobs, :default_running), :max_published)"
+_FREE_SLOTS = f"""
+    CASE WHEN {_WINDOW} IS NULL THEN NULL ELSE {_WINDOW} - (
+        (SELECT count(*) FROM (SELECT 1 FROM jobs f
+            WHERE f.tenant_id = t.id AND f.status = '{JobStatus.QUEUED}' AND f.published_at IS NOT NULL
+            LIMIT {_WINDOW}) AS published)
+        + (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status IN ({sql_list(JOB_ACTIVE)})))
+    END"""
+_FREE_SLOTS_OF = text(
+    f"""SELECT t.id, {_FREE_SLOTS} AS free FROM tenants t
+    LEFT JOIN tenant_limits l ON l.tenant_id = t.id WHERE t.id IN :tenant_ids"""
+).bindparams(bindparam("tenant_ids", expanding=True))
+# Each tenant's next jobs up to its free slots (best priority, then oldest first), numbered by turn, so
+# that a batch takes every tenant's first job, then every tenant's second, and so on.
+_NEXT_JOBS = f"""
+    SELECT next.id, next.priority, next.timeout_seconds, next.tenant_id FROM tenants t
+    LEFT JOIN tenant_limits l ON l.tenant_id = t.id
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority, j.timeout_seconds, j.tenant_id,
+            row_number() OVER (ORDER BY j.priority DESC, j.queued_at) AS turn
+        FROM jobs j
+        WHERE j.tenant_id = t.id AND j.status = '{JobStatus.QUEUED}' AND j.published_at IS NULL
+        ORDER BY j.priority DESC, j.queued_at
+        LIMIT GREATEST(0, LEAST({_FREE_SLOTS}, :batch))
+    ) AS next
+    WHERE {{tenants}}
+    ORDER BY next.turn, next.priority DESC
+    LIMIT :batch"""
+_NEXT_JOBS_ALL = text(_NEXT_JOBS.format(tenants="TRUE"))
+_NEXT_JOBS_OF_JOB = text(_NEXT_JOBS.format(tenants="t.id = (SELECT tenant_id FROM jobs WHERE id = :job_id)"))
+
+
+def _window_params() -> dict[str, int | None]:
+    config = current_app.config
+    return {
+        "default_running": config["GPUJOBS_TENANT_MAX_RUNNING_JOBS"],
+        "max_published": config["GPUJOBS_TENANT_MAX_PUBLISHED"],
+    }
+
+
+def _admitted(queued: list[Dispatch]) -> list[Dispatch]:
+    """The new jobs their tenants have room for, in order; the rest stay unpublished for later."""
+    if not queued:
+        return queued
+    tenant_ids = list({item.tenant_id for item in queued})
+    free: dict[uuid.UUID, int | None] = dict(
+        db.session.execute(_FREE_SLOTS_OF, {"tenant_ids": tenant_ids, **_window_params()}).all()
+    )
+    admitted = []
+    for item in queued:
+        room = free.get(item.tenant_id)
+        if room is None or room > 0:
+            admitted.append(item)
+            free[item.tenant_id] = None if room is None else room - 1
+    return admitted
+
+
+def next_jobs(batch: int, after_job: uuid.UUID | None = None) -> list[Dispatch]:
+    """Lock up to ``batch`` unpublished queued jobs, tenants taking turns, each within its free slots.
+
+    With ``after_job``, only that job's tenant (its top-up). Rows another sweep holds are skipped.
+    """
+    params = {"batch": batch, **_window_params()}
+    if after_job is None:
+        picked = db.session.execute(_NEXT_JOBS_ALL, params).all()
+    else:
+        picked = db.session.execute(_NEXT_JOBS_OF_JOB, {"job_id": after_job, **params}).all()
+    if not picked:
+        return []
+    locked = set(
+        db.session.scalars(
+            select(Job.id)
+            .where(
+                Job.id.in_([row.id for row in picked]),
+                Job.status == JobStatus.QUEUED,
+                Job.published_at.is_(None),
+            )
+            .with_for_update(skip_locked=True)
+        )
+    )
+    return [Dispatch(*row) for row in picked if row.id in locked]
+
+
+def top_up(ended_job: uuid.UUID) -> None:
+    """A job ended and freed a slot of its tenant: publish that tenant's next jobs now, not at the next
+    sweep, so a tenant alone on the cluster keeps every worker busy."""
+    commit_and_publish(next_jobs(TOP_UP_BATCH, after_job=ended_job), within_window=False)

@@ -217,6 +217,20 @@ class Job(Model):
             "tenant_id",
             postgresql_where=text(f"status IN ({sql_list(JOB_ACTIVE)})"),
         ),
+        # The fair dispatch: a tenant's next unpublished jobs, and its published ones counted against its
+        # window (gpujobs.dispatch; migration l12).
+        Index(
+            "ix_jobs_unpublished_tenant",
+            "tenant_id",
+            text("priority DESC"),
+            "queued_at",
+            postgresql_where=text(f"status = '{JobStatus.QUEUED}' AND published_at IS NULL"),
+        ),
+        Index(
+            "ix_jobs_published_tenant",
+            "tenant_id",
+            postgresql_where=text(f"status = '{JobStatus.QUEUED}' AND published_at IS NOT NULL"),
+        ),
         Index(
             "ix_jobs_finished",
             "finished_at",

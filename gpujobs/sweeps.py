@@ -16,7 +16,7 @@ from flask import current_app
 from sqlalchemy import ColumnElement, Select, delete, exists, func, select, text, update
 
 from gpujobs import broker, jobs, webhooks
-from gpujobs.dispatch import QUEUE_BY_PRIORITY, Dispatch, commit_and_publish
+from gpujobs.dispatch import DISPATCH_COLUMNS, QUEUE_BY_PRIORITY, Dispatch, commit_and_publish, next_jobs
 from gpujobs.extensions import db, rows_changed
 from gpujobs.models import IdempotencyRecord, Job, WebhookDelivery
 from gpujobs.states import JOB_ACTIVE, JOB_TERMINAL, DeliveryStatus, JobStatus
@@ -28,8 +28,8 @@ IDEMPOTENCY_RETENTION_HOURS = 24
 
 
 def dispatch_due() -> int:
-    """Queue retries whose time came, publish queued jobs never published, and again those whose
-    message was lost."""
+    """Queue retries whose time came, publish queued jobs never published (tenants in turn, each
+    within its window: ``gpujobs.dispatch``), and again those whose message was lost."""
     promoted = db.session.execute(
         update(Job)
         .where(Job.id.in_(_due(Job.status == JobStatus.RETRYING, Job.next_retry_at <= func.now())))
@@ -40,15 +40,9 @@ def dispatch_due() -> int:
         jobs.add_event(job_id, "job.queued", attempt, {"reason": "retry due"})
     db.session.commit()
     heads = broker.oldest_waiting_jobs(QUEUE_BY_PRIORITY)  # before any row is locked
-    rows = db.session.execute(
-        select(Job.id, Job.priority, Job.timeout_seconds)
-        .where(Job.status == JobStatus.QUEUED, Job.published_at.is_(None))
-        .order_by(Job.priority.desc(), Job.queued_at)
-        .limit(SWEEP_BATCH_SIZE)
-        .with_for_update(skip_locked=True)
-    ).all()
+    rows = next_jobs(SWEEP_BATCH_SIZE)  # tenants in turn, each within its window
     lost = [] if heads is None else _lost_messages(heads)  # Redis away: nothing can be published now
-    commit_and_publish(Dispatch(*row) for row in (*rows, *lost))
+    commit_and_publish([*rows, *(Dispatch(*row) for row in lost)], within_window=False)
     if promoted or rows or lost:
         log.info(
             "dispatch sweep: %d retries due, %d jobs published, %d lost messages sent again",
@@ -97,7 +91,7 @@ def _lost_messages(heads: dict[str, uuid.UUID | None]) -> list[Any]:
         if head is not None:
             before.append(Job.published_at < published[head])
         lost += db.session.execute(
-            select(Job.id, Job.priority, Job.timeout_seconds)
+            select(*DISPATCH_COLUMNS)
             .where(Job.status == JobStatus.QUEUED, Job.priority == level, *before)
             .order_by(Job.published_at)
             .limit(SWEEP_BATCH_SIZE)
@@ -134,11 +128,10 @@ def rescue_stuck() -> int:
     for job_id in ended:
         webhooks.record_job_event(job_id)
     requeued_rows = db.session.execute(
-        select(Job.id, Job.priority, Job.timeout_seconds).where(
-            Job.id.in_(requeued), Job.status == JobStatus.QUEUED
-        )
+        select(*DISPATCH_COLUMNS).where(Job.id.in_(requeued), Job.status == JobStatus.QUEUED)
     ).all()
-    commit_and_publish(Dispatch(*row) for row in requeued_rows)
+    # Each took a running slot of its tenant's window a moment ago: it goes out again at once.
+    commit_and_publish((Dispatch(*row) for row in requeued_rows), within_window=False)
     for job_id in ended:
         webhooks.publish_pending(job_id)
     if expired or overran:
@@ -176,8 +169,7 @@ def publish_due_webhooks() -> int:
         .limit(SWEEP_BATCH_SIZE)
     ).all()
     untried_jobs = list(dict.fromkeys(job_id for _, job_id, attempts in due if attempts == 0))
-    for job_id in untried_jobs:
-        webhooks.publish_pending(job_id)
+    webhooks.publish_pending_of(untried_jobs)
     db.session.commit()
     for delivery_id, _, attempts in due:
         if attempts > 0:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -24,7 +26,7 @@ from gpujobs import jobs
 from gpujobs.definitions import video
 from gpujobs.exceptions import GpuJobsError
 from gpujobs.extensions import db
-from gpujobs.models import Job
+from gpujobs.models import Job, Schedule
 from gpujobs.states import JobStatus
 
 log = logging.getLogger(__name__)
@@ -173,3 +175,56 @@ def _upload_readers(names: list[str]) -> tuple[set[str], set[str]]:
             if not done:
                 in_use.add(name)
     return in_use, referenced - in_use
+
+
+def move_flat_uploads() -> dict[str, list[str]]:
+    """Move each upload stored flat in ``uploads/`` (before per-tenant directories) into its owner's.
+
+    The owner is the one tenant whose encode.video jobs or schedules name the file as ``inputFile``.
+    A file no job or schedule names, or that several tenants name, has no known owner and stays where
+    it is (its jobs could not read it anyway); so does one whose destination already exists. Safe to run
+    again: a moved file is no longer flat. Returns the file names by outcome: ``moved`` (as
+    ``name -> tenant id``), ``unowned``, ``ambiguous``, ``exists``.
+    """
+    storage = Path(current_app.config["GPUJOBS_STORAGE_DIR"])
+    flat = sorted(
+        path.name
+        for path in _files(storage / video.UPLOADS_DIR_NAME)
+        if not path.is_symlink() and re.fullmatch(video.INPUT_FILE_PATTERN, path.name)
+    )
+    owners = _upload_owners(flat)
+    outcome: dict[str, list[str]] = {"moved": [], "unowned": [], "ambiguous": [], "exists": []}
+    for name in flat:
+        tenants = owners.get(name, set())
+        if len(tenants) != 1:
+            outcome["ambiguous" if tenants else "unowned"].append(name)
+            continue
+        [tenant_id] = tenants
+        target = video.upload_dir(storage, str(tenant_id)) / name
+        if target.exists():
+            outcome["exists"].append(name)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(storage / video.UPLOADS_DIR_NAME / name, target)  # one volume: atomic, mtime kept
+        outcome["moved"].append(f"{name} -> {tenant_id}")
+    log.info("flat uploads: %s", ", ".join(f"{len(names)} {what}" for what, names in outcome.items()))
+    return outcome
+
+
+def _upload_owners(names: list[str]) -> dict[str, set[uuid.UUID]]:
+    """The tenants whose encode.video jobs or schedules name each of ``names`` as their input."""
+    owners: dict[str, set[uuid.UUID]] = {}
+    for model in (Job, Schedule):
+        input_file = model.params["inputFile"].astext
+        for start in range(0, len(names), CLEANUP_QUERY_CHUNK):
+            rows = db.session.execute(
+                select(input_file, model.tenant_id)
+                .where(
+                    model.definition_key == DEFINITION_KEY,
+                    input_file.in_(names[start : start + CLEANUP_QUERY_CHUNK]),
+                )
+                .distinct()
+            )
+            for name, tenant_id in rows:
+                owners.setdefault(name, set()).add(tenant_id)
+    return owners

@@ -32,7 +32,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs, resources
-from gpujobs.dispatch import send_task
+from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
 from gpujobs.models import Instance, Job, Tenant, WebhookDelivery, WebhookEndpoint
@@ -208,17 +208,7 @@ def publish_pending(job_id: uuid.UUID) -> None:
 def pending(job_id: uuid.UUID) -> list[uuid.UUID]:
     """The job's deliveries never tried yet, oldest event first; read before the commit that records
     them, so publishing them after it takes no transaction of its own."""
-    return list(
-        db.session.scalars(
-            select(WebhookDelivery.id)
-            .where(
-                WebhookDelivery.job_id == job_id,
-                WebhookDelivery.status == DeliveryStatus.PENDING,
-                WebhookDelivery.attempts == 0,
-            )
-            .order_by(WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
-        )
-    )
+    return _untried([job_id]).get(job_id, [])
 
 
 def publish(job_id: uuid.UUID, due: list[uuid.UUID]) -> None:
@@ -228,15 +218,45 @@ def publish(job_id: uuid.UUID, due: list[uuid.UUID]) -> None:
     the ``job.succeeded`` that follows it; the webhook sweep covers a message that did not go out.
     """
     if due:
-        # The task's default limits fit one delivery; each one more may take the whole send timeout.
-        limit = len(due) * (current_app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + 5) + 30
-        send_task(
-            DELIVER_TASK,
-            [str(item) for item in due],
-            f"deliveries of job {job_id}",
-            soft_time_limit=limit,
-            time_limit=limit + 30,
+        ids = [str(item) for item in due]
+        send_task(DELIVER_TASK, ids, f"deliveries of job {job_id}", **_deliver_limits(len(ids)))
+
+
+def publish_pending_of(job_ids: list[uuid.UUID]) -> None:
+    """``publish_pending`` for many jobs in one query and one Redis round trip (the webhook sweep: a
+    receiver's held deliveries, hundreds of jobs' worth, come due at once when its circuit's cool-down
+    ends; one message each cost the job workers, which run the sweeps, seconds per tick)."""
+    due = _untried(job_ids)
+    messages = [
+        (DELIVER_TASK, [str(item) for item in ids], WEBHOOKS_QUEUE, _deliver_limits(len(ids)))
+        for ids in due.values()
+    ]
+    if messages:
+        send_batch(messages, f"deliveries of {len(messages)} jobs")
+
+
+def _untried(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """Each job's pending deliveries never tried, in the order they happened."""
+    rows = db.session.execute(
+        select(WebhookDelivery.job_id, WebhookDelivery.id)
+        .where(
+            WebhookDelivery.job_id.in_(job_ids),
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            WebhookDelivery.attempts == 0,
         )
+        .order_by(WebhookDelivery.job_id, WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
+    ).all()
+    due: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for job_id, delivery_id in rows:
+        due.setdefault(job_id, []).append(delivery_id)
+    return due
+
+
+def _deliver_limits(deliveries: int) -> dict[str, float]:
+    """The time limits of one message: its default fits one delivery; each one more may take the whole
+    send timeout."""
+    limit = deliveries * (current_app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + 5) + 30
+    return {"soft_time_limit": limit, "time_limit": limit + 30}
 
 
 def publish_delivery(delivery_id: uuid.UUID) -> None:

@@ -63,7 +63,7 @@ def test_a_job_runs_once_to_succeeded_with_its_result_and_timeline(app, tenant, 
 def test_a_duplicate_delivery_of_the_same_message_runs_the_handler_once(app, tenant, worker, app_context):
     job_id = submit(app, tenant, "test.sleep", {"seconds": 0.3})
     for _ in range(3):  # the same id published again, as a redelivery would
-        publish(Dispatch(job_id, 1, 60))
+        publish(Dispatch(job_id, 1, 60, uuid.UUID(tenant["id"])))
     wait_for(status_is(app, job_id, "succeeded"))
     time.sleep(1.0)  # give the duplicates time to be consumed
     types = event_types(app, job_id)

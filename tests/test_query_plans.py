@@ -157,14 +157,22 @@ def test_one_job_and_its_events_are_read_by_key(client, history, captured):
 def test_the_dispatch_sweep_reads_only_due_retries_and_queued_jobs(history, captured):
     swept = captured(sweeps.dispatch_due)
     assert "ix_jobs_retry_due" in indexes(plan(only(swept, r"^UPDATE jobs SET status.*next_retry_at <=")))
-    unpublished = only(swept, r"^SELECT\b.*published_at IS NULL.*\bFOR UPDATE")
-    assert "ix_jobs_queued_published" in indexes(plan(unpublished))
+    # Each tenant's next jobs within its window: its published ones counted on their index, its unpublished
+    # ones read from a partial index of queued jobs (here all are published, so either serves), no scan.
+    unpublished = plan(only(swept, r"\bCROSS JOIN LATERAL\b"))
+    assert "ix_jobs_published_tenant" in indexes(unpublished)
+    assert not any(node["Node Type"] == "Seq Scan" for node in nodes(unpublished))
     # Every queue is empty here, so each priority level is asked for jobs whose message was lost.
     lost = [
         statement for statement in swept if re.search(r"\bpriority = .*published_at < ", statement[0], re.S)
     ]
     assert len(lost) == len(QUEUE_BY_PRIORITY)
-    assert all(indexes(plan(statement)) == {"ix_jobs_queued_published"} for statement in lost)
+    # Both are partial indexes of the published queued jobs; on ten such rows either is as cheap, at scale
+    # the one in published_at order wins (bench/scale.py).
+    published = {"ix_jobs_queued_published", "ix_jobs_published_tenant"}
+    assert all(
+        len(indexes(plan(statement))) == 1 <= len(indexes(plan(statement)) & published) for statement in lost
+    )
 
 
 def test_the_rescue_sweep_reads_only_leased_jobs(history, captured):

@@ -84,3 +84,55 @@ def test_an_upload_goes_as_soon_as_its_job_ended_and_a_dead_letters_stays_until_
 def test_cleanup_with_no_storage_directory_yet_does_nothing(app, app_context, tmp_path, monkeypatch):
     monkeypatch.setitem(app.config, "GPUJOBS_STORAGE_DIR", str(tmp_path / "never-created"))
     assert clean_up_videos(now=NOW) == 0
+
+
+def test_flat_uploads_move_into_their_owners_directory_and_unknown_ones_stay(
+    app, app_context, tenant, tmp_path, monkeypatch
+):
+    """Uploads stored flat in uploads/ before per-tenant directories: a job or schedule names the owner."""
+    from support.tenants import make_tenant
+
+    from gpujobs import schedules
+    from gpujobs.videos import move_flat_uploads
+
+    monkeypatch.setitem(app.config, "GPUJOBS_STORAGE_DIR", str(tmp_path))
+    other = make_tenant(app, "other")
+    flat = tmp_path / video.UPLOADS_DIR_NAME
+
+    def named_by(owner: dict, name: str, schedule: bool = False) -> None:
+        """``owner`` refers to ``name``, which it uploaded before uploads had a directory per tenant."""
+        mine = put(video.upload_dir(tmp_path, owner["id"]) / name, RECENT)
+        if schedule:
+            schedules.create(
+                uuid.UUID(owner["id"]), name=name, cron="0 3 * * *", definition_key="encode.video",
+                definition_version=1, params={"inputFile": name},
+            )  # fmt: skip
+        else:
+            encode_job(owner, name, "queued")
+        if not (flat / name).exists():
+            mine.rename(flat / name)
+        else:
+            mine.unlink()
+
+    named_by(tenant, "mine.mp4")
+    named_by(other, "theirs.webm", schedule=True)
+    named_by(tenant, "both.mp4")
+    named_by(other, "both.mp4")
+    named_by(tenant, "taken.mp4")
+    put(video.upload_dir(tmp_path, tenant["id"]) / "taken.mp4", RECENT)  # a newer file of that name
+    put(flat / "nobody.mp4", OLD)
+    put(flat / "notes.txt", OLD)  # not an upload name: not ours to touch
+
+    outcome = move_flat_uploads()
+    assert outcome == {
+        "moved": [f"mine.mp4 -> {tenant['id']}", f"theirs.webm -> {other['id']}"],
+        "unowned": ["nobody.mp4"],
+        "ambiguous": ["both.mp4"],
+        "exists": ["taken.mp4"],
+    }
+    assert (video.upload_dir(tmp_path, tenant["id"]) / "mine.mp4").is_file()
+    assert (video.upload_dir(tmp_path, other["id"]) / "theirs.webm").is_file()
+    assert sorted(path.name for path in flat.iterdir() if path.is_file()) == [
+        "both.mp4", "nobody.mp4", "notes.txt", "taken.mp4",
+    ]  # fmt: skip
+    assert move_flat_uploads()["moved"] == []  # run again: nothing left to move
