@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "l12_prefix22_deployment"
-down_revision = "k11_webhook_endpoints"
+down_revision = "l12_quota22_gpu_quotas"
 branch_labels = None
 depends_on = None
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "l12_quota22_gpu_quotas"
-down_revision = "k11_webhook_endpoints"
+down_revision = "l12_fair20_tenant_dispatch"
 branch_labels = None
 depends_on = None
 
