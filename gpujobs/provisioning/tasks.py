@@ -6,10 +6,11 @@ from typing import Any
 
 from celery import shared_task
 
-from gpujobs.provisioning import monitor, reconcile
+from gpujobs.provisioning import lifetimes, monitor, reconcile
 
 # A sweep beat runs (gpujobs.celery_settings schedules and routes it with the others in gpujobs.tasks).
 SWEEP_RECONCILE_TASK = "gpujobs.sweep.reconcile"
+SWEEP_LIFETIMES_TASK = "gpujobs.sweep.lifetimes"
 
 
 @shared_task(name=monitor.MONITOR_TASK, soft_time_limit=60, time_limit=90)
@@ -22,3 +23,9 @@ def monitor_instance(job_id: str, attempt: int, *args: Any) -> None:
 def sweep_reconcile() -> dict[str, Any]:
     """Delete leaked Novita instances, mark lost ones, settle stranded rows (safe to run twice at once)."""
     return reconcile.reconcile()
+
+
+@shared_task(name=SWEEP_LIFETIMES_TASK, soft_time_limit=60, time_limit=90)
+def sweep_lifetimes() -> dict[str, int]:
+    """Warn instances near their deadline, stop or delete those past it (safe to run twice at once)."""
+    return lifetimes.sweep()
