@@ -13,7 +13,7 @@ from gpujobs.config import load_config
 from gpujobs.dispatch import QUEUE_BY_PRIORITY
 from gpujobs.jobs import DEFAULT_PRIORITY, PRIORITY_LEVELS
 from gpujobs.provisioning.monitor import MONITOR_QUEUE, MONITOR_TASK
-from gpujobs.provisioning.tasks import SWEEP_COSTS_TASK, SWEEP_RECONCILE_TASK
+from gpujobs.provisioning.tasks import SWEEP_COSTS_TASK, SWEEP_LIFETIMES_TASK, SWEEP_RECONCILE_TASK
 from gpujobs.tasks import (
     MAINTENANCE_QUEUE,
     SWEEP_CLEANUP_TASK,
@@ -70,6 +70,7 @@ task_routes = {
             SWEEP_SCHEDULES_TASK,
             SWEEP_RECONCILE_TASK,
             SWEEP_COSTS_TASK,
+            SWEEP_LIFETIMES_TASK,
             SWEEP_CLEANUP_TASK,
             SWEEP_VIDEOS_TASK,
         )
@@ -150,6 +151,8 @@ beat_schedule = {
     "accrue-instance-costs": _sweep(
         SWEEP_COSTS_TASK, timedelta(seconds=_config["GPUJOBS_COST_ACCRUAL_SECONDS"])
     ),
+    # Instance deadlines are kept to within one tick; a pass reads one partial index when none is due.
+    "enforce-instance-lifetimes": _sweep(SWEEP_LIFETIMES_TASK, _sweep_every),
     "clean-up-finished": _sweep(SWEEP_CLEANUP_TASK, timedelta(minutes=10)),
     "clean-up-videos": _sweep(SWEEP_VIDEOS_TASK, timedelta(minutes=10)),
 }

@@ -121,6 +121,15 @@ def _optional_usd(raw: str) -> Decimal | None:
     return usd_per_hour(raw) if raw.strip() else None
 
 
+def _max_runtime(raw: str) -> int | None:
+    from gpujobs.provisioning.params import MAX_RUNTIME_SECONDS  # not at the top: it imports the registry
+
+    value = _optional_positive_int(raw)
+    if value is not None and value > MAX_RUNTIME_SECONDS:
+        raise ValueError(f"expected at most {MAX_RUNTIME_SECONDS} seconds (30 days)")
+    return value
+
+
 def _priority_name(raw: str) -> str:
     from gpujobs.jobs import PRIORITY_NAMES  # not at the top: the state machine needs the models loaded
 
@@ -313,6 +322,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "GPUJOBS_DELETE_ON_TIMEOUT", "1", _bool, "Delete an instance that missed its deadline (0: keep it)."
+    ),
+    Setting(
+        "GPUJOBS_INSTANCE_MAX_RUNTIME_SECONDS",
+        None,
+        _max_runtime,
+        "Lifetime of an instance whose create request gives no `maxRuntimeSeconds` (unset: no limit).",
+    ),
+    Setting(
+        "GPUJOBS_INSTANCE_EXPIRY_WARNING_SECONDS",
+        "300",
+        _non_negative_int,
+        "How long before an instance's deadline `instance.expiring` is sent (0: no warning).",
     ),
     Setting(
         "GPUJOBS_INSTANCE_PREFIX",

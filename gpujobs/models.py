@@ -331,9 +331,20 @@ class Instance(Model):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
+    # Its lifetime (gpujobs.provisioning.lifetimes): counted from the create request, since billing starts
+    # when Novita accepts it; ``on_expiry`` is ``stop`` or ``delete``. None: the instance runs until asked.
+    max_runtime_seconds: Mapped[int | None] = mapped_column(Integer)
+    on_expiry: Mapped[str | None] = mapped_column(String(16))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When ``instance.expiring`` went out for the current ``expires_at`` (an extension clears it), and
+    # how many went out in all (each one's delivery slot, so a warning after an extension is a new event).
+    expiry_warned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expiry_warnings: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_instances_tenant_created", "tenant_id", text("created_at DESC"), text("id DESC")),
+        # The lifetimes sweep reads only instances with a deadline.
+        Index("ix_instances_expires", "expires_at", postgresql_where=text("expires_at IS NOT NULL")),
         # A finished job's webhook looks up its instance by job.
         Index("ix_instances_job", "job_id"),
         # The reconcile sweep reads the instances that should exist at Novita, not the history.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
@@ -26,6 +26,9 @@ Timestamp = Annotated[
     PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+
+#: What an instance's ``onExpiry`` may be (``gpujobs.provisioning.lifetimes``).
+OnExpiry = Literal["stop", "delete"]
 
 
 #: What every display shows instead of a secret value (a job's webhook header values, on the dashboard
@@ -152,6 +155,9 @@ class Instance(Resource):
     created_at: Timestamp | None
     ready_at: Timestamp | None
     last_seen_at: Timestamp | None
+    max_runtime_seconds: int | None = Field(description="its lifetime from the create request (null: none)")
+    on_expiry: OnExpiry | None = Field(description="what happens at `expiresAt`")
+    expires_at: Timestamp | None = Field(description="its deadline; `POST .../extend` pushes it")
 
     @classmethod
     def from_row(cls, row: models.Instance) -> Self:
@@ -177,6 +183,9 @@ class Instance(Resource):
             created_at=row.created_at,
             ready_at=row.ready_at,
             last_seen_at=row.last_seen_at,
+            max_runtime_seconds=row.max_runtime_seconds,
+            on_expiry=cast(OnExpiry | None, row.on_expiry),  # the column holds only these
+            expires_at=row.expires_at,
         )
 
 

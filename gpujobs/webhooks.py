@@ -121,11 +121,15 @@ WebhookHeaders = Annotated[
 ]
 
 
-def record_event(job: Job, event_type: str, instance: Instance | None = None) -> None:
+def record_event(
+    job: Job, event_type: str, instance: Instance | None = None, *, slot: int | None = None
+) -> None:
     """Record ``event_type`` for the job's receiver, once per job attempt (in the caller's transaction).
 
     An ``instance.*`` event also carries ``instanceId`` and ``status`` (the instance's) beside ``type``,
-    ``timestamp`` and ``data`` at the top of its body, where the GPU queue's receivers read them.
+    ``timestamp`` and ``data`` at the top of its body, where the GPU queue's receivers read them. An
+    event that may recur within one attempt (``instance.expiring`` after an extension) gives its own
+    ``slot``, a negative number, recorded in place of the attempt: once per slot instead.
     """
     if not job.webhook_url:
         return
@@ -143,7 +147,7 @@ def record_event(job: Job, event_type: str, instance: Instance | None = None) ->
             id=uuid.uuid4(),
             tenant_id=job.tenant_id,
             job_id=job.id,
-            job_attempt=job.attempt,
+            job_attempt=job.attempt if slot is None else slot,
             event_type=event_type,
             url=job.webhook_url,
             endpoint=endpoint_of(job.webhook_url),

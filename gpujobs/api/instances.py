@@ -25,9 +25,14 @@ from gpujobs.extensions import db
 from gpujobs.jobs import PriorityName
 from gpujobs.models import Instance, Job
 from gpujobs.operations import JobOptions
-from gpujobs.provisioning import actions, create, external, records
+from gpujobs.provisioning import actions, create, external, lifetimes, records
 from gpujobs.provisioning.monitor import DELETE, START, STOP
-from gpujobs.provisioning.params import CreateInstanceParams, MonitorInstanceParams, monitoring_defaults
+from gpujobs.provisioning.params import (
+    MAX_RUNTIME_SECONDS,
+    CreateInstanceParams,
+    MonitorInstanceParams,
+    monitoring_defaults,
+)
 from gpujobs.registry import get_definition
 from gpujobs.states import InstanceStatus
 
@@ -98,6 +103,19 @@ class InstanceAction(BaseModel):
     webhookUrl: WebhookUrl = None
     webhookHeaders: webhooks.WebhookHeaders | None = None
     priority: Priority = Field(default=None, description=PRIORITY_DOC)
+
+
+class ExtendInstance(BaseModel):
+    """Body of ``POST /v1/instances/{id}/extend``: how many seconds later its deadline comes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"seconds": 3600}]})
+
+    seconds: int = Field(
+        strict=True,
+        ge=1,
+        le=MAX_RUNTIME_SECONDS,
+        description="added to the deadline (to now, if the deadline already passed)",
+    )
 
 
 class InstanceQuery(PageQuery):
@@ -293,3 +311,22 @@ def start_instance(instance_id: uuid.UUID) -> tuple[dict[str, Any], int, dict[st
 def delete_instance(instance_id: uuid.UUID) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Queue `gpu.instance.delete@1`; an instance still being provisioned answers 409 (cancel its job)."""
     return _act(instance_id, DELETE)
+
+
+@bp.post("/<uuid:instance_id>/extend")
+@operation(
+    summary="Extend an instance's lifetime",
+    tag=TAG,
+    request=ExtendInstance,
+    responses={
+        200: resources.Instance,
+        404: "no such instance",
+        409: "the instance has no deadline, or is deleted, being deleted or lost",
+        422: "invalid field",
+    },
+)
+@require_api_key
+def extend_instance(instance_id: uuid.UUID) -> dict[str, Any]:
+    """Push the deadline `seconds` later; a new `instance.expiring` will come before the new one."""
+    body = parse_body(ExtendInstance)
+    return resources.Instance.json_of(lifetimes.extend(g.tenant.id, instance_id, body.seconds))

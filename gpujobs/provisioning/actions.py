@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -65,13 +66,15 @@ def request(
     instance_id: uuid.UUID,
     action: str,
     options: JobOptions = DEFAULT_OPTIONS,
+    before_commit: Callable[[Job, Instance], None] | None = None,
 ) -> tuple[Job, Instance]:
     """Queue an action on a tenant's instance (NotFound if it has none, Conflict if its status forbids,
     LimitReached if a start finds the tenant's GPU quotas full).
 
     The row's new status, its new job and the job commit together before the job is published, so the
     handler always finds the row marked with its job. Without a webhook URL, the action notifies the
-    one the instance's previous job used, with its headers.
+    one the instance's previous job used, with its headers. ``before_commit`` adds to that transaction
+    (the lifetimes sweep records ``instance.expired`` with the action it takes).
     """
     instance = db.session.scalar(
         select(Instance).where(Instance.id == instance_id, Instance.tenant_id == tenant_id).with_for_update()
@@ -105,6 +108,8 @@ def request(
     if not records.transition(instance.id, (in_flight,), job_id=job.id):  # held FOR UPDATE: cannot miss
         db.session.rollback()
         raise Conflict(_refusal(action, instance))
+    if before_commit is not None:
+        before_commit(job, db.session.get_one(Instance, instance.id, populate_existing=True))
     commit_and_publish([dispatch_of(job)])
     return job, db.session.get_one(Instance, instance.id, populate_existing=True)
 

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gpujobs.novita import spec
 from gpujobs.registry import Params, RetryPolicy
+from gpujobs.resources import OnExpiry
 
 MIN_POLL_INTERVAL_MS = 500
 MAX_POLL_INTERVAL_MS = 60_000
@@ -23,6 +24,9 @@ MIN_TIMEOUT_SECONDS = 10
 MAX_TIMEOUT_SECONDS = 3600
 MAX_RETRY_ATTEMPTS = 10
 DEFAULT_ROOTFS_GB = 60  # Novita's free container disk (§5)
+
+# An instance's lifetime (`maxRuntimeSeconds`, and each extension) is at most 30 days: longer is not a cap.
+MAX_RUNTIME_SECONDS = 30 * 24 * 3600
 
 # A `gpu.instance.*` job's timeout (enforced by the rescue sweep) sits well above the longest monitoring
 # deadline a request may ask for, so the monitor always ends the job first, with the clearer reason.
@@ -86,6 +90,14 @@ class CreateInstanceParams(Params):
     maxPricePerHour: float | None = Field(default=None, gt=0, description="USD per hour for all GPUs")
     timeoutSeconds: int | None = Field(default=None, ge=MIN_TIMEOUT_SECONDS, le=MAX_TIMEOUT_SECONDS)
     monitoring: Monitoring | None = None
+    maxRuntimeSeconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_RUNTIME_SECONDS,
+        description="seconds from this request until `onExpiry` is applied (default: the deployment's "
+        "GPUJOBS_INSTANCE_MAX_RUNTIME_SECONDS; unset there: no limit)",
+    )
+    onExpiry: OnExpiry = Field(default="delete", description="what happens at the deadline")
 
     @model_validator(mode="after")
     def _one_image_source(self) -> CreateInstanceParams:

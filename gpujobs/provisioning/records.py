@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, exists, select, update
+from flask import current_app
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import deployment, jobs
@@ -111,10 +113,27 @@ def ensure_row(
             gpu_num=params.get("gpuNum"),
             reserved_price_units=reserved_price_units,
             endpoints={},
+            **_lifetime(params),
         )
         .on_conflict_do_nothing()
     )
     return db.session.get_one(Instance, instance_id, populate_existing=True)
+
+
+def _lifetime(params: dict[str, Any]) -> dict[str, Any]:
+    """A new row's deadline: from the request, else the deployment's default, counted from now.
+
+    Counted from the create request, not from running: Novita bills from the create it accepts, so only
+    a deadline that runs from then bounds what the instance can cost (provisioning time included).
+    """
+    seconds = params.get("maxRuntimeSeconds") or current_app.config["GPUJOBS_INSTANCE_MAX_RUNTIME_SECONDS"]
+    if seconds is None:
+        return {}
+    return {
+        "max_runtime_seconds": seconds,
+        "on_expiry": params.get("onExpiry") or "delete",
+        "expires_at": func.now() + timedelta(seconds=seconds),
+    }
 
 
 def novita_id_of(instance: Instance) -> str:

@@ -7,11 +7,12 @@ from typing import Any
 
 from celery import shared_task
 
-from gpujobs.provisioning import costs, monitor, reconcile
+from gpujobs.provisioning import costs, lifetimes, monitor, reconcile
 
 # A sweep beat runs (gpujobs.celery_settings schedules and routes it with the others in gpujobs.tasks).
 SWEEP_RECONCILE_TASK = "gpujobs.sweep.reconcile"
 SWEEP_COSTS_TASK = "gpujobs.sweep.costs"
+SWEEP_LIFETIMES_TASK = "gpujobs.sweep.lifetimes"
 
 
 @shared_task(name=monitor.MONITOR_TASK, soft_time_limit=60, time_limit=90)
@@ -30,3 +31,9 @@ def sweep_reconcile() -> dict[str, Any]:
 def sweep_costs() -> dict[str, Any]:
     """Charge billed instances the time since the last look (safe to run twice at once)."""
     return costs.accrue()
+
+
+@shared_task(name=SWEEP_LIFETIMES_TASK, soft_time_limit=60, time_limit=90)
+def sweep_lifetimes() -> dict[str, int]:
+    """Warn instances near their deadline, stop or delete those past it (safe to run twice at once)."""
+    return lifetimes.sweep()

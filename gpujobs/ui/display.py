@@ -49,7 +49,17 @@ def instance_view(instance: Instance, now: datetime) -> dict[str, Any]:
     view["age"] = duration(now - instance.created_at)
     view["flag"] = instance_flag(instance)
     view["created"] = instance.created_at
+    view["timeLeft"] = time_left(instance, now)
     return view
+
+
+def time_left(instance: Instance, now: datetime) -> str | None:
+    """``1 h 5 m left (then delete)``, ``expired``, or None for an instance without a deadline."""
+    if instance.expires_at is None:
+        return None
+    if instance.expires_at <= now:
+        return f"expired ({instance.on_expiry})"
+    return f"{duration(instance.expires_at - now)} left (then {instance.on_expiry})"
 
 
 def instance_flag(instance: Instance) -> str | None:

@@ -12,7 +12,7 @@ from gpujobs.extensions import db
 from gpujobs.models import ApiKey
 
 VARIABLE = re.compile(r"<(?:[^:>]+:)?(\w+)>")
-VALID_BODIES = {"schedules.update_schedule": {"enabled": False}}
+VALID_BODIES = {"schedules.update_schedule": {"enabled": False}, "instances.extend_instance": {"seconds": 60}}
 
 
 def routes(app, auth_only: bool = False) -> list[tuple[str, str, str]]:
