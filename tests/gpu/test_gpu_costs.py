@@ -16,6 +16,7 @@ from support.gpu import REQUEST, run_chain
 from support.rows import instance_row
 from support.tenants import make_tenant
 
+from gpujobs.api.metrics import Cost
 from gpujobs.extensions import db
 from gpujobs.models import Instance, InstanceCostHour
 from gpujobs.provisioning import costs
@@ -213,3 +214,21 @@ def test_prometheus_counts_usd_by_tenant_and_the_counter_only_grows(app, client,
         exposition = client.get("/metrics").get_data()
         checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
         assert checked.returncode == 0 and not checked.stdout.strip(), (checked.stdout, checked.stderr)
+
+
+def test_the_openapi_document_describes_the_cost_answer_its_window_and_the_cost_fields(app, client, tenant):
+    spec = client.get("/openapi.json").json
+    cost = spec["paths"]["/v1/metrics/cost"]["get"]
+    assert cost["parameters"][0]["schema"] == {"type": "integer", "minimum": 1, "maximum": 720, "default": 24}
+    assert cost["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Cost"
+    }
+    assert "422" in cost["responses"]
+    schemas = spec["components"]["schemas"]
+    assert {"totalUsd", "byHour", "byInstance", "byProduct"} <= schemas["Cost"]["properties"].keys()
+    assert "costUsd" in schemas["Instance"]["properties"]
+    assert "instancePrefix" in schemas["MonitoringConfig"]["properties"]
+    add_instance(app, tenant)
+    accrue(app, T0 + timedelta(hours=1))
+    response = client.get("/v1/metrics/cost?hours=720", headers=tenant["headers"])
+    Cost.model_validate_json(response.get_data())
