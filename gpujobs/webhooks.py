@@ -230,7 +230,7 @@ def publish_pending_of(job_ids: list[uuid.UUID]) -> None:
     """``publish_pending`` for many jobs in one query and one Redis round trip (the webhook sweep: a
     receiver's held deliveries, hundreds of jobs' worth, come due at once when its circuit's cool-down
     ends; one message each cost the job workers, which run the sweeps, seconds per tick)."""
-    due = _untried(job_ids)
+    due = _untried(job_ids) if job_ids else {}
     messages = [
         (DELIVER_TASK, [str(item) for item in ids], WEBHOOKS_QUEUE, _deliver_limits(len(ids)))
         for ids in due.values()
