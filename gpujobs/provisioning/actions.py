@@ -11,6 +11,7 @@ monitor chain, which ends it when Novita reaches the goal.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from sqlalchemy import select
 
 from gpujobs import operations, quotas, resources
 from gpujobs.dispatch import commit_and_publish, dispatch_of
-from gpujobs.exceptions import Conflict, LimitReached, NotFound, PermanentError
+from gpujobs.exceptions import Conflict, InvalidField, LimitReached, NotFound, PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.novita import (
@@ -44,6 +45,8 @@ from gpujobs.provisioning.params import (
 )
 from gpujobs.registry import Handoff, JobContext, job_definition
 from gpujobs.states import InstanceStatus
+
+log = logging.getLogger(__name__)
 
 # The row statuses each action may start from.
 ALLOWED_FROM = {
@@ -97,11 +100,7 @@ def request(
         raise Conflict(_refusal(action, instance))
     previous = db.session.get(Job, instance.job_id) if instance.job_id else None
     try:
-        if not options.webhook_url and previous is not None:
-            options = replace(
-                options, webhook_url=previous.webhook_url, webhook_headers=previous.webhook_headers
-            )
-        job = operations.prepare(tenant_id, KEYS[action], 1, {"instanceId": str(instance.id)}, options)
+        job = _prepare(tenant_id, action, instance.id, options, previous)
     except Exception:
         db.session.rollback()
         raise
@@ -112,6 +111,32 @@ def request(
         before_commit(job, db.session.get_one(Instance, instance.id, populate_existing=True))
     commit_and_publish([dispatch_of(job)])
     return job, db.session.get_one(Instance, instance.id, populate_existing=True)
+
+
+def _prepare(
+    tenant_id: uuid.UUID, action: str, instance_id: uuid.UUID, options: JobOptions, previous: Job | None
+) -> Job:
+    """The action's job; without a webhook URL of its own it notifies the previous job's receiver.
+
+    An inherited receiver refused now (the SSRF rules or its DNS changed since) does not stop the action:
+    a stop or delete that cannot be queued keeps a GPU billing, so it runs without a receiver instead.
+    """
+    params = {"instanceId": str(instance_id)}
+    if options.webhook_url or previous is None or not previous.webhook_url:
+        return operations.prepare(tenant_id, KEYS[action], 1, params, options)
+    inherited = replace(options, webhook_url=previous.webhook_url, webhook_headers=previous.webhook_headers)
+    try:
+        return operations.prepare(tenant_id, KEYS[action], 1, params, inherited)
+    except InvalidField as exc:
+        if exc.field not in ("webhookUrl", "webhookHeaders"):
+            raise
+        log.warning(
+            "instance %s: the previous job's receiver is refused now (%s); %s runs without one",
+            instance_id,
+            exc.field,
+            action,
+        )
+        return operations.prepare(tenant_id, KEYS[action], 1, params, options)
 
 
 def _not_ours(instance: Instance) -> str:

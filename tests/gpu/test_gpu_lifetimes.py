@@ -178,6 +178,26 @@ def test_two_sweeps_at_once_send_one_warning_take_one_action_and_send_one_expire
     assert len(deliveries(app, "instance.expiring")) == 1
 
 
+def test_an_expiry_acts_even_when_the_previous_receiver_is_refused_now(app, client, tenant, hooks):
+    """A stop or delete that cannot be queued keeps a GPU billing: a receiver the SSRF rules refuse
+    since (here the cloud metadata address, refused in every setting) does not hold the expiry back."""
+    accepted = provision(client, tenant, maxRuntimeSeconds=600, webhookUrl=hooks().url)
+    with app.app_context():
+        db.session.execute(
+            update(Job)
+            .where(Job.id == uuid.UUID(accepted["jobId"]))
+            .values(webhook_url="http://169.254.169.254/")
+        )
+        db.session.commit()
+    as_if(app, accepted["instanceId"], status=InstanceStatus.RUNNING, expires_at=func.now())
+    sweep(app)
+    assert action_jobs(app) == ["gpu.instance.delete"]
+    row = instance_row(app, accepted["instanceId"])
+    with app.app_context():
+        action = db.session.get_one(Job, row.job_id)
+    assert (row.status, action.webhook_url) == ("deleting", None)
+
+
 def test_extending_pushes_the_deadline_and_arms_a_new_warning(app, client, tenant, hooks, settings):
     settings(GPUJOBS_INSTANCE_EXPIRY_WARNING_SECONDS=HOUR_SECONDS)
     accepted = provision(client, tenant, maxRuntimeSeconds=600, webhookUrl=hooks().url)
