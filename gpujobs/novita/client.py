@@ -270,6 +270,11 @@ class NovitaClient:
         """Delete (release) an instance in any state; poll until it is `removed` or not found."""
         self._action(spec.INSTANCE_DELETE_PATH, instance_id, done_if=(InvalidStateError, NovitaNotFoundError))
 
+    def migrate_instance(self, instance_id: str) -> None:
+        """Move an `exited` reclaimed spot instance to another node (same id); it goes `migrating` and
+        runs again, or Novita answers MIGRATE_INSUFFICIENT_RESOURCE (InsufficientResourceError)."""
+        self._action(spec.INSTANCE_MIGRATE_PATH, instance_id, done_if=(InvalidStateError,))
+
     def _action(
         self, path: str, instance_id: str, *, done_if: tuple[type[NovitaPermanentError], ...]
     ) -> None:

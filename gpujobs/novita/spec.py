@@ -25,6 +25,7 @@ INSTANCE_START_PATH = "/gpu/instance/start"
 INSTANCE_STOP_PATH = "/gpu/instance/stop"
 INSTANCE_RESTART_PATH = "/gpu/instance/restart"
 INSTANCE_DELETE_PATH = "/gpu/instance/delete"
+INSTANCE_MIGRATE_PATH = "/gpu/instance/migrate"
 TEMPLATE_PATH = "/template"
 REGISTRY_AUTHS_PATH = "/repository/auths"
 

@@ -105,6 +105,8 @@ def ensure_row(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) 
             region=params.get("region"),
             gpu_num=params.get("gpuNum"),
             endpoints={},
+            billing_mode=params.get("billingMode"),
+            on_reclaim=params.get("onReclaim"),
         )
         .on_conflict_do_nothing()
     )

@@ -16,6 +16,10 @@ Options (`Faults.configure` keys; the same JSON keys work for `POST /_sim/inject
 - `out_of_stock_clusters` (list of cluster ids): every product there has no free GPU.
 - `auth_failure_status` (401 or 403): how a bad key is answered (UNAUTHORIZED or INVALID_API_KEY).
 - `not_found_status` (400, 404 or 200): how an unknown instance is answered (docs/novita-api.md §13.11).
+- `no_spot_capacity` (bool): spot creates answer INSUFFICIENT_RESOURCE and migrations
+  MIGRATE_INSUFFICIENT_RESOURCE (on-demand creates are unaffected). A reclaim is injected with
+  `reclaim_instances` (list of instance ids, see `SimState.inject`): spotStatus notified -> reclaiming ->
+  terminated (phase durations "notified" and "reclaiming"), then status exited.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class Faults:
             self.out_of_stock_clusters: frozenset[str] = frozenset()
             self.auth_failure_status = 401
             self.not_found_status = 400
+            self.no_spot_capacity = False
 
     def configure(self, options: Mapping[str, Any]) -> None:
         """Apply options (see the module docstring); unknown keys or bad values raise ValueError."""
@@ -135,6 +140,7 @@ class Faults:
         "out_of_stock_clusters": lambda self, v: setattr(self, "out_of_stock_clusters", frozenset(v)),
         "auth_failure_status": _set_auth_failure_status,
         "not_found_status": _set_not_found_status,
+        "no_spot_capacity": lambda self, v: setattr(self, "no_spot_capacity", bool(v)),
     }
 
     def take_failure(self, endpoint: str) -> ForcedFailure | None:
@@ -183,4 +189,5 @@ class Faults:
                 "out_of_stock_clusters": sorted(self.out_of_stock_clusters),
                 "auth_failure_status": self.auth_failure_status,
                 "not_found_status": self.not_found_status,
+                "no_spot_capacity": self.no_spot_capacity,
             }
