@@ -8,6 +8,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 from support.gpu import REQUEST, provision, run_chain, run_looks, wait_for_job
+from support.polling import wait_for
 from support.rows import instance_row, job_row
 
 from gpujobs import runner
@@ -112,10 +113,11 @@ def test_a_reclaim_with_fail_marks_the_instance_reclaimed_and_notifies_without_a
 
 
 def test_a_reclaim_with_recreate_migrates_the_exited_instance_into_a_linked_replacement(
-    app, client, tenant, sim, gpu_worker, novita_config
+    app, client, tenant, sim, gpu_worker, novita_config, hooks
 ):
     gpu_worker()
-    accepted = provision(client, tenant, **SPOT, onReclaim="recreate")
+    hook = hooks()
+    accepted = provision(client, tenant, **SPOT, onReclaim="recreate", webhookUrl=hook.url)
     wait_for_job(app, accepted["jobId"], "succeeded")
     old_id = accepted["instanceId"]
     novita_id = instance_row(app, old_id).novita_id
@@ -136,6 +138,8 @@ def test_a_reclaim_with_recreate_migrates_the_exited_instance_into_a_linked_repl
     assert shown["replacesInstanceId"] == old_id
     assert client.get(f"/v1/instances/{old_id}", headers=tenant["headers"]).json["status"] == "reclaimed"
     assert run_reconcile(app)["leaked"] == []  # the migrated instance is the replacement's
+    reclaimed = wait_for(lambda: [e for e in hook.verified if e["type"] == "instance.reclaimed"])
+    assert [(e["instanceId"], e["status"]) for e in reclaimed] == [(old_id, "reclaimed")]
 
 
 @pytest.mark.parametrize("sim_options", [{**INSTANT, "phase_seconds": {"default": 0, "notified": 3600}}])
