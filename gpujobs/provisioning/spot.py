@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 RECLAIMED_EVENT = "instance.reclaimed"
 RECREATE = "recreate"
-# Novita's spotStatus words for a reclaim under way or done (§6); `running` and "" mean none.
-RECLAIM_SIGNALS = frozenset({"notified", "reclaiming", "terminated"})
+# Novita's spotStatus words for a reclaim under way (§6); `running` and "" mean none.
+RECLAIM_SIGNALS = frozenset({"notified", "reclaiming"})
+# A reclaim done: it counts once the instance has exited (a migrated one that runs again may keep it).
 TERMINATED = "terminated"
 
 
@@ -55,7 +56,9 @@ class Reclaimed:
 
 def reclaim_signal(seen: NovitaInstance | None) -> bool:
     """Whether Novita says it is reclaiming (or has reclaimed) this spot instance."""
-    return seen is not None and seen.spot_status in RECLAIM_SIGNALS
+    if seen is None:
+        return False
+    return seen.spot_status in RECLAIM_SIGNALS or (seen.spot_status == TERMINATED and seen.is_exited)
 
 
 def create_job_of(row: Instance) -> Job | None:
