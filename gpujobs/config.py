@@ -366,6 +366,13 @@ SETTINGS: tuple[Setting, ...] = (
         "a change of state is charged to within this.",
     ),
     Setting(
+        "GPUJOBS_SPOT_MAX_RECREATES",
+        "3",
+        _non_negative_int,
+        "Replacements one spot instance with onReclaim recreate may have in all, after Novita reclaims "
+        "it and each replacement (0: never recreate).",
+    ),
+    Setting(
         "GPUJOBS_RATE_LIMIT_PER_MINUTE", "600", _positive_int, "Requests per minute per API key (429 above)."
     ),
     Setting("GPUJOBS_METRICS_PUBLIC", "1", _bool, "Serve /metrics without an API key (for Prometheus)."),

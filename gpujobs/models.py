@@ -325,6 +325,17 @@ class Instance(Model):
     cost_accrued_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # How Novita bills it (``onDemand`` or ``spot``; the mode it was created with, after any fallback),
+    # what to do when Novita reclaims a spot instance (``fail`` or ``recreate``), the instance this one
+    # replaces after such a reclaim, and how many replacements its chain has had (migration l12).
+    billing_mode: Mapped[str | None] = mapped_column(String(16))
+    on_reclaim: Mapped[str | None] = mapped_column(String(16))
+    replaces_instance_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("instances.id", ondelete="SET NULL"), unique=True
+    )
+    recreations: Mapped[int] = mapped_column(
+        SmallInteger, nullable=False, default=0, server_default=text("0")
+    )
     created_at: Mapped[datetime] = _created_at()
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -152,6 +152,13 @@ class Instance(Resource):
     endpoints: dict[str, Any]
     error: str | None
     external: bool = Field(description="watched on request, not created by gpujobs: never deleted by it")
+    billing_mode: str | None = Field(default=None, description="onDemand or spot, as Novita bills it")
+    on_reclaim: str | None = Field(
+        default=None, description="when Novita reclaims it (spot): fail or recreate"
+    )
+    replaces_instance_id: uuid.UUID | None = Field(
+        default=None, description="the reclaimed spot instance this one replaces"
+    )
     created_at: Timestamp | None
     ready_at: Timestamp | None
     last_seen_at: Timestamp | None
@@ -180,6 +187,9 @@ class Instance(Resource):
             endpoints=mask_secrets(row.endpoints),
             error=mask_text(row.error),
             external=bool(row.external),  # None on a row not flushed yet
+            billing_mode=row.billing_mode,
+            on_reclaim=row.on_reclaim,
+            replaces_instance_id=row.replaces_instance_id,
             created_at=row.created_at,
             ready_at=row.ready_at,
             last_seen_at=row.last_seen_at,

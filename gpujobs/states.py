@@ -61,10 +61,18 @@ class InstanceStatus(StrEnum):
     FAILED = "failed"
     #: Novita no longer has it, and nobody asked for that (found by the reconcile sweep).
     LOST = "lost"
+    #: Novita took the spot instance back (``spotStatus`` notified, reclaiming or terminated); any
+    #: replacement is a new row whose ``replaces_instance_id`` names this one.
+    RECLAIMED = "reclaimed"
 
 
 #: An instance in one of these is history: the reconcile sweep reads it only while Novita still lists it.
-INSTANCE_ENDED = (InstanceStatus.DELETED, InstanceStatus.LOST, InstanceStatus.FAILED)
+INSTANCE_ENDED = (
+    InstanceStatus.DELETED,
+    InstanceStatus.LOST,
+    InstanceStatus.FAILED,
+    InstanceStatus.RECLAIMED,
+)
 
 
 class DeliveryStatus(StrEnum):

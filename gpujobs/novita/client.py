@@ -311,6 +311,11 @@ class NovitaClient:
         except NovitaNotFoundError:
             return True
 
+    def migrate_instance(self, instance_id: str) -> None:
+        """Move an `exited` reclaimed spot instance to another node (same id); it goes `migrating` and
+        runs again, or Novita answers MIGRATE_INSUFFICIENT_RESOURCE (InsufficientResourceError)."""
+        self._action(spec.INSTANCE_MIGRATE_PATH, instance_id, done_if=(InvalidStateError,))
+
     def _action(
         self, path: str, instance_id: str, *, done_if: tuple[type[NovitaPermanentError], ...]
     ) -> None:

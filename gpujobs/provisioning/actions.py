@@ -59,6 +59,7 @@ ALLOWED_FROM = {
         InstanceStatus.STOPPING,
         InstanceStatus.FAILED,
         InstanceStatus.LOST,
+        InstanceStatus.RECLAIMED,
     ),
 }
 KEYS = {STOP: "gpu.instance.stop", START: "gpu.instance.start", DELETE: "gpu.instance.delete"}

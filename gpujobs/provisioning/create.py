@@ -28,7 +28,7 @@ from gpujobs.models import Instance, Job
 from gpujobs.novita import CreateInstanceRequest, EnvVar, NovitaClient, PlacementError, PortSpec, Template
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.operations import DEFAULT_OPTIONS, JobOptions
-from gpujobs.provisioning import records
+from gpujobs.provisioning import billing, records, spot
 from gpujobs.provisioning.catalogue import Catalogue
 from gpujobs.provisioning.monitor import CREATE, Watch
 from gpujobs.provisioning.novita_client import novita_client
@@ -133,10 +133,13 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     with novita_client() as client:
         # A row still `requested` was never claimed, so no create was ever sent for it: nothing to adopt.
         found = None if instance.status == InstanceStatus.REQUESTED else _adoptable(client, instance.name)
+        migrated = None if found is not None else spot.migrate_or_none(ctx, client, instance, _claim)
         if found is not None:
             _claim(ctx, instance, novita_id=found.id, novita_status=found.status)
             ctx.emit_event("instance_adopted", {"novitaInstanceId": found.id, "novitaStatus": found.status})
             started = found.created_at.timestamp() if found.created_at else time.time()
+        elif migrated is not None:
+            started = time.time()
         else:
             _create(ctx, client, instance, params, config["GPUJOBS_REGION_FALLBACK"])
             started = time.time()
@@ -177,16 +180,30 @@ def _create(
     image = _resolve_image(client, params)
     # A price cap is a promise about money: it is checked against lists Novita gives now.
     catalogue = Catalogue(client, fresh=params.maxPricePerHour is not None)
-    novita_id, search = _place(ctx, client, instance, params, image, catalogue, fallback)
-    if novita_id is None and catalogue.remembered:
-        # Nothing fitted the remembered product lists; stock may have arrived since. Ask Novita before
-        # giving up, without trying again the places it has just refused.
-        refused = frozenset((c.product.id, c.cluster.id) for c in search.refused)
-        fresh = Catalogue(client, fresh=True)
-        novita_id, search = _place(ctx, client, instance, params, image, fresh, fallback, refused)
-    if novita_id is None:
-        raise search.failure()
-    return novita_id
+    failures: list[str] = []
+    for mode in _billing_modes(params):
+        if failures:
+            ctx.emit_event("billing_fallback", {"billingMode": mode, "reason": failures[-1]})
+        novita_id, search = _place(ctx, client, instance, params, image, catalogue, fallback, mode=mode)
+        if novita_id is None and catalogue.remembered:
+            # Nothing fitted the remembered product lists; stock may have arrived since. Ask Novita before
+            # giving up, without trying again the places it has just refused.
+            refused = frozenset((c.product.id, c.cluster.id) for c in search.refused)
+            fresh = Catalogue(client, fresh=True)
+            novita_id, search = _place(
+                ctx, client, instance, params, image, fresh, fallback, refused, mode=mode
+            )
+        if novita_id is not None:
+            return novita_id
+        failures.append(str(search.failure()))
+    raise PermanentError("; then ".join(failures))
+
+
+def _billing_modes(params: CreateInstanceParams) -> list[str]:
+    """The billing modes to try in order: spot, then on demand if the caller allows the fallback."""
+    if params.billingMode == billing.SPOT and params.fallbackToOnDemand:
+        return [billing.SPOT, billing.ON_DEMAND]
+    return [params.billingMode]
 
 
 def _place(
@@ -198,6 +215,8 @@ def _place(
     catalogue: Catalogue,
     fallback: list[str],
     refused_before: frozenset[tuple[str, str]] = frozenset(),
+    *,
+    mode: str = billing.ON_DEMAND,
 ) -> tuple[str | None, Search]:
     """Try the candidates in order until Novita creates one; None (and the search) if none was placed."""
     search = Search(
@@ -206,6 +225,7 @@ def _place(
         image.rootfs_gb,
         quotas.price_cap(instance, params),
         refused_before=refused_before,
+        billing_mode=mode,
     )
     clusters = regions_in_order(params.region, fallback, catalogue.list_clusters())
     for candidate in search.candidates(catalogue, clusters):
@@ -223,9 +243,13 @@ def _place(
             endpoints={},
             ready_at=None,
             cost_accrued_at=jobs.utcnow(),  # a new instance is charged from its create, not the row's past
+            billing_mode=candidate.billing_mode,
+        )
+        request = replace(
+            _request(image, params, instance.name, candidate), billing_mode=candidate.billing_mode
         )
         try:
-            novita_id = client.create_instance(_request(image, params, instance.name, candidate))
+            novita_id = client.create_instance(request)
         except PlacementError as exc:
             search.refuse(candidate)
             catalogue.forget_products(candidate.cluster.id)
@@ -265,6 +289,7 @@ def _placement(candidate: Candidate) -> dict[str, Any]:
         "region": candidate.region,
         "clusterId": candidate.cluster.id,
         "pricePerHour": candidate.price_per_hour,
+        "billingMode": candidate.billing_mode,
     }
 
 

@@ -29,7 +29,7 @@ from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError, spec
-from gpujobs.provisioning import records, snapshot
+from gpujobs.provisioning import records, snapshot, spot
 from gpujobs.provisioning.novita_client import novita_client
 from gpujobs.registry import Handoff
 from gpujobs.states import InstanceStatus, JobStatus
@@ -179,6 +179,10 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
     if not sighting.known:
         return watch.look_again()
     seen = sighting.seen
+    if watch.action in (CREATE, START) and seen is not None and spot.reclaim_signal(seen):
+        if seen.status != instance.novita_status:
+            records.mirror(instance.id, seen.status)
+        return _reclaimed(watch, instance, seen)
     judgement = judge(watch.action, seen)
     # A look that ends the job writes Novita's status with the outcome (``_succeed``).
     if seen is not None and seen.status != instance.novita_status and judgement.verdict != Verdict.DONE:
@@ -193,6 +197,28 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
     if judgement.verdict == Verdict.DONE:
         return _succeed(watch, instance, client, seen)
     return _fail(watch, instance, client, judgement.reason, seen)
+
+
+def _reclaimed(watch: Watch, instance: Instance, seen: NovitaInstance) -> None:
+    """Novita reclaims the spot instance this create or start waits for: the job fails, the instance is
+    `reclaimed` (and replaced on request), as the reconcile sweep does for an instance no job watches."""
+    reclaimed = spot.reclaim(instance, seen, (watch.goal.in_flight,))
+    if reclaimed is None:  # another job took the row, or the sweep got there first: fenced as in `_end`
+        db.session.rollback()
+        return watch.look_again()
+    reason = f"Novita reclaimed the spot instance (spotStatus {seen.spot_status})"
+    if jobs.fail_attempt(watch.job_id, watch.attempt, reason, retryable=False, retry_delay_seconds=0) is None:
+        db.session.rollback()
+        log.info(
+            "job %s: attempt %s was fenced out; the reclaim is not recorded", watch.job_id, watch.attempt
+        )
+        return None
+    webhooks.record_job_event(watch.job_id)
+    db.session.commit()
+    webhooks.publish_pending(watch.job_id)
+    spot.announce([reclaimed])
+    log.info("job %s: failed, instance %s reclaimed by Novita", watch.job_id, instance.id)
+    return None
 
 
 def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> Sighting:

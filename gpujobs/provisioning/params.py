@@ -33,6 +33,9 @@ MAX_RUNTIME_SECONDS = 30 * 24 * 3600
 JOB_TIMEOUT_SECONDS = 2 * MAX_TIMEOUT_SECONDS
 # Novita outages are short or long; a create rerun is cheap (it adopts by name), so back off to a minute.
 NOVITA_RETRY = RetryPolicy(base_delay_seconds=2.0, max_delay_seconds=60.0)
+# Novita's own spelling of the billing modes gpujobs offers (§5; `monthly` is a subscription, not offered).
+BillingMode = Literal["onDemand", "spot"]
+OnReclaim = Literal["fail", "recreate"]
 
 
 class Port(Params):
@@ -98,6 +101,21 @@ class CreateInstanceParams(Params):
         "GPUJOBS_INSTANCE_MAX_RUNTIME_SECONDS; unset there: no limit)",
     )
     onExpiry: OnExpiry = Field(default="delete", description="what happens at the deadline")
+    billingMode: BillingMode = Field(
+        default="onDemand", description="spot: Novita's spot price, and Novita may reclaim the instance"
+    )
+    onReclaim: OnReclaim = Field(
+        default="fail", description="when Novita reclaims a spot instance: fail, or recreate it (bounded)"
+    )
+    fallbackToOnDemand: bool = Field(
+        default=False, description="spot with no spot capacity (or over the price cap): create on demand"
+    )
+
+    @model_validator(mode="after")
+    def _spot_options(self) -> CreateInstanceParams:
+        if self.billingMode != "spot" and (self.onReclaim != "fail" or self.fallbackToOnDemand):
+            raise ValueError("onReclaim and fallbackToOnDemand apply to billingMode spot")
+        return self
 
     @model_validator(mode="after")
     def _one_image_source(self) -> CreateInstanceParams:

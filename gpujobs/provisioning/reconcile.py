@@ -8,6 +8,7 @@
 - **lost**: a row that says running or stopped whose instance Novita no longer has is marked `lost`.
 - **settled**: a row left mid-change by a job that ended without settling it takes Novita's status.
 - **mirrored**: every listed row gets Novita's status and `last_seen_at`.
+- **reclaimed**: a running or stopped row whose spot instance Novita reclaims (`gpujobs.provisioning.spot`).
 
 Novita is asked first and rows are written last, in one short transaction. A transaction-scoped
 advisory lock makes a second concurrent run return at once (`{"skipped": true}`).
@@ -29,7 +30,7 @@ from gpujobs.extensions import db
 from gpujobs.models import Instance
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import NovitaClient, NovitaNotFoundError, spec
-from gpujobs.provisioning import records, snapshot
+from gpujobs.provisioning import records, snapshot, spot
 from gpujobs.provisioning.novita_client import novita_client
 from gpujobs.states import INSTANCE_ENDED, InstanceStatus
 
@@ -63,11 +64,13 @@ def reconcile() -> dict[str, Any]:
         quiet = [row for row in rows if row.job_id not in live and row.updated_at.timestamp() < taken_at]
         views = _views(client, quiet, listed)
         leaked, waiting, unrecorded = _leaks(client, rows, listed, taken_at, live)
-    report = _write(quiet, views)
+    reclaims: list[spot.Reclaimed] = []
+    report = _write(quiet, views, reclaims)
     _record_deleted(unrecorded)  # last: _write expects each row's Novita id to be one it has a view of
     report.update(skipped=False, listed=len(listed), leaked=leaked, waiting=waiting)
     db.session.commit()
-    if leaked or report["lost"] or report["settled"]:
+    spot.announce(reclaims)
+    if leaked or report["lost"] or report["settled"] or report["reclaimed"]:
         log.info("reconcile: %s", report)
     return report
 
@@ -168,9 +171,11 @@ def _record_deleted(unrecorded: list[tuple[Instance, str]]) -> None:
         )
 
 
-def _write(rows: list[Instance], views: dict[uuid.UUID, NovitaInstance | None]) -> dict[str, Any]:
-    """Mirror, settle and mark lost; each a compare-and-set on the status the row had when read."""
-    report: dict[str, list[str]] = {"lost": [], "settled": []}
+def _write(
+    rows: list[Instance], views: dict[uuid.UUID, NovitaInstance | None], reclaims: list[spot.Reclaimed]
+) -> dict[str, Any]:
+    """Mirror, settle, mark lost or reclaimed; each a compare-and-set on the status the row had when read."""
+    report: dict[str, list[str]] = {"lost": [], "settled": [], "reclaimed": []}
     mirrored = []
     for row in rows:
         if row.novita_id is None:
@@ -181,6 +186,12 @@ def _write(rows: list[Instance], views: dict[uuid.UUID, NovitaInstance | None]) 
             if item is not None:
                 records.mirror(row.id, item.status)
                 mirrored.append(row.id)
+            if item is not None and row.status in STEADY and spot.reclaim_signal(item):
+                reclaimed = spot.reclaim(row, item, (row.status,))
+                if reclaimed is not None:
+                    reclaims.append(reclaimed)
+                    report["reclaimed"].append(str(row.id))
+                continue
         outcome = _settle(row, novita_status)
         if outcome:
             report[outcome].append(str(row.id))

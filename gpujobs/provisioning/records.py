@@ -114,6 +114,8 @@ def ensure_row(
             reserved_price_units=reserved_price_units,
             endpoints={},
             **_lifetime(params),
+            billing_mode=params.get("billingMode"),
+            on_reclaim=params.get("onReclaim"),
         )
         .on_conflict_do_nothing()
     )

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from gpujobs.exceptions import PermanentError
 from gpujobs.novita import Cluster, Product, spec
+from gpujobs.provisioning import billing
 
 
 class ProductSource(Protocol):
@@ -31,6 +32,7 @@ class Candidate:
     product: Product
     cluster: Cluster
     gpu_num: int
+    billing_mode: str = billing.ON_DEMAND
 
     @property
     def region(self) -> str:
@@ -40,7 +42,7 @@ class Candidate:
     @property
     def price_units(self) -> int:
         """Novita units (1/100,000 USD) per hour for every GPU of the instance (prices are per GPU, §4)."""
-        return self.product.price_units * self.gpu_num
+        return billing.unit_price(self.product, self.billing_mode) * self.gpu_num
 
     @property
     def price_per_hour(self) -> float:
@@ -74,6 +76,8 @@ class Search:
     refused: list[Candidate] = field(default_factory=list)
     # (product id, cluster id) pairs Novita refused earlier in this create step: not asked again.
     refused_before: frozenset[tuple[str, str]] = frozenset()
+    # `spot` offers only products Novita sells as spot, compared and capped at their spot price.
+    billing_mode: str = billing.ON_DEMAND
 
     def candidates(self, client: ProductSource, clusters: list[Cluster]) -> Iterator[Candidate]:
         """Candidates region by region, cheapest first within a region; lists a region only when reached."""
@@ -86,11 +90,14 @@ class Search:
             self.regions.append(cluster.region_code)
             listed = client.list_products(self.product_name, cluster.id, gpu_num=self.gpu_num)
             offered = [product for product in listed if self._offers(product, cluster)]
-            in_stock = sorted((p for p in offered if p.in_stock), key=lambda p: (p.price_units, p.id))
+            in_stock = sorted(
+                (p for p in offered if p.in_stock),
+                key=lambda p: (billing.unit_price(p, self.billing_mode), p.id),
+            )
             if offered and not in_stock:
                 self.out_of_stock.append(cluster.region_code)
             for product in in_stock:
-                candidate = Candidate(product, cluster, self.gpu_num)
+                candidate = Candidate(product, cluster, self.gpu_num, self.billing_mode)
                 if (product.id, cluster.id) in self.refused_before:
                     self.refused.append(candidate)
                 elif cap_units is not None and candidate.price_units > cap_units:
@@ -109,11 +116,13 @@ class Search:
             product.name.casefold() == self.product_name.casefold()
             and product.offered_in(cluster)
             and fits_disk
+            and billing.sold_as(product, self.billing_mode)
         )
 
     def failure(self) -> PermanentError:
         """Why nothing could be created, as one sentence a caller can act on."""
-        wanted = f"{self.product_name} x{self.gpu_num}"
+        spot = " (spot)" if self.billing_mode == billing.SPOT else ""
+        wanted = f"{self.product_name} x{self.gpu_num}{spot}"
         where = ", ".join(self.regions) or "no region (none of the configured regions exist at Novita)"
         if self.over_cap:
             cheapest = min(self.over_cap, key=lambda c: c.price_units)

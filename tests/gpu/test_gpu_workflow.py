@@ -85,6 +85,7 @@ def test_an_insufficient_resource_answer_at_create_time_moves_on_to_the_next_can
             "region": "CN-HK-01",
             "clusterId": "cn-hongkong-1",
             "pricePerHour": 0.35,
+            "billingMode": "onDemand",
             "reason": "INSUFFICIENT_RESOURCE",
         }
     ]

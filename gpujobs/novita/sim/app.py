@@ -235,6 +235,7 @@ def _api_blueprint(state: SimState) -> Blueprint:
         spec.INSTANCE_STOP_PATH: state.stop,
         spec.INSTANCE_RESTART_PATH: state.restart,
         spec.INSTANCE_DELETE_PATH: state.delete,
+        spec.INSTANCE_MIGRATE_PATH: state.migrate,
     }
 
     def action() -> Response:

@@ -20,6 +20,10 @@ Options (`Faults.configure` keys; the same JSON keys work for `POST /_sim/inject
   N (the next N API calls), `true` (every call until set to `false` or 0), or `{"count", "endpoint"}`.
 - `nested_error_envelope` (bool): render every JSON error as `{"error": {"code", "message"}}` (the reason
   leads the message) instead of the flat `{code, reason, message, metadata}`.
+- `no_spot_capacity` (bool): spot creates answer INSUFFICIENT_RESOURCE and migrations
+  MIGRATE_INSUFFICIENT_RESOURCE (on-demand creates are unaffected). A reclaim is injected with
+  `reclaim_instances` (list of instance ids, see `SimState.inject`): spotStatus notified -> reclaiming ->
+  terminated (phase durations "notified" and "reclaiming"), then status exited.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ class Faults:
             self.proxy_html_404_always = False
             self._proxy: deque[ProxyNotFound] = deque()
             self.nested_error_envelope = False
+            self.no_spot_capacity = False
 
     def configure(self, options: Mapping[str, Any]) -> None:
         """Apply options (see the module docstring); unknown keys or bad values raise ValueError."""
@@ -164,6 +169,7 @@ class Faults:
         "not_found_status": _set_not_found_status,
         "proxy_html_404": _set_proxy_html_404,
         "nested_error_envelope": lambda self, v: setattr(self, "nested_error_envelope", bool(v)),
+        "no_spot_capacity": lambda self, v: setattr(self, "no_spot_capacity", bool(v)),
     }
 
     def take_proxy_failure(self, endpoint: str) -> ForcedFailure | None:
@@ -225,4 +231,5 @@ class Faults:
                 "not_found_status": self.not_found_status,
                 "proxy_html_404": self.proxy_html_404_always or [asdict(failure) for failure in self._proxy],
                 "nested_error_envelope": self.nested_error_envelope,
+                "no_spot_capacity": self.no_spot_capacity,
             }

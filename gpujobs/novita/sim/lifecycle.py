@@ -107,6 +107,13 @@ class Lifecycle:
             Phase(spec.Status.EXITED.value, None, spot_status="terminated"),
         ]
 
+    def migrate_track(self) -> list[Phase]:
+        """A reclaimed spot instance moved to another node: migrating -> running (same id)."""
+        return [
+            Phase(spec.Status.MIGRATING.value, self._seconds_for(spec.Status.MIGRATING.value)),
+            Phase(spec.Status.RUNNING.value, None),
+        ]
+
     def begin(self, instance: SimInstance, track: list[Phase], now: float) -> None:
         """Put the instance on a new track starting now, replacing whatever it was doing."""
         instance.track = list(track)

@@ -30,6 +30,10 @@ from gpujobs.novita.sim.validation import (
     validate_upgrade,
 )
 
+SPOT = "spot"
+# spotStatus once a reclaim has taken the instance (§6); only such an instance can be migrated.
+TERMINATED = "terminated"
+
 
 class SimState:
     """Instances, capacity and ledger behind one lock; raises SimApiError for Novita-style error answers."""
@@ -99,6 +103,10 @@ class SimState:
                 raise SimApiError(
                     "UNSUPPORTED_BILLING_MODE", f"{product.id} has no {params.billing_mode} billing"
                 )
+            if params.billing_mode == SPOT and product.spot_price in ("", "0"):
+                raise SimApiError("UNSUPPORTED_BILLING_MODE", f"{product.id} has no spot price")
+            if params.billing_mode == SPOT and self.faults.no_spot_capacity:
+                raise SimApiError("INSUFFICIENT_RESOURCE", f"no spot capacity for {product.id}")
             # An empty clusterId means Novita picks a cluster (docs/novita-api.md §5); we pick one that has
             # room.
             cluster = self.catalog.cluster(
@@ -299,6 +307,26 @@ class SimState:
                 )
             self.lifecycle.begin(instance, self.lifecycle.reclaim_track(), now)
 
+    def migrate(self, instance_id: str) -> dict[str, Any]:
+        """`POST /gpu/instance/migrate`: an exited, reclaimed spot instance runs again on another node
+        (the same id), or 400 MIGRATE_INSUFFICIENT_RESOURCE when no GPU is free (§8, §12)."""
+        with self.lock:
+            now = self._now()
+            instance = self._find(instance_id, now)
+            if instance.status != spec.Status.EXITED.value or instance.spot_status != TERMINATED:
+                raise SimApiError("CONFLICT", spec.INVALID_STATE_CHANGE_MESSAGE)
+            product, gpus = instance.product.id, instance.gpu_num
+            free = [c for c in self.catalog.clusters if self.catalog.free_gpus(product, c) >= gpus]
+            if self.faults.no_spot_capacity or not free:
+                raise SimApiError("MIGRATE_INSUFFICIENT_RESOURCE", f"no capacity to migrate {instance_id}")
+            cluster_id = instance.cluster.id if instance.cluster.id in free else sorted(free)[0]
+            self.catalog.acquire(product, cluster_id, gpus)
+            instance.cluster = self.catalog.cluster(cluster_id)
+            instance.holds_capacity = True
+            instance.spot_status = "running"
+            self.lifecycle.begin(instance, self.lifecycle.migrate_track(), now)
+            return {}
+
     def inject(self, options: Mapping[str, Any]) -> None:
         """Apply fault options plus `capacity` ([{productId, clusterId, gpus}]) and `reclaim_instances`."""
         options = dict(options)
@@ -357,6 +385,7 @@ class SimState:
                         "gpuNum": instance.gpu_num,
                         "imageUrl": instance.params.image_url,
                         "networkStorageIds": list(instance.params.network_storage_ids),
+                        "billingMode": instance.params.billing_mode,
                         "status": instance.status,
                         "spotStatus": instance.spot_status,
                         "statusError": list(instance.status_error) if instance.status_error else None,
