@@ -98,8 +98,8 @@ def _log_format(raw: str) -> str:
     return raw.strip().lower()
 
 
-#: Above any USD-per-hour quota (the column holds 12 digits, 5 after the point).
-MAX_USD_PER_HOUR = Decimal(10_000_000)
+#: Above any USD-per-hour quota: what an instance reserves of one fits its row's integer units.
+MAX_USD_PER_HOUR = Decimal(20_000)
 
 
 def _optional_positive_int(raw: str) -> int | None:

@@ -100,15 +100,18 @@ def usage(tenant_id: uuid.UUID, in_force: limits.Limits) -> dict[str, Any]:
 def reserve_create(tenant_id: uuid.UUID, params: CreateInstanceParams) -> int | None:
     """Make room for one more instance in this transaction, or raise LimitReached (409); the caller
     inserts its row before the transaction ends. Returns the units per hour to reserve on the row
-    (None: no cap, and no USD quota to hold)."""
+    (None without a USD quota: nothing to hold)."""
     in_force = limits.of(tenant_id)
+    if in_force.max_usd_per_hour is None:
+        _check(in_force, _locked_use(tenant_id), 0)
+        return None
     price = None if params.maxPricePerHour is None else units_of(params.maxPricePerHour)
-    if price is None and in_force.max_usd_per_hour is not None:
+    if price is None:
         price = highest_listed(params)  # before the lock: it may ask Novita
     used = _locked_use(tenant_id)
-    if price is None and in_force.max_usd_per_hour is not None:
+    if price is None:
         price = max(units_of(in_force.max_usd_per_hour) - used.units_per_hour, 0)
-    _check(in_force, used, price or 0)
+    _check(in_force, used, price)  # so what is reserved is at most the quota
     return price
 
 

@@ -15,6 +15,7 @@ import pytest
 import requests
 from sqlalchemy import func, select, update
 from support.gpu import REQUEST, run_looks
+from support.polling import wait_for
 from support.tenants import make_tenant, set_limits
 
 from gpujobs import jobs, runner, schedules
@@ -102,7 +103,7 @@ def test_what_counts_is_what_bills_a_gpu_and_a_start_needs_room_again(app, clien
 
 
 def test_a_create_through_post_v1_jobs_is_held_to_the_quota_and_gets_its_row_at_submit(app, client, tenant):
-    set_limits(app, tenant, max_instances=1)
+    set_limits(app, tenant, max_instances=1, max_usd_per_hour=Decimal("10"))
     body = {"definitionKey": "gpu.instance.create", "params": CAPPED}
     accepted = client.post("/v1/jobs", json=body, headers=tenant["headers"])
     assert accepted.status_code == 202
@@ -137,6 +138,14 @@ def test_without_novita_to_price_it_an_uncapped_create_holds_all_the_room_left(a
     assert (refused.status_code, refused.json["limitName"]) == (409, "usdPerHour")
 
 
+def test_a_cap_of_any_size_is_checked_against_the_quota_before_it_is_stored(app, client, tenant):
+    huge = {**REQUEST, "maxPricePerHour": 1.8e157}  # found by the API fuzzer: no row holds it
+    assert client.post("/v1/instances", json=huge, headers=tenant["headers"]).status_code == 202  # no quota
+    set_limits(app, tenant, max_usd_per_hour=Decimal("19999"))
+    refused = client.post("/v1/instances", json=huge, headers=tenant["headers"])
+    assert (refused.status_code, refused.json["limitName"], refused.json["used"]) == (409, "usdPerHour", 0.0)
+
+
 def test_an_uncapped_create_reserves_the_dearest_listed_product_until_placed_at_its_price(
     app, client, tenant, sim, novita_config
 ):
@@ -149,9 +158,14 @@ def test_an_uncapped_create_reserves_the_dearest_listed_product_until_placed_at_
     assert (refused.status_code, refused.json["used"]) == (409, 0.67)
     with app.app_context():
         runner.run_job(uuid.UUID(first["jobId"]))
-    run_looks(app)
-    shown = client.get(f"/v1/instances/{first['instanceId']}", headers=tenant["headers"]).json
-    assert (shown["status"], shown["pricePerHour"]) == ("running", 0.35)
+
+    def running() -> dict | None:
+        run_looks(app)  # the monitor's looks, in this process, until the simulator says running
+        shown = client.get(f"/v1/instances/{first['instanceId']}", headers=tenant["headers"]).json
+        return shown if shown["status"] == "running" else None
+
+    shown = wait_for(running, timeout=30, interval=0.2)
+    assert shown["pricePerHour"] == 0.35
     assert limits_of(client, tenant)["usdPerHour"]["used"] == 0.35
     assert client.post("/v1/instances", json=REQUEST, headers=tenant["headers"]).status_code == 202
 
