@@ -2,7 +2,7 @@
 
 Two deployments given the same Novita key (production and staging, or a `make run` on a laptop) each
 delete the other's instances as leaks if they share a prefix. So the default prefix carries an id drawn
-once per database (``gpujobs-<8 hex>-``, migration ``l12_prefix22_deployment``), stored in the
+once per database (``gpujobs-<8 hex>-``, migration ``n14_deployment_prefix``), stored in the
 one-row ``deployment`` table; a database that already had instances kept ``gpujobs-``.
 ``GPUJOBS_INSTANCE_PREFIX`` set explicitly still wins.
 """

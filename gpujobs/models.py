@@ -54,7 +54,7 @@ def _created_at() -> Mapped[datetime]:
 
 
 class Deployment(Model):
-    """This deployment's identity, one row written by migration ``l12_prefix22_deployment``.
+    """This deployment's identity, one row written by migration ``n14_deployment_prefix``.
 
     Its instance prefix tells this deployment's Novita instances apart from those of any other deployment
     on the same Novita account (``gpujobs.deployment``).
@@ -327,7 +327,7 @@ class Instance(Model):
     )
     # How Novita bills it (``onDemand`` or ``spot``; the mode it was created with, after any fallback),
     # what to do when Novita reclaims a spot instance (``fail`` or ``recreate``), the instance this one
-    # replaces after such a reclaim, and how many replacements its chain has had (migration l12).
+    # replaces after such a reclaim, and how many replacements its chain has had (migration p16).
     billing_mode: Mapped[str | None] = mapped_column(String(16))
     on_reclaim: Mapped[str | None] = mapped_column(String(16))
     replaces_instance_id: Mapped[uuid.UUID | None] = mapped_column(

@@ -7,16 +7,16 @@ sweeps see it), ``recreations`` how many replacements its chain has had. The new
 history, so ``ix_instances_live`` leaves it out like the other ended statuses. New nullable columns and
 a constant default: no table rewrite.
 
-Revision ID: l12_spot22_spot_instances
-Revises: k11_webhook_endpoints
+Revision ID: p16_spot_instances
+Revises: o15_instance_lifetimes
 """
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-revision = "l12_spot22_spot_instances"
-down_revision = "l12_lifetime22_lifetimes"
+revision = "p16_spot_instances"
+down_revision = "o15_instance_lifetimes"
 branch_labels = None
 depends_on = None
 

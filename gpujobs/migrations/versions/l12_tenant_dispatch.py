@@ -4,14 +4,14 @@ The dispatch sweep and a job's top-up take a tenant's next unpublished jobs (bes
 first) and count its published ones against its window (``gpujobs.dispatch``), without scanning its
 backlog. Built concurrently, so a large jobs table stays writable meanwhile.
 
-Revision ID: l12_fair20_tenant_dispatch
+Revision ID: l12_tenant_dispatch
 Revises: k11_webhook_endpoints
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "l12_fair20_tenant_dispatch"
+revision = "l12_tenant_dispatch"
 down_revision = "k11_webhook_endpoints"
 branch_labels = None
 depends_on = None

@@ -1,14 +1,14 @@
 """Instance lifetimes: a deadline, what happens at it, and the expiring warning's marker.
 
-Revision ID: l12_lifetime22_lifetimes
-Revises: k11_webhook_endpoints
+Revision ID: o15_instance_lifetimes
+Revises: n14_deployment_prefix
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "l12_lifetime22_lifetimes"
-down_revision = "l12_prefix22_deployment"
+revision = "o15_instance_lifetimes"
+down_revision = "n14_deployment_prefix"
 branch_labels = None
 depends_on = None
 

@@ -9,8 +9,8 @@ were named with, so the reconcile sweep still recognises them.
 instances accrue from the upgrade on);
 ``instance_cost_hours`` splits the same amounts by clock hour for ``GET /v1/metrics/cost``.
 
-Revision ID: l12_prefix22_deployment
-Revises: k11_webhook_endpoints
+Revision ID: n14_deployment_prefix
+Revises: m13_gpu_quotas
 """
 
 import secrets
@@ -18,8 +18,8 @@ import secrets
 import sqlalchemy as sa
 from alembic import op
 
-revision = "l12_prefix22_deployment"
-down_revision = "l12_quota22_gpu_quotas"
+revision = "n14_deployment_prefix"
+down_revision = "m13_gpu_quotas"
 branch_labels = None
 depends_on = None
 

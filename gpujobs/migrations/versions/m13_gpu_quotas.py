@@ -1,14 +1,14 @@
 """GPU quotas per tenant: instances at once and USD per hour, and the price an unplaced instance holds.
 
-Revision ID: l12_quota22_gpu_quotas
-Revises: k11_webhook_endpoints
+Revision ID: m13_gpu_quotas
+Revises: l12_tenant_dispatch
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "l12_quota22_gpu_quotas"
-down_revision = "l12_fair20_tenant_dispatch"
+revision = "m13_gpu_quotas"
+down_revision = "l12_tenant_dispatch"
 branch_labels = None
 depends_on = None
 
