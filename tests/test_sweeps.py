@@ -227,7 +227,9 @@ def test_a_job_running_past_its_timeout_is_failed_by_the_rescue_sweep(app, app_c
     assert job.status == "retrying" and job.error == "timed out after 60 s"
 
 
-def test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches(app, app_context, tenant):
+def test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches(
+    app, app_context, tenant, monkeypatch
+):
     old = running_jobs(tenant["id"], 25)
     recent = running_jobs(tenant["id"], 5)
     for job_id in old + recent:
@@ -236,7 +238,7 @@ def test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches(app, app
         update(Job).where(Job.id.in_(old)).values(finished_at=func.now() - text("interval '2 days'"))
     )
     db.session.commit()
-    app.config["GPUJOBS_CLEANUP_BATCH_SIZE"] = 10
+    monkeypatch.setitem(app.config, "GPUJOBS_CLEANUP_BATCH_SIZE", 10)
     deletes: list[int] = []
 
     def count(conn, cursor, statement, parameters, context, executemany) -> None:
@@ -248,7 +250,6 @@ def test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches(app, app
         assert clean_up() == 25
     finally:
         event.remove(db.engine, "after_cursor_execute", count)
-        app.config["GPUJOBS_CLEANUP_BATCH_SIZE"] = 5000
     assert deletes == [10, 10, 5, 0]  # then the pass over dead-lettered jobs, none of them old enough
     assert db.session.scalar(select(func.count()).select_from(Job)) == 5
     assert db.session.scalar(select(func.count()).where(JobEvent.job_id.in_(old))) == 0
