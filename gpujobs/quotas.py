@@ -8,10 +8,10 @@ checked like a create. `deleted`, `lost` and `failed` are history, and instances
 (`external`) were created elsewhere, so neither counts.
 
 An instance's USD per hour is its price once a product is chosen (`price_per_hour_units`); before that,
-the most it may be placed at, reserved on its row when its job is queued (`reserved_price_units`): the
-request's `maxPricePerHour`, else (under a USD quota) the dearest product in stock that matches it where it
-may be placed, else, when Novita cannot say, all the room the quota has left. The create step never
-places an instance above its reservation (`price_cap`), so no placement passes the quota.
+under a USD quota, the most it may be placed at, reserved on its row when its job is queued
+(`reserved_price_units`): the request's `maxPricePerHour`, else the dearest product in stock that matches
+it where it may be placed, else, when Novita cannot say, all the room the quota has left. The create step
+never places an instance above its reservation (`price_cap`), so no placement passes the quota.
 
 A create or a start takes a lock per tenant (a PostgreSQL advisory lock, held until its transaction
 ends), then counts, checks and writes the row in that same transaction, so concurrent requests never
