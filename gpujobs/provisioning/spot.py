@@ -26,7 +26,7 @@ from flask import current_app
 
 from gpujobs import operations, webhooks
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
-from gpujobs.exceptions import InvalidField
+from gpujobs.exceptions import InvalidField, LimitReached
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
 from gpujobs.novita import Instance as NovitaInstance
@@ -116,11 +116,11 @@ def _replace(row: Instance, create_job: Job | None) -> tuple[Dispatch | None, st
         webhook_url=create_job.webhook_url,
         webhook_headers=create_job.webhook_headers,
     )
-    try:
-        job = operations.prepare(row.tenant_id, CREATE_KEY, 1, dict(create_job.params), options)
-    except InvalidField as exc:  # e.g. a template grant revoked since
+    try:  # a savepoint: a refused replacement leaves nothing half-added to the reclaim's transaction
+        with db.session.begin_nested():
+            job = operations.prepare(row.tenant_id, CREATE_KEY, 1, dict(create_job.params), options)
+    except (InvalidField, LimitReached) as exc:  # a template grant revoked since, the tenant's GPU quotas
         return None, str(exc)
-    db.session.flush()
     replacement = records.ensure_row(job.id, row.tenant_id, job.params)
     replacement.replaces_instance_id = row.id
     replacement.recreations = row.recreations + 1

@@ -10,10 +10,11 @@ from sqlalchemy import select
 from support.gpu import REQUEST, provision, run_chain, run_looks, wait_for_job
 from support.polling import wait_for
 from support.rows import instance_row, job_row
+from support.tenants import set_limits
 
 from gpujobs import runner
 from gpujobs.extensions import db
-from gpujobs.models import Instance, WebhookDelivery
+from gpujobs.models import Instance, Job, WebhookDelivery
 from gpujobs.operations import JobOptions
 from gpujobs.provisioning import create, spot
 from gpujobs.provisioning.reconcile import reconcile
@@ -255,3 +256,23 @@ def test_a_replacement_keeps_the_reclaimed_instances_deadline(app, tenant, sim, 
     assert run_reconcile(app)["reclaimed"] == [old_id]
     new = replacement_of(app, old_id)
     assert new is not None and new.expires_at == instance_row(app, old_id).expires_at
+
+
+def test_a_replacement_over_the_tenants_quota_is_not_queued_and_the_reclaim_still_counts(
+    app, tenant, sim, novita_config
+):
+    """The replacement is held to the tenant's GPU quotas like any create: refused, it leaves no job
+    behind, and the reclaim itself is recorded with the reason."""
+    _, old_id = run_chain(app, tenant["id"], {**SPOT, "onReclaim": "recreate"})
+    # Another instance of the tenant takes the only place once the reclaimed one stops counting.
+    run_chain(app, tenant["id"], SPOT)
+    set_limits(app, tenant, max_instances=1)
+    sim.reclaim(instance_row(app, old_id).novita_id)
+    assert run_reconcile(app)["reclaimed"] == [old_id]
+    assert replacement_of(app, old_id) is None
+    assert (
+        "not recreated" in instance_row(app, old_id).error and "instances" in instance_row(app, old_id).error
+    )
+    with app.app_context():
+        creates = db.session.scalars(select(Job).where(Job.definition_key == "gpu.instance.create")).all()
+    assert len(creates) == 2  # the two originals, no orphan replacement job
