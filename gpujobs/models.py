@@ -325,6 +325,10 @@ class Instance(Model):
     cost_accrued_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # Novita's last start and stop of it, as last mirrored (None: Novita never said): the cost sweep
+    # charges billed time up to the stop and from the start, not to or from when it looked (migration q17).
+    novita_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    novita_stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # How Novita bills it (``onDemand`` or ``spot``; the mode it was created with, after any fallback),
     # what to do when Novita reclaims a spot instance (``fail`` or ``recreate``), the instance this one
     # replaces after such a reclaim, and how many replacements its chain has had (migration p16).

@@ -262,8 +262,12 @@ class Instance:
             # DOCS spells it `sshCommand`; another client of the live API reads `command`.
             ssh_command=parse_str(ssh.get("sshCommand")) or parse_str(ssh.get("command")),
             created_at=parse_unix_seconds(data.get("createdAt")),
-            started_at=parse_unix_seconds(data.get("startedAt")),
-            stopped_at=parse_unix_seconds(data.get("stoppedAt")),
+            # The latest start and stop (the cost sweep bounds charges by them): `lastStartedAt` and
+            # `lastStoppedAt` where Novita gives them (undocumented, §6), else `startedAt`/`stoppedAt`.
+            started_at=parse_unix_seconds(data.get("lastStartedAt"))
+            or parse_unix_seconds(data.get("startedAt")),
+            stopped_at=parse_unix_seconds(data.get("lastStoppedAt"))
+            or parse_unix_seconds(data.get("stoppedAt")),
         )
 
     @property

@@ -8,12 +8,16 @@ still charged; not counted here) or is `removed` (docs/novita-api.md §8). Befor
 as billed: a guard rail had better count too much than too little.
 
 The cost sweep (beat, every ``GPUJOBS_COST_ACCRUAL_SECONDS``) looks at every instance that may exist
-at Novita and, if its mirrored Novita status is billed, charges the time since its last look
-(``cost_accrued_at``) to ``instances.cost_units`` and to the clock hours in ``instance_cost_hours``.
-So a change of state is charged to within one sweep interval (plus the monitor's or the reconcile
-sweep's delay in seeing it), and amounts only ever grow: ``gpujobs_gpu_cost_usd_total`` is their sum
-per tenant, a true counter, whichever process answers the scrape. An advisory lock lets one sweep run
-at a time; a second returns at once.
+at Novita and charges the billed part of the time since its last look (``cost_accrued_at``) to
+``instances.cost_units`` and to the clock hours in ``instance_cost_hours``. Which part was billed comes
+from the mirrored Novita status and, where Novita gives them, its last start and stop times
+(``novita_started_at``, ``novita_stopped_at``; see ``billed_spans``): a stop is charged up to Novita's
+``stoppedAt`` however late it is seen, a restart from its ``startedAt``. Without times a change of state
+is charged to within one sweep interval (plus the monitor's or the reconcile sweep's delay in seeing it).
+Only time after the last look is ever charged, so nothing is charged twice, and amounts only ever grow
+(time a sweep charged before a stop was seen stays charged): ``gpujobs_gpu_cost_usd_total`` is their
+sum per tenant, a true counter, whichever process answers the scrape. An advisory lock lets one sweep
+run at a time; a second returns at once.
 """
 
 from __future__ import annotations
@@ -59,8 +63,31 @@ def is_billed(novita_status: str | None) -> bool:
     return bool(novita_status) and novita_status not in UNBILLED_STATUSES
 
 
+def billed_spans(
+    since: datetime,
+    now: datetime,
+    novita_status: str | None,
+    started: datetime | None,
+    stopped: datetime | None,
+) -> list[tuple[datetime, datetime]]:
+    """The parts of ``[since, now)`` Novita billed, as far as its status and last start and stop tell.
+
+    Without times: all of it while the status is billed, none otherwise (a stop then counts from the
+    look that saw it). Not billed now, with a stop after ``since``: billed up to that stop. A start after
+    the last stop: the time between them was not billed. A first start (no stop) leaves the start alone,
+    as Novita bills the image pull before it. Times before ``since`` change nothing.
+    """
+    end = now if is_billed(novita_status) else min(stopped or since, now)
+    if started is not None and stopped is not None and stopped < started:
+        spans = [(since, min(stopped, end)), (max(since, started), end)]
+    else:
+        spans = [(since, end)]
+    return [(start, stop) for start, stop in spans if start < stop]
+
+
 def accrue(now: datetime | None = None) -> dict[str, Any]:
-    """One cost sweep: charge each billed instance the time since its last look; returns what it did."""
+    """One cost sweep: charge each instance the billed part of the time since its last look; returns
+    what it did."""
     if not db.session.scalar(text("SELECT pg_try_advisory_xact_lock(hashtext(:name))"), {"name": LOCK_NAME}):
         db.session.rollback()
         return {"skipped": True}
@@ -72,22 +99,30 @@ def accrue(now: datetime | None = None) -> dict[str, Any]:
             Instance.price_per_hour_units,
             Instance.novita_status,
             Instance.cost_accrued_at,
+            Instance.novita_started_at,
+            Instance.novita_stopped_at,
         ).where(
             Instance.status.notin_(GONE_ROWS),
             Instance.novita_id.is_not(None),
             Instance.price_per_hour_units.is_not(None),
         )
     ).all()
-    billed = [row for row in rows if is_billed(row.novita_status) and row.cost_accrued_at < now]
+    spans = {
+        row.id: billed_spans(
+            row.cost_accrued_at, now, row.novita_status, row.novita_started_at, row.novita_stopped_at
+        )
+        for row in rows
+    }
     charged = sum(
-        _charge(row.id, row.tenant_id, row.price_per_hour_units or 0, row.cost_accrued_at, now)
-        for row in billed
+        _charge(row.id, row.tenant_id, row.price_per_hour_units or 0, row.cost_accrued_at, spans[row.id], now)
+        for row in rows
+        if spans[row.id]
     )
-    # Not billed now: the mark moves on, so a later start is charged from about when it happened.
+    # Nothing billed since: the mark moves on, so a later start is charged from about when it happened.
     db.session.execute(
         update(Instance)
         .where(
-            Instance.id.in_([row.id for row in rows if not is_billed(row.novita_status)]),
+            Instance.id.in_([row.id for row in rows if not spans[row.id]]),
             Instance.cost_accrued_at < now,
         )
         .values(cost_accrued_at=now, updated_at=Instance.updated_at)
@@ -97,16 +132,25 @@ def accrue(now: datetime | None = None) -> dict[str, Any]:
 
 
 def _charge(
-    instance_id: uuid.UUID, tenant_id: uuid.UUID, price_units: int, since: datetime, now: datetime
+    instance_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    price_units: int,
+    since: datetime,
+    spans: list[tuple[datetime, datetime]],
+    now: datetime,
 ) -> bool:
-    """Add ``[since, now)`` at the instance's price to its total and its clock hours; False when the row's
-    mark moved meanwhile (a new create on the row): it is charged from the new mark next time."""
+    """Add the billed ``spans`` of ``[since, now)`` at the instance's price to its total and its clock
+    hours, and move its mark to ``now``; False when the row's mark moved meanwhile (a new create on the
+    row): it is charged from the new mark next time."""
     by_hour: dict[datetime, Decimal] = {}
-    hour = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    while hour < now:
-        seconds = (min(hour + _HOUR, now) - max(hour, since)).total_seconds()
-        by_hour[hour] = price_units * Decimal(str(seconds)) / _SECONDS_PER_HOUR
-        hour += _HOUR
+    for start, stop in spans:
+        hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        while hour < stop:
+            seconds = (min(hour + _HOUR, stop) - max(hour, start)).total_seconds()
+            by_hour[hour] = (
+                by_hour.get(hour, Decimal(0)) + price_units * Decimal(str(seconds)) / _SECONDS_PER_HOUR
+            )
+            hour += _HOUR
     units = sum(by_hour.values(), Decimal(0))
     moved = db.session.execute(
         update(Instance)

@@ -181,12 +181,12 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
     seen = sighting.seen
     if watch.action in (CREATE, START) and seen is not None and spot.reclaim_signal(seen):
         if seen.status != instance.novita_status:
-            records.mirror(instance.id, seen.status)
+            records.mirror(instance.id, seen)
         return _reclaimed(watch, instance, seen)
     judgement = judge(watch.action, seen)
     # A look that ends the job writes Novita's status with the outcome (``_succeed``).
     if seen is not None and seen.status != instance.novita_status and judgement.verdict != Verdict.DONE:
-        records.mirror(instance.id, seen.status)
+        records.mirror(instance.id, seen)
     if judgement.verdict == Verdict.START:
         _start(client, instance)
         db.session.commit()
@@ -279,7 +279,7 @@ def endpoints_of(seen: NovitaInstance) -> dict[str, Any]:
 def _succeed(watch: Watch, instance: Instance, client: NovitaClient, seen: NovitaInstance | None) -> None:
     values: dict[str, Any] = {"status": watch.goal.done, "error": None, "last_seen_at": jobs.utcnow()}
     if seen is not None:
-        values["novita_status"] = seen.status
+        values.update(records.novita_view(seen))
     if watch.goal.done == InstanceStatus.RUNNING:
         # List answers lack port endpoints (docs/novita-api.md §6): one GET per instance, once, when it is
         # ready.

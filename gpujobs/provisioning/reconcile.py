@@ -184,7 +184,7 @@ def _write(
             item = views[row.id]
             novita_status = item.status if item else spec.Status.REMOVED.value
             if item is not None:
-                records.mirror(row.id, item.status)
+                records.mirror(row.id, item)
                 mirrored.append(row.id)
             if item is not None and row.status in STEADY and spot.reclaim_signal(item):
                 reclaimed = spot.reclaim(row, item, (row.status,))

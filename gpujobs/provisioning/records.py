@@ -14,13 +14,14 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import ColumnElement, exists, func, select, update
+from sqlalchemy import ColumnElement, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import deployment, jobs
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db, rows_changed
 from gpujobs.models import Instance, Job
+from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import spec
 from gpujobs.states import JOB_ACTIVE, JOB_LIVE, JOB_TERMINAL, InstanceStatus
 
@@ -196,12 +197,23 @@ def run_holds(job_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
     return exists().where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE))
 
 
-def mirror(instance_id: uuid.UUID, novita_status: str) -> None:
-    """Note Novita's latest status for a row (only when it changed, so polls do not churn rows)."""
+def novita_view(seen: NovitaInstance) -> dict[str, Any]:
+    """What a row mirrors of Novita's answer: its status, and its last start and stop where Novita gives
+    them (the cost sweep charges billed time between them; an answer without them keeps the ones known)."""
+    times = {"novita_started_at": seen.started_at, "novita_stopped_at": seen.stopped_at}
+    return {"novita_status": seen.status, **{key: when for key, when in times.items() if when is not None}}
+
+
+def mirror(instance_id: uuid.UUID, seen: NovitaInstance) -> None:
+    """Note Novita's latest status and times for a row (only on a change, so polls do not churn rows)."""
+    values = novita_view(seen)
     db.session.execute(
         update(Instance)
-        .where(Instance.id == instance_id, Instance.novita_status.is_distinct_from(novita_status))
-        .values(novita_status=novita_status, last_seen_at=jobs.utcnow())
+        .where(
+            Instance.id == instance_id,
+            or_(*(getattr(Instance, key).is_distinct_from(value) for key, value in values.items())),
+        )
+        .values(**values, last_seen_at=jobs.utcnow())
     )
 
 

@@ -111,6 +111,7 @@ def _encode(item: Instance) -> str:
             "ssh": item.ssh_command,
             "createdAt": _epoch(item.created_at),
             "startedAt": _epoch(item.started_at),
+            "stoppedAt": _epoch(item.stopped_at),
         },
         separators=(",", ":"),
     )
@@ -134,4 +135,5 @@ def _decode(raw: bytes | str) -> Instance:
         ssh_command=data["ssh"],
         created_at=when(data["createdAt"]),
         started_at=when(data["startedAt"]),
+        stopped_at=when(data.get("stoppedAt")),  # absent from snapshots taken before it was kept
     )

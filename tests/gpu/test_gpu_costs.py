@@ -6,19 +6,22 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import select, update
-from support.gpu import REQUEST, run_chain
+from support.gpu import REQUEST, run_chain, run_looks
 from support.rows import instance_row
 from support.tenants import make_tenant
 
+from gpujobs import runner
 from gpujobs.api.metrics import Cost
 from gpujobs.extensions import db
 from gpujobs.models import Instance, InstanceCostHour
+from gpujobs.novita.simulator import ManualClock
 from gpujobs.provisioning import costs
 from gpujobs.provisioning.reconcile import reconcile
 
@@ -27,9 +30,15 @@ T0 = datetime(2026, 1, 5, 10, 15, tzinfo=UTC)
 
 
 @pytest.fixture
-def sim_options():
+def sim_clock() -> ManualClock:
+    """Novita's clock, from now on moved only by the test (its start and stop times follow it)."""
+    return ManualClock(time.time())
+
+
+@pytest.fixture
+def sim_options(sim_clock):
     """Instant lifecycles, and deleted instances vanish from Novita's list at once."""
-    return {"phase_seconds": 0, "removed_grace_seconds": 0}
+    return {"phase_seconds": 0, "removed_grace_seconds": 0, "clock": sim_clock}
 
 
 def add_instance(app, tenant, *, novita_status="running", since=T0, status="running", **values) -> uuid.UUID:
@@ -131,6 +140,122 @@ def test_an_exited_instance_costs_nothing_until_it_runs_again(app, tenant):
     set_novita_status(app, instance_id, "running")
     accrue(app, T0 + timedelta(hours=3, minutes=30))
     assert accrued(app, instance_id)[0] == Decimal(PRICE_UNITS) * Decimal("1.5")
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize(
+    ("novita_status", "started", "stopped", "spans"),
+    [
+        # Without Novita's times: all the time since the last look while billed, none otherwise.
+        ("running", None, None, [(0, 60)]),
+        ("exited", None, None, []),
+        # Stopped since the last look: billed up to Novita's stop, however late it was seen.
+        ("exited", -30, 20, [(0, 20)]),
+        ("exited", None, 20, [(0, 20)]),  # a pull that failed: never started, billed until it exited
+        # Started again since the last look: billed from Novita's start.
+        ("running", 40, -10, [(40, 60)]),
+        # Stopped and started again since the last look: the time between is not billed.
+        ("running", 40, 20, [(0, 20), (40, 60)]),
+        # A first start (no stop) leaves the image pull before it billed.
+        ("running", 40, None, [(0, 60)]),
+        # Times before the last look change nothing: no time is charged twice.
+        ("running", -20, -40, [(0, 60)]),
+        ("exited", -40, -20, []),
+        ("stopping", -40, -20, [(0, 60)]),
+        # A stop after the sweep's moment (another clock) is charged only up to the moment.
+        ("exited", -40, 90, [(0, 60)]),
+    ],
+)
+def test_novitas_last_start_and_stop_bound_the_billed_time_since_the_last_look(
+    novita_status, started, stopped, spans
+):
+    def when(minutes: float | None) -> datetime | None:
+        return None if minutes is None else at(minutes)
+
+    billed = costs.billed_spans(at(0), at(60), novita_status, when(started), when(stopped))
+    assert billed == [(at(start), at(end)) for start, end in spans]
+
+
+def hours_at_price(hours: timedelta) -> Decimal:
+    return PRICE_UNITS * Decimal(hours.total_seconds()) / 3600
+
+
+def test_a_stop_seen_late_is_charged_up_to_novitas_stop_and_a_restart_from_its_start(
+    app, tenant, sim, sim_clock, novita, novita_config
+):
+    _, instance_id = run_chain(app, tenant["id"], REQUEST)
+    mark = instance_row(app, instance_id).cost_accrued_at
+    novita_id = instance_row(app, instance_id).novita_id
+    assert instance_row(app, instance_id).novita_started_at <= mark  # the monitor kept Novita's start
+    accrue(app, mark + timedelta(minutes=20))  # a sweep while it runs
+
+    sim_clock.advance(40 * 60)
+    novita.stop_instance(novita_id)  # stopped at Novita 40 minutes in, behind our back
+    with app.app_context():
+        reconcile()
+    stopped = instance_row(app, instance_id).novita_stopped_at
+    assert instance_row(app, instance_id).novita_status == "exited"
+    assert abs(stopped - (mark + timedelta(minutes=40))) < timedelta(seconds=30)
+    accrue(app, mark + timedelta(hours=3))  # the sweep after: up to Novita's stop, not to now, nor to 20 min
+    charged = accrued(app, instance_id)[0]
+    assert charged == pytest.approx(hours_at_price(stopped - mark), abs=Decimal("0.01"))
+
+    sim_clock.advance(4 * 3600)  # Novita: 4 h 40 min in
+    novita.start_instance(novita_id)
+    with app.app_context():
+        reconcile()
+    started = instance_row(app, instance_id).novita_started_at
+    assert started > mark + timedelta(hours=4)
+    accrue(app, mark + timedelta(hours=6))  # from Novita's start, not from the last sweep (3 h)
+    restarted = hours_at_price(mark + timedelta(hours=6) - started)
+    assert accrued(app, instance_id)[0] == pytest.approx(charged + restarted, abs=Decimal("0.01"))
+
+
+def test_a_stop_through_the_api_is_charged_up_to_novitas_stop_as_its_monitor_saw_it(
+    app, client, tenant, sim, sim_clock, novita_config
+):
+    _, instance_id = run_chain(app, tenant["id"], REQUEST)
+    mark = instance_row(app, instance_id).cost_accrued_at
+    sim_clock.advance(40 * 60)
+    stop = client.post(f"/v1/instances/{instance_id}/stop", headers=tenant["headers"]).json
+    with app.app_context():
+        runner.run_job(uuid.UUID(stop["jobId"]))
+    run_looks(app)
+    row = instance_row(app, instance_id)
+    assert (row.status, row.novita_status) == ("stopped", "exited")
+    accrue(app, mark + timedelta(hours=2))
+    assert accrued(app, instance_id)[0] == pytest.approx(
+        hours_at_price(row.novita_stopped_at - mark), abs=Decimal("0.01")
+    )
+    assert abs(row.novita_stopped_at - (mark + timedelta(minutes=40))) < timedelta(seconds=30)
+
+
+def test_time_a_sweep_charged_before_a_stop_was_seen_stays_charged(
+    app, tenant, sim, sim_clock, novita, novita_config
+):
+    _, instance_id = run_chain(app, tenant["id"], REQUEST)
+    mark = instance_row(app, instance_id).cost_accrued_at
+    sim_clock.advance(40 * 60)
+    novita.stop_instance(instance_row(app, instance_id).novita_id)
+    accrue(app, mark + timedelta(hours=1))  # the stop not seen yet: still running as far as we know
+    with app.app_context():
+        reconcile()
+    accrue(app, mark + timedelta(hours=2))
+    # The counter never goes back: the hour stays; nothing after it is charged.
+    assert accrued(app, instance_id)[0] == pytest.approx(Decimal(PRICE_UNITS), abs=Decimal("0.01"))
+
+
+def test_without_novitas_times_a_stop_counts_from_the_look_that_saw_it(app, tenant):
+    instance_id = add_instance(app, tenant)
+    accrue(app, T0 + timedelta(hours=1))
+    set_novita_status(app, instance_id, "stopping")  # billed until the exit is seen
+    accrue(app, T0 + timedelta(hours=2))
+    set_novita_status(app, instance_id, "exited")
+    accrue(app, T0 + timedelta(hours=3))
+    assert accrued(app, instance_id)[0] == Decimal(PRICE_UNITS) * 2
 
 
 def test_instances_novita_no_longer_has_or_never_priced_are_not_charged(app, tenant):

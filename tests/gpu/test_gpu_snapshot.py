@@ -50,3 +50,12 @@ def test_while_another_process_refreshes_a_reader_uses_the_previous_snapshot(
     assert seen is not None and sim.count_calls("GET", "/gpu/instances") == 1
     redis.Redis.from_url(app.config["REDIS_URL"]).delete(snapshot.KEY)
     assert snapshot.read(novita, novita_id, max_age_seconds=0) is None  # nothing to fall back on yet
+
+
+def test_a_snapshot_read_back_keeps_novitas_last_start_and_stop(app, app_context, sim, novita, novita_config):
+    novita_id = created(novita, novita_name(app, uuid.uuid4()))
+    novita.stop_instance(novita_id)
+    _, fresh = snapshot.read(novita, novita_id, max_age_seconds=0)  # listed now
+    _, stored = snapshot.read(novita, novita_id, max_age_seconds=60)  # read back from Redis
+    assert fresh.stopped_at is not None and fresh.started_at is not None
+    assert (stored.started_at, stored.stopped_at) == (fresh.started_at, fresh.stopped_at)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 from support.novita import API_KEY, PHASE_SECONDS
@@ -126,6 +127,14 @@ def test_the_ssh_command_is_read_from_either_key(key: str) -> None:
     data = {"id": "a", "name": "n", "status": "running", "connectComponentSSH": {key: "ssh -p 1 root@h"}}
 
     assert Instance.from_json(data).ssh_command == "ssh -p 1 root@h"
+
+
+def test_the_last_start_and_stop_are_read_where_given_else_started_at_and_stopped_at() -> None:
+    times = {"startedAt": "100", "stoppedAt": "200", "lastStartedAt": "300", "lastStoppedAt": "0"}
+    seen = Instance.from_json({"id": "a", "name": "n", "status": "running", **times})
+
+    assert seen.started_at == datetime.fromtimestamp(300, UTC)  # the last start
+    assert seen.stopped_at == datetime.fromtimestamp(200, UTC)  # "0": no last stop given, so `stoppedAt`
 
 
 # Against the simulator's fault modes -------------------------------------------------------------------
