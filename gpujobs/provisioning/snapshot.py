@@ -112,6 +112,7 @@ def _encode(item: Instance) -> str:
             "createdAt": _epoch(item.created_at),
             "startedAt": _epoch(item.started_at),
             "stoppedAt": _epoch(item.stopped_at),
+            "spotStatus": item.spot_status,  # a monitor reading the snapshot must see a reclaim coming
         },
         separators=(",", ":"),
     )
@@ -136,4 +137,5 @@ def _decode(raw: bytes | str) -> Instance:
         created_at=when(data["createdAt"]),
         started_at=when(data["startedAt"]),
         stopped_at=when(data.get("stoppedAt")),  # absent from snapshots taken before it was kept
+        spot_status=data.get("spotStatus"),
     )

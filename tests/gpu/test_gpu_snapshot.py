@@ -59,3 +59,13 @@ def test_a_snapshot_read_back_keeps_novitas_last_start_and_stop(app, app_context
     _, stored = snapshot.read(novita, novita_id, max_age_seconds=60)  # read back from Redis
     assert fresh.stopped_at is not None and fresh.started_at is not None
     assert (stored.started_at, stored.stopped_at) == (fresh.started_at, fresh.stopped_at)
+
+
+def test_a_snapshot_read_back_keeps_the_spot_status(app, app_context, sim, novita, novita_config):
+    """A monitor that reads another process's snapshot must see a reclaim coming, as a fresh read does."""
+    novita_id = created(novita, novita_name(app, uuid.uuid4()))
+    sim.reclaim(novita_id)
+    _, fresh = snapshot.read(novita, novita_id, max_age_seconds=0)
+    _, stored = snapshot.read(novita, novita_id, max_age_seconds=60)
+    assert fresh.spot_status is not None
+    assert stored.spot_status == fresh.spot_status
