@@ -17,6 +17,7 @@ from sqlalchemy import text
 from support.tenants import make_tenant
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from gpujobs.definitions.video import dies_with_this_process
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.encryption import new_key
 
@@ -161,6 +162,9 @@ class WorkerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # A pytest killed outright (a CI timeout) leaves no worker behind to reconnect for ever to
+            # whatever next listens on its Redis port and take another run's messages.
+            preexec_fn=dies_with_this_process(),
         )
         self._wait_ready()
 

@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, get_args
@@ -285,11 +286,17 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def dies_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that ties a child to this process's life (None off Linux, which has no prctl)."""
+    if sys.platform != "linux":
+        return None
+    _prctl()  # resolved here, never in the child
+    return functools.partial(_die_with_parent, os.getpid())
+
+
 def _start_ffmpeg(command: list[str], stderr: IO[bytes]) -> subprocess.Popen[str]:
     """Start FFmpeg in a process group of its own (the unit we kill), tied to this process's life."""
-    preexec = functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
-    if preexec:
-        _prctl()  # resolved here, never in the child
+    preexec = dies_with_this_process()
     return subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
