@@ -49,42 +49,7 @@ def run_load(
     ok: Callable[[requests.Response], bool] = lambda r: r.ok,
 ) -> LoadResult:
     """Issue ``total`` calls from ``concurrency`` threads as fast as answers come back."""
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    remaining = iter(range(total))
-
-    def worker() -> None:
-        nonlocal errors
-        session = requests.Session()
-        while True:
-            with lock:
-                if next(remaining, None) is None:
-                    return
-            started = time.perf_counter()
-            try:
-                good = ok(call(session))
-            except requests.RequestException:
-                good = False
-            elapsed = (time.perf_counter() - started) * 1000
-            with lock:
-                latencies.append(elapsed)
-                errors += 0 if good else 1
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
-    return LoadResult(
-        total,
-        errors,
-        seconds,
-        statistics.median(latencies) if latencies else 0.0,
-        percentile(latencies, 0.99),
-    )
+    return _run(call, total, concurrency, ok, rate=None)
 
 
 def run_paced(
@@ -100,6 +65,17 @@ def run_paced(
     Latency runs from the time a call was due, not from when a thread got to send it, so a server that
     falls behind shows its queueing in p99 instead of slowing the load down (coordinated omission).
     """
+    return _run(call, total, concurrency, ok, rate=rate)
+
+
+def _run(
+    call: Callable[[requests.Session], requests.Response],
+    total: int,
+    concurrency: int,
+    ok: Callable[[requests.Response], bool],
+    rate: float | None,
+) -> LoadResult:
+    """``total`` calls from ``concurrency`` threads, each call sent when due (``rate``) or at once (None)."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -114,13 +90,16 @@ def run_paced(
                 index = next(remaining, None)
             if index is None:
                 return
-            due = started + index / rate
-            time.sleep(max(0.0, due - time.perf_counter()))
+            if rate is None:
+                since = time.perf_counter()
+            else:
+                since = started + index / rate
+                time.sleep(max(0.0, since - time.perf_counter()))
             try:
                 good = ok(call(session))
             except requests.RequestException:
                 good = False
-            elapsed = (time.perf_counter() - due) * 1000
+            elapsed = (time.perf_counter() - since) * 1000
             with lock:
                 latencies.append(elapsed)
                 errors += 0 if good else 1
