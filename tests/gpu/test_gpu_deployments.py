@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, text
-from support.gpu import novita_name
+from support.gpu import create_at_novita, novita_name
 from support.tenants import make_tenant
 
 from gpujobs import create_app
@@ -19,7 +19,6 @@ from gpujobs.config import sqlalchemy_url
 from gpujobs.deployment import stored_instance_prefix
 from gpujobs.extensions import db
 from gpujobs.models import Instance
-from gpujobs.novita import CreateInstanceRequest
 from gpujobs.provisioning.reconcile import reconcile
 from gpujobs.states import InstanceStatus
 
@@ -63,22 +62,11 @@ def staging(servers, novita_config) -> Iterator[Flask]:
         db.engine.dispose()
 
 
-def created_at_novita(novita, name: str, cluster_id: str) -> str:
-    request = CreateInstanceRequest(
-        name=name,
-        product_id="4090.16c62g",
-        cluster_id=cluster_id,
-        image_url="ubuntu:22.04",
-        rootfs_size_gb=20,
-    )
-    return novita.create_instance(request)
-
-
 def keep_and_leak(app: Flask, novita, cluster_id: str) -> tuple[str, str]:
     """One instance the deployment's row wants, and one leaked (named as its own, no row): Novita ids."""
     tenant = make_tenant(app, "acme")
     job_id = uuid.uuid4()
-    kept = created_at_novita(novita, novita_name(app, job_id), cluster_id)
+    kept = create_at_novita(novita, novita_name(app, job_id), cluster_id)
     with app.app_context():
         db.session.add(
             Instance(
@@ -90,7 +78,7 @@ def keep_and_leak(app: Flask, novita, cluster_id: str) -> tuple[str, str]:
             )
         )
         db.session.commit()
-    leaked = created_at_novita(novita, novita_name(app, uuid.uuid4()), cluster_id)
+    leaked = create_at_novita(novita, novita_name(app, uuid.uuid4()), cluster_id)
     return kept, leaked
 
 
@@ -112,7 +100,7 @@ def test_two_deployments_on_one_novita_account_each_delete_only_their_own_leaks(
 
     production_kept, production_leak = keep_and_leak(app, novita, "as-sgp-2")
     staging_kept, staging_leak = keep_and_leak(staging, novita, "us-ca-6")
-    legacy = created_at_novita(novita, f"gpujobs-{uuid.uuid4()}", "us-ca-6")  # the old shared default
+    legacy = create_at_novita(novita, f"gpujobs-{uuid.uuid4()}", "us-ca-6")  # the old shared default
 
     assert leaks_deleted(staging) == [staging_leak]
     assert leaks_deleted(app) == [production_leak]

@@ -4,25 +4,17 @@ over HTTP, webhooks verified with the public library; it is never deleted."""
 from __future__ import annotations
 
 import pytest
-from support.gpu import PHASE_SECONDS, wait_for_job
+from support.gpu import PHASE_SECONDS, create_at_novita, wait_for_job
 from support.polling import wait_for
 from support.rows import instance_row
 from support.tenants import make_tenant
 
-from gpujobs.novita import CreateInstanceRequest
 from gpujobs.provisioning.reconcile import reconcile
 
 
 def made_elsewhere(novita, name: str = "someone-elses-box") -> str:
     """An instance created on the account by another tool: not named with gpujobs' prefix."""
-    request = CreateInstanceRequest(
-        name=name,
-        product_id="4090.16c62g",
-        cluster_id="cn-hongkong-1",
-        image_url="ubuntu:22.04",
-        rootfs_size_gb=20,
-    )
-    return novita.create_instance(request)
+    return create_at_novita(novita, name, "cn-hongkong-1")
 
 
 def watch(client, tenant, novita_id: str, **changes):

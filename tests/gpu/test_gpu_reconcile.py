@@ -6,13 +6,12 @@ import uuid
 
 import pytest
 from sqlalchemy import text, update
-from support.gpu import REQUEST, novita_name, run_chain
+from support.gpu import REQUEST, create_at_novita, novita_name, run_chain
 from support.rows import instance_row
 
 from gpujobs import operations, runner
 from gpujobs.extensions import db
 from gpujobs.models import Instance
-from gpujobs.novita import CreateInstanceRequest
 from gpujobs.provisioning import create
 from gpujobs.provisioning.reconcile import LOCK_NAME, reconcile
 
@@ -21,18 +20,6 @@ from gpujobs.provisioning.reconcile import LOCK_NAME, reconcile
 def sim_options():
     """Instant lifecycles, and deleted instances vanish from Novita's list at once."""
     return {"phase_seconds": 0, "removed_grace_seconds": 0}
-
-
-def novita_instance(novita, name: str, cluster_id: str = "as-sgp-2") -> str:
-    """Create an instance at Novita directly, as a crashed worker or another tool would have."""
-    request = CreateInstanceRequest(
-        name=name,
-        product_id="4090.16c62g",
-        cluster_id=cluster_id,
-        image_url="ubuntu:22.04",
-        rootfs_size_gb=20,
-    )
-    return novita.create_instance(request)
 
 
 def run_reconcile(app) -> dict:
@@ -44,8 +31,8 @@ def run_reconcile(app) -> dict:
 def test_an_instance_no_live_job_owns_is_deleted_after_the_grace_period_and_reported(
     app, sim, novita, novita_config, monkeypatch
 ):
-    leaked = novita_instance(novita, novita_name(app, uuid.uuid4()))
-    theirs = novita_instance(novita, "someone-elses-box")
+    leaked = create_at_novita(novita, novita_name(app, uuid.uuid4()))
+    theirs = create_at_novita(novita, "someone-elses-box")
 
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 3600.0)
     report = run_reconcile(app)
@@ -63,16 +50,16 @@ def test_another_deployments_instances_on_the_same_account_are_never_taken_for_l
 ):
     stored = novita_name(app, "")  # this deployment's own prefix, gpujobs-<8 hex>-
     staging = [  # in another cluster: the simulator holds a few 4090s per cluster
-        novita_instance(novita, f"{stored}staging-{uuid.uuid4()}", "us-ca-6"),  # a prefix starting with ours
-        novita_instance(novita, f"{stored}-{uuid.uuid4()}", "us-ca-6"),  # ours plus "-": not a canonical id
-        novita_instance(novita, f"{stored}{uuid.uuid4().hex}", "us-ca-6"),
-        novita_instance(novita, f"gpujobs-{uuid.uuid4()}", "us-ca-6"),  # the old shared default
+        create_at_novita(novita, f"{stored}staging-{uuid.uuid4()}", "us-ca-6"),  # a prefix starting with ours
+        create_at_novita(novita, f"{stored}-{uuid.uuid4()}", "us-ca-6"),  # ours plus "-": not a canonical id
+        create_at_novita(novita, f"{stored}{uuid.uuid4().hex}", "us-ca-6"),
+        create_at_novita(novita, f"gpujobs-{uuid.uuid4()}", "us-ca-6"),  # the old shared default
     ]
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     assert run_reconcile(app)["leaked"] == []
-    ours = novita_instance(novita, novita_name(app, uuid.uuid4()))
+    ours = create_at_novita(novita, novita_name(app, uuid.uuid4()))
     monkeypatch.setitem(app.config, "GPUJOBS_INSTANCE_PREFIX", "gpujobs-prod-")
-    leaked = novita_instance(novita, f"gpujobs-prod-{uuid.uuid4()}")  # the stored prefix is another one now
+    leaked = create_at_novita(novita, f"gpujobs-prod-{uuid.uuid4()}")  # the stored prefix is another one now
     assert [item["novitaInstanceId"] for item in run_reconcile(app)["leaked"]] == [leaked]
     status = {instance["id"]: instance["status"] for instance in sim.instances()}
     assert status == {**dict.fromkeys([*staging, ours], "running"), leaked: "removed"}
@@ -91,7 +78,7 @@ def test_an_instance_whose_create_job_is_still_live_is_not_a_leak(
 ):
     # queued through /v1/jobs: no worker has run it, so there is no row yet
     job_id = operations.submit(uuid.UUID(tenant["id"]), "gpu.instance.create", 1, REQUEST).id
-    novita_instance(novita, novita_name(app, job_id))  # created just before a crash
+    create_at_novita(novita, novita_name(app, job_id))  # created just before a crash
     monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
     assert run_reconcile(app)["leaked"] == []
     assert sim.count_calls("POST", "/gpu/instance/delete") == 0

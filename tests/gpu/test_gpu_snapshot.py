@@ -6,9 +6,8 @@ import uuid
 
 import pytest
 import redis
-from support.gpu import novita_name
+from support.gpu import create_at_novita, novita_name
 
-from gpujobs.novita import CreateInstanceRequest
 from gpujobs.provisioning import snapshot
 
 
@@ -17,15 +16,8 @@ def sim_options():
     return {"phase_seconds": 0}
 
 
-def created(novita, name: str) -> str:
-    request = CreateInstanceRequest(
-        name=name, product_id="4090.16c62g", cluster_id="us-ca-6", image_url="ubuntu:22.04", rootfs_size_gb=20
-    )
-    return novita.create_instance(request)
-
-
 def test_reads_within_one_interval_share_one_list_call(app, app_context, sim, novita, novita_config):
-    ids = [created(novita, novita_name(app, uuid.uuid4())) for _ in range(3)]
+    ids = [create_at_novita(novita, novita_name(app, uuid.uuid4()), "us-ca-6") for _ in range(3)]
     for _ in range(10):
         for novita_id in ids:
             _, seen = snapshot.read(novita, novita_id, max_age_seconds=60)
@@ -35,7 +27,7 @@ def test_reads_within_one_interval_share_one_list_call(app, app_context, sim, no
 
 
 def test_instances_without_our_prefix_are_not_in_the_snapshot(app_context, sim, novita, novita_config):
-    theirs = created(novita, "someone-elses-box")
+    theirs = create_at_novita(novita, "someone-elses-box", "us-ca-6")
     _, seen = snapshot.read(novita, theirs, max_age_seconds=60)
     assert seen is None
 
@@ -43,7 +35,7 @@ def test_instances_without_our_prefix_are_not_in_the_snapshot(app_context, sim, 
 def test_while_another_process_refreshes_a_reader_uses_the_previous_snapshot(
     app, app_context, sim, novita, novita_config
 ):
-    novita_id = created(novita, novita_name(app, uuid.uuid4()))
+    novita_id = create_at_novita(novita, novita_name(app, uuid.uuid4()), "us-ca-6")
     assert snapshot.read(novita, "absent", max_age_seconds=60)[1] is None  # a first snapshot
     redis.Redis.from_url(app.config["REDIS_URL"]).set(snapshot.LOCK_KEY, "someone else")
     _, seen = snapshot.read(novita, novita_id, max_age_seconds=0)  # stale, but the lock is taken
@@ -53,7 +45,7 @@ def test_while_another_process_refreshes_a_reader_uses_the_previous_snapshot(
 
 
 def test_a_snapshot_read_back_keeps_novitas_last_start_and_stop(app, app_context, sim, novita, novita_config):
-    novita_id = created(novita, novita_name(app, uuid.uuid4()))
+    novita_id = create_at_novita(novita, novita_name(app, uuid.uuid4()), "us-ca-6")
     novita.stop_instance(novita_id)
     _, fresh = snapshot.read(novita, novita_id, max_age_seconds=0)  # listed now
     _, stored = snapshot.read(novita, novita_id, max_age_seconds=60)  # read back from Redis
@@ -63,7 +55,7 @@ def test_a_snapshot_read_back_keeps_novitas_last_start_and_stop(app, app_context
 
 def test_a_snapshot_read_back_keeps_the_spot_status(app, app_context, sim, novita, novita_config):
     """A monitor that reads another process's snapshot must see a reclaim coming, as a fresh read does."""
-    novita_id = created(novita, novita_name(app, uuid.uuid4()))
+    novita_id = create_at_novita(novita, novita_name(app, uuid.uuid4()), "us-ca-6")
     sim.reclaim(novita_id)
     _, fresh = snapshot.read(novita, novita_id, max_age_seconds=0)
     _, stored = snapshot.read(novita, novita_id, max_age_seconds=60)

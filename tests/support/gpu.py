@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask
 
 from gpujobs.models import Job
+from gpujobs.novita import CreateInstanceRequest, NovitaClient
 from support.polling import wait_for
 from support.rows import job_row
 
@@ -97,3 +98,15 @@ def run_chain(
         runner.run_job(job.id)
     run_looks(app, max_looks=max_looks)
     return ids
+
+
+def create_at_novita(novita: NovitaClient, name: str, cluster_id: str = "as-sgp-2") -> str:
+    """Create an instance at Novita directly, as a crashed worker or another tool would have; its id."""
+    request = CreateInstanceRequest(
+        name=name,
+        product_id="4090.16c62g",
+        cluster_id=cluster_id,
+        image_url="ubuntu:22.04",
+        rootfs_size_gb=20,
+    )
+    return novita.create_instance(request)
