@@ -101,6 +101,8 @@ class Cluster:
             GPUJOBS_RATE_LIMIT_PER_MINUTE="1000000",
             # The priority benchmark's tenant sends `critical` jobs, above a tenant's default limit.
             GPUJOBS_TENANT_MAX_PRIORITY="critical",
+            # The pipeline benchmark's tenant holds hundreds of instances, above the default GPU quota (10).
+            GPUJOBS_TENANT_MAX_INSTANCES="",
             PYTHONPATH=str(ROOT),
             **{
                 "GPUJOBS_SECRET_KEY": secret,
