@@ -239,6 +239,12 @@ def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:
         raise PermanentError(f"no instance {params['instanceId']}")
     if action == DELETE and instance.external:
         raise PermanentError(_not_ours(instance))
+    if action == START and instance.status == InstanceStatus.STOPPED and not instance.external:
+        try:  # a start from `POST /v1/jobs`: `request` did not check the quotas; held until the commit below
+            quotas.reserve_start(instance.tenant_id, instance)
+        except LimitReached as exc:
+            db.session.rollback()
+            raise PermanentError(f"cannot start instance {instance.id}: {exc}") from None
     in_flight = GOALS[action].in_flight
     taken = records.transition(
         instance.id, ALLOWED_FROM[action], status=in_flight, job_id=job_id

@@ -189,3 +189,22 @@ def test_a_redriven_create_is_held_to_the_quota_and_its_row_counts_again(app, cl
     assert client.post(f"/v1/dlq/{letter_id}/retry", headers=tenant["headers"]).status_code == 202
     shown = client.get(f"/v1/instances/{first['instanceId']}", headers=tenant["headers"]).json
     assert shown["status"] == "creating" and limits_of(client, tenant)["instances"]["used"] == 1
+
+
+def test_a_start_through_post_v1_jobs_is_held_to_the_quota_when_it_runs(app, client, tenant):
+    """`POST /v1/jobs` names any instance, so the start handler checks the quotas itself, under the same
+    lock, in the transaction that marks the row starting: over quota, the job fails and the row stays."""
+    set_limits(app, tenant, max_instances=1)
+    first = client.post("/v1/instances", json=CAPPED, headers=tenant["headers"]).json
+    set_status(app, first["instanceId"], InstanceStatus.STOPPED)
+    assert (
+        client.post("/v1/instances", json=CAPPED, headers=tenant["headers"]).status_code == 202
+    )  # the place
+    body = {"definitionKey": "gpu.instance.start", "params": {"instanceId": first["instanceId"]}}
+    accepted = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+    assert accepted.status_code == 202
+    with app.app_context():
+        runner.run_job(uuid.UUID(accepted.json["id"]))
+        job = db.session.get_one(Job, uuid.UUID(accepted.json["id"]))
+        assert job.status == "failed" and "instances" in job.error
+        assert db.session.get_one(Instance, uuid.UUID(first["instanceId"])).status == "stopped"
