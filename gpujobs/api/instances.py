@@ -45,7 +45,15 @@ WebhookUrl = Annotated[str | None, Field(max_length=2000, pattern=r"^https?://")
 JOB_FIELDS = {"webhookUrl", "webhookHeaders", "priority", "idempotencyKey"}
 
 
-class CreateInstance(CreateInstanceParams):
+class JobOptionFields(BaseModel):
+    """How to run the job a body queues: the receiver of its webhooks and its priority."""
+
+    webhookUrl: WebhookUrl = None
+    webhookHeaders: webhooks.WebhookHeaders | None = None
+    priority: Priority = Field(default=None, description=PRIORITY_DOC)
+
+
+class CreateInstance(CreateInstanceParams, JobOptionFields):
     """Body of ``POST /v1/instances``: the params of `gpu.instance.create@1`, plus how to run its job."""
 
     model_config = ConfigDict(
@@ -64,13 +72,10 @@ class CreateInstance(CreateInstanceParams):
         }
     )
 
-    webhookUrl: WebhookUrl = None
-    webhookHeaders: webhooks.WebhookHeaders | None = None
-    priority: Priority = Field(default=None, description=PRIORITY_DOC)
     idempotencyKey: str | None = Field(default=None, pattern=KEY_PATTERN, description="as the header")
 
 
-class MonitorInstance(MonitorInstanceParams):
+class MonitorInstance(MonitorInstanceParams, JobOptionFields):
     """Body of ``POST /v1/instances/monitor``: `gpu.instance.monitor@1`'s params, and how to run its job."""
 
     model_config = ConfigDict(
@@ -86,12 +91,8 @@ class MonitorInstance(MonitorInstanceParams):
         },
     )
 
-    webhookUrl: WebhookUrl = None
-    webhookHeaders: webhooks.WebhookHeaders | None = None
-    priority: Priority = Field(default=None, description=PRIORITY_DOC)
 
-
-class InstanceAction(BaseModel):
+class InstanceAction(JobOptionFields):
     """Optional body of stop, start and delete; without `webhookUrl`, the instance's last one (and its
     headers) is used."""
 
@@ -99,10 +100,6 @@ class InstanceAction(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"webhookUrl": "https://example.com/hooks", "priority": "high"}]},
     )
-
-    webhookUrl: WebhookUrl = None
-    webhookHeaders: webhooks.WebhookHeaders | None = None
-    priority: Priority = Field(default=None, description=PRIORITY_DOC)
 
 
 class ExtendInstance(BaseModel):
