@@ -141,6 +141,12 @@ def _sweep(task: str, every: timedelta) -> dict:
     return {"task": task, "schedule": every, "options": {"expires": every.total_seconds()}}
 
 
+# Beat keeps its schedule in memory, not in celery's default shelve file: every sweep is safe to run at
+# start, so last-run times are not worth a file, and that file broke two ways. It must be writable in the
+# working directory (not so in a read-only container), and a SIGTERM that lands while beat opens it runs
+# the shutdown handler inside the open: beat crashed with a raw traceback in a JSON log.
+beat_scheduler = "celery.beat:Scheduler"
+
 # The sweeps (gpujobs.sweeps and friends). Exactly one beat is expected; each is safe to run twice at once.
 beat_schedule = {
     "dispatch-due-jobs": _sweep(SWEEP_DISPATCH_TASK, _sweep_every),

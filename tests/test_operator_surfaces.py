@@ -30,8 +30,8 @@ def test_compose_and_the_procfile_start_flower_only_with_basic_auth_and_compose_
     assert line.startswith('flower: : "${FLOWER_BASIC_AUTH:?') and "basic-auth" not in line
 
 
-def test_make_run_binds_flower_and_the_api_to_loopback(tmp_path):
-    commands = process_commands(tmp_path, 5000, 5555)
+def test_make_run_binds_flower_and_the_api_to_loopback():
+    commands = process_commands(5000, 5555)
     assert "--address=127.0.0.1" in commands["flower"]
     assert "127.0.0.1:5000" in commands["web"]
 
@@ -45,7 +45,7 @@ def _free_port() -> int:
 @pytest.mark.slow  # a real Flower process
 def test_flower_with_flower_basic_auth_refuses_a_request_without_the_password(app, process_env, tmp_path):
     port = _free_port()
-    command = process_commands(tmp_path, 0, port)["flower"]
+    command = process_commands(0, port)["flower"]
     env = dict(process_env, FLOWER_BASIC_AUTH="ops:s3cret-pass")
     flower = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -47,7 +47,6 @@ def start_beat(
 
     def start(**overrides: str) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "beat", "--loglevel", "INFO"]
-        command += ["-s", str(tmp_path / "celerybeat-schedule")]
         # The child keeps its own copy of the descriptor; ours is closed at once.
         with open(tmp_path / "beat.log", "wb") as log:
             started.append(

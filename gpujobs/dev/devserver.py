@@ -79,7 +79,7 @@ def run() -> None:
         api_key, instance_prefix = _prepare_database()
         port = int(env.get("PORT", "5000"))
         flower_port = int(env.get("FLOWER_PORT", "5555"))
-        supervisor = Supervisor(process_commands(data_dir, port, flower_port), env, data_dir / "logs")
+        supervisor = Supervisor(process_commands(port, flower_port), env, data_dir / "logs")
         stack.callback(supervisor.stop)
         supervisor.start()
         try:
@@ -118,7 +118,7 @@ def _prepare_database() -> tuple[str, str]:
         return api_key, deployment.instance_prefix()
 
 
-def process_commands(data_dir: Path, port: int, flower_port: int) -> dict[str, list[str]]:
+def process_commands(port: int, flower_port: int) -> dict[str, list[str]]:
     """The child processes' command lines; the API and Flower listen on loopback only.
 
     Flower shows every tenant's tasks with their arguments, so it is never reachable from another
@@ -129,7 +129,7 @@ def process_commands(data_dir: Path, port: int, flower_port: int) -> dict[str, l
         "web": web_command(port),
         "worker": worker_command("jobs"),
         "webhooks": worker_command("webhooks", hostname="webhooks@%h"),
-        "beat": [*celery, "beat", "-s", str(data_dir / "celerybeat-schedule")],
+        "beat": [*celery, "beat"],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
     }
 

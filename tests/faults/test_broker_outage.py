@@ -125,8 +125,7 @@ def broker_env(process_env: dict[str, str], own_redis: EmbeddedRedis) -> dict[st
 
 @pytest.fixture
 def beat(broker_env: dict[str, str], tmp_path: Path) -> Iterator[CeleryProcess]:
-    schedule = str(tmp_path / "celerybeat-schedule")
-    process = CeleryProcess(broker_env, tmp_path / "beat.log", "beat", "--loglevel", "INFO", "-s", schedule)
+    process = CeleryProcess(broker_env, tmp_path / "beat.log", "beat", "--loglevel", "INFO")
     yield process
     process.stop()
 
