@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 from bench import anchors
 from bench.cluster import Cluster, cpu_seconds
 from bench.load import run_load
+from bench.options import job_bench_parser, run_once
 from bench.sqllog import count_statements, log_statements
 
 TARGET_CPU_RATIO = 2.0  # echo job CPU over a procrastinate one-step job's (issue 24)
@@ -117,15 +116,9 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 def main() -> None:
     """Parse options, run once, print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=500)
+    parser = job_bench_parser(__doc__, jobs=500, waits_for="every job")
     parser.add_argument("--concurrency", type=int, default=4, help="pool processes of the one worker")
-    parser.add_argument("--threads", type=int, default=8, help="client threads submitting")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every job")
-    parser.add_argument("--count-sql", action="store_true", help="log and count every SQL statement")
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the deployment cleanly when killed
-    report(args, run(args))
+    run_once(parser.parse_args(), run, report)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +33,7 @@ import requests
 from bench import anchors
 from bench.cluster import Cluster, cpu_seconds
 from bench.load import LoadResult, percentile, run_load
+from bench.options import job_bench_parser, run_once
 from bench.receiver import LoopbackReceiver
 from bench.sqllog import count_statements, log_statements
 from gpujobs.novita.simulator import NovitaSimulator, SimulatorConfig
@@ -267,17 +266,11 @@ def _pairs(values: dict[str, Any]) -> str:
 
 def main() -> None:
     """Parse options, run once, print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200)
+    parser = job_bench_parser(__doc__, jobs=200, waits_for="every webhook")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (Celery main processes)")
     parser.add_argument("--concurrency", type=int, default=4, help="pool processes per worker")
     parser.add_argument("--interval", type=float, default=0.2, help="GPUJOBS_MONITOR_INTERVAL_SECONDS")
-    parser.add_argument("--threads", type=int, default=8, help="client threads submitting")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every webhook")
-    parser.add_argument("--count-sql", action="store_true", help="log and count every SQL statement")
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the deployment cleanly when killed
-    report(args, run(args))
+    run_once(parser.parse_args(), run, report)
 
 
 if __name__ == "__main__":
