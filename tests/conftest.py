@@ -14,10 +14,10 @@ import pytest
 import redis
 from flask import Flask
 from sqlalchemy import text
+from support.processes import CeleryProcess
 from support.tenants import make_tenant
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from gpujobs.definitions.video import dies_with_this_process
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.encryption import new_key
 
@@ -148,24 +148,13 @@ def tenant(app: Flask) -> dict[str, str]:
     return make_tenant(app, "acme")
 
 
-class WorkerProcess:
-    """A real ``celery worker`` subprocess of the service under test."""
+class WorkerProcess(CeleryProcess):
+    """A real ``celery worker`` subprocess of the service under test, ready to take tasks."""
 
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int, name: str, role: str) -> None:
         from gpujobs.dev.devserver import worker_command
 
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            worker_command(role, concurrency, hostname=f"{name}@%h"),
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # A pytest killed outright (a CI timeout) leaves no worker behind to reconnect for ever to
-            # whatever next listens on its Redis port and take another run's messages.
-            preexec_fn=dies_with_this_process(),
-        )
+        super().__init__(worker_command(role, concurrency, hostname=f"{name}@%h"), env, log_path)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -178,25 +167,10 @@ class WorkerProcess:
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready in time:\n{self.log()}")
 
-    def log(self) -> str:
-        """Everything the worker printed so far."""
-        return self.log_path.read_text(errors="replace")
-
     def child_pids(self) -> list[int]:
         """Process ids of the pool's child processes (where tasks run)."""
         out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
         return [int(pid) for pid in out.stdout.split()]
-
-    def stop(self) -> None:
-        """Warm shutdown, then kill if it lingers."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
-        self._log.close()
 
 
 @pytest.fixture

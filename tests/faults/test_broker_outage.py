@@ -6,11 +6,8 @@ alone), a real ``celery worker`` and ``celery beat`` on it, the suite's PostgreS
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -22,6 +19,7 @@ import redis
 import requests
 from flask import Flask
 from support.polling import wait_for
+from support.processes import CeleryProcess
 
 from gpujobs import operations
 from gpujobs.dev.embedded import EmbeddedRedis, free_port
@@ -90,32 +88,9 @@ def sweeping(flask_app: Flask, predicate: Callable[[], bool]) -> Callable[[], bo
     return check
 
 
-class CeleryProcess:
-    """A real ``celery -A gpujobs.worker <role>`` subprocess (beat, Flower) with its log in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "gpujobs.worker", *args],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
+def celery(env: dict[str, str], log_path: Path, *args: str) -> CeleryProcess:
+    """``celery -A gpujobs.worker <args>`` (beat, Flower) with its log in ``log_path``."""
+    return CeleryProcess([sys.executable, "-m", "celery", "-A", "gpujobs.worker", *args], env, log_path)
 
 
 @pytest.fixture
@@ -125,7 +100,7 @@ def broker_env(process_env: dict[str, str], own_redis: EmbeddedRedis) -> dict[st
 
 @pytest.fixture
 def beat(broker_env: dict[str, str], tmp_path: Path) -> Iterator[CeleryProcess]:
-    process = CeleryProcess(broker_env, tmp_path / "beat.log", "beat", "--loglevel", "INFO")
+    process = celery(broker_env, tmp_path / "beat.log", "beat", "--loglevel", "INFO")
     yield process
     process.stop()
 
@@ -133,9 +108,7 @@ def beat(broker_env: dict[str, str], tmp_path: Path) -> Iterator[CeleryProcess]:
 @pytest.fixture
 def flower(broker_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[CeleryProcess, str]]:
     port = free_port()
-    process = CeleryProcess(
-        broker_env, tmp_path / "flower.log", "flower", f"--port={port}", "--address=127.0.0.1"
-    )
+    process = celery(broker_env, tmp_path / "flower.log", "flower", f"--port={port}", "--address=127.0.0.1")
     url = f"http://127.0.0.1:{port}/healthcheck"
     wait_for(lambda: answers(url), timeout=JOB_TIMEOUT_SECONDS)
     yield process, url
