@@ -18,9 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Mapping
 from contextlib import ExitStack
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +241,18 @@ class Cluster:
             self.postgres.stop()
 
 
+def one_row(cursor: psycopg2.extensions.cursor) -> tuple[Any, ...]:
+    """The row of a statement that always has one (a count, a job by the id the API gave).
+
+    psycopg2's fetchone() answers None when there is none: said here, with the statement, not as a
+    TypeError on the caller's subscript.
+    """
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from {cursor.query!r}")
+    return row
+
+
 def _terminate(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -251,9 +263,25 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def cpu_seconds(groups: dict[str, list[int]]) -> Counter[str]:
+class CpuSeconds(dict[str, float]):
+    """CPU seconds by group, with Counter's difference and ordering.
+
+    Not a Counter: typeshed types a Counter's counts as int (python/typeshed#3438), and these are floats.
+    """
+
+    def __sub__(self, earlier: Mapping[str, float]) -> CpuSeconds:
+        """What each group used since ``earlier``; groups that used none are left out, as Counter does."""
+        spent = ((name, seconds - earlier.get(name, 0.0)) for name, seconds in self.items())
+        return CpuSeconds((name, seconds) for name, seconds in spent if seconds > 0)
+
+    def most_common(self) -> list[tuple[str, float]]:
+        """The groups, the busiest first (ties in insertion order), as Counter.most_common()."""
+        return sorted(self.items(), key=itemgetter(1), reverse=True)
+
+
+def cpu_seconds(groups: dict[str, list[int]]) -> CpuSeconds:
     """CPU seconds (user + system) used so far by each named group of process trees, reaped children too."""
-    used: Counter[str] = Counter()
+    used = CpuSeconds()
     for name, roots in groups.items():
         for root in roots:
             try:
@@ -264,5 +292,6 @@ def cpu_seconds(groups: dict[str, list[int]]) -> Counter[str]:
             for process in tree:
                 with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                     times = process.cpu_times()
-                    used[name] += times.user + times.system + times.children_user + times.children_system
+                    spent = times.user + times.system + times.children_user + times.children_system
+                    used[name] = used.get(name, 0.0) + spent
     return used
