@@ -15,6 +15,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -22,7 +23,7 @@ from bench.cluster import Cluster, cpu_seconds
 from bench.load import run_load, run_paced
 
 TARGET_RATIO, TARGET_P99_MS = 0.3, 50.0
-BODY = {"definitionKey": "echo", "params": {"message": "bench"}}
+BODY: dict[str, Any] = {"definitionKey": "echo", "params": {"message": "bench"}}
 
 
 def main() -> None:

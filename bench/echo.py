@@ -28,7 +28,7 @@ from bench.options import job_bench_parser, run_once
 from bench.sqllog import count_statements, log_statements
 
 TARGET_CPU_RATIO = 2.0  # echo job CPU over a procrastinate one-step job's (issue 24)
-BODY = {"definitionKey": "echo", "params": {"message": "bench"}}
+BODY: dict[str, Any] = {"definitionKey": "echo", "params": {"message": "bench"}}
 DONE_SQL = "SELECT count(*) FROM jobs WHERE status = 'succeeded'"
 LATENCY_SQL = "SELECT extract(epoch FROM finished_at - queued_at) * 1000 FROM jobs WHERE status = 'succeeded'"
 

@@ -19,18 +19,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import psycopg2
 import redis
 import requests
 
-from bench.cluster import Cluster
+from bench.cluster import Cluster, one_row
 from gpujobs.broker import job_id_of_message
 from gpujobs.dev.faults import SentinelDeployment, lose_message
 from gpujobs.dev.polling import wait_for
@@ -101,7 +101,7 @@ class Submitter:
             list(pool.map(lambda _: self._one(work_ms or self.work_ms), range(count)))
 
     def _one(self, work_ms: int) -> None:
-        body = {"definitionKey": "bench.work", "params": {"milliseconds": work_ms}}
+        body: dict[str, Any] = {"definitionKey": "bench.work", "params": {"milliseconds": work_ms}}
         try:
             response = requests.post(
                 f"{self.cluster.url}/v1/jobs", json=body, headers=self.cluster.headers, timeout=30
@@ -123,7 +123,7 @@ def run(
 ) -> Report:
     """Run the scenario on a fresh cluster and return the accounting."""
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="gpujobs-faults-"))
-    with Cluster(data_dir, workers=2, concurrency=2, **_settings()) as cluster:
+    with _cluster(data_dir) as cluster:
         submitter = Submitter(cluster, work_ms)
         recovery: dict[str, float] = {}
         quarter = max(1, jobs // 4)
@@ -154,7 +154,7 @@ def run_failover(jobs: int = 100, work_ms: int = 300, data_dir: Path | None = No
     deployment.base.mkdir(parents=True)
     try:
         deployment.start()
-        with Cluster(data_dir, workers=2, concurrency=2, redis_env=deployment.env, **_settings()) as cluster:
+        with _cluster(data_dir, deployment.env) as cluster:
             submitter = Submitter(cluster, work_ms)
             before = cluster.pids()
             half = max(1, jobs // 2)
@@ -187,12 +187,17 @@ def _replaced(before: list[int | None], cluster: Cluster) -> int:
     return sum(1 for old, new in zip(before, cluster.pids(), strict=True) if old != new)
 
 
-def _settings() -> dict[str, str]:
-    return {
-        "GPUJOBS_LEASE_SECONDS": str(LEASE_SECONDS),
-        "GPUJOBS_SWEEP_INTERVAL_SECONDS": str(SWEEP_SECONDS),
-        "GPUJOBS_REPUBLISH_AFTER_SECONDS": str(REPUBLISH_AFTER_SECONDS),
-    }
+def _cluster(data_dir: Path, redis_env: Mapping[str, str] | None = None) -> Cluster:
+    """The deployment every scenario faults: two workers; leases and sweeps short enough to heal in a run."""
+    return Cluster(
+        data_dir,
+        workers=2,
+        concurrency=2,
+        redis_env=redis_env,
+        GPUJOBS_LEASE_SECONDS=str(LEASE_SECONDS),
+        GPUJOBS_SWEEP_INTERVAL_SECONDS=str(SWEEP_SECONDS),
+        GPUJOBS_REPUBLISH_AFTER_SECONDS=str(REPUBLISH_AFTER_SECONDS),
+    )
 
 
 def _with_fault(submitter: Submitter, count: int, fault: Callable[[], object], delay_seconds: float) -> None:
@@ -252,7 +257,7 @@ def _settle(cluster: Cluster, ids: list[str], since: float) -> float:
         sql = "SELECT count(*) FROM jobs WHERE id::text = ANY(%s) AND status = ANY(%s)"
         with psycopg2.connect(cluster.env["DATABASE_URL"]) as conn, conn.cursor() as cursor:
             cursor.execute(sql, (ids, list(TERMINAL)))
-            [terminal] = cursor.fetchone()
+            [terminal] = one_row(cursor)
         if terminal == len(ids):
             break
         time.sleep(0.2)

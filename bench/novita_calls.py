@@ -83,17 +83,18 @@ def measure(size: int, args: argparse.Namespace) -> dict[str, Any]:
     """One size in a fresh deployment: submit, wait until every instance runs, count Novita's calls."""
     simulator = NovitaSimulator(SimulatorConfig(api_key=SIM_KEY, phase_seconds=phases(args.startup)))
     tagged = classify_lists(simulator)
-    settings = {
-        "GPUJOBS_MONITOR_INTERVAL_SECONDS": str(args.interval),
-        "GPUJOBS_LEASE_SECONDS": str(LEASE_SECONDS),
-        "GPUJOBS_LOG_LEVEL": "WARNING",
-    }
     data_dir = Path(tempfile.mkdtemp(prefix=f"gpujobs-bench-calls-{size}-"))
     with Cluster(
-        data_dir, workers=args.workers, concurrency=args.concurrency, simulator=simulator, **settings
+        data_dir,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        simulator=simulator,
+        GPUJOBS_MONITOR_INTERVAL_SECONDS=str(args.interval),
+        GPUJOBS_LEASE_SECONDS=str(LEASE_SECONDS),
+        GPUJOBS_LOG_LEVEL="WARNING",
     ) as cluster:
         simulator.set_capacity(PRODUCT_ID, CLUSTER_ID, size)
-        body = {**REQUEST, "timeoutSeconds": 3600}
+        body: dict[str, Any] = {**REQUEST, "timeoutSeconds": 3600}
         started = time.time()
         load = run_load(
             lambda s: s.post(f"{cluster.url}/v1/instances", json=body, headers=cluster.headers, timeout=60),

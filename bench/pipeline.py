@@ -151,13 +151,13 @@ def run_gpujobs(args: argparse.Namespace, cluster: Cluster, simulator: NovitaSim
         log_statements(cluster.env["DATABASE_URL"], True)
     log_offset = pg_log.stat().st_size if pg_log.exists() else 0
     hooks, groups = Hooks(args.jobs), cluster.processes()
-    xacts, commands = transactions(cluster), redis_commands(redis_url)
+    ended, commands = transactions(cluster), redis_commands(redis_url)
     cpu, bench_cpu = cpu_seconds(groups), own_cpu()[0]
     submitted, load = submit(cluster, hooks.url, args.jobs, args.threads)
     finished = hooks.done.wait(args.timeout)
     cpu = cpu_seconds(groups) - cpu
     cpu["bench"] = own_cpu()[0] - bench_cpu
-    (commits, xacts), (commits_before, xacts_before) = transactions(cluster), xacts
+    (commits, xacts), (commits_before, xacts_before) = transactions(cluster), ended
     commits, xacts = commits - commits_before, xacts - xacts_before
     commands = redis_commands(redis_url) - commands
     hooks.close()
@@ -202,12 +202,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """One run: the gpujobs pipeline, then raw Celery on the same Redis; returns every figure."""
     simulator = NovitaSimulator(SimulatorConfig(api_key=SIM_KEY, phase_seconds=0))
     data_dir = Path(tempfile.mkdtemp(prefix="gpujobs-bench-pipeline-"))
-    settings = {
-        "GPUJOBS_MONITOR_INTERVAL_SECONDS": str(args.interval),
-        "GPUJOBS_LOG_LEVEL": "WARNING",
-    }
     with Cluster(
-        data_dir, workers=args.workers, concurrency=args.concurrency, simulator=simulator, **settings
+        data_dir,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        simulator=simulator,
+        GPUJOBS_MONITOR_INTERVAL_SECONDS=str(args.interval),
+        GPUJOBS_LOG_LEVEL="WARNING",
     ) as cluster:
         simulator.set_capacity(PRODUCT_ID, CLUSTER_ID, args.jobs)
         result = run_gpujobs(args, cluster, simulator)

@@ -10,11 +10,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import requests
 
-from bench.cluster import Cluster
+from bench.cluster import Cluster, one_row
 from bench.load import run_load
 
 POLL_SECONDS = 0.05
@@ -28,7 +29,11 @@ def main() -> None:
     parser.add_argument("--work-ms", type=int, default=50)
     args = parser.parse_args()
     with Cluster(Path(tempfile.mkdtemp(prefix="gpujobs-bench-prio-")), workers=1, concurrency=2) as cluster:
-        low = {"definitionKey": "bench.work", "params": {"milliseconds": args.work_ms}, "priority": "low"}
+        low: dict[str, Any] = {
+            "definitionKey": "bench.work",
+            "params": {"milliseconds": args.work_ms},
+            "priority": "low",
+        }
         run_load(
             lambda s: s.post(f"{cluster.url}/v1/jobs", json=low, headers=cluster.headers, timeout=30),
             concurrency=8,
@@ -43,7 +48,11 @@ def main() -> None:
 
 
 def _critical_wait(cluster: Cluster, work_ms: int) -> float:
-    body = {"definitionKey": "bench.work", "params": {"milliseconds": work_ms}, "priority": "critical"}
+    body: dict[str, Any] = {
+        "definitionKey": "bench.work",
+        "params": {"milliseconds": work_ms},
+        "priority": "critical",
+    }
     job_id = requests.post(f"{cluster.url}/v1/jobs", json=body, headers=cluster.headers, timeout=30).json()[
         "id"
     ]
@@ -52,7 +61,7 @@ def _critical_wait(cluster: Cluster, work_ms: int) -> float:
             cursor.execute(
                 "SELECT extract(epoch FROM started_at - queued_at) FROM jobs WHERE id = %s", (job_id,)
             )
-            wait = cursor.fetchone()[0]
+            wait = one_row(cursor)[0]
             conn.commit()
             if wait is not None:
                 return float(wait)
@@ -62,7 +71,7 @@ def _critical_wait(cluster: Cluster, work_ms: int) -> float:
 def _count_queued_low(cluster: Cluster) -> int:
     with psycopg2.connect(cluster.env["DATABASE_URL"]) as conn, conn.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM jobs WHERE status = 'queued' AND priority = 0")
-        return int(cursor.fetchone()[0])
+        return int(one_row(cursor)[0])
 
 
 if __name__ == "__main__":

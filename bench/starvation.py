@@ -20,11 +20,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import requests
 
-from bench.cluster import Cluster
+from bench.cluster import Cluster, one_row
 from bench.load import run_load
 from bench.receiver import LoopbackReceiver
 
@@ -45,19 +46,21 @@ def main() -> None:
     args = parser.parse_args()
     release = threading.Event()
     holding = LoopbackReceiver(lambda headers, body: (release.wait(TIMEOUT_SECONDS + 1), 204)[1])
-    settings = {
-        "GPUJOBS_WEBHOOK_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
-        "GPUJOBS_TENANT_MAX_SCHEDULES": str(args.schedules),
-    }
-    if args.tenant_max_running:
-        settings["GPUJOBS_TENANT_MAX_RUNNING_JOBS"] = str(args.tenant_max_running)
     data_dir = Path(tempfile.mkdtemp(prefix="gpujobs-bench-starve-"))
     try:
-        with Cluster(data_dir, workers=1, concurrency=2, **settings) as cluster:
+        with Cluster(
+            data_dir,
+            workers=1,
+            concurrency=2,
+            GPUJOBS_WEBHOOK_TIMEOUT_SECONDS=str(TIMEOUT_SECONDS),
+            GPUJOBS_TENANT_MAX_SCHEDULES=str(args.schedules),
+            GPUJOBS_TENANT_MAX_RUNNING_JOBS=str(args.tenant_max_running or ""),  # empty: no limit
+        ) as cluster:
             other = {"Authorization": f"Bearer {_new_key(cluster, 'tenant-b')}"}
             idle = [_latency(cluster, other) for _ in range(args.samples)]
             _flood(cluster, holding.url, args.flood, args.schedules)
-            backlog, waiting = [], []  # while A's jobs are queued: the job queues, not webhooks
+            backlog: list[float] = []  # while A's jobs are queued: the job queues, not webhooks
+            waiting: list[int] = []
             while (left := _unfinished(cluster)) > 0 and len(backlog) < args.samples:
                 waiting.append(left)
                 backlog.append(_latency(cluster, other))
@@ -90,7 +93,7 @@ def _new_key(cluster: Cluster, tenant: str) -> str:
 
 
 def _flood(cluster: Cluster, url: str, jobs: int, schedules: int) -> None:
-    body = {"definitionKey": "echo", "params": {"message": "flood"}, "webhookUrl": url}
+    body: dict[str, Any] = {"definitionKey": "echo", "params": {"message": "flood"}, "webhookUrl": url}
     run_load(
         lambda s: s.post(f"{cluster.url}/v1/jobs", json=body, headers=cluster.headers, timeout=30),
         concurrency=8,
@@ -105,7 +108,7 @@ def _flood(cluster: Cluster, url: str, jobs: int, schedules: int) -> None:
 def _unfinished(cluster: Cluster) -> int:
     with psycopg2.connect(cluster.env["DATABASE_URL"]) as conn, conn.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM jobs WHERE status NOT IN ('succeeded', 'failed', 'cancelled')")
-        return int(cursor.fetchone()[0])
+        return int(one_row(cursor)[0])
 
 
 def _wait_for_jobs_done(cluster: Cluster) -> None:
@@ -115,12 +118,12 @@ def _wait_for_jobs_done(cluster: Cluster) -> None:
 
 def _latency(cluster: Cluster, headers: dict[str, str]) -> float:
     started = time.monotonic()
-    body = {"definitionKey": "echo", "params": {"message": "tenant b"}}
+    body: dict[str, Any] = {"definitionKey": "echo", "params": {"message": "tenant b"}}
     job_id = requests.post(f"{cluster.url}/v1/jobs", json=body, headers=headers, timeout=30).json()["id"]
     with psycopg2.connect(cluster.env["DATABASE_URL"]) as conn, conn.cursor() as cursor:
         while True:
             cursor.execute("SELECT status FROM jobs WHERE id = %s", (job_id,))
-            status = cursor.fetchone()[0]
+            status = one_row(cursor)[0]
             conn.commit()
             if status == "succeeded":
                 return time.monotonic() - started
@@ -133,9 +136,9 @@ def _deliveries(cluster: Cluster) -> str:
             "SELECT count(*) FILTER (WHERE last_error LIKE 'held:%%'), count(*) FILTER (WHERE attempts > 0),"
             " count(*) FROM webhook_deliveries"
         )
-        held, tried, total = cursor.fetchone()
+        held, tried, total = one_row(cursor)
         cursor.execute("SELECT count(*) FROM webhook_endpoints WHERE open_until IS NOT NULL")
-        open_circuits = cursor.fetchone()[0]
+        open_circuits = one_row(cursor)[0]
     return f"{total} recorded, {tried} tried, {held} held; open circuits: {open_circuits}"
 
 
