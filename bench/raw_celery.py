@@ -72,7 +72,7 @@ def measure(
         worker = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_for_ready(log_dir / "raw-worker.log")
-            app.conf.broker_url = broker_url
+            app.conf["broker_url"] = broker_url
             groups = {"worker": [worker.pid], **(servers or {})}
             cpu = cpu_seconds(groups)
             started, publisher = time.time(), time.thread_time()

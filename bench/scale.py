@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -137,6 +137,8 @@ def bulk_seed(app: Flask, spec: Seed, size: int) -> str:
 
     b2_path = ROOT / "gpujobs/migrations/versions/b2_api.py"
     migration = importlib.util.spec_from_file_location("b2_api", b2_path)
+    if migration is None or migration.loader is None:
+        raise RuntimeError(f"cannot load {b2_path} as a module")
     b2_api = importlib.util.module_from_spec(migration)
     migration.loader.exec_module(b2_api)
     laps = [time.perf_counter()]
@@ -202,7 +204,8 @@ def measure(runs: list[tuple[Flask, Op]]) -> list[tuple[float, float, float]]:
     """p50/p99 (ms) and SQL p50 of each op, calls interleaved across sizes so machine noise hits all alike."""
     from gpujobs.extensions import db
 
-    watches, times = [], [[] for _ in runs]
+    watches: list[Watch] = []
+    times: list[list[tuple[float, float]]] = [[] for _ in runs]
     with ExitStack() as stack:
         for app, op in runs:
             with app.app_context():
@@ -262,7 +265,7 @@ def operations(app: Flask, spec: Seed, key: str, calls: int) -> list[Op]:
 
         return call
 
-    def sql(statement: str, **params: Any) -> list[Any]:
+    def sql(statement: str, **params: Any) -> Sequence[Any]:
         with db.engine.begin() as conn:
             result = conn.execute(text(statement), {"t": spec.main, **params})
             return result.all() if result.returns_rows else []
