@@ -21,7 +21,7 @@ run: $(STAMP)  ## The whole service with embedded PostgreSQL, Redis and the Novi
 
 test: $(STAMP)  ## The whole suite against real PostgreSQL, Redis, Celery workers and the simulator
 	$(BIN)/ruff check .
-	$(BIN)/mypy gpujobs
+	$(BIN)/mypy gpujobs bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)  ## Benchmarks; each prints its figures (see bench/README.md)
@@ -37,7 +37,7 @@ faults: $(STAMP)  ## Fault injection with accounting (SIGKILL, Redis down and wi
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy gpujobs
+	$(BIN)/mypy gpujobs bench
 
 lock: $(STAMP)  ## Recompile both locks from pyproject.toml (UPGRADE=--upgrade takes every new release)
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(UPGRADE) -o requirements/runtime.txt
