@@ -391,11 +391,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "GPUJOBS_TENANT_MAX_PUBLISHED",
-        None,
+        "50",
         _optional_positive_int,
         "Fairness window: jobs of one tenant handed to the broker or running at once, at most (its "
         "running-jobs limit, if lower, is its window); the rest wait in PostgreSQL and are published "
-        "tenant by tenant in turn (unset: a tenant without a running-jobs limit has no window).",
+        "tenant by tenant in turn. Empty: a tenant without a running-jobs limit has no window.",
     ),
     Setting(
         "GPUJOBS_TENANT_MAX_PRIORITY",

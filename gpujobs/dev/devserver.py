@@ -58,7 +58,6 @@ def run() -> None:
     # Every web process must sign dashboard sessions with the same key.
     env.setdefault("GPUJOBS_SECRET_KEY", secrets.token_hex(32))
     env.setdefault("GPUJOBS_ENCRYPTION_KEY", dev_encryption_key(data_dir))
-    env.setdefault("GPUJOBS_TENANT_MAX_PUBLISHED", "50")  # fair between tenants, as docker-compose.yml
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with ExitStack() as stack:
         if not os.environ.get("DATABASE_URL"):
