@@ -52,6 +52,14 @@ def test_a_tenants_flood_waits_unpublished_beyond_its_window(app, tenant):
     assert counts(app, tenant)["published"] == 2
 
 
+def test_without_any_setting_a_tenants_window_is_the_default_of_50(app, tenant):
+    """Fair out of the box: an installed wheel or a Procfile app that set nothing still has a window."""
+    assert app.config["GPUJOBS_TENANT_MAX_PUBLISHED"] == 50
+    for _ in range(55):
+        submit(app, tenant)
+    assert counts(app, tenant) == {"queued": 55, "published": 50}
+
+
 def test_another_tenants_job_starts_before_a_flood_queued_ahead_of_it_drains(app, tenant, start_worker):
     """A floods FLOOD jobs at the same priority before B's one job; B's starts after a window of A's."""
     set_limits(app, tenant, max_running_jobs=2)
