@@ -64,10 +64,14 @@ class Claim:
     max_attempts: int
 
 
+# Built once: its parameters come with each call, so SQLAlchemy neither rebuilds nor re-hashes it.
+_ADD_EVENT = insert(JobEvent)
+
+
 def add_event(job_id: uuid.UUID, event_type: str, attempt: int, data: dict[str, Any] | None = None) -> None:
     """Append one line to the job's timeline (in the caller's transaction)."""
     db.session.execute(
-        insert(JobEvent).values(job_id=job_id, type=event_type, attempt=attempt, data=data or {})
+        _ADD_EVENT, {"job_id": job_id, "type": event_type, "attempt": attempt, "data": data or {}}
     )
 
 
@@ -169,7 +173,7 @@ _SUCCEED = (
 )
 
 
-def to_claim(job_id: uuid.UUID) -> Row[Any] | None:
+def to_claim(job_id: uuid.UUID) -> Row[str, int, uuid.UUID, int | None] | None:
     """The job's ``definition_key``, ``definition_version``, ``tenant_id`` and its tenant's own
     ``max_running_jobs``, in one read: what ``claim`` needs first; None when there is no such job."""
     return db.session.execute(_TO_CLAIM, {"job_id": job_id}).one_or_none()
@@ -181,7 +185,7 @@ def claim(
     lease_seconds: int,
     tenant_limit: int | None = None,
     *,
-    owner: Row[Any] | None = None,
+    owner: Row[str, int, uuid.UUID, int | None] | None = None,
 ) -> Claim | None:
     """Take a queued job for this worker, or None if it is not ours to run (duplicate, cancelled, full).
 
@@ -238,27 +242,34 @@ def _fenced(job_id: uuid.UUID, attempt: int, *statuses: JobStatus) -> Any:
     return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(statuses))
 
 
-def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: int) -> bool | None:
-    """Extend a running job's lease; returns its cancel flag, or None if the lease is no longer ours."""
-    return db.session.execute(
-        _fenced(job_id, attempt, *JOB_ACTIVE)
-        # Never shorten a lease: a hand-off may have extended it past the heartbeat's next renewal.
-        .values(
-            lease_expires_at=func.greatest(
-                Job.lease_expires_at, func.now() + timedelta(seconds=lease_seconds)
-            )
+# Parameter names other than the columns' (an UPDATE reserves those for its SET clause).
+_OWNED = (Job.id == bindparam("job"), Job.attempt == bindparam("fence"), Job.status.in_(JOB_ACTIVE))
+#: The lease renewal (parameters ``job``, ``fence``: the attempt, ``lease_seconds``), returning the
+#: cancel flag; a caller may use it as a CTE to read with it in one round trip (the monitor's look).
+RENEW_LEASE = (
+    update(Job)
+    .where(*_OWNED)
+    # Never shorten a lease: a hand-off may have extended it past the heartbeat's next renewal.
+    .values(
+        lease_expires_at=func.greatest(
+            Job.lease_expires_at,
+            func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lease_seconds")),
         )
-        .returning(Job.cancel_requested)
-    ).scalar_one_or_none()
+    )
+    .returning(Job.cancel_requested)
+)
+_CANCEL_FLAG = select(Job.cancel_requested).where(*_OWNED)
+
+
+def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: float) -> bool | None:
+    """Extend a running job's lease; returns its cancel flag, or None if the lease is no longer ours."""
+    params = {"job": job_id, "fence": attempt, "lease_seconds": lease_seconds}
+    return db.session.execute(RENEW_LEASE, params).scalar_one_or_none()
 
 
 def cancel_flag(job_id: uuid.UUID, attempt: int) -> bool | None:
     """A running job's cancel flag, or None if ``attempt`` no longer holds the job."""
-    return db.session.scalar(
-        select(Job.cancel_requested).where(
-            Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE)
-        )
-    )
+    return db.session.scalar(_CANCEL_FLAG, {"job": job_id, "fence": attempt})
 
 
 def hold(job_id: uuid.UUID, attempt: int) -> bool:
