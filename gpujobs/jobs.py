@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import Row, bindparam, func, insert, select, text, update
 
 from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db, rows_changed
 from gpujobs.models import DeadLetter, Job, JobEvent, TenantLimits
 from gpujobs.registry import Definition
-from gpujobs.states import JOB_ACTIVE, JobStatus
+from gpujobs.states import JOB_ACTIVE, JobStatus, sql_list
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,14 @@ class Claim:
     max_attempts: int
 
 
+# Built once: its parameters come with each call, so SQLAlchemy neither rebuilds nor re-hashes it.
+_ADD_EVENT = insert(JobEvent)
+
+
 def add_event(job_id: uuid.UUID, event_type: str, attempt: int, data: dict[str, Any] | None = None) -> None:
     """Append one line to the job's timeline (in the caller's transaction)."""
     db.session.execute(
-        insert(JobEvent).values(job_id=job_id, type=event_type, attempt=attempt, data=data or {})
+        _ADD_EVENT, {"job_id": job_id, "type": event_type, "attempt": attempt, "data": data or {}}
     )
 
 
@@ -126,15 +130,70 @@ def mark_published(job_ids: list[uuid.UUID], published: bool = True) -> None:
         )
 
 
+# The hot statements of a job's run, built once at import: each is one round trip that also writes its
+# event (a data-modifying CTE), and SQLAlchemy finds its compiled form in the cache without rebuilding
+# and hashing the expression per call.
+#: What a claim needs of a job before it starts: its definition and its tenant's running-jobs limit.
+_TO_CLAIM = (
+    select(Job.definition_key, Job.definition_version, Job.tenant_id, TenantLimits.max_running_jobs)
+    .outerjoin(TenantLimits, TenantLimits.tenant_id == Job.tenant_id)
+    .where(Job.id == bindparam("job_id"))
+)
+_CLAIM = text(
+    f"""WITH claimed AS (
+        UPDATE jobs SET status = '{JobStatus.RUNNING}', attempt = attempt + 1, started_at = now(),
+            lease_expires_at = now() + make_interval(secs => :lease_seconds), progress = NULL
+        WHERE id = :job_id AND status = '{JobStatus.QUEUED}' AND NOT cancel_requested
+        RETURNING id, attempt, tenant_id, params, max_attempts),
+    event AS (
+        INSERT INTO job_events (job_id, type, attempt, data)
+        SELECT id, 'job.started', attempt, '{{}}'::jsonb FROM claimed)
+    SELECT attempt, tenant_id, params, max_attempts FROM claimed"""
+).columns(Job.attempt, Job.tenant_id, Job.params, Job.max_attempts)
+_JOB_COLUMNS = ", ".join(column.name for column in Job.__table__.columns)
+_SUCCEED = (
+    select(Job)
+    .from_statement(
+        text(
+            f"""WITH done AS (
+            UPDATE jobs SET status = '{JobStatus.SUCCEEDED}', result = :result, error = NULL,
+                progress = 100.0, finished_at = now(), lease_expires_at = NULL
+            WHERE id = :job_id AND attempt = :attempt AND status IN ({sql_list(JOB_ACTIVE)})
+                AND NOT cancel_requested
+            RETURNING {_JOB_COLUMNS}),
+        event AS (
+            INSERT INTO job_events (job_id, type, attempt, data)
+            SELECT id, 'job.succeeded', attempt, '{{}}'::jsonb FROM done)
+        SELECT {_JOB_COLUMNS} FROM done"""
+        )
+        .bindparams(bindparam("result", type_=Job.__table__.c.result.type))
+        .columns(*Job.__table__.columns)
+    )
+    .execution_options(populate_existing=True)
+)
+
+
+def to_claim(job_id: uuid.UUID) -> Row[str, int, uuid.UUID, int | None] | None:
+    """The job's ``definition_key``, ``definition_version``, ``tenant_id`` and its tenant's own
+    ``max_running_jobs``, in one read: what ``claim`` needs first; None when there is no such job."""
+    return db.session.execute(_TO_CLAIM, {"job_id": job_id}).one_or_none()
+
+
 def claim(
-    job_id: uuid.UUID, definition: Definition, lease_seconds: int, tenant_limit: int | None = None
+    job_id: uuid.UUID,
+    definition: Definition,
+    lease_seconds: int,
+    tenant_limit: int | None = None,
+    *,
+    owner: Row[str, int, uuid.UUID, int | None] | None = None,
 ) -> Claim | None:
     """Take a queued job for this worker, or None if it is not ours to run (duplicate, cancelled, full).
 
     A definition's concurrency limit and a tenant's running-jobs limit (its own, else ``tenant_limit``)
     are cluster-wide: an advisory lock per definition and per tenant serialises the count-then-claim,
     so two workers cannot both take the last slot. A job refused for a full limit goes back to
-    "unpublished" and the dispatch sweep offers it again shortly.
+    "unpublished" and the dispatch sweep offers it again shortly. ``owner`` is ``to_claim``'s row when
+    the caller has read it already.
     """
     if definition.concurrency_limit is not None and _full(
         definition.ref,
@@ -143,32 +202,16 @@ def claim(
     ):
         _wait(job_id, f"{definition.ref} is at its concurrency limit")
         return None
-    owner = db.session.execute(
-        select(Job.tenant_id, TenantLimits.max_running_jobs)
-        .outerjoin(TenantLimits, TenantLimits.tenant_id == Job.tenant_id)
-        .where(Job.id == job_id)
-    ).one_or_none()
+    owner = owner or to_claim(job_id)
     if owner is None:
         return None
     limit = tenant_limit if owner.max_running_jobs is None else owner.max_running_jobs
     if limit is not None and _full(f"tenant:{owner.tenant_id}", (Job.tenant_id == owner.tenant_id,), limit):
         _wait(job_id, "its tenant is at its running-jobs limit")
         return None
-    row = db.session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
-        .values(
-            status=JobStatus.RUNNING,
-            attempt=Job.attempt + 1,
-            started_at=func.now(),
-            lease_expires_at=func.now() + timedelta(seconds=lease_seconds),
-            progress=None,
-        )
-        .returning(Job.attempt, Job.tenant_id, Job.params, Job.max_attempts)
-    ).one_or_none()
+    row = db.session.execute(_CLAIM, {"job_id": job_id, "lease_seconds": lease_seconds}).one_or_none()
     if row is None:
         return None
-    add_event(job_id, "job.started", row.attempt)
     return Claim(job_id, row.attempt, row.tenant_id, row.params, row.max_attempts)
 
 
@@ -199,27 +242,34 @@ def _fenced(job_id: uuid.UUID, attempt: int, *statuses: JobStatus) -> Any:
     return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(statuses))
 
 
-def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: int) -> bool | None:
-    """Extend a running job's lease; returns its cancel flag, or None if the lease is no longer ours."""
-    return db.session.execute(
-        _fenced(job_id, attempt, *JOB_ACTIVE)
-        # Never shorten a lease: a hand-off may have extended it past the heartbeat's next renewal.
-        .values(
-            lease_expires_at=func.greatest(
-                Job.lease_expires_at, func.now() + timedelta(seconds=lease_seconds)
-            )
+# Parameter names other than the columns' (an UPDATE reserves those for its SET clause).
+_OWNED = (Job.id == bindparam("job"), Job.attempt == bindparam("fence"), Job.status.in_(JOB_ACTIVE))
+#: The lease renewal (parameters ``job``, ``fence``: the attempt, ``lease_seconds``), returning the
+#: cancel flag; a caller may use it as a CTE to read with it in one round trip (the monitor's look).
+RENEW_LEASE = (
+    update(Job)
+    .where(*_OWNED)
+    # Never shorten a lease: a hand-off may have extended it past the heartbeat's next renewal.
+    .values(
+        lease_expires_at=func.greatest(
+            Job.lease_expires_at,
+            func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lease_seconds")),
         )
-        .returning(Job.cancel_requested)
-    ).scalar_one_or_none()
+    )
+    .returning(Job.cancel_requested)
+)
+_CANCEL_FLAG = select(Job.cancel_requested).where(*_OWNED)
+
+
+def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: float) -> bool | None:
+    """Extend a running job's lease; returns its cancel flag, or None if the lease is no longer ours."""
+    params = {"job": job_id, "fence": attempt, "lease_seconds": lease_seconds}
+    return db.session.execute(RENEW_LEASE, params).scalar_one_or_none()
 
 
 def cancel_flag(job_id: uuid.UUID, attempt: int) -> bool | None:
     """A running job's cancel flag, or None if ``attempt`` no longer holds the job."""
-    return db.session.scalar(
-        select(Job.cancel_requested).where(
-            Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE)
-        )
-    )
+    return db.session.scalar(_CANCEL_FLAG, {"job": job_id, "fence": attempt})
 
 
 def hold(job_id: uuid.UUID, attempt: int) -> bool:
@@ -246,22 +296,8 @@ def succeed(job_id: uuid.UUID, attempt: int, result: dict[str, Any] | None) -> J
     """Finish a job as succeeded and return its row as it is now (``UPDATE ... RETURNING``, for the
     webhook event without a re-read); None when a newer attempt or a rescue got there first, or when a
     cancel was recorded while it ran (a cancelled job never ends succeeded)."""
-    job = db.session.scalars(
-        _fenced(job_id, attempt, *JOB_ACTIVE)
-        .where(Job.cancel_requested.is_(False))
-        .values(
-            status=JobStatus.SUCCEEDED,
-            result=result,
-            error=None,
-            progress=100.0,
-            finished_at=func.now(),
-            lease_expires_at=None,
-        )
-        .returning(Job)
-    ).one_or_none()
-    if job is not None:
-        add_event(job_id, "job.succeeded", attempt)
-    return job
+    params = {"job_id": job_id, "attempt": attempt, "result": result}
+    return db.session.scalars(_SUCCEED, params).one_or_none()
 
 
 def cancel_running(job_id: uuid.UUID, attempt: int, reason: str) -> bool:

@@ -212,19 +212,17 @@ def _end_overdue(ctx: RunContext, grace_seconds: float) -> bool:
 
 def run_job(job_id: uuid.UUID) -> JobStatus | None:
     """Claim and run one job; returns its new status, or None when it was not ours to run."""
-    row = db.session.execute(
-        db.select(Job.definition_key, Job.definition_version).where(Job.id == job_id)
-    ).one_or_none()
+    row = jobs.to_claim(job_id)
     if row is None:
         log.info("job %s: no such job (cleaned up?), message dropped", job_id)
         return None
     definition = get_definition(row.definition_key, row.definition_version)
     if definition is None:
-        log.error("job %s: definition %s@%s is not registered here", job_id, *row)
+        log.error("job %s: definition %s@%s is not registered here", job_id, *row[:2])
         return None
     lease_seconds = current_app.config["GPUJOBS_LEASE_SECONDS"]
     claim = jobs.claim(
-        job_id, definition, lease_seconds, current_app.config["GPUJOBS_TENANT_MAX_RUNNING_JOBS"]
+        job_id, definition, lease_seconds, current_app.config["GPUJOBS_TENANT_MAX_RUNNING_JOBS"], owner=row
     )
     db.session.commit()
     if claim is None:
@@ -246,6 +244,7 @@ def run_job(job_id: uuid.UUID) -> JobStatus | None:
 
 def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> JobStatus | None:
     params = claim.params
+    ended: Job | None = None  # the row as a success left it
     try:
         _hook(definition.on_start, ctx, params)
         result = definition.handler(ctx, params)
@@ -267,10 +266,12 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> JobS
             webhooks.publish(claim.job_id, deliveries)
             _hand_off(claim, result)
             return JobStatus.RUNNING
-        status = _store_success(definition, claim, result)
+        status, ended = _store_success(definition, claim, result)
     due: list[uuid.UUID] = []
-    if status in JOB_TERMINAL:
-        webhooks.record_job_event(claim.job_id)
+    # A success with no receiver has no event to record and nothing of this attempt left untried (a
+    # handler that records its own delivery, ``webhook.send``, tries it before it returns): no reads.
+    if status in JOB_TERMINAL and (ended is None or ended.webhook_url):
+        webhooks.record_job_event(claim.job_id, ended)
         due = webhooks.pending(claim.job_id)
     db.session.commit()
     if status == JobStatus.SUCCEEDED:
@@ -307,21 +308,24 @@ def storable(value: Any) -> Any:
 
 def _store_success(
     definition: Definition, claim: jobs.Claim, result: dict[str, Any] | None
-) -> JobStatus | None:
+) -> tuple[JobStatus | None, Job | None]:
     """Record success; a result PostgreSQL still refuses fails the job for good rather than looping.
 
     Success is refused once a cancel was recorded while the job ran: it ends cancelled instead, its
-    result discarded (or not at all, when another attempt or the grace watchdog ended it first).
+    result discarded (or not at all, when another attempt or the grace watchdog ended it first). With
+    the status comes the succeeded row as ``succeed`` returned it (None otherwise), so it is not re-read.
     """
     try:
-        if jobs.succeed(claim.job_id, claim.attempt, storable(result)):
-            return JobStatus.SUCCEEDED
+        job = jobs.succeed(claim.job_id, claim.attempt, storable(result))
+        if job is not None:
+            return JobStatus.SUCCEEDED, job
         reason = "cancelled on request; its result was discarded"
-        return JobStatus.CANCELLED if jobs.cancel_running(claim.job_id, claim.attempt, reason) else None
+        cancelled = jobs.cancel_running(claim.job_id, claim.attempt, reason)
+        return (JobStatus.CANCELLED if cancelled else None), None
     except DBAPIError as exc:
         db.session.rollback()
         log.error("job %s: result could not be stored (%s)", claim.job_id, type(exc.orig).__name__)
-        return _record_failure(definition, claim, PermanentError("the result could not be stored"))
+        return _record_failure(definition, claim, PermanentError("the result could not be stored")), None
 
 
 def _record_failure(definition: Definition, claim: jobs.Claim, exc: BaseException) -> JobStatus | None:

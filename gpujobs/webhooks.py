@@ -28,7 +28,7 @@ from typing import Annotated, Any
 
 from flask import current_app
 from pydantic import AfterValidator, Field
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs, resources
@@ -239,17 +239,35 @@ def publish_pending_of(job_ids: list[uuid.UUID]) -> None:
         send_batch(messages, f"deliveries of {len(messages)} jobs")
 
 
+# The hot statements of a delivery, built once (their parameters come with each call).
+_UNTRIED = (
+    select(WebhookDelivery.job_id, WebhookDelivery.id)
+    .where(
+        WebhookDelivery.job_id.in_(bindparam("job_ids", expanding=True)),
+        WebhookDelivery.status == DeliveryStatus.PENDING,
+        WebhookDelivery.attempts == 0,
+    )
+    .order_by(WebhookDelivery.job_id, WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
+)
+_CLAIM = (
+    update(WebhookDelivery)
+    .where(
+        WebhookDelivery.id == bindparam("delivery_id"),
+        WebhookDelivery.status == DeliveryStatus.PENDING,
+        WebhookDelivery.next_attempt_at <= func.now(),
+    )
+    .values(
+        attempts=WebhookDelivery.attempts + 1,
+        next_attempt_at=func.now() + timedelta(seconds=SEND_LEASE_SECONDS),
+    )
+    .returning(WebhookDelivery)
+)
+_OPEN_UNTIL = select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == bindparam("endpoint"))
+
+
 def _untried(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
     """Each job's pending deliveries never tried, in the order they happened."""
-    rows = db.session.execute(
-        select(WebhookDelivery.job_id, WebhookDelivery.id)
-        .where(
-            WebhookDelivery.job_id.in_(job_ids),
-            WebhookDelivery.status == DeliveryStatus.PENDING,
-            WebhookDelivery.attempts == 0,
-        )
-        .order_by(WebhookDelivery.job_id, WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
-    ).all()
+    rows = db.session.execute(_UNTRIED, {"job_ids": job_ids}).all()
     due: dict[uuid.UUID, list[uuid.UUID]] = {}
     for job_id, delivery_id in rows:
         due.setdefault(job_id, []).append(delivery_id)
@@ -290,28 +308,20 @@ def deliver_in_order(delivery_ids: list[uuid.UUID]) -> list[DeliveryStatus | Non
     transaction), the last one's at the end.
     """
     released: list[uuid.UUID] = []
-    statuses = [_try(delivery_id, released) for delivery_id in delivery_ids]
+    secrets: dict[uuid.UUID, list[str]] = {}  # by tenant: a job's deliveries are one tenant's, read once
+    statuses = [_try(delivery_id, released, secrets) for delivery_id in delivery_ids]
     db.session.commit()
     _release(released)
     return statuses
 
 
-def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | None:
+def _try(
+    delivery_id: uuid.UUID, released: list[uuid.UUID], secrets_by_tenant: dict[uuid.UUID, list[str]]
+) -> DeliveryStatus | None:
     """One attempt of one delivery; its outcome is left for the caller's next commit. ``released`` (held
-    deliveries a closing circuit lets go) is sent once that commit is made."""
-    delivery = db.session.scalars(
-        update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == delivery_id,
-            WebhookDelivery.status == DeliveryStatus.PENDING,
-            WebhookDelivery.next_attempt_at <= func.now(),
-        )
-        .values(
-            attempts=WebhookDelivery.attempts + 1,
-            next_attempt_at=func.now() + timedelta(seconds=SEND_LEASE_SECONDS),
-        )
-        .returning(WebhookDelivery)
-    ).one_or_none()
+    deliveries a closing circuit lets go) is sent once that commit is made; ``secrets_by_tenant`` keeps
+    the signing secrets read by earlier deliveries of the same call."""
+    delivery = db.session.scalars(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
     if delivery is None:
         return None
     db.session.expunge(delivery)  # a copy that the commits below leave as it is (no re-read)
@@ -320,7 +330,11 @@ def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | 
     held_until = _gate(endpoint)
     if held_until is not None:
         return _hold(delivery, attempt, endpoint, held_until)
-    secrets = signing_secrets(db.session.get_one(Tenant, delivery.tenant_id))
+    secrets = secrets_by_tenant.get(delivery.tenant_id)
+    if secrets is None:
+        secrets = secrets_by_tenant[delivery.tenant_id] = signing_secrets(
+            db.session.get_one(Tenant, delivery.tenant_id)
+        )
     db.session.commit()  # the claim (and the previous delivery's outcome)
     _release(released)
     released.clear()
@@ -354,9 +368,7 @@ def _gate(endpoint: str) -> datetime | None:
     """None when a delivery to ``endpoint`` may go now (circuit closed, or this one is the probe);
     else until when the open circuit holds it."""
     cooldown = timedelta(seconds=current_app.config["GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS"])
-    open_until = db.session.scalar(
-        select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == endpoint)
-    )
+    open_until = db.session.scalar(_OPEN_UNTIL, {"endpoint": endpoint})
     if open_until is None:
         return None
     # Past the cool-down the first delivery to move ``open_until`` on is the probe; the rest stay held.
@@ -369,7 +381,7 @@ def _gate(endpoint: str) -> datetime | None:
     db.session.commit()
     if probe is not None:
         return None
-    return db.session.scalar(select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == endpoint))
+    return db.session.scalar(_OPEN_UNTIL, {"endpoint": endpoint})
 
 
 def _hold(delivery: WebhookDelivery, attempt: int, endpoint: str, until: datetime) -> DeliveryStatus:

@@ -83,7 +83,7 @@ def test_success_is_refused_once_a_cancel_was_recorded_while_the_job_ran(app, ap
     db.session.commit()
     assert not jobs.succeed(claim.job_id, claim.attempt, {"done": True})
 
-    status = runner._store_success(get_definition("test.stubborn", 1), claim, {"done": True})
+    status, _ = runner._store_success(get_definition("test.stubborn", 1), claim, {"done": True})
     db.session.commit()
     job = job_row(app, claim.job_id)
     assert status == JobStatus.CANCELLED and job.status == JobStatus.CANCELLED and job.result is None

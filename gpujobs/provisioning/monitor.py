@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 from flask import current_app
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import OperationalError
 
 from gpujobs import jobs, resources, webhooks
@@ -139,6 +140,15 @@ class Watch:
         )
 
 
+_RENEWED = jobs.RENEW_LEASE.cte("renewed")
+# The look's lease renewal and its instance row in one round trip: no row when the lease is not ours.
+_RENEW_AND_READ = (
+    select(_RENEWED.c.cancel_requested, Instance)
+    .select_from(_RENEWED.outerjoin(Instance, Instance.id == bindparam("instance_id")))
+    .execution_options(populate_existing=True)
+)
+
+
 def poll(watch: Watch) -> None:
     """One look at a watched instance: end the job, or schedule the next look.
 
@@ -147,8 +157,14 @@ def poll(watch: Watch) -> None:
     expire while the job waits for it, and the rescue sweep would rerun a job that is being watched.
     """
     lease_seconds = current_app.config["GPUJOBS_LEASE_SECONDS"] + watch.interval
-    cancel = jobs.renew_lease(watch.job_id, watch.attempt, lease_seconds)
-    instance = db.session.get(Instance, watch.instance_id) if cancel is not None else None
+    params = {
+        "job": watch.job_id,
+        "fence": watch.attempt,
+        "lease_seconds": lease_seconds,
+        "instance_id": watch.instance_id,
+    }
+    renewed = db.session.execute(_RENEW_AND_READ, params).one_or_none()
+    cancel, instance = (None, None) if renewed is None else renewed
     if instance is not None:
         db.session.expunge(instance)  # a read-only copy, so the commit does not make us read it again
     db.session.commit()
