@@ -131,17 +131,22 @@ def send_batch(messages: list[tuple[str, list[Any], str, dict[str, Any]]], what:
     return True
 
 
-def commit_and_publish(queued: Iterable[Dispatch], *, within_window: bool = True) -> None:
+def commit_and_publish(
+    queued: Iterable[Dispatch], *, within_window: bool = True, marked: bool = False
+) -> None:
     """Mark the jobs published, commit, publish them; un-mark (for the dispatch sweep) what failed.
 
     New jobs (``within_window``) are published only while their tenant has room in its window; the
-    others are committed unpublished, for the dispatch sweep or the next top-up. If the process dies
-    between commit and publish, the sweep finds the job queued with an empty queue in Redis and
-    publishes it again. One job goes out on its own, with the broker retry policy (an API request);
-    several go out as one batch (a sweep).
+    others are committed unpublished, for the dispatch sweep or the next top-up. ``marked``: the jobs
+    were marked published in this transaction already (a new job ``admission`` let out as it was
+    inserted), so they are only committed and sent. If the process dies between commit and publish,
+    the sweep finds the job queued with an empty queue in Redis and publishes it again. One job goes
+    out on its own, with the broker retry policy (an API request); several go out as one batch (a sweep).
     """
-    queued = _admitted(list(queued)) if within_window else list(queued)
-    jobs.mark_published([item.job_id for item in queued])
+    queued = list(queued)
+    if not marked:
+        queued = _admitted(queued) if within_window else queued
+        jobs.mark_published([item.job_id for item in queued])
     db.session.commit()
     if len(queued) > 1:
         failed = [] if publish_batch(queued) else [item.job_id for item in queued]
@@ -164,6 +169,8 @@ _FREE_SLOTS = f"""
             LIMIT {_WINDOW}) AS published)
         + (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status IN ({sql_list(JOB_ACTIVE)})))
     END"""
+# Whether a tenant's window has room for one more job (no window: always).
+_ROOM_FOR_ONE = f"COALESCE(({_FREE_SLOTS}) > 0, true)"
 _FREE_SLOTS_OF = text(
     f"""SELECT t.id, {_FREE_SLOTS} AS free FROM tenants t
     LEFT JOIN tenant_limits l ON l.tenant_id = t.id WHERE t.id IN :tenant_ids"""
@@ -194,6 +201,12 @@ def _window_params() -> dict[str, int | None]:
         "default_running": config["GPUJOBS_TENANT_MAX_RUNNING_JOBS"],
         "max_published": config["GPUJOBS_TENANT_MAX_PUBLISHED"],
     }
+
+
+def admission() -> jobs.Admission:
+    """A new job goes out at once while its tenant's window has room (``jobs.new_job`` marks it so as it
+    inserts it, for ``commit_and_publish(..., marked=True)``); else it waits for the sweep or a top-up."""
+    return jobs.Admission(_ROOM_FOR_ONE, _window_params())
 
 
 def _admitted(queued: list[Dispatch]) -> list[Dispatch]:
