@@ -97,9 +97,35 @@ def _job_message(item: Dispatch) -> tuple[str, list[str], str, dict[str, Any]]:
 
 
 def publish(item: Dispatch) -> bool:
-    """Send one job id to its priority queue."""
+    """Send one job id to its priority queue, with the broker retry policy; False (logged) if not sent.
+
+    Built as ``send_batch`` builds its messages: ``send_task``'s routing and option merging cost ~0.2 ms
+    of the API's CPU per submit (of ~0.6 ms for the whole publish), for a queue chosen here anyway.
+    """
+    celery = current_app.extensions["celery"]
     name, args, queue, options = _job_message(item)
-    return send_task(name, args, f"job {item.job_id}", queue=queue, **options)
+    try:
+        with celery.producer_or_acquire() as producer:
+            celery.amqp.send_task_message(
+                producer,
+                name,
+                _task_message(celery.amqp, name, args, options),
+                queue=queue,
+                declare=NO_DECLARE,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+    except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
+        log.warning("job %s not published (%s); a sweep will recover it", item.job_id, type(exc).__name__)
+        return False
+    return True
+
+
+def _task_message(amqp: Any, name: str, args: list[Any], options: dict[str, Any]) -> Any:
+    """Celery's own message for task ``name`` (no parent task, no task-sent event: none is configured)."""
+    return amqp.create_task_message(
+        str(uuid.uuid4()), name, args, {}, argsrepr=repr(args), kwargsrepr="{}", **options
+    )
 
 
 def publish_batch(items: list[Dispatch]) -> bool:
@@ -121,9 +147,7 @@ def send_batch(messages: list[tuple[str, list[Any], str, dict[str, Any]]], what:
     try:
         with current_app.extensions["celery"].producer_or_acquire() as producer, producer.batch():
             for name, args, queue, options in messages:
-                message = amqp.create_task_message(
-                    str(uuid.uuid4()), name, args, {}, argsrepr=repr(args), kwargsrepr="{}", **options
-                )
+                message = _task_message(amqp, name, args, options)
                 amqp.send_task_message(producer, name, message, queue=queue, declare=NO_DECLARE, retry=False)
     except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
         log.warning("%s not published (%s); a sweep will recover them", what, type(exc).__name__)
