@@ -97,9 +97,35 @@ def _job_message(item: Dispatch) -> tuple[str, list[str], str, dict[str, Any]]:
 
 
 def publish(item: Dispatch) -> bool:
-    """Send one job id to its priority queue."""
+    """Send one job id to its priority queue, with the broker retry policy; False (logged) if not sent.
+
+    Built as ``send_batch`` builds its messages: ``send_task``'s routing and option merging cost ~0.2 ms
+    of the API's CPU per submit (of ~0.6 ms for the whole publish), for a queue chosen here anyway.
+    """
+    celery = current_app.extensions["celery"]
     name, args, queue, options = _job_message(item)
-    return send_task(name, args, f"job {item.job_id}", queue=queue, **options)
+    try:
+        with celery.producer_or_acquire() as producer:
+            celery.amqp.send_task_message(
+                producer,
+                name,
+                _task_message(celery.amqp, name, args, options),
+                queue=queue,
+                declare=NO_DECLARE,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+            )
+    except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
+        log.warning("job %s not published (%s); a sweep will recover it", item.job_id, type(exc).__name__)
+        return False
+    return True
+
+
+def _task_message(amqp: Any, name: str, args: list[Any], options: dict[str, Any]) -> Any:
+    """Celery's own message for task ``name`` (no parent task, no task-sent event: none is configured)."""
+    return amqp.create_task_message(
+        str(uuid.uuid4()), name, args, {}, argsrepr=repr(args), kwargsrepr="{}", **options
+    )
 
 
 def publish_batch(items: list[Dispatch]) -> bool:
@@ -121,9 +147,7 @@ def send_batch(messages: list[tuple[str, list[Any], str, dict[str, Any]]], what:
     try:
         with current_app.extensions["celery"].producer_or_acquire() as producer, producer.batch():
             for name, args, queue, options in messages:
-                message = amqp.create_task_message(
-                    str(uuid.uuid4()), name, args, {}, argsrepr=repr(args), kwargsrepr="{}", **options
-                )
+                message = _task_message(amqp, name, args, options)
                 amqp.send_task_message(producer, name, message, queue=queue, declare=NO_DECLARE, retry=False)
     except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
         log.warning("%s not published (%s); a sweep will recover them", what, type(exc).__name__)
@@ -131,17 +155,22 @@ def send_batch(messages: list[tuple[str, list[Any], str, dict[str, Any]]], what:
     return True
 
 
-def commit_and_publish(queued: Iterable[Dispatch], *, within_window: bool = True) -> None:
+def commit_and_publish(
+    queued: Iterable[Dispatch], *, within_window: bool = True, marked: bool = False
+) -> None:
     """Mark the jobs published, commit, publish them; un-mark (for the dispatch sweep) what failed.
 
     New jobs (``within_window``) are published only while their tenant has room in its window; the
-    others are committed unpublished, for the dispatch sweep or the next top-up. If the process dies
-    between commit and publish, the sweep finds the job queued with an empty queue in Redis and
-    publishes it again. One job goes out on its own, with the broker retry policy (an API request);
-    several go out as one batch (a sweep).
+    others are committed unpublished, for the dispatch sweep or the next top-up. ``marked``: the jobs
+    were marked published in this transaction already (a new job ``admission`` let out as it was
+    inserted), so they are only committed and sent. If the process dies between commit and publish,
+    the sweep finds the job queued with an empty queue in Redis and publishes it again. One job goes
+    out on its own, with the broker retry policy (an API request); several go out as one batch (a sweep).
     """
-    queued = _admitted(list(queued)) if within_window else list(queued)
-    jobs.mark_published([item.job_id for item in queued])
+    queued = list(queued)
+    if not marked:
+        queued = _admitted(queued) if within_window else queued
+        jobs.mark_published([item.job_id for item in queued])
     db.session.commit()
     if len(queued) > 1:
         failed = [] if publish_batch(queued) else [item.job_id for item in queued]
@@ -164,6 +193,8 @@ _FREE_SLOTS = f"""
             LIMIT {_WINDOW}) AS published)
         + (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status IN ({sql_list(JOB_ACTIVE)})))
     END"""
+# Whether a tenant's window has room for one more job (no window: always).
+_ROOM_FOR_ONE = f"COALESCE(({_FREE_SLOTS}) > 0, true)"
 _FREE_SLOTS_OF = text(
     f"""SELECT t.id, {_FREE_SLOTS} AS free FROM tenants t
     LEFT JOIN tenant_limits l ON l.tenant_id = t.id WHERE t.id IN :tenant_ids"""
@@ -194,6 +225,12 @@ def _window_params() -> dict[str, int | None]:
         "default_running": config["GPUJOBS_TENANT_MAX_RUNNING_JOBS"],
         "max_published": config["GPUJOBS_TENANT_MAX_PUBLISHED"],
     }
+
+
+def admission() -> jobs.Admission:
+    """A new job goes out at once while its tenant's window has room (``jobs.new_job`` marks it so as it
+    inserts it, for ``commit_and_publish(..., marked=True)``); else it waits for the sweep or a top-up."""
+    return jobs.Admission(_ROOM_FOR_ONE, _window_params())
 
 
 def _admitted(queued: list[Dispatch]) -> list[Dispatch]:

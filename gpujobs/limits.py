@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs, quotas
-from gpujobs.exceptions import InvalidField, LimitReached
+from gpujobs.exceptions import LimitReached
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule, TenantLimits
 from gpujobs.tenants import ensure_tenant
@@ -81,16 +81,8 @@ def allowed_priority(tenant_id: uuid.UUID, priority: str | int | None) -> int:
     """The priority level of ``priority``; InvalidField naming ``priority`` above the tenant's limit."""
     level, highest = jobs.priority_level(priority), of(tenant_id).max_priority
     if level > highest:
-        name = jobs.PRIORITY_NAMES[highest]
-        raise InvalidField(
-            "priority", f"this tenant may use priorities up to {name} (0-{_top_number(highest)})"
-        )
+        raise jobs.priority_above_limit(highest)
     return level
-
-
-def _top_number(level: int) -> int:
-    """The highest 0-10 number that maps to ``level`` (the inverse of ``jobs.priority_level``)."""
-    return max(number for number in range(11) if jobs.priority_level(number) == level)
 
 
 def reserve_schedule(tenant_id: uuid.UUID) -> None:

@@ -14,7 +14,7 @@ from flask import current_app
 from pydantic import ValidationError
 
 from gpujobs import jobs, limits, webhooks
-from gpujobs.dispatch import commit_and_publish, dispatch_of
+from gpujobs.dispatch import admission, commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, NotFound
 from gpujobs.extensions import db
 from gpujobs.models import DeadLetter, Job
@@ -75,9 +75,13 @@ def prepare(
     version: int,
     params: dict[str, Any],
     options: JobOptions = DEFAULT_OPTIONS,
+    *,
+    admit: bool = False,
 ) -> Job:
-    """Validate one job and add it to the session, queued; the caller commits, then publishes
-    (for rows that must commit in the same transaction as the job, like a GPU instance row).
+    """Validate one job and write it, queued, in the session's transaction; the caller commits, then
+    publishes (for rows that must commit in the same transaction as the job, like a GPU instance row).
+    ``admit``: mark it published as it is written if its tenant's window has room (``submit``, which
+    sends it after commit); else ``commit_and_publish`` decides.
 
     Raises InvalidField (definition, params, a Novita resource not granted, a priority above the
     tenant's limit, webhook URL and headers), and IntegrityError when the tenant's idempotency key
@@ -98,12 +102,14 @@ def prepare(
         tenant_id=tenant_id,
         definition=definition,
         params=params,
-        priority=limits.allowed_priority(tenant_id, options.priority),
+        priority=jobs.priority_level(options.priority),
         priority_number=options.priority if isinstance(options.priority, int) else None,
         max_attempts=options.max_attempts,
         webhook_url=options.webhook_url,
         webhook_headers=options.webhook_headers,
         idempotency_key=options.idempotency_key,
+        max_priority=limits.defaults().max_priority,  # the tenant's own limit is read as the job is written
+        admission=admission() if admit else jobs.NOT_ADMITTED,
     )
 
 
@@ -117,13 +123,14 @@ def submit(
     """Validate and queue one job, commit, publish (see ``prepare`` for what it raises).
 
     The returned job keeps the values it was written with (the API's 202 body): the commit does not
-    expire it, so describing it costs no re-read of the row.
+    expire it, so describing it costs no re-read of the row. Its tenant's priority limit, the job, its
+    first event and its published mark (when the tenant's window has room) are one statement.
     """
-    job = prepare(tenant_id, key, version, params, options)
+    job = prepare(tenant_id, key, version, params, options, admit=True)
     session = db.session()
     expire, session.expire_on_commit = session.expire_on_commit, False
     try:
-        commit_and_publish([dispatch_of(job)])
+        commit_and_publish([dispatch_of(job)] if job.published_at is not None else [], marked=True)
     finally:
         session.expire_on_commit = expire
     log.info("job %s queued: %s@%s", job.id, key, version, extra={"job_id": str(job.id)})
