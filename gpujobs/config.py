@@ -393,9 +393,10 @@ SETTINGS: tuple[Setting, ...] = (
         "GPUJOBS_TENANT_MAX_PUBLISHED",
         "50",
         _optional_positive_int,
-        "Fairness window: jobs of one tenant handed to the broker or running at once, at most (its "
-        "running-jobs limit, if lower, is its window); the rest wait in PostgreSQL and are published "
-        "tenant by tenant in turn. Empty: a tenant without a running-jobs limit has no window.",
+        "Fairness window: jobs of one tenant handed to the broker or running at once, at most (a "
+        "running-jobs limit set for the tenant is its window instead; the default one, if lower, too); "
+        "the rest wait in PostgreSQL and are published tenant by tenant in turn. Empty: no window for "
+        "a tenant without a running-jobs limit.",
     ),
     Setting(
         "GPUJOBS_TENANT_MAX_PRIORITY",

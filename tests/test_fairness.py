@@ -60,6 +60,14 @@ def test_without_any_setting_a_tenants_window_is_the_default_of_50(app, tenant):
     assert counts(app, tenant) == {"queued": 55, "published": 50}
 
 
+def test_a_running_jobs_limit_set_for_a_tenant_is_its_window_even_above_the_default(app, tenant):
+    """A tenant granted more (a GPU tenant watching 60 instances come up) is not held to 50 in flight."""
+    set_limits(app, tenant, max_running_jobs=60)
+    for _ in range(65):
+        submit(app, tenant)
+    assert counts(app, tenant) == {"queued": 65, "published": 60}
+
+
 def test_another_tenants_job_starts_before_a_flood_queued_ahead_of_it_drains(app, tenant, start_worker):
     """A floods FLOOD jobs at the same priority before B's one job; B's starts after a window of A's."""
     set_limits(app, tenant, max_running_jobs=2)

@@ -42,7 +42,8 @@ def test_two_hundred_monitored_instances_cost_one_list_page_per_poll_interval_no
     app, tenant, sim, gpu_worker
 ):
     sim.set_capacity("3090.16c92g", "cn-hongkong-1", INSTANCES)
-    set_limits(app, tenant, max_instances=INSTANCES)  # above the default GPU quota
+    # above the default GPU quota and the default fairness window (each job runs while it is watched)
+    set_limits(app, tenant, max_instances=INSTANCES, max_running_jobs=INSTANCES)
     gpu_worker(
         concurrency=4,
         GPUJOBS_MONITOR_INTERVAL_SECONDS=str(POLL_INTERVAL_SECONDS),
