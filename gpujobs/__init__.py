@@ -24,8 +24,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(load_config())
     if test_config:
         app.config.update(test_config)
-    if not app.config.get("DATABASE_URL"):
-        raise RuntimeError("DATABASE_URL is not set and no embedded server is running (start one: make run)")
+    for url in ("DATABASE_URL", "REDIS_URL"):
+        if not app.config.get(url):
+            # Refused here, not as a 500 on every request of a process that started without it.
+            raise ConfigError(f"{url} is not set and no embedded server is running (start one: make run)")
     if not app.config.get("GPUJOBS_ENCRYPTION_KEY"):
         # Without it no webhook could be signed; refusing here names the fix before anything runs.
         raise ConfigError(

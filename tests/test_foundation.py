@@ -59,6 +59,13 @@ def test_config_falls_back_to_the_embedded_servers_that_make_run_recorded(tmp_pa
     assert config["REDIS_URL"] == "redis://elsewhere:6379/0"
 
 
+@pytest.mark.parametrize("url", ["DATABASE_URL", "REDIS_URL"])
+def test_the_app_refuses_to_start_without_a_server_url_naming_it(service_env, url):
+    """A deployment that forgot one URL fails at start, not with a 500 on every request."""
+    with pytest.raises(ConfigError, match=f"{url} is not set.*make run"):
+        create_app({url: None})
+
+
 def test_postgres_urls_are_pinned_to_psycopg2():
     assert sqlalchemy_url("postgres://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
     assert sqlalchemy_url("postgresql://u@/db?host=/tmp") == "postgresql+psycopg2://u@/db?host=/tmp"

@@ -7,7 +7,7 @@ Every change is a job (`gpu.instance.create|stop|start|delete@1`), so it is dura
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from flask import Blueprint, current_app, g, url_for
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,13 +16,13 @@ from sqlalchemy import select
 from gpujobs import resources, webhooks
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
+from gpujobs.api.fields import Priority, WebhookUrl
 from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
-from gpujobs.jobs import PriorityName
 from gpujobs.models import Instance, Job
 from gpujobs.operations import JobOptions
 from gpujobs.provisioning import actions, create, external, lifetimes, records
@@ -39,9 +39,6 @@ from gpujobs.states import InstanceStatus
 bp = Blueprint("instances", __name__, url_prefix="/v1/instances")
 
 TAG = "instances"
-Priority = PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None
-PRIORITY_DOC = "a name, or 0-10 (higher is more urgent); default normal"
-WebhookUrl = Annotated[str | None, Field(max_length=2000, pattern=r"^https?://")]
 JOB_FIELDS = {"webhookUrl", "webhookHeaders", "priority", "idempotencyKey"}
 
 
@@ -50,7 +47,7 @@ class JobOptionFields(BaseModel):
 
     webhookUrl: WebhookUrl = None
     webhookHeaders: webhooks.WebhookHeaders | None = None
-    priority: Priority = Field(default=None, description=PRIORITY_DOC)
+    priority: Priority = None
 
 
 class CreateInstance(CreateInstanceParams, JobOptionFields):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from flask import Blueprint, g, url_for
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +12,7 @@ from sqlalchemy import Select, select
 from gpujobs import operations, resources, webhooks
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
+from gpujobs.api.fields import Priority, WebhookUrl
 from gpujobs.api.idempotency import KEY_PATTERN, current_key, idempotent, job_key_conflicts
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
@@ -49,11 +50,9 @@ class SubmitJob(BaseModel):
     definitionKey: str = Field(min_length=1, max_length=100)
     definitionVersion: int = Field(default=1, ge=1, le=1000)
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: resources.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None = Field(
-        default=None, description="a name, or 0-10 (higher is more urgent); default normal"
-    )
+    priority: Priority = None
     maxAttempts: int | None = Field(default=None, ge=1, le=100)
-    webhookUrl: str | None = Field(default=None, max_length=2000, pattern=r"^https?://")
+    webhookUrl: WebhookUrl = None
     webhookHeaders: webhooks.WebhookHeaders | None = None
     idempotencyKey: str | None = Field(
         default=None, pattern=KEY_PATTERN, description="same as the Idempotency-Key header"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from flask import Blueprint, g, url_for
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -12,6 +12,7 @@ from sqlalchemy import select
 from gpujobs import resources, schedules
 from gpujobs.api import schemas
 from gpujobs.api.auth import require_api_key
+from gpujobs.api.fields import Priority
 from gpujobs.api.openapi import operation
 from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
@@ -49,9 +50,7 @@ class CreateSchedule(BaseModel):
     definitionKey: str = Field(min_length=1, max_length=100)
     definitionVersion: int = Field(default=1, ge=1, le=1000)
     params: dict[str, Any] = Field(default_factory=dict)
-    priority: resources.PriorityName | Annotated[int, Field(strict=True, ge=0, le=10)] | None = Field(
-        default=None, description="a name, or 0-10 (higher is more urgent); default normal"
-    )
+    priority: Priority = None
     timezone: str = Field(
         default="UTC", min_length=1, max_length=64, description="IANA zone the cron reads in"
     )
