@@ -5,10 +5,11 @@ down, or the process dies between commit and publish, the row stays unpublished 
 sweep sends it later. A message sent twice is harmless: the claim lets only one run.
 
 Fairness between tenants: a tenant's jobs go to the broker only while it has fewer than its window
-of jobs published or running (its own running-jobs limit, else the default one capped by ``GPUJOBS_TENANT_MAX_PUBLISHED``).
-The rest wait unpublished in PostgreSQL; the dispatch sweep publishes them tenant by tenant in turn, and a
-job that ends tops its tenant up at once. So one tenant's flood never stands in the Redis queues ahead
-of another tenant's job: at most a window of it does (as River, Oban and Sidekiq Enterprise do).
+of jobs published or running (its own running-jobs limit, else the default one capped by
+``GPUJOBS_TENANT_MAX_PUBLISHED``). The rest wait unpublished in PostgreSQL; the dispatch sweep publishes
+them tenant by tenant in turn, and a job that ends tops its tenant up at once. So one tenant's flood
+never stands in the Redis queues ahead of another tenant's job: at most a window of it does (as River,
+Oban and Sidekiq Enterprise do).
 """
 
 from __future__ import annotations
@@ -186,7 +187,9 @@ def commit_and_publish(
 # NULL when none is set (no window). Its free slots: the window less the jobs it has published (queued,
 # message sent) or running. PostgreSQL's LEAST ignores NULLs.
 # Counting stops at the window, on the two partial indexes of a tenant's in-flight jobs (migration l12).
-_WINDOW = "COALESCE(l.max_running_jobs, LEAST(CAST(:default_running AS integer), CAST(:max_published AS integer)))"
+_WINDOW = (
+    "COALESCE(l.max_running_jobs, LEAST(CAST(:default_running AS integer), CAST(:max_published AS integer)))"
+)
 _FREE_SLOTS = f"""
     CASE WHEN {_WINDOW} IS NULL THEN NULL ELSE {_WINDOW} - (
         (SELECT count(*) FROM (SELECT 1 FROM jobs f

@@ -23,7 +23,7 @@ from flask import current_app
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import OperationalError
 
-from gpujobs import jobs, resources, webhooks
+from gpujobs import dispatch, jobs, resources, webhooks
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.extensions import db
@@ -232,6 +232,7 @@ def _reclaimed(watch: Watch, instance: Instance, seen: NovitaInstance) -> None:
     webhooks.record_job_event(watch.job_id)
     db.session.commit()
     webhooks.publish_pending(watch.job_id)
+    dispatch.top_up(watch.job_id)
     spot.announce([reclaimed])
     log.info("job %s: failed, instance %s reclaimed by Novita", watch.job_id, instance.id)
     return None
@@ -396,6 +397,7 @@ def _end(
     due = webhooks.pending(watch.job_id)
     db.session.commit()
     webhooks.publish(watch.job_id, due)
+    dispatch.top_up(watch.job_id)  # the job ended here, not in run_job: its tenant's next job takes the slot
     log.info("job %s: %s (instance %s %s)", watch.job_id, outcome, instance.id, instance.status)
 
 

@@ -6,6 +6,7 @@ import pytest
 from support.gpu import IMAGE, PHASE_SECONDS, novita_name, provision, wait_for_job
 from support.polling import wait_for
 from support.rows import events, instance_row, job_row
+from support.tenants import set_limits
 
 # Instances that stay in `pulling` for a minute: long enough to cancel or time out first.
 SLOW_PULL = pytest.mark.parametrize(
@@ -185,3 +186,16 @@ def test_a_monitor_polling_less_often_than_its_lease_lasts_is_never_rescued(
     job = job_row(app, accepted["jobId"])
     assert (job.status, job.attempt) == ("succeeded", 1)
     assert "job.rescued" not in [event.type for event in events(app, accepted["jobId"])]
+
+
+def test_a_gpu_job_that_ends_in_the_monitor_publishes_its_tenants_next_job_at_once(
+    app, client, tenant, gpu_worker
+):
+    """A create ends in a monitor look, not in run_job; it still hands its slot of the tenant's fairness
+    window to the next job at once (no dispatch sweep runs in this test)."""
+    set_limits(app, tenant, max_running_jobs=1)
+    gpu_worker()
+    first, second = provision(client, tenant), provision(client, tenant)
+    assert job_row(app, second["jobId"]).published_at is None  # a window of 1 holds it back
+    wait_for(lambda: job_row(app, second["jobId"]).status == "succeeded", timeout=60)
+    assert job_row(app, first["jobId"]).status == "succeeded"
