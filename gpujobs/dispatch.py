@@ -282,5 +282,10 @@ def next_jobs(batch: int, after_job: uuid.UUID | None = None) -> list[Dispatch]:
 
 def top_up(ended_job: uuid.UUID) -> None:
     """A job ended and freed a slot of its tenant: publish that tenant's next jobs now, not at the next
-    sweep, so a tenant alone on the cluster keeps every worker busy."""
-    commit_and_publish(next_jobs(TOP_UP_BATCH, after_job=ended_job), within_window=False)
+    sweep, so a tenant alone on the cluster keeps every worker busy. Nothing waiting (the usual case):
+    the read's transaction ends without a commit."""
+    picked = next_jobs(TOP_UP_BATCH, after_job=ended_job)
+    if picked:
+        commit_and_publish(picked, within_window=False)
+    else:
+        db.session.rollback()
