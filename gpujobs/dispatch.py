@@ -190,13 +190,16 @@ def commit_and_publish(
 _WINDOW = (
     "COALESCE(l.max_running_jobs, LEAST(CAST(:default_running AS integer), CAST(:max_published AS integer)))"
 )
-_FREE_SLOTS = f"""
-    CASE WHEN {_WINDOW} IS NULL THEN NULL ELSE {_WINDOW} - (
-        (SELECT count(*) FROM (SELECT 1 FROM jobs f
-            WHERE f.tenant_id = t.id AND f.status = '{JobStatus.QUEUED}' AND f.published_at IS NOT NULL
-            LIMIT {_WINDOW}) AS published)
-        + (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status IN ({sql_list(JOB_ACTIVE)})))
-    END"""
+_IN_WINDOW = f"""(
+    (SELECT count(*) FROM (SELECT 1 FROM jobs f
+        WHERE f.tenant_id = t.id AND f.status = '{JobStatus.QUEUED}' AND f.published_at IS NOT NULL
+        LIMIT {_WINDOW}) AS published)
+    + (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.status IN ({sql_list(JOB_ACTIVE)})))"""
+_FREE_SLOTS = f"CASE WHEN {_WINDOW} IS NULL THEN NULL ELSE {_WINDOW} - {_IN_WINDOW} END"
+_WINDOW_OF = text(
+    f"""SELECT {_WINDOW} AS size, {_IN_WINDOW} AS used FROM tenants t
+    LEFT JOIN tenant_limits l ON l.tenant_id = t.id WHERE t.id = :tenant_id"""
+)
 # Whether a tenant's window has room for one more job (no window: always).
 _ROOM_FOR_ONE = f"COALESCE(({_FREE_SLOTS}) > 0, true)"
 _FREE_SLOTS_OF = text(
@@ -229,6 +232,13 @@ def _window_params() -> dict[str, int | None]:
         "default_running": config["GPUJOBS_TENANT_MAX_RUNNING_JOBS"],
         "max_published": config["GPUJOBS_TENANT_MAX_PUBLISHED"],
     }
+
+
+def window_of(tenant_id: uuid.UUID) -> dict[str, int | None]:
+    """The tenant's fairness window (``limit``, None: none) and its jobs in it now (``used``: published,
+    counted up to the window, or running): why its next jobs wait queued, for ``GET /v1/limits``."""
+    row = db.session.execute(_WINDOW_OF, {"tenant_id": tenant_id, **_window_params()}).one()
+    return {"limit": row.size, "used": row.used}
 
 
 def admission() -> jobs.Admission:

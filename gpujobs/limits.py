@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs import jobs, quotas
+from gpujobs import dispatch, jobs, quotas
 from gpujobs.exceptions import LimitReached
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule, TenantLimits
@@ -116,6 +116,7 @@ def usage(tenant_id: uuid.UUID) -> dict[str, Any]:
     limits = of(tenant_id)
     return {
         "runningJobs": {"limit": limits.max_running_jobs, "used": running_count(tenant_id)},
+        "dispatchWindow": dispatch.window_of(tenant_id),
         "schedules": {"limit": limits.max_schedules, "used": schedule_count(tenant_id)},
         "priority": {"limit": jobs.PRIORITY_NAMES[limits.max_priority]},
         **quotas.usage(tenant_id, limits),

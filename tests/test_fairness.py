@@ -42,11 +42,14 @@ def counts(app: Flask, tenant: dict[str, str]) -> dict[str, int]:
     return {**by_status, "published": published or 0}
 
 
-def test_a_tenants_flood_waits_unpublished_beyond_its_window(app, tenant):
+def test_a_tenants_flood_waits_unpublished_beyond_its_window(app, client, tenant):
     set_limits(app, tenant, max_running_jobs=2)
     for _ in range(FLOOD):
         submit(app, tenant)
     assert counts(app, tenant) == {"queued": FLOOD, "published": 2}
+    # the tenant sees why the rest wait
+    limits = client.get("/v1/limits", headers=tenant["headers"]).json
+    assert limits["dispatchWindow"] == {"limit": 2, "used": 2}
     with app.app_context():
         dispatch_due()  # the window is full: the sweep publishes none of the rest
     assert counts(app, tenant)["published"] == 2

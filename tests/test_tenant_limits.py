@@ -118,6 +118,7 @@ def test_get_v1_limits_shows_each_limit_with_its_use(app, client, tenant):
     TenantLimits.model_validate(body)
     assert body == {
         "runningJobs": {"limit": None, "used": 0},
+        "dispatchWindow": {"limit": 50, "used": 0},
         "schedules": {"limit": 20, "used": 0},
         "priority": {"limit": "high"},
         "instances": {"limit": 10, "used": 0},
@@ -128,6 +129,7 @@ def test_get_v1_limits_shows_each_limit_with_its_use(app, client, tenant):
     body = client.get("/v1/limits", headers=tenant["headers"]).json
     assert body == {
         "runningJobs": {"limit": 4, "used": 0},
+        "dispatchWindow": {"limit": 4, "used": 0},
         "schedules": {"limit": 3, "used": 1},
         "priority": {"limit": "critical"},
         "instances": {"limit": 10, "used": 0},

@@ -40,6 +40,11 @@ class TenantLimits(schemas.Out):
     """Each of the caller's limits, one object per limit."""
 
     runningJobs: CountLimit
+    dispatchWindow: CountLimit = Field(
+        description="fairness between tenants: jobs handed to the workers (published, up to the window, or "
+        "running) at once; beyond it jobs wait queued and go out as these end (your running-jobs limit "
+        "when one is set, else the operator's window)"
+    )
     schedules: CountLimit
     priority: PriorityLimit
     instances: CountLimit = Field(
