@@ -187,10 +187,26 @@ def stop(ctx: JobContext, params: dict[str, Any]) -> Handoff:
     return _watch(ctx, instance, STOP)
 
 
+def _room_to_start(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) -> None:
+    """A start queued through ``POST /v1/jobs`` is refused at submit (LimitReached, 409) while the
+    tenant's GPU quotas have no room for its stopped instance, as ``POST /v1/instances/{id}/start`` is.
+    Nothing is held until the row moves to `starting`, so the handler checks again when it runs; a start
+    queued by ``request`` finds its row `starting` already, its room taken there."""
+    instance = db.session.get(Instance, uuid.UUID(params["instanceId"]), populate_existing=True)
+    if (
+        instance is not None
+        and instance.tenant_id == tenant_id
+        and instance.status == InstanceStatus.STOPPED
+        and not instance.external
+    ):
+        quotas.reserve_start(tenant_id, instance)
+
+
 @job_definition(
     KEYS[START],
     1,
     description="Start an instance; wait until it runs (its GPU may be gone).",
+    on_queued=_room_to_start,
     **ACTION_OPTIONS,
 )
 def start(ctx: JobContext, params: dict[str, Any]) -> Handoff:

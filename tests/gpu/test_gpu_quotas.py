@@ -191,18 +191,25 @@ def test_a_redriven_create_is_held_to_the_quota_and_its_row_counts_again(app, cl
     assert shown["status"] == "creating" and limits_of(client, tenant)["instances"]["used"] == 1
 
 
-def test_a_start_through_post_v1_jobs_is_held_to_the_quota_when_it_runs(app, client, tenant):
-    """`POST /v1/jobs` names any instance, so the start handler checks the quotas itself, under the same
-    lock, in the transaction that marks the row starting: over quota, the job fails and the row stays."""
+def test_a_start_through_post_v1_jobs_is_held_to_the_quota_at_submit_and_when_it_runs(app, client, tenant):
+    """Over quota, `POST /v1/jobs` refuses a start with the 409 of `POST /v1/instances/{id}/start`. Nothing
+    is held until the row moves, so the start handler checks again, under the same lock, in the
+    transaction that marks the row starting: the quota filled meanwhile, the job fails and the row stays."""
     set_limits(app, tenant, max_instances=1)
     first = client.post("/v1/instances", json=CAPPED, headers=tenant["headers"]).json
     set_status(app, first["instanceId"], InstanceStatus.STOPPED)
-    assert (
-        client.post("/v1/instances", json=CAPPED, headers=tenant["headers"]).status_code == 202
-    )  # the place
+    second = client.post("/v1/instances", json=CAPPED, headers=tenant["headers"])
+    assert second.status_code == 202  # the place
     body = {"definitionKey": "gpu.instance.start", "params": {"instanceId": first["instanceId"]}}
+    refused = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+    assert refused.status_code == 409 and refused.mimetype == "application/problem+json"
+    assert (refused.json["limitName"], refused.json["limit"], refused.json["used"]) == ("instances", 1, 1)
+    assert len(client.get("/v1/jobs", headers=tenant["headers"]).json["items"]) == 2  # the refused one is not kept
+
+    set_status(app, second.json["instanceId"], InstanceStatus.DELETED)
     accepted = client.post("/v1/jobs", json=body, headers=tenant["headers"])
     assert accepted.status_code == 202
+    assert client.post("/v1/instances", json=CAPPED, headers=tenant["headers"]).status_code == 202  # refilled
     with app.app_context():
         runner.run_job(uuid.UUID(accepted.json["id"]))
         job = db.session.get_one(Job, uuid.UUID(accepted.json["id"]))
