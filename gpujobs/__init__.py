@@ -14,8 +14,11 @@ __version__ = "0.1.0"  # before the imports below: the Novita client reads it fo
 from gpujobs.config import ConfigError, engine_options, load_config, sqlalchemy_url
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the Flask app, its extensions and its Celery app (the Flask application-factory pattern)."""
+def create_app(test_config: dict[str, Any] | None = None, *, needs_broker: bool = True) -> Flask:
+    """Build the Flask app, its extensions and its Celery app (the Flask application-factory pattern).
+
+    ``needs_broker=False``: a command that only uses PostgreSQL (``gpujobs migrate``) runs without
+    ``REDIS_URL``, as a one-off migration job of a deployment may."""
     from gpujobs import logs, models  # noqa: F401  (models: the tables, for migrations and queries)
     from gpujobs.celery_app import celery_init_app
     from gpujobs.extensions import db, drop_closed_connections, migrate
@@ -24,7 +27,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(load_config())
     if test_config:
         app.config.update(test_config)
-    for url in ("DATABASE_URL", "REDIS_URL"):
+    for url in ("DATABASE_URL", "REDIS_URL") if needs_broker else ("DATABASE_URL",):
         if not app.config.get(url):
             # Refused here, not as a 500 on every request of a process that started without it.
             raise ConfigError(f"{url} is not set and no embedded server is running (start one: make run)")

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from gpujobs import create_app
 
 
-def _app() -> Flask:
-    return create_app()
+def _app(*, needs_broker: bool = True) -> Flask:
+    return create_app(needs_broker=needs_broker)
 
 
 @click.group()
@@ -259,10 +259,10 @@ _grant_commands(registry_auths, "registry_auth", "registry auth")
 
 @main.command()
 def migrate() -> None:
-    """Apply database migrations (the Procfile's release step)."""
+    """Apply database migrations (the Procfile's release step; needs no Redis)."""
     from flask_migrate import upgrade
 
-    with _app().app_context():
+    with _app(needs_broker=False).app_context():
         upgrade()
 
 

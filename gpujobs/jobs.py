@@ -200,10 +200,12 @@ def new_job(
         updated_at=row.updated_at,
         **dict.fromkeys(_UNSET_COLUMNS),
     )
-    make_transient_to_detached(job)  # the row is written: the session holds it as loaded, no flush
-    db.session.add(job)
     if definition.on_queued is not None:
         definition.on_queued(job.id, tenant_id, params)
+    # The row is written: the session holds it as loaded, no flush. Only now, so that an ``on_queued``
+    # that raises inside a savepoint (a schedule's tick, a spot replacement) leaves no ghost of it.
+    make_transient_to_detached(job)
+    db.session.add(job)
     return job
 
 
@@ -241,7 +243,8 @@ _TO_CLAIM = (
 _CLAIM = text(
     f"""WITH claimed AS (
         UPDATE jobs SET status = '{JobStatus.RUNNING}', attempt = attempt + 1, started_at = now(),
-            lease_expires_at = now() + make_interval(secs => :lease_seconds), progress = NULL
+            updated_at = now(), progress = NULL,
+            lease_expires_at = now() + make_interval(secs => :lease_seconds)
         WHERE id = :job_id AND status = '{JobStatus.QUEUED}' AND NOT cancel_requested
         RETURNING id, attempt, tenant_id, params, max_attempts),
     event AS (
@@ -256,7 +259,7 @@ _SUCCEED = (
         text(
             f"""WITH done AS (
             UPDATE jobs SET status = '{JobStatus.SUCCEEDED}', result = :result, error = NULL,
-                progress = 100.0, finished_at = now(), lease_expires_at = NULL
+                updated_at = now(), progress = 100.0, finished_at = now(), lease_expires_at = NULL
             WHERE id = :job_id AND attempt = :attempt AND status IN ({sql_list(JOB_ACTIVE)})
                 AND NOT cancel_requested
             RETURNING {_JOB_COLUMNS}),

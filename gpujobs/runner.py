@@ -365,10 +365,15 @@ def _retry_delay_seconds(definition: Definition, attempt: int, exc: BaseExceptio
 
 
 def _hook(hook: Any, ctx: RunContext, params: dict[str, Any]) -> None:
-    """Run an optional hook; a failing hook is logged, never allowed to change the job's outcome."""
+    """Run an optional hook; a failing hook is logged, never allowed to change the job's outcome.
+
+    What the hook wrote is committed here (a hook that wrote nothing costs no round trip); a failing
+    hook's writes are rolled back."""
     if hook is None:
         return
     try:
         hook(ctx, params)
+        db.session.commit()
     except Exception:
+        db.session.rollback()
         log.exception("job %s: hook %s failed", ctx.job_id, getattr(hook, "__name__", hook))

@@ -57,6 +57,7 @@ def test_a_job_runs_once_to_succeeded_with_its_result_and_timeline(app, tenant, 
     wait_for(status_is(app, job_id, "succeeded"))
     job = job_row(app, job_id)
     assert job.attempt == 1 and job.result is not None and job.finished_at is not None
+    assert job.updated_at == job.finished_at  # its last change was its success
     assert event_types(app, job_id) == ["job.queued", "job.started", "job.succeeded"]
 
 

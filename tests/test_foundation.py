@@ -66,6 +66,15 @@ def test_the_app_refuses_to_start_without_a_server_url_naming_it(service_env, ur
         create_app({url: None})
 
 
+def test_migrate_needs_no_redis_url(process_env):
+    """A deployment's one-off migration job may be given only the database."""
+    env = {**process_env, "REDIS_URL": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "gpujobs", "migrate"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_postgres_urls_are_pinned_to_psycopg2():
     assert sqlalchemy_url("postgres://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
     assert sqlalchemy_url("postgresql://u@/db?host=/tmp") == "postgresql+psycopg2://u@/db?host=/tmp"

@@ -232,8 +232,8 @@ def _reclaimed(watch: Watch, instance: Instance, seen: NovitaInstance) -> None:
     webhooks.record_job_event(watch.job_id)
     db.session.commit()
     webhooks.publish_pending(watch.job_id)
+    spot.announce([reclaimed])  # publishes the replacement first, so the top-up cannot send it again
     dispatch.top_up(watch.job_id)
-    spot.announce([reclaimed])
     log.info("job %s: failed, instance %s reclaimed by Novita", watch.job_id, instance.id)
     return None
 

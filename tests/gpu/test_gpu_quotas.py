@@ -204,7 +204,7 @@ def test_a_start_through_post_v1_jobs_is_held_to_the_quota_at_submit_and_when_it
     refused = client.post("/v1/jobs", json=body, headers=tenant["headers"])
     assert refused.status_code == 409 and refused.mimetype == "application/problem+json"
     assert (refused.json["limitName"], refused.json["limit"], refused.json["used"]) == ("instances", 1, 1)
-    assert len(client.get("/v1/jobs", headers=tenant["headers"]).json["items"]) == 2  # the refused one is not kept
+    assert len(client.get("/v1/jobs", headers=tenant["headers"]).json["items"]) == 2  # the refused: not kept
 
     set_status(app, second.json["instanceId"], InstanceStatus.DELETED)
     accepted = client.post("/v1/jobs", json=body, headers=tenant["headers"])
