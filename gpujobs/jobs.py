@@ -359,6 +359,8 @@ RENEW_LEASE = (
         )
     )
     .returning(Job.cancel_requested)
+    # Its WHERE has parameters only: nothing in the session could be matched to it in Python.
+    .execution_options(synchronize_session=False)
 )
 _CANCEL_FLAG = select(Job.cancel_requested).where(*_OWNED)
 

@@ -261,6 +261,8 @@ _CLAIM = (
         next_attempt_at=func.now() + timedelta(seconds=SEND_LEASE_SECONDS),
     )
     .returning(WebhookDelivery)
+    # The claimed row as it is now, whatever copy the session held; its WHERE has parameters only.
+    .execution_options(synchronize_session=False, populate_existing=True)
 )
 _OPEN_UNTIL = select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == bindparam("endpoint"))
 
