@@ -116,7 +116,12 @@ def reserve_create(tenant_id: uuid.UUID, params: CreateInstanceParams) -> int | 
 
 
 def reserve_start(tenant_id: uuid.UUID, instance: Instance) -> None:
-    """Make room for a stopped instance to run again in this transaction, or raise LimitReached (409)."""
+    """Make room for a stopped instance to run again in this transaction, or raise LimitReached (409).
+
+    Only a stopped instance gpujobs made needs room: in any other status it already counts or cannot
+    start, and an external instance is not held to the quotas."""
+    if instance.status != InstanceStatus.STOPPED or instance.external:
+        return
     units = instance.price_per_hour_units or instance.reserved_price_units or 0
     _check(limits.of(tenant_id), _locked_use(tenant_id), units)
 

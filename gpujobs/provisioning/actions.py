@@ -89,7 +89,7 @@ def request(
     if action == DELETE and instance.external:
         db.session.rollback()
         raise Conflict(_not_ours(instance))
-    if action == START and instance.status == InstanceStatus.STOPPED and not instance.external:
+    if action == START:
         try:  # running again, it bills a GPU again: it needs a place in the tenant's quotas
             quotas.reserve_start(tenant_id, instance)
         except LimitReached:
@@ -193,12 +193,7 @@ def _room_to_start(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, An
     Nothing is held until the row moves to `starting`, so the handler checks again when it runs; a start
     queued by ``request`` finds its row `starting` already, its room taken there."""
     instance = db.session.get(Instance, uuid.UUID(params["instanceId"]), populate_existing=True)
-    if (
-        instance is not None
-        and instance.tenant_id == tenant_id
-        and instance.status == InstanceStatus.STOPPED
-        and not instance.external
-    ):
+    if instance is not None and instance.tenant_id == tenant_id:
         quotas.reserve_start(tenant_id, instance)
 
 
@@ -255,7 +250,7 @@ def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:
         raise PermanentError(f"no instance {params['instanceId']}")
     if action == DELETE and instance.external:
         raise PermanentError(_not_ours(instance))
-    if action == START and instance.status == InstanceStatus.STOPPED and not instance.external:
+    if action == START:
         try:  # a start from `POST /v1/jobs`: `request` did not check the quotas; held until the commit below
             quotas.reserve_start(instance.tenant_id, instance)
         except LimitReached as exc:
