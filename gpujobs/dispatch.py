@@ -14,6 +14,7 @@ Oban and Sidekiq Enterprise do).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
@@ -100,33 +101,10 @@ def _job_message(item: Dispatch) -> tuple[str, list[str], str, dict[str, Any]]:
 def publish(item: Dispatch) -> bool:
     """Send one job id to its priority queue, with the broker retry policy; False (logged) if not sent.
 
-    Built as ``send_batch`` builds its messages: ``send_task``'s routing and option merging cost ~0.2 ms
-    of the API's CPU per submit (of ~0.6 ms for the whole publish), for a queue chosen here anyway.
+    Built as the sweeps' batches are (``send_batch``): ``send_task``'s routing and option merging cost
+    ~0.2 ms of the API's CPU per submit (of ~0.6 ms for the whole publish), for a queue chosen here anyway.
     """
-    celery = current_app.extensions["celery"]
-    name, args, queue, options = _job_message(item)
-    try:
-        with celery.producer_or_acquire() as producer:
-            celery.amqp.send_task_message(
-                producer,
-                name,
-                _task_message(celery.amqp, name, args, options),
-                queue=queue,
-                declare=NO_DECLARE,
-                retry=True,
-                retry_policy=PUBLISH_RETRY_POLICY,
-            )
-    except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
-        log.warning("job %s not published (%s); a sweep will recover it", item.job_id, type(exc).__name__)
-        return False
-    return True
-
-
-def _task_message(amqp: Any, name: str, args: list[Any], options: dict[str, Any]) -> Any:
-    """Celery's own message for task ``name`` (no parent task, no task-sent event: none is configured)."""
-    return amqp.create_task_message(
-        str(uuid.uuid4()), name, args, {}, argsrepr=repr(args), kwargsrepr="{}", **options
-    )
+    return send_batch([_job_message(item)], f"job {item.job_id}", retry_policy=PUBLISH_RETRY_POLICY)
 
 
 def publish_batch(items: list[Dispatch]) -> bool:
@@ -134,7 +112,12 @@ def publish_batch(items: list[Dispatch]) -> bool:
     return send_batch([_job_message(item) for item in items], f"{len(items)} jobs")
 
 
-def send_batch(messages: list[tuple[str, list[Any], str, dict[str, Any]]], what: str) -> bool:
+def send_batch(
+    messages: list[tuple[str, list[Any], str, dict[str, Any]]],
+    what: str,
+    *,
+    retry_policy: dict[str, Any] | None = None,
+) -> bool:
     """Send many task messages (task, args, queue, options) in one Redis round trip (kombu's publish
     batch); False (logged) if not sent.
 
@@ -142,16 +125,31 @@ def send_batch(messages: list[tuple[str, list[Any], str, dict[str, Any]]], what:
     Redis client and a round trip each, routing and option merging each); building each message with
     Celery's own ``amqp.create_task_message`` and buffering them in one pipeline costs ~0.2 ms
     (bench/README.md, "Scale"). The batch is not retried: if it fails, every message in it counts as
-    unsent and a sweep sends it again (a message that did go out twice is harmless).
+    unsent and a sweep sends it again (a message that did go out twice is harmless). ``retry_policy``:
+    each message goes out on its own with the broker's retries instead (a request's one job).
     """
-    amqp = current_app.extensions["celery"].amqp
+    celery = current_app.extensions["celery"]
+    amqp = celery.amqp
     try:
-        with current_app.extensions["celery"].producer_or_acquire() as producer, producer.batch():
+        with (
+            celery.producer_or_acquire() as producer,
+            contextlib.nullcontext() if retry_policy else producer.batch(),
+        ):
             for name, args, queue, options in messages:
-                message = _task_message(amqp, name, args, options)
-                amqp.send_task_message(producer, name, message, queue=queue, declare=NO_DECLARE, retry=False)
+                message = amqp.create_task_message(
+                    str(uuid.uuid4()), name, args, {}, argsrepr=repr(args), kwargsrepr="{}", **options
+                )
+                amqp.send_task_message(
+                    producer,
+                    name,
+                    message,
+                    queue=queue,
+                    declare=NO_DECLARE,
+                    retry=retry_policy is not None,
+                    retry_policy=retry_policy,
+                )
     except Exception as exc:  # kombu raises many connection error types; all mean "not sent"
-        log.warning("%s not published (%s); a sweep will recover them", what, type(exc).__name__)
+        log.warning("%s not published (%s); a sweep will send again", what, type(exc).__name__)
         return False
     return True
 
