@@ -25,7 +25,7 @@ from bench import anchors
 from bench.cluster import Cluster, cpu_seconds
 from bench.load import run_load
 from bench.options import job_bench_parser, run_once
-from bench.sqllog import count_statements, log_statements
+from bench.sqllog import count_statements, log_statements, server_cpu
 
 TARGET_CPU_RATIO = 2.0  # echo job CPU over a procrastinate one-step job's (issue 24)
 BODY: dict[str, Any] = {"definitionKey": "echo", "params": {"message": "bench"}}
@@ -73,7 +73,9 @@ def run_echo(args: argparse.Namespace, cluster: Cluster) -> dict[str, Any]:
         "pg_commits_per_job": round(commits / n, 1),
     }
     if args.count_sql:
-        kinds = count_statements(pg_log.read_text(errors="replace")[log_offset:])
+        log_text = pg_log.read_text(errors="replace")[log_offset:]
+        kinds = count_statements(log_text)
+        result["pg_cpu_ms_top"] = {k: round(v * 1000 / n, 3) for k, v in server_cpu(log_text)[:10]}
         kinds["SELECT jobs"] -= polls  # this process's polls
         kinds["SELECT pg_stat_database"] = 0
         kinds = +kinds
@@ -111,6 +113,9 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         print(f"PostgreSQL statements per echo job {result['pg_statements_per_job']}, by kind:")
         for kind, count in result["pg_statements_top"].items():
             print(f"  {kind:34} {count:6.2f}")
+        print("PostgreSQL CPU per echo job by statement kind, ms (parse, plan and run; the log inflates it):")
+        for kind, ms in result["pg_cpu_ms_top"].items():
+            print(f"  {kind:34} {ms:6.3f}")
     print(json.dumps({"bench": "echo", **result}, separators=(",", ":")))
 
 

@@ -35,7 +35,7 @@ from bench.cluster import Cluster, cpu_seconds
 from bench.load import LoadResult, percentile, run_load
 from bench.options import job_bench_parser, run_once
 from bench.receiver import LoopbackReceiver
-from bench.sqllog import count_statements, log_statements
+from bench.sqllog import count_statements, log_statements, server_cpu
 from gpujobs.novita.simulator import NovitaSimulator, SimulatorConfig
 
 SIM_KEY = "sk_bench_pipeline"
@@ -192,7 +192,9 @@ def run_gpujobs(args: argparse.Namespace, cluster: Cluster, simulator: NovitaSim
         "redis_top": {k: round(v / n, 1) for k, v in commands.most_common(6)},
     }
     if args.count_sql:
-        kinds = count_statements(pg_log.read_text(errors="replace")[log_offset:] if pg_log.exists() else "")
+        log_text = pg_log.read_text(errors="replace")[log_offset:] if pg_log.exists() else ""
+        kinds = count_statements(log_text)
+        result["pg_cpu_ms_top"] = {k: round(v * 1000 / n, 3) for k, v in server_cpu(log_text)[:12]}
         result["pg_statements_per_job"] = round(sum(kinds.values()) / n, 1)
         result["pg_statements_top"] = {k: round(v / n, 2) for k, v in kinds.most_common(16)}
     return result
@@ -258,6 +260,9 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         print(f"PostgreSQL statements (round trips) per job {result['pg_statements_per_job']}, by kind:")
         for kind, count in result["pg_statements_top"].items():
             print(f"  {kind:34} {count:6.2f}")
+        print("PostgreSQL CPU per job by statement kind, ms (parse, plan and run; the log inflates it):")
+        for kind, ms in result["pg_cpu_ms_top"].items():
+            print(f"  {kind:34} {ms:6.3f}")
     print(json.dumps({"bench": "pipeline", **result}, separators=(",", ":")))
 
 
