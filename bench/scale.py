@@ -186,7 +186,8 @@ def watching(engine: Any, watch: Watch) -> Iterator[Watch]:
     def before(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
         conn.info["scale_started"] = time.perf_counter()
         if watch.capture and not many:
-            watch.statements.append((statement, parameters))
+            # The statement as the service wrote it (``statement`` may be gpujobs.prepared's EXECUTE of it).
+            watch.statements.append((context.statement if context is not None else statement, parameters))
 
     def after(conn: Any, *args: Any) -> None:
         watch.seconds += time.perf_counter() - conn.info.pop("scale_started", time.perf_counter())

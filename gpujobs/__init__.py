@@ -22,6 +22,7 @@ def create_app(test_config: dict[str, Any] | None = None, *, needs_broker: bool 
     from gpujobs import logs, models  # noqa: F401  (models: the tables, for migrations and queries)
     from gpujobs.celery_app import celery_init_app
     from gpujobs.extensions import db, drop_closed_connections, migrate
+    from gpujobs.prepared import prepare_repeated_statements
 
     app = Flask(__name__)
     app.config.update(load_config())
@@ -45,6 +46,8 @@ def create_app(test_config: dict[str, Any] | None = None, *, needs_broker: bool 
     db.init_app(app)
     with app.app_context():
         drop_closed_connections(db.engine)
+        if app.config["GPUJOBS_DB_PREPARED_STATEMENTS"]:
+            prepare_repeated_statements(db.engine)
     # Inside the package, so `flask --app gpujobs db upgrade` works from an installed wheel too.
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent / "migrations"))
     celery_init_app(app)

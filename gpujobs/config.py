@@ -269,6 +269,12 @@ SETTINGS: tuple[Setting, ...] = (
         "How long opening a PostgreSQL connection may take (whole seconds, at least 2: libpq's floor).",
     ),
     Setting(
+        "GPUJOBS_DB_PREPARED_STATEMENTS",
+        "1",
+        _bool,
+        "Prepare the statements a connection repeats (0 behind PgBouncer in transaction pooling mode).",
+    ),
+    Setting(
         "GPUJOBS_CANCEL_GRACE_SECONDS",
         "5",
         _non_negative_float,

@@ -1,0 +1,103 @@
+"""Prepared statements (gpujobs.prepared) on real PostgreSQL: repeats go out as EXECUTE."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import psycopg2
+from flask import Flask
+from sqlalchemy import select, text
+
+from gpujobs import create_app, operations
+from gpujobs.extensions import db
+from gpujobs.models import Job
+from gpujobs.prepared import PREPARE_AFTER
+
+
+def prepared_texts() -> list[str]:
+    """The statements prepared on the session's connection (pg_prepared_statements is per connection)."""
+    return list(db.session.scalars(text("SELECT statement FROM pg_prepared_statements")))
+
+
+def submit(tenant: dict[str, str]) -> uuid.UUID:
+    job = operations.submit(uuid.UUID(tenant["id"]), "echo", 1, {"message": "hi"}, operations.JobOptions())
+    db.session.commit()
+    return job.id
+
+
+def test_a_statement_run_again_on_a_connection_is_prepared_and_answers_as_before(app, tenant, app_context):
+    job_id = submit(tenant)
+    read = select(Job.status, Job.params).where(Job.id == job_id)
+    answers = [db.session.execute(read).one() for _ in range(PREPARE_AFTER + 2)]
+    assert answers == [answers[0]] * (PREPARE_AFTER + 2) and answers[0][0] == "queued"
+    statements = [s for s in prepared_texts() if "SELECT jobs.status, jobs.params \nFROM jobs" in s]
+    assert len(statements) == 1 and statements[0].startswith("PREPARE gpujobs_")
+    assert "$1" in statements[0] and "%(" not in statements[0]
+
+
+def test_a_statement_run_once_is_not_prepared(app, tenant, app_context):
+    job_id = submit(tenant)
+    db.session.execute(select(Job.priority_number.label("run_once")).where(Job.id == job_id)).one()
+    assert not [s for s in prepared_texts() if "run_once" in s]
+
+
+def test_a_percent_sign_in_the_text_survives_preparation(app, app_context):
+    like = text("SELECT CAST(:word AS text) LIKE 'gpu%' AS matches")
+    assert [db.session.scalar(like, {"word": "gpujobs"}) for _ in range(4)] == [True] * 4
+    assert [db.session.scalar(like, {"word": "cpu"}) for _ in range(2)] == [False] * 2
+    assert any("LIKE 'gpu%'" in s for s in prepared_texts())
+
+
+def test_a_list_parameter_keeps_the_statement_as_text(app, tenant, app_context):
+    job_id = submit(tenant)
+    by_ids = text("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))")
+    assert [db.session.scalar(by_ids, {"ids": [str(job_id)]}) for _ in range(4)] == [1] * 4
+    assert not [s for s in prepared_texts() if "uuid[]" in s]
+
+
+def test_a_text_the_server_will_not_prepare_runs_as_text_and_leaves_the_transaction_whole(
+    app, tenant, app_context
+):
+    job_id = submit(tenant)
+    db.session.execute(text("UPDATE jobs SET progress = 42 WHERE id = :id"), {"id": job_id})
+    untyped = text("SELECT :value IS NULL AS untyped")  # PostgreSQL cannot type $1 here: PREPARE fails
+    assert [db.session.scalar(untyped, {"value": None}) for _ in range(4)] == [True] * 4
+    assert db.session.scalar(text("SELECT progress FROM jobs WHERE id = :id"), {"id": job_id}) == 42
+    db.session.commit()
+    assert not [s for s in prepared_texts() if "untyped" in s]
+
+
+def test_a_prepared_statement_outlives_a_rollback(app, tenant, app_context):
+    job_id = submit(tenant)
+    read = select(Job.status).where(Job.id == job_id)
+    for _ in range(PREPARE_AFTER):
+        db.session.scalar(read)
+    db.session.rollback()
+    assert db.session.scalar(read) == "queued"
+
+
+def test_a_connection_the_server_ended_is_replaced_and_prepares_again(app, tenant, app_context):
+    job_id = submit(tenant)
+    read = select(Job.status).where(Job.id == job_id)
+    for _ in range(PREPARE_AFTER):
+        db.session.scalar(read)
+    pid = db.session.scalar(text("SELECT pg_backend_pid()"))
+    db.session.commit()
+    with contextlib.closing(psycopg2.connect(app.config["DATABASE_URL"])) as other, other.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+    statuses = [db.session.scalar(read) for _ in range(PREPARE_AFTER + 1)]
+    assert statuses == ["queued"] * (PREPARE_AFTER + 1)
+    assert db.session.scalar(text("SELECT pg_backend_pid()")) != pid
+    assert [s for s in prepared_texts() if s.endswith("WHERE jobs.id = $1::UUID") and "jobs.status" in s]
+
+
+def test_the_setting_turns_preparation_off(app: Flask, tenant):
+    plain = create_app({"TESTING": True, "GPUJOBS_DB_PREPARED_STATEMENTS": False})
+    with plain.app_context():
+        job_id = submit(tenant)
+        for _ in range(PREPARE_AFTER + 2):
+            db.session.scalar(select(Job.status).where(Job.id == job_id))
+        assert prepared_texts() == []
+        db.session.commit()
+        db.engine.dispose()
