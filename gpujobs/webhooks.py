@@ -260,7 +260,17 @@ _CLAIM = (
         attempts=WebhookDelivery.attempts + 1,
         next_attempt_at=func.now() + timedelta(seconds=SEND_LEASE_SECONDS),
     )
-    .returning(WebhookDelivery)
+    .returning(
+        WebhookDelivery,
+        select(WebhookEndpoint.open_until)
+        .where(WebhookEndpoint.endpoint == WebhookDelivery.endpoint)
+        .scalar_subquery()
+        .label("open_until"),
+        select(WebhookEndpoint.consecutive_failures)
+        .where(WebhookEndpoint.endpoint == WebhookDelivery.endpoint)
+        .scalar_subquery()
+        .label("failures"),
+    )
     # The claimed row as it is now, whatever copy the session held; its WHERE has parameters only.
     .execution_options(synchronize_session=False, populate_existing=True)
 )
@@ -323,13 +333,18 @@ def _try(
     """One attempt of one delivery; its outcome is left for the caller's next commit. ``released`` (held
     deliveries a closing circuit lets go) is sent once that commit is made; ``secrets_by_tenant`` keeps
     the signing secrets read by earlier deliveries of the same call."""
-    delivery = db.session.scalars(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
-    if delivery is None:
+    claimed = db.session.execute(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
+    if claimed is None:
         return None
+    delivery, open_until, failures = claimed
     db.session.expunge(delivery)  # a copy that the commits below leave as it is (no re-read)
     attempt = delivery.attempts
+    # The claim read the receiver's circuit with the row (rows older than the breaker have no endpoint):
+    # a closed one needs no second look now, nor, when the answer is healthy and nothing had failed, after.
+    closed = delivery.endpoint is not None and open_until is None
+    clean = closed and not failures
     endpoint = delivery.endpoint or endpoint_of(delivery.url)
-    held_until = _gate(endpoint)
+    held_until = None if closed else _gate(endpoint)
     if held_until is not None:
         return _hold(delivery, attempt, endpoint, held_until)
     secrets = secrets_by_tenant.get(delivery.tenant_id)
@@ -356,7 +371,11 @@ def _try(
             delivered_at=func.now() if new_status == DeliveryStatus.SUCCEEDED else None,
         )
     )
-    released += _record_health(delivery, endpoint, healthy=status_code is not None and status_code < 500)
+    healthy = status_code is not None and status_code < 500
+    # A healthy answer to a circuit clean at the claim changes nothing in it (a failure another delivery
+    # counted meanwhile stays counted: the two answers crossed, and either order is the truth).
+    if not (healthy and clean):
+        released += _record_health(delivery, endpoint, healthy=healthy)
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
 

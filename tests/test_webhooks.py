@@ -14,6 +14,7 @@ from support.tenants import secret_of
 
 from gpujobs.extensions import db
 from gpujobs.models import WebhookDelivery
+from gpujobs.outbound import endpoint_of
 
 
 @pytest.fixture
@@ -288,3 +289,52 @@ def _timeline(app, job_id: str, event_type: str) -> bool:
                 select(JobEvent.id).where(JobEvent.job_id == uuid.UUID(job_id), JobEvent.type == event_type)
             )
         )
+
+
+def test_a_clean_circuit_is_read_once_with_the_claim_and_a_healthy_answer_resets_a_failure_count(
+    app, tenant, receiver, app_context
+):
+    from sqlalchemy import event
+
+    from gpujobs import operations, webhooks
+    from gpujobs.models import Job, WebhookEndpoint
+
+    hook = receiver(fail_first=1)
+    options = operations.JobOptions(webhook_url=hook.url)
+    job = operations.submit(uuid.UUID(tenant["id"]), "echo", 1, {"message": "m"}, options)
+    db.session.commit()
+    job = db.session.get_one(Job, job.id)
+    for event_type in ("job.progress", "job.succeeded", "job.failed"):
+        webhooks.record_event(job, event_type)
+    db.session.commit()
+    deliveries = db.session.scalars(
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.job_id == job.id)
+        .order_by(WebhookDelivery.event_type)
+    ).all()
+    circuit_statements: list[str] = []
+
+    def count(conn, cursor, statement, *_):
+        if "webhook_endpoints" in statement:
+            circuit_statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        assert webhooks.deliver(deliveries[0]) == "pending"  # 503: the first failure is counted
+        assert db.session.get_one(WebhookEndpoint, endpoint_of(hook.url)).consecutive_failures == 1
+        circuit_statements.clear()
+        assert webhooks.deliver(deliveries[1]) == "succeeded"  # healthy after a failure: the count resets
+        assert (
+            db.session.get_one(
+                WebhookEndpoint, endpoint_of(hook.url), populate_existing=True
+            ).consecutive_failures
+            == 0
+        )
+        assert len(circuit_statements) > 1  # the claim, then the breaker's locked read and its reset
+        circuit_statements.clear()
+        assert webhooks.deliver(deliveries[2]) == "succeeded"  # healthy to a clean circuit
+        assert len(circuit_statements) == 1 and circuit_statements[0].lstrip().startswith(
+            "UPDATE webhook_deliveries"
+        )
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
