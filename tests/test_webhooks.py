@@ -314,9 +314,9 @@ def test_a_clean_circuit_is_read_once_with_the_claim_and_a_healthy_answer_resets
     ).all()
     circuit_statements: list[str] = []
 
-    def count(conn, cursor, statement, *_):
-        if "webhook_endpoints" in statement:
-            circuit_statements.append(statement)
+    def count(conn, cursor, statement, parameters, context, many):
+        if "webhook_endpoints" in context.statement:  # as written (``statement`` may be its EXECUTE)
+            circuit_statements.append(context.statement)
 
     event.listen(db.engine, "before_cursor_execute", count)
     try:
