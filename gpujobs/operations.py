@@ -127,14 +127,24 @@ def submit(
     first event and its published mark (when the tenant's window has room) are one statement.
     """
     job = prepare(tenant_id, key, version, params, options, admit=True)
+    commit_admitted(job)
+    log.info("job %s queued: %s@%s", job.id, key, version, extra={"job_id": str(job.id)})
+    return job
+
+
+def commit_admitted(job: Job) -> None:
+    """Commit the transaction that wrote ``job`` (``prepare(admit=True)``), then send it if its tenant's
+    window let it out as it was written.
+
+    The commit expires nothing: the rows written keep their values for the caller's answer, which then
+    costs no re-read.
+    """
     session = db.session()
     expire, session.expire_on_commit = session.expire_on_commit, False
     try:
         commit_and_publish([dispatch_of(job)] if job.published_at is not None else [], marked=True)
     finally:
         session.expire_on_commit = expire
-    log.info("job %s queued: %s@%s", job.id, key, version, extra={"job_id": str(job.id)})
-    return job
 
 
 def cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobStatus:

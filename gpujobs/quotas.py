@@ -103,7 +103,8 @@ def reserve_create(tenant_id: uuid.UUID, params: CreateInstanceParams) -> int | 
     (None without a USD quota: nothing to hold)."""
     in_force = limits.of(tenant_id)
     if in_force.max_usd_per_hour is None:
-        _check(in_force, _locked_use(tenant_id), 0)
+        if in_force.max_instances is not None:  # no quota at all: nothing to lock or count
+            _check(in_force, _locked_use(tenant_id), 0)
         return None
     price = None if params.maxPricePerHour is None else units_of(params.maxPricePerHour)
     if price is None:

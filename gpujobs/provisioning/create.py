@@ -21,7 +21,6 @@ from typing import Any, TypedDict
 from flask import current_app
 
 from gpujobs import grants, jobs, operations, quotas, webhooks
-from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job
@@ -70,12 +69,12 @@ def submit(
     """
     grants.authorize(tenant_id, params)  # named as the body names them (prepare says params.templateId)
     try:
-        job = operations.prepare(tenant_id, CREATE_KEY, 1, params, options)
+        job = operations.prepare(tenant_id, CREATE_KEY, 1, params, options, admit=True)
     except Exception:
         db.session.rollback()  # a refused quota: the job was added, and the quota lock is held till here
         raise
-    instance = db.session.get_one(Instance, records.instance_id_for(job.id))
-    commit_and_publish([dispatch_of(job)])
+    instance = db.session.get_one(Instance, records.instance_id_for(job.id))  # on_queued's: no query
+    operations.commit_admitted(job)
     return job, instance
 
 

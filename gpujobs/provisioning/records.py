@@ -100,7 +100,7 @@ def ensure_row(
     """The create job's instance row, inserted if missing (API and worker may race; both get one row);
     a new row holds ``reserved_price_units`` of its tenant's USD quota (``gpujobs.quotas``)."""
     instance_id = instance_id_for(job_id)
-    db.session.execute(
+    statement = (
         insert(Instance)
         .values(
             id=instance_id,
@@ -119,8 +119,10 @@ def ensure_row(
             on_reclaim=params.get("onReclaim"),
         )
         .on_conflict_do_nothing()
+        .returning(Instance)
     )
-    return db.session.get_one(Instance, instance_id, populate_existing=True)
+    inserted = db.session.scalars(statement).one_or_none()  # the new row as written, or none: it existed
+    return inserted or db.session.get_one(Instance, instance_id, populate_existing=True)
 
 
 def _lifetime(params: dict[str, Any]) -> dict[str, Any]:
