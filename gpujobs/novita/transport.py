@@ -7,6 +7,7 @@ headers or bodies: the Authorization header and registry credentials only ever t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
@@ -85,6 +86,13 @@ class Transport:
         self._timeout = (connect_timeout_seconds, read_timeout_seconds)
         self._on_call = on_call
         self._session = requests.Session()
+        # The environment's proxy (HTTPS_PROXY, NO_PROXY) and CA bundle for this base URL, read once: with
+        # trust_env requests read them, and ~/.netrc, again on every call (3 % of a job worker's CPU in
+        # bench.pipeline), and a .netrc entry for the host would have replaced the API key.
+        self._session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self._session.verify = bundle or True
+        self._session.trust_env = False
         # Content-Type is documented as required on every endpoint, GETs included (docs/novita-api.md §1).
         self._session.headers.update(
             {
