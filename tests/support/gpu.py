@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from flask import Flask
@@ -52,13 +54,17 @@ def wait_for_job(app: Flask, job_id: str, *statuses: str, timeout: float = 30.0)
 
 
 def next_monitor_look(app: Flask) -> list[Any] | None:
-    """Take the next message of the `monitor` queue off Redis (no worker runs) and return its args."""
+    """Take the next message of the `monitor` queue off Redis (no worker runs) and return its args, once
+    its time has come: a worker holds a look until its ETA (the monitor interval), and a chain run at once
+    would spend its looks before the simulator's instance had time to move."""
     import redis
 
     raw = redis.Redis.from_url(app.config["REDIS_URL"]).rpop("monitor")
     if raw is None:
         return None
     envelope = json.loads(raw)
+    if eta := envelope["headers"].get("eta"):
+        time.sleep(max(0.0, datetime.fromisoformat(eta).timestamp() - time.time()))
     args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
     return args
 
