@@ -286,11 +286,11 @@ def operations(app: Flask, spec: Seed, key: str, calls: int) -> list[Op]:
 
         return prepare
 
-    def sweep(function: Callable[[], int], expected: int) -> Callable[[], int]:
+    def sweep(function: Callable[[], int], expected: int, *, exact: bool = True) -> Callable[[], int]:
         def call() -> int:
             done = function()
             db.session.remove()
-            assert done == expected, (function.__name__, done)
+            assert done == expected or (not exact and done > expected), (function.__name__, done)
             return done
 
         return call
@@ -314,7 +314,8 @@ def operations(app: Flask, spec: Seed, key: str, calls: int) -> list[Op]:
         Op("GET /v1/stats", get("/v1/stats"), calls),
         Op("GET /v1/metrics?ttl=0", get("/v1/metrics?ttl=0"), calls),
         Op("GET /v1/metrics/performance?ttl=0", get("/v1/metrics/performance?ttl=0"), calls),
-        Op(f"dispatch sweep ({DUE_JOBS} due)", sweep(sweeps.dispatch_due, DUE_JOBS), SWEEP_CALLS,
+        # At least the due jobs: the main tenant's seeded queued jobs go out with them (nobody consumes).
+        Op(f"dispatch sweep ({DUE_JOBS} due)", sweep(sweeps.dispatch_due, DUE_JOBS, exact=False), SWEEP_CALLS,
            seeded(due, DUE_JOBS), lambda: sql("DELETE FROM jobs WHERE definition_key = 'scale.due'")),
         Op("rescue sweep (none due)", sweep(sweeps.rescue_stuck, 0), SWEEP_CALLS),
         Op(f"cleanup batch ({batch:,})", sweep(sweeps.clean_up, batch), CLEANUP_CALLS, seeded(old, batch)),
@@ -330,7 +331,13 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [1000, 100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     began, data = time.perf_counter(), Path(tempfile.mkdtemp(prefix="gpujobs-bench-scale-"))
-    os.environ.update(GPUJOBS_RATE_LIMIT_PER_MINUTE=str(10**9), GPUJOBS_RETENTION_HOURS=str(RETENTION_HOURS))
+    # No fairness window: the sweep row times publishing all DUE_JOBS of the main tenant, which already has
+    # jobs in flight (a window of 50 let 6 out). bench.starvation measures the window itself.
+    os.environ.update(
+        GPUJOBS_RATE_LIMIT_PER_MINUTE=str(10**9),
+        GPUJOBS_RETENTION_HOURS=str(RETENTION_HOURS),
+        GPUJOBS_TENANT_MAX_PUBLISHED="",
+    )
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, data, ignore_errors=True)  # 10^6 jobs leave ~2.5 GB behind
         broker, apps = EmbeddedRedis(data / "redis"), []
