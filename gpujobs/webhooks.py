@@ -276,14 +276,11 @@ _CLAIM = (
     )
     .returning(
         WebhookDelivery,
+        # The receiver's circuit as the claim sees it (no row: closed).
         select(WebhookEndpoint.open_until)
         .where(WebhookEndpoint.endpoint == WebhookDelivery.endpoint)
         .scalar_subquery()
         .label("open_until"),
-        select(WebhookEndpoint.consecutive_failures)
-        .where(WebhookEndpoint.endpoint == WebhookDelivery.endpoint)
-        .scalar_subquery()
-        .label("failures"),
     )
     # The claimed row as it is now, whatever copy the session held; its WHERE has parameters only.
     .execution_options(synchronize_session=False, populate_existing=True)
@@ -350,13 +347,12 @@ def _try(
     claimed = db.session.execute(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
     if claimed is None:
         return None
-    delivery, open_until, failures = claimed
+    delivery, open_until = claimed
     db.session.expunge(delivery)  # a copy that the commits below leave as it is (no re-read)
     attempt = delivery.attempts
     # The claim read the receiver's circuit with the row (rows older than the breaker have no endpoint):
-    # a closed one needs no second look now, nor, when the answer is healthy and nothing had failed, after.
+    # a closed one needs no second look before the send.
     closed = delivery.endpoint is not None and open_until is None
-    clean = closed and not failures
     endpoint = delivery.endpoint or endpoint_of(delivery.url)
     held_until = None if closed else _gate(endpoint)
     if held_until is not None:
@@ -384,11 +380,7 @@ def _try(
         "delivered": new_status == DeliveryStatus.SUCCEEDED,
     }
     db.session.execute(_OUTCOME, outcome)
-    healthy = status_code is not None and status_code < 500
-    # A healthy answer to a circuit clean at the claim changes nothing in it (a failure another delivery
-    # counted meanwhile stays counted: the two answers crossed, and either order is the truth).
-    if not (healthy and clean):
-        released += _record_health(delivery, endpoint, healthy=healthy)
+    released += _record_health(delivery, endpoint, healthy=status_code is not None and status_code < 500)
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
 

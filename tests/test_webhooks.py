@@ -291,7 +291,7 @@ def _timeline(app, job_id: str, event_type: str) -> bool:
         )
 
 
-def test_a_clean_circuit_is_read_once_with_the_claim_and_a_healthy_answer_resets_a_failure_count(
+def test_a_closed_circuit_is_read_with_the_claim_and_a_healthy_answer_resets_a_failure_count(
     app, tenant, receiver, app_context
 ):
     from sqlalchemy import event
@@ -316,25 +316,22 @@ def test_a_clean_circuit_is_read_once_with_the_claim_and_a_healthy_answer_resets
 
     def count(conn, cursor, statement, parameters, context, many):
         if "webhook_endpoints" in context.statement:  # as written (``statement`` may be its EXECUTE)
-            circuit_statements.append(context.statement)
+            circuit_statements.append(" ".join(context.statement.split()))
+
+    def breaker() -> WebhookEndpoint:
+        return db.session.get_one(WebhookEndpoint, endpoint_of(hook.url), populate_existing=True)
 
     event.listen(db.engine, "before_cursor_execute", count)
     try:
         assert webhooks.deliver(deliveries[0]) == "pending"  # 503: the first failure is counted
-        assert db.session.get_one(WebhookEndpoint, endpoint_of(hook.url)).consecutive_failures == 1
-        circuit_statements.clear()
+        assert breaker().consecutive_failures == 1
         assert webhooks.deliver(deliveries[1]) == "succeeded"  # healthy after a failure: the count resets
-        assert (
-            db.session.get_one(
-                WebhookEndpoint, endpoint_of(hook.url), populate_existing=True
-            ).consecutive_failures
-            == 0
-        )
-        assert len(circuit_statements) > 1  # the claim, then the breaker's locked read and its reset
+        assert breaker().consecutive_failures == 0
         circuit_statements.clear()
-        assert webhooks.deliver(deliveries[2]) == "succeeded"  # healthy to a clean circuit
-        assert len(circuit_statements) == 1 and circuit_statements[0].lstrip().startswith(
-            "UPDATE webhook_deliveries"
-        )
+        assert webhooks.deliver(deliveries[2]) == "succeeded"  # healthy to a closed circuit
+        # The claim, then the breaker's locked read of the answer; no gate read of its own before the send.
+        assert len(circuit_statements) == 2, circuit_statements
+        assert circuit_statements[0].startswith("UPDATE webhook_deliveries")
+        assert circuit_statements[1].endswith("FOR UPDATE")
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
