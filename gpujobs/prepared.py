@@ -18,6 +18,7 @@ transaction mode): ``GPUJOBS_DB_PREPARED_STATEMENTS=0`` turns this off.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class _ConnectionStatements:
 
 # Per process: each text's rewrite (None: never prepared, it is not a query or the server refused it).
 _rewrites: dict[str, _Rewrite | None] = {}
+_UNSEEN = _Rewrite("", "")
 
 
 def prepare_repeated_statements(engine: Engine) -> None:
@@ -90,8 +92,9 @@ def _before_execute(
 
 def _rewrite(statement: str) -> _Rewrite | None:
     """The text's PREPARE and EXECUTE (cached per process), or None when it is not to be prepared."""
-    if statement in _rewrites:
-        return _rewrites[statement]
+    cached = _rewrites.get(statement, _UNSEEN)  # one lookup: another thread may clear the cache meanwhile
+    if cached is not _UNSEEN:
+        return cached
     if len(_rewrites) >= MAX_COUNTED:
         _rewrites.clear()  # texts with literals inlined are each new: a cache, not a record
     rewrite = None
@@ -113,23 +116,27 @@ def _rewrite(statement: str) -> _Rewrite | None:
 
 
 def _prepare(cursor: Any, statement: str, rewrite: _Rewrite) -> bool:
-    """PREPARE the text on the cursor's connection; False (and never again) when the server refuses it.
+    """PREPARE the text on the cursor's connection; False when that failed (and, when the server refused
+    the text itself, never again in this process).
 
-    Inside a savepoint, so a refusal leaves the caller's transaction as it was. A lost connection is not a
-    refusal: the statement then goes out as text and fails as it would have, for the caller to handle.
+    Inside a savepoint, rolled back to on any error, so a failed PREPARE leaves the caller's transaction
+    as it was (an error such as a lock timeout is the statement's to meet, not this one's). A lost
+    connection: the statement then goes out as text and fails as it would have, for the caller to handle.
     """
     savepoint = not cursor.connection.autocommit
+    preparing = False
     try:
         if savepoint:
             cursor.execute("SAVEPOINT gpujobs_prepare")
+        preparing = True  # from here on an error is the PREPARE's
         cursor.execute(rewrite.prepare)
-    except psycopg2.OperationalError:
-        return False
-    except psycopg2.Error:
-        if savepoint:
-            cursor.execute("ROLLBACK TO SAVEPOINT gpujobs_prepare")
-            cursor.execute("RELEASE SAVEPOINT gpujobs_prepare")
-        _rewrites[statement] = None
+    except psycopg2.Error as exc:
+        if preparing and savepoint and not cursor.connection.closed:
+            with contextlib.suppress(psycopg2.Error):
+                cursor.execute("ROLLBACK TO SAVEPOINT gpujobs_prepare")
+                cursor.execute("RELEASE SAVEPOINT gpujobs_prepare")
+        if preparing and not isinstance(exc, psycopg2.OperationalError):
+            _rewrites[statement] = None  # the server refuses this text
         return False
     if savepoint:
         cursor.execute("RELEASE SAVEPOINT gpujobs_prepare")
