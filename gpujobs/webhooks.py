@@ -164,18 +164,43 @@ def record_event(
     }
     if instance is not None and event_type.startswith("instance."):
         payload |= {"instanceId": str(instance.id), "status": instance.status}
-    delivery = {
+    _add_delivery(
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        job_attempt=job.attempt if slot is None else slot,
+        event_type=event_type,
+        url=job.webhook_url,
+        endpoint=endpoint_of(job.webhook_url),
+        payload=payload,
+        headers=job.webhook_headers,
+    )
+
+
+def _add_delivery(
+    *,
+    tenant_id: uuid.UUID | None,
+    job_id: uuid.UUID,
+    job_attempt: int,
+    event_type: str,
+    url: str,
+    endpoint: str | None,
+    payload: dict[str, Any],
+    headers: dict[str, str] | None,
+) -> None:
+    """Insert one delivery, due now, unless the job has it already (``uq_webhook_event``). Every caller
+    binds the same columns, so the statement is compiled, and prepared, once."""
+    row = {
         "id": uuid.uuid4(),
-        "tenant_id": job.tenant_id,
-        "job_id": job.id,
-        "job_attempt": job.attempt if slot is None else slot,
+        "tenant_id": tenant_id,
+        "job_id": job_id,
+        "job_attempt": job_attempt,
         "event_type": event_type,
-        "url": job.webhook_url,
-        "endpoint": endpoint_of(job.webhook_url),
+        "url": url,
+        "endpoint": endpoint,
         "payload": payload,
-        "headers": job.webhook_headers,
+        "headers": headers,
     }
-    db.session.execute(_RECORD_DELIVERY, delivery)
+    db.session.execute(_RECORD_DELIVERY, row)
 
 
 def record_message(
@@ -186,18 +211,16 @@ def record_message(
     Once per job, not per attempt: a rerun finds the delivery it recorded (and sent) before.
     """
     tenant_id = db.session.scalar(select(Job.tenant_id).where(Job.id == job_id))
-    delivery = {
-        "id": uuid.uuid4(),
-        "tenant_id": tenant_id,
-        "job_id": job_id,
-        "job_attempt": 0,
-        "event_type": MESSAGE_EVENT,
-        "url": url,
-        "endpoint": None,
-        "payload": payload,
-        "headers": headers or None,
-    }
-    db.session.execute(_RECORD_DELIVERY, delivery)
+    _add_delivery(
+        tenant_id=tenant_id,
+        job_id=job_id,
+        job_attempt=0,
+        event_type=MESSAGE_EVENT,
+        url=url,
+        endpoint=None,
+        payload=payload,
+        headers=headers or None,
+    )
     return db.session.execute(
         select(WebhookDelivery.id).where(
             WebhookDelivery.job_id == job_id,
