@@ -70,13 +70,14 @@ class Judgement:
 
 @dataclass(frozen=True)
 class Sighting:
-    """Novita's view of the instance since the action: `known` is False while every answer predates it.
+    """Novita's view of the instance since the action; `seen` is None when Novita no longer has it.
 
-    `seen` is None when Novita no longer has the instance.
+    `detailed` when it is the instance's own answer (`GET /gpu/instance`), which carries the port
+    endpoints a list answer lacks (docs/novita-api.md §6).
     """
 
-    known: bool
-    seen: NovitaInstance | None = None
+    seen: NovitaInstance | None
+    detailed: bool = False
 
 
 @dataclass(frozen=True)
@@ -192,8 +193,6 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
     if time.time() >= watch.started + watch.timeout:
         return _time_out(watch, instance, client)
     sighting = _observe(watch, instance, client)
-    if not sighting.known:
-        return watch.look_again()
     seen = sighting.seen
     if watch.action in (CREATE, START) and seen is not None and spot.reclaim_signal(seen):
         if seen.status != instance.novita_status:
@@ -211,7 +210,7 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
         db.session.commit()
         return watch.look_again()
     if judgement.verdict == Verdict.DONE:
-        return _succeed(watch, instance, client, seen)
+        return _succeed(watch, instance, client, sighting)
     return _fail(watch, instance, client, judgement.reason, seen)
 
 
@@ -239,16 +238,22 @@ def _reclaimed(watch: Watch, instance: Instance, seen: NovitaInstance) -> None:
 
 
 def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> Sighting:
-    """Novita's view of the instance, unknown until a snapshot taken since the action has been read."""
-    found = snapshot.read(client, records.novita_id_of(instance), watch.interval)
-    if found is None or found[0] < watch.since:
-        return Sighting(known=False)
-    if found[1] is not None:
-        return Sighting(known=True, seen=found[1])
-    try:  # not listed: make sure before calling it gone (a list can lag, or stop at its page cap)
-        return Sighting(known=True, seen=client.get_instance(records.novita_id_of(instance)))
+    """Novita's view of the instance since the action: its entry in the shared snapshot when that was
+    taken since, else its own `GET`.
+
+    The snapshot cannot speak for the instance when there is none yet, or when it predates the action
+    while another process refreshes it (a first look, mostly); asking directly then costs one call, where
+    waiting for the next snapshot cost a whole look more. Not listed in a snapshot taken since: make
+    sure before calling it gone (a list can lag, or stop at its page cap).
+    """
+    novita_id = records.novita_id_of(instance)
+    found = snapshot.read(client, novita_id, watch.interval)
+    if found is not None and found[0] >= watch.since and found[1] is not None:
+        return Sighting(found[1])
+    try:
+        return Sighting(client.get_instance(novita_id), detailed=True)
     except NovitaNotFoundError:  # Novita's own envelope says so; a proxy's 404 is transient: look again
-        return Sighting(known=True)
+        return Sighting(None)
 
 
 def judge(action: str, seen: NovitaInstance | None) -> Judgement:
@@ -293,14 +298,15 @@ def endpoints_of(seen: NovitaInstance) -> dict[str, Any]:
     return {"ports": ports, "ssh": seen.ssh_command}
 
 
-def _succeed(watch: Watch, instance: Instance, client: NovitaClient, seen: NovitaInstance | None) -> None:
+def _succeed(watch: Watch, instance: Instance, client: NovitaClient, sighting: Sighting) -> None:
     values: dict[str, Any] = {"status": watch.goal.done, "error": None, "last_seen_at": jobs.utcnow()}
-    if seen is not None:
-        values.update(records.novita_view(seen))
+    if sighting.seen is not None:
+        values.update(records.novita_view(sighting.seen))
     if watch.goal.done == InstanceStatus.RUNNING:
-        # List answers lack port endpoints (docs/novita-api.md §6): one GET per instance, once, when it is
-        # ready.
-        seen_now = client.get_instance(records.novita_id_of(instance))
+        # List answers lack port endpoints (docs/novita-api.md §6): the instance's own answer has them,
+        # read now unless this look already did.
+        detailed = sighting.seen if sighting.detailed else None
+        seen_now = detailed or client.get_instance(records.novita_id_of(instance))
         values.update(endpoints=endpoints_of(seen_now), ready_at=jobs.utcnow())
     _end(watch, JobStatus.SUCCEEDED, None, values, watch.goal.event)
 

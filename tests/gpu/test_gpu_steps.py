@@ -8,6 +8,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+import redis
 from sqlalchemy import func, select, update
 from support.gpu import REQUEST, look, next_monitor_look, run_chain, run_looks
 from support.rows import events, instance_row, job_row
@@ -18,7 +19,7 @@ from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
 from gpujobs.models import Instance, Job, WebhookDelivery
 from gpujobs.operations import JobOptions
-from gpujobs.provisioning import create, records
+from gpujobs.provisioning import create, records, snapshot
 from gpujobs.registry import get_definition
 from gpujobs.states import InstanceStatus
 
@@ -170,6 +171,22 @@ def test_one_look_at_a_running_instance_ends_the_job_with_its_endpoints(app, ten
     assert instance_row(app, instance_id).endpoints["ssh"].startswith("ssh -p ")
     # One shared list call read the status; one GET fetched the endpoints once it ran.
     assert sim.count_calls("GET", "/gpu/instance") == 1
+
+
+def test_a_look_whose_shared_snapshot_predates_the_create_asks_for_the_instance_itself(
+    app, tenant, sim, novita, novita_config, app_context
+):
+    """The snapshot was listed before the create and another process is refreshing it: the look asks
+    Novita for the instance, and that answer's endpoints serve the success (no second GET, no second look)."""
+    snapshot.read(novita, "absent", max_age_seconds=60)  # taken before the create
+    redis.Redis.from_url(app.config["REDIS_URL"]).set(snapshot.LOCK_KEY, "another process")
+    job_id, instance_id = created_and_handed_off(app, tenant)
+    look(app, next_monitor_look(app))
+    assert job_row(app, job_id).status == "succeeded"
+    assert instance_row(app, instance_id).endpoints["ssh"].startswith("ssh -p ")
+    assert sim.count_calls("GET", "/gpu/instances") == 1  # the snapshot before the create, only
+    assert sim.count_calls("GET", "/gpu/instance") == 1
+    assert next_monitor_look(app) is None
 
 
 def test_a_look_records_each_webhook_event_once_however_often_it_runs(
