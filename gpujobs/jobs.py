@@ -345,25 +345,29 @@ def _fenced(job_id: uuid.UUID, attempt: int, *statuses: JobStatus) -> Any:
     return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(statuses))
 
 
-# Parameter names other than the columns' (an UPDATE reserves those for its SET clause).
-_OWNED = (Job.id == bindparam("job"), Job.attempt == bindparam("fence"), Job.status.in_(JOB_ACTIVE))
+_JOBS = Job.__table__
+# Parameter names other than the columns' (an UPDATE reserves those for its SET clause). On the table,
+# not the mapped class: Core statements skip the ORM's bulk-update machinery (a third of a renewal's CPU).
+_OWNED = (
+    _JOBS.c.id == bindparam("job"),
+    _JOBS.c.attempt == bindparam("fence"),
+    _JOBS.c.status.in_(JOB_ACTIVE),
+)
 #: The lease renewal (parameters ``job``, ``fence``: the attempt, ``lease_seconds``), returning the
 #: cancel flag; a caller may use it as a CTE to read with it in one round trip (the monitor's look).
 RENEW_LEASE = (
-    update(Job)
+    update(_JOBS)
     .where(*_OWNED)
     # Never shorten a lease: a hand-off may have extended it past the heartbeat's next renewal.
     .values(
         lease_expires_at=func.greatest(
-            Job.lease_expires_at,
+            _JOBS.c.lease_expires_at,
             func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lease_seconds")),
         )
     )
-    .returning(Job.cancel_requested)
-    # Its WHERE has parameters only: nothing in the session could be matched to it in Python.
-    .execution_options(synchronize_session=False)
+    .returning(_JOBS.c.cancel_requested)
 )
-_CANCEL_FLAG = select(Job.cancel_requested).where(*_OWNED)
+_CANCEL_FLAG = select(_JOBS.c.cancel_requested).where(*_OWNED)
 
 
 def renew_lease(job_id: uuid.UUID, attempt: int, lease_seconds: float) -> bool | None:
