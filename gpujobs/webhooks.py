@@ -28,7 +28,7 @@ from typing import Annotated, Any
 
 from flask import current_app
 from pydantic import AfterValidator, Field
-from sqlalchemy import Boolean, bindparam, case, func, select, update
+from sqlalchemy import Boolean, Row, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs, resources
@@ -122,6 +122,7 @@ WebhookHeaders = Annotated[
 
 
 _DELIVERIES = WebhookDelivery.__table__
+_ENDPOINTS = WebhookEndpoint.__table__
 # Built once, on the table rather than the mapped class: Core statements skip the ORM's bulk-write
 # bookkeeping and the cache key of a statement rebuilt per call (a third of the webhook worker's CPU).
 #: A new delivery, due now; once per job, event and attempt (or slot).
@@ -286,27 +287,26 @@ _UNTRIED = (
     )
     .order_by(WebhookDelivery.job_id, WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
 )
+#: A due delivery taken for one attempt, with its receiver's circuit as the claim sees it (no row:
+#: closed) as ``open_until``.
 _CLAIM = (
-    update(WebhookDelivery)
+    update(_DELIVERIES)
     .where(
-        WebhookDelivery.id == bindparam("delivery_id"),
-        WebhookDelivery.status == DeliveryStatus.PENDING,
-        WebhookDelivery.next_attempt_at <= func.now(),
+        _DELIVERIES.c.id == bindparam("delivery_id"),
+        _DELIVERIES.c.status == DeliveryStatus.PENDING,
+        _DELIVERIES.c.next_attempt_at <= func.now(),
     )
     .values(
-        attempts=WebhookDelivery.attempts + 1,
+        attempts=_DELIVERIES.c.attempts + 1,
         next_attempt_at=func.now() + timedelta(seconds=SEND_LEASE_SECONDS),
     )
     .returning(
-        WebhookDelivery,
-        # The receiver's circuit as the claim sees it (no row: closed).
-        select(WebhookEndpoint.open_until)
-        .where(WebhookEndpoint.endpoint == WebhookDelivery.endpoint)
+        *_DELIVERIES.c,
+        select(_ENDPOINTS.c.open_until)
+        .where(_ENDPOINTS.c.endpoint == _DELIVERIES.c.endpoint)
         .scalar_subquery()
         .label("open_until"),
     )
-    # The claimed row as it is now, whatever copy the session held; its WHERE has parameters only.
-    .execution_options(synchronize_session=False, populate_existing=True)
 )
 _OPEN_UNTIL = select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == bindparam("endpoint"))
 
@@ -367,15 +367,13 @@ def _try(
     """One attempt of one delivery; its outcome is left for the caller's next commit. ``released`` (held
     deliveries a closing circuit lets go) is sent once that commit is made; ``secrets_by_tenant`` keeps
     the signing secrets read by earlier deliveries of the same call."""
-    claimed = db.session.execute(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
-    if claimed is None:
+    delivery = db.session.execute(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
+    if delivery is None:
         return None
-    delivery, open_until = claimed
-    db.session.expunge(delivery)  # a copy that the commits below leave as it is (no re-read)
     attempt = delivery.attempts
     # The claim read the receiver's circuit with the row (rows older than the breaker have no endpoint):
     # a closed one needs no second look before the send.
-    closed = delivery.endpoint is not None and open_until is None
+    closed = delivery.endpoint is not None and delivery.open_until is None
     endpoint = delivery.endpoint or endpoint_of(delivery.url)
     held_until = None if closed else _gate(endpoint)
     if held_until is not None:
@@ -433,9 +431,9 @@ def _gate(endpoint: str) -> datetime | None:
     return db.session.scalar(_OPEN_UNTIL, {"endpoint": endpoint})
 
 
-def _hold(delivery: WebhookDelivery, attempt: int, endpoint: str, until: datetime) -> DeliveryStatus:
+def _hold(delivery: Row[Any], attempt: int, endpoint: str, until: datetime) -> DeliveryStatus:
     """Give the claimed try back (no retry spent) and wait for the circuit; noted once on the timeline."""
-    already_held = delivery.last_error == HELD_ERROR  # read first: the update below refreshes the object
+    already_held = delivery.last_error == HELD_ERROR
     db.session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery.id, WebhookDelivery.attempts == attempt)
@@ -449,7 +447,7 @@ def _hold(delivery: WebhookDelivery, attempt: int, endpoint: str, until: datetim
     return DeliveryStatus.PENDING
 
 
-def _record_health(delivery: WebhookDelivery, endpoint: str, *, healthy: bool) -> list[uuid.UUID]:
+def _record_health(delivery: Row[Any], endpoint: str, *, healthy: bool) -> list[uuid.UUID]:
     """Count the answer in the endpoint's breaker (in the caller's transaction); returns the held
     deliveries a closing circuit releases. No answer, a timeout or a 5xx is a failure."""
     config = current_app.config
