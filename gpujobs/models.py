@@ -30,6 +30,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gpujobs.encryption import EncryptedText
@@ -369,6 +370,11 @@ class Instance(Model):
             postgresql_where=text(f"status NOT IN ({sql_list(INSTANCE_ENDED)})"),
         ),
     )
+
+
+#: An instance row as the ORM loaded it, or as a Core ``UPDATE ... RETURNING`` gave it back
+#: (``gpujobs.provisioning.records.transitioned``): both are read by attribute, with the same names.
+InstanceRow = Instance | Row[Any]
 
 
 class InstanceCostHour(Model):

@@ -167,7 +167,7 @@ class Instance(Resource):
     expires_at: Timestamp | None = Field(description="its deadline; `POST .../extend` pushes it")
 
     @classmethod
-    def from_row(cls, row: models.Instance) -> Self:
+    def from_row(cls, row: models.InstanceRow) -> Self:
         price = row.price_per_hour_units
         return cls(
             id=row.id,

@@ -161,10 +161,16 @@ def _claim(ctx: JobContext, instance: Instance, **values: Any) -> None:
     holds the job (a run paused past its lease and rescued must not start another create).
     """
     job_id = uuid.UUID(ctx.job_id)
-    held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
-    if not records.transition(
-        instance.id, records.CREATABLE, *held, status=InstanceStatus.CREATING, error=None, **values
-    ):
+    claimed = records.transitioned(
+        instance.id,
+        records.CREATABLE,
+        job_id,
+        ctx.attempt,
+        status=InstanceStatus.CREATING,
+        error=None,
+        **values,
+    )
+    if claimed is None:
         raise PermanentError(f"instance {instance.id} is no longer being created")
     db.session.commit()
 
@@ -273,8 +279,9 @@ def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None
     job has ended.
     """
     job_id = uuid.UUID(ctx.job_id)
-    held = (records.owned_by(job_id), records.run_holds(job_id, ctx.attempt))
-    created = records.transitioned(instance.id, (InstanceStatus.CREATING,), *held, novita_id=novita_id)
+    created = records.transitioned(
+        instance.id, (InstanceStatus.CREATING,), job_id, ctx.attempt, novita_id=novita_id
+    )
     if created is None:
         db.session.rollback()
         log.warning("job %s: attempt %s lost the job while creating %s", job_id, ctx.attempt, novita_id)

@@ -27,7 +27,7 @@ from gpujobs import dispatch, jobs, resources, webhooks
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.extensions import db
-from gpujobs.models import Instance, Job
+from gpujobs.models import Instance, InstanceRow, Job
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError, spec
 from gpujobs.provisioning import records, snapshot, spot
@@ -365,10 +365,8 @@ def _end(
     """
     if outcome != JobStatus.SUCCEEDED:
         row_values = {**row_values, "error": error}
-    moved = records.transitioned(
-        watch.instance_id, (watch.goal.in_flight,), records.owned_by(watch.job_id), **row_values
-    )
-    instance = moved or db.session.get_one(Instance, watch.instance_id, populate_existing=True)
+    moved = records.transitioned(watch.instance_id, (watch.goal.in_flight,), watch.job_id, **row_values)
+    instance: InstanceRow = moved or db.session.get_one(Instance, watch.instance_id, populate_existing=True)
     if not moved:
         event = None
         if outcome == JobStatus.SUCCEEDED:
@@ -407,7 +405,7 @@ def _end(
     log.info("job %s: %s (instance %s %s)", watch.job_id, outcome, instance.id, instance.status)
 
 
-def _taken_over(watch: Watch, instance: Instance) -> str:
+def _taken_over(watch: Watch, instance: InstanceRow) -> str:
     return (
         f"instance {watch.instance_id} was taken over before this {watch.action} finished: it is "
         f"{instance.status} now, under job {instance.job_id}"
