@@ -4,14 +4,8 @@ An event is recorded in the same transaction as the transition that caused it, a
 job attempt and type (a unique constraint), so its ``webhook-id`` is stable however often tasks
 run. Sending happens after commit; the job's own outcome never waits on the receiver.
 
-Each attempt has a total deadline (``GPUJOBS_WEBHOOK_TIMEOUT_SECONDS``), and a circuit breaker per
-receiver (scheme://host:port, as Svix and Stripe do) stops a failing one from taking the webhook
-pool's time: after ``GPUJOBS_WEBHOOK_BREAKER_FAILURES`` consecutive failures or timeouts its circuit
-opens and its deliveries are held (not tried, no retry spent) for a cool-down; then one delivery is
-the probe, whose success closes the circuit and releases the held deliveries at once. Opening,
-holding and closing are lines on the job's timeline. The breaker's state is a PostgreSQL row
-(``webhook_endpoints``), not Redis: it is read with the deliveries it holds, and survives a Redis
-that restarts empty.
+Each attempt has a total deadline (``GPUJOBS_WEBHOOK_TIMEOUT_SECONDS``), and each receiver a circuit
+breaker (``gpujobs.breaker``) that holds its deliveries while it keeps failing.
 """
 
 from __future__ import annotations
@@ -28,10 +22,10 @@ from typing import Annotated, Any
 
 from flask import current_app
 from pydantic import AfterValidator, Field
-from sqlalchemy import Boolean, Row, bindparam, case, func, select, update
+from sqlalchemy import Boolean, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs import jobs, resources
+from gpujobs import breaker, jobs, resources
 from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
@@ -69,8 +63,6 @@ _REFUSED_HEADERS = frozenset(
 )
 # The event type of a ``webhook.send`` job's delivery: the client's payload, not one of ours.
 MESSAGE_EVENT = "webhook.send"
-# What ``last_error`` says of a delivery the breaker holds (its try did not happen).
-HELD_ERROR = "held: the receiver's circuit is open"
 EVENT_BY_STATUS: dict[str, str] = {
     JobStatus.SUCCEEDED: "job.succeeded",
     JobStatus.FAILED: "job.failed",
@@ -308,7 +300,6 @@ _CLAIM = (
         .label("open_until"),
     )
 )
-_OPEN_UNTIL = select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == bindparam("endpoint"))
 
 
 def _untried(job_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
@@ -375,9 +366,9 @@ def _try(
     # a closed one needs no second look before the send.
     closed = delivery.endpoint is not None and delivery.open_until is None
     endpoint = delivery.endpoint or endpoint_of(delivery.url)
-    held_until = None if closed else _gate(endpoint)
+    held_until = None if closed else breaker.gate(endpoint)
     if held_until is not None:
-        return _hold(delivery, attempt, endpoint, held_until)
+        return breaker.hold(delivery, attempt, endpoint, held_until)
     secrets = secrets_by_tenant.get(delivery.tenant_id)
     if secrets is None:
         secrets = secrets_by_tenant[delivery.tenant_id] = signing_secrets(
@@ -401,7 +392,9 @@ def _try(
         "delivered": new_status == DeliveryStatus.SUCCEEDED,
     }
     db.session.execute(_OUTCOME, outcome)
-    released += _record_health(delivery, endpoint, healthy=status_code is not None and status_code < 500)
+    released += breaker.record_answer(
+        delivery, endpoint, healthy=status_code is not None and status_code < 500
+    )
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
 
@@ -409,97 +402,6 @@ def _try(
 def _release(released: list[uuid.UUID]) -> None:
     for held in released:
         publish_delivery(held)
-
-
-def _gate(endpoint: str) -> datetime | None:
-    """None when a delivery to ``endpoint`` may go now (circuit closed, or this one is the probe);
-    else until when the open circuit holds it."""
-    cooldown = timedelta(seconds=current_app.config["GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS"])
-    open_until = db.session.scalar(_OPEN_UNTIL, {"endpoint": endpoint})
-    if open_until is None:
-        return None
-    # Past the cool-down the first delivery to move ``open_until`` on is the probe; the rest stay held.
-    probe = db.session.execute(
-        update(WebhookEndpoint)
-        .where(WebhookEndpoint.endpoint == endpoint, WebhookEndpoint.open_until <= func.now())
-        .values(open_until=func.now() + cooldown, updated_at=func.now())
-        .returning(WebhookEndpoint.endpoint)
-    ).scalar_one_or_none()
-    db.session.commit()
-    if probe is not None:
-        return None
-    return db.session.scalar(_OPEN_UNTIL, {"endpoint": endpoint})
-
-
-def _hold(delivery: Row[Any], attempt: int, endpoint: str, until: datetime) -> DeliveryStatus:
-    """Give the claimed try back (no retry spent) and wait for the circuit; noted once on the timeline."""
-    already_held = delivery.last_error == HELD_ERROR
-    db.session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery.id, WebhookDelivery.attempts == attempt)
-        .values(attempts=attempt - 1, next_attempt_at=until, last_error=HELD_ERROR)
-    )
-    if not already_held:
-        data = {"endpoint": endpoint, "eventType": delivery.event_type, "until": until.isoformat()}
-        jobs.add_event(delivery.job_id, "webhook.held", delivery.job_attempt, data)
-    db.session.commit()
-    log.info("delivery %s held: circuit of %s open until %s", delivery.id, endpoint, until)
-    return DeliveryStatus.PENDING
-
-
-def _record_health(delivery: Row[Any], endpoint: str, *, healthy: bool) -> list[uuid.UUID]:
-    """Count the answer in the endpoint's breaker (in the caller's transaction); returns the held
-    deliveries a closing circuit releases. No answer, a timeout or a 5xx is a failure."""
-    config = current_app.config
-    before = db.session.execute(
-        select(WebhookEndpoint.open_until, WebhookEndpoint.consecutive_failures)
-        .where(WebhookEndpoint.endpoint == endpoint)
-        .with_for_update()
-    ).one_or_none()
-    was_open = before is not None and before.open_until is not None
-    if healthy:
-        if before is None or (not was_open and before.consecutive_failures == 0):
-            return []  # the usual case: nothing to write
-        db.session.execute(
-            update(WebhookEndpoint)
-            .where(WebhookEndpoint.endpoint == endpoint)
-            .values(consecutive_failures=0, open_until=None, updated_at=func.now())
-        )
-        if not was_open:
-            return []
-        jobs.add_event(
-            delivery.job_id, "webhook.circuit_closed", delivery.job_attempt, {"endpoint": endpoint}
-        )
-        return list(
-            db.session.scalars(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.endpoint == endpoint,
-                    WebhookDelivery.status == DeliveryStatus.PENDING,
-                    WebhookDelivery.last_error == HELD_ERROR,
-                )
-                .values(next_attempt_at=func.now())
-                .returning(WebhookDelivery.id)
-            )
-        )
-    failures = (before.consecutive_failures if before else 0) + 1
-    opens = was_open or failures >= config["GPUJOBS_WEBHOOK_BREAKER_FAILURES"]  # a failed probe reopens
-    cooldown = timedelta(seconds=config["GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS"])
-    values = {"consecutive_failures": failures, "updated_at": func.now()}
-    if opens:
-        values["open_until"] = func.now() + cooldown
-        data = {
-            "endpoint": endpoint,
-            "consecutiveFailures": failures,
-            "coolDownSeconds": cooldown.total_seconds(),
-        }
-        jobs.add_event(delivery.job_id, "webhook.circuit_opened", delivery.job_attempt, data)
-    db.session.execute(
-        insert(WebhookEndpoint)
-        .values(endpoint=endpoint, **values)
-        .on_conflict_do_update(index_elements=[WebhookEndpoint.endpoint], set_=values)
-    )
-    return []
 
 
 def _send(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
