@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from flask import current_app
 from sqlalchemy import bindparam, select, text
 
-from gpujobs import jobs
+from gpujobs import enqueue, jobs
 from gpujobs.extensions import db
 from gpujobs.models import Job
 from gpujobs.states import JOB_ACTIVE, JobStatus, sql_list
@@ -230,10 +230,10 @@ def window_of(tenant_id: uuid.UUID) -> dict[str, int | None]:
     return {"limit": row.size, "used": row.used}
 
 
-def admission() -> jobs.Admission:
-    """A new job goes out at once while its tenant's window has room (``jobs.new_job`` marks it so as it
+def admission() -> enqueue.Admission:
+    """A new job goes out at once while its tenant's window has room (``enqueue.new_job`` marks it so as it
     inserts it, for ``commit_and_publish(..., marked=True)``); else it waits for the sweep or a top-up."""
-    return jobs.Admission(_ROOM_FOR_ONE, _window_params())
+    return enqueue.Admission(_ROOM_FOR_ONE, _window_params())
 
 
 def _admitted(queued: list[Dispatch]) -> list[Dispatch]:

@@ -18,7 +18,7 @@ from flask import current_app
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs import dispatch, jobs, quotas
+from gpujobs import dispatch, enqueue, jobs, quotas
 from gpujobs.exceptions import LimitReached
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule, TenantLimits
@@ -81,7 +81,7 @@ def allowed_priority(tenant_id: uuid.UUID, priority: str | int | None) -> int:
     """The priority level of ``priority``; InvalidField naming ``priority`` above the tenant's limit."""
     level, highest = jobs.priority_level(priority), of(tenant_id).max_priority
     if level > highest:
-        raise jobs.priority_above_limit(highest)
+        raise enqueue.priority_above_limit(highest)
     return level
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from flask import current_app
 from pydantic import ValidationError
 
-from gpujobs import jobs, limits, webhooks
+from gpujobs import enqueue, jobs, limits, webhooks
 from gpujobs.dispatch import admission, commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, NotFound
 from gpujobs.extensions import db
@@ -98,7 +98,7 @@ def prepare(
             webhooks.check_headers(options.webhook_headers)
         except ValueError as exc:
             raise InvalidField("webhookHeaders", str(exc)) from None
-    return jobs.new_job(
+    return enqueue.new_job(
         tenant_id=tenant_id,
         definition=definition,
         params=params,
@@ -109,7 +109,7 @@ def prepare(
         webhook_headers=options.webhook_headers,
         idempotency_key=options.idempotency_key,
         max_priority=limits.defaults().max_priority,  # the tenant's own limit is read as the job is written
-        admission=admission() if admit else jobs.NOT_ADMITTED,
+        admission=admission() if admit else enqueue.NOT_ADMITTED,
     )
 
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gpujobs import jobs, limits, operations
+from gpujobs import enqueue, jobs, limits, operations
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, LimitReached, NotFound
 from gpujobs.extensions import db, rows_changed, violated_constraint
@@ -204,7 +204,7 @@ def _run_tick(schedule: Schedule, now: datetime) -> Job | None:
     key = f"schedule:{schedule.id}:{tick.astimezone(UTC).isoformat()}"
     try:
         with db.session.begin_nested():
-            return jobs.new_job(
+            return enqueue.new_job(
                 tenant_id=schedule.tenant_id,
                 definition=definition,
                 params=params,

@@ -9,7 +9,7 @@ from flask import Flask
 from support.polling import wait_for
 from support.rows import event_types, job_row
 
-from gpujobs import jobs, operations, runner
+from gpujobs import enqueue, jobs, operations, runner
 from gpujobs.extensions import db
 from gpujobs.registry import get_definition
 from gpujobs.states import JobStatus
@@ -70,7 +70,7 @@ def test_a_job_that_finished_before_the_cancel_request_stays_as_it_finished(app,
 
 def claimed(tenant: dict) -> jobs.Claim:
     definition = get_definition("test.stubborn", 1)
-    job = jobs.new_job(tenant_id=uuid.UUID(tenant["id"]), definition=definition, params={}, priority=1)
+    job = enqueue.new_job(tenant_id=uuid.UUID(tenant["id"]), definition=definition, params={}, priority=1)
     db.session.commit()
     claim = jobs.claim(job.id, definition, lease_seconds=60)
     db.session.commit()

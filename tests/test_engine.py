@@ -19,7 +19,7 @@ from support.polling import wait_for
 from support.rows import event_types, job_row
 from support.tenants import set_limits
 
-from gpujobs import jobs, operations, runner
+from gpujobs import enqueue, jobs, operations, runner
 from gpujobs.dispatch import Dispatch, publish
 from gpujobs.exceptions import Conflict, NotFound
 from gpujobs.extensions import db
@@ -73,7 +73,7 @@ def test_a_duplicate_delivery_of_the_same_message_runs_the_handler_once(app, ten
 
 def test_a_stale_attempt_cannot_overwrite_newer_state(app_context, tenant):
     definition = get_definition("test.sleep", 1)
-    job = jobs.new_job(tenant_id=uuid.UUID(tenant["id"]), definition=definition, params={}, priority=1)
+    job = enqueue.new_job(tenant_id=uuid.UUID(tenant["id"]), definition=definition, params={}, priority=1)
     db.session.commit()
     first = jobs.claim(job.id, definition, lease_seconds=60)
     db.session.commit()

@@ -14,7 +14,7 @@ from sqlalchemy import event, func, select, text, update
 from support.polling import wait_for
 from support.tenants import set_limits
 
-from gpujobs import create_app, jobs, operations
+from gpujobs import create_app, enqueue, jobs, operations
 from gpujobs.dev.embedded import free_port
 from gpujobs.dev.faults import lose_message
 from gpujobs.extensions import db
@@ -27,7 +27,7 @@ def queued_jobs(tenant_id: str, count: int, key: str = "echo", params: dict | No
     """Queued jobs whose message never went out (as after a crash between commit and publish)."""
     definition = get_definition(key, 1)
     ids = [
-        jobs.new_job(
+        enqueue.new_job(
             tenant_id=uuid.UUID(tenant_id),
             definition=definition,
             params=definition.validate_params(params or {"message": "x"}),
