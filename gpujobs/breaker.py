@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy import Row, Select, Update, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import jobs
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # What ``last_error`` says of a delivery the breaker holds (its try did not happen).
 HELD_ERROR = "held: the receiver's circuit is open"
-_OPEN_UNTIL = select(WebhookEndpoint.open_until).where(WebhookEndpoint.endpoint == bindparam("endpoint"))
+_ENDPOINTS = WebhookEndpoint.__table__
+_OPEN_UNTIL = select(_ENDPOINTS.c.open_until).where(_ENDPOINTS.c.endpoint == bindparam("endpoint"))
 
 
 def gate(endpoint: str) -> datetime | None:
@@ -68,15 +69,28 @@ def hold(delivery: Row[Any], attempt: int, endpoint: str, until: datetime) -> De
     return DeliveryStatus.PENDING
 
 
-def record_answer(delivery: Row[Any], endpoint: str, *, healthy: bool) -> list[uuid.UUID]:
-    """Count the answer in the endpoint's breaker (in the caller's transaction); returns the held
-    deliveries a closing circuit releases. No answer, a timeout or a 5xx is a failure."""
-    config = current_app.config
-    before = db.session.execute(
-        select(WebhookEndpoint.open_until, WebhookEndpoint.consecutive_failures)
-        .where(WebhookEndpoint.endpoint == endpoint)
+def locked_after(write: Update) -> Select[Any]:
+    """``write`` (the caller's statement, as a CTE), then the breaker's row of the receiver named by
+    parameter ``receiver``, locked: what ``record_answer`` needs, in the write's own round trip. (Not
+    ``endpoint``: an UPDATE takes a parameter named as one of its columns for its SET clause.)"""
+    return (
+        select(_ENDPOINTS.c.open_until, _ENDPOINTS.c.consecutive_failures)
+        .add_cte(write.cte("answered"))
+        .where(_ENDPOINTS.c.endpoint == bindparam("receiver"))
         .with_for_update()
-    ).one_or_none()
+    )
+
+
+def record_answer(
+    delivery: Row[Any], endpoint: str, before: Row[Any] | None, *, healthy: bool
+) -> list[uuid.UUID]:
+    """Count the answer in the endpoint's breaker (in the caller's transaction); returns the held
+    deliveries a closing circuit releases. No answer, a timeout or a 5xx is a failure.
+
+    ``before`` is the breaker's row as ``locked_after`` read and locked it (None: none yet), so that
+    answers counted by other senders meanwhile are counted with this one, not overwritten.
+    """
+    config = current_app.config
     was_open = before is not None and before.open_until is not None
     if healthy:
         if before is None or (not was_open and before.consecutive_failures == 0):

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 from flask import current_app
 from pydantic import AfterValidator, Field
-from sqlalchemy import Boolean, bindparam, case, func, select, update
+from sqlalchemy import Boolean, Row, bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import breaker, jobs, resources
@@ -115,6 +115,7 @@ WebhookHeaders = Annotated[
 
 _DELIVERIES = WebhookDelivery.__table__
 _ENDPOINTS = WebhookEndpoint.__table__
+_TENANTS = Tenant.__table__
 # Built once, on the table rather than the mapped class: Core statements skip the ORM's bulk-write
 # bookkeeping and the cache key of a statement rebuilt per call (a third of the webhook worker's CPU).
 #: A new delivery, due now; once per job, event and attempt (or slot).
@@ -135,6 +136,8 @@ _OUTCOME = (
         delivered_at=case((bindparam("delivered", type_=Boolean), func.now())),
     )
 )
+#: The outcome, then the receiver's breaker row locked, in one round trip (parameter ``receiver``).
+_OUTCOME_AND_BREAKER = breaker.locked_after(_OUTCOME)
 
 
 def record_event(
@@ -280,7 +283,7 @@ _UNTRIED = (
     .order_by(WebhookDelivery.job_id, WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
 )
 #: A due delivery taken for one attempt, with its receiver's circuit as the claim sees it (no row:
-#: closed) as ``open_until``.
+#: closed) as ``open_until``, and its tenant's signing secrets.
 _CLAIM = (
     update(_DELIVERIES)
     .where(
@@ -298,6 +301,16 @@ _CLAIM = (
         .where(_ENDPOINTS.c.endpoint == _DELIVERIES.c.endpoint)
         .scalar_subquery()
         .label("open_until"),
+        # The tenant's signing secrets (decrypted on reading, as the ORM's Tenant would): no read of
+        # its own per delivery.
+        *(
+            select(column).where(_TENANTS.c.id == _DELIVERIES.c.tenant_id).scalar_subquery().label(column.key)
+            for column in (
+                _TENANTS.c.webhook_secret,
+                _TENANTS.c.previous_webhook_secret,
+                _TENANTS.c.previous_secret_expires_at,
+            )
+        ),
     )
 )
 
@@ -323,8 +336,9 @@ def publish_delivery(delivery_id: uuid.UUID) -> None:
     send_task(DELIVER_TASK, [str(delivery_id)], f"delivery {delivery_id}")
 
 
-def signing_secrets(tenant: Tenant) -> list[str]:
-    """The tenant's current secret, plus the previous one while a rotation overlaps."""
+def signing_secrets(tenant: Row[Any]) -> list[str]:
+    """The tenant's current secret, plus the previous one while a rotation overlaps (a claimed delivery
+    carries them)."""
     secrets = [tenant.webhook_secret]
     expires = tenant.previous_secret_expires_at
     if tenant.previous_webhook_secret and expires and expires > jobs.utcnow():
@@ -345,19 +359,15 @@ def deliver_in_order(delivery_ids: list[uuid.UUID]) -> list[DeliveryStatus | Non
     transaction), the last one's at the end.
     """
     released: list[uuid.UUID] = []
-    secrets: dict[uuid.UUID, list[str]] = {}  # by tenant: a job's deliveries are one tenant's, read once
-    statuses = [_try(delivery_id, released, secrets) for delivery_id in delivery_ids]
+    statuses = [_try(delivery_id, released) for delivery_id in delivery_ids]
     db.session.commit()
     _release(released)
     return statuses
 
 
-def _try(
-    delivery_id: uuid.UUID, released: list[uuid.UUID], secrets_by_tenant: dict[uuid.UUID, list[str]]
-) -> DeliveryStatus | None:
+def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | None:
     """One attempt of one delivery; its outcome is left for the caller's next commit. ``released`` (held
-    deliveries a closing circuit lets go) is sent once that commit is made; ``secrets_by_tenant`` keeps
-    the signing secrets read by earlier deliveries of the same call."""
+    deliveries a closing circuit lets go) is sent once that commit is made."""
     delivery = db.session.execute(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
     if delivery is None:
         return None
@@ -369,16 +379,11 @@ def _try(
     held_until = None if closed else breaker.gate(endpoint)
     if held_until is not None:
         return breaker.hold(delivery, attempt, endpoint, held_until)
-    secrets = secrets_by_tenant.get(delivery.tenant_id)
-    if secrets is None:
-        secrets = secrets_by_tenant[delivery.tenant_id] = signing_secrets(
-            db.session.get_one(Tenant, delivery.tenant_id)
-        )
     db.session.commit()  # the claim (and the previous delivery's outcome)
     _release(released)
     released.clear()
     body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
-    signed = webhook_headers(secrets, str(delivery.id), int(time.time()), body)
+    signed = webhook_headers(signing_secrets(delivery), str(delivery.id), int(time.time()), body)
     headers = {**(delivery.headers or {}), **signed}
     status_code, error = _send(delivery.url, body, headers)
     new_status, next_at = _outcome(status_code, attempt)
@@ -391,10 +396,9 @@ def _try(
         "next_at": next_at,
         "delivered": new_status == DeliveryStatus.SUCCEEDED,
     }
-    db.session.execute(_OUTCOME, outcome)
-    released += breaker.record_answer(
-        delivery, endpoint, healthy=status_code is not None and status_code < 500
-    )
+    before = db.session.execute(_OUTCOME_AND_BREAKER, outcome | {"receiver": endpoint}).one_or_none()
+    healthy = status_code is not None and status_code < 500
+    released += breaker.record_answer(delivery, endpoint, before, healthy=healthy)
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
 
