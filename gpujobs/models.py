@@ -372,6 +372,9 @@ class Instance(Model):
     )
 
 
+#: A job row as the ORM loaded it, or as a Core ``UPDATE ... RETURNING`` gave it back
+#: (``gpujobs.jobs.succeed``): both are read by attribute, with the same names.
+JobRow = Job | Row[Any]
 #: An instance row as the ORM loaded it, or as a Core ``UPDATE ... RETURNING`` gave it back
 #: (``gpujobs.provisioning.records.transitioned``): both are read by attribute, with the same names.
 InstanceRow = Instance | Row[Any]

@@ -88,7 +88,7 @@ class Job(Resource):
     next_retry_at: Timestamp | None
 
     @classmethod
-    def from_row(cls, row: models.Job) -> Self:
+    def from_row(cls, row: models.JobRow) -> Self:
         return cls(
             id=row.id,
             job_id=row.id,

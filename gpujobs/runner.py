@@ -25,7 +25,7 @@ from gpujobs import jobs, logs, webhooks
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
-from gpujobs.models import Job
+from gpujobs.models import Job, JobRow
 from gpujobs.registry import Definition, Handoff, get_definition
 from gpujobs.states import JOB_TERMINAL, JobStatus
 
@@ -244,7 +244,7 @@ def run_job(job_id: uuid.UUID) -> JobStatus | None:
 
 def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> JobStatus | None:
     params = claim.params
-    ended: Job | None = None  # the row as a success left it
+    ended: JobRow | None = None  # the row as a success left it
     try:
         _hook(definition.on_start, ctx, params)
         result = definition.handler(ctx, params)
@@ -308,7 +308,7 @@ def storable(value: Any) -> Any:
 
 def _store_success(
     definition: Definition, claim: jobs.Claim, result: dict[str, Any] | None
-) -> tuple[JobStatus | None, Job | None]:
+) -> tuple[JobStatus | None, JobRow | None]:
     """Record success; a result PostgreSQL still refuses fails the job for good rather than looping.
 
     Success is refused once a cancel was recorded while the job ran: it ends cancelled instead, its

@@ -29,7 +29,7 @@ from gpujobs import breaker, jobs, resources
 from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
-from gpujobs.models import Instance, InstanceRow, Job, Tenant, WebhookDelivery, WebhookEndpoint
+from gpujobs.models import Instance, InstanceRow, Job, JobRow, Tenant, WebhookDelivery, WebhookEndpoint
 from gpujobs.outbound import endpoint_of, send
 from gpujobs.signing import webhook_headers
 from gpujobs.states import DeliveryStatus, JobStatus
@@ -141,7 +141,7 @@ _OUTCOME_AND_BREAKER = breaker.locked_after(_OUTCOME)
 
 
 def record_event(
-    job: Job, event_type: str, instance: InstanceRow | None = None, *, slot: int | None = None
+    job: JobRow, event_type: str, instance: InstanceRow | None = None, *, slot: int | None = None
 ) -> None:
     """Record ``event_type`` for the job's receiver, once per job attempt (in the caller's transaction).
 
@@ -226,7 +226,9 @@ def record_message(
     ).scalar_one()
 
 
-def record_job_event(job_id: uuid.UUID, job: Job | None = None, instance: InstanceRow | None = None) -> None:
+def record_job_event(
+    job_id: uuid.UUID, job: JobRow | None = None, instance: InstanceRow | None = None
+) -> None:
     """Record the ``job.<outcome>`` event of a job that just reached a terminal status.
 
     A caller that has the job's row as it is now (and its instance's) passes them: they are not read again.

@@ -27,7 +27,7 @@ from gpujobs import dispatch, jobs, resources, webhooks
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.extensions import db
-from gpujobs.models import Instance, InstanceRow, Job
+from gpujobs.models import Instance, InstanceRow, Job, JobRow
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError, spec
 from gpujobs.provisioning import records, snapshot, spot
@@ -371,7 +371,7 @@ def _end(
         event = None
         if outcome == JobStatus.SUCCEEDED:
             outcome, error = JobStatus.FAILED, _taken_over(watch, instance)
-    job: Job | None = None
+    job: JobRow | None = None
     if outcome == JobStatus.SUCCEEDED:
         job = jobs.succeed(watch.job_id, watch.attempt, {"instance": resources.Instance.json_of(instance)})
         ended = job is not None
