@@ -73,9 +73,13 @@ def submit(
     except Exception:
         db.session.rollback()  # a refused quota: the job was added, and the quota lock is held till here
         raise
-    instance = db.session.get_one(Instance, records.instance_id_for(job.id))  # on_queued's: no query
+    instance: Instance = db.session.info.pop((_QUEUED_INSTANCE, job.id))  # on_queued's row
     operations.commit_admitted(job)
     return job, instance
+
+
+# The key under which `on_queued` leaves its row in the session's ``info`` for `submit`.
+_QUEUED_INSTANCE = "gpujobs.queued_instance"
 
 
 def on_queued(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) -> None:
@@ -84,6 +88,9 @@ def on_queued(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) -
     worker never runs a job whose row is not there yet, and the API's 202 names an instance that exists."""
     reserved = quotas.reserve_create(tenant_id, CreateInstanceParams.model_validate(params))
     instance = records.ensure_row(job_id, tenant_id, params, reserved_price_units=reserved)
+    # For `submit`, which answers with it: the session's identity map holds rows only weakly, so once
+    # this hook returns it would have to read the row again.
+    db.session.info[(_QUEUED_INSTANCE, job_id)] = instance
     if instance.status in INSTANCE_ENDED:  # a redriven create: its row counts again from now
         held = records.owned_by(job_id)  # not if another job (a delete) took the row since
         records.transition(
