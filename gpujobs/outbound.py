@@ -13,9 +13,10 @@ Decisions (after OWASP's SSRF prevention cheat sheet and how Svix and Stripe del
   ``send`` a failed lookup is a TransientError instead: DNS outages pass.
 * ``send`` resolves once and dials the checked IP itself (pinned), so DNS rebinding cannot swap in
   127.0.0.1; Host, SNI and certificate verification still use the hostname. Redirects are never followed.
-* One total deadline covers connect, TLS, request, headers and body: a watchdog shuts the socket down when
-  it passes, so a slow-drip server cannot hold a worker (DNS time counts but is bounded by the system
-  resolver). The body is read up to a cap. Errors name scheme, host and port only: paths carry tokens.
+* One total deadline covers connect, TLS, request, headers and body: a watchdog (``gpujobs.deadlines``)
+  shuts the socket down when it passes, so a slow-drip server cannot hold a worker (DNS time counts but
+  is bounded by the system resolver). The body is read up to a cap. Errors name scheme, host and port
+  only: paths carry tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from urllib.parse import quote, urlsplit
 
 import certifi
 
+from gpujobs.deadlines import DEADLINES
 from gpujobs.exceptions import PermanentError, TransientError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -229,9 +231,7 @@ def send(
         target.host, target.port, addresses, connect_timeout_seconds, started + total_timeout_seconds
     )
     deadline_message = f"{method} {target.describe()} exceeded the total timeout of {total_timeout_seconds}s"
-    watchdog = threading.Timer(max(0.0, started + total_timeout_seconds - time.monotonic()), conn.abort)
-    watchdog.daemon = True
-    watchdog.start()
+    watchdog = DEADLINES.arm(started + total_timeout_seconds, conn.abort)
     try:
         conn.request(method, target.request_target, body=body, headers=request_headers)
         response = conn.getresponse()
@@ -241,7 +241,7 @@ def send(
             raise TransientError(deadline_message) from exc
         raise TransientError(f"{method} {target.describe()} failed: {type(exc).__name__}: {exc}") from exc
     finally:
-        watchdog.cancel()
+        DEADLINES.disarm(watchdog)
         conn.close()
     if conn.aborted:  # the shutdown can also look like a clean end of body
         raise TransientError(deadline_message)
