@@ -6,6 +6,8 @@ import multiprocessing
 import threading
 import time
 
+import pytest
+
 from gpujobs.deadlines import DEADLINES, Deadlines
 
 SLACK_SECONDS = 1.0  # how late a loaded machine may run an action; never early
@@ -42,6 +44,22 @@ def test_an_earlier_deadline_armed_later_wakes_the_thread_and_runs_first() -> No
     deadlines.arm(now + 0.2, lambda: order.append("first"))
     assert done.wait(SLACK_SECONDS + 0.3)
     assert order == ["first", "second"]
+
+
+def _end_the_thread() -> None:
+    raise SystemExit  # not an Exception: it ends the thread that runs it
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the SystemExit
+def test_a_thread_ended_by_an_action_is_started_again_by_the_next_arm() -> None:
+    deadlines, ran = Deadlines(), threading.Event()
+    deadlines.arm(time.monotonic(), _end_the_thread)
+    first = deadlines._thread
+    assert first is not None
+    first.join(timeout=SLACK_SECONDS)
+    assert not first.is_alive()
+    deadlines.arm(time.monotonic() + 0.05, ran.set)
+    assert ran.wait(SLACK_SECONDS)
 
 
 def _arm_in_child(queue: multiprocessing.Queue) -> None:
