@@ -22,10 +22,22 @@ from typing import Annotated, Any
 
 from flask import current_app
 from pydantic import AfterValidator, Field
-from sqlalchemy import Boolean, Row, bindparam, case, func, select, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Row,
+    ScalarSelect,
+    Text,
+    bindparam,
+    case,
+    func,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs import breaker, jobs, resources
+from gpujobs import breaker, encryption, jobs, resources
 from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
@@ -284,6 +296,13 @@ _UNTRIED = (
     )
     .order_by(WebhookDelivery.job_id, WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
 )
+
+
+def _of_tenant(column: Column[Any]) -> ScalarSelect[Any]:
+    """``column`` of the claimed delivery's tenant."""
+    return select(column).where(_TENANTS.c.id == _DELIVERIES.c.tenant_id).scalar_subquery()
+
+
 #: A due delivery taken for one attempt, with its receiver's circuit as the claim sees it (no row:
 #: closed) as ``open_until``, and its tenant's signing secrets.
 _CLAIM = (
@@ -303,16 +322,13 @@ _CLAIM = (
         .where(_ENDPOINTS.c.endpoint == _DELIVERIES.c.endpoint)
         .scalar_subquery()
         .label("open_until"),
-        # The tenant's signing secrets (decrypted on reading, as the ORM's Tenant would): no read of
-        # its own per delivery.
+        # The tenant's signing secrets, no read of its own per delivery. Still encrypted (read as Text):
+        # the claimed row travels through the send and the breaker, and a row's repr shows its values.
         *(
-            select(column).where(_TENANTS.c.id == _DELIVERIES.c.tenant_id).scalar_subquery().label(column.key)
-            for column in (
-                _TENANTS.c.webhook_secret,
-                _TENANTS.c.previous_webhook_secret,
-                _TENANTS.c.previous_secret_expires_at,
-            )
+            type_coerce(_of_tenant(column), Text).label(column.key)
+            for column in (_TENANTS.c.webhook_secret, _TENANTS.c.previous_webhook_secret)
         ),
+        _of_tenant(_TENANTS.c.previous_secret_expires_at).label("previous_secret_expires_at"),
     )
 )
 
@@ -338,13 +354,14 @@ def publish_delivery(delivery_id: uuid.UUID) -> None:
     send_task(DELIVER_TASK, [str(delivery_id)], f"delivery {delivery_id}")
 
 
-def signing_secrets(tenant: Row[Any]) -> list[str]:
-    """The tenant's current secret, plus the previous one while a rotation overlaps (a claimed delivery
-    carries them)."""
-    secrets = [tenant.webhook_secret]
-    expires = tenant.previous_secret_expires_at
-    if tenant.previous_webhook_secret and expires and expires > jobs.utcnow():
-        secrets.append(tenant.previous_webhook_secret)
+def signing_secrets(claimed: Row[Any]) -> list[str]:
+    """The tenant's current secret, plus the previous one while a rotation overlaps, decrypted from the
+    ciphertexts a claimed delivery carries."""
+    box = encryption.app_cipher()
+    secrets = [encryption.decrypt(claimed.webhook_secret, box)]
+    expires = claimed.previous_secret_expires_at
+    if claimed.previous_webhook_secret and expires and expires > jobs.utcnow():
+        secrets.append(encryption.decrypt(claimed.previous_webhook_secret, box))
     return secrets
 
 

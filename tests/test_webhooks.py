@@ -335,3 +335,20 @@ def test_a_closed_circuit_is_read_with_the_claim_and_a_healthy_answer_resets_a_f
         assert circuit_statements[1].endswith("FOR UPDATE")
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
+
+
+def test_a_claimed_delivery_carries_its_tenants_secret_encrypted_so_no_repr_of_it_shows_the_secret(
+    app, tenant, app_context
+):
+    from gpujobs import operations, webhooks
+
+    options = operations.JobOptions(webhook_url="http://127.0.0.1:9/hook")
+    job = operations.submit(uuid.UUID(tenant["id"]), "echo", 1, {"message": "m"}, options)
+    webhooks.record_event(job, "job.progress")
+    db.session.commit()
+    delivery_id = db.session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.job_id == job.id))
+    claimed = db.session.execute(webhooks._CLAIM, {"delivery_id": delivery_id}).one()
+    db.session.rollback()
+    secret = secret_of(app, tenant)
+    assert secret not in repr(claimed) and secret not in str(tuple(claimed))
+    assert webhooks.signing_secrets(claimed) == [secret]
