@@ -193,6 +193,8 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
     if time.time() >= watch.started + watch.timeout:
         return _time_out(watch, instance, client)
     sighting = _observe(watch, instance, client)
+    if sighting is None:
+        return watch.look_again()
     seen = sighting.seen
     if watch.action in (CREATE, START) and seen is not None and spot.reclaim_signal(seen):
         if seen.status != instance.novita_status:
@@ -237,18 +239,21 @@ def _reclaimed(watch: Watch, instance: Instance, seen: NovitaInstance) -> None:
     return None
 
 
-def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> Sighting:
+def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> Sighting | None:
     """Novita's view of the instance since the action: its entry in the shared snapshot when that was
-    taken since, else its own `GET`.
+    taken since, else its own `GET`; None while there is no snapshot at all (look again).
 
-    The snapshot cannot speak for the instance when there is none yet, or when it predates the action
-    while another process refreshes it (a first look, mostly); asking directly then costs one call, where
-    waiting for the next snapshot cost a whole look more. Not listed in a snapshot taken since: make
-    sure before calling it gone (a list can lag, or stop at its page cap).
+    A snapshot that predates the action cannot speak for the instance; that happens to a first look
+    while another process refreshes the snapshot, and asking directly then costs one call where waiting
+    for the next snapshot cost a whole look more. With no snapshot at all (Redis lost it, and another
+    process is listing), every look would ask at once: they wait for the listing instead. Not listed
+    in a snapshot taken since: make sure before calling it gone (a list can lag, or stop at its page cap).
     """
     novita_id = records.novita_id_of(instance)
     found = snapshot.read(client, novita_id, watch.interval)
-    if found is not None and found[0] >= watch.since and found[1] is not None:
+    if found is None:
+        return None
+    if found[0] >= watch.since and found[1] is not None:
         return Sighting(found[1])
     try:
         return Sighting(client.get_instance(novita_id), detailed=True)

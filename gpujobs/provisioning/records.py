@@ -175,7 +175,8 @@ def transitioned(
     **values: Any,
 ) -> Row[Any] | None:
     """Change a row only while it is in one of `from_statuses` and marked with `job_id` (`owned_by`),
-    and with an `attempt`, only while that job still runs it (`run_holds`); returns the row as it is now
+    and with an `attempt`, only while that job still runs that attempt (a run paused past its lease and
+    rescued must not claim the row and create a second instance); returns the row as it is now
     (``UPDATE ... RETURNING``: no re-read), or None when someone else moved it.
 
     The hot writes of a GPU job (the create step's claim and record, the monitor's end) take this path:
@@ -222,15 +223,6 @@ def owned_by(job_id: uuid.UUID | None) -> ColumnElement[bool]:
     a row another job has taken since (a delete that took a `stopping` row, a redriven create).
     """
     return Instance.job_id.is_not_distinct_from(job_id)
-
-
-def run_holds(job_id: uuid.UUID, attempt: int) -> ColumnElement[bool]:
-    """A `transition` condition: the job is still running this attempt.
-
-    A run that was paused past its lease and rescued wakes up holding a stale attempt; its writes must
-    change nothing (above all, it must not claim the row and create a second instance).
-    """
-    return exists().where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE))
 
 
 def novita_view(seen: NovitaInstance) -> dict[str, Any]:

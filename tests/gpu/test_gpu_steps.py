@@ -152,15 +152,14 @@ def test_only_the_run_that_holds_the_job_may_claim_its_instance_row(
 ):
     job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
     job_id, instance_id = job.id, instance.id
-    take = records.run_holds(job_id, 1), records.owned_by(job_id)
+    creating = {"status": InstanceStatus.CREATING}
     # Still queued: no run holds it.
-    assert not records.transition(instance_id, records.CREATABLE, *take, status=InstanceStatus.CREATING)
+    assert records.transitioned(instance_id, records.CREATABLE, job_id, 1, **creating) is None
     jobs.claim(job_id, get_definition(create.CREATE_KEY, 1), lease_seconds=60)
-    stale = records.run_holds(job_id, 2), records.owned_by(job_id)
-    assert not records.transition(instance_id, records.CREATABLE, *stale, status=InstanceStatus.CREATING)
-    other_job = records.run_holds(job_id, 1), records.owned_by(uuid.uuid4())
-    assert not records.transition(instance_id, records.CREATABLE, *other_job, status=InstanceStatus.CREATING)
-    assert records.transition(instance_id, records.CREATABLE, *take, status=InstanceStatus.CREATING)
+    assert records.transitioned(instance_id, records.CREATABLE, job_id, 2, **creating) is None  # stale
+    assert records.transitioned(instance_id, records.CREATABLE, uuid.uuid4(), 1, **creating) is None
+    taken = records.transitioned(instance_id, records.CREATABLE, job_id, 1, **creating)
+    assert taken is not None and taken.status == InstanceStatus.CREATING and taken.job_id == job_id
     db.session.rollback()
 
 
@@ -187,6 +186,19 @@ def test_a_look_whose_shared_snapshot_predates_the_create_asks_for_the_instance_
     assert sim.count_calls("GET", "/gpu/instances") == 1  # the snapshot before the create, only
     assert sim.count_calls("GET", "/gpu/instance") == 1
     assert next_monitor_look(app) is None
+
+
+def test_with_no_snapshot_at_all_a_look_waits_for_the_listing_instead_of_asking_itself(
+    app, tenant, sim, novita_config
+):
+    """Redis lost the snapshot and another process is listing: looks do not each GET their instance."""
+    job_id, _ = created_and_handed_off(app, tenant)
+    redis.Redis.from_url(app.config["REDIS_URL"]).set(snapshot.LOCK_KEY, "another process")
+    calls_before = len(sim.ledger())
+    look(app, next_monitor_look(app))
+    assert len(sim.ledger()) == calls_before
+    assert job_row(app, job_id).status == "running"
+    assert next_monitor_look(app) is not None  # it looks again after the interval
 
 
 def test_a_look_records_each_webhook_event_once_however_often_it_runs(
