@@ -49,7 +49,8 @@ class Deadlines:
             entry = [deadline, token, action]
             self._armed[token] = entry
             heapq.heappush(self._heap, entry)
-            self._wake.notify()
+            if self._heap[0] is entry:  # else the thread already sleeps until an earlier deadline
+                self._wake.notify()
         return token
 
     def disarm(self, token: int) -> None:
