@@ -22,6 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from gpujobs import jobs, logs, webhooks
+from gpujobs.deadlines import DEADLINES
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
@@ -116,16 +117,30 @@ class Heartbeat(threading.Thread):
         self._app, self._ctx, self._lease_seconds = app, ctx, lease_seconds
         self._renew_every = min(app.config["GPUJOBS_HEARTBEAT_INTERVAL_SECONDS"], lease_seconds / 3)
         self._check_every = app.config["GPUJOBS_CANCEL_CHECK_INTERVAL_SECONDS"]
+        self._tick = min(self._check_every, self._renew_every)
         self._grace_seconds: float = app.config["GPUJOBS_CANCEL_GRACE_SECONDS"]
         self._stop_event = threading.Event()
+        self._guard = threading.Lock()  # between a late start and a stop
+        self._late_start: int | None = None
+
+    def begin(self) -> None:
+        """Start beating one tick from now, the time of the first beat anyway: a job that ends sooner
+        (most do) costs no thread. The process's deadline thread starts this one then."""
+        self._late_start = DEADLINES.arm(time.monotonic() + self._tick, self._start_if_running)
+
+    def _start_if_running(self) -> None:
+        with self._guard:
+            if not self._stop_event.is_set():
+                self.start()
 
     def run(self) -> None:
-        renew_every = self._renew_every
-        tick = min(self._check_every, renew_every)
-        renew_at = time.monotonic() + renew_every
+        renew_every, tick = self._renew_every, self._tick
+        # Started a tick after the job (``begin``): beat at once, renew when the job is renew_every old.
+        delay, renew_at = 0.0, time.monotonic() + renew_every - tick
         cancel_seen_at: float | None = None
         with self._app.app_context():
-            while not self._stop_event.wait(tick):
+            while not self._stop_event.wait(delay):
+                delay = tick
                 now = time.monotonic()
                 try:
                     flag = self._beat(renew=now >= renew_at)
@@ -155,8 +170,13 @@ class Heartbeat(threading.Thread):
         return flag
 
     def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=5)
+        if self._late_start is not None:
+            DEADLINES.disarm(self._late_start)
+        with self._guard:
+            self._stop_event.set()
+            started = self.ident is not None
+        if started:
+            self.join(timeout=5)
 
 
 # Set in prefork pool processes only (``gpujobs.tasks``): there, and nowhere else, a handler that ignores a
@@ -233,7 +253,7 @@ def run_job(job_id: uuid.UUID) -> JobStatus | None:
         ctx = RunContext(claim, definition)
         # Flask types current_app as the Flask it stands for, hiding the proxy's own _get_current_object.
         heartbeat = Heartbeat(current_app._get_current_object(), ctx, lease_seconds)  # type: ignore[attr-defined]
-        heartbeat.start()
+        heartbeat.begin()
         try:
             status = _execute(ctx, definition, claim)
         finally:

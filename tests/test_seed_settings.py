@@ -114,6 +114,35 @@ def test_the_heartbeat_renews_at_its_interval_and_brings_the_cancel_request(app,
     assert not any(t.name == heartbeat.name for t in threading.enumerate())
 
 
+def _lease_of(claim: jobs.Claim) -> float:
+    query = text("SELECT extract(epoch FROM lease_expires_at) FROM jobs WHERE id = :id")
+    lease = db.session.scalar(query, {"id": claim.job_id})
+    db.session.commit()
+    return float(lease)
+
+
+def test_a_job_shorter_than_a_tick_starts_no_heartbeat_thread_and_a_longer_one_renews_its_lease(
+    app, claimed, monkeypatch
+):
+    claim, definition = claimed
+    monkeypatch.setitem(app.config, "GPUJOBS_CANCEL_CHECK_INTERVAL_SECONDS", 0.3)
+    monkeypatch.setitem(app.config, "GPUJOBS_HEARTBEAT_INTERVAL_SECONDS", 0.3)
+    quick = runner.Heartbeat(app, runner.RunContext(claim, definition), 60)
+    quick.begin()
+    quick.stop()  # the job ended within its first tick
+    time.sleep(0.5)
+    assert quick.ident is None  # its late start was called off
+    before = _lease_of(claim)
+    slow = runner.Heartbeat(app, runner.RunContext(claim, definition), 60)
+    slow.begin()
+    try:
+        wait_for(lambda: _lease_of(claim) > before, timeout=5, interval=0.1)
+        assert slow.is_alive()
+    finally:
+        slow.stop()
+    assert not slow.is_alive()
+
+
 def test_the_heartbeat_beats_at_least_three_times_per_lease(app, claimed):
     claim, definition = claimed
     heartbeat = runner.Heartbeat(app, runner.RunContext(claim, definition), 3)  # the setting says 10 s
