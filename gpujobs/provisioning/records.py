@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import ColumnElement, Row, bindparam, exists, func, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, Row, bindparam, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import deployment, jobs
@@ -201,7 +201,7 @@ def _transitioned_statement(from_statuses: tuple[str, ...], fenced: bool, column
     conditions = [
         _INSTANCES.c.id == bindparam("instance_id"),
         _INSTANCES.c.status.in_(from_statuses),
-        _INSTANCES.c.job_id.is_not_distinct_from(holder),
+        owned_by(holder),
     ]
     if fenced:
         active = _JOBS.c.status.in_(JOB_ACTIVE)
@@ -216,13 +216,14 @@ def _left(instance_id: uuid.UUID, from_statuses: tuple[str, ...]) -> None:
     log.info("instance %s: not in %s any more, left as it is", instance_id, "/".join(from_statuses))
 
 
-def owned_by(job_id: uuid.UUID | None) -> ColumnElement[bool]:
-    """A `transition` condition: the row is still marked with this job (None: with no job any more).
+def owned_by(job_id: uuid.UUID | BindParameter[uuid.UUID] | None) -> ColumnElement[bool]:
+    """A `transition` condition: the row is still marked with this job (None: with no job any more; a
+    parameter: `transitioned`'s job).
 
     A status says what is happening to a row, not which job is doing it: a job must never end or settle
     a row another job has taken since (a delete that took a `stopping` row, a redriven create).
     """
-    return Instance.job_id.is_not_distinct_from(job_id)
+    return _INSTANCES.c.job_id.is_not_distinct_from(job_id)
 
 
 def novita_view(seen: NovitaInstance) -> dict[str, Any]:
