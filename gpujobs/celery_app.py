@@ -7,6 +7,7 @@ from flask import Flask
 
 from gpujobs import celery_settings, logs
 from gpujobs.broker import celery_broker_settings
+from gpujobs.channel_clients import reuse_channel_clients
 from gpujobs.reconnect import patch_redis_transport
 
 # Every module that defines tasks; a worker imports them all at start.
@@ -22,6 +23,7 @@ def celery_init_app(app: Flask) -> Celery:
                 return self.run(*args, **kwargs)
 
     patch_redis_transport()  # a worker survives a broker that drops mid-task (gpujobs.reconnect)
+    reuse_channel_clients()  # one Redis client per broker channel, not one per operation
     celery: Celery = Celery(app.name, task_cls=FlaskTask, include=TASK_MODULES)
     celery.config_from_object(celery_settings)
     if app.config.get("REDIS_URL"):
