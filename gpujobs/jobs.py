@@ -134,6 +134,15 @@ _SUCCEED = (
 )
 
 
+_JOB_ROW = select(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
+
+
+def job_row(job_id: uuid.UUID) -> Row[Any]:
+    """The row of a job known to exist, as it is now, read-only (a Core row: no ORM object to load and
+    track)."""
+    return db.session.execute(_JOB_ROW, {"job_id": job_id}).one()
+
+
 def to_claim(job_id: uuid.UUID) -> Row[str, int, uuid.UUID, int | None] | None:
     """The job's ``definition_key``, ``definition_version``, ``tenant_id`` and its tenant's own
     ``max_running_jobs``, in one read: what ``claim`` needs first; None when there is no such job."""

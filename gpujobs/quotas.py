@@ -32,7 +32,7 @@ from sqlalchemy import func, select, text
 from gpujobs import limits
 from gpujobs.exceptions import GpuJobsError, LimitReached
 from gpujobs.extensions import db
-from gpujobs.models import Instance
+from gpujobs.models import Instance, InstanceRow
 from gpujobs.novita import spec
 from gpujobs.provisioning.catalogue import Catalogue
 from gpujobs.provisioning.novita_client import novita_client
@@ -127,7 +127,7 @@ def reserve_start(tenant_id: uuid.UUID, instance: Instance) -> None:
     _check(limits.of(tenant_id), _locked_use(tenant_id), units)
 
 
-def price_cap(instance: Instance, params: CreateInstanceParams) -> float | None:
+def price_cap(instance: InstanceRow, params: CreateInstanceParams) -> float | None:
     """The most the create step may place the instance at, in USD per hour: the request's cap, or lower,
     what the instance reserved of its tenant's USD quota (None: no cap)."""
     caps = [params.maxPricePerHour]

@@ -288,13 +288,13 @@ def publish_pending_of(job_ids: list[uuid.UUID]) -> None:
 
 # The hot statements of a delivery, built once (their parameters come with each call).
 _UNTRIED = (
-    select(WebhookDelivery.job_id, WebhookDelivery.id)
+    select(_DELIVERIES.c.job_id, _DELIVERIES.c.id)
     .where(
-        WebhookDelivery.job_id.in_(bindparam("job_ids", expanding=True)),
-        WebhookDelivery.status == DeliveryStatus.PENDING,
-        WebhookDelivery.attempts == 0,
+        _DELIVERIES.c.job_id.in_(bindparam("job_ids", expanding=True)),
+        _DELIVERIES.c.status == DeliveryStatus.PENDING,
+        _DELIVERIES.c.attempts == 0,
     )
-    .order_by(WebhookDelivery.job_id, WebhookDelivery.payload["timestamp"].astext, WebhookDelivery.id)
+    .order_by(_DELIVERIES.c.job_id, _DELIVERIES.c.payload["timestamp"].astext, _DELIVERIES.c.id)
 )
 
 

@@ -23,7 +23,7 @@ from flask import current_app
 from gpujobs import grants, jobs, operations, quotas, webhooks
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
-from gpujobs.models import Instance, Job
+from gpujobs.models import Instance, InstanceRow, Job
 from gpujobs.novita import CreateInstanceRequest, EnvVar, NovitaClient, PlacementError, PortSpec, Template
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.operations import DEFAULT_OPTIONS, JobOptions
@@ -122,13 +122,13 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     params = CreateInstanceParams.model_validate(raw)
     job_id = uuid.UUID(ctx.job_id)
     # The API inserted the row with the job; a job queued some other way inserts it here.
-    instance = db.session.get(Instance, records.instance_id_for(job_id)) or records.ensure_row(
-        job_id, uuid.UUID(ctx.tenant), raw
-    )
     # A read-only copy (its id and name never change), so each commit below does not re-read the row.
     # Not committed here: the row's transaction ends with the first claim of the row below (a read, or
     # an insert no one else can see yet, so it holds nothing another transaction waits for).
-    db.session.expunge(instance)
+    instance: InstanceRow | None = records.instance_row(records.instance_id_for(job_id))
+    if instance is None:
+        instance = records.ensure_row(job_id, uuid.UUID(ctx.tenant), raw)
+        db.session.expunge(instance)
     config = current_app.config
     timeout = params.timeout_seconds(config["GPUJOBS_MONITOR_TIMEOUT_SECONDS"])
     ctx.raise_if_cancelled()
@@ -161,7 +161,7 @@ def _adoptable(client: NovitaClient, name: str) -> NovitaInstance | None:
     return min(found, key=lambda item: item.created_at.timestamp() if item.created_at else 0.0, default=None)
 
 
-def _claim(ctx: JobContext, instance: Instance, **values: Any) -> None:
+def _claim(ctx: JobContext, instance: InstanceRow, **values: Any) -> None:
     """Take the row for this create step; a row another actor owns now stops the step for good.
 
     Only while the row is still this job's (a delete job may have taken it since) and this run still
@@ -185,7 +185,7 @@ def _claim(ctx: JobContext, instance: Instance, **values: Any) -> None:
 def _create(
     ctx: JobContext,
     client: NovitaClient,
-    instance: Instance,
+    instance: InstanceRow,
     params: CreateInstanceParams,
     fallback: list[str],
 ) -> str:
@@ -221,7 +221,7 @@ def _billing_modes(params: CreateInstanceParams) -> list[str]:
 def _place(
     ctx: JobContext,
     client: NovitaClient,
-    instance: Instance,
+    instance: InstanceRow,
     params: CreateInstanceParams,
     image: Image,
     catalogue: Catalogue,
@@ -276,7 +276,7 @@ def _place(
     return None, search
 
 
-def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None:
+def _record_created(ctx: JobContext, instance: InstanceRow, novita_id: str) -> None:
     """Note the new instance on the row (and record ``instance.created``), if this run still holds the
     job and the row.
 
@@ -293,7 +293,7 @@ def _record_created(ctx: JobContext, instance: Instance, novita_id: str) -> None
         db.session.rollback()
         log.warning("job %s: attempt %s lost the job while creating %s", job_id, ctx.attempt, novita_id)
         raise PermanentError(f"attempt {ctx.attempt} no longer holds job {job_id} (it created {novita_id})")
-    webhooks.record_event(db.session.get_one(Job, job_id, populate_existing=True), CREATED_EVENT, created)
+    webhooks.record_event(jobs.job_row(job_id), CREATED_EVENT, created)
 
 
 def _placement(candidate: Candidate) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from gpujobs import dispatch, jobs, resources, webhooks
 from gpujobs.dispatch import send_task
 from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.extensions import db
-from gpujobs.models import Instance, InstanceRow, Job, JobRow
+from gpujobs.models import Instance, InstanceRow, JobRow
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import InvalidStateError, NovitaClient, NovitaNotFoundError, spec
 from gpujobs.provisioning import records, snapshot, spot
@@ -143,10 +143,9 @@ class Watch:
 
 _RENEWED = jobs.RENEW_LEASE.cte("renewed")
 # The look's lease renewal and its instance row in one round trip: no row when the lease is not ours.
-_RENEW_AND_READ = (
-    select(_RENEWED.c.cancel_requested, Instance)
-    .select_from(_RENEWED.outerjoin(Instance, Instance.id == bindparam("instance_id")))
-    .execution_options(populate_existing=True)
+_INSTANCES = Instance.__table__
+_RENEW_AND_READ = select(_RENEWED.c.cancel_requested, *_INSTANCES.c).select_from(
+    _RENEWED.outerjoin(_INSTANCES, _INSTANCES.c.id == bindparam("instance_id"))
 )
 
 
@@ -164,17 +163,15 @@ def poll(watch: Watch) -> None:
         "lease_seconds": lease_seconds,
         "instance_id": watch.instance_id,
     }
-    renewed = db.session.execute(_RENEW_AND_READ, params).one_or_none()
-    cancel, instance = (None, None) if renewed is None else renewed
-    if instance is not None:
-        db.session.expunge(instance)  # a read-only copy, so the commit does not make us read it again
+    # A read-only Core row: the instance's columns, and the job's cancel flag beside them.
+    instance = db.session.execute(_RENEW_AND_READ, params).one_or_none()
     db.session.commit()
-    if cancel is None or instance is None:
+    if instance is None or instance.id is None:
         log.info("job %s: attempt %s no longer owns the job; monitor stops", watch.job_id, watch.attempt)
         return
     try:
         with novita_client(max_attempts=1) as client:  # no retries within a look: the next look is the retry
-            _look(watch, instance, client, cancel)
+            _look(watch, instance, client, instance.cancel_requested)
     except (TransientError, redis.RedisError, OperationalError) as exc:
         # A database blip (a deadlock, a restart) is as transient as a Novita one: look again.
         db.session.rollback()
@@ -187,7 +184,7 @@ def poll(watch: Watch) -> None:
         _end(watch, JobStatus.FAILED, str(exc), {}, FAILED_EVENT)
 
 
-def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) -> None:
+def _look(watch: Watch, instance: InstanceRow, client: NovitaClient, cancel: bool) -> None:
     if cancel:
         return _cancel(watch, instance, client)
     if time.time() >= watch.started + watch.timeout:
@@ -216,7 +213,7 @@ def _look(watch: Watch, instance: Instance, client: NovitaClient, cancel: bool) 
     return _fail(watch, instance, client, judgement.reason, seen)
 
 
-def _reclaimed(watch: Watch, instance: Instance, seen: NovitaInstance) -> None:
+def _reclaimed(watch: Watch, instance: InstanceRow, seen: NovitaInstance) -> None:
     """Novita reclaims the spot instance this create or start waits for: the job fails, the instance is
     `reclaimed` (and replaced on request), as the reconcile sweep does for an instance no job watches."""
     reclaimed = spot.reclaim(instance, seen, (watch.goal.in_flight,))
@@ -239,7 +236,7 @@ def _reclaimed(watch: Watch, instance: Instance, seen: NovitaInstance) -> None:
     return None
 
 
-def _observe(watch: Watch, instance: Instance, client: NovitaClient) -> Sighting | None:
+def _observe(watch: Watch, instance: InstanceRow, client: NovitaClient) -> Sighting | None:
     """Novita's view of the instance since the action: its entry in the shared snapshot when that was
     taken since, else its own `GET`; None while there is no snapshot at all (look again).
 
@@ -283,13 +280,13 @@ def judge(action: str, seen: NovitaInstance | None) -> Judgement:
     return wait
 
 
-def _start(client: NovitaClient, instance: Instance) -> None:
+def _start(client: NovitaClient, instance: InstanceRow) -> None:
     log.info("instance %s: created but not starting by itself; starting it", instance.id)
     with contextlib.suppress(InvalidStateError):  # it moved on its own since the snapshot was read
         client.start_instance(records.novita_id_of(instance))
 
 
-def _delete(client: NovitaClient, instance: Instance) -> None:
+def _delete(client: NovitaClient, instance: InstanceRow) -> None:
     """Delete, returning only once a read shows the instance removing or gone; anything short of that
     (an HTML 404 from a proxy, a delete not yet visible) raises a transient error and the look is retried."""
     with contextlib.suppress(NovitaNotFoundError):  # Novita's envelope says it is gone: the goal of a delete
@@ -303,7 +300,7 @@ def endpoints_of(seen: NovitaInstance) -> dict[str, Any]:
     return {"ports": ports, "ssh": seen.ssh_command}
 
 
-def _succeed(watch: Watch, instance: Instance, client: NovitaClient, sighting: Sighting) -> None:
+def _succeed(watch: Watch, instance: InstanceRow, client: NovitaClient, sighting: Sighting) -> None:
     values: dict[str, Any] = {"status": watch.goal.done, "error": None, "last_seen_at": jobs.utcnow()}
     if sighting.seen is not None:
         values.update(records.novita_view(sighting.seen))
@@ -317,7 +314,7 @@ def _succeed(watch: Watch, instance: Instance, client: NovitaClient, sighting: S
 
 
 def _fail(
-    watch: Watch, instance: Instance, client: NovitaClient, reason: str | None, seen: NovitaInstance | None
+    watch: Watch, instance: InstanceRow, client: NovitaClient, reason: str | None, seen: NovitaInstance | None
 ) -> None:
     if watch.action == CREATE and seen is not None:
         return _give_up(watch, instance, client, JobStatus.FAILED, reason)
@@ -325,7 +322,7 @@ def _fail(
     return _end(watch, JobStatus.FAILED, reason, {"status": status}, FAILED_EVENT)
 
 
-def _time_out(watch: Watch, instance: Instance, client: NovitaClient) -> None:
+def _time_out(watch: Watch, instance: InstanceRow, client: NovitaClient) -> None:
     last = instance.novita_status or "unknown"
     reason = f"timed out: not {watch.goal.done} after {watch.timeout:g} s (last Novita status: {last})"
     if watch.action != CREATE:
@@ -342,7 +339,7 @@ def _time_out(watch: Watch, instance: Instance, client: NovitaClient) -> None:
     )
 
 
-def _cancel(watch: Watch, instance: Instance, client: NovitaClient) -> None:
+def _cancel(watch: Watch, instance: InstanceRow, client: NovitaClient) -> None:
     if watch.action == CREATE:
         return _give_up(watch, instance, client, JobStatus.CANCELLED, "cancelled on request")
     status = records.settled_status(instance.novita_status, watch.goal.in_flight)
@@ -350,7 +347,7 @@ def _cancel(watch: Watch, instance: Instance, client: NovitaClient) -> None:
 
 
 def _give_up(
-    watch: Watch, instance: Instance, client: NovitaClient, outcome: JobStatus, reason: str | None
+    watch: Watch, instance: InstanceRow, client: NovitaClient, outcome: JobStatus, reason: str | None
 ) -> None:
     """End a provisioning that will not be used: delete its instance first, so it stops billing."""
     _delete(client, instance)
@@ -398,7 +395,7 @@ def _end(
         )
         return
     if job is None:  # ended some other way than by `succeed`, which returned the row as it is now
-        job = db.session.get_one(Job, watch.job_id, populate_existing=True)
+        job = jobs.job_row(watch.job_id)
     if event:
         webhooks.record_event(job, event, instance)
     # The instance is the job's own only while this job still holds it (`moved`).

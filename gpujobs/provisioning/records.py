@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert
 from gpujobs import deployment, jobs
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db, rows_changed
-from gpujobs.models import Instance, Job
+from gpujobs.models import Instance, InstanceRow, Job
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import spec
 from gpujobs.states import JOB_ACTIVE, JOB_LIVE, JOB_TERMINAL, InstanceStatus
@@ -145,7 +145,15 @@ def _lifetime(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def novita_id_of(instance: Instance) -> str:
+_INSTANCE_ROW = select(_INSTANCES).where(_INSTANCES.c.id == bindparam("instance_id"))
+
+
+def instance_row(instance_id: uuid.UUID) -> Row[Any] | None:
+    """The instance's row as it is now, read-only (a Core row: no ORM object to load, track or expunge)."""
+    return db.session.execute(_INSTANCE_ROW, {"instance_id": instance_id}).one_or_none()
+
+
+def novita_id_of(instance: InstanceRow) -> str:
     """The id Novita gave the instance; PermanentError for one never created there (nothing to act on)."""
     if instance.novita_id is None:
         raise PermanentError(f"instance {instance.id} was never created at Novita")

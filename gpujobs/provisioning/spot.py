@@ -28,7 +28,7 @@ from gpujobs import operations, webhooks
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
 from gpujobs.exceptions import InvalidField, LimitReached
 from gpujobs.extensions import db
-from gpujobs.models import Instance, Job
+from gpujobs.models import Instance, InstanceRow, Job
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import NovitaClient, NovitaNotFoundError, NovitaPermanentError
 from gpujobs.provisioning import billing, records
@@ -61,7 +61,7 @@ def reclaim_signal(seen: NovitaInstance | None) -> bool:
     return seen.spot_status in RECLAIM_SIGNALS or (seen.spot_status == TERMINATED and seen.is_exited)
 
 
-def create_job_of(row: Instance) -> Job | None:
+def create_job_of(row: InstanceRow) -> Job | None:
     """The job that created the row: its name ends with the job id (`records.instance_name`)."""
     try:
         job_id = uuid.UUID(row.name[-36:])
@@ -72,7 +72,7 @@ def create_job_of(row: Instance) -> Job | None:
     return db.session.get(Job, job_id)
 
 
-def reclaim(row: Instance, seen: NovitaInstance, from_statuses: tuple[str, ...]) -> Reclaimed | None:
+def reclaim(row: InstanceRow, seen: NovitaInstance, from_statuses: tuple[str, ...]) -> Reclaimed | None:
     """Mark the row reclaimed (a compare-and-set from `from_statuses`), record the webhook event and,
     with `recreate` and the bound not reached, queue the replacement; None if someone else moved the row.
 
@@ -102,7 +102,7 @@ def reclaim(row: Instance, seen: NovitaInstance, from_statuses: tuple[str, ...])
     return Reclaimed(row.id, create_job.id if create_job else None, replacement)
 
 
-def _replace(row: Instance, create_job: Job | None) -> tuple[Dispatch | None, str | None]:
+def _replace(row: InstanceRow, create_job: Job | None) -> tuple[Dispatch | None, str | None]:
     """Queue a create job like the row's own, and its row linked to this one; or say why not."""
     from gpujobs.provisioning.create import CREATE_KEY  # create imports this module
 
@@ -144,7 +144,7 @@ def announce(reclaims: Iterable[Reclaimed]) -> None:
 def migrate_or_none(
     ctx: JobContext,
     client: NovitaClient,
-    instance: Instance,
+    instance: InstanceRow,
     claim: Callable[..., None],
 ) -> NovitaInstance | None:
     """For a replacement: Novita's migrate of the reclaimed instance, when it applies; else None.
@@ -187,7 +187,7 @@ def migrate_or_none(
     return seen
 
 
-def _migrated_values(old: Instance, seen: NovitaInstance) -> dict[str, Any]:
+def _migrated_values(old: InstanceRow, seen: NovitaInstance) -> dict[str, Any]:
     return {
         "novita_id": seen.id,
         "novita_status": seen.status,
