@@ -23,7 +23,7 @@ from gpujobs.api.pagination import PageQuery, after_cursor, page
 from gpujobs.api.validation import parse_body, parse_query
 from gpujobs.exceptions import NotFound
 from gpujobs.extensions import db
-from gpujobs.models import Instance, Job
+from gpujobs.models import Instance, InstanceRow, Job
 from gpujobs.operations import JobOptions
 from gpujobs.provisioning import actions, create, external, lifetimes, records
 from gpujobs.provisioning.monitor import DELETE, START, STOP
@@ -145,7 +145,7 @@ class MonitoringConfig(schemas.Out):
     )
 
 
-def _accepted(job: Job, instance: Instance) -> tuple[dict[str, Any], int, dict[str, str]]:
+def _accepted(job: Job, instance: InstanceRow) -> tuple[dict[str, Any], int, dict[str, str]]:
     body = Accepted(
         jobId=str(job.id), instanceId=str(instance.id), status=InstanceStatus(instance.status)
     ).model_dump()

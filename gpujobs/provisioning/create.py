@@ -23,7 +23,7 @@ from flask import current_app
 from gpujobs import grants, jobs, operations, quotas, webhooks
 from gpujobs.exceptions import PermanentError
 from gpujobs.extensions import db
-from gpujobs.models import Instance, InstanceRow, Job
+from gpujobs.models import InstanceRow, Job
 from gpujobs.novita import CreateInstanceRequest, EnvVar, NovitaClient, PlacementError, PortSpec, Template
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.operations import DEFAULT_OPTIONS, JobOptions
@@ -61,7 +61,7 @@ class Image:
 
 def submit(
     tenant_id: uuid.UUID, params: dict[str, Any], options: JobOptions = DEFAULT_OPTIONS
-) -> tuple[Job, Instance]:
+) -> tuple[Job, InstanceRow]:
     """Queue a create job and its instance row (the API's `POST /v1/instances`).
 
     Both commit in one transaction before the job is published (`on_queued`), so the instance exists
@@ -73,7 +73,7 @@ def submit(
     except Exception:
         db.session.rollback()  # a refused quota: the job was added, and the quota lock is held till here
         raise
-    instance: Instance = db.session.info.pop((_QUEUED_INSTANCE, job.id))  # on_queued's row
+    instance: InstanceRow = db.session.info.pop((_QUEUED_INSTANCE, job.id))  # on_queued's row
     operations.commit_admitted(job)
     return job, instance
 
@@ -88,14 +88,14 @@ def on_queued(job_id: uuid.UUID, tenant_id: uuid.UUID, params: dict[str, Any]) -
     worker never runs a job whose row is not there yet, and the API's 202 names an instance that exists."""
     reserved = quotas.reserve_create(tenant_id, CreateInstanceParams.model_validate(params))
     instance = records.ensure_row(job_id, tenant_id, params, reserved_price_units=reserved)
-    # For `submit`, which answers with it: the session's identity map holds rows only weakly, so once
-    # this hook returns it would have to read the row again.
-    db.session.info[(_QUEUED_INSTANCE, job_id)] = instance
     if instance.status in INSTANCE_ENDED:  # a redriven create: its row counts again from now
         held = records.owned_by(job_id)  # not if another job (a delete) took the row since
         records.transition(
             instance.id, INSTANCE_ENDED, held, status=InstanceStatus.CREATING, reserved_price_units=reserved
         )
+        instance = records.instance_row(instance.id) or instance
+    # For `submit`, which answers with it: no need to read the row again.
+    db.session.info[(_QUEUED_INSTANCE, job_id)] = instance
 
 
 def on_end(ctx: JobContext, params: dict[str, Any]) -> None:
@@ -125,10 +125,9 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     # A read-only copy (its id and name never change), so each commit below does not re-read the row.
     # Not committed here: the row's transaction ends with the first claim of the row below (a read, or
     # an insert no one else can see yet, so it holds nothing another transaction waits for).
-    instance: InstanceRow | None = records.instance_row(records.instance_id_for(job_id))
-    if instance is None:
-        instance = records.ensure_row(job_id, uuid.UUID(ctx.tenant), raw)
-        db.session.expunge(instance)
+    instance = records.instance_row(records.instance_id_for(job_id)) or records.ensure_row(
+        job_id, uuid.UUID(ctx.tenant), raw
+    )
     config = current_app.config
     timeout = params.timeout_seconds(config["GPUJOBS_MONITOR_TIMEOUT_SECONDS"])
     ctx.raise_if_cancelled()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from datetime import timedelta
 from typing import Any
 
 from flask import current_app
@@ -95,54 +94,62 @@ def instance_id_for(job_id: uuid.UUID) -> uuid.UUID:
     return uuid.uuid5(_INSTANCE_ID_NAMESPACE, str(job_id))
 
 
+# A create job's row, inserted unless it exists: built once, so a submit only binds its values (named
+# apart from the columns, which an INSERT reserves for its VALUES clause).
+_NEW_ROW_COLUMNS = (
+    "id", "tenant_id", "job_id", "name", "label", "product_name", "region", "gpu_num",
+    "reserved_price_units", "max_runtime_seconds", "on_expiry", "billing_mode", "on_reclaim",
+)  # fmt: skip
+_NEW = {column: bindparam(f"new_{column}", type_=_INSTANCES.c[column].type) for column in _NEW_ROW_COLUMNS}
+_ENSURE_ROW = (
+    insert(_INSTANCES)
+    .values(
+        {
+            **_NEW,
+            "status": InstanceStatus.REQUESTED,
+            "endpoints": {},
+            # Counted from the create request, not from running: Novita bills from the create it accepts,
+            # so only a deadline that runs from then bounds what the instance can cost (None: no deadline).
+            "expires_at": func.now() + func.make_interval(0, 0, 0, 0, 0, 0, _NEW["max_runtime_seconds"]),
+        }
+    )
+    .on_conflict_do_nothing()
+    .returning(*_INSTANCES.c)
+)
+
+
 def ensure_row(
     job_id: uuid.UUID,
     tenant_id: uuid.UUID,
     params: dict[str, Any],
     reserved_price_units: int | None = None,
-) -> Instance:
+) -> Row[Any]:
     """The create job's instance row, inserted if missing (API and worker may race; both get one row);
-    a new row holds ``reserved_price_units`` of its tenant's USD quota (``gpujobs.quotas``)."""
-    instance_id = instance_id_for(job_id)
-    statement = (
-        insert(Instance)
-        .values(
-            id=instance_id,
-            tenant_id=tenant_id,
-            job_id=job_id,
-            name=instance_name(job_id),
-            status=InstanceStatus.REQUESTED,
-            label=params.get("name"),
-            product_name=params["productName"],
-            region=params.get("region"),
-            gpu_num=params.get("gpuNum"),
-            reserved_price_units=reserved_price_units,
-            endpoints={},
-            **_lifetime(params),
-            billing_mode=params.get("billingMode"),
-            on_reclaim=params.get("onReclaim"),
-        )
-        .on_conflict_do_nothing()
-        .returning(Instance)
-    )
-    inserted = db.session.scalars(statement).one_or_none()  # the new row as written, or none: it existed
-    return inserted or db.session.get_one(Instance, instance_id, populate_existing=True)
+    a new row holds ``reserved_price_units`` of its tenant's USD quota (``gpujobs.quotas``).
 
-
-def _lifetime(params: dict[str, Any]) -> dict[str, Any]:
-    """A new row's deadline: from the request, else the deployment's default, counted from now.
-
-    Counted from the create request, not from running: Novita bills from the create it accepts, so only
-    a deadline that runs from then bounds what the instance can cost (provisioning time included).
+    A read-only Core row: a change goes through `transition`, never through the returned row.
     """
+    instance_id = instance_id_for(job_id)
+    # The deadline: from the request, else the deployment's default (None: none).
     seconds = params.get("maxRuntimeSeconds") or current_app.config["GPUJOBS_INSTANCE_MAX_RUNTIME_SECONDS"]
-    if seconds is None:
-        return {}
-    return {
+    values = {
+        "id": instance_id,
+        "tenant_id": tenant_id,
+        "job_id": job_id,
+        "name": instance_name(job_id),
+        "label": params.get("name"),
+        "product_name": params["productName"],
+        "region": params.get("region"),
+        "gpu_num": params.get("gpuNum"),
+        "reserved_price_units": reserved_price_units,
         "max_runtime_seconds": seconds,
-        "on_expiry": params.get("onExpiry") or "delete",
-        "expires_at": func.now() + timedelta(seconds=seconds),
+        "on_expiry": (params.get("onExpiry") or "delete") if seconds is not None else None,
+        "billing_mode": params.get("billingMode"),
+        "on_reclaim": params.get("onReclaim"),
     }
+    new_values = {f"new_{column}": value for column, value in values.items()}
+    inserted = db.session.execute(_ENSURE_ROW, new_values).one_or_none()  # the new row, or none: it existed
+    return inserted or db.session.execute(_INSTANCE_ROW, {"instance_id": instance_id}).one()
 
 
 _INSTANCE_ROW = select(_INSTANCES).where(_INSTANCES.c.id == bindparam("instance_id"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
+from sqlalchemy import update
 
 from gpujobs import operations, webhooks
 from gpujobs.dispatch import Dispatch, commit_and_publish, dispatch_of
@@ -122,11 +123,10 @@ def _replace(row: InstanceRow, create_job: Job | None) -> tuple[Dispatch | None,
     except (InvalidField, LimitReached) as exc:  # a template grant revoked since, the tenant's GPU quotas
         return None, str(exc)
     replacement = records.ensure_row(job.id, row.tenant_id, job.params)
-    replacement.replaces_instance_id = row.id
-    replacement.recreations = row.recreations + 1
+    chain: dict[str, Any] = {"replaces_instance_id": row.id, "recreations": row.recreations + 1}
     if row.expires_at is not None:  # the chain keeps its deadline: a reclaim never lengthens the bill
-        replacement.expires_at, replacement.expiry_warned_at = row.expires_at, row.expiry_warned_at
-    db.session.flush()
+        chain |= {"expires_at": row.expires_at, "expiry_warned_at": row.expiry_warned_at}
+    db.session.execute(update(Instance).where(Instance.id == replacement.id).values(chain))
     return dispatch_of(job), None
 
 
