@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from datetime import timedelta
 
 import psycopg2
 from flask import Flask
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from gpujobs import create_app, operations
 from gpujobs.extensions import db
 from gpujobs.models import Job
 from gpujobs.prepared import PREPARE_AFTER
+from gpujobs.provisioning import records
 
 
 def prepared_texts() -> list[str]:
@@ -101,3 +103,19 @@ def test_the_setting_turns_preparation_off(app: Flask, tenant):
         assert prepared_texts() == []
         db.session.commit()
         db.engine.dispose()
+
+
+def test_the_instance_row_insert_is_prepared_with_or_without_a_deadline(app, tenant, app_context):
+    tenant_id = uuid.UUID(tenant["id"])
+    params = {"productName": "RTX 3090 24GB"}
+    rows = [records.ensure_row(submit(tenant), tenant_id, params) for _ in range(PREPARE_AFTER + 1)]
+    with_deadline = records.ensure_row(submit(tenant), tenant_id, params | {"maxRuntimeSeconds": 600})
+    db.session.commit()
+    assert [s for s in prepared_texts() if s.startswith("PREPARE") and "INSERT INTO instances" in s]
+    assert {(row.max_runtime_seconds, row.on_expiry, row.expires_at) for row in rows} == {(None, None, None)}
+    assert (with_deadline.max_runtime_seconds, with_deadline.on_expiry) == (600, "delete")
+    now = db.session.scalar(select(func.now()))
+    assert timedelta(seconds=590) < with_deadline.expires_at - now <= timedelta(seconds=600)
+    # Inserted once: the same job's row comes back as it is.
+    again = records.ensure_row(rows[0].job_id, tenant_id, params | {"maxRuntimeSeconds": 60})
+    assert (again.id, again.expires_at) == (rows[0].id, None)

@@ -14,7 +14,19 @@ import uuid
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import BindParameter, ColumnElement, Row, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Integer,
+    Row,
+    bindparam,
+    cast,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import deployment, jobs
@@ -110,7 +122,9 @@ _ENSURE_ROW = (
             "endpoints": {},
             # Counted from the create request, not from running: Novita bills from the create it accepts,
             # so only a deadline that runs from then bounds what the instance can cost (None: no deadline).
-            "expires_at": func.now() + func.make_interval(0, 0, 0, 0, 0, 0, _NEW["max_runtime_seconds"]),
+            # (Cast: PostgreSQL must deduce one type for the parameter, prepared, in both places.)
+            "expires_at": func.now()
+            + func.make_interval(0, 0, 0, 0, 0, 0, cast(_NEW["max_runtime_seconds"], Integer)),
         }
     )
     .on_conflict_do_nothing()
