@@ -1,6 +1,9 @@
 """Where ``POST /v1/jobs`` spends its CPU: cProfile over N submissions through the app, in this process.
 
-python -m bench.profile_api --requests 500 [--sort tottime] [--top 30]
+python -m bench.profile_api --requests 500 [--sort tottime] [--top 30] [--endpoint instances]
+
+``--endpoint instances`` submits ``POST /v1/instances`` instead (a GPU job's submit: its instance row
+too; no Novita call is made, the job is only queued).
 
 Real servers (embedded PostgreSQL and Redis), the production app (auth, rate limit, validation, the
 submit transaction, the publish, JSON), called through Flask's test client: no HTTP server, so what it
@@ -25,7 +28,10 @@ from sqlalchemy import event
 
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 
-BODY = {"definitionKey": "echo", "params": {"message": "bench"}}
+BODIES: dict[str, dict[str, Any]] = {
+    "jobs": {"definitionKey": "echo", "params": {"message": "bench"}},
+    "instances": {"productName": "RTX 3090 24GB", "region": "CN-HK-01", "imageUrl": "ubuntu:22.04"},
+}
 
 
 def main() -> None:
@@ -34,6 +40,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--sort", default="cumulative", help="pstats sort key (cumulative, tottime)")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--endpoint", choices=sorted(BODIES), default="jobs", help="POST /v1/<endpoint>")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="gpujobs-bench-profile-"))
     postgres, redis_server = EmbeddedPostgres(data_dir / "postgres"), EmbeddedRedis(data_dir / "redis")
@@ -60,6 +67,7 @@ def profile(args: argparse.Namespace, database_url: str, redis_url: str) -> None
             "REDIS_URL": redis_url,
             "GPUJOBS_ENCRYPTION_KEY": new_key(),
             "GPUJOBS_RATE_LIMIT_PER_MINUTE": 1_000_000,
+            "GPUJOBS_TENANT_MAX_INSTANCES": None,  # no GPU quota: every submit is queued
         }
     )
     with app.app_context():
@@ -72,11 +80,12 @@ def profile(args: argparse.Namespace, database_url: str, redis_url: str) -> None
 
         engine = db.engine
     client, headers = app.test_client(), {"Authorization": f"Bearer {key}"}
+    path, body = f"/v1/{args.endpoint}", BODIES[args.endpoint]
     for _ in range(50):  # warm up: imports, pools, prepared caches
-        assert client.post("/v1/jobs", json=BODY, headers=headers).status_code == 202
+        assert client.post(path, json=body, headers=headers).status_code == 202
     cpu = time.process_time()
     for _ in range(args.requests):  # first without the profiler: its overhead would swamp the figure
-        client.post("/v1/jobs", json=BODY, headers=headers)
+        client.post(path, json=body, headers=headers)
     plain_cpu = (time.process_time() - cpu) * 1000 / args.requests
     commands = _redis_calls(redis_url)
     event.listen(engine, "before_cursor_execute", count)
@@ -84,13 +93,13 @@ def profile(args: argparse.Namespace, database_url: str, redis_url: str) -> None
     started, cpu = time.perf_counter(), time.process_time()
     profiler.enable()
     for _ in range(args.requests):
-        client.post("/v1/jobs", json=BODY, headers=headers)
+        client.post(path, json=body, headers=headers)
     profiler.disable()
     cpu, seconds = time.process_time() - cpu, time.perf_counter() - started
     event.remove(engine, "before_cursor_execute", count)
     commands = _redis_calls(redis_url) - commands
     n = args.requests
-    print(f"{n} POST /v1/jobs in-process: {plain_cpu:.2f} ms CPU per request of this process (the app; "
+    print(f"{n} POST {path} in-process: {plain_cpu:.2f} ms CPU per request of this process (the app; "
           f"{cpu * 1000 / n:.2f} ms under cProfile, {seconds * 1000 / n:.2f} ms wall)")  # fmt: skip
     print(
         f"SQL statements per request {sum(statements.values()) / n:.2f}: "
