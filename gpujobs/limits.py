@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import dispatch, enqueue, jobs, quotas
@@ -51,10 +51,17 @@ def defaults() -> Limits:
     )
 
 
+_LIMITS = TenantLimits.__table__
+# Read on every submit (the GPU quotas): a Core statement built once, not an ORM load.
+_OVERRIDES = select(*(_LIMITS.c[column] for column in COLUMNS)).where(
+    _LIMITS.c.tenant_id == bindparam("tenant_id")
+)
+
+
 def overrides(tenant_id: uuid.UUID) -> dict[str, Any]:
     """The tenant's own values (None: the default applies)."""
-    row = db.session.get(TenantLimits, tenant_id)
-    return {column: getattr(row, column) if row else None for column in COLUMNS}
+    row = db.session.execute(_OVERRIDES, {"tenant_id": tenant_id}).one_or_none()
+    return dict(zip(COLUMNS, row or (None,) * len(COLUMNS), strict=True))
 
 
 def of(tenant_id: uuid.UUID) -> Limits:
