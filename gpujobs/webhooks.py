@@ -16,7 +16,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -162,26 +162,35 @@ def record_event(
     event that may recur within one attempt (``instance.expiring`` after an extension) gives its own
     ``slot``, a negative number, recorded in place of the attempt: once per slot instead.
     """
+    record_events(job, (event_type,), instance, slot=slot)
+
+
+def record_events(
+    job: JobRow, event_types: Sequence[str], instance: InstanceRow | None = None, *, slot: int | None = None
+) -> None:
+    """``record_event`` for several events of one moment, in the order given: the job's and the
+    instance's bodies are built once for all of them."""
     if not job.webhook_url:
         return
-    instance_body = resources.Instance.json_of(instance) if instance else None
-    payload: dict[str, Any] = {
-        "type": event_type,
-        "timestamp": jobs.utcnow().isoformat(),
-        "data": {"job": resources.Job.json_of(job), "instance": instance_body},
+    data = {
+        "job": resources.Job.json_of(job),
+        "instance": resources.Instance.json_of(instance) if instance else None,
     }
-    if instance is not None and event_type.startswith("instance."):
-        payload |= {"instanceId": str(instance.id), "status": instance.status}
-    _add_delivery(
-        tenant_id=job.tenant_id,
-        job_id=job.id,
-        job_attempt=job.attempt if slot is None else slot,
-        event_type=event_type,
-        url=job.webhook_url,
-        endpoint=endpoint_of(job.webhook_url),
-        payload=payload,
-        headers=job.webhook_headers,
-    )
+    endpoint = endpoint_of(job.webhook_url)
+    for event_type in event_types:
+        payload: dict[str, Any] = {"type": event_type, "timestamp": jobs.utcnow().isoformat(), "data": data}
+        if instance is not None and event_type.startswith("instance."):
+            payload |= {"instanceId": str(instance.id), "status": instance.status}
+        _add_delivery(
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            job_attempt=job.attempt if slot is None else slot,
+            event_type=event_type,
+            url=job.webhook_url,
+            endpoint=endpoint,
+            payload=payload,
+            headers=job.webhook_headers,
+        )
 
 
 def _add_delivery(
@@ -239,16 +248,21 @@ def record_message(
 
 
 def record_job_event(
-    job_id: uuid.UUID, job: JobRow | None = None, instance: InstanceRow | None = None
+    job_id: uuid.UUID,
+    job: JobRow | None = None,
+    instance: InstanceRow | None = None,
+    *,
+    preceded_by: Sequence[str] = (),
 ) -> None:
-    """Record the ``job.<outcome>`` event of a job that just reached a terminal status.
+    """Record the ``job.<outcome>`` event of a job that just reached a terminal status (after the
+    instance events of the same moment in ``preceded_by``, such as the ``instance.running`` that ended it).
 
     A caller that has the job's row as it is now (and its instance's) passes them: they are not read again.
     """
     job = job or db.session.get(Job, job_id, populate_existing=True)
     if job is not None and job.status in EVENT_BY_STATUS and job.webhook_url:  # no receiver: no instance read
         instance = instance or db.session.scalar(select(Instance).where(Instance.job_id == job.id))
-        record_event(job, EVENT_BY_STATUS[job.status], instance)
+        record_events(job, (*preceded_by, EVENT_BY_STATUS[job.status]), instance)
 
 
 def publish_pending(job_id: uuid.UUID) -> None:

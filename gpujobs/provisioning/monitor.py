@@ -396,10 +396,8 @@ def _end(
         return
     if job is None:  # ended some other way than by `succeed`, which returned the row as it is now
         job = jobs.job_row(watch.job_id)
-    if event:
-        webhooks.record_event(job, event, instance)
-    # The instance is the job's own only while this job still holds it (`moved`).
-    webhooks.record_job_event(watch.job_id, job, moved)
+    # The instance is the job's own only while this job still holds it (`moved`; no instance event else).
+    webhooks.record_job_event(watch.job_id, job, moved, preceded_by=(event,) if event else ())
     due = webhooks.pending(watch.job_id)
     db.session.commit()
     webhooks.publish(watch.job_id, due)
