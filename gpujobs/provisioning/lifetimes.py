@@ -25,7 +25,7 @@ import uuid
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import Float, and_, bindparam, func, or_, select, update
 
 from gpujobs import limits, webhooks
 from gpujobs.exceptions import Conflict, GpuJobsError, NotFound
@@ -54,12 +54,40 @@ def sweep() -> dict[str, int]:
     return report
 
 
-def _acts_at_deadline() -> ColumnElement[bool]:
-    """The rows `on_expiry` can act on now: a running instance to stop, or any instance delete allows."""
-    return or_(
-        and_(Instance.on_expiry == STOP, Instance.status.in_(actions.ALLOWED_FROM[STOP])),
-        and_(Instance.on_expiry == DELETE, Instance.status.in_(actions.ALLOWED_FROM[DELETE])),
+# The sweep's reads, built once on the table's columns: it runs every few seconds, busy or idle.
+_INSTANCES = Instance.__table__
+# The rows `on_expiry` can act on now: a running instance to stop, or any instance delete allows.
+_ACTS_AT_DEADLINE = or_(
+    and_(_INSTANCES.c.on_expiry == STOP, _INSTANCES.c.status.in_(actions.ALLOWED_FROM[STOP])),
+    and_(_INSTANCES.c.on_expiry == DELETE, _INSTANCES.c.status.in_(actions.ALLOWED_FROM[DELETE])),
+)
+_WARN_DUE = (
+    update(_INSTANCES)
+    .where(
+        _INSTANCES.c.id.in_(
+            select(_INSTANCES.c.id)
+            .where(
+                _INSTANCES.c.expires_at
+                <= func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lead_seconds", type_=Float)),
+                _INSTANCES.c.expires_at > func.now(),
+                _INSTANCES.c.expiry_warned_at.is_(None),
+                _INSTANCES.c.status.in_(records.WANTED),
+                ~and_(_INSTANCES.c.on_expiry == STOP, _INSTANCES.c.status == InstanceStatus.STOPPED),
+            )
+            .limit(SWEEP_BATCH_SIZE)
+            .with_for_update(skip_locked=True)
+        ),
+        _INSTANCES.c.expiry_warned_at.is_(None),
     )
+    .values(expiry_warned_at=func.now(), expiry_warnings=_INSTANCES.c.expiry_warnings + 1)
+    .returning(_INSTANCES.c.id, _INSTANCES.c.job_id, _INSTANCES.c.expiry_warnings)
+)
+_EXPIRED = (
+    select(_INSTANCES.c.id)
+    .where(_INSTANCES.c.expires_at <= func.now(), _INSTANCES.c.external.is_(False), _ACTS_AT_DEADLINE)
+    .order_by(_INSTANCES.c.expires_at)
+    .limit(SWEEP_BATCH_SIZE)
+)
 
 
 def warn_due() -> int:
@@ -67,24 +95,10 @@ def warn_due() -> int:
     lead_seconds = current_app.config["GPUJOBS_INSTANCE_EXPIRY_WARNING_SECONDS"]
     if not lead_seconds:
         return 0
-    due = (
-        select(Instance.id)
-        .where(
-            Instance.expires_at <= func.now() + timedelta(seconds=lead_seconds),
-            Instance.expires_at > func.now(),
-            Instance.expiry_warned_at.is_(None),
-            Instance.status.in_(records.WANTED),
-            ~and_(Instance.on_expiry == STOP, Instance.status == InstanceStatus.STOPPED),
-        )
-        .limit(SWEEP_BATCH_SIZE)
-        .with_for_update(skip_locked=True)
-    )
-    warned = db.session.execute(
-        update(Instance)
-        .where(Instance.id.in_(due), Instance.expiry_warned_at.is_(None))
-        .values(expiry_warned_at=func.now(), expiry_warnings=Instance.expiry_warnings + 1)
-        .returning(Instance.id, Instance.job_id, Instance.expiry_warnings)
-    ).all()
+    warned = db.session.execute(_WARN_DUE, {"lead_seconds": lead_seconds}).all()
+    if not warned:
+        db.session.rollback()  # nothing near its deadline: nothing to commit or publish
+        return 0
     notified = []
     for instance_id, job_id, count in warned:
         job = db.session.get(Job, job_id) if job_id else None
@@ -100,12 +114,7 @@ def warn_due() -> int:
 
 def expire_due() -> int:
     """Queue `on_expiry` for each instance past its deadline, one row per transaction."""
-    due = db.session.scalars(
-        select(Instance.id)
-        .where(Instance.expires_at <= func.now(), Instance.external.is_(False), _acts_at_deadline())
-        .order_by(Instance.expires_at)
-        .limit(SWEEP_BATCH_SIZE)
-    ).all()
+    due = db.session.scalars(_EXPIRED).all()
     db.session.rollback()
     return sum(_expire(instance_id) for instance_id in due)
 
@@ -114,7 +123,7 @@ def _expire(instance_id: uuid.UUID) -> bool:
     """Act on one instance if it is still due and no other sweep holds it; True if this run acted."""
     instance = db.session.scalar(
         select(Instance)
-        .where(Instance.id == instance_id, Instance.expires_at <= func.now(), _acts_at_deadline())
+        .where(Instance.id == instance_id, Instance.expires_at <= func.now(), _ACTS_AT_DEADLINE)
         .with_for_update(skip_locked=True)
     )
     if instance is None:
