@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 from pydantic import ValidationError
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gpujobs import enqueue, jobs, limits, operations
@@ -158,25 +158,31 @@ def set_enabled(
     return get(schedule_id, tenant_id)
 
 
+# Built once: the sweep runs every few seconds, busy or idle (loaded as objects: a due tick moves them).
+_DUE = (
+    select(Schedule)
+    .where(Schedule.enabled, Schedule.next_run_at <= bindparam("now"))
+    .order_by(Schedule.next_run_at)
+    .limit(SCHEDULE_BATCH_SIZE)
+    .with_for_update(skip_locked=True)
+    .execution_options(populate_existing=True)
+)
+
+
 def run_due_schedules(now: datetime | None = None) -> int:
     """Queue one job for each due schedule and move it to its next tick; returns the jobs queued."""
     now = now or jobs.utcnow()
-    due = db.session.scalars(
-        select(Schedule)
-        .where(Schedule.enabled, Schedule.next_run_at <= now)
-        .order_by(Schedule.next_run_at)
-        .limit(SCHEDULE_BATCH_SIZE)
-        .with_for_update(skip_locked=True)
-        .execution_options(populate_existing=True)
-    ).all()
+    due = db.session.scalars(_DUE, {"now": now}).all()
+    if not due:
+        db.session.rollback()  # read only: nothing to commit or publish
+        return 0
     queued: list[Dispatch] = []
     for schedule in due:
         job = _run_tick(schedule, now)
         if job is not None:
             queued.append(dispatch_of(job))
     commit_and_publish(queued)
-    if due:
-        log.info("schedules: %d due, %d jobs queued", len(due), len(queued))
+    log.info("schedules: %d due, %d jobs queued", len(due), len(queued))
     return len(queued)
 
 
