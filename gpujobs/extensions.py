@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import psycopg2
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Engine, Table, event
+from sqlalchemy import ColumnElement, Engine, Table, event, func
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase
@@ -41,6 +41,12 @@ def rows_changed(result: Result[*tuple[Any, ...]]) -> int:
     """
     assert isinstance(result, CursorResult)
     return result.rowcount
+
+
+def seconds_ago(seconds: float | ColumnElement[Any]) -> ColumnElement[Any]:
+    """``now()`` less ``seconds``, as SQL PostgreSQL can prepare: with a ``timedelta`` parameter,
+    ``now() - $1`` is ambiguous (an interval, or another timestamp?) and the statement stays text."""
+    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
 def violated_constraint(exc: IntegrityError) -> str | None:

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Float, bindparam, delete, exists, func, or
 
 from gpujobs import broker, jobs, webhooks
 from gpujobs.dispatch import DISPATCH_COLUMNS, QUEUE_BY_PRIORITY, Dispatch, commit_and_publish, next_jobs
-from gpujobs.extensions import db, rows_changed
+from gpujobs.extensions import db, rows_changed, seconds_ago
 from gpujobs.models import IdempotencyRecord, Job, WebhookDelivery
 from gpujobs.states import JOB_ACTIVE, JOB_TERMINAL, DeliveryStatus, JobStatus
 
@@ -52,9 +52,9 @@ _LOST_OF_LEVEL = (
     .where(
         _JOBS.c.status == JobStatus.QUEUED,
         _JOBS.c.priority == bindparam("level"),
-        _JOBS.c.published_at
-        < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, bindparam("stale_seconds", type_=Float)),
-        or_(_HEAD_PUBLISHED_AT.is_(None), _JOBS.c.published_at < _HEAD_PUBLISHED_AT),
+        _JOBS.c.published_at < seconds_ago(bindparam("stale_seconds", type_=Float)),
+        # The comparison first: PostgreSQL takes the parameter's type from it (prepared statements).
+        or_(_JOBS.c.published_at < _HEAD_PUBLISHED_AT, _HEAD_PUBLISHED_AT.is_(None)),
     )
     .order_by(_JOBS.c.published_at)
     .limit(SWEEP_BATCH_SIZE)
@@ -181,8 +181,7 @@ _DUE_DELIVERIES = (
     .where(
         _DELIVERIES.c.status == DeliveryStatus.PENDING,
         _DELIVERIES.c.next_attempt_at <= func.now(),
-        (_DELIVERIES.c.attempts > 0)
-        | (_DELIVERIES.c.created_at < func.now() - timedelta(seconds=webhooks.SEND_LEASE_SECONDS)),
+        (_DELIVERIES.c.attempts > 0) | (_DELIVERIES.c.created_at < seconds_ago(webhooks.SEND_LEASE_SECONDS)),
     )
     .order_by(_DELIVERIES.c.next_attempt_at)
     .limit(SWEEP_BATCH_SIZE)
@@ -220,7 +219,7 @@ def clean_up() -> int:
     dead_lettered = _delete_expired(
         Job.dead_lettered.is_(True), timedelta(days=config["GPUJOBS_DEAD_LETTER_RETENTION_DAYS"])
     )
-    old_keys = func.now() - timedelta(hours=IDEMPOTENCY_RETENTION_HOURS)
+    old_keys = seconds_ago(IDEMPOTENCY_RETENTION_HOURS * 3600)
     db.session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < old_keys))
     db.session.commit()
     if finished or dead_lettered:
@@ -230,7 +229,7 @@ def clean_up() -> int:
 
 def _delete_expired(which: ColumnElement[bool], retention: timedelta) -> int:
     """Delete terminal jobs matching ``which`` that finished before ``retention`` ago, in batches."""
-    cutoff = func.now() - retention
+    cutoff = seconds_ago(retention.total_seconds())
     batch_size = current_app.config["GPUJOBS_CLEANUP_BATCH_SIZE"]
     total = 0
     while True:

@@ -8,13 +8,13 @@ from datetime import timedelta
 
 import psycopg2
 from flask import Flask
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
-from gpujobs import create_app, operations
+from gpujobs import create_app, operations, prepared, schedules, sweeps
 from gpujobs.extensions import db
 from gpujobs.models import Job
-from gpujobs.prepared import PREPARE_AFTER
-from gpujobs.provisioning import records
+from gpujobs.prepared import _PREPARABLE, PREPARE_AFTER
+from gpujobs.provisioning import lifetimes, records
 
 
 def prepared_texts() -> list[str]:
@@ -119,3 +119,30 @@ def test_the_instance_row_insert_is_prepared_with_or_without_a_deadline(app, ten
     # Inserted once: the same job's row comes back as it is.
     again = records.ensure_row(rows[0].job_id, tenant_id, params | {"maxRuntimeSeconds": 60})
     assert (again.id, again.expires_at) == (rows[0].id, None)
+
+
+def test_every_sweep_statement_is_one_the_server_prepares(app, app_context):
+    """A statement PostgreSQL refuses to prepare goes out as text for good (and logs an ERROR at each
+    start): the sweeps run every few seconds in every deployment, so each of theirs must prepare."""
+    ran: set[str] = set()
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        ran.add(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)  # after gpujobs.prepared's: the text as sent
+    try:
+        for _ in range(PREPARE_AFTER + 1):  # idle sweeps: the queues are empty, every level's read runs
+            sweeps.dispatch_due()
+            sweeps.rescue_stuck()
+            sweeps.publish_due_webhooks()
+            lifetimes.sweep()
+            schedules.run_due_schedules()
+            db.session.commit()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    executed = {text for text in ran if text.startswith("EXECUTE gpujobs_")}
+    # A text the server refused is remembered as None (never tried again); a first run is text too.
+    refused = {
+        text[:60] for text in ran if _PREPARABLE.match(text) and prepared._rewrites.get(text, "") is None
+    }
+    assert (refused, len(executed) >= 8) == (set(), True)

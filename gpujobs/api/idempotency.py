@@ -18,7 +18,6 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from functools import wraps
 from typing import Any, ParamSpec
 
@@ -31,7 +30,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from gpujobs.api.errors import ApiError
 from gpujobs.api.validation import json_object
 from gpujobs.exceptions import InvalidField
-from gpujobs.extensions import db, violated_constraint
+from gpujobs.extensions import db, seconds_ago, violated_constraint
 from gpujobs.models import IdempotencyRecord, Job
 from gpujobs.sweeps import IDEMPOTENCY_RETENTION_HOURS
 
@@ -122,10 +121,10 @@ def _claim(tenant_id: uuid.UUID, key: str, digest: str) -> bool:
             "created_at": func.now(),
         },
         where=or_(
-            table.c.created_at < func.now() - timedelta(hours=IDEMPOTENCY_RETENTION_HOURS),
+            table.c.created_at < seconds_ago(IDEMPOTENCY_RETENTION_HOURS * 3600),
             (table.c.response_status.is_(None))
             & (table.c.request_digest == digest)
-            & (table.c.created_at < func.now() - timedelta(seconds=IN_FLIGHT_TIMEOUT_SECONDS)),
+            & (table.c.created_at < seconds_ago(IN_FLIGHT_TIMEOUT_SECONDS)),
         ),
     ).returning(table.c.key)
     claimed = db.session.execute(statement).first() is not None

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import Float, and_, bindparam, func, or_, select, update
@@ -170,7 +169,8 @@ def extend(tenant_id: uuid.UUID, instance_id: uuid.UUID, seconds: int) -> Instan
             Instance.status.notin_(GONE),
         )
         .values(
-            expires_at=func.greatest(Instance.expires_at, func.now()) + timedelta(seconds=seconds),
+            expires_at=func.greatest(Instance.expires_at, func.now())
+            + func.make_interval(0, 0, 0, 0, 0, 0, seconds),  # seconds, as the deadline was set
             expiry_warned_at=None,
         )
         .returning(Instance.id)
