@@ -244,7 +244,7 @@ def test_cleanup_deletes_old_finished_jobs_with_their_events_in_batches(
     deletes: list[int] = []
 
     def count(conn, cursor, statement, parameters, context, executemany) -> None:
-        if statement.startswith("DELETE FROM jobs"):
+        if context.statement.startswith("DELETE FROM jobs"):  # as written (sent as text or EXECUTE)
             deletes.append(cursor.rowcount)
 
     event.listen(db.engine, "after_cursor_execute", count)
