@@ -43,10 +43,17 @@ def rows_changed(result: Result[*tuple[Any, ...]]) -> int:
     return result.rowcount
 
 
-def seconds_ago(seconds: float | ColumnElement[Any]) -> ColumnElement[Any]:
-    """``now()`` less ``seconds``, as SQL PostgreSQL can prepare: with a ``timedelta`` parameter,
-    ``now() - $1`` is ambiguous (an interval, or another timestamp?) and the statement stays text."""
-    return func.now() - func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+def interval_seconds(count: float | ColumnElement[Any]) -> ColumnElement[Any]:
+    """An interval of ``count`` seconds, exactly (a ``timedelta`` reaches the server as days, which a
+    non-UTC session stretches across a daylight-saving change), as SQL PostgreSQL can prepare: with a
+    ``timedelta`` parameter, ``now() - $1`` is ambiguous (an interval, or another timestamp?) and the
+    statement stays text."""
+    return func.make_interval(0, 0, 0, 0, 0, 0, count)
+
+
+def seconds_ago(count: float | ColumnElement[Any]) -> ColumnElement[Any]:
+    """``now()`` less ``count`` seconds (``interval_seconds``)."""
+    return func.now() - interval_seconds(count)
 
 
 def violated_constraint(exc: IntegrityError) -> str | None:

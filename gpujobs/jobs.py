@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import Row, bindparam, func, insert, select, text, update
 
 from gpujobs.exceptions import InvalidField
-from gpujobs.extensions import db, rows_changed
+from gpujobs.extensions import db, interval_seconds, rows_changed
 from gpujobs.models import DeadLetter, Job, JobEvent, TenantLimits
 from gpujobs.registry import Definition
 from gpujobs.states import JOB_ACTIVE, JobStatus, sql_list
@@ -228,7 +228,7 @@ RENEW_LEASE = (
     .values(
         lease_expires_at=func.greatest(
             _JOBS.c.lease_expires_at,
-            func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lease_seconds")),
+            func.now() + interval_seconds(bindparam("lease_seconds")),
         )
     )
     .returning(_JOBS.c.cancel_requested)

@@ -28,7 +28,7 @@ from sqlalchemy import Float, and_, bindparam, func, or_, select, update
 
 from gpujobs import limits, webhooks
 from gpujobs.exceptions import Conflict, GpuJobsError, NotFound
-from gpujobs.extensions import db
+from gpujobs.extensions import db, interval_seconds
 from gpujobs.jobs import PRIORITY_NAMES
 from gpujobs.models import Instance, Job
 from gpujobs.operations import JobOptions
@@ -67,7 +67,7 @@ _WARN_DUE = (
             select(_INSTANCES.c.id)
             .where(
                 _INSTANCES.c.expires_at
-                <= func.now() + func.make_interval(0, 0, 0, 0, 0, 0, bindparam("lead_seconds", type_=Float)),
+                <= func.now() + interval_seconds(bindparam("lead_seconds", type_=Float)),
                 _INSTANCES.c.expires_at > func.now(),
                 _INSTANCES.c.expiry_warned_at.is_(None),
                 _INSTANCES.c.status.in_(records.WANTED),
@@ -169,8 +169,7 @@ def extend(tenant_id: uuid.UUID, instance_id: uuid.UUID, seconds: int) -> Instan
             Instance.status.notin_(GONE),
         )
         .values(
-            expires_at=func.greatest(Instance.expires_at, func.now())
-            + func.make_interval(0, 0, 0, 0, 0, 0, seconds),  # seconds, as the deadline was set
+            expires_at=func.greatest(Instance.expires_at, func.now()) + interval_seconds(seconds),
             expiry_warned_at=None,
         )
         .returning(Instance.id)

@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import deployment, jobs
 from gpujobs.exceptions import PermanentError
-from gpujobs.extensions import db, rows_changed
+from gpujobs.extensions import db, interval_seconds, rows_changed
 from gpujobs.models import Instance, InstanceRow, Job
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import spec
@@ -123,8 +123,7 @@ _ENSURE_ROW = (
             # Counted from the create request, not from running: Novita bills from the create it accepts,
             # so only a deadline that runs from then bounds what the instance can cost (None: no deadline).
             # (Cast: PostgreSQL must deduce one type for the parameter, prepared, in both places.)
-            "expires_at": func.now()
-            + func.make_interval(0, 0, 0, 0, 0, 0, cast(_NEW["max_runtime_seconds"], Integer)),
+            "expires_at": func.now() + interval_seconds(cast(_NEW["max_runtime_seconds"], Integer)),
         }
     )
     .on_conflict_do_nothing()
