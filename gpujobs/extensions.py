@@ -5,15 +5,18 @@ the check that keeps a connection the server closed out of use."""
 from __future__ import annotations
 
 import select
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg2
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import ColumnElement, Engine, Table, event, func
+from sqlalchemy import ColumnElement, Engine, Table, event, func, literal_column
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import DisconnectionError, IntegrityError
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, QueryableAttribute
+
+from gpujobs.states import sql_list
 
 
 class Base(DeclarativeBase):
@@ -54,6 +57,13 @@ def interval_seconds(count: float | ColumnElement[Any]) -> ColumnElement[Any]:
 def seconds_ago(count: float | ColumnElement[Any]) -> ColumnElement[Any]:
     """``now()`` less ``count`` seconds (``interval_seconds``)."""
     return func.now() - interval_seconds(count)
+
+
+def among(column: ColumnElement[Any] | QueryableAttribute[Any], words: Iterable[str]) -> ColumnElement[bool]:
+    """``column IN ('a', 'b')`` for fixed words (statuses), written into the SQL. ``column.in_(words)``
+    binds them as an "expanding" parameter, which SQLAlchemy rewrites into the SQL text on every
+    execution: ~30 µs of CPU per statement, for the very SQL the server gets from this one."""
+    return column.op("IN", is_comparison=True)(literal_column(f"({sql_list(words)})"))
 
 
 def violated_constraint(exc: IntegrityError) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import Row, bindparam, func, insert, select, text, update
 
 from gpujobs.exceptions import InvalidField
-from gpujobs.extensions import db, interval_seconds, rows_changed
+from gpujobs.extensions import among, db, interval_seconds, rows_changed
 from gpujobs.models import DeadLetter, Job, JobEvent, TenantLimits
 from gpujobs.registry import Definition
 from gpujobs.states import JOB_ACTIVE, JobStatus, sql_list
@@ -196,7 +196,7 @@ def _full(lock: str, scope: tuple[Any, ...], limit: int) -> bool:
 
 def active_count(*scope: Any) -> int:
     """How many jobs matching ``scope`` (a definition's, a tenant's) are running now."""
-    count = select(func.count()).select_from(Job).where(*scope, Job.status.in_(JOB_ACTIVE))
+    count = select(func.count()).select_from(Job).where(*scope, among(Job.status, JOB_ACTIVE))
     return int(db.session.execute(count).scalar_one())
 
 
@@ -209,7 +209,7 @@ def _wait(job_id: uuid.UUID, reason: str) -> None:
 
 
 def _fenced(job_id: uuid.UUID, attempt: int, *statuses: JobStatus) -> Any:
-    return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(statuses))
+    return update(Job).where(Job.id == job_id, Job.attempt == attempt, among(Job.status, statuses))
 
 
 # Parameter names other than the columns' (an UPDATE reserves those for its SET clause). On the table,
@@ -217,7 +217,7 @@ def _fenced(job_id: uuid.UUID, attempt: int, *statuses: JobStatus) -> Any:
 _OWNED = (
     _JOBS.c.id == bindparam("job"),
     _JOBS.c.attempt == bindparam("fence"),
-    _JOBS.c.status.in_(JOB_ACTIVE),
+    among(_JOBS.c.status, JOB_ACTIVE),
 )
 #: The lease renewal (parameters ``job``, ``fence``: the attempt, ``lease_seconds``), returning the
 #: cancel flag; a caller may use it as a CTE to read with it in one round trip (the monitor's look).
@@ -255,7 +255,7 @@ def hold(job_id: uuid.UUID, attempt: int) -> bool:
     """
     owner = db.session.scalar(
         select(Job.id)
-        .where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(JOB_ACTIVE))
+        .where(Job.id == job_id, Job.attempt == attempt, among(Job.status, JOB_ACTIVE))
         .with_for_update()
     )
     return owner is not None
@@ -362,7 +362,7 @@ def request_cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobStatus | None:
         .where(
             Job.id == job_id,
             Job.tenant_id == tenant_id,
-            Job.status.in_((JobStatus.QUEUED, JobStatus.RETRYING)),
+            among(Job.status, (JobStatus.QUEUED, JobStatus.RETRYING)),
         )
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=func.now(), next_retry_at=None)
         .returning(Job.attempt)

@@ -31,7 +31,7 @@ from sqlalchemy import func, select, text
 
 from gpujobs import limits
 from gpujobs.exceptions import GpuJobsError, LimitReached
-from gpujobs.extensions import db
+from gpujobs.extensions import among, db
 from gpujobs.models import Instance, InstanceRow
 from gpujobs.novita import spec
 from gpujobs.provisioning.catalogue import Catalogue
@@ -68,7 +68,7 @@ def use(tenant_id: uuid.UUID) -> Use:
     """The tenant's counted instances and their USD per hour (in units)."""
     row = db.session.execute(
         select(func.count(), func.coalesce(func.sum(_CHARGE), 0)).where(
-            Instance.tenant_id == tenant_id, Instance.status.in_(COUNTED), Instance.external.is_(False)
+            Instance.tenant_id == tenant_id, among(Instance.status, COUNTED), Instance.external.is_(False)
         )
     ).one()
     return Use(int(row[0]), int(row[1]))

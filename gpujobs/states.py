@@ -88,7 +88,7 @@ class DeliveryStatus(StrEnum):
     DISABLED = "disabled"
 
 
-def sql_list(statuses: Iterable[StrEnum]) -> str:
+def sql_list(statuses: Iterable[str]) -> str:
     """``'a', 'b'`` for a SQL text fragment, such as a partial index's ``status IN (...)``.
 
     Only for these fixed words, never for input: the values are quoted, not escaped.

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Float, bindparam, delete, exists, func, or
 
 from gpujobs import broker, jobs, webhooks
 from gpujobs.dispatch import DISPATCH_COLUMNS, QUEUE_BY_PRIORITY, Dispatch, commit_and_publish, next_jobs
-from gpujobs.extensions import db, rows_changed, seconds_ago
+from gpujobs.extensions import among, db, rows_changed, seconds_ago
 from gpujobs.models import IdempotencyRecord, Job, WebhookDelivery
 from gpujobs.states import JOB_ACTIVE, JOB_TERMINAL, DeliveryStatus, JobStatus
 
@@ -122,14 +122,14 @@ def _lost_messages(heads: dict[str, uuid.UUID | None]) -> list[Any]:
 
 _LEASE_EXPIRED = (
     select(_JOBS.c.id, _JOBS.c.attempt)
-    .where(_JOBS.c.status.in_(JOB_ACTIVE), _JOBS.c.lease_expires_at < func.now())
+    .where(among(_JOBS.c.status, JOB_ACTIVE), _JOBS.c.lease_expires_at < func.now())
     .limit(SWEEP_BATCH_SIZE)
     .with_for_update(skip_locked=True)
 )
 _OVERRAN = (
     select(_JOBS.c.id, _JOBS.c.attempt, _JOBS.c.timeout_seconds)
     .where(
-        _JOBS.c.status.in_(JOB_ACTIVE),
+        among(_JOBS.c.status, JOB_ACTIVE),
         _JOBS.c.lease_expires_at >= func.now(),
         _JOBS.c.started_at + _JOBS.c.timeout_seconds * text("interval '1 second'") < func.now(),
     )
@@ -240,7 +240,7 @@ def _delete_expired(which: ColumnElement[bool], retention: timedelta) -> int:
         )
         batch = (
             select(Job.id)
-            .where(Job.status.in_(JOB_TERMINAL), Job.finished_at < cutoff, which, ~pending_delivery)
+            .where(among(Job.status, JOB_TERMINAL), Job.finished_at < cutoff, which, ~pending_delivery)
             .limit(batch_size)
             .with_for_update(skip_locked=True)
         )

@@ -11,10 +11,11 @@ from flask import Flask
 from sqlalchemy import event, func, select, text
 
 from gpujobs import create_app, operations, prepared, schedules, sweeps
-from gpujobs.extensions import db
+from gpujobs.extensions import among, db
 from gpujobs.models import Job
 from gpujobs.prepared import _PREPARABLE, PREPARE_AFTER
 from gpujobs.provisioning import lifetimes, records
+from gpujobs.states import JOB_ACTIVE, JobStatus
 
 
 def prepared_texts() -> list[str]:
@@ -36,6 +37,18 @@ def test_a_statement_run_again_on_a_connection_is_prepared_and_answers_as_before
     statements = [s for s in prepared_texts() if "SELECT jobs.status, jobs.params \nFROM jobs" in s]
     assert len(statements) == 1 and statements[0].startswith("PREPARE gpujobs_")
     assert "$1" in statements[0] and "%(" not in statements[0]
+
+
+def test_fixed_words_are_written_into_the_prepared_text_and_select_as_in_does(app, tenant, app_context):
+    job_id = submit(tenant)
+    waiting = select(Job.id).where(
+        Job.id == job_id, among(Job.status, (JobStatus.QUEUED, JobStatus.RETRYING))
+    )
+    assert [db.session.scalar(waiting) for _ in range(PREPARE_AFTER + 1)] == [job_id] * (PREPARE_AFTER + 1)
+    assert db.session.scalar(select(Job.id).where(Job.id == job_id, among(Job.status, JOB_ACTIVE))) is None
+    assert db.session.scalar(select(Job.id).where(Job.id == job_id, ~among(Job.status, JOB_ACTIVE))) == job_id
+    statements = [s for s in prepared_texts() if "jobs.status IN ('queued', 'retrying')" in s]
+    assert len(statements) == 1 and "$1" in statements[0] and "$2" not in statements[0]
 
 
 def test_a_statement_run_once_is_not_prepared(app, tenant, app_context):

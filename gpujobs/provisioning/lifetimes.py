@@ -28,7 +28,7 @@ from sqlalchemy import Float, and_, bindparam, func, or_, select, update
 
 from gpujobs import limits, webhooks
 from gpujobs.exceptions import Conflict, GpuJobsError, NotFound
-from gpujobs.extensions import db, interval_seconds
+from gpujobs.extensions import among, db, interval_seconds
 from gpujobs.jobs import PRIORITY_NAMES
 from gpujobs.models import Instance, Job
 from gpujobs.operations import JobOptions
@@ -57,8 +57,8 @@ def sweep() -> dict[str, int]:
 _INSTANCES = Instance.__table__
 # The rows `on_expiry` can act on now: a running instance to stop, or any instance delete allows.
 _ACTS_AT_DEADLINE = or_(
-    and_(_INSTANCES.c.on_expiry == STOP, _INSTANCES.c.status.in_(actions.ALLOWED_FROM[STOP])),
-    and_(_INSTANCES.c.on_expiry == DELETE, _INSTANCES.c.status.in_(actions.ALLOWED_FROM[DELETE])),
+    and_(_INSTANCES.c.on_expiry == STOP, among(_INSTANCES.c.status, actions.ALLOWED_FROM[STOP])),
+    and_(_INSTANCES.c.on_expiry == DELETE, among(_INSTANCES.c.status, actions.ALLOWED_FROM[DELETE])),
 )
 _WARN_DUE = (
     update(_INSTANCES)
@@ -70,7 +70,7 @@ _WARN_DUE = (
                 <= func.now() + interval_seconds(bindparam("lead_seconds", type_=Float)),
                 _INSTANCES.c.expires_at > func.now(),
                 _INSTANCES.c.expiry_warned_at.is_(None),
-                _INSTANCES.c.status.in_(records.WANTED),
+                among(_INSTANCES.c.status, records.WANTED),
                 ~and_(_INSTANCES.c.on_expiry == STOP, _INSTANCES.c.status == InstanceStatus.STOPPED),
             )
             .limit(SWEEP_BATCH_SIZE)

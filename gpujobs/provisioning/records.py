@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import deployment, jobs
 from gpujobs.exceptions import PermanentError
-from gpujobs.extensions import db, interval_seconds, rows_changed
+from gpujobs.extensions import among, db, interval_seconds, rows_changed
 from gpujobs.models import Instance, InstanceRow, Job
 from gpujobs.novita import Instance as NovitaInstance
 from gpujobs.novita import spec
@@ -83,14 +83,14 @@ def instance_name(job_id: uuid.UUID) -> str:
     return f"{name_prefix()}{job_id}"
 
 
-def job_id_of(name: str) -> uuid.UUID | None:
+def job_id_of(name: str, prefix: str | None = None) -> uuid.UUID | None:
     """The create job an instance name was derived from, or None for a name that is not ours.
 
     Ours means exactly our prefix and a job id in canonical form, so another deployment's instances on
     the same Novita account (another prefix, even one that starts with ours) are never taken for ours,
-    and never deleted as leaks.
+    and never deleted as leaks. A caller reading a whole listing passes ``name_prefix()`` once.
     """
-    prefix = name_prefix()
+    prefix = prefix or name_prefix()
     if not name.startswith(prefix):
         return None
     rest = name[len(prefix) :]
@@ -187,7 +187,7 @@ def transition(
     `owned_by(job_id)`); False when someone else moved it. Through the ORM, so copies of the row loaded
     in the session see the change (a reconcile pass acts twice on one loaded row)."""
     statement = update(Instance).where(
-        Instance.id == instance_id, Instance.status.in_(from_statuses), *conditions
+        Instance.id == instance_id, among(Instance.status, from_statuses), *conditions
     )
     done = db.session.execute(statement.values(**values))
     if rows_changed(done) != 1:
@@ -228,11 +228,11 @@ def _transitioned_statement(from_statuses: tuple[str, ...], fenced: bool, column
     holder = bindparam("holder", type_=_INSTANCES.c.job_id.type)
     conditions = [
         _INSTANCES.c.id == bindparam("instance_id"),
-        _INSTANCES.c.status.in_(from_statuses),
+        among(_INSTANCES.c.status, from_statuses),
         owned_by(holder),
     ]
     if fenced:
-        active = _JOBS.c.status.in_(JOB_ACTIVE)
+        active = among(_JOBS.c.status, JOB_ACTIVE)
         conditions.append(
             exists().where(_JOBS.c.id == holder, _JOBS.c.attempt == bindparam("attempt"), active)
         )
@@ -327,4 +327,4 @@ def live_jobs(job_ids: set[uuid.UUID]) -> set[uuid.UUID]:
     """Which of these jobs are still queued, running, retrying or cancelling."""
     if not job_ids:
         return set()
-    return set(db.session.scalars(select(Job.id).where(Job.id.in_(job_ids), Job.status.in_(JOB_LIVE))))
+    return set(db.session.scalars(select(Job.id).where(Job.id.in_(job_ids), among(Job.status, JOB_LIVE))))

@@ -46,8 +46,9 @@ def list_ours(client: NovitaClient) -> Listing:
     """Every instance named with our prefix, by Novita id, and the time the listing began."""
     taken_at = time.time()
     # Novita's name filter is fuzzy (§7): keep only names that are exactly ours.
-    listed = client.list_instances(name=records.name_prefix(), page_size=PAGE_SIZE)
-    return taken_at, {item.id: item for item in listed if records.job_id_of(item.name) is not None}
+    prefix = records.name_prefix()
+    listed = client.list_instances(name=prefix, page_size=PAGE_SIZE)
+    return taken_at, {item.id: item for item in listed if records.job_id_of(item.name, prefix) is not None}
 
 
 def refresh(client: NovitaClient) -> Listing | None:
