@@ -62,7 +62,9 @@ def seconds_ago(count: float | ColumnElement[Any]) -> ColumnElement[Any]:
 def among(column: ColumnElement[Any] | QueryableAttribute[Any], words: Iterable[str]) -> ColumnElement[bool]:
     """``column IN ('a', 'b')`` for fixed words (statuses), written into the SQL. ``column.in_(words)``
     binds them as an "expanding" parameter, which SQLAlchemy rewrites into the SQL text on every
-    execution: ~30 µs of CPU per statement, for the very SQL the server gets from this one."""
+    execution: ~30 µs of CPU per statement, for the very SQL the server gets from this one. For Core
+    statements and reads: an ORM ``update(Model)`` cannot evaluate it in Python to keep the rows loaded
+    in the session in step, so it would add a ``RETURNING`` and fetch them; those keep ``in_``."""
     return column.op("IN", is_comparison=True)(literal_column(f"({sql_list(words)})"))
 
 

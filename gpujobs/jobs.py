@@ -209,7 +209,7 @@ def _wait(job_id: uuid.UUID, reason: str) -> None:
 
 
 def _fenced(job_id: uuid.UUID, attempt: int, *statuses: JobStatus) -> Any:
-    return update(Job).where(Job.id == job_id, Job.attempt == attempt, among(Job.status, statuses))
+    return update(Job).where(Job.id == job_id, Job.attempt == attempt, Job.status.in_(statuses))
 
 
 # Parameter names other than the columns' (an UPDATE reserves those for its SET clause). On the table,
@@ -362,7 +362,7 @@ def request_cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> JobStatus | None:
         .where(
             Job.id == job_id,
             Job.tenant_id == tenant_id,
-            among(Job.status, (JobStatus.QUEUED, JobStatus.RETRYING)),
+            Job.status.in_((JobStatus.QUEUED, JobStatus.RETRYING)),
         )
         .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=func.now(), next_retry_at=None)
         .returning(Job.attempt)

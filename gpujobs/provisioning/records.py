@@ -187,7 +187,7 @@ def transition(
     `owned_by(job_id)`); False when someone else moved it. Through the ORM, so copies of the row loaded
     in the session see the change (a reconcile pass acts twice on one loaded row)."""
     statement = update(Instance).where(
-        Instance.id == instance_id, among(Instance.status, from_statuses), *conditions
+        Instance.id == instance_id, Instance.status.in_(from_statuses), *conditions
     )
     done = db.session.execute(statement.values(**values))
     if rows_changed(done) != 1:
