@@ -153,9 +153,10 @@ def commit_and_publish(
     New jobs (``within_window``) are published only while their tenant has room in its window; the
     others are committed unpublished, for the dispatch sweep or the next top-up. ``marked``: the jobs
     were marked published in this transaction already (a new job ``admission`` let out as it was
-    inserted), so they are only committed and sent. If the process dies between commit and publish,
-    the sweep finds the job queued with an empty queue in Redis and publishes it again. One job goes
-    out on its own, with the broker retry policy (an API request); several go out as one batch (a sweep).
+    inserted, or a ``top_up``), so they are only committed and sent. If the process dies between commit
+    and publish, the sweep finds the job queued with an empty queue in Redis and publishes it again. One
+    job goes out on its own, with the broker retry policy (an API request); several go out as one batch
+    (a sweep).
     """
     queued = list(queued)
     if not marked:
@@ -279,12 +280,14 @@ def next_jobs(batch: int, after_job: uuid.UUID | None = None) -> list[Dispatch]:
     return [Dispatch(*row) for row in picked if row.id in locked]
 
 
-def top_up(ended_job: uuid.UUID) -> None:
-    """A job ended and freed a slot of its tenant: publish that tenant's next jobs now, not at the next
-    sweep, so a tenant alone on the cluster keeps every worker busy. Nothing waiting (the usual case):
-    the read's transaction ends without a commit."""
+def top_up(ended_job: uuid.UUID) -> list[Dispatch]:
+    """A job ended and freed a slot of its tenant: that tenant's next jobs, locked and marked published,
+    for the caller's ``commit_and_publish(..., marked=True)`` to commit and send now rather than at the
+    next sweep, so a tenant alone on the cluster keeps every worker busy.
+
+    Read in the transaction that ends the job (no transaction of its own), where the job's end counts
+    already: its slot shows free. Two jobs of a tenant ending at once each see the other still running,
+    so each takes one job for its own slot (``SKIP LOCKED``: not the same one)."""
     picked = next_jobs(TOP_UP_BATCH, after_job=ended_job)
-    if picked:
-        commit_and_publish(picked, within_window=False)
-    else:
-        db.session.rollback()
+    jobs.mark_published([item.job_id for item in picked])
+    return picked

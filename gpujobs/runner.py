@@ -21,14 +21,13 @@ from flask import Flask, current_app
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from gpujobs import jobs, logs, webhooks
+from gpujobs import dispatch, jobs, logs, webhooks
 from gpujobs.deadlines import DEADLINES
-from gpujobs.dispatch import send_task
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Job, JobRow
 from gpujobs.registry import Definition, Handoff, get_definition
-from gpujobs.states import JOB_TERMINAL, JobStatus
+from gpujobs.states import JOB_ACTIVE, JOB_TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +292,9 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> JobS
     if status in JOB_TERMINAL and (ended is None or ended.webhook_url):
         webhooks.record_job_event(claim.job_id, ended)
         due = webhooks.pending(claim.job_id)
-    db.session.commit()
+    # Ended, or waiting for a retry: its tenant's next jobs take the slot, committed with the outcome.
+    freed = dispatch.top_up(claim.job_id) if status is not None and status not in JOB_ACTIVE else []
+    dispatch.commit_and_publish(freed, marked=True)
     if status == JobStatus.SUCCEEDED:
         _hook(definition.on_success, ctx, params)
     elif status in (JobStatus.FAILED, JobStatus.RETRYING):
@@ -306,7 +307,7 @@ def _execute(ctx: RunContext, definition: Definition, claim: jobs.Claim) -> JobS
 
 def _hand_off(claim: jobs.Claim, handoff: Handoff) -> None:
     """Publish the follow-up task; if that fails, the lease expires and the rescue sweep reruns the job."""
-    send_task(
+    dispatch.send_task(
         handoff.task,
         [str(claim.job_id), claim.attempt, *handoff.args],
         f"job {claim.job_id} hand-off to {handoff.task}",

@@ -8,9 +8,8 @@ from typing import Any
 from celery import shared_task
 from celery.signals import worker_process_init, worker_ready
 
-from gpujobs import dispatch, runner, schedules, stats, sweeps, videos, webhooks
+from gpujobs import runner, schedules, stats, sweeps, videos, webhooks
 from gpujobs.dispatch import RUN_JOB_TASK
-from gpujobs.states import JOB_ACTIVE
 
 # The sweeps beat runs (gpujobs.celery_settings schedules them and routes them to MAINTENANCE_QUEUE, so a
 # backlog of jobs never delays them); the reconcile sweep is in gpujobs.provisioning.tasks.
@@ -25,11 +24,8 @@ SWEEP_VIDEOS_TASK = "gpujobs.sweep.videos"
 
 @shared_task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> None:
-    """Run one job (queue, time limits chosen per job when it is published); once it has ended or
-    waits for a retry, its tenant's next job takes the freed slot."""
-    status = runner.run_job(uuid.UUID(job_id))
-    if status is not None and status not in JOB_ACTIVE:
-        dispatch.top_up(uuid.UUID(job_id))
+    """Run one job (queue, time limits chosen per job when it is published)."""
+    runner.run_job(uuid.UUID(job_id))
 
 
 @shared_task(name=webhooks.DELIVER_TASK, soft_time_limit=60, time_limit=90)

@@ -15,9 +15,10 @@ from support.polling import wait_for
 from support.rows import job_row
 from support.tenants import make_tenant, set_limits
 
-from gpujobs import operations
+from gpujobs import dispatch, jobs, operations
 from gpujobs.extensions import db
 from gpujobs.models import Job
+from gpujobs.registry import get_definition
 from gpujobs.sweeps import dispatch_due
 
 FLOOD = 30
@@ -69,6 +70,25 @@ def test_a_running_jobs_limit_set_for_a_tenant_is_its_window_even_above_the_defa
     for _ in range(65):
         submit(app, tenant)
     assert counts(app, tenant) == {"queued": 65, "published": 60}
+
+
+def test_a_top_up_in_the_transaction_that_ends_a_job_counts_its_slot_free(app, tenant):
+    """The top-up reads in the ending job's own transaction: before the end there is no room; after it,
+    the oldest waiting job is taken and marked published, to commit with the end."""
+    set_limits(app, tenant, max_running_jobs=1)
+    running, *waiting = [submit(app, tenant) for _ in range(3)]
+    with app.app_context():
+        definition = get_definition("test.sleep", 1)
+        assert definition is not None
+        claim = jobs.claim(running, definition, lease_seconds=60)
+        assert claim is not None
+        db.session.commit()
+        assert dispatch.top_up(running) == []
+        assert jobs.succeed(running, claim.attempt, {}) is not None
+        taken = dispatch.top_up(running)
+        assert [item.job_id for item in taken] == [waiting[0]]
+        dispatch.commit_and_publish(taken, marked=True)
+    assert counts(app, tenant) == {"succeeded": 1, "queued": 2, "published": 1}
 
 
 def test_another_tenants_job_starts_before_a_flood_queued_ahead_of_it_drains(app, tenant, start_worker):

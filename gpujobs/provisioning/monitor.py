@@ -231,7 +231,7 @@ def _reclaimed(watch: Watch, instance: InstanceRow, seen: NovitaInstance) -> Non
     db.session.commit()
     webhooks.publish_pending(watch.job_id)
     spot.announce([reclaimed])  # publishes the replacement first, so the top-up cannot send it again
-    dispatch.top_up(watch.job_id)
+    dispatch.commit_and_publish(dispatch.top_up(watch.job_id), marked=True)
     log.info("job %s: failed, instance %s reclaimed by Novita", watch.job_id, instance.id)
     return None
 
@@ -399,9 +399,9 @@ def _end(
     # The instance is the job's own only while this job still holds it (`moved`; no instance event else).
     webhooks.record_job_event(watch.job_id, job, moved, preceded_by=(event,) if event else ())
     due = webhooks.pending(watch.job_id)
-    db.session.commit()
+    # The job ended here, not in run_job: its tenant's next jobs take the slot, committed with the end.
+    dispatch.commit_and_publish(dispatch.top_up(watch.job_id), marked=True)
     webhooks.publish(watch.job_id, due)
-    dispatch.top_up(watch.job_id)  # the job ended here, not in run_job: its tenant's next job takes the slot
     log.info("job %s: %s (instance %s %s)", watch.job_id, outcome, instance.id, instance.status)
 
 
