@@ -332,6 +332,9 @@ class NovitaClient:
                 logger.debug(
                     "novita POST %s: %s after an ambiguous attempt, counted as done", path, exc.reason
                 )
+            except NovitaProtocolError as exc:
+                # A 2xx is "accepted" whatever its body (§8); the caller's reads tell whether it acted.
+                logger.warning("%s; the action counts as accepted", exc)
             except NovitaTransientError as exc:
                 earlier_attempt_may_have_acted = earlier_attempt_may_have_acted or _may_have_acted(exc)
                 raise

@@ -119,8 +119,11 @@ class DeleteUnconfirmedError(NovitaTransientError):
     """Novita took a delete, but a read does not show the instance removing or removed yet: not done."""
 
 
-class NovitaProtocolError(NovitaPermanentError):
-    """A success status with a body that is not the documented JSON (e.g. an HTML page at a wrong URL)."""
+class NovitaProtocolError(NovitaTransientError):
+    """A success status with a body that is not a JSON object: a proxy's or Cloudflare's page (§12: the
+    client must survive bodies that are not JSON). Nothing is concluded from it: a read is retried (a
+    look looks again, a job's attempt is retried), an action counts as accepted (any 2xx does, §8), and
+    a create's outcome is unknown until the instance is looked up by name."""
 
 
 _CLASS_BY_KIND: dict[spec.ErrorKind, type[NovitaTransientError] | type[NovitaPermanentError]] = {

@@ -120,3 +120,25 @@ def test_a_monitor_giving_up_through_a_proxys_html_404_keeps_looking_until_the_d
     job = job_row(app, job_id)
     assert (job.status, job.error) == ("cancelled", "cancelled on request; the instance was deleted")
     assert [entry["status"] for entry in sim.instances()] == ["removed"]
+
+
+@pytest.mark.parametrize("sim_options", [{"phase_seconds": 0}])
+def test_a_proxys_html_success_page_on_a_monitor_look_looks_again_and_the_job_still_succeeds(
+    app, tenant, sim, novita_config
+):
+    """A 200 whose body is a page, not JSON (§12), says nothing: the look is not the job's end, and the
+    instance stays watched (failing the job here had left it billing unwatched)."""
+    with app.app_context():
+        job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST)
+        job_id, instance_id = str(job.id), str(instance.id)
+        assert runner.run_job(job.id) == "running"
+    sim.inject(fail_next={"status": 200, "html": True, "count": 2})
+
+    for _ in range(2):  # each look meets a page where Novita's JSON should be
+        look(app, next_monitor_look(app))
+        assert job_row(app, job_id).status == "running"
+        assert instance_row(app, instance_id).status == "creating"
+    look(app, next_monitor_look(app))
+    assert job_row(app, job_id).status == "succeeded"
+    assert instance_row(app, instance_id).status == "running"
+    assert [call["status"] for call in sim.ledger() if call.get("injected")] == [200, 200]

@@ -292,13 +292,31 @@ def test_a_create_answered_with_success_but_no_instance_id_is_an_unknown_outcome
         novita.create_instance(make_request())
 
 
-def test_a_get_answered_with_an_html_success_page_is_a_protocol_error(
+def test_a_get_answered_with_an_html_success_page_is_a_transient_protocol_error(
+    novita: NovitaClient, sim: NovitaSimulator
+) -> None:
+    sim.inject(fail_next={"status": 200, "html": True, "count": 10})
+
+    with pytest.raises(NovitaProtocolError, match="not a JSON object") as caught:
+        novita.list_clusters()
+    assert isinstance(caught.value, TransientError)
+
+
+def test_a_get_answered_once_with_an_html_success_page_is_retried_and_answers(
     novita: NovitaClient, sim: NovitaSimulator
 ) -> None:
     sim.inject(fail_next={"status": 200, "html": True})
 
-    with pytest.raises(NovitaProtocolError, match="not a JSON object"):
-        novita.list_clusters()
+    assert novita.list_clusters()
+
+
+def test_an_action_answered_with_an_html_success_page_counts_as_accepted(
+    novita: NovitaClient, make_request: MakeRequest, sim: NovitaSimulator
+) -> None:
+    instance_id = novita.create_instance(make_request())
+    sim.inject(fail_next={"status": 200, "html": True, "endpoint": spec.INSTANCE_STOP_PATH})
+
+    novita.stop_instance(instance_id)  # no error: a 2xx is accepted whatever its body
 
 
 def test_a_create_is_retried_after_429_because_nothing_was_created(
