@@ -110,13 +110,23 @@ class Watch:
     started: float  # epoch seconds the deadline counts from
     timeout: float  # seconds
     interval: float  # seconds between looks
+    started_by_us: bool = False  # this watch has sent a start (a create left stopped): never a second
 
     @classmethod
     def from_args(cls, job_id: str, attempt: int, *args: Any) -> Watch:
-        """Rebuild from a task's arguments: `(job_id, attempt, *handoff args)`."""
-        instance_id, action, since, started, timeout, interval = args
+        """Rebuild from a task's arguments: `(job_id, attempt, *handoff args)` (a look published before
+        `started_by_us` was carried has one argument fewer)."""
+        instance_id, action, since, started, timeout, interval, *rest = args
         return cls(
-            uuid.UUID(job_id), attempt, uuid.UUID(instance_id), action, since, started, timeout, interval
+            uuid.UUID(job_id),
+            attempt,
+            uuid.UUID(instance_id),
+            action,
+            since,
+            started,
+            timeout,
+            interval,
+            bool(rest and rest[0]),
         )
 
     @property
@@ -125,7 +135,15 @@ class Watch:
         return GOALS[self.action]
 
     def _args(self) -> tuple[Any, ...]:
-        return (str(self.instance_id), self.action, self.since, self.started, self.timeout, self.interval)
+        return (
+            str(self.instance_id),
+            self.action,
+            self.since,
+            self.started,
+            self.timeout,
+            self.interval,
+            self.started_by_us,
+        )
 
     def handoff(self) -> Handoff:
         """What a handler returns to pass its job to the monitor chain."""
@@ -197,14 +215,14 @@ def _look(watch: Watch, instance: InstanceRow, client: NovitaClient, cancel: boo
         if seen.status != instance.novita_status:
             records.mirror(instance.id, seen)
         return _reclaimed(watch, instance, seen)
-    judgement = judge(watch.action, seen)
+    judgement = judge(watch.action, seen, started_by_us=watch.started_by_us)
     # A look that ends the job writes Novita's status with the outcome (``_succeed``).
     if seen is not None and seen.status != instance.novita_status and judgement.verdict != Verdict.DONE:
         records.mirror(instance.id, seen)
     if judgement.verdict == Verdict.START:
         _start(client, instance)
         db.session.commit()
-        return replace(watch, since=time.time()).look_again()
+        return replace(watch, since=time.time(), started_by_us=True).look_again()
     if judgement.verdict == Verdict.WAIT:
         db.session.commit()
         return watch.look_again()
@@ -258,8 +276,14 @@ def _observe(watch: Watch, instance: InstanceRow, client: NovitaClient) -> Sight
         return Sighting(None)
 
 
-def judge(action: str, seen: NovitaInstance | None) -> Judgement:
-    """Whether an action is done, failed (and why), needs a start, or must wait; None means gone."""
+def judge(action: str, seen: NovitaInstance | None, *, started_by_us: bool = False) -> Judgement:
+    """Whether an action is done, failed (and why), needs a start, or must wait; None means gone.
+
+    `exited` without a stop request is a failure (NOVITA_API.md §8), except for a create whose instance
+    Novita reports never started (no `startedAt`, a field Novita does not document): it is started once.
+    A server that sends no start times cannot tell a never-started instance from one whose container
+    exited: one start, and an exit after it fails the job (`started_by_us`), so a crashing container is
+    not restarted until the create times out."""
     done, wait = Judgement(Verdict.DONE), Judgement(Verdict.WAIT)
     if action == DELETE:
         return done if seen is None or seen.is_gone else wait
@@ -274,8 +298,10 @@ def judge(action: str, seen: NovitaInstance | None) -> Judgement:
         state = seen.status_error.state or seen.status
         return Judgement(Verdict.FAIL, f"Novita reports {state}: {seen.status_error.message}")
     if seen.is_exited:
-        if action == CREATE and seen.started_at is None:
+        if action == CREATE and seen.started_at is None and not started_by_us:
             return Judgement(Verdict.START)  # created but left stopped: it is not starting by itself
+        if started_by_us:
+            return Judgement(Verdict.FAIL, "the instance exited again after gpujobs started it")
         return Judgement(Verdict.FAIL, "the instance exited without a stop request")
     return wait
 

@@ -47,7 +47,7 @@ def test_the_create_step_hands_the_running_job_to_the_monitor_with_ids_and_numbe
     job_id, instance_id = created_and_handed_off(app, tenant)
     args = next_monitor_look(app)
     assert args[:4] == [job_id, 1, instance_id, "create"]
-    assert all(isinstance(number, float) for number in args[4:])
+    assert all(isinstance(number, float) for number in args[4:8]) and args[8:] == [False]
     assert job_row(app, job_id).status == "running"
     created = instance_row(app, instance_id)
     assert created.status == "creating" and created.novita_id == sim.instances()[0]["id"]
