@@ -1,9 +1,10 @@
 """Product selection with multi-region fallback: which (product, cluster) to try, in which order, and why not.
 
-The requested region comes first, then `GPUJOBS_REGION_FALLBACK` in its order. In each region only products
+The requested region comes first, then `GPUJOBS_REGION_FALLBACK` in its order (with no region requested,
+then every other cluster). In each region only products
 whose name matches exactly, that Novita lists as deployable with stock, that fit the disk and that cost at
-most the caller's cap are tried, cheapest first. Regions are Novita display codes (`CN-HK-01`); they map
-to `clusterId`s only through `/clusters`, never by formula (docs/novita-api.md §3, §13.6). Products are listed
+most the caller's cap are tried, cheapest first. Regions are Novita display codes (`CN-HK-01`) or cluster
+ids; they map to `clusterId`s only through `/clusters`, never by formula (docs/novita-api.md §3, §13.6). Products are listed
 per cluster, lazily, so the common case costs one catalogue call. A search remembers what it passed over, so
 the failure names the real reason: the price cap, no stock, or no such product.
 """
@@ -51,15 +52,25 @@ class Candidate:
 
 
 def regions_in_order(requested: str | None, fallback: list[str], clusters: list[Cluster]) -> list[Cluster]:
-    """The clusters to try: the requested region, then the fallback order; every cluster if neither is set."""
-    by_code = {cluster.region_code: cluster for cluster in clusters}
-    if requested and requested.upper() not in by_code:
-        known = ", ".join(sorted(by_code)) or "none"
+    """The clusters to try: the requested region, then the fallback order; with no region requested, then
+    every other cluster Novita lists.
+
+    A region is a cluster's display code (from its `name`) or its `id`, case aside. The fallback orders a
+    preference; it does not bound a request for anywhere: `/clusters` names are undocumented (§3, §16),
+    and a Novita whose names are none of the configured codes must still place instances. A requested
+    region is the caller's choice: only it and the fallback regions are tried then.
+    """
+    by_key: dict[str, Cluster] = {}
+    for cluster in clusters:
+        by_key.setdefault(cluster.region_code, cluster)
+    for cluster in clusters:
+        by_key.setdefault(cluster.id.upper(), cluster)
+    if requested and requested.upper() not in by_key:
+        known = ", ".join(sorted({cluster.region_code for cluster in clusters})) or "none"
         raise PermanentError(f"unknown region {requested!r}: Novita's regions are {known}")
-    codes = [code.upper() for code in ([requested] if requested else []) + fallback]
-    if not codes:
-        return list(clusters)
-    return [by_code[code] for code in dict.fromkeys(codes) if code in by_code]
+    keys = [key.upper() for key in ([requested] if requested else []) + fallback]
+    ordered = [by_key[key] for key in keys if key in by_key] + ([] if requested else clusters)
+    return list({cluster.id: cluster for cluster in ordered}.values())  # each once, where first named
 
 
 @dataclass
@@ -89,7 +100,10 @@ class Search:
         for cluster in clusters:
             self.regions.append(cluster.region_code)
             listed = client.list_products(self.product_name, cluster.id, gpu_num=self.gpu_num)
-            offered = [product for product in listed if self._offers(product, cluster)]
+            wanted = [product for product in listed if self._wanted(product)]
+            # Listed for this cluster (`clusterId`, §4), yet none of them names it in `regions`: their
+            # region strings follow another format than the cluster's name and id (§16); the filter decides.
+            offered = [product for product in wanted if product.offered_in(cluster)] or wanted
             in_stock = sorted(
                 (p for p in offered if p.in_stock),
                 key=lambda p: (billing.unit_price(p, self.billing_mode), p.id),
@@ -109,12 +123,11 @@ class Search:
         """Note that Novita refused a candidate at create time (INSUFFICIENT_RESOURCE or a sick cluster)."""
         self.refused.append(candidate)
 
-    def _offers(self, product: Product, cluster: Cluster) -> bool:
+    def _wanted(self, product: Product) -> bool:
         # productName is a fuzzy filter at Novita (§4): "RTX 4090 24GB" must not match "... (High frequency)".
         fits_disk = product.max_rootfs_gb is None or self.rootfs_gb <= product.max_rootfs_gb
         return (
             product.name.casefold() == self.product_name.casefold()
-            and product.offered_in(cluster)
             and fits_disk
             and billing.sold_as(product, self.billing_mode)
         )
