@@ -8,7 +8,11 @@ STAMP := $(VENV)/.installed
 # dev (runtime + embedded servers + tests and tools, at the same versions).
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
 
-.PHONY: run test lint format lock bench faults clean
+.PHONY: help run test lint format lock bench faults clean
+
+help:  ## These targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
 
 # Reinstall only when the lock changes: the stamp is newer than the lock otherwise.
 $(STAMP): requirements/dev.txt

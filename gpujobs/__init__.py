@@ -31,7 +31,10 @@ def create_app(test_config: dict[str, Any] | None = None, *, needs_broker: bool 
     for url in ("DATABASE_URL", "REDIS_URL") if needs_broker else ("DATABASE_URL",):
         if not app.config.get(url):
             # Refused here, not as a 500 on every request of a process that started without it.
-            raise ConfigError(f"{url} is not set and no embedded server is running (start one: make run)")
+            raise ConfigError(
+                f"{url} is not set and no embedded server is running: set it, or start the embedded "
+                "servers (`make run` in a checkout; `gpujobs dev` where gpujobs[embedded] is installed)"
+            )
     if not app.config.get("GPUJOBS_ENCRYPTION_KEY"):
         # Without it no webhook could be signed; refusing here names the fix before anything runs.
         raise ConfigError(

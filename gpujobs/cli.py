@@ -16,13 +16,25 @@ from flask import Flask
 from sqlalchemy import select
 
 from gpujobs import create_app
+from gpujobs.config import ConfigError
 
 
 def _app(*, needs_broker: bool = True) -> Flask:
     return create_app(needs_broker=needs_broker)
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command: a missing or wrong setting is one line saying which and how to fix it (exit 1),
+    not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """gpujobs: provision GPU instances and run background jobs."""
 

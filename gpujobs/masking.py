@@ -54,7 +54,7 @@ def mask_secrets(value: Any) -> Any:
 
 def _masked_entry(name: str, value: Any) -> Any:
     if is_secret_name(name):
-        return MASK
+        return MASK if value is not None else None  # nothing sent reads as nothing, not as a hidden value
     if name in HEADER_OBJECTS and isinstance(value, dict):
         return mask_headers(value)
     return mask_secrets(value)

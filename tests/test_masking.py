@@ -49,6 +49,11 @@ def test_mask_secrets_hides_every_secret_looking_key_at_any_depth_and_keeps_the_
     assert masked["db"]["host"] == "h" and params["Password"] == "a"  # the original is untouched
 
 
+def test_a_secret_named_entry_that_holds_nothing_shows_nothing() -> None:
+    """A null `imageAuthId` shown as a mask would claim a registry credential was sent."""
+    assert mask_secrets({"imageAuthId": None, "password": ""}) == {"imageAuthId": None, "password": MASK}
+
+
 @pytest.mark.parametrize(
     ("url", "masked"),
     [

@@ -193,7 +193,8 @@ def register_prometheus(app: Flask) -> None:
             _require_token(token)
         elif not public:
             authenticate_request()
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: Flask would add a second charset to the one the constant carries.
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     app.add_url_rule("/metrics", "prometheus", prometheus)
 

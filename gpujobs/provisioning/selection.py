@@ -4,9 +4,9 @@ The requested region comes first, then `GPUJOBS_REGION_FALLBACK` in its order (w
 then every other cluster). In each region only products
 whose name matches exactly, that Novita lists as deployable with stock, that fit the disk and that cost at
 most the caller's cap are tried, cheapest first. Regions are Novita display codes (`CN-HK-01`) or cluster
-ids; they map to `clusterId`s only through `/clusters`, never by formula (docs/novita-api.md §3, §13.6). Products are listed
-per cluster, lazily, so the common case costs one catalogue call. A search remembers what it passed over, so
-the failure names the real reason: the price cap, no stock, or no such product.
+ids; they map to `clusterId`s only through `/clusters`, never by formula (docs/novita-api.md §3, §13.6).
+Products are listed per cluster, lazily, so the common case costs one catalogue call. A search remembers
+what it passed over, so the failure names the real reason: the price cap, no stock, or no such product.
 """
 
 from __future__ import annotations
