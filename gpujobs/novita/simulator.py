@@ -160,8 +160,8 @@ def run_simulator(
 ) -> Iterator[NovitaSimulator]:
     """Serve a simulator for the duration of a `with` block.
 
-    `config` takes the SimulatorConfig fields (phase_seconds, include_pending, removed_grace_seconds,
-    page_base, seed); `inject` takes fault options applied before the first request.
+    `config` takes the SimulatorConfig fields (phase_seconds, include_pending, run_times,
+    removed_grace_seconds, page_base, seed); `inject` takes fault options applied before the first request.
     """
     simulator = NovitaSimulator(SimulatorConfig(api_key=api_key, **config), clock=clock, inject=inject)
     simulator.start(host, port)

@@ -2,13 +2,16 @@
 
 - **leaked**: a Novita instance named our prefix plus a job id that no row wants and no live job owns
   (a create whose job was cancelled while retrying, a failed delete, a duplicate) is deleted once it is
-  older than `GPUJOBS_LEAK_GRACE_SECONDS`, and reported. Any other name is never touched
+  older than `GPUJOBS_LEAK_GRACE_SECONDS` (by Novita's `createdAt`, or, where Novita sends none, since a
+  pass first saw it unwanted), and reported. Any other name is never touched
   (`records.job_id_of`), and neither is an instance gpujobs only watched (`external`). A row that never
   recorded the instance (its create answer was lost) is marked `deleting` with its id.
 - **lost**: a row that says running or stopped whose instance Novita no longer has is marked `lost`.
 - **settled**: a row left mid-change by a job that ended without settling it takes Novita's status.
 - **mirrored**: every listed row gets Novita's status and `last_seen_at`.
 - **reclaimed**: a running or stopped row whose spot instance Novita reclaims (`gpujobs.provisioning.spot`).
+- **unread**: a row whose instance could not be read this pass (Novita busy, or an answer that proves
+  nothing, such as a proxy's page): left as it is until a pass reads it; the other rows go on.
 
 Novita is asked first and rows are written last, in one short transaction. A transaction-scoped
 advisory lock makes a second concurrent run return at once (`{"skipped": true}`).
@@ -16,20 +19,21 @@ advisory lock makes a second concurrent run return at once (`{"skipped": true}`)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from flask import current_app
 from sqlalchemy import or_, select, text, update
 
 from gpujobs import jobs
+from gpujobs.broker import redis_client
 from gpujobs.extensions import db
 from gpujobs.models import Instance
 from gpujobs.novita import Instance as NovitaInstance
-from gpujobs.novita import NovitaClient, NovitaNotFoundError, spec
+from gpujobs.novita import NovitaClient, NovitaNotFoundError, NovitaTransientError, spec
 from gpujobs.provisioning import records, snapshot, spot
 from gpujobs.provisioning.novita_client import novita_client
 from gpujobs.states import INSTANCE_ENDED, InstanceStatus
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "gpujobs.sweep.reconcile"
 STEADY = (InstanceStatus.RUNNING, InstanceStatus.STOPPED)
 LOST_REASON = "Novita no longer has this instance"
+# Novita id -> when a pass first saw it unwanted, for instances Novita sends no `createdAt` for.
+UNWANTED_SINCE_KEY = "gpujobs:reconcile:unwanted-since"
 SETTLE_REASON = "its job ended before the instance settled"
 
 
@@ -65,12 +71,14 @@ def reconcile() -> dict[str, Any]:
         views = _views(client, quiet, listed)
         leaked, waiting, unrecorded = _leaks(client, rows, listed, taken_at, live)
     reclaims: list[spot.Reclaimed] = []
-    report = _write(quiet, views, reclaims)
+    read = [row for row in quiet if row.novita_id is None or row.id in views]
+    report = _write(read, views, reclaims)
     _record_deleted(unrecorded)  # last: _write expects each row's Novita id to be one it has a view of
-    report.update(skipped=False, listed=len(listed), leaked=leaked, waiting=waiting)
+    unread = [str(row.id) for row in quiet if row not in read]
+    report.update(skipped=False, listed=len(listed), leaked=leaked, waiting=waiting, unread=unread)
     db.session.commit()
     spot.announce(reclaims)
-    if leaked or report["lost"] or report["settled"] or report["reclaimed"]:
+    if leaked or unread or report["lost"] or report["settled"] or report["reclaimed"]:
         log.info("reconcile: %s", report)
     return report
 
@@ -78,17 +86,23 @@ def reconcile() -> dict[str, Any]:
 def _views(
     client: NovitaClient, rows: list[Instance], listed: dict[str, NovitaInstance]
 ) -> dict[uuid.UUID, NovitaInstance | None]:
-    """Novita's view of each row that has an instance there; None when a GET confirms it is gone."""
+    """Novita's view of each row that has an instance there; None when a GET confirms it is gone. A row
+    whose instance could not be read has no view: it is left out of this pass, and the others go on."""
     views: dict[uuid.UUID, NovitaInstance | None] = {}
     for row in rows:
         if row.novita_id is None:
             continue
-        views[row.id] = listed.get(row.novita_id)
-        if views[row.id] is None:
-            # Not listed: make sure before calling it gone (a list can stop at its page cap). Only Novita's
-            # envelope saying not-found is "gone"; an HTML 404 from a proxy is transient and ends the pass.
-            with contextlib.suppress(NovitaNotFoundError):
-                views[row.id] = client.get_instance(row.novita_id)
+        if row.novita_id in listed:
+            views[row.id] = listed[row.novita_id]
+            continue
+        # Not listed: make sure before calling it gone (a list can stop at its page cap). Only Novita's
+        # envelope saying not-found is "gone"; a transient answer (a proxy's 404 or page) proves nothing.
+        try:
+            views[row.id] = client.get_instance(row.novita_id)
+        except NovitaNotFoundError:
+            views[row.id] = None
+        except NovitaTransientError as exc:
+            log.warning("reconcile: instance %s not read this pass (%s)", row.id, exc)
     return views
 
 
@@ -110,11 +124,17 @@ def _leaks(
     leaked: list[dict[str, Any]] = []
     waiting: list[str] = []
     unrecorded: list[tuple[Instance, str]] = []
-    for item in listed.values():
-        row = by_novita_id.get(item.id) or by_name.get(item.name)
-        if item.is_being_removed or _wanted(item, row, live):
-            continue
-        age_seconds = taken_at - item.created_at.timestamp() if item.created_at else 0.0
+    row_of = {item.id: by_novita_id.get(item.id) or by_name.get(item.name) for item in listed.values()}
+    unwanted = [
+        item
+        for item in listed.values()
+        if not item.is_being_removed and not _wanted(item, row_of[item.id], live)
+    ]
+    since = _first_seen_unwanted([item.id for item in unwanted if item.created_at is None], taken_at)
+    for item in unwanted:
+        row = row_of[item.id]
+        born = item.created_at.timestamp() if item.created_at else since.get(item.id, taken_at)
+        age_seconds = taken_at - born
         if age_seconds < grace_seconds:
             waiting.append(item.id)
             continue
@@ -135,6 +155,33 @@ def _leaks(
         if row is not None and row.novita_id is None:
             unrecorded.append((row, item.id))
     return leaked, waiting, unrecorded
+
+
+def _first_seen_unwanted(novita_ids: list[str], now: float) -> dict[str, float]:
+    """When a pass first saw each of these unwanted instances, which Novita sends no `createdAt` for
+    (undocumented, NOVITA_API.md §6): their grace counts from then. Kept in Redis, one hash; ids no longer
+    among them are dropped. With Redis away or wiped the grace starts again: a later delete, never an
+    earlier one."""
+    try:
+        store = redis_client()
+        with store.pipeline(transaction=False) as pipe:
+            for novita_id in novita_ids:
+                pipe.hsetnx(UNWANTED_SINCE_KEY, novita_id, repr(now))
+            pipe.hgetall(UNWANTED_SINCE_KEY)
+            seen: dict[Any, Any] = pipe.execute()[-1]
+        kept = {_text(key): float(value) for key, value in seen.items()}
+        if stale := [key for key in kept if key not in novita_ids]:
+            store.hdel(UNWANTED_SINCE_KEY, *stale)
+    except redis.RedisError as exc:
+        log.warning(
+            "reconcile: leak ages not read (%s); instances without createdAt wait", type(exc).__name__
+        )
+        return {}
+    return {key: value for key, value in kept.items() if key in novita_ids}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _wanted(item: NovitaInstance, row: Instance | None, live: set[uuid.UUID]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -43,6 +44,27 @@ def test_an_instance_no_live_job_owns_is_deleted_after_the_grace_period_and_repo
     assert [item["novitaInstanceId"] for item in report["leaked"]] == [leaked]
     status = {instance["id"]: instance["status"] for instance in sim.instances()}
     assert status == {leaked: "removed", theirs: "running"}  # not ours: never touched
+
+
+@pytest.mark.parametrize(
+    "sim_options", [{"phase_seconds": 0, "removed_grace_seconds": 0, "run_times": False}]
+)
+def test_a_leak_novita_sends_no_created_at_for_is_deleted_a_grace_after_a_pass_first_saw_it(
+    app, sim, novita, novita_config, monkeypatch
+):
+    """`createdAt` is undocumented (NOVITA_API.md §6): a server that sends none still has its leaks
+    deleted, a grace period after the first pass that found them unwanted."""
+    leaked = create_at_novita(novita, novita_name(app, uuid.uuid4()))
+    assert novita.get_instance(leaked).created_at is None
+    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 1.0)
+
+    first = run_reconcile(app)
+    assert (first["leaked"], first["waiting"]) == ([], [leaked])
+    time.sleep(1.1)
+    report = run_reconcile(app)
+    assert [item["novitaInstanceId"] for item in report["leaked"]] == [leaked]
+    assert report["leaked"][0]["ageSeconds"] >= 1
+    assert [instance["status"] for instance in sim.instances()] == ["removed"]
 
 
 def test_another_deployments_instances_on_the_same_account_are_never_taken_for_leaks(

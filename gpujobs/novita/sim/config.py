@@ -20,6 +20,9 @@ class SimulatorConfig:
     # Novita reports an undocumented `pending` right after create (docs/novita-api.md §8); off to model only
     # the documented enum.
     include_pending: bool = True
+    # Novita's undocumented `createdAt`, `startedAt` and `stoppedAt` (§6); off to model a server written
+    # from the public reference alone, which sends none of them.
+    run_times: bool = True
     # How long a deleted instance stays listed as `removed` before it is gone (§7, §15).
     removed_grace_seconds: float = 30.0
     # Whether pageNum counts from 0 or 1 is undocumented (§7); with 1, pageNum 0 is answered as page 1.

@@ -39,7 +39,7 @@ def _port_mapping(instance: SimInstance, port: int, kind: str, *, for_list: bool
     return mapping
 
 
-def instance_json(instance: SimInstance, *, for_list: bool) -> dict[str, Any]:
+def instance_json(instance: SimInstance, *, for_list: bool, run_times: bool = True) -> dict[str, Any]:
     """The superset instance object both endpoints return."""
     params = instance.params
     product = instance.product
@@ -91,8 +91,13 @@ def instance_json(instance: SimInstance, *, for_list: bool) -> dict[str, Any]:
             "isRunning": running,
         },
         "connectComponentLog": {"systemLogAddress": "", "instanceLogAddress": "", "isRunning": running},
-        "createdAt": _unix(instance.created_at),
-        "startedAt": _unix(instance.started_at),
-        "stoppedAt": _unix(instance.stopped_at),
         "templateId": "",
-    }
+    } | (
+        {
+            "createdAt": _unix(instance.created_at),
+            "startedAt": _unix(instance.started_at),
+            "stoppedAt": _unix(instance.stopped_at),
+        }
+        if run_times
+        else {}
+    )

@@ -150,7 +150,8 @@ class SimState:
         """`GET /gpu/instance`; with not_found_status 200 an unknown id gets an empty object (§13.11)."""
         with self.lock:
             try:
-                return instance_json(self._find(instance_id, self._now()), for_list=False)
+                found = self._find(instance_id, self._now())
+                return instance_json(found, for_list=False, run_times=self.config.run_times)
             except SimApiError:
                 if self.faults.not_found_status == 200:
                     return {}
@@ -178,7 +179,8 @@ class SimState:
                     matches.append(instance)
             start = max(int(page_num) - self.config.page_base, 0) * int(page_size)
             page = matches[start : start + int(page_size)]
-            return {"instances": [instance_json(i, for_list=True) for i in page], "total": len(matches)}
+            items = [instance_json(i, for_list=True, run_times=self.config.run_times) for i in page]
+            return {"instances": items, "total": len(matches)}
 
     def _act(
         self, instance_id: str, allowed: frozenset[str], track: list[Phase], *, reacquire: bool = False
