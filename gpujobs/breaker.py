@@ -1,6 +1,7 @@
 """Circuit breakers of webhook receivers: a failing receiver does not take the webhook pool's time.
 
-One breaker per receiver (scheme://host:port, as Svix and Stripe do): after
+One breaker per tenant and receiver (scheme://host:port, as Svix and Stripe do; per tenant, so tenants
+that share a receiver, a gateway or Zapier, never open or close each other's circuit): after
 ``GPUJOBS_WEBHOOK_BREAKER_FAILURES`` consecutive failures or timeouts its circuit opens and its
 deliveries are held (not tried, no retry spent) for a cool-down; then one delivery is the probe, whose
 success closes the circuit and releases the held deliveries at once. Opening, holding and closing are
@@ -30,27 +31,34 @@ log = logging.getLogger(__name__)
 # What ``last_error`` says of a delivery the breaker holds (its try did not happen).
 HELD_ERROR = "held: the receiver's circuit is open"
 _ENDPOINTS = WebhookEndpoint.__table__
-_OPEN_UNTIL = select(_ENDPOINTS.c.open_until).where(_ENDPOINTS.c.endpoint == bindparam("endpoint"))
+_OPEN_UNTIL = select(_ENDPOINTS.c.open_until).where(
+    _ENDPOINTS.c.tenant_id == bindparam("tenant_id"), _ENDPOINTS.c.endpoint == bindparam("endpoint")
+)
 
 
-def gate(endpoint: str) -> datetime | None:
-    """None when a delivery to ``endpoint`` may go now (circuit closed, or this one is the probe);
-    else until when the open circuit holds it."""
+def gate(tenant_id: uuid.UUID, endpoint: str) -> datetime | None:
+    """None when the tenant's delivery to ``endpoint`` may go now (its circuit closed, or this one is
+    the probe); else until when the open circuit holds it."""
     cooldown = timedelta(seconds=current_app.config["GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS"])
-    open_until = db.session.scalar(_OPEN_UNTIL, {"endpoint": endpoint})
+    key = {"tenant_id": tenant_id, "endpoint": endpoint}
+    open_until = db.session.scalar(_OPEN_UNTIL, key)
     if open_until is None:
         return None
     # Past the cool-down the first delivery to move ``open_until`` on is the probe; the rest stay held.
     probe = db.session.execute(
         update(WebhookEndpoint)
-        .where(WebhookEndpoint.endpoint == endpoint, WebhookEndpoint.open_until <= func.now())
+        .where(
+            WebhookEndpoint.tenant_id == tenant_id,
+            WebhookEndpoint.endpoint == endpoint,
+            WebhookEndpoint.open_until <= func.now(),
+        )
         .values(open_until=func.now() + cooldown, updated_at=func.now())
         .returning(WebhookEndpoint.endpoint)
     ).scalar_one_or_none()
     db.session.commit()
     if probe is not None:
         return None
-    return db.session.scalar(_OPEN_UNTIL, {"endpoint": endpoint})
+    return db.session.scalar(_OPEN_UNTIL, key)
 
 
 def hold(delivery: Row[Any], attempt: int, endpoint: str, until: datetime) -> DeliveryStatus:
@@ -70,13 +78,17 @@ def hold(delivery: Row[Any], attempt: int, endpoint: str, until: datetime) -> De
 
 
 def locked_after(write: Update) -> Select[Any]:
-    """``write`` (the caller's statement, as a CTE), then the breaker's row of the receiver named by
-    parameter ``receiver``, locked: what ``record_answer`` needs, in the write's own round trip. (Not
-    ``endpoint``: an UPDATE takes a parameter named as one of its columns for its SET clause.)"""
+    """``write`` (the caller's statement, as a CTE), then the breaker's row of the tenant's receiver
+    named by parameters ``receiver_tenant`` and ``receiver``, locked: what ``record_answer`` needs, in
+    the write's own round trip. (Not ``tenant_id``, ``endpoint``: an UPDATE takes a parameter named as
+    one of its columns for its SET clause.)"""
     return (
         select(_ENDPOINTS.c.open_until, _ENDPOINTS.c.consecutive_failures)
         .add_cte(write.cte("answered"))
-        .where(_ENDPOINTS.c.endpoint == bindparam("receiver"))
+        .where(
+            _ENDPOINTS.c.tenant_id == bindparam("receiver_tenant"),
+            _ENDPOINTS.c.endpoint == bindparam("receiver"),
+        )
         .with_for_update()
     )
 
@@ -84,20 +96,22 @@ def locked_after(write: Update) -> Select[Any]:
 def record_answer(
     delivery: Row[Any], endpoint: str, before: Row[Any] | None, *, healthy: bool
 ) -> list[uuid.UUID]:
-    """Count the answer in the endpoint's breaker (in the caller's transaction); returns the held
-    deliveries a closing circuit releases. No answer, a timeout or a 5xx is a failure.
+    """Count the answer in the breaker of the delivery's tenant and ``endpoint`` (in the caller's
+    transaction); returns the tenant's held deliveries a closing circuit releases. No answer, a timeout
+    or a 5xx is a failure.
 
     ``before`` is the breaker's row as ``locked_after`` read and locked it (None: none yet), so that
     answers counted by other senders meanwhile are counted with this one, not overwritten.
     """
     config = current_app.config
+    tenant_id = delivery.tenant_id
     was_open = before is not None and before.open_until is not None
     if healthy:
         if before is None or (not was_open and before.consecutive_failures == 0):
             return []  # the usual case: nothing to write
         db.session.execute(
             update(WebhookEndpoint)
-            .where(WebhookEndpoint.endpoint == endpoint)
+            .where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.endpoint == endpoint)
             .values(consecutive_failures=0, open_until=None, updated_at=func.now())
         )
         if not was_open:
@@ -109,6 +123,7 @@ def record_answer(
             db.session.scalars(
                 update(WebhookDelivery)
                 .where(
+                    WebhookDelivery.tenant_id == tenant_id,
                     WebhookDelivery.endpoint == endpoint,
                     WebhookDelivery.status == DeliveryStatus.PENDING,
                     WebhookDelivery.last_error == HELD_ERROR,
@@ -131,7 +146,9 @@ def record_answer(
         jobs.add_event(delivery.job_id, "webhook.circuit_opened", delivery.job_attempt, data)
     db.session.execute(
         insert(WebhookEndpoint)
-        .values(endpoint=endpoint, **values)
-        .on_conflict_do_update(index_elements=[WebhookEndpoint.endpoint], set_=values)
+        .values(tenant_id=tenant_id, endpoint=endpoint, **values)
+        .on_conflict_do_update(
+            index_elements=[WebhookEndpoint.tenant_id, WebhookEndpoint.endpoint], set_=values
+        )
     )
     return []

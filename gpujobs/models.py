@@ -429,7 +429,8 @@ class WebhookDelivery(Model):
 
 
 class WebhookEndpoint(Model):
-    """The circuit breaker of one receiver (scheme://host:port), shared by every tenant that names it.
+    """The circuit breaker of one tenant's receiver (scheme://host:port): a tenant whose deliveries to
+    a shared receiver fail opens only its own circuit, never another tenant's (migration r18).
 
     Closed while ``open_until`` is None; open (deliveries held) until ``open_until``; past it, the one
     delivery that moves ``open_until`` on is the probe, whose answer closes or reopens the circuit.
@@ -437,6 +438,9 @@ class WebhookEndpoint(Model):
 
     __tablename__ = "webhook_endpoints"
 
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
     endpoint: Mapped[str] = mapped_column(Text, primary_key=True)
     consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     open_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

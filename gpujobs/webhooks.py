@@ -4,8 +4,8 @@ An event is recorded in the same transaction as the transition that caused it, a
 job attempt and type (a unique constraint), so its ``webhook-id`` is stable however often tasks
 run. Sending happens after commit; the job's own outcome never waits on the receiver.
 
-Each attempt has a total deadline (``GPUJOBS_WEBHOOK_TIMEOUT_SECONDS``), and each receiver a circuit
-breaker (``gpujobs.breaker``) that holds its deliveries while it keeps failing.
+Each attempt has a total deadline (``GPUJOBS_WEBHOOK_TIMEOUT_SECONDS``), and each tenant's receiver a
+circuit breaker (``gpujobs.breaker``) that holds the tenant's deliveries to it while they keep failing.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ _OUTCOME = (
         delivered_at=case((bindparam("delivered", type_=Boolean), func.now())),
     )
 )
-#: The outcome, then the receiver's breaker row locked, in one round trip (parameter ``receiver``).
+#: The outcome, then the tenant's breaker row of the receiver locked, in one round trip (parameters
+#: ``receiver_tenant``, ``receiver``).
 _OUTCOME_AND_BREAKER = breaker.locked_after(_OUTCOME)
 
 
@@ -317,8 +318,8 @@ def _of_tenant(column: Column[Any]) -> ScalarSelect[Any]:
     return select(column).where(_TENANTS.c.id == _DELIVERIES.c.tenant_id).scalar_subquery()
 
 
-#: A due delivery taken for one attempt, with its receiver's circuit as the claim sees it (no row:
-#: closed) as ``open_until``, and its tenant's signing secrets.
+#: A due delivery taken for one attempt, with its tenant's circuit of its receiver as the claim sees it
+#: (no row: closed) as ``open_until``, and its tenant's signing secrets.
 _CLAIM = (
     update(_DELIVERIES)
     .where(
@@ -333,7 +334,10 @@ _CLAIM = (
     .returning(
         *_DELIVERIES.c,
         select(_ENDPOINTS.c.open_until)
-        .where(_ENDPOINTS.c.endpoint == _DELIVERIES.c.endpoint)
+        .where(
+            _ENDPOINTS.c.tenant_id == _DELIVERIES.c.tenant_id,
+            _ENDPOINTS.c.endpoint == _DELIVERIES.c.endpoint,
+        )
         .scalar_subquery()
         .label("open_until"),
         # The tenant's signing secrets, no read of its own per delivery. Still encrypted (read as Text):
@@ -405,11 +409,11 @@ def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | 
     if delivery is None:
         return None
     attempt = delivery.attempts
-    # The claim read the receiver's circuit with the row (rows older than the breaker have no endpoint):
-    # a closed one needs no second look before the send.
+    # The claim read the tenant's circuit of the receiver with the row (rows older than the breaker have
+    # no endpoint): a closed one needs no second look before the send.
     closed = delivery.endpoint is not None and delivery.open_until is None
     endpoint = delivery.endpoint or endpoint_of(delivery.url)
-    held_until = None if closed else breaker.gate(endpoint)
+    held_until = None if closed else breaker.gate(delivery.tenant_id, endpoint)
     if held_until is not None:
         return breaker.hold(delivery, attempt, endpoint, held_until)
     db.session.commit()  # the claim (and the previous delivery's outcome)
@@ -429,7 +433,8 @@ def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | 
         "next_at": next_at,
         "delivered": new_status == DeliveryStatus.SUCCEEDED,
     }
-    before = db.session.execute(_OUTCOME_AND_BREAKER, outcome | {"receiver": endpoint}).one_or_none()
+    receiver = {"receiver_tenant": delivery.tenant_id, "receiver": endpoint}
+    before = db.session.execute(_OUTCOME_AND_BREAKER, outcome | receiver).one_or_none()
     healthy = status_code is not None and status_code < 500
     released += breaker.record_answer(delivery, endpoint, before, healthy=healthy)
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)

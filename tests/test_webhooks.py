@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 from support.polling import wait_for
 from support.receivers import Receiver
-from support.tenants import secret_of
+from support.tenants import make_tenant, secret_of
 
 from gpujobs.extensions import db
 from gpujobs.models import WebhookDelivery
@@ -276,6 +276,136 @@ def test_the_circuit_opens_after_repeated_failures_holds_deliveries_and_a_later_
     assert {event["data"]["job"]["id"] for event in hook.verified} == set(job_ids)
 
 
+def test_a_tenants_failures_open_only_its_own_circuit_of_a_receiver_other_tenants_share(
+    app, client, tenant, start_worker
+):
+    """Tenant B's deliveries to a shared receiver fail and open B's circuit of it; tenant A's delivery
+    to the same scheme://host:port still goes out, and B's stay held."""
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    from bench.receiver import LoopbackReceiver
+    from gpujobs.models import WebhookEndpoint
+
+    start_worker(
+        concurrency=1, GPUJOBS_WEBHOOK_BREAKER_FAILURES="2", GPUJOBS_WEBHOOK_BREAKER_COOLDOWN_SECONDS="600"
+    )
+    other = make_tenant(app, "other")
+    a_verifier = Webhook(secret_of(app, tenant))
+    a_verified: list[dict] = []
+    b_tries: list[str] = []
+
+    def shared(headers: dict[str, str], body: bytes) -> int:
+        """One service both tenants name: it serves A's signed deliveries and fails every other one."""
+        try:
+            a_verified.append(a_verifier.verify(body, headers))
+        except WebhookVerificationError:
+            b_tries.append(headers["webhook-id"])
+            return 500
+        return 204
+
+    def tried_or_held(tries: int, job_id: str) -> bool:
+        return len(b_tries) >= tries or _timeline(app, job_id, "webhook.held")
+
+    service = LoopbackReceiver(shared)
+    try:
+        b_jobs = []
+        for index in range(3):  # one at a time: two failures open B's circuit, the third is held
+            body = {
+                "definitionKey": "echo",
+                "params": {"message": f"b{index}"},
+                "webhookUrl": service.url.replace("/hooks", "/bad"),
+            }
+            b_jobs.append(client.post("/v1/jobs", json=body, headers=other["headers"]).json["id"])
+            wait_for(partial(tried_or_held, len(b_tries) + 1, b_jobs[-1]), timeout=30)
+        assert len(b_tries) == 2
+        assert _timeline(app, b_jobs[1], "webhook.circuit_opened")
+        assert _timeline(app, b_jobs[2], "webhook.held")
+
+        body = {
+            "definitionKey": "echo",
+            "params": {"message": "a"},
+            "webhookUrl": service.url.replace("/hooks", "/good"),
+        }
+        a_job = client.post("/v1/jobs", json=body, headers=tenant["headers"]).json["id"]
+        wait_for(lambda: a_verified, timeout=30)  # sent, not held behind B's open circuit
+    finally:
+        service.close()
+    assert [event["data"]["job"]["id"] for event in a_verified] == [a_job]
+    assert not _timeline(app, a_job, "webhook.held")
+    assert len(b_tries) == 2  # B's third delivery is still held
+    with app.app_context():
+        circuits = {
+            row.tenant_id: (row.consecutive_failures, row.open_until is not None)
+            for row in db.session.scalars(select(WebhookEndpoint))
+        }
+    assert circuits == {uuid.UUID(other["id"]): (2, True)}  # A's answer touched no circuit
+
+
+def test_the_upgrade_to_a_breaker_per_tenant_drops_the_shared_circuits_and_held_deliveries_go_out(
+    app, servers
+):
+    """Migration r18: a receiver's circuit shared by all tenants, open, is dropped (it was no one
+    tenant's), and a delivery it held, recorded before the change, is sent; the downgrade works with
+    several tenants' circuits of one receiver."""
+    from flask_migrate import downgrade, upgrade
+    from sqlalchemy import create_engine, text
+
+    from gpujobs import create_app, operations, webhooks
+    from gpujobs.breaker import HELD_ERROR
+    from gpujobs.config import sqlalchemy_url
+    from gpujobs.models import Tenant, WebhookEndpoint
+    from gpujobs.tenants import ensure_tenant
+
+    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS breaker_upgrade WITH (FORCE)"))
+        conn.execute(text("CREATE DATABASE breaker_upgrade"))
+    admin.dispose()
+    url = servers["DATABASE_URL"].replace("/gpujobs", "/breaker_upgrade")
+    fresh = create_app({"DATABASE_URL": url, "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
+    hook = None
+    try:
+        with fresh.app_context():
+            upgrade()
+            tenants = [ensure_tenant(name).id for name in ("acme", "other")]
+            db.session.commit()
+            hook = Receiver(db.session.get_one(Tenant, tenants[0]).webhook_secret)
+            endpoint = endpoint_of(hook.url)
+            options = operations.JobOptions(webhook_url=hook.url)
+            job = operations.submit(tenants[0], "echo", 1, {"message": "m"}, options)
+            webhooks.record_event(job, "job.progress")
+            for tenant_id in tenants:  # each tenant's circuit of the receiver: one row each
+                db.session.add(
+                    WebhookEndpoint(tenant_id=tenant_id, endpoint=endpoint, consecutive_failures=1)
+                )
+            db.session.commit()
+            downgrade(revision="q17_novita_run_times")
+            assert db.session.scalar(text("SELECT count(*) FROM webhook_endpoints")) == 0
+            # As the shared breaker left things: the receiver's one circuit open, the delivery held by it.
+            db.session.execute(
+                text(
+                    "INSERT INTO webhook_endpoints (endpoint, consecutive_failures, open_until) "
+                    "VALUES (:endpoint, 5, now() + interval '1 hour')"
+                ),
+                {"endpoint": endpoint},
+            )
+            db.session.execute(
+                update(WebhookDelivery).values(last_error=HELD_ERROR, next_attempt_at=db.func.now())
+            )
+            db.session.commit()
+            upgrade()
+            assert db.session.scalar(text("SELECT count(*) FROM webhook_endpoints")) == 0
+            delivery_id = db.session.scalar(select(WebhookDelivery.id))
+            assert webhooks.deliver(delivery_id) == "succeeded"
+            db.session.remove()
+    finally:
+        if hook is not None:
+            hook.close()
+        with fresh.app_context():
+            db.engine.dispose()
+    assert [event["type"] for event in hook.verified] == ["job.progress"]
+
+
 def _sent_or_held(app, hook: Receiver, sent: int, job_id: str) -> bool:
     return len(hook.ids) >= sent or _timeline(app, job_id, "webhook.held")
 
@@ -319,7 +449,8 @@ def test_a_closed_circuit_is_read_with_the_claim_and_a_healthy_answer_resets_a_f
             circuit_statements.append(" ".join(context.statement.split()))
 
     def breaker() -> WebhookEndpoint:
-        return db.session.get_one(WebhookEndpoint, endpoint_of(hook.url), populate_existing=True)
+        key = (uuid.UUID(tenant["id"]), endpoint_of(hook.url))
+        return db.session.get_one(WebhookEndpoint, key, populate_existing=True)
 
     event.listen(db.engine, "before_cursor_execute", count)
     try:
