@@ -228,6 +228,7 @@ def tenants_show(tenant: str) -> None:
             "registryAuths": [
                 grant.resource_id for grant in grants.granted(row.id, grants.Kind.REGISTRY_AUTH)
             ],
+            "instances": [grant.resource_id for grant in grants.granted(row.id, grants.Kind.INSTANCE)],
         }
         click.echo(json.dumps(shown, indent=2))
 
@@ -265,8 +266,14 @@ def registry_auths() -> None:
     """Which Novita registry auths each tenant may use (with imageUrl)."""
 
 
+@main.group()
+def instances() -> None:
+    """Which instances gpujobs did not create (watched ones) each tenant may stop, start and restart."""
+
+
 _grant_commands(templates, "template", "template")
 _grant_commands(registry_auths, "registry_auth", "registry auth")
+_grant_commands(instances, "instance", "Novita instance")
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""Which Novita templates and registry auths of the operator's account each tenant may name.
+"""Which Novita templates and registry auths of the operator's account each tenant may name, and which
+instances gpujobs did not create it may stop and start.
 
 One Novita account serves every tenant, so a template id or registry auth id is the operator's, not the
 caller's: a tenant may name one only after the operator granted it (``python -m gpujobs templates
@@ -27,6 +28,8 @@ class Kind(StrEnum):
 
     TEMPLATE = "template"
     REGISTRY_AUTH = "registry_auth"
+    #: An instance made elsewhere on the account (a watched, `external` one): stop, start, restart.
+    INSTANCE = "instance"
 
 
 #: The create-instance field that names each kind (the API's spelling).
@@ -72,20 +75,25 @@ def granted(tenant_id: uuid.UUID, kind: Kind) -> list[NovitaGrant]:
     )
 
 
-def refusal(tenant_id: uuid.UUID, params: dict[str, Any]) -> InvalidField | None:
-    """The error for the first template or registry auth in ``params`` the tenant was not granted."""
-    for kind, field in FIELDS.items():
-        resource_id = params.get(field)
-        if resource_id is None:
-            continue
-        allowed = db.session.scalar(
+def allows(tenant_id: uuid.UUID, kind: Kind, resource_id: str) -> bool:
+    """Whether the operator granted the tenant this resource."""
+    return (
+        db.session.scalar(
             select(NovitaGrant.resource_id).where(
                 NovitaGrant.tenant_id == tenant_id,
                 NovitaGrant.kind == kind,
                 NovitaGrant.resource_id == resource_id,
             )
         )
-        if allowed is None:
+        is not None
+    )
+
+
+def refusal(tenant_id: uuid.UUID, params: dict[str, Any]) -> InvalidField | None:
+    """The error for the first template or registry auth in ``params`` the tenant was not granted."""
+    for kind, field in FIELDS.items():
+        resource_id = params.get(field)
+        if resource_id is not None and not allows(tenant_id, kind, resource_id):
             return InvalidField(field, f"no {_NOUNS[kind]} {resource_id!r} was granted to this tenant")
     return None
 

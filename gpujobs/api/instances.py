@@ -210,7 +210,8 @@ def create_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
 @idempotent
 def monitor_instance() -> tuple[dict[str, Any], int, dict[str, str]]:
     """Queue `gpu.instance.monitor@1`: watch the instance until it runs, fails or times out, with the
-    usual webhooks. gpujobs never deletes it (a delete request answers 409)."""
+    usual webhooks. gpujobs never deletes it (a delete request answers 409), and a stop or start needs the
+    operator's grant of the instance to the tenant (409 without)."""
     body = parse_body(MonitorInstance)
     with job_key_conflicts():
         options = JobOptions(

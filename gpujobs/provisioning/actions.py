@@ -21,7 +21,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import select
 
-from gpujobs import operations, quotas, resources
+from gpujobs import grants, operations, quotas, resources
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, LimitReached, NotFound, PermanentError
 from gpujobs.extensions import db
@@ -86,9 +86,9 @@ def request(
     if instance is None:
         db.session.rollback()
         raise NotFound(f"no instance {instance_id}")
-    if action == DELETE and instance.external:
+    if (refused := _refused_external(instance, action)) is not None:
         db.session.rollback()
-        raise Conflict(_not_ours(instance))
+        raise Conflict(refused)
     if action == START:
         try:  # running again, it bills a GPU again: it needs a place in the tenant's quotas
             quotas.reserve_start(tenant_id, instance)
@@ -140,10 +140,19 @@ def _prepare(
         return operations.prepare(tenant_id, KEYS[action], 1, params, options)
 
 
-def _not_ours(instance: Instance) -> str:
-    return (
-        f"instance {instance.id} was not created by gpujobs (it only watched it), so gpujobs never deletes it"
-    )
+def _refused_external(instance: Instance, action: str) -> str | None:
+    """Why an instance gpujobs only watches may not take ``action``: never a delete; a stop, start or
+    restart only once the operator granted it to the tenant (it is the account's, not the tenant's: one
+    tenant must not stop what another deployment or the operator runs). None when it may."""
+    if not instance.external:
+        return None
+    watched = f"instance {instance.id} was not created by gpujobs (it only watched it)"
+    if action == DELETE:
+        return f"{watched}, so gpujobs never deletes it"
+    novita_id = instance.novita_id
+    if novita_id is not None and grants.allows(instance.tenant_id, grants.Kind.INSTANCE, novita_id):
+        return None
+    return f"{watched}: the operator must grant it to this tenant before it may {action} it"
 
 
 def _refusal(action: str, instance: Instance) -> str:
@@ -248,8 +257,8 @@ def _take(ctx: JobContext, params: dict[str, Any], action: str) -> Instance:
     instance = db.session.get(Instance, uuid.UUID(params["instanceId"]), populate_existing=True)
     if instance is None or str(instance.tenant_id) != ctx.tenant:
         raise PermanentError(f"no instance {params['instanceId']}")
-    if action == DELETE and instance.external:
-        raise PermanentError(_not_ours(instance))
+    if (refused := _refused_external(instance, action)) is not None:
+        raise PermanentError(refused)
     if action == START:
         try:  # a start from `POST /v1/jobs`: `request` did not check the quotas; held until the commit below
             quotas.reserve_start(instance.tenant_id, instance)

@@ -9,6 +9,7 @@ from support.polling import wait_for
 from support.rows import instance_row
 from support.tenants import make_tenant
 
+from gpujobs import grants
 from gpujobs.provisioning.reconcile import reconcile
 
 
@@ -47,6 +48,28 @@ def test_an_instance_made_elsewhere_is_watched_until_running_with_the_usual_webh
     with app.app_context():
         assert reconcile()["leaked"] == []
     assert [(i["id"], i["status"]) for i in sim.instances()] == [(novita_id, "running")]
+
+
+def test_a_watched_instance_is_stopped_only_once_the_operator_granted_it_to_the_tenant(
+    app, client, tenant, sim, novita, novita_config, gpu_worker
+):
+    """It is the account's, not the tenant's: whoever knows an id must not stop what another deployment
+    or the operator runs."""
+    gpu_worker()
+    novita_id = made_elsewhere(novita)
+    accepted = watch(client, tenant, novita_id).json
+    wait_for_job(app, accepted["jobId"], "succeeded")
+    stop = f"/v1/instances/{accepted['instanceId']}/stop"
+
+    refused = client.post(stop, headers=tenant["headers"])
+    assert refused.status_code == 409 and "the operator must grant it" in refused.json["detail"]
+    assert sim.count_calls("POST", "/gpu/instance/stop") == 0
+    with app.app_context():
+        grants.grant(tenant["name"], grants.Kind.INSTANCE, novita_id)
+    stopping = client.post(stop, headers=tenant["headers"])
+    assert stopping.status_code == 202, stopping.json
+    wait_for_job(app, stopping.json["jobId"], "succeeded")
+    assert [(i["id"], i["status"]) for i in sim.instances()] == [(novita_id, "exited")]
 
 
 @pytest.mark.parametrize("sim_options", [{"phase_seconds": {"default": PHASE_SECONDS, "pulling": 60}}])
