@@ -381,7 +381,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "GPUJOBS_RATE_LIMIT_PER_MINUTE", "600", _positive_int, "Requests per minute per API key (429 above)."
     ),
-    Setting("GPUJOBS_METRICS_PUBLIC", "1", _bool, "Serve /metrics without an API key (for Prometheus)."),
+    Setting(
+        "GPUJOBS_METRICS_PUBLIC",
+        "0",
+        _bool,
+        "Serve /metrics (every tenant's figures) to anyone who reaches the port: only where only the "
+        "operator can (`make run` sets it).",
+    ),
     Setting(
         "GPUJOBS_METRICS_TOKEN",
         None,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpujobs import stats
 from gpujobs.api import schemas
-from gpujobs.api.auth import authenticate_request, require_api_key
+from gpujobs.api.auth import require_api_key
 from gpujobs.api.errors import ApiError
 from gpujobs.api.openapi import operation
 from gpujobs.api.validation import parse_query
@@ -175,7 +175,8 @@ def register_prometheus(app: Flask) -> None:
     """Serve ``/metrics`` (every tenant's figures, for the operator).
 
     With ``GPUJOBS_METRICS_TOKEN`` set it answers only that bearer token; otherwise it is public when
-    ``GPUJOBS_METRICS_PUBLIC`` (the default), else behind an API key.
+    ``GPUJOBS_METRICS_PUBLIC``, else it answers no one (403 saying how to open it). Never to a tenant's
+    API key: every tenant's names and spend are in it.
     """
     registry = make_registry()
     token = app.config["GPUJOBS_METRICS_TOKEN"]
@@ -192,7 +193,13 @@ def register_prometheus(app: Flask) -> None:
         if token:
             _require_token(token)
         elif not public:
-            authenticate_request()
+            raise ApiError(
+                403,
+                "Forbidden",
+                "/metrics holds every tenant's figures, for the operator: set GPUJOBS_METRICS_TOKEN and "
+                "scrape with Authorization: Bearer <token> (or GPUJOBS_METRICS_PUBLIC=1 where only the "
+                "operator reaches this port)",
+            )
         # content_type, not mimetype: Flask would add a second charset to the one the constant carries.
         return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 

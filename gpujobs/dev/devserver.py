@@ -54,7 +54,8 @@ def run() -> None:
     config = load_config()
     data_dir = Path(config["GPUJOBS_DATA_DIR"])
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, GPUJOBS_WEBHOOK_ALLOW_PRIVATE=os.environ.get("GPUJOBS_WEBHOOK_ALLOW_PRIVATE", "1"))
+    # A laptop's shape: webhooks to local receivers, and /metrics for a local Prometheus without a token.
+    env = {"GPUJOBS_WEBHOOK_ALLOW_PRIVATE": "1", "GPUJOBS_METRICS_PUBLIC": "1", **os.environ}
     # Every web process must sign dashboard sessions with the same key.
     env.setdefault("GPUJOBS_SECRET_KEY", secrets.token_hex(32))
     env.setdefault("GPUJOBS_ENCRYPTION_KEY", dev_encryption_key(data_dir))

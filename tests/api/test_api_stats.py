@@ -150,11 +150,14 @@ def test_prometheus_scrape_shows_jobs_queues_and_deliveries_without_a_key(client
     assert 'quantile="' not in text and "_ratio" not in text
 
 
-def test_prometheus_scrape_can_require_an_api_key(app, tenant):
+def test_without_a_token_or_the_public_opt_in_prometheus_answers_no_one_and_says_how(app, tenant):
+    """Every tenant's names and spend are in it: a tenant's API key never opens it."""
     private = create_app({"TESTING": True, "GPUJOBS_METRICS_PUBLIC": False})
     client = private.test_client()
-    assert client.get("/metrics").status_code == 401
-    assert client.get("/metrics", headers=tenant["headers"]).status_code == 200
+    for headers in ({}, tenant["headers"]):
+        refused = client.get("/metrics", headers=headers)
+        assert refused.status_code == 403 and refused.content_type == "application/problem+json"
+        assert "GPUJOBS_METRICS_TOKEN" in refused.json["detail"]
     assert client.get("/openapi.json").json["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}]
 
 
