@@ -9,7 +9,9 @@ of jobs published or running (its own running-jobs limit, else the default one c
 ``GPUJOBS_TENANT_MAX_PUBLISHED``). The rest wait unpublished in PostgreSQL; the dispatch sweep publishes
 them tenant by tenant in turn, and a job that ends tops its tenant up at once. So one tenant's flood
 never stands in the Redis queues ahead of another tenant's job: at most a window of it does (as River,
-Oban and Sidekiq Enterprise do).
+Oban and Sidekiq Enterprise do). Nor above it: workers read the queues in priority order, so neither the
+top-up nor the sweep publishes a tenant's next job while, at a lower priority, another tenant's job waits
+published and that tenant has had no job start since (``_PASSED_OVER_BELOW``); the freed slot takes it.
 """
 
 from __future__ import annotations
@@ -196,8 +198,36 @@ _FREE_SLOTS_OF = text(
     f"""SELECT t.id, {_FREE_SLOTS} AS free FROM tenants t
     LEFT JOIN tenant_limits l ON l.tenant_id = t.id WHERE t.id IN :tenant_ids"""
 ).bindparams(bindparam("tenant_ids", expanding=True))
+# Whether tenant ``t``'s next job, of priority ``{priority}``, yields its turn: at a lower priority, the
+# oldest job of another tenant waiting in its queue (published, still queued) belongs to a tenant that has
+# had no job start since it was published (none of its running jobs started later). Workers read the
+# queues in priority order, so one more job of ``t`` at its higher priority would take the slot that job
+# waits for, and ``t``'s window would do so again and again; held back, the slot goes to the waiting job.
+# A lower-priority flood never holds the others back for long: as soon as one of its jobs runs, it has
+# been served. Per lower level, one read of ix_jobs_queued_published in publish order (past ``t``'s own
+# published jobs of that level: at most its window) and one of that tenant's running jobs
+# (ix_jobs_running_tenant; ``>= ALL`` stays a subplan probed by tenant, where ``NOT EXISTS`` would become
+# an anti-join over every running job).
+_PASSED_OVER_BELOW = f"""EXISTS (
+    SELECT 1 FROM generate_series(0, {{priority}} - 1) AS below(level)
+    CROSS JOIN LATERAL (
+        SELECT w.tenant_id, w.published_at FROM jobs w
+        WHERE w.status = '{JobStatus.QUEUED}' AND w.published_at IS NOT NULL AND w.priority = below.level
+            AND w.tenant_id <> t.id
+        ORDER BY w.published_at
+        LIMIT 1
+    ) AS waiting
+    WHERE waiting.published_at >= ALL (
+        SELECT r.started_at FROM jobs r
+        WHERE r.tenant_id = waiting.tenant_id AND r.status IN ({sql_list(JOB_ACTIVE)})))"""
+# The priority of tenant ``t``'s next unpublished job (NULL: none), on ix_jobs_unpublished_tenant.
+_BEST_WAITING = f"""(SELECT b.priority FROM jobs b
+        WHERE b.tenant_id = t.id AND b.status = '{JobStatus.QUEUED}' AND b.published_at IS NULL
+        ORDER BY b.priority DESC LIMIT 1)"""
 # Each tenant's next jobs up to its free slots (best priority, then oldest first), numbered by turn, so
-# that a batch takes every tenant's first job, then every tenant's second, and so on.
+# that a batch takes every tenant's first job, then every tenant's second, and so on. None of a tenant
+# whose next job yields its turn (``_PASSED_OVER_BELOW``): the next sweep after the waiting job starts
+# publishes them.
 _NEXT_JOBS = f"""
     SELECT next.id, next.priority, next.timeout_seconds, next.tenant_id FROM tenants t
     LEFT JOIN tenant_limits l ON l.tenant_id = t.id
@@ -207,7 +237,8 @@ _NEXT_JOBS = f"""
         FROM jobs j
         WHERE j.tenant_id = t.id AND j.status = '{JobStatus.QUEUED}' AND j.published_at IS NULL
         ORDER BY j.priority DESC, j.queued_at
-        LIMIT GREATEST(0, LEAST({_FREE_SLOTS}, :batch))
+        LIMIT CASE WHEN {_PASSED_OVER_BELOW.format(priority=_BEST_WAITING)} THEN 0
+            ELSE GREATEST(0, LEAST({_FREE_SLOTS}, :batch)) END
     ) AS next
     WHERE {{tenants}}
     ORDER BY next.turn, next.priority DESC
@@ -257,7 +288,9 @@ def _admitted(queued: list[Dispatch]) -> list[Dispatch]:
 def next_jobs(batch: int, after_job: uuid.UUID | None = None) -> list[Dispatch]:
     """Lock up to ``batch`` unpublished queued jobs, tenants taking turns, each within its free slots.
 
-    With ``after_job``, only that job's tenant (its top-up). Rows another sweep holds are skipped.
+    With ``after_job``, only that job's tenant (its top-up). Rows another sweep holds are skipped. None of a
+    tenant whose next job would pass over another tenant's job waiting at a lower priority
+    (``_PASSED_OVER_BELOW``).
     """
     params = {"batch": batch, **_window_params()}
     if after_job is None:
@@ -287,7 +320,12 @@ def top_up(ended_job: uuid.UUID) -> list[Dispatch]:
 
     Read in the transaction that ends the job (no transaction of its own), where the job's end counts
     already: its slot shows free. Two jobs of a tenant ending at once each see the other still running,
-    so each takes one job for its own slot (``SKIP LOCKED``: not the same one)."""
+    so each takes one job for its own slot (``SKIP LOCKED``: not the same one).
+
+    None while another tenant's job waits published at a lower priority and that tenant has had no job
+    start since (``_PASSED_OVER_BELOW``): the slot this end frees goes to that job, and the dispatch sweep
+    publishes this tenant's next jobs once it started. Else a tenant flooding ``high`` would refill the
+    ``high`` queue at every end and a worker would never read ``normal``."""
     picked = next_jobs(TOP_UP_BATCH, after_job=ended_job)
     jobs.mark_published([item.job_id for item in picked])
     return picked

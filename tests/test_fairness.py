@@ -24,9 +24,12 @@ from gpujobs.sweeps import dispatch_due
 FLOOD = 30
 
 
-def submit(app: Flask, tenant: dict[str, str], seconds: float = 0.05) -> uuid.UUID:
+def submit(
+    app: Flask, tenant: dict[str, str], seconds: float = 0.05, priority: str | None = None
+) -> uuid.UUID:
     with app.app_context():
-        return operations.submit(uuid.UUID(tenant["id"]), "test.sleep", 1, {"seconds": seconds}).id
+        options = operations.JobOptions(priority=priority)
+        return operations.submit(uuid.UUID(tenant["id"]), "test.sleep", 1, {"seconds": seconds}, options).id
 
 
 def counts(app: Flask, tenant: dict[str, str]) -> dict[str, int]:
@@ -91,6 +94,74 @@ def test_a_top_up_in_the_transaction_that_ends_a_job_counts_its_slot_free(app, t
     assert counts(app, tenant) == {"succeeded": 1, "queued": 2, "published": 1}
 
 
+def claimed(job_id: uuid.UUID) -> jobs.Claim:
+    """Claim a job as a worker taking its message does, and commit (call inside an app context)."""
+    definition = get_definition("test.sleep", 1)
+    assert definition is not None
+    claim = jobs.claim(job_id, definition, lease_seconds=60)
+    assert claim is not None
+    db.session.commit()
+    return claim
+
+
+def test_a_top_up_yields_to_another_tenants_job_waiting_at_a_lower_priority_until_it_starts(app, tenant):
+    """A's job ends while B's job waits published at a lower priority and B has had nothing start since: the
+    top-up takes none of A's, so the slot goes to B's job; once B's job has started, A's top-up goes on."""
+    set_limits(app, tenant, max_running_jobs=1)
+    other = make_tenant(app, "other")
+    running, *waiting = [submit(app, tenant, priority="high") for _ in range(3)]
+    theirs = submit(app, other, priority="normal")  # published at once: B's window has room
+    with app.app_context():
+        claim = claimed(running)
+        assert jobs.succeed(running, claim.attempt, {}) is not None
+        assert dispatch.top_up(running) == []  # yields: the next of A's would be read before B's
+        dispatch.commit_and_publish([], marked=True)
+        assert counts(app, tenant) == {"succeeded": 1, "queued": 2, "published": 0}
+        claimed(theirs)  # a worker took B's job
+        taken = dispatch.top_up(running)
+        assert [item.job_id for item in taken] == [waiting[0]]
+        dispatch.commit_and_publish(taken, marked=True)
+    assert counts(app, tenant) == {"succeeded": 1, "queued": 2, "published": 1}
+
+
+def test_a_lower_priority_flood_with_a_job_started_since_holds_no_one_back(app, tenant):
+    """B floods ``low`` and one of its jobs runs, started after B's next waiting one was published: B is
+    being served, so A's top-up at ``high`` goes on (a low flood never holds a higher one back for long)."""
+    set_limits(app, tenant, max_running_jobs=1)
+    other = make_tenant(app, "other")
+    set_limits(app, other, max_running_jobs=2)
+    running, *waiting = [submit(app, tenant, priority="high") for _ in range(2)]
+    first, _second, _third = [submit(app, other, priority="low") for _ in range(3)]
+    with app.app_context():
+        claimed(first)  # started after B's second job was published
+        claim = claimed(running)
+        assert jobs.succeed(running, claim.attempt, {}) is not None
+        taken = dispatch.top_up(running)
+        assert [item.job_id for item in taken] == waiting
+        dispatch.commit_and_publish(taken, marked=True)
+
+
+def test_the_dispatch_sweep_holds_a_tenants_jobs_above_another_tenants_waiting_job_until_it_starts(
+    app, tenant
+):
+    """The sweep fills windows every few seconds: left alone it would refill A's window in ``high`` as fast
+    as its jobs end, ahead of B's job in ``normal``. It holds A's next jobs back until B's job started."""
+    set_limits(app, tenant, max_running_jobs=2)
+    other = make_tenant(app, "other")
+    flood = [submit(app, tenant, priority="high") for _ in range(5)]
+    with app.app_context():
+        claim = claimed(flood[0])
+        assert jobs.succeed(flood[0], claim.attempt, {}) is not None
+        db.session.commit()  # ended without a top-up: one slot of A's window is free
+    theirs = submit(app, other, priority="normal")
+    with app.app_context():
+        dispatch_due()
+        assert counts(app, tenant)["published"] == 1  # held: A's second job only
+        claimed(theirs)
+        dispatch_due()
+    assert counts(app, tenant)["published"] == 2
+
+
 def test_another_tenants_job_starts_before_a_flood_queued_ahead_of_it_drains(app, tenant, start_worker):
     """A floods FLOOD jobs at the same priority before B's one job; B's starts after a window of A's."""
     set_limits(app, tenant, max_running_jobs=2)
@@ -140,3 +211,55 @@ def test_the_dispatch_sweep_publishes_tenants_in_turn_each_within_its_window(app
         dispatch_due()
     published = [job_id_of_message(raw) for raw in reversed(store.lrange("normal", 0, -1))]  # oldest first
     assert published == [mine[0], theirs[0], mine[1], theirs[1], mine[2]]
+
+
+def started_before(app: Flask, flood: list[uuid.UUID], job_id: uuid.UUID) -> int:
+    """How many of ``flood`` started before ``job_id`` did."""
+    started = job_row(app, job_id).started_at
+    return sum(
+        1 for j in flood if (row := job_row(app, j)).started_at is not None and row.started_at < started
+    )
+
+
+def test_another_tenants_normal_job_starts_before_a_flood_at_high_drains(app, tenant, start_worker):
+    """The hostile-tenant probe: A floods FLOOD jobs at ``high`` (window 2), then B submits one at ``normal``.
+    Every end of A's used to publish A's next ``high`` job at once, so the worker never read ``normal`` and
+    B's job started after the whole flood. Now it starts after A's window."""
+    set_limits(app, tenant, max_running_jobs=2)
+    other = make_tenant(app, "other")
+    flood = [submit(app, tenant, priority="high") for _ in range(FLOOD)]
+    theirs = submit(app, other, priority="normal")
+    start_worker(concurrency=2, name="priority")
+
+    def done() -> bool:
+        with app.app_context():
+            dispatch_due()  # as beat would: the sweep must not refill A's window ahead of B's job either
+        return job_row(app, theirs).status == "succeeded"
+
+    wait_for(done, timeout=90, interval=0.2)
+    ahead = started_before(app, flood, theirs)
+    # A's window (2) was taken before B's job was published; a race of the sweep may add one or two.
+    assert ahead <= 4, f"B's job started after {ahead} of A's {FLOOD} jobs"
+
+
+def test_a_window_wider_than_the_workers_is_not_refilled_by_the_sweep_ahead_of_a_lower_job(
+    app, tenant, start_worker
+):
+    """A's window (6) is wider than the worker (2), so A's jobs wait in the ``high`` queue; the sweep, run
+    far more often than A's jobs end, used to refill it every time and B's ``normal`` job waited for the
+    whole flood. Now B's job starts after at most A's window."""
+    window = 6
+    set_limits(app, tenant, max_running_jobs=window)
+    other = make_tenant(app, "other")
+    flood = [submit(app, tenant, seconds=0.3, priority="high") for _ in range(FLOOD)]
+    theirs = submit(app, other, priority="normal")
+    start_worker(concurrency=2, name="wide")
+
+    def done() -> bool:
+        with app.app_context():
+            dispatch_due()
+        return job_row(app, theirs).status == "succeeded"
+
+    wait_for(done, timeout=120, interval=0.05)
+    ahead = started_before(app, flood, theirs)
+    assert ahead <= window + 2, f"B's job started after {ahead} of A's {FLOOD} jobs"

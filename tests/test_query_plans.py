@@ -22,7 +22,7 @@ from sqlalchemy import text
 from support.tenants import make_tenant
 
 from bench.scale import Seed, Watch, seed, watching
-from gpujobs import schedules, stats, sweeps
+from gpujobs import dispatch, schedules, stats, sweeps
 from gpujobs.dispatch import QUEUE_BY_PRIORITY
 from gpujobs.extensions import db
 
@@ -162,6 +162,7 @@ def test_the_dispatch_sweep_reads_only_due_retries_and_queued_jobs(history, capt
     unpublished = plan(only(swept, r"\bCROSS JOIN LATERAL\b"))
     assert "ix_jobs_published_tenant" in indexes(unpublished)
     assert not any(node["Node Type"] == "Seq Scan" for node in nodes(unpublished))
+    reads_the_hold_on_indexes(unpublished)
     # Every queue is empty here, so each priority level is asked for jobs whose message was lost.
     lost = [
         statement for statement in swept if re.search(r"\bpriority = .*published_at < ", statement[0], re.S)
@@ -173,6 +174,40 @@ def test_the_dispatch_sweep_reads_only_due_retries_and_queued_jobs(history, capt
     assert all(
         len(indexes(plan(statement))) == 1 <= len(indexes(plan(statement)) & published) for statement in lost
     )
+
+
+def reads_the_hold_on_indexes(the_plan: dict[str, Any]) -> None:
+    """Whether a tenant's next jobs yield to another tenant's job waiting at a lower priority
+    (``dispatch._PASSED_OVER_BELOW``) is read on indexes: per lower level, the oldest published job of
+    another tenant from the queued jobs' index (priority and publish time both index conditions, so only
+    published rows of that level are read), then that tenant's running jobs, looked up by tenant in a
+    subplan (on ten rows either partial index of running jobs serves; at scale ix_jobs_running_tenant)."""
+    waiting = [
+        n
+        for n in nodes(the_plan)
+        if n.get("Index Name") == "ix_jobs_queued_published"
+        and re.search(r"priority = .*published_at IS NOT NULL", n.get("Index Cond", ""))
+    ]
+    assert len(waiting) == 1, [n.get("Index Cond") for n in nodes(the_plan)]
+    [running] = [
+        n for n in nodes(the_plan) if "waiting.tenant_id" in n.get("Index Cond", "") + n.get("Filter", "")
+    ]
+    assert running.get("Subplan Name") and running["Index Name"] in {
+        "ix_jobs_running_tenant",
+        "ix_jobs_lease",
+    }
+
+
+def test_a_top_up_reads_its_tenants_next_jobs_and_the_hold_on_indexes(history, captured):
+    """The top-up runs in the transaction of every job's end: one statement, on indexes, no scan."""
+    job_id = db.session.scalar(
+        text("SELECT id FROM jobs WHERE tenant_id = :t AND status = 'running' LIMIT 1"),
+        {"t": history["acme"]},
+    )
+    topped = plan(only(captured(lambda: dispatch.top_up(job_id)), r"\bCROSS JOIN LATERAL\b"))
+    assert {"jobs_pkey", "ix_jobs_published_tenant"} <= indexes(topped)
+    assert not any(node["Node Type"] == "Seq Scan" for node in nodes(topped))
+    reads_the_hold_on_indexes(topped)
 
 
 def test_the_rescue_sweep_reads_only_leased_jobs(history, captured):
