@@ -9,9 +9,10 @@ of jobs published or running (its own running-jobs limit, else the default one c
 ``GPUJOBS_TENANT_MAX_PUBLISHED``). The rest wait unpublished in PostgreSQL; the dispatch sweep publishes
 them tenant by tenant in turn, and a job that ends tops its tenant up at once. So one tenant's flood
 never stands in the Redis queues ahead of another tenant's job: at most a window of it does (as River,
-Oban and Sidekiq Enterprise do). Nor above it: workers read the queues in priority order, so neither the
-top-up nor the sweep publishes a tenant's next job while, at a lower priority, another tenant's job waits
-published and that tenant has had no job start since (``_PASSED_OVER_BELOW``); the freed slot takes it.
+Oban and Sidekiq Enterprise do). Nor above it: workers read the queues in priority order, so neither a
+new job, the top-up nor the sweep publishes a tenant's job while, at a lower priority, another tenant's
+job waits published and that tenant has had no job start since (``_PASSED_OVER_BELOW``); the freed slot
+takes it.
 """
 
 from __future__ import annotations
@@ -262,10 +263,19 @@ def window_of(tenant_id: uuid.UUID) -> dict[str, int | None]:
     return {"limit": row.size, "used": row.used}
 
 
+# Whether a new job (of priority ``:priority``) goes out as it is inserted: its tenant's window has room,
+# and it would pass over no other tenant's job waiting at a lower priority (``_PASSED_OVER_BELOW``).
+_ADMITTED = f"{_ROOM_FOR_ONE} AND NOT {_PASSED_OVER_BELOW.format(priority='CAST(:priority AS integer)')}"
+
+
 def admission() -> enqueue.Admission:
     """A new job goes out at once while its tenant's window has room (``enqueue.new_job`` marks it so as it
-    inserts it, for ``commit_and_publish(..., marked=True)``); else it waits for the sweep or a top-up."""
-    return enqueue.Admission(_ROOM_FOR_ONE, _window_params())
+    inserts it, for ``commit_and_publish(..., marked=True)``); else it waits for the sweep or a top-up.
+
+    Not while it would pass over another tenant's job waiting at a lower priority either: the room a
+    held-back top-up leaves would otherwise go to the tenant's next submission, and a tenant submitting as
+    fast as its jobs end would keep the queue above that job full as the top-up did."""
+    return enqueue.Admission(_ADMITTED, _window_params())
 
 
 def _admitted(queued: list[Dispatch]) -> list[Dispatch]:

@@ -26,8 +26,9 @@ from gpujobs.states import JobStatus
 
 @dataclass(frozen=True)
 class Admission:
-    """When a new job is published at once: ``condition``, SQL over its tenant ``t`` and that tenant's
-    ``tenant_limits`` row ``l`` (``gpujobs.dispatch``'s fairness window), with its bound ``params``."""
+    """When a new job is published at once: ``condition``, SQL over its tenant ``t``, that tenant's
+    ``tenant_limits`` row ``l`` and the job's ``:priority`` (``gpujobs.dispatch``'s fairness window), with
+    its bound ``params``."""
 
     condition: str
     params: dict[str, Any]

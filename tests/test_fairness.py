@@ -162,6 +162,23 @@ def test_the_dispatch_sweep_holds_a_tenants_jobs_above_another_tenants_waiting_j
     assert counts(app, tenant)["published"] == 2
 
 
+def test_a_new_job_above_another_tenants_waiting_job_waits_unpublished_until_that_job_starts(app, tenant):
+    """The room a held-back top-up leaves must not go to A's next submission instead: a tenant submitting
+    as fast as its jobs end would refill ``high`` as the top-up did. Below B's job, or once it started, a
+    new job goes out at once as before."""
+    set_limits(app, tenant, max_running_jobs=3)
+    other = make_tenant(app, "other")
+    theirs = submit(app, other, priority="normal")
+    submit(app, tenant, priority="high")
+    assert counts(app, tenant) == {"queued": 1, "published": 0}  # room, but held back for the sweep
+    submit(app, tenant, priority="normal")  # behind B's job in the same queue: it passes nothing over
+    assert counts(app, tenant) == {"queued": 2, "published": 1}
+    with app.app_context():
+        claimed(theirs)
+    submit(app, tenant, priority="high")
+    assert counts(app, tenant) == {"queued": 3, "published": 2}
+
+
 def test_another_tenants_job_starts_before_a_flood_queued_ahead_of_it_drains(app, tenant, start_worker):
     """A floods FLOOD jobs at the same priority before B's one job; B's starts after a window of A's."""
     set_limits(app, tenant, max_running_jobs=2)

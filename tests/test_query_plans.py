@@ -22,7 +22,7 @@ from sqlalchemy import text
 from support.tenants import make_tenant
 
 from bench.scale import Seed, Watch, seed, watching
-from gpujobs import dispatch, schedules, stats, sweeps
+from gpujobs import dispatch, operations, schedules, stats, sweeps
 from gpujobs.dispatch import QUEUE_BY_PRIORITY
 from gpujobs.extensions import db
 
@@ -208,6 +208,20 @@ def test_a_top_up_reads_its_tenants_next_jobs_and_the_hold_on_indexes(history, c
     assert {"jobs_pkey", "ix_jobs_published_tenant"} <= indexes(topped)
     assert not any(node["Node Type"] == "Seq Scan" for node in nodes(topped))
     reads_the_hold_on_indexes(topped)
+
+
+def test_a_submit_reads_its_tenants_window_and_the_hold_on_indexes(history, captured):
+    """A new job goes out at once only within its tenant's window and if it passes over no other tenant's
+    job waiting at a lower priority: read in the submit's one statement, on indexes."""
+    submitted = captured(
+        lambda: operations.submit(
+            history["other"], "echo", 1, {"message": "x"}, operations.JobOptions(priority="high")
+        )
+    )
+    the_plan = plan(only(submitted, r"^\s*WITH tenant AS"))
+    assert "ix_jobs_published_tenant" in indexes(the_plan)
+    assert not any(node["Node Type"] == "Seq Scan" for node in nodes(the_plan))
+    reads_the_hold_on_indexes(the_plan)
 
 
 def test_the_rescue_sweep_reads_only_leased_jobs(history, captured):
