@@ -173,7 +173,10 @@ def parse_envelope(body: str) -> Envelope | None:
     nested = data.get("error")
     source = nested if isinstance(nested, dict) else data
     code, reason, message = source.get("code"), source.get("reason"), source.get("message")
-    if code is None or (not isinstance(reason, str) and not isinstance(message, str)):
+    # A documented reason is Novita's word even without a `code` beside it.
+    if (code is None and _documented_reason(reason) is None) or (
+        not isinstance(reason, str) and not isinstance(message, str)
+    ):
         return None
     message = message if isinstance(message, str) else ""
     if not isinstance(reason, str) or not reason:

@@ -44,10 +44,23 @@ def parse_str(value: Any) -> str | None:
     return text or None
 
 
+# Past this, a "unix seconds" value is milliseconds (year 5138 in seconds; 1973 in milliseconds).
+_MILLISECONDS_FROM = 100_000_000_000
+
+
 def parse_unix_seconds(value: Any) -> datetime | None:
-    """Timestamps are unix seconds, often as strings; "0" and "" mean "not happened"."""
+    """Timestamps are unix seconds, often as strings; "0" and "" mean "not happened". Milliseconds are
+    read as such, and a value no calendar holds is None: an undocumented field (§6) must not fail the
+    whole answer it came in."""
     seconds = parse_int(value)
-    return datetime.fromtimestamp(seconds, tz=UTC) if seconds else None
+    if not seconds:
+        return None
+    if abs(seconds) >= _MILLISECONDS_FROM:
+        seconds //= 1000
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def region_code(region: str) -> str:

@@ -275,3 +275,26 @@ def test_a_client_run_through_an_instances_life_makes_no_unknown_call(
     novita.delete_instance(instance_id)
 
     assert sim.count_calls() > 10 and sim.unknown_calls() == []
+
+
+def test_a_documented_reason_without_a_code_is_still_novitas_envelope() -> None:
+    error = answer(400, '{"reason": "INSUFFICIENT_RESOURCE", "message": "sold out"}')
+
+    assert type(error) is InsufficientResourceError and error.reason == "INSUFFICIENT_RESOURCE"
+    assert type(answer(404, '{"reason": "SOMETHING", "message": "x"}')) is NovitaUnrecognizedAnswerError
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1713162260", datetime(2024, 4, 15, 6, 24, 20, tzinfo=UTC)),
+        ("1713162260000", datetime(2024, 4, 15, 6, 24, 20, tzinfo=UTC)),  # milliseconds
+        ("99999999999999999999", None),  # no calendar holds it: None, not an error for the whole answer
+        ("0", None),
+        ("", None),
+    ],
+)
+def test_run_times_in_seconds_or_milliseconds_are_read_and_impossible_ones_are_none(value, expected) -> None:
+    seen = Instance.from_json({"id": UNKNOWN_ID, "name": "x", "status": "running", "createdAt": value})
+
+    assert seen.created_at == expected
