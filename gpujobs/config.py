@@ -321,6 +321,12 @@ SETTINGS: tuple[Setting, ...] = (
         "How long an open circuit holds a receiver's deliveries before one probe delivery is tried.",
     ),
     Setting(
+        "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY",
+        "4",
+        _positive_int,
+        "Webhook sends of one tenant at once, cluster-wide; keep it below the webhook pool's concurrency.",
+    ),
+    Setting(
         "GPUJOBS_MONITOR_INTERVAL_SECONDS", "5", _positive_float, "Poll interval while an instance starts."
     ),
     Setting(

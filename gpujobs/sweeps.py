@@ -181,7 +181,9 @@ _DUE_DELIVERIES = (
     .where(
         _DELIVERIES.c.status == DeliveryStatus.PENDING,
         _DELIVERIES.c.next_attempt_at <= func.now(),
-        (_DELIVERIES.c.attempts > 0) | (_DELIVERIES.c.created_at < seconds_ago(webhooks.SEND_LEASE_SECONDS)),
+        (_DELIVERIES.c.attempts > 0)
+        | (_DELIVERIES.c.created_at < seconds_ago(webhooks.SEND_LEASE_SECONDS))
+        | (_DELIVERIES.c.last_error == webhooks.DEFERRED_ERROR),
     )
     .order_by(_DELIVERIES.c.next_attempt_at)
     .limit(SWEEP_BATCH_SIZE)
@@ -194,7 +196,8 @@ def publish_due_webhooks() -> int:
     A delivery never tried is left alone for its first ``SEND_LEASE_SECONDS``: the message that
     carries it with the rest of its job's events, in order, is normally still on its way. Past that
     (the message was lost, or waits behind a long queue), the job's untried deliveries go out again
-    as one ordered message; a delivery being retried goes out on its own.
+    as one ordered message; a delivery being retried goes out on its own. One deferred for its tenant's
+    share of the webhook pool (its message was taken already) goes out again as soon as it is due.
     """
     due = db.session.execute(_DUE_DELIVERIES).all()
     untried_jobs = list(dict.fromkeys(job_id for _, job_id, attempts in due if attempts == 0))

@@ -6,6 +6,9 @@ run. Sending happens after commit; the job's own outcome never waits on the rece
 
 Each attempt has a total deadline (``GPUJOBS_WEBHOOK_TIMEOUT_SECONDS``), and each tenant's receiver a
 circuit breaker (``gpujobs.breaker``) that holds the tenant's deliveries to it while they keep failing.
+Each tenant has a share of the webhook pool (``GPUJOBS_WEBHOOK_TENANT_CONCURRENCY`` sends at once across
+the cluster): a delivery of a tenant at its share is deferred, not sent, so the process moves on at once
+and one tenant's slow receivers never hold the processes other tenants' deliveries need.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import redis
 from flask import current_app
 from pydantic import AfterValidator, Field
 from sqlalchemy import (
@@ -38,6 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import breaker, encryption, jobs, resources
+from gpujobs.broker import redis_client
 from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
@@ -58,6 +63,29 @@ RETRY_JITTER_FRACTION = 0.1
 # A claimed delivery is re-offered by the sweep if its sender vanished for this long.
 SEND_LEASE_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 5.0
+# Each tenant's share of the webhook pool: its sends in flight across the cluster, a Redis sorted set
+# per tenant of delivery ids scored by when their slot expires. A slot outlives its send's total
+# deadline by the margin, so only a sender killed mid-send leaves one behind, and only until then.
+SHARE_KEY = "gpujobs:webhook-share:{}"
+SHARE_SLOT_MARGIN_SECONDS = 30.0
+# A delivery of a tenant at its share is due again after a pause in this range (jittered, so a flood's
+# deliveries do not all come back at once); the webhook sweep's next tick then sends it.
+DEFER_SECONDS = (1.0, 3.0)
+# What ``last_error`` says of a deferred delivery (its try did not happen; no retry spent).
+DEFERRED_ERROR = "deferred: its tenant's share of the webhook pool is in use"
+# Take a slot (1) or find them all in use (0); KEYS: the tenant's set; ARGV: share, slot lifetime in
+# seconds, delivery id. Redis's clock, so workers' clocks need not agree.
+_TAKE_SLOT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
+return 1
+"""
 # A job's own headers on its deliveries (``webhookHeaders``, a ``webhook.send`` job's ``headers``).
 MAX_HEADERS = 20
 MAX_HEADER_VALUE_CHARS = 1024
@@ -393,20 +421,55 @@ def deliver_in_order(delivery_ids: list[uuid.UUID]) -> list[DeliveryStatus | Non
 
     Each claim commits before its send, so no other sender takes it meanwhile and no transaction stays
     open while the receiver answers. A delivery's outcome commits with the next delivery's claim (one
-    transaction), the last one's at the end.
+    transaction), the last one's at the end. Once one is deferred (its tenant's share in use, now or
+    before), the ones after it are deferred with it, unsent, so none overtakes it.
     """
     released: list[uuid.UUID] = []
-    statuses = [_try(delivery_id, released) for delivery_id in delivery_ids]
+    deferred: list[uuid.UUID] = []
+    statuses: list[DeliveryStatus | None] = []
+    for position, delivery_id in enumerate(delivery_ids):
+        statuses.append(_try(delivery_id, released, deferred))
+        if deferred:
+            rest = delivery_ids[position + 1 :]
+            if rest:
+                db.session.execute(_DEFER_REST, {"delivery_ids": rest, "until": _deferred_until()})
+            statuses += [DeliveryStatus.PENDING] * len(rest)
+            break
     db.session.commit()
     _release(released)
     return statuses
 
 
-def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | None:
+#: The due deliveries after a deferred one in the same message, deferred with it (not claimed: no try).
+_DEFER_REST = (
+    update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id.in_(bindparam("delivery_ids", expanding=True)),
+        _DELIVERIES.c.status == DeliveryStatus.PENDING,
+        _DELIVERIES.c.next_attempt_at <= func.now(),
+    )
+    .values(next_attempt_at=bindparam("until"), last_error=DEFERRED_ERROR)
+)
+#: Whether a delivery the claim could not take is one waiting for its tenant's share.
+_IS_DEFERRED = select(_DELIVERIES.c.id).where(
+    _DELIVERIES.c.id == bindparam("delivery_id"),
+    _DELIVERIES.c.status == DeliveryStatus.PENDING,
+    _DELIVERIES.c.last_error == DEFERRED_ERROR,
+)
+
+
+def _try(
+    delivery_id: uuid.UUID, released: list[uuid.UUID], deferred: list[uuid.UUID]
+) -> DeliveryStatus | None:
     """One attempt of one delivery; its outcome is left for the caller's next commit. ``released`` (held
-    deliveries a closing circuit lets go) is sent once that commit is made."""
+    deliveries a closing circuit lets go) is sent once that commit is made; ``deferred`` gets the
+    delivery if it waits for its tenant's share (deferred now, or not yet due again)."""
     delivery = db.session.execute(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
     if delivery is None:
+        # Not due (or another sender has it): if it waits for its tenant's share, the message's later
+        # deliveries wait too (a false positive, one being sent right now, costs them a few seconds).
+        if db.session.scalar(_IS_DEFERRED, {"delivery_id": delivery_id}) is not None:
+            deferred.append(delivery_id)
         return None
     attempt = delivery.attempts
     # The claim read the tenant's circuit of the receiver with the row (rows older than the breaker have
@@ -416,13 +479,19 @@ def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | 
     held_until = None if closed else breaker.gate(delivery.tenant_id, endpoint)
     if held_until is not None:
         return breaker.hold(delivery, attempt, endpoint, held_until)
-    db.session.commit()  # the claim (and the previous delivery's outcome)
-    _release(released)
-    released.clear()
-    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
-    signed = webhook_headers(signing_secrets(delivery), str(delivery.id), int(time.time()), body)
-    headers = {**(delivery.headers or {}), **signed}
-    status_code, error = _send(delivery.url, body, headers)
+    if not _take_slot(delivery.tenant_id, delivery.id):
+        deferred.append(delivery.id)
+        return _defer(delivery, attempt)
+    try:
+        db.session.commit()  # the claim (and the previous delivery's outcome)
+        _release(released)
+        released.clear()
+        body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
+        signed = webhook_headers(signing_secrets(delivery), str(delivery.id), int(time.time()), body)
+        headers = {**(delivery.headers or {}), **signed}
+        status_code, error = _send(delivery.url, body, headers)
+    finally:
+        _give_back_slot(delivery.tenant_id, delivery.id)
     new_status, next_at = _outcome(status_code, attempt)
     outcome = {
         "delivery_id": delivery_id,
@@ -439,6 +508,54 @@ def _try(delivery_id: uuid.UUID, released: list[uuid.UUID]) -> DeliveryStatus | 
     released += breaker.record_answer(delivery, endpoint, before, healthy=healthy)
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
+
+
+def _take_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> bool:
+    """Take one of the tenant's ``GPUJOBS_WEBHOOK_TENANT_CONCURRENCY`` slots for this send; False when
+    all are in use. The slot expires by itself past the send's total deadline (plus a margin), so a
+    sender killed mid-send does not keep it.
+
+    Redis away: True (fail open). The share is fairness between tenants, not a safety limit: refusing
+    every send while Redis is away would stop all webhooks, which the PostgreSQL claim does not need.
+    """
+    config = current_app.config
+    lifetime = config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + SHARE_SLOT_MARGIN_SECONDS
+    share = config["GPUJOBS_WEBHOOK_TENANT_CONCURRENCY"]
+    try:
+        take = redis_client().register_script(_TAKE_SLOT)
+        return bool(take(keys=[SHARE_KEY.format(tenant_id)], args=[share, lifetime, str(delivery_id)]))
+    except redis.RedisError as exc:
+        log.warning("delivery %s sent without its tenant's share: Redis away (%s)", delivery_id, exc)
+        return True
+
+
+def _give_back_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> None:
+    """Free the send's slot; if Redis is away, it expires by itself."""
+    try:
+        redis_client().zrem(SHARE_KEY.format(tenant_id), str(delivery_id))
+    except redis.RedisError as exc:
+        log.warning("delivery %s: its share slot is left to expire (Redis away: %s)", delivery_id, exc)
+
+
+def _deferred_until() -> datetime:
+    return jobs.utcnow() + timedelta(seconds=random.uniform(*DEFER_SECONDS))
+
+
+def _defer(delivery: Row[Any], attempt: int) -> DeliveryStatus:
+    """Give the claimed try back (no retry spent): the tenant's share of the webhook pool is in use. Due
+    again in a few seconds, when the webhook sweep sends it; noted once on the job's timeline."""
+    until = _deferred_until()
+    db.session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery.id, WebhookDelivery.attempts == attempt)
+        .values(attempts=attempt - 1, next_attempt_at=until, last_error=DEFERRED_ERROR)
+    )
+    if delivery.last_error != DEFERRED_ERROR:
+        data = {"eventType": delivery.event_type, "until": until.isoformat()}
+        jobs.add_event(delivery.job_id, "webhook.deferred", delivery.job_attempt, data)
+    db.session.commit()
+    log.info("delivery %s deferred: its tenant's share of the webhook pool is in use", delivery.id)
+    return DeliveryStatus.PENDING
 
 
 def _release(released: list[uuid.UUID]) -> None:

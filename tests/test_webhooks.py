@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from functools import partial
 
@@ -483,3 +484,163 @@ def test_a_claimed_delivery_carries_its_tenants_secret_encrypted_so_no_repr_of_i
     secret = secret_of(app, tenant)
     assert secret not in repr(claimed) and secret not in str(tuple(claimed))
     assert webhooks.signing_secrets(claimed) == [secret]
+
+
+def _deliveries_with_webhook(app, tenant_id: str, url: str, event_types: tuple[str, ...]) -> list[uuid.UUID]:
+    """A job of the tenant with one pending delivery per event type to ``url``, oldest first."""
+    from gpujobs import operations, webhooks
+    from gpujobs.models import Job
+
+    with app.app_context():
+        options = operations.JobOptions(webhook_url=url)
+        job_id = operations.submit(uuid.UUID(tenant_id), "echo", 1, {"message": "m"}, options).id
+        db.session.commit()
+        job = db.session.get_one(Job, job_id)
+        for event_type in event_types:
+            webhooks.record_event(job, event_type)
+        db.session.commit()
+        return webhooks.pending(job_id)
+
+
+def test_a_tenant_flooding_receivers_that_never_answer_takes_only_its_share_of_the_webhook_pool(
+    app, tenant, start_worker
+):
+    """The hostile-tenant probe, small: B's deliveries to receivers that accept and never answer (each
+    a receiver of its own, so no circuit opens) stand ahead of A's one delivery in the webhook queue.
+    With a share of one send at a time, B's first holds one process; its others are deferred (no try
+    spent) and A's goes out while they wait. The sweep sends B's later, each once."""
+    from bench.receiver import LoopbackReceiver
+    from gpujobs import webhooks
+    from gpujobs.sweeps import publish_due_webhooks
+
+    flood = 5
+    start_worker(
+        concurrency=2,
+        name="hooks",
+        role="webhooks",
+        GPUJOBS_WEBHOOK_TENANT_CONCURRENCY="1",
+        GPUJOBS_WEBHOOK_TIMEOUT_SECONDS="10",
+    )
+    other = make_tenant(app, "other")
+    answer = threading.Event()
+    b_calls: list[str] = []
+
+    def never_answers(headers: dict[str, str], body: bytes) -> int:
+        b_calls.append(headers["webhook-id"])
+        answer.wait(30)  # until the test lets B's receivers answer
+        return 204
+
+    b_receivers = [LoopbackReceiver(never_answers) for _ in range(flood)]
+    a_receiver = Receiver(secret_of(app, tenant))
+    try:
+        b_jobs = [_deliveries_with_webhook(app, other["id"], r.url, ("job.progress",)) for r in b_receivers]
+        a_job = _deliveries_with_webhook(app, tenant["id"], a_receiver.url, ("job.progress",))
+        with app.app_context():
+            for ids in (*b_jobs, a_job):  # B's flood first in the queue, then A's
+                webhooks.publish(uuid.uuid4(), ids)
+        wait_for(lambda: a_receiver.verified, timeout=30)
+        assert len(b_calls) <= 1  # B held at most its share of the pool while A's went out
+        b_ids = [ids[0] for ids in b_jobs]
+        with app.app_context():
+            rows = db.session.scalars(select(WebhookDelivery).where(WebhookDelivery.id.in_(b_ids))).all()
+            waiting = [row for row in rows if row.last_error == webhooks.DEFERRED_ERROR]
+            assert len(waiting) >= flood - 1 and all(row.attempts == 0 for row in waiting)
+
+        answer.set()
+
+        def b_all_sent() -> bool:  # the beat's webhook sweep, by hand
+            with app.app_context():
+                publish_due_webhooks()
+                statuses = db.session.scalars(
+                    select(WebhookDelivery.status).where(WebhookDelivery.id.in_(b_ids))
+                ).all()
+            return all(status == "succeeded" for status in statuses)
+
+        wait_for(b_all_sent, timeout=60, interval=0.5)
+        with app.app_context():
+            attempts = db.session.scalars(
+                select(WebhookDelivery.attempts).where(WebhookDelivery.id.in_(b_ids))
+            ).all()
+        assert attempts == [1] * flood  # deferrals spent no retry
+        assert sorted(b_calls) == sorted(str(delivery_id) for delivery_id in b_ids)  # each sent once
+        assert len(a_receiver.verified) == 1
+    finally:
+        answer.set()
+        a_receiver.close()
+        for r in b_receivers:
+            r.close()
+
+
+def test_a_deferred_delivery_keeps_its_place_before_the_jobs_later_events(
+    app, tenant, receiver, app_context, monkeypatch
+):
+    from gpujobs import webhooks
+    from gpujobs.models import JobEvent
+
+    monkeypatch.setitem(app.config, "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY", 1)
+    hook = receiver()
+    order = ("instance.created", "instance.running", "job.succeeded")
+    ids = _deliveries_with_webhook(app, tenant["id"], hook.url, order)
+    tenant_id = uuid.UUID(tenant["id"])
+    other_send = uuid.uuid4()
+    assert webhooks._take_slot(tenant_id, other_send)  # the tenant's one slot is in use elsewhere
+
+    def rows() -> list[WebhookDelivery]:
+        db.session.expire_all()
+        return [db.session.get_one(WebhookDelivery, delivery_id) for delivery_id in ids]
+
+    assert webhooks.deliver_in_order(ids) == ["pending"] * 3
+    assert hook.ids == []
+    assert [(r.attempts, r.last_error) for r in rows()] == [(0, webhooks.DEFERRED_ERROR)] * 3
+    timeline = db.session.scalars(select(JobEvent.type).where(JobEvent.type == "webhook.deferred")).all()
+    assert timeline == ["webhook.deferred"]  # once, for the one whose try was given back
+
+    # The slot is free, but the first event is not due yet: the later ones must not overtake it.
+    webhooks._give_back_slot(tenant_id, other_send)
+    assert webhooks.deliver_in_order(ids) == [None, "pending", "pending"]
+    assert hook.ids == []
+
+    db.session.execute(update(WebhookDelivery).values(next_attempt_at=db.func.now()))
+    db.session.commit()
+    assert webhooks.deliver_in_order(ids) == ["succeeded"] * 3
+    assert [event["type"] for event in hook.verified] == list(order)
+    assert [r.attempts for r in rows()] == [1, 1, 1]
+
+
+def test_a_tenants_share_counts_sends_in_flight_and_a_killed_senders_slot_expires(
+    app, tenant, app_context, monkeypatch
+):
+    import redis
+
+    from gpujobs import webhooks
+    from gpujobs.broker import redis_client
+    from gpujobs.dev.embedded import free_port
+
+    monkeypatch.setitem(app.config, "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY", 2)
+    tenant_id, other_tenant = uuid.UUID(tenant["id"]), uuid.uuid4()
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    key = webhooks.SHARE_KEY.format(tenant_id)
+    assert webhooks._take_slot(tenant_id, first) and webhooks._take_slot(tenant_id, second)
+    assert not webhooks._take_slot(tenant_id, third)  # both slots in use
+    assert webhooks._take_slot(other_tenant, third)  # another tenant's share is its own
+    assert webhooks._take_slot(tenant_id, first)  # the same send again keeps its slot
+
+    # A slot outlives its send's total deadline (Redis's clock), and the key goes with its last slot.
+    client = redis_client()
+    seconds, micros = client.time()
+    remaining = client.zscore(key, str(first)) - (seconds + micros / 1e6)
+    assert remaining > app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"]
+    assert 0 < client.ttl(key) <= app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + 32
+
+    client.zadd(key, {str(first): 0})  # its sender was killed mid-send long ago: the slot expired
+    assert webhooks._take_slot(tenant_id, third)
+    assert client.zcard(key) == 2
+    webhooks._give_back_slot(tenant_id, second)
+    webhooks._give_back_slot(tenant_id, third)
+    assert client.zcard(key) == 0
+
+    # Redis away: every send goes (fail open), and giving back does not raise.
+    away = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
+    monkeypatch.setitem(app.extensions, "gpujobs_redis", away)
+    assert all(webhooks._take_slot(tenant_id, uuid.uuid4()) for _ in range(3))
+    webhooks._give_back_slot(tenant_id, first)
