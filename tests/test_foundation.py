@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
+from support.databases import app_on, new_database
 
 from gpujobs import create_app
 from gpujobs.config import SETTINGS, ConfigError, load_config, sqlalchemy_url
@@ -108,13 +109,7 @@ def test_factory_builds_an_app_with_celery_configured_for_reliability(app: Flask
 def test_migrations_build_the_whole_schema_on_an_empty_database(app: Flask, servers):
     from flask_migrate import downgrade, upgrade
 
-    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS migration_check"))
-        conn.execute(text("CREATE DATABASE migration_check"))
-    url = servers["DATABASE_URL"].replace("/gpujobs", "/migration_check")
-    fresh = create_app({"DATABASE_URL": url, "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
-    fresh.config["SQLALCHEMY_DATABASE_URI"] = sqlalchemy_url(url)
+    fresh = app_on(new_database(servers, "migration_check"))
     with fresh.app_context():
         upgrade()
         from gpujobs.extensions import db

@@ -11,11 +11,12 @@ from contextlib import contextmanager
 
 import pytest
 from flask import Flask
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
+from support.databases import app_on, new_database
 from support.tenants import make_tenant, secret_of
 
 from gpujobs import create_app
-from gpujobs.config import ConfigError, sqlalchemy_url
+from gpujobs.config import ConfigError
 from gpujobs.encryption import EncryptionError, new_key, parse_key
 from gpujobs.extensions import db
 from gpujobs.tenants import reencrypt_secrets, rotate_webhook_secret
@@ -99,13 +100,7 @@ def test_the_app_refuses_to_start_without_an_encryption_key_or_with_a_malformed_
 def test_the_migration_encrypts_existing_secrets_and_stops_without_a_key(app, servers):
     from flask_migrate import downgrade, upgrade
 
-    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS secrets_backfill"))
-        conn.execute(text("CREATE DATABASE secrets_backfill"))
-    admin.dispose()
-    url = servers["DATABASE_URL"].replace("/gpujobs", "/secrets_backfill")
-    fresh = create_app({"DATABASE_URL": url, "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
+    fresh = app_on(new_database(servers, "secrets_backfill"))
     try:
         with fresh.app_context():
             upgrade(revision="e5_queued_published_index")

@@ -9,6 +9,7 @@ from functools import partial
 
 import pytest
 from sqlalchemy import select, update
+from support.databases import app_on, new_database
 from support.polling import wait_for
 from support.receivers import Receiver
 from support.tenants import make_tenant, secret_of
@@ -349,21 +350,14 @@ def test_the_upgrade_to_a_breaker_per_tenant_drops_the_shared_circuits_and_held_
     tenant's), and a delivery it held, recorded before the change, is sent; the downgrade works with
     several tenants' circuits of one receiver."""
     from flask_migrate import downgrade, upgrade
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    from gpujobs import create_app, operations, webhooks
+    from gpujobs import operations, webhooks
     from gpujobs.breaker import HELD_ERROR
-    from gpujobs.config import sqlalchemy_url
     from gpujobs.models import Tenant, WebhookEndpoint
     from gpujobs.tenants import ensure_tenant
 
-    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS breaker_upgrade WITH (FORCE)"))
-        conn.execute(text("CREATE DATABASE breaker_upgrade"))
-    admin.dispose()
-    url = servers["DATABASE_URL"].replace("/gpujobs", "/breaker_upgrade")
-    fresh = create_app({"DATABASE_URL": url, "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url)})
+    fresh = app_on(new_database(servers, "breaker_upgrade"))
     hook = None
     try:
         with fresh.app_context():

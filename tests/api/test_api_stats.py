@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, event, func, select
+from support.databases import app_on, new_database
 
 from gpujobs import create_app, stats
 from gpujobs.extensions import db
@@ -174,18 +175,9 @@ def test_a_metrics_token_guards_prometheus_and_no_api_key_stands_in_for_it(app, 
 
 def test_the_migration_counts_the_rows_that_exist_before_it(app, servers):
     from flask_migrate import upgrade
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
 
-    from gpujobs.config import sqlalchemy_url
-
-    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS counters_backfill"))
-        conn.execute(text("CREATE DATABASE counters_backfill"))
-    admin.dispose()
-    url = servers["DATABASE_URL"].replace("/gpujobs", "/counters_backfill")
-    fresh = create_app({"DATABASE_URL": url})
-    fresh.config["SQLALCHEMY_DATABASE_URI"] = sqlalchemy_url(url)
+    fresh = app_on(new_database(servers, "counters_backfill"))
     with fresh.app_context():
         upgrade(revision="b2_api-1")
         db.session.execute(text(BACKFILL_ROWS))

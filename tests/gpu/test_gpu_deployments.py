@@ -10,12 +10,11 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
+from support.databases import app_on, new_database
 from support.gpu import create_at_novita, novita_name
 from support.tenants import make_tenant
 
-from gpujobs import create_app
-from gpujobs.config import sqlalchemy_url
 from gpujobs.deployment import stored_instance_prefix
 from gpujobs.extensions import db
 from gpujobs.models import Instance
@@ -29,21 +28,6 @@ PREFIX_PATTERN = r"gpujobs-[0-9a-f]{8}-"
 def sim_options():
     """Instant lifecycles, and deleted instances vanish from Novita's list at once."""
     return {"phase_seconds": 0, "removed_grace_seconds": 0}
-
-
-def new_database(servers: dict[str, str], name: str) -> str:
-    """An empty database on the test server; its URL."""
-    admin = create_engine(sqlalchemy_url(servers["DATABASE_URL"]), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return servers["DATABASE_URL"].replace("/gpujobs", f"/{name}")
-
-
-def app_on(url: str, **config: object) -> Flask:
-    """The service's app on another database."""
-    return create_app({"DATABASE_URL": url, "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(url), **config})
 
 
 @pytest.fixture
