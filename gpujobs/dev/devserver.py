@@ -128,7 +128,9 @@ def process_commands(port: int, flower_port: int) -> dict[str, list[str]]:
     return {
         "web": web_command(port),
         "worker": worker_command("jobs"),
-        "webhooks": worker_command("webhooks", hostname="webhooks@%h"),
+        # More processes than a tenant's share of sends (GPUJOBS_WEBHOOK_TENANT_CONCURRENCY, 4): a tenant
+        # whose receivers never answer then leaves the others room. Sends wait on the network, not the CPU.
+        "webhooks": worker_command("webhooks", concurrency=6, hostname="webhooks@%h"),
         "beat": [*celery, "beat"],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
     }
