@@ -21,6 +21,7 @@ import redis
 import redis.sentinel
 from flask import current_app
 from kombu.transport.redis import PRIORITY_STEPS, Channel
+from redis.commands.core import Script
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,16 @@ def redis_client() -> redis.Redis:
         if "gpujobs_redis" not in extensions:
             extensions["gpujobs_redis"] = connect_redis(current_app.config, REDIS_TIMEOUT_SECONDS)
         return extensions["gpujobs_redis"]
+
+
+def redis_script(source: str) -> Script:
+    """A Lua script on the app's Redis client, registered once per app: redis-py then sends EVALSHA
+    (loading it on NOSCRIPT) instead of hashing the source again on every call (the rate limit on every
+    request, the webhook share on every send)."""
+    scripts: dict[str, Script] = current_app.extensions.setdefault("gpujobs_redis_scripts", {})
+    if source not in scripts:
+        scripts[source] = redis_client().register_script(source)
+    return scripts[source]
 
 
 def queue_depths() -> dict[str, int] | None:

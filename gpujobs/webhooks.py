@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import breaker, encryption, jobs, resources
-from gpujobs.broker import redis_client
+from gpujobs.broker import redis_client, redis_script
 from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
@@ -522,7 +522,7 @@ def _take_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> bool:
     lifetime = config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + SHARE_SLOT_MARGIN_SECONDS
     share = config["GPUJOBS_WEBHOOK_TENANT_CONCURRENCY"]
     try:
-        take = redis_client().register_script(_TAKE_SLOT)
+        take = redis_script(_TAKE_SLOT)
         return bool(take(keys=[SHARE_KEY.format(tenant_id)], args=[share, lifetime, str(delivery_id)]))
     except redis.RedisError as exc:
         log.warning("delivery %s sent without its tenant's share: Redis away (%s)", delivery_id, exc)

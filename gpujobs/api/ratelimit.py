@@ -23,7 +23,7 @@ import redis
 from flask import Response, current_app, g
 
 from gpujobs.api.errors import ApiError
-from gpujobs.broker import redis_client
+from gpujobs.broker import redis_client, redis_script
 from gpujobs.tenants import KEY_CACHE_SECONDS, key_cache_name
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,9 @@ def lookup_and_count(digest: str) -> tuple[str | None, int | None]:
     ``(None, None)``: not cached (look the key up, then ``fill``), or Redis unreachable (the request
     goes through unlimited; ``fill`` will fail the same way and say nothing more).
     """
-    client = redis_client()
-    script = current_app.extensions.get("gpujobs_ratelimit_script")
-    if script is None:  # registered once per app: redis-py then sends EVALSHA, loading it on NOSCRIPT
-        script = current_app.extensions["gpujobs_ratelimit_script"] = client.register_script(
-            _LOOKUP_AND_COUNT
-        )
     try:
-        found = script(
-            keys=[key_cache_name(digest), _counter(digest)], args=[2 * WINDOW_SECONDS], client=client
+        found = redis_script(_LOOKUP_AND_COUNT)(
+            keys=[key_cache_name(digest), _counter(digest)], args=[2 * WINDOW_SECONDS]
         )
     except redis.RedisError as exc:
         _log_outage(exc)
