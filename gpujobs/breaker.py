@@ -62,19 +62,26 @@ def gate(tenant_id: uuid.UUID, endpoint: str) -> datetime | None:
 
 
 def hold(delivery: Row[Any], attempt: int, endpoint: str, until: datetime) -> DeliveryStatus:
-    """Give the claimed try back (no retry spent) and wait for the circuit; noted once on the timeline."""
-    already_held = delivery.last_error == HELD_ERROR
+    """Give the claimed try back and wait for the circuit (``set_aside``)."""
+    data = {"endpoint": endpoint, "eventType": delivery.event_type, "until": until.isoformat()}
+    set_aside(delivery, attempt, until, HELD_ERROR, "webhook.held", data)
+    log.info("delivery %s held: circuit of %s open until %s", delivery.id, endpoint, until)
+    return DeliveryStatus.PENDING
+
+
+def set_aside(
+    delivery: Row[Any], attempt: int, until: datetime, reason: str, event: str, data: dict[str, Any]
+) -> None:
+    """Give a claimed try back (no retry spent), due again at ``until`` with ``reason`` as its last
+    error, and commit; ``event`` goes on the job's timeline once, not again while the reason stays."""
     db.session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery.id, WebhookDelivery.attempts == attempt)
-        .values(attempts=attempt - 1, next_attempt_at=until, last_error=HELD_ERROR)
+        .values(attempts=attempt - 1, next_attempt_at=until, last_error=reason)
     )
-    if not already_held:
-        data = {"endpoint": endpoint, "eventType": delivery.event_type, "until": until.isoformat()}
-        jobs.add_event(delivery.job_id, "webhook.held", delivery.job_attempt, data)
+    if delivery.last_error != reason:
+        jobs.add_event(delivery.job_id, event, delivery.job_attempt, data)
     db.session.commit()
-    log.info("delivery %s held: circuit of %s open until %s", delivery.id, endpoint, until)
-    return DeliveryStatus.PENDING
 
 
 def locked_after(write: Update) -> Select[Any]:

@@ -121,14 +121,15 @@ def redis_client() -> redis.Redis:
         return extensions["gpujobs_redis"]
 
 
-def redis_script(source: str) -> Script:
-    """A Lua script on the app's Redis client, registered once per app: redis-py then sends EVALSHA
-    (loading it on NOSCRIPT) instead of hashing the source again on every call (the rate limit on every
-    request, the webhook share on every send)."""
+def run_script(source: str, keys: list[str], args: list[Any]) -> Any:
+    """Run a Lua script on the app's Redis client. The script is registered once per app: redis-py then
+    sends EVALSHA (loading it on NOSCRIPT) instead of hashing the source again on every call (the rate
+    limit on every request, the webhook share on every send)."""
     scripts: dict[str, Script] = current_app.extensions.setdefault("gpujobs_redis_scripts", {})
+    client = redis_client()
     if source not in scripts:
-        scripts[source] = redis_client().register_script(source)
-    return scripts[source]
+        scripts[source] = client.register_script(source)
+    return scripts[source](keys=keys, args=args, client=client)
 
 
 def queue_depths() -> dict[str, int] | None:

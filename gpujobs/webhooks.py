@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import breaker, encryption, jobs, resources
-from gpujobs.broker import redis_client, redis_script
+from gpujobs.broker import redis_client, run_script
 from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
@@ -522,8 +522,8 @@ def _take_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> bool:
     lifetime = config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + SHARE_SLOT_MARGIN_SECONDS
     share = config["GPUJOBS_WEBHOOK_TENANT_CONCURRENCY"]
     try:
-        take = redis_script(_TAKE_SLOT)
-        return bool(take(keys=[SHARE_KEY.format(tenant_id)], args=[share, lifetime, str(delivery_id)]))
+        taken = run_script(_TAKE_SLOT, [SHARE_KEY.format(tenant_id)], [share, lifetime, str(delivery_id)])
+        return bool(taken)
     except redis.RedisError as exc:
         log.warning("delivery %s sent without its tenant's share: Redis away (%s)", delivery_id, exc)
         return True
@@ -542,18 +542,11 @@ def _deferred_until() -> datetime:
 
 
 def _defer(delivery: Row[Any], attempt: int) -> DeliveryStatus:
-    """Give the claimed try back (no retry spent): the tenant's share of the webhook pool is in use. Due
-    again in a few seconds, when the webhook sweep sends it; noted once on the job's timeline."""
+    """Give the claimed try back (``breaker.set_aside``): the tenant's share of the webhook pool is in
+    use. Due again in a few seconds, when the webhook sweep sends it."""
     until = _deferred_until()
-    db.session.execute(
-        update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery.id, WebhookDelivery.attempts == attempt)
-        .values(attempts=attempt - 1, next_attempt_at=until, last_error=DEFERRED_ERROR)
-    )
-    if delivery.last_error != DEFERRED_ERROR:
-        data = {"eventType": delivery.event_type, "until": until.isoformat()}
-        jobs.add_event(delivery.job_id, "webhook.deferred", delivery.job_attempt, data)
-    db.session.commit()
+    data = {"eventType": delivery.event_type, "until": until.isoformat()}
+    breaker.set_aside(delivery, attempt, until, DEFERRED_ERROR, "webhook.deferred", data)
     log.info("delivery %s deferred: its tenant's share of the webhook pool is in use", delivery.id)
     return DeliveryStatus.PENDING
 

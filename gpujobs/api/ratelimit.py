@@ -23,7 +23,7 @@ import redis
 from flask import Response, current_app, g
 
 from gpujobs.api.errors import ApiError
-from gpujobs.broker import redis_client, redis_script
+from gpujobs.broker import redis_client, run_script
 from gpujobs.tenants import KEY_CACHE_SECONDS, key_cache_name
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,8 @@ def lookup_and_count(digest: str) -> tuple[str | None, int | None]:
     goes through unlimited; ``fill`` will fail the same way and say nothing more).
     """
     try:
-        found = redis_script(_LOOKUP_AND_COUNT)(
-            keys=[key_cache_name(digest), _counter(digest)], args=[2 * WINDOW_SECONDS]
+        found = run_script(
+            _LOOKUP_AND_COUNT, [key_cache_name(digest), _counter(digest)], [2 * WINDOW_SECONDS]
         )
     except redis.RedisError as exc:
         _log_outage(exc)

@@ -168,8 +168,8 @@ def _first_seen_unwanted(novita_ids: list[str], now: float) -> dict[str, float]:
             for novita_id in novita_ids:
                 pipe.hsetnx(UNWANTED_SINCE_KEY, novita_id, repr(now))
             pipe.hgetall(UNWANTED_SINCE_KEY)
-            seen: dict[Any, Any] = pipe.execute()[-1]
-        kept = {_text(key): float(value) for key, value in seen.items()}
+            seen: dict[bytes, bytes] = pipe.execute()[-1]
+        kept = {key.decode(): float(value) for key, value in seen.items()}
         if stale := [key for key in kept if key not in novita_ids]:
             store.hdel(UNWANTED_SINCE_KEY, *stale)
     except redis.RedisError as exc:
@@ -178,10 +178,6 @@ def _first_seen_unwanted(novita_ids: list[str], now: float) -> dict[str, float]:
         )
         return {}
     return {key: value for key, value in kept.items() if key in novita_ids}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _wanted(item: NovitaInstance, row: Instance | None, live: set[uuid.UUID]) -> bool:
