@@ -15,7 +15,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import ColumnElement, Float, bindparam, delete, exists, func, or_, select, text, update
 
-from gpujobs import broker, jobs, webhooks
+from gpujobs import broker, jobs, webhook_share, webhooks
 from gpujobs.dispatch import DISPATCH_COLUMNS, QUEUE_BY_PRIORITY, Dispatch, commit_and_publish, next_jobs
 from gpujobs.extensions import among, db, rows_changed, seconds_ago
 from gpujobs.models import IdempotencyRecord, Job, WebhookDelivery
@@ -183,7 +183,7 @@ _DUE_DELIVERIES = (
         _DELIVERIES.c.next_attempt_at <= func.now(),
         (_DELIVERIES.c.attempts > 0)
         | (_DELIVERIES.c.created_at < seconds_ago(webhooks.SEND_LEASE_SECONDS))
-        | (_DELIVERIES.c.last_error == webhooks.DEFERRED_ERROR),
+        | (_DELIVERIES.c.last_error == webhook_share.DEFERRED_ERROR),
     )
     .order_by(_DELIVERIES.c.next_attempt_at)
     .limit(SWEEP_BATCH_SIZE)

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-import redis
 from flask import current_app
 from pydantic import AfterValidator, Field
 from sqlalchemy import (
@@ -42,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs import breaker, encryption, jobs, resources
-from gpujobs.broker import redis_client, run_script
+from gpujobs import webhook_share as share
 from gpujobs.dispatch import send_batch, send_task
 from gpujobs.exceptions import GpuJobsError, NotFound
 from gpujobs.extensions import db, rows_changed
@@ -63,29 +62,6 @@ RETRY_JITTER_FRACTION = 0.1
 # A claimed delivery is re-offered by the sweep if its sender vanished for this long.
 SEND_LEASE_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 5.0
-# Each tenant's share of the webhook pool: its sends in flight across the cluster, a Redis sorted set
-# per tenant of delivery ids scored by when their slot expires. A slot outlives its send's total
-# deadline by the margin, so only a sender killed mid-send leaves one behind, and only until then.
-SHARE_KEY = "gpujobs:webhook-share:{}"
-SHARE_SLOT_MARGIN_SECONDS = 30.0
-# A delivery of a tenant at its share is due again after a pause in this range (jittered, so a flood's
-# deliveries do not all come back at once); the webhook sweep's next tick then sends it.
-DEFER_SECONDS = (1.0, 3.0)
-# What ``last_error`` says of a deferred delivery (its try did not happen; no retry spent).
-DEFERRED_ERROR = "deferred: its tenant's share of the webhook pool is in use"
-# Take a slot (1) or find them all in use (0); KEYS: the tenant's set; ARGV: share, slot lifetime in
-# seconds, delivery id. Redis's clock, so workers' clocks need not agree.
-_TAKE_SLOT = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
-return 1
-"""
 # A job's own headers on its deliveries (``webhookHeaders``, a ``webhook.send`` job's ``headers``).
 MAX_HEADERS = 20
 MAX_HEADER_VALUE_CHARS = 1024
@@ -432,7 +408,7 @@ def deliver_in_order(delivery_ids: list[uuid.UUID]) -> list[DeliveryStatus | Non
         if deferred:
             rest = delivery_ids[position + 1 :]
             if rest:
-                db.session.execute(_DEFER_REST, {"delivery_ids": rest, "until": _deferred_until()})
+                db.session.execute(_DEFER_REST, {"delivery_ids": rest, "until": share.deferred_until()})
             statuses += [DeliveryStatus.PENDING] * len(rest)
             break
     db.session.commit()
@@ -448,13 +424,13 @@ _DEFER_REST = (
         _DELIVERIES.c.status == DeliveryStatus.PENDING,
         _DELIVERIES.c.next_attempt_at <= func.now(),
     )
-    .values(next_attempt_at=bindparam("until"), last_error=DEFERRED_ERROR)
+    .values(next_attempt_at=bindparam("until"), last_error=share.DEFERRED_ERROR)
 )
 #: Whether a delivery the claim could not take is one waiting for its tenant's share.
 _IS_DEFERRED = select(_DELIVERIES.c.id).where(
     _DELIVERIES.c.id == bindparam("delivery_id"),
     _DELIVERIES.c.status == DeliveryStatus.PENDING,
-    _DELIVERIES.c.last_error == DEFERRED_ERROR,
+    _DELIVERIES.c.last_error == share.DEFERRED_ERROR,
 )
 
 
@@ -479,9 +455,9 @@ def _try(
     held_until = None if closed else breaker.gate(delivery.tenant_id, endpoint)
     if held_until is not None:
         return breaker.hold(delivery, attempt, endpoint, held_until)
-    if not _take_slot(delivery.tenant_id, delivery.id):
+    if not share.take_slot(delivery.tenant_id, delivery.id):
         deferred.append(delivery.id)
-        return _defer(delivery, attempt)
+        return share.defer(delivery, attempt)
     try:
         db.session.commit()  # the claim (and the previous delivery's outcome)
         _release(released)
@@ -491,7 +467,7 @@ def _try(
         headers = {**(delivery.headers or {}), **signed}
         status_code, error = _send(delivery.url, body, headers)
     finally:
-        _give_back_slot(delivery.tenant_id, delivery.id)
+        share.give_back_slot(delivery.tenant_id, delivery.id)
     new_status, next_at = _outcome(status_code, attempt)
     outcome = {
         "delivery_id": delivery_id,
@@ -508,47 +484,6 @@ def _try(
     released += breaker.record_answer(delivery, endpoint, before, healthy=healthy)
     log.info("delivery %s attempt %s: %s (%s)", delivery_id, attempt, new_status, status_code or error)
     return new_status
-
-
-def _take_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> bool:
-    """Take one of the tenant's ``GPUJOBS_WEBHOOK_TENANT_CONCURRENCY`` slots for this send; False when
-    all are in use. The slot expires by itself past the send's total deadline (plus a margin), so a
-    sender killed mid-send does not keep it.
-
-    Redis away: True (fail open). The share is fairness between tenants, not a safety limit: refusing
-    every send while Redis is away would stop all webhooks, which the PostgreSQL claim does not need.
-    """
-    config = current_app.config
-    lifetime = config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + SHARE_SLOT_MARGIN_SECONDS
-    share = config["GPUJOBS_WEBHOOK_TENANT_CONCURRENCY"]
-    try:
-        taken = run_script(_TAKE_SLOT, [SHARE_KEY.format(tenant_id)], [share, lifetime, str(delivery_id)])
-        return bool(taken)
-    except redis.RedisError as exc:
-        log.warning("delivery %s sent without its tenant's share: Redis away (%s)", delivery_id, exc)
-        return True
-
-
-def _give_back_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> None:
-    """Free the send's slot; if Redis is away, it expires by itself."""
-    try:
-        redis_client().zrem(SHARE_KEY.format(tenant_id), str(delivery_id))
-    except redis.RedisError as exc:
-        log.warning("delivery %s: its share slot is left to expire (Redis away: %s)", delivery_id, exc)
-
-
-def _deferred_until() -> datetime:
-    return jobs.utcnow() + timedelta(seconds=random.uniform(*DEFER_SECONDS))
-
-
-def _defer(delivery: Row[Any], attempt: int) -> DeliveryStatus:
-    """Give the claimed try back (``breaker.set_aside``): the tenant's share of the webhook pool is in
-    use. Due again in a few seconds, when the webhook sweep sends it."""
-    until = _deferred_until()
-    data = {"eventType": delivery.event_type, "until": until.isoformat()}
-    breaker.set_aside(delivery, attempt, until, DEFERRED_ERROR, "webhook.deferred", data)
-    log.info("delivery %s deferred: its tenant's share of the webhook pool is in use", delivery.id)
-    return DeliveryStatus.PENDING
 
 
 def _release(released: list[uuid.UUID]) -> None:

@@ -14,6 +14,7 @@ from support.polling import wait_for
 from support.receivers import Receiver
 from support.tenants import make_tenant, secret_of
 
+from gpujobs import webhook_share
 from gpujobs.extensions import db
 from gpujobs.models import WebhookDelivery
 from gpujobs.outbound import endpoint_of
@@ -537,7 +538,7 @@ def test_a_tenant_flooding_receivers_that_never_answer_takes_only_its_share_of_t
         b_ids = [ids[0] for ids in b_jobs]
         with app.app_context():
             rows = db.session.scalars(select(WebhookDelivery).where(WebhookDelivery.id.in_(b_ids))).all()
-            waiting = [row for row in rows if row.last_error == webhooks.DEFERRED_ERROR]
+            waiting = [row for row in rows if row.last_error == webhook_share.DEFERRED_ERROR]
             assert len(waiting) >= flood - 1 and all(row.attempts == 0 for row in waiting)
 
         answer.set()
@@ -577,7 +578,7 @@ def test_a_deferred_delivery_keeps_its_place_before_the_jobs_later_events(
     ids = _deliveries_with_webhook(app, tenant["id"], hook.url, order)
     tenant_id = uuid.UUID(tenant["id"])
     other_send = uuid.uuid4()
-    assert webhooks._take_slot(tenant_id, other_send)  # the tenant's one slot is in use elsewhere
+    assert webhook_share.take_slot(tenant_id, other_send)  # the tenant's one slot is in use elsewhere
 
     def rows() -> list[WebhookDelivery]:
         db.session.expire_all()
@@ -585,12 +586,12 @@ def test_a_deferred_delivery_keeps_its_place_before_the_jobs_later_events(
 
     assert webhooks.deliver_in_order(ids) == ["pending"] * 3
     assert hook.ids == []
-    assert [(r.attempts, r.last_error) for r in rows()] == [(0, webhooks.DEFERRED_ERROR)] * 3
+    assert [(r.attempts, r.last_error) for r in rows()] == [(0, webhook_share.DEFERRED_ERROR)] * 3
     timeline = db.session.scalars(select(JobEvent.type).where(JobEvent.type == "webhook.deferred")).all()
     assert timeline == ["webhook.deferred"]  # once, for the one whose try was given back
 
     # The slot is free, but the first event is not due yet: the later ones must not overtake it.
-    webhooks._give_back_slot(tenant_id, other_send)
+    webhook_share.give_back_slot(tenant_id, other_send)
     assert webhooks.deliver_in_order(ids) == [None, "pending", "pending"]
     assert hook.ids == []
 
@@ -606,18 +607,17 @@ def test_a_tenants_share_counts_sends_in_flight_and_a_killed_senders_slot_expire
 ):
     import redis
 
-    from gpujobs import webhooks
     from gpujobs.broker import redis_client
     from gpujobs.dev.embedded import free_port
 
     monkeypatch.setitem(app.config, "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY", 2)
     tenant_id, other_tenant = uuid.UUID(tenant["id"]), uuid.uuid4()
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    key = webhooks.SHARE_KEY.format(tenant_id)
-    assert webhooks._take_slot(tenant_id, first) and webhooks._take_slot(tenant_id, second)
-    assert not webhooks._take_slot(tenant_id, third)  # both slots in use
-    assert webhooks._take_slot(other_tenant, third)  # another tenant's share is its own
-    assert webhooks._take_slot(tenant_id, first)  # the same send again keeps its slot
+    key = webhook_share.SHARE_KEY.format(tenant_id)
+    assert webhook_share.take_slot(tenant_id, first) and webhook_share.take_slot(tenant_id, second)
+    assert not webhook_share.take_slot(tenant_id, third)  # both slots in use
+    assert webhook_share.take_slot(other_tenant, third)  # another tenant's share is its own
+    assert webhook_share.take_slot(tenant_id, first)  # the same send again keeps its slot
 
     # A slot outlives its send's total deadline (Redis's clock), and the key goes with its last slot.
     client = redis_client()
@@ -627,14 +627,14 @@ def test_a_tenants_share_counts_sends_in_flight_and_a_killed_senders_slot_expire
     assert 0 < client.ttl(key) <= app.config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + 32
 
     client.zadd(key, {str(first): 0})  # its sender was killed mid-send long ago: the slot expired
-    assert webhooks._take_slot(tenant_id, third)
+    assert webhook_share.take_slot(tenant_id, third)
     assert client.zcard(key) == 2
-    webhooks._give_back_slot(tenant_id, second)
-    webhooks._give_back_slot(tenant_id, third)
+    webhook_share.give_back_slot(tenant_id, second)
+    webhook_share.give_back_slot(tenant_id, third)
     assert client.zcard(key) == 0
 
     # Redis away: every send goes (fail open), and giving back does not raise.
     away = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2)
     monkeypatch.setitem(app.extensions, "gpujobs_redis", away)
-    assert all(webhooks._take_slot(tenant_id, uuid.uuid4()) for _ in range(3))
-    webhooks._give_back_slot(tenant_id, first)
+    assert all(webhook_share.take_slot(tenant_id, uuid.uuid4()) for _ in range(3))
+    webhook_share.give_back_slot(tenant_id, first)
