@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from gpujobs import create_app
 from gpujobs.config import ConfigError
+from gpujobs.tenants import UnknownTenant
 
 
 def _app(*, needs_broker: bool = True) -> Flask:
@@ -24,13 +25,13 @@ def _app(*, needs_broker: bool = True) -> Flask:
 
 
 class _Commands(click.Group):
-    """Every command: a missing or wrong setting is one line saying which and how to fix it (exit 1),
-    not a traceback."""
+    """Every command: a missing or wrong setting, or a tenant that does not exist, is one line saying
+    which and how to fix it (exit 1), not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
+        except (ConfigError, UnknownTenant) as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -45,7 +46,7 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--tenant", required=True, help="Tenant name (created if new).")
+@click.option("--tenant", required=True, help="Tenant name (created if new: the only command that does).")
 def keys_create(tenant: str) -> None:
     """Create an API key for TENANT and print it (shown only once; stored hashed)."""
     from gpujobs.tenants import create_api_key
@@ -109,20 +110,14 @@ def webhooks() -> None:
 
 
 @webhooks.command("secret")
-@click.option("--tenant", required=True, help="Tenant name (created if new).")
+@click.option("--tenant", required=True, help="Tenant name.")
 @click.option("--rotate", is_flag=True, help="Issue a new secret; the old one keeps signing for 24 h.")
 def webhooks_secret(tenant: str, rotate: bool) -> None:
     """Print the tenant's whsec_ signing secret (after rotating it with --rotate)."""
-    from gpujobs.extensions import db
-    from gpujobs.tenants import ensure_tenant, rotate_webhook_secret
+    from gpujobs.tenants import rotate_webhook_secret, tenant_named
 
     with _app().app_context():
-        if rotate:
-            click.echo(rotate_webhook_secret(tenant))
-        else:
-            secret = ensure_tenant(tenant).webhook_secret
-            db.session.commit()
-            click.echo(secret)
+        click.echo(rotate_webhook_secret(tenant) if rotate else tenant_named(tenant).webhook_secret)
 
 
 @main.group()
@@ -175,7 +170,7 @@ class UsdValue(click.ParamType):
 
 
 @tenants.command("set-limits")
-@click.option("--tenant", required=True, help="Tenant name (created if new).")
+@click.option("--tenant", required=True, help="Tenant name.")
 @click.option("--max-running-jobs", type=LimitValue(), help="Jobs running at once, cluster-wide.")
 @click.option("--max-priority", type=PriorityValue(), help="Highest priority of a job or schedule.")
 @click.option("--max-schedules", type=LimitValue(), help="Cron schedules.")
@@ -205,14 +200,11 @@ def tenants_set_limits(tenant: str, **values: Any) -> None:
 def tenants_show(tenant: str) -> None:
     """Print the tenant as JSON: its limits (in force, and its own), their use, its Novita grants."""
     from gpujobs import grants, limits
-    from gpujobs.extensions import db
     from gpujobs.jobs import PRIORITY_NAMES
-    from gpujobs.models import Tenant
+    from gpujobs.tenants import tenant_named
 
     with _app().app_context():
-        row = db.session.scalar(select(Tenant).where(Tenant.name == tenant))
-        if row is None:
-            raise click.ClickException(f"no tenant {tenant!r}")
+        row = tenant_named(tenant)
         own: dict[str, Any] = limits.overrides(row.id)
         if own["max_priority"] is not None:
             own["max_priority"] = PRIORITY_NAMES[own["max_priority"]]
@@ -237,7 +229,7 @@ def _grant_commands(group: click.Group, kind: str, noun: str) -> None:
     """``grant`` and ``revoke`` under ``group`` for one kind of Novita resource."""
 
     @group.command("grant", help=f"Let TENANT name the {noun} RESOURCE_ID of the operator's Novita account.")
-    @click.option("--tenant", required=True, help="Tenant name (created if new).")
+    @click.option("--tenant", required=True, help="Tenant name.")
     @click.argument("resource_id")
     def grant_command(tenant: str, resource_id: str) -> None:
         from gpujobs.grants import Kind, grant

@@ -19,8 +19,8 @@ from sqlalchemy.dialects.postgresql import insert
 
 from gpujobs.exceptions import InvalidField
 from gpujobs.extensions import db
-from gpujobs.models import NovitaGrant, Tenant
-from gpujobs.tenants import ensure_tenant
+from gpujobs.models import NovitaGrant
+from gpujobs.tenants import tenant_named
 
 
 class Kind(StrEnum):
@@ -38,8 +38,8 @@ _NOUNS: dict[Kind, str] = {Kind.TEMPLATE: "template", Kind.REGISTRY_AUTH: "regis
 
 
 def grant(tenant_name: str, kind: Kind, resource_id: str) -> None:
-    """Let the tenant (created if new) name ``resource_id``; granting twice is harmless."""
-    tenant = ensure_tenant(tenant_name)
+    """Let the tenant name ``resource_id``; granting twice is harmless (UnknownTenant: no such tenant)."""
+    tenant = tenant_named(tenant_name)
     db.session.execute(
         insert(NovitaGrant)
         .values(tenant_id=tenant.id, kind=kind, resource_id=resource_id)
@@ -50,7 +50,7 @@ def grant(tenant_name: str, kind: Kind, resource_id: str) -> None:
 
 def revoke(tenant_name: str, kind: Kind, resource_id: str) -> bool:
     """Take a grant back (jobs not yet at Novita then fail); False when there was none."""
-    tenant_id = select(Tenant.id).where(Tenant.name == tenant_name).scalar_subquery()
+    tenant_id = tenant_named(tenant_name).id
     removed = db.session.execute(
         delete(NovitaGrant)
         .where(

@@ -22,7 +22,7 @@ from gpujobs import dispatch, enqueue, jobs, quotas
 from gpujobs.exceptions import LimitReached
 from gpujobs.extensions import db
 from gpujobs.models import Job, Schedule, TenantLimits
-from gpujobs.tenants import ensure_tenant
+from gpujobs.tenants import tenant_named
 
 #: The columns ``set_limits`` may change, by the name the CLI and ``tenants show`` use.
 COLUMNS = ("max_running_jobs", "max_priority", "max_schedules", "max_instances", "max_usd_per_hour")
@@ -75,7 +75,7 @@ def set_limits(tenant_name: str, **values: int | Decimal | None) -> None:
     unknown = set(values) - set(COLUMNS)
     if unknown:
         raise TypeError(f"no such limit: {', '.join(sorted(unknown))}")
-    tenant = ensure_tenant(tenant_name)
+    tenant = tenant_named(tenant_name)
     db.session.execute(
         insert(TenantLimits)
         .values(tenant_id=tenant.id, **values)

@@ -58,6 +58,24 @@ def ensure_tenant(name: str) -> Tenant:
     return tenant
 
 
+class UnknownTenant(LookupError):
+    """An operator command named a tenant that does not exist (a typo must not create one)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"no tenant {name!r}: a tenant comes into being with its first API key "
+            f"(gpujobs keys create --tenant {name})"
+        )
+
+
+def tenant_named(name: str) -> Tenant:
+    """The existing tenant called ``name``; UnknownTenant when there is none."""
+    tenant = db.session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        raise UnknownTenant(name)
+    return tenant
+
+
 def create_api_key(tenant_name: str) -> str:
     """Issue a new API key for the tenant (created if new); the plain key is returned only here."""
     tenant = ensure_tenant(tenant_name)
@@ -85,13 +103,11 @@ def authenticate(api_key: str) -> Tenant | None:
 
 
 def list_keys(tenant_name: str) -> list[ApiKey]:
-    """The tenant's keys, revoked ones included, oldest first (no tenant: none)."""
+    """The tenant's keys, revoked ones included, oldest first (UnknownTenant when there is no tenant)."""
+    tenant = tenant_named(tenant_name)
     return list(
         db.session.scalars(
-            select(ApiKey)
-            .join(Tenant, Tenant.id == ApiKey.tenant_id)
-            .where(Tenant.name == tenant_name)
-            .order_by(ApiKey.created_at, ApiKey.id)
+            select(ApiKey).where(ApiKey.tenant_id == tenant.id).order_by(ApiKey.created_at, ApiKey.id)
         )
     )
 
@@ -119,7 +135,7 @@ def revoke_key(key_id: uuid.UUID) -> bool:
 
 def rotate_webhook_secret(tenant_name: str) -> str:
     """Issue a new signing secret; the old one keeps signing too for an overlap period."""
-    tenant = ensure_tenant(tenant_name)
+    tenant = tenant_named(tenant_name)
     tenant.previous_webhook_secret = tenant.webhook_secret
     tenant.previous_secret_expires_at = utcnow() + timedelta(hours=SECRET_ROTATION_OVERLAP_HOURS)
     tenant.webhook_secret = generate_secret()

@@ -170,6 +170,10 @@ def test_cli_keys_create_prints_only_a_key_that_is_stored_hashed(app: Flask, pro
 
 @pytest.mark.slow  # CLI subprocesses
 def test_cli_webhook_secret_prints_the_same_whsec_secret_until_rotated(app: Flask, process_env):
+    unknown = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")  # a typo creates no tenant
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert "no tenant 'hooks'" in unknown.stderr and "keys create --tenant hooks" in unknown.stderr
+    assert _cli(process_env, "keys", "create", "--tenant", "hooks").returncode == 0
     first = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")
     again = _cli(process_env, "webhooks", "secret", "--tenant", "hooks")
     rotated = _cli(process_env, "webhooks", "secret", "--tenant", "hooks", "--rotate")

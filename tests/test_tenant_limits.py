@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 from flask import Flask
+from sqlalchemy import select
 from support.polling import wait_for
 from support.rows import job_row
 from support.tenants import make_tenant, set_limits
@@ -21,7 +22,9 @@ from support.tenants import make_tenant, set_limits
 from gpujobs import operations, schedules
 from gpujobs.api.limits import TenantLimits
 from gpujobs.exceptions import LimitReached
+from gpujobs.extensions import db
 from gpujobs.jobs import PRIORITY_LEVELS
+from gpujobs.models import Tenant
 
 
 def submit(app: Flask, tenant: dict[str, str], seconds: float) -> uuid.UUID:
@@ -212,3 +215,22 @@ def test_the_cli_sets_limits_grants_resources_and_shows_the_tenant(app, client, 
     for usd in ("0", "-1", "ten", "nan"):
         bad = _cli(process_env, "tenants", "set-limits", "--tenant", "acme", "--max-usd-per-hour", usd)
         assert bad.returncode == 2 and "positive amount of USD" in bad.stderr, usd
+
+
+@pytest.mark.slow  # CLI subprocesses
+def test_an_operator_command_naming_a_tenant_that_does_not_exist_creates_none(app, tenant, process_env):
+    """A typo (``acmee``) must not create a tenant and give it limits or grants nobody meant."""
+    for command in (
+        ("tenants", "set-limits", "--tenant", "acmee", "--max-running-jobs", "3"),
+        ("templates", "grant", "--tenant", "acmee", "tpl-1"),
+        ("instances", "grant", "--tenant", "acmee", "inst-1"),
+        ("templates", "revoke", "--tenant", "acmee", "tpl-1"),
+        ("tenants", "show", "--tenant", "acmee"),
+        ("keys", "list", "--tenant", "acmee"),
+        ("webhooks", "secret", "--tenant", "acmee", "--rotate"),
+    ):
+        done = _cli(process_env, *command)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (command, done.stderr)
+        assert "no tenant 'acmee'" in done.stderr and "keys create --tenant acmee" in done.stderr, command
+    with app.app_context():
+        assert db.session.scalar(select(Tenant.id).where(Tenant.name == "acmee")) is None

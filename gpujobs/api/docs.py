@@ -19,6 +19,7 @@ from flask import (
     Response,
     current_app,
     jsonify,
+    redirect,
     render_template_string,
     send_from_directory,
     url_for,
@@ -82,6 +83,12 @@ def openapi_json() -> Response:
 def docs() -> str:
     """Every operation by tag, with its parameters, bodies, examples and answers; "try it" included."""
     return render_template_string(PAGE, title=spec()["info"]["title"], asset=_asset_url)
+
+
+@bp.get("/docs/")
+def docs_with_slash() -> Response:
+    """The reference's address as people type it: a permanent redirect to ``/docs`` (not in the spec)."""
+    return redirect(url_for("docs.docs"), code=308)
 
 
 @bp.get("/docs/swagger-initializer.js")

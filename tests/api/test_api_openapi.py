@@ -55,6 +55,8 @@ def test_the_document_describes_auth_errors_parameters_and_idempotency(app, clie
 
 def test_the_docs_page_is_swagger_ui_on_this_servers_document_with_every_asset_served_here(client):
     page = client.get("/docs")
+    with client.get("/docs/") as slashed:  # as people type it
+        assert slashed.status_code == 308 and slashed.headers["Location"].endswith("/docs")
     assert page.status_code == 200 and page.content_type.startswith("text/html")
     html = page.get_data(as_text=True)
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
