@@ -14,8 +14,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
+import sqlalchemy
 from support.polling import wait_for
 
+from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.dev.supervisor import CrashLoop, Supervisor
 
 SLEEPER = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)"]
@@ -104,3 +107,49 @@ def test_ctrl_c_stops_every_child_and_the_supervisor(tmp_path):
         )  # what Ctrl-C sends the foreground process; children have their own
         assert process.wait(timeout=20) == 0
     assert not any(psutil.pid_exists(pid) for pid in pids.values())
+
+
+@pytest.mark.slow  # starts a PostgreSQL server of its own
+def test_an_embedded_server_that_dies_is_started_again_on_the_same_url_with_its_data(tmp_path):
+    """``make run``'s own PostgreSQL and Redis: killed, each comes back where the children look for it."""
+    postgres, broker = EmbeddedPostgres(tmp_path / "postgres"), EmbeddedRedis(tmp_path / "redis")
+    database_url, redis_url = postgres.start(), broker.start()
+    out = io.StringIO()
+    supervisor = Supervisor({}, os.environ, tmp_path / "logs", out=out, servers=(postgres, broker))
+    try:
+        engine = sqlalchemy.create_engine(database_url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)"))
+        with redis.Redis.from_url(redis_url) as client:
+            client.set("kept", "7")
+        postmaster = postgres._server.get_pid()
+        os.kill(broker._process.pid, signal.SIGKILL)
+        os.kill(postmaster, signal.SIGKILL)
+        wait_for(lambda: not postgres.alive() and not broker.alive())
+        supervisor.check()
+        assert postgres.alive() and broker.alive() and postgres._server.get_pid() != postmaster
+        with engine.begin() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT n FROM kept")).scalar_one() == 7
+        with redis.Redis.from_url(redis_url) as client:
+            assert client.get("kept") == b"7"  # the append-only file kept it
+        said = out.getvalue()
+        assert "postgres stopped; starting it again" in said and "redis stopped; starting it again" in said
+        assert said.count(" is back") == 2
+    finally:
+        broker.stop()
+        postgres.stop()
+
+
+def test_a_server_that_cannot_start_again_stops_the_run_saying_which(tmp_path):
+    class Gone:
+        name = "redis"
+
+        def alive(self) -> bool:
+            return False
+
+        def restart(self) -> None:
+            raise RuntimeError("redis-server exited with code 1")
+
+    supervisor = Supervisor({}, os.environ, tmp_path / "logs", out=io.StringIO(), servers=(Gone(),))
+    with pytest.raises(CrashLoop, match=r"redis stopped and could not start again \(redis-server exited"):
+        supervisor.check()

@@ -24,6 +24,7 @@ from flask import (
     send_from_directory,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 
 from gpujobs import __version__
 from gpujobs.api.openapi import build_spec, operation
@@ -86,7 +87,7 @@ def docs() -> str:
 
 
 @bp.get("/docs/")
-def docs_with_slash() -> Response:
+def docs_with_slash() -> ResponseReturnValue:
     """The reference's address as people type it: a permanent redirect to ``/docs`` (not in the spec)."""
     return redirect(url_for("docs.docs"), code=308)
 

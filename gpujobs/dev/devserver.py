@@ -60,15 +60,18 @@ def run() -> None:
     env.setdefault("GPUJOBS_SECRET_KEY", secrets.token_hex(32))
     env.setdefault("GPUJOBS_ENCRYPTION_KEY", dev_encryption_key(data_dir))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    servers: list[EmbeddedPostgres | EmbeddedRedis] = []  # started here, so watched and started again here
     with ExitStack() as stack:
         if not os.environ.get("DATABASE_URL"):
             postgres = EmbeddedPostgres(data_dir / "postgres")
             env["DATABASE_URL"] = postgres.start()
             stack.callback(postgres.stop)
+            servers.append(postgres)
         if not os.environ.get("REDIS_URL"):
             broker = EmbeddedRedis(data_dir / "redis")
             env["REDIS_URL"] = broker.start()
             stack.callback(broker.stop)
+            servers.append(broker)
         shared = ("DATABASE_URL", "REDIS_URL", "GPUJOBS_ENCRYPTION_KEY")  # for the CLI in another terminal
         write_embedded_env(data_dir, {k: env[k] for k in shared})
         stack.callback(lambda: (data_dir / EMBEDDED_ENV_FILE).unlink(missing_ok=True))
@@ -79,7 +82,9 @@ def run() -> None:
         api_key, instance_prefix = _prepare_database()
         port = int(env.get("PORT", "5000"))
         flower_port = int(env.get("FLOWER_PORT", "5555"))
-        supervisor = Supervisor(process_commands(port, flower_port), env, data_dir / "logs")
+        supervisor = Supervisor(
+            process_commands(port, flower_port), env, data_dir / "logs", servers=tuple(servers)
+        )
         stack.callback(supervisor.stop)
         supervisor.start()
         try:

@@ -32,6 +32,7 @@ class EmbeddedPostgres:
     """A PostgreSQL server on a Unix socket under ``data_dir``."""
 
     data_dir: Path
+    name = "postgres"
 
     def start(self) -> str:
         """Start (or attach to) the server, create the database, and return its URL."""
@@ -47,6 +48,14 @@ class EmbeddedPostgres:
         # a cached database, as the README advises for production servers too.
         self._server.psql(f"ALTER DATABASE {DATABASE_NAME} SET random_page_cost = 1.1;")
         return self._server.get_uri(database=DATABASE_NAME)
+
+    def alive(self) -> bool:
+        """Whether the postmaster still runs."""
+        return bool(self._server.get_postmaster_info().is_running())
+
+    def restart(self) -> None:
+        """Start the stopped server again on the same data and socket (its URL does not change)."""
+        self._server.ensure_postgres_running()  # pg_ctl start; a stale postmaster.pid is handled
 
     def stop(self) -> None:
         """Stop the server (fast shutdown: open sessions are ended, data is flushed)."""
@@ -77,9 +86,11 @@ class EmbeddedRedis:
 
     data_dir: Path
     port: int = 0
+    name = "redis"
 
     def start(self) -> str:
-        """Start the server and return its URL once it answers PING."""
+        """Start the server and return its URL once it answers PING (on the same port when started again,
+        with what its append-only file kept)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         settings = {
@@ -98,6 +109,14 @@ class EmbeddedRedis:
         url = f"redis://127.0.0.1:{self.port}/0"
         _wait_for_redis(url, self._process)
         return url
+
+    def alive(self) -> bool:
+        """Whether the server process still runs."""
+        return self._process.poll() is None
+
+    def restart(self) -> None:
+        """Start the exited server again."""
+        self.start()
 
     def stop(self) -> None:
         """Stop the server and wait for it to exit."""
@@ -118,13 +137,13 @@ def free_port() -> int:
 
 def _wait_for_redis(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + REDIS_START_TIMEOUT_SECONDS
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with code {process.returncode}")
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.05)
+    with redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with code {process.returncode}")
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
     raise RuntimeError(f"redis-server did not answer within {REDIS_START_TIMEOUT_SECONDS} s")

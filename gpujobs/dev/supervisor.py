@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Protocol, TextIO
 
 # A child that exits this many times within the window stops the whole run: restarting it again would
 # only hide the error scrolling past in its log.
@@ -36,7 +36,17 @@ POLL_SECONDS = 0.2
 
 
 class CrashLoop(Exception):
-    """A child kept exiting; the message names it, why it last exited and where its log is."""
+    """A child kept exiting, or a server could not start again; the message says which and why."""
+
+
+class Server(Protocol):
+    """A server the run started itself (the embedded PostgreSQL and Redis): watched, started again."""
+
+    name: str
+
+    def alive(self) -> bool: ...
+
+    def restart(self) -> None: ...
 
 
 @dataclass
@@ -64,6 +74,7 @@ class Supervisor:
         max_crashes: int = MAX_CRASHES,
         crash_window_seconds: float = CRASH_WINDOW_SECONDS,
         first_backoff_seconds: float = FIRST_BACKOFF_SECONDS,
+        servers: tuple[Server, ...] = (),
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.children = {
@@ -74,6 +85,7 @@ class Supervisor:
         self.out = out or sys.stdout
         self.max_crashes, self.crash_window_seconds = max_crashes, crash_window_seconds
         self.first_backoff_seconds = first_backoff_seconds
+        self.servers = servers
         self._write_lock = threading.Lock()
         self._readers: list[threading.Thread] = []
 
@@ -96,7 +108,11 @@ class Supervisor:
             time.sleep(POLL_SECONDS)
 
     def check(self) -> None:
-        """One round: notice children that exited, restart those whose backoff is over."""
+        """One round: start again a server that stopped, notice children that exited, restart those whose
+        backoff is over."""
+        for server in self.servers:
+            if not server.alive():
+                self._revive(server)
         now = time.monotonic()
         for child in self.children.values():
             if child.process is not None and child.process.poll() is not None:
@@ -128,6 +144,15 @@ class Supervisor:
         """A supervisor line on the terminal, among the children's."""
         self._write(f"supervisor | {message}\n")
 
+    def _revive(self, server: Server) -> None:
+        """Start a stopped server again at once: every child needs it, and they reconnect by themselves."""
+        self.say(f"{server.name} stopped; starting it again")
+        try:
+            server.restart()
+        except Exception as exc:  # whatever the server's start raises, the run cannot go on without it
+            raise CrashLoop(f"stopping: {server.name} stopped and could not start again ({exc})") from exc
+        self.say(f"{server.name} is back")
+
     def _exited(self, child: Child, now: float) -> None:
         process = child.process
         assert process is not None
@@ -151,6 +176,7 @@ class Supervisor:
         )
 
     def _spawn(self, child: Child) -> None:
+        child.log_path.touch()  # there from the start, before the child's first line
         child.process = subprocess.Popen(
             child.command,
             env=self.env,
