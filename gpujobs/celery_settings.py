@@ -39,6 +39,14 @@ WORKER_QUEUES: dict[str, tuple[str, ...]] = {
     "webhooks": (WEBHOOKS_QUEUE,),
     "all": (*SERVICE_QUEUES, *JOB_QUEUES),
 }
+# The webhook worker's pool. A send waits on the network (each bounded by its total deadline in
+# gpujobs.outbound, so a task time limit is not what ends it), so threads serve it: one process, and no
+# pipe to a pool process and back per task, which cost 40 % of that worker's CPU (bench/README.md).
+# More threads than a tenant's share of sends (GPUJOBS_WEBHOOK_TENANT_CONCURRENCY, 4): a tenant whose
+# receivers never answer leaves the others room. Job workers keep prefork: a job's hard time limit
+# ends its process, and a handler may spend CPU.
+WEBHOOK_POOL = ("--pool", "threads")
+WEBHOOK_THREADS = 16
 
 # The broker URL is set from REDIS_URL by the app factory; this is only the fallback for tooling.
 broker_url = "redis://localhost:6379/0"

@@ -12,8 +12,9 @@ from support.rows import job_row
 from support.tenants import make_tenant
 
 from bench.receiver import LoopbackReceiver
-from gpujobs.celery_settings import JOB_QUEUES, WORKER_QUEUES
-from gpujobs.dev.devserver import worker_command
+from gpujobs.celery_settings import JOB_QUEUES, WEBHOOK_THREADS, WORKER_QUEUES
+from gpujobs.config import SETTINGS
+from gpujobs.dev.devserver import process_commands, worker_command
 from gpujobs.webhooks import WEBHOOKS_QUEUE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,3 +72,24 @@ def test_a_receiver_that_holds_every_request_does_not_delay_another_tenants_job(
     finally:
         released.set()
         receiver.close()
+
+
+def test_the_webhook_worker_runs_threads_beyond_a_tenants_share_everywhere_and_job_workers_prefork():
+    """Sends wait on the network: threads (no pool process per send), more than one tenant may fill."""
+    procfile = dict(
+        line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ": " in line
+    )
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    shipped = {
+        "Procfile": procfile["webhooks"].split(),
+        "compose": services["webhooks"]["command"],
+        "make run": process_commands(5000, 5555)["webhooks"],
+    }
+    for where, command in shipped.items():
+        pool = command[command.index("--pool") + 1]
+        threads = int(command[command.index("--concurrency" if "--concurrency" in command else "-c") + 1])
+        assert (pool, threads) == ("threads", WEBHOOK_THREADS), where
+    (share,) = [int(s.default or 0) for s in SETTINGS if s.name == "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY"]
+    assert 0 < share < WEBHOOK_THREADS
+    for command in (procfile["worker"].split(), services["worker"]["command"], worker_command("jobs")):
+        assert "--pool" not in command and "-P" not in command  # prefork: a job's hard time limit ends it

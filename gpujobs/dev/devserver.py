@@ -20,7 +20,7 @@ from pathlib import Path
 import requests
 
 from gpujobs import create_app, deployment
-from gpujobs.celery_settings import WORKER_QUEUES
+from gpujobs.celery_settings import WEBHOOK_POOL, WEBHOOK_THREADS, WORKER_QUEUES
 from gpujobs.config import load_config
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.dev.embedded_env import EMBEDDED_ENV_FILE, write_embedded_env
@@ -42,11 +42,13 @@ def web_command(port: int) -> list[str]:
 
 
 def worker_command(role: str = "jobs", concurrency: int = 2, hostname: str = "worker@%h") -> list[str]:
-    """The Celery worker command line of a role (``WORKER_QUEUES``): it reads only that role's queues."""
+    """The Celery worker command line of a role (``WORKER_QUEUES``): it reads only that role's queues;
+    the webhooks role runs threads (``WEBHOOK_POOL``)."""
     queues = ",".join(WORKER_QUEUES[role])
     celery = [sys.executable, "-m", "celery", "-A", "gpujobs.worker", "worker", "-Q", queues]
     options = ["-c", str(concurrency), "-n", hostname]  # log level: GPUJOBS_LOG_LEVEL (gpujobs.logs)
-    return [*celery, *options, "--without-gossip", "--without-mingle"]
+    pool = list(WEBHOOK_POOL) if role == "webhooks" else []
+    return [*celery, *options, *pool, "--without-gossip", "--without-mingle"]
 
 
 def run() -> None:
@@ -133,9 +135,7 @@ def process_commands(port: int, flower_port: int) -> dict[str, list[str]]:
     return {
         "web": web_command(port),
         "worker": worker_command("jobs"),
-        # More processes than a tenant's share of sends (GPUJOBS_WEBHOOK_TENANT_CONCURRENCY, 4): a tenant
-        # whose receivers never answer then leaves the others room. Sends wait on the network, not the CPU.
-        "webhooks": worker_command("webhooks", concurrency=6, hostname="webhooks@%h"),
+        "webhooks": worker_command("webhooks", concurrency=WEBHOOK_THREADS, hostname="webhooks@%h"),
         "beat": [*celery, "beat"],
         "flower": [*celery, "flower", f"--port={flower_port}", "--address=127.0.0.1"],
     }
