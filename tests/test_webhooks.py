@@ -566,6 +566,76 @@ def test_a_tenant_flooding_receivers_that_never_answer_takes_only_its_share_of_t
             r.close()
 
 
+def test_a_webhook_worker_killed_mid_send_loses_no_delivery_and_sends_each_again_with_its_id(
+    app, tenant, start_worker
+):
+    """The webhook worker is one process of threads: SIGKILLed while three sends wait on their receiver,
+    all three are lost from it at once. Their claims are leases: once those run out, the sweep publishes
+    them again and a fresh worker sends each once more, with the same webhook-id (at least once)."""
+    import os
+    import signal
+
+    import psutil
+
+    from bench.receiver import LoopbackReceiver
+    from gpujobs import webhooks
+    from gpujobs.sweeps import publish_due_webhooks
+
+    hooks = start_worker(concurrency=4, name="hooks", role="webhooks", GPUJOBS_WEBHOOK_TENANT_CONCURRENCY="4")
+    release = threading.Event()
+    calls: list[str] = []
+
+    def first_send_hangs(headers: dict[str, str], body: bytes) -> int:
+        webhook_id = headers["webhook-id"]
+        calls.append(webhook_id)
+        if calls.count(webhook_id) == 1:
+            release.wait(30)
+        return 204
+
+    receiver = LoopbackReceiver(first_send_hangs)
+    try:
+        ids = [
+            _deliveries_with_webhook(app, tenant["id"], receiver.url, ("job.progress",))[0] for _ in range(3)
+        ]
+        with app.app_context():
+            for delivery_id in ids:
+                webhooks.publish(uuid.uuid4(), [delivery_id])
+        wait_for(lambda: len(calls) == 3, timeout=30)  # three sends in flight at once
+        assert psutil.Process(hooks.process.pid).children() == []  # threads of one process, no pool
+        os.killpg(hooks.process.pid, signal.SIGKILL)
+        hooks.process.wait()
+
+        with app.app_context():
+            rows = db.session.scalars(select(WebhookDelivery).where(WebhookDelivery.id.in_(ids))).all()
+            assert {(row.status, row.attempts) for row in rows} == {("pending", 1)}  # claimed, unanswered
+            # Their leases (SEND_LEASE_SECONDS) run out: brought forward rather than waited for.
+            db.session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(ids))
+                .values(next_attempt_at=db.func.now())
+            )
+            db.session.commit()
+        start_worker(
+            concurrency=4, name="hooks-again", role="webhooks", GPUJOBS_WEBHOOK_TENANT_CONCURRENCY="4"
+        )
+
+        def all_sent() -> bool:  # the beat's webhook sweep, by hand
+            with app.app_context():
+                publish_due_webhooks()
+                return set(
+                    db.session.scalars(select(WebhookDelivery.status).where(WebhookDelivery.id.in_(ids)))
+                ) == {"succeeded"}
+
+        wait_for(all_sent, timeout=60, interval=0.5)
+        assert sorted(calls) == sorted(str(delivery_id) for delivery_id in ids for _ in range(2))
+        with app.app_context():
+            attempts = db.session.scalars(select(WebhookDelivery.attempts).where(WebhookDelivery.id.in_(ids)))
+            assert list(attempts) == [2, 2, 2]
+    finally:
+        release.set()
+        receiver.close()
+
+
 def test_a_deferred_delivery_keeps_its_place_before_the_jobs_later_events(
     app, tenant, receiver, app_context, monkeypatch
 ):
