@@ -39,12 +39,15 @@ WORKER_QUEUES: dict[str, tuple[str, ...]] = {
     "webhooks": (WEBHOOKS_QUEUE,),
     "all": (*SERVICE_QUEUES, *JOB_QUEUES),
 }
-# The webhook worker's pool. A send waits on the network (each bounded by its total deadline in
-# gpujobs.outbound, so a task time limit is not what ends it), so threads serve it: one process, and no
-# pipe to a pool process and back per task, which cost 40 % of that worker's CPU (bench/README.md).
-# More threads than a tenant's share of sends (GPUJOBS_WEBHOOK_TENANT_CONCURRENCY, 4): a tenant whose
-# receivers never answer leaves the others room. Job workers keep prefork: a job's hard time limit
-# ends its process, and a handler may spend CPU.
+# The webhook worker's pool. A send waits on the network, so threads serve it: one process, and no pipe
+# to a pool process and back per task, which cost about 40 % of that worker's CPU (bench/README.md).
+# The threads pool enforces no task time limit and recycles no thread (worker_max_tasks_per_child),
+# so each wait bounds itself: the socket by the send's total deadline (gpujobs.outbound), a PostgreSQL
+# server gone silent by TCP keepalives (config.TCP_KEEPALIVES), name resolution by the system
+# resolver's own timeout. More threads than a tenant's share of sends
+# (GPUJOBS_WEBHOOK_TENANT_CONCURRENCY, 4): a tenant whose receivers never answer leaves the others
+# room. One process is one core: past that, run more webhook processes, not more threads. Job workers
+# keep prefork: a job's hard time limit ends its process, and a handler may spend CPU.
 WEBHOOK_POOL = ("--pool", "threads")
 WEBHOOK_THREADS = 16
 
@@ -106,7 +109,8 @@ task_time_limit = 2 * 60 * 60 + 60
 # Soft shutdown: on a warm stop, running tasks get this long to finish before being handed back.
 worker_soft_shutdown_timeout = _config["GPUJOBS_SHUTDOWN_TIMEOUT_SECONDS"]
 worker_enable_soft_shutdown_on_idle = True
-# Recycle a worker process after this many tasks, bounding any slow leak in handler code.
+# Recycle a worker process after this many tasks, bounding any slow leak in handler code (prefork only:
+# the webhook worker's threads are never recycled).
 worker_max_tasks_per_child = 1000
 # Task events off: each costs a Redis PUBLISH per task state, ~30 % of a publish and a share of every
 # task, paid even when nobody listens. Flower turns the workers' events on itself while it runs

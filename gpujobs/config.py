@@ -477,6 +477,13 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return config
 
 
+# TCP keepalives on every PostgreSQL connection (libpq; ignored on a Unix socket): a server that vanished
+# without closing the connection (a failover, a dropped network path) is noticed after about a minute
+# (30 s idle, then 3 probes 10 s apart) by a statement waiting on it, which then fails and is retried,
+# instead of waiting forever. A thread of the webhook worker has no hard time limit to end that wait.
+TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
 def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
     """SQLAlchemy engine options from the pool settings.
 
@@ -488,7 +495,7 @@ def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
         "max_overflow": config["GPUJOBS_DB_MAX_OVERFLOW"],
         "pool_timeout": config["GPUJOBS_DB_POOL_TIMEOUT_SECONDS"],
         "pool_recycle": config["GPUJOBS_DB_POOL_RECYCLE_SECONDS"],
-        "connect_args": {"connect_timeout": config["GPUJOBS_DB_CONNECT_TIMEOUT_SECONDS"]},
+        "connect_args": {"connect_timeout": config["GPUJOBS_DB_CONNECT_TIMEOUT_SECONDS"], **TCP_KEEPALIVES},
     }
 
 

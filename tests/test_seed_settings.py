@@ -14,7 +14,7 @@ from sqlalchemy import text
 from support.polling import wait_for
 
 from gpujobs import jobs, operations, runner
-from gpujobs.config import ConfigError, engine_options, load_config
+from gpujobs.config import TCP_KEEPALIVES, ConfigError, engine_options, load_config
 from gpujobs.exceptions import TransientError
 from gpujobs.extensions import db
 from gpujobs.registry import Definition, RetryPolicy, get_definition
@@ -41,7 +41,7 @@ def test_the_pool_settings_become_the_engines_options(tmp_path):
         7.0,
         120,
     )
-    assert options["connect_args"] == {"connect_timeout": 4}
+    assert options["connect_args"] == {"connect_timeout": 4, **TCP_KEEPALIVES}
 
 
 def test_the_apps_engine_pools_and_connects_as_configured(app: Flask):
