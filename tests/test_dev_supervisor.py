@@ -17,6 +17,7 @@ import pytest
 import redis
 import sqlalchemy
 from support.polling import wait_for
+from support.processes import sigint_by_default
 
 from gpujobs.dev.embedded import EmbeddedPostgres, EmbeddedRedis
 from gpujobs.dev.supervisor import CrashLoop, Supervisor
@@ -97,7 +98,9 @@ def test_ctrl_c_stops_every_child_and_the_supervisor(tmp_path):
         """
     )
     command = [sys.executable, "-c", script]
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as process:
+    with subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=sigint_by_default
+    ) as process:
         assert process.stderr is not None
         pids = json.loads(process.stderr.readline())
         logs = [tmp_path / "a.log", tmp_path / "b.log"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from support.novita import API_KEY
+from support.processes import sigint_by_default
 
 from gpujobs.novita import CreateInstanceRequest, InsufficientResourceError, NovitaClient, NovitaError, spec
 from gpujobs.novita.simulator import NovitaSimulator, run_simulator
@@ -143,7 +144,11 @@ def test_serve_runs_a_standalone_simulator_until_interrupted() -> None:
     code = f"from gpujobs.novita.simulator import serve; serve('127.0.0.1', {port}, 'sk_standalone')"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     process = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-c", code],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=sigint_by_default,
     )
     try:
         base_url = f"http://127.0.0.1:{port}{spec.BASE_PATH}"

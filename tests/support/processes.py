@@ -41,3 +41,10 @@ class CeleryProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
+
+
+def sigint_by_default() -> None:
+    """``preexec_fn`` of a child a test stops with SIGINT (as Ctrl-C does): a shell runs its background
+    jobs with SIGINT ignored and children inherit that, so a suite started with ``&`` would otherwise
+    send a signal its children never see."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
