@@ -128,7 +128,7 @@ def test_an_embedded_server_that_dies_is_started_again_on_the_same_url_with_its_
         postmaster = postgres._server.get_pid()
         os.kill(broker._process.pid, signal.SIGKILL)
         os.kill(postmaster, signal.SIGKILL)
-        wait_for(lambda: not postgres.alive() and not broker.alive())
+        wait_for(lambda: not postgres.alive() and not broker.alive())  # the postmaster once init reaped it
         supervisor.check()
         assert postgres.alive() and broker.alive() and postgres._server.get_pid() != postmaster
         with engine.begin() as connection:

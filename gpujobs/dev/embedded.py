@@ -50,7 +50,8 @@ class EmbeddedPostgres:
         return self._server.get_uri(database=DATABASE_NAME)
 
     def alive(self) -> bool:
-        """Whether the postmaster still runs."""
+        """Whether the postmaster still runs. A killed one counts until init reaps it (a zombie): PostgreSQL
+        would refuse to start again while its old PID is there."""
         return bool(self._server.get_postmaster_info().is_running())
 
     def restart(self) -> None:
