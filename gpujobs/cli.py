@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from gpujobs import create_app
 from gpujobs.config import ConfigError
+from gpujobs.states import JobStatus
 from gpujobs.tenants import UnknownTenant
 
 
@@ -284,18 +285,21 @@ def jobs() -> None:
 
 @jobs.command("list")
 @click.option("--tenant", help="Only this tenant's jobs.")
-@click.option("--status", help="Only jobs in this status.")
+@click.option(
+    "--status", type=click.Choice([status.value for status in JobStatus]), help="Only jobs in this status."
+)
 @click.option("--limit", default=20, show_default=True)
 def jobs_list(tenant: str | None, status: str | None, limit: int) -> None:
     """List the newest jobs, one JSON object per line."""
     from gpujobs import resources
     from gpujobs.extensions import db
-    from gpujobs.models import Job, Tenant
+    from gpujobs.models import Job
+    from gpujobs.tenants import tenant_named
 
     with _app().app_context():
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if tenant:
-            query = query.join(Tenant).where(Tenant.name == tenant)
+            query = query.where(Job.tenant_id == tenant_named(tenant).id)
         if status:
             query = query.where(Job.status == status)
         for job in db.session.scalars(query):

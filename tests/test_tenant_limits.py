@@ -228,9 +228,12 @@ def test_an_operator_command_naming_a_tenant_that_does_not_exist_creates_none(ap
         ("tenants", "show", "--tenant", "acmee"),
         ("keys", "list", "--tenant", "acmee"),
         ("webhooks", "secret", "--tenant", "acmee", "--rotate"),
+        ("jobs", "list", "--tenant", "acmee"),  # nothing to list would read as "acmee has no jobs"
     ):
         done = _cli(process_env, *command)
         assert done.returncode == 1 and "Traceback" not in done.stderr, (command, done.stderr)
         assert "no tenant 'acmee'" in done.stderr and "keys create --tenant acmee" in done.stderr, command
     with app.app_context():
         assert db.session.scalar(select(Tenant.id).where(Tenant.name == "acmee")) is None
+    bad_status = _cli(process_env, "jobs", "list", "--status", "suceeded")
+    assert bad_status.returncode == 2 and "'suceeded' is not one of" in bad_status.stderr
