@@ -179,3 +179,47 @@ def test_a_worker_whose_redis_turns_read_only_for_a_while_keeps_its_pid_and_work
         assert worker.process.pid == pid
     finally:
         other.stop()
+
+
+def test_the_threaded_webhook_worker_keeps_its_pid_and_delivers_after_redis_comes_back_empty(
+    app, broker_app, broker_env, tenant, start_worker, own_redis
+):
+    """The webhook worker is one process of threads: it rides out the outage like the job worker, and
+    a job finished after Redis came back empty still gets its signed webhook (the sweeps re-send)."""
+    from support.receivers import Receiver
+    from support.tenants import secret_of
+
+    from gpujobs.sweeps import dispatch_due, publish_due_webhooks
+
+    redis_url = broker_env["REDIS_URL"]
+    jobs_worker = start_worker(name="jobs", role="jobs", REDIS_URL=redis_url)
+    hooks = start_worker(concurrency=4, name="hooks", role="webhooks", REDIS_URL=redis_url)
+    pids = [jobs_worker.process.pid, hooks.process.pid]
+    receiver = Receiver(secret_of(app, tenant))
+
+    def hooked_job(message: str) -> uuid.UUID:
+        with broker_app.app_context():
+            options = operations.JobOptions(webhook_url=receiver.url)
+            job_id = operations.submit(uuid.UUID(tenant["id"]), "echo", 1, {"message": message}, options).id
+            db.session.remove()
+        return job_id
+
+    def delivered(job_id: uuid.UUID) -> Callable[[], bool]:
+        def check() -> bool:  # what beat would do meanwhile: re-send lost jobs and due deliveries
+            with broker_app.app_context():
+                dispatch_due()
+                publish_due_webhooks()
+                db.session.remove()
+            return any(event["data"]["job"]["id"] == str(job_id) for event in receiver.verified)
+
+        return check
+
+    try:
+        wait_for(delivered(hooked_job("before")), timeout=JOB_TIMEOUT_SECONDS, interval=0.5)
+        restart_empty(own_redis, OUTAGE_SECONDS)
+        wait_for(delivered(hooked_job("after")), timeout=JOB_TIMEOUT_SECONDS, interval=0.5)
+        for process in (jobs_worker, hooks):
+            assert process.process.poll() is None, process.log()
+        assert [jobs_worker.process.pid, hooks.process.pid] == pids
+    finally:
+        receiver.close()
