@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -80,7 +81,10 @@ def test_the_webhook_worker_runs_threads_beyond_a_tenants_share_everywhere_and_j
         line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if ": " in line
     )
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    readme = (ROOT / "README.md").read_text()
+    (in_readme,) = re.findall(r"^\| webhooks \| `([^`]+)` \|", readme, flags=re.MULTILINE)  # process table
     shipped = {
+        "README": in_readme.split(),
         "Procfile": procfile["webhooks"].split(),
         "compose": services["webhooks"]["command"],
         "make run": process_commands(5000, 5555)["webhooks"],
