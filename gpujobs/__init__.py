@@ -11,7 +11,7 @@ from flask import Flask
 
 __version__ = "0.1.0"  # before the imports below: the Novita client reads it for its User-Agent
 
-from gpujobs.config import ConfigError, engine_options, load_config, sqlalchemy_url
+from gpujobs.config import ConfigError, load_config
 
 
 def create_app(test_config: dict[str, Any] | None = None, *, needs_broker: bool = True) -> Flask:
@@ -21,7 +21,7 @@ def create_app(test_config: dict[str, Any] | None = None, *, needs_broker: bool 
     ``REDIS_URL``, as a one-off migration job of a deployment may."""
     from gpujobs import logs, models  # noqa: F401  (models: the tables, for migrations and queries)
     from gpujobs.celery_app import celery_init_app
-    from gpujobs.extensions import db, drop_closed_connections, migrate
+    from gpujobs.extensions import db, drop_closed_connections, engine_options, migrate, sqlalchemy_url
     from gpujobs.prepared import prepare_repeated_statements
 
     app = Flask(__name__)

@@ -43,7 +43,7 @@ WORKER_QUEUES: dict[str, tuple[str, ...]] = {
 # to a pool process and back per task, which cost about 40 % of that worker's CPU (bench/README.md).
 # The threads pool enforces no task time limit and recycles no thread (worker_max_tasks_per_child),
 # so each wait bounds itself: the socket by the send's total deadline (gpujobs.outbound), a PostgreSQL
-# server gone silent by TCP keepalives (config.TCP_KEEPALIVES), name resolution by the system
+# server gone silent by TCP keepalives (extensions.TCP_KEEPALIVES), name resolution by the system
 # resolver's own timeout. More threads than a tenant's share of sends
 # (GPUJOBS_WEBHOOK_TENANT_CONCURRENCY, 4): a tenant whose receivers never answer leaves the others
 # room. One process is one core: past that, run more webhook processes, not more threads. Job workers

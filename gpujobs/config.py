@@ -475,33 +475,3 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     if not config["GPUJOBS_STORAGE_DIR"]:
         config["GPUJOBS_STORAGE_DIR"] = str(Path(config["GPUJOBS_DATA_DIR"]) / "storage")
     return config
-
-
-# TCP keepalives on every PostgreSQL connection (libpq; ignored on a Unix socket): a server that vanished
-# without closing the connection (a failover, a dropped network path) is noticed after about a minute
-# (30 s idle, then 3 probes 10 s apart) by a statement waiting on it, which then fails and is retried,
-# instead of waiting forever. A thread of the webhook worker has no hard time limit to end that wait.
-TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
-
-
-def engine_options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """SQLAlchemy engine options from the pool settings.
-
-    No ``pool_pre_ping``: its ``SELECT 1`` was a round trip per checkout (15 per GPU job); a connection the
-    server closed is dropped at checkout by ``gpujobs.extensions.drop_closed_connections`` instead.
-    """
-    return {
-        "pool_size": config["GPUJOBS_DB_POOL_SIZE"],
-        "max_overflow": config["GPUJOBS_DB_MAX_OVERFLOW"],
-        "pool_timeout": config["GPUJOBS_DB_POOL_TIMEOUT_SECONDS"],
-        "pool_recycle": config["GPUJOBS_DB_POOL_RECYCLE_SECONDS"],
-        "connect_args": {"connect_timeout": config["GPUJOBS_DB_CONNECT_TIMEOUT_SECONDS"], **TCP_KEEPALIVES},
-    }
-
-
-def sqlalchemy_url(database_url: str) -> str:
-    """Use psycopg2 explicitly and accept Heroku-style ``postgres://`` URLs."""
-    for prefix in ("postgres://", "postgresql://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg2://" + database_url[len(prefix) :]
-    return database_url

@@ -12,8 +12,9 @@ from sqlalchemy import inspect, text
 from support.databases import app_on, new_database
 
 from gpujobs import create_app
-from gpujobs.config import SETTINGS, ConfigError, load_config, sqlalchemy_url
+from gpujobs.config import SETTINGS, ConfigError, load_config
 from gpujobs.dev.embedded import free_port
+from gpujobs.extensions import sqlalchemy_url
 
 
 def test_config_uses_documented_defaults_when_the_environment_is_empty(tmp_path):

@@ -14,9 +14,9 @@ from sqlalchemy import text
 from support.polling import wait_for
 
 from gpujobs import jobs, operations, runner
-from gpujobs.config import TCP_KEEPALIVES, ConfigError, engine_options, load_config
+from gpujobs.config import ConfigError, load_config
 from gpujobs.exceptions import TransientError
-from gpujobs.extensions import db
+from gpujobs.extensions import TCP_KEEPALIVES, db, engine_options
 from gpujobs.registry import Definition, RetryPolicy, get_definition
 
 

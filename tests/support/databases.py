@@ -6,7 +6,7 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 
 from gpujobs import create_app
-from gpujobs.config import sqlalchemy_url
+from gpujobs.extensions import sqlalchemy_url
 
 
 def new_database(servers: dict[str, str], name: str) -> str:
