@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,10 +48,10 @@ return 1
 """
 
 
-def take_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> bool:
-    """Take one of the tenant's ``GPUJOBS_WEBHOOK_TENANT_CONCURRENCY`` slots for this send; False when
-    all are in use. The slot expires by itself past the send's total deadline (plus a margin), so a
-    sender killed mid-send does not keep it.
+def take_slot(tenant_id: uuid.UUID | None, sender: uuid.UUID | str) -> bool:
+    """Take one of the tenant's ``GPUJOBS_WEBHOOK_TENANT_CONCURRENCY`` slots for ``sender``; False when
+    all are in use (the sender's own slot, taken again, is renewed). The slot expires by itself past
+    the send's total deadline (plus a margin), so a sender killed mid-send does not keep it.
 
     Redis away: True (fail open). The share is fairness between tenants, not a safety limit: refusing
     every send while Redis is away would stop all webhooks, which the PostgreSQL claim does not need.
@@ -59,19 +60,55 @@ def take_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> bool:
     lifetime = config["GPUJOBS_WEBHOOK_TIMEOUT_SECONDS"] + SHARE_SLOT_MARGIN_SECONDS
     share = config["GPUJOBS_WEBHOOK_TENANT_CONCURRENCY"]
     try:
-        taken = run_script(_TAKE_SLOT, [SHARE_KEY.format(tenant_id)], [share, lifetime, str(delivery_id)])
+        taken = run_script(_TAKE_SLOT, [SHARE_KEY.format(tenant_id)], [share, lifetime, str(sender)])
         return bool(taken)
     except redis.RedisError as exc:
-        log.warning("delivery %s sent without its tenant's share: Redis away (%s)", delivery_id, exc)
+        log.warning("sender %s goes without its tenant's share: Redis away (%s)", sender, exc)
         return True
 
 
-def give_back_slot(tenant_id: uuid.UUID | None, delivery_id: uuid.UUID) -> None:
-    """Free the send's slot; if Redis is away, it expires by itself."""
+def give_back_slot(tenant_id: uuid.UUID | None, sender: uuid.UUID | str) -> None:
+    """Free the sender's slot; if Redis is away, it expires by itself."""
     try:
-        redis_client().zrem(SHARE_KEY.format(tenant_id), str(delivery_id))
+        redis_client().zrem(SHARE_KEY.format(tenant_id), str(sender))
     except redis.RedisError as exc:
-        log.warning("delivery %s: its share slot is left to expire (Redis away: %s)", delivery_id, exc)
+        log.warning("sender %s: its share slot is left to expire (Redis away: %s)", sender, exc)
+
+
+class Slot:
+    """One sender's slot in its tenant's share, kept across the deliveries of one message.
+
+    A message's deliveries go out one after the other, so its sender is one send in flight however many
+    it sends: the slot is taken at its first send and given back after its last (``give_back``), one
+    Redis round trip each, not two per delivery. Before a send it is taken again (which renews its
+    expiry) once it was last taken ``SHARE_SLOT_MARGIN_SECONDS`` ago, so every send starts with at least
+    its total deadline left on the slot; a delivery of another tenant swaps it for one of that tenant's.
+    """
+
+    def __init__(self) -> None:
+        self._member = str(uuid.uuid4())
+        self._tenant_id: uuid.UUID | None = None
+        self._taken_at: float | None = None  # monotonic; None while no slot is held
+
+    def take(self, tenant_id: uuid.UUID | None) -> bool:
+        """Hold one of the tenant's slots for the next send; False when all are in use."""
+        now = time.monotonic()
+        if self._taken_at is not None:
+            if self._tenant_id == tenant_id and now - self._taken_at < SHARE_SLOT_MARGIN_SECONDS:
+                return True
+            if self._tenant_id != tenant_id:
+                self.give_back()
+        self._taken_at = None
+        if not take_slot(tenant_id, self._member):
+            return False
+        self._tenant_id, self._taken_at = tenant_id, now
+        return True
+
+    def give_back(self) -> None:
+        """Free the slot held, if any."""
+        if self._taken_at is not None:
+            self._taken_at = None
+            give_back_slot(self._tenant_id, self._member)
 
 
 def deferred_until() -> datetime:

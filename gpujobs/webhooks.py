@@ -403,14 +403,18 @@ def deliver_in_order(delivery_ids: list[uuid.UUID]) -> list[DeliveryStatus | Non
     released: list[uuid.UUID] = []
     deferred: list[uuid.UUID] = []
     statuses: list[DeliveryStatus | None] = []
-    for position, delivery_id in enumerate(delivery_ids):
-        statuses.append(_try(delivery_id, released, deferred))
-        if deferred:
-            rest = delivery_ids[position + 1 :]
-            if rest:
-                db.session.execute(_DEFER_REST, {"delivery_ids": rest, "until": share.deferred_until()})
-            statuses += [DeliveryStatus.PENDING] * len(rest)
-            break
+    slot = share.Slot()
+    try:
+        for position, delivery_id in enumerate(delivery_ids):
+            statuses.append(_try(delivery_id, slot, released, deferred))
+            if deferred:
+                rest = delivery_ids[position + 1 :]
+                if rest:
+                    db.session.execute(_DEFER_REST, {"delivery_ids": rest, "until": share.deferred_until()})
+                statuses += [DeliveryStatus.PENDING] * len(rest)
+                break
+    finally:
+        slot.give_back()
     db.session.commit()
     _release(released)
     return statuses
@@ -435,11 +439,12 @@ _IS_DEFERRED = select(_DELIVERIES.c.id).where(
 
 
 def _try(
-    delivery_id: uuid.UUID, released: list[uuid.UUID], deferred: list[uuid.UUID]
+    delivery_id: uuid.UUID, slot: share.Slot, released: list[uuid.UUID], deferred: list[uuid.UUID]
 ) -> DeliveryStatus | None:
-    """One attempt of one delivery; its outcome is left for the caller's next commit. ``released`` (held
-    deliveries a closing circuit lets go) is sent once that commit is made; ``deferred`` gets the
-    delivery if it waits for its tenant's share (deferred now, or not yet due again)."""
+    """One attempt of one delivery, sent under the message's ``slot`` of its tenant's share; its outcome
+    is left for the caller's next commit. ``released`` (held deliveries a closing circuit lets go) is
+    sent once that commit is made; ``deferred`` gets the delivery if it waits for its tenant's share
+    (deferred now, or not yet due again)."""
     delivery = db.session.execute(_CLAIM, {"delivery_id": delivery_id}).one_or_none()
     if delivery is None:
         # Not due (or another sender has it): if it waits for its tenant's share, the message's later
@@ -455,19 +460,16 @@ def _try(
     held_until = None if closed else breaker.gate(delivery.tenant_id, endpoint)
     if held_until is not None:
         return breaker.hold(delivery, attempt, endpoint, held_until)
-    if not share.take_slot(delivery.tenant_id, delivery.id):
+    if not slot.take(delivery.tenant_id):
         deferred.append(delivery.id)
         return share.defer(delivery, attempt)
-    try:
-        db.session.commit()  # the claim (and the previous delivery's outcome)
-        _release(released)
-        released.clear()
-        body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
-        signed = webhook_headers(signing_secrets(delivery), str(delivery.id), int(time.time()), body)
-        headers = {**(delivery.headers or {}), **signed}
-        status_code, error = _send(delivery.url, body, headers)
-    finally:
-        share.give_back_slot(delivery.tenant_id, delivery.id)
+    db.session.commit()  # the claim (and the previous delivery's outcome)
+    _release(released)
+    released.clear()
+    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
+    signed = webhook_headers(signing_secrets(delivery), str(delivery.id), int(time.time()), body)
+    headers = {**(delivery.headers or {}), **signed}
+    status_code, error = _send(delivery.url, body, headers)
     new_status, next_at = _outcome(status_code, attempt)
     outcome = {
         "delivery_id": delivery_id,

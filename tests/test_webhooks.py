@@ -672,6 +672,51 @@ def test_a_deferred_delivery_keeps_its_place_before_the_jobs_later_events(
     assert [r.attempts for r in rows()] == [1, 1, 1]
 
 
+def test_a_messages_deliveries_go_out_under_one_slot_of_the_share(
+    app, tenant, receiver, app_context, monkeypatch
+):
+    from gpujobs import webhooks
+    from gpujobs.broker import redis_client
+
+    monkeypatch.setitem(app.config, "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY", 1)
+    hook = receiver()
+    order = ("instance.created", "instance.running", "job.succeeded")
+    ids = _deliveries_with_webhook(app, tenant["id"], hook.url, order)
+    key = webhook_share.SHARE_KEY.format(tenant["id"])
+    taken: list[str] = []
+    take_slot = webhook_share.take_slot
+
+    def counted(tenant_id: uuid.UUID | None, sender: uuid.UUID | str) -> bool:
+        taken.append(str(sender))
+        assert redis_client().zcard(key) == 0  # nothing held before a take: one sender, one slot
+        return take_slot(tenant_id, sender)
+
+    monkeypatch.setattr(webhook_share, "take_slot", counted)
+    assert webhooks.deliver_in_order(ids) == ["succeeded"] * 3
+    assert [event["type"] for event in hook.verified] == list(order)
+    assert len(taken) == 1  # taken at the first send, kept for the other two
+    assert redis_client().zcard(key) == 0  # and given back after the last
+
+    # A slot taken longer ago than the margin is taken again (renewed) before the next send: the
+    # same member, so the message still holds one slot of its tenant's share.
+    monkeypatch.setattr(webhook_share, "SHARE_SLOT_MARGIN_SECONDS", 0.0)
+    taken.clear()
+    renewed: list[int] = []
+
+    def renewing(tenant_id: uuid.UUID | None, sender: uuid.UUID | str) -> bool:
+        taken.append(str(sender))
+        ok = take_slot(tenant_id, sender)
+        renewed.append(redis_client().zcard(key))
+        return ok
+
+    monkeypatch.setattr(webhook_share, "take_slot", renewing)
+    again = _deliveries_with_webhook(app, tenant["id"], hook.url, order)
+    assert webhooks.deliver_in_order(again) == ["succeeded"] * 3
+    assert len(taken) == 3 and len(set(taken)) == 1
+    assert renewed == [1, 1, 1]
+    assert redis_client().zcard(key) == 0
+
+
 def test_a_tenants_share_counts_sends_in_flight_and_a_killed_senders_slot_expires(
     app, tenant, app_context, monkeypatch
 ):
