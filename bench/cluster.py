@@ -223,9 +223,9 @@ class Cluster:
         redis_pid = int(redis.Redis.from_url(self.env["REDIS_URL"]).info("server")["process_id"])
         return {
             "api": [self.api.pid],
+            "workers": [worker.pid for worker in self.workers],
             # The webhook worker delivers what the job workers record: its CPU is the pipeline's too.
-            "workers": [worker.pid for worker in self.workers]
-            + ([self.webhook_worker.pid] if self.workers_wanted else []),
+            **({"webhooks": [self.webhook_worker.pid]} if self.workers_wanted else {}),
             "beat": [self.beat.pid],
             "postgres": [postmaster],
             "redis": [redis_pid],
