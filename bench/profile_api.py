@@ -68,6 +68,7 @@ def profile(args: argparse.Namespace, database_url: str, redis_url: str) -> None
             "GPUJOBS_ENCRYPTION_KEY": new_key(),
             "GPUJOBS_RATE_LIMIT_PER_MINUTE": 1_000_000,
             "GPUJOBS_TENANT_MAX_INSTANCES": None,  # no GPU quota: every submit is queued
+            "GPUJOBS_TENANT_MAX_PUBLISHED": None,  # no window: every submit is sent, as in bench.api
         }
     )
     with app.app_context():
