@@ -636,16 +636,23 @@ def test_a_webhook_worker_killed_mid_send_loses_no_delivery_and_sends_each_again
         receiver.close()
 
 
+THREE_EVENTS = ("instance.created", "instance.running", "job.succeeded")
+
+
+def _three_events_one_slot(app, tenant, receiver, monkeypatch) -> tuple[Receiver, list[uuid.UUID]]:
+    """A receiver and three pending deliveries of one job to it, the tenant's share set to one send."""
+    monkeypatch.setitem(app.config, "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY", 1)
+    hook = receiver()
+    return hook, _deliveries_with_webhook(app, tenant["id"], hook.url, THREE_EVENTS)
+
+
 def test_a_deferred_delivery_keeps_its_place_before_the_jobs_later_events(
     app, tenant, receiver, app_context, monkeypatch
 ):
     from gpujobs import webhooks
     from gpujobs.models import JobEvent
 
-    monkeypatch.setitem(app.config, "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY", 1)
-    hook = receiver()
-    order = ("instance.created", "instance.running", "job.succeeded")
-    ids = _deliveries_with_webhook(app, tenant["id"], hook.url, order)
+    hook, ids = _three_events_one_slot(app, tenant, receiver, monkeypatch)
     tenant_id = uuid.UUID(tenant["id"])
     other_send = uuid.uuid4()
     assert webhook_share.take_slot(tenant_id, other_send)  # the tenant's one slot is in use elsewhere
@@ -668,7 +675,7 @@ def test_a_deferred_delivery_keeps_its_place_before_the_jobs_later_events(
     db.session.execute(update(WebhookDelivery).values(next_attempt_at=db.func.now()))
     db.session.commit()
     assert webhooks.deliver_in_order(ids) == ["succeeded"] * 3
-    assert [event["type"] for event in hook.verified] == list(order)
+    assert [event["type"] for event in hook.verified] == list(THREE_EVENTS)
     assert [r.attempts for r in rows()] == [1, 1, 1]
 
 
@@ -678,10 +685,7 @@ def test_a_messages_deliveries_go_out_under_one_slot_of_the_share(
     from gpujobs import webhooks
     from gpujobs.broker import redis_client
 
-    monkeypatch.setitem(app.config, "GPUJOBS_WEBHOOK_TENANT_CONCURRENCY", 1)
-    hook = receiver()
-    order = ("instance.created", "instance.running", "job.succeeded")
-    ids = _deliveries_with_webhook(app, tenant["id"], hook.url, order)
+    hook, ids = _three_events_one_slot(app, tenant, receiver, monkeypatch)
     key = webhook_share.SHARE_KEY.format(tenant["id"])
     taken: list[str] = []
     take_slot = webhook_share.take_slot
@@ -693,7 +697,7 @@ def test_a_messages_deliveries_go_out_under_one_slot_of_the_share(
 
     monkeypatch.setattr(webhook_share, "take_slot", counted)
     assert webhooks.deliver_in_order(ids) == ["succeeded"] * 3
-    assert [event["type"] for event in hook.verified] == list(order)
+    assert [event["type"] for event in hook.verified] == list(THREE_EVENTS)
     assert len(taken) == 1  # taken at the first send, kept for the other two
     assert redis_client().zcard(key) == 0  # and given back after the last
 
@@ -710,7 +714,7 @@ def test_a_messages_deliveries_go_out_under_one_slot_of_the_share(
         return ok
 
     monkeypatch.setattr(webhook_share, "take_slot", renewing)
-    again = _deliveries_with_webhook(app, tenant["id"], hook.url, order)
+    again = _deliveries_with_webhook(app, tenant["id"], hook.url, THREE_EVENTS)
     assert webhooks.deliver_in_order(again) == ["succeeded"] * 3
     assert len(taken) == 3 and len(set(taken)) == 1
     assert renewed == [1, 1, 1]
