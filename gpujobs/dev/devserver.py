@@ -170,7 +170,7 @@ gpujobs is running (Ctrl-C stops everything)
   Flower     http://127.0.0.1:{flower_port}
   Novita     {novita}
   Instances  named {instance_prefix}<job id> (the reconcile sweep deletes only leaks with this prefix)
-  API key    {api_key}
+  API key    {api_key}  (tenant {DEV_TENANT}: python -m gpujobs webhooks secret --tenant {DEV_TENANT})
   Logs       {log_dir}/{{web,worker,webhooks,beat,flower}}.log
 
   curl -H "Authorization: Bearer {api_key}" http://127.0.0.1:{port}/v1/jobs
