@@ -42,6 +42,10 @@ _MILLER_RABIN_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
 ShortStr = Annotated[str, StringConstraints(max_length=MAX_STRING_CHARS)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # JSON has no NaN or Infinity
 Number = int | FiniteFloat
+# A bounded operand: the bounds on each member of the union, where JSON Schema can state them (on the
+# union itself they became "ge"/"le" beside "anyOf", keywords no schema validator knows).
+_OPERAND_BOUNDS = Field(ge=-MAX_ABS_OPERAND, le=MAX_ABS_OPERAND)
+Operand = Annotated[int, _OPERAND_BOUNDS] | Annotated[float, _OPERAND_BOUNDS, Field(allow_inf_nan=False)]
 Scalar = ShortStr | Number | bool | None
 
 
@@ -120,7 +124,7 @@ class MathParams(Params):
         description="sum or product of all the numbers, the Fibonacci number F(n) of each, or whether each "
         "is prime"
     )
-    numbers: list[Annotated[Number, Field(ge=-MAX_ABS_OPERAND, le=MAX_ABS_OPERAND)]] = Field(
+    numbers: list[Operand] = Field(
         min_length=1,
         max_length=MAX_MATH_NUMBERS,
         description=f"the operands; fibonacci takes at most {MAX_FIBONACCI_TERMS} whole numbers from 0 to "

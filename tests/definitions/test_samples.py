@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from gpujobs.definitions import call_api, samples
 from gpujobs.exceptions import JobCancelled, PermanentError, TransientError
 from gpujobs.outbound import UnsafeURLError
-from gpujobs.registry import get_definition
+from gpujobs.registry import all_definitions, get_definition
 
 # --- echo and failing ---------------------------------------------------------------------------------
 
@@ -115,6 +115,27 @@ def test_prime_checks_a_full_list_near_the_bound_quickly(run_job):
 def test_math_params_outside_the_bounds_are_refused_at_validation(run_job, operation, numbers):
     with pytest.raises(ValidationError):
         run_job("compute.math", {"operation": operation, "numbers": numbers})
+
+
+def _keywords(schema: Any) -> Iterator[str]:
+    """Every keyword used anywhere in a JSON Schema (property names are names, not keywords)."""
+    if isinstance(schema, list):
+        for item in schema:
+            yield from _keywords(item)
+    elif isinstance(schema, dict):
+        for key, value in schema.items():
+            yield key
+            named = key in ("properties", "$defs", "patternProperties")
+            yield from _keywords(list(value.values()) if named else value)
+
+
+def test_every_params_schema_speaks_json_schema_and_states_the_math_bounds():
+    """Bounds put on a union became pydantic's ``ge``/``le`` beside ``anyOf``: no validator knows them,
+    so a client checking its params against the published schema accepted 1e16."""
+    for definition in all_definitions():
+        assert not {"ge", "le", "gt", "lt"} & set(_keywords(definition.params_model.model_json_schema()))
+    items = samples.MathParams.model_json_schema()["properties"]["numbers"]["items"]
+    assert [(m["minimum"], m["maximum"]) for m in items["anyOf"]] == [(-(10**15), 10**15)] * 2
 
 
 # --- process.data --------------------------------------------------------------------------------------
