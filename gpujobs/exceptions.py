@@ -8,8 +8,9 @@ state, or an *invalid field*; ``gpujobs.api.errors`` maps each to one HTTP answe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -48,12 +49,42 @@ class InvalidField(GpuJobsError):
 
     @classmethod
     def from_validation(cls, exc: ValidationError, prefix: tuple[str, ...] = ()) -> InvalidField:
-        """Each field pydantic refused, by its dotted path under ``prefix`` (``body`` for the whole)."""
+        """Each field pydantic refused, by its dotted path under ``prefix`` (``body`` for the whole).
+
+        A value no member of a union accepts is one field with one message naming what each member
+        wanted (``priority``: "Input should be 'low', ... or 'critical'; or an integer"), not one
+        error per member under pydantic's names for them (``priority.constrained-int``).
+        """
+        raw = exc.errors(include_url=False, include_input=False, include_context=False)
+        stripped = [_without_union_members(error["loc"]) for error in raw]
+        members_tried: dict[tuple[Any, ...], int] = {}
+        for error, loc in zip(raw, stripped, strict=True):
+            if loc != tuple(error["loc"]):
+                members_tried[loc] = members_tried.get(loc, 0) + 1
+        by_field: dict[str, list[str]] = {}
+        for error, loc in zip(raw, stripped, strict=True):
+            where = loc if members_tried.get(loc, 0) > 1 else error["loc"]
+            field = ".".join(str(part) for part in (*prefix, *where)) or "body"
+            message = _PYDANTIC_PREFIX.sub("", error["msg"])
+            if message not in by_field.setdefault(field, []):
+                by_field[field].append(message)
         errors = [
-            (".".join(str(part) for part in (*prefix, *error["loc"])) or "body", error["msg"])
-            for error in exc.errors(include_url=False, include_input=False, include_context=False)
+            (field, "; or ".join([messages[0], *(m[:1].lower() + m[1:] for m in messages[1:])]))
+            for field, messages in by_field.items()
         ]
         return cls(errors[0][0], errors[0][1], errors=errors)
+
+
+# The location pydantic gives the member of a union it tried: ``int``, ``constrained-int``,
+# ``literal['low','high']``, ``function-after[...]``. Only dropped where two or more members of one
+# union were refused at the same place (a client's own key named ``int`` stays).
+_UNION_MEMBER = re.compile(r"[a-z]+(?:-[a-z]+)*\[.*\]|constrained-[a-z]+|int|float|str|bool|bytes")
+# What pydantic puts before the message of a ValueError or an assert raised by a validator.
+_PYDANTIC_PREFIX = re.compile(r"^(?:Value error|Assertion failed), ")
+
+
+def _without_union_members(loc: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(part for part in loc if not (isinstance(part, str) and _UNION_MEMBER.fullmatch(part)))
 
 
 class TransientError(GpuJobsError):

@@ -8,6 +8,7 @@ hostile string can never reach the database and surface as a 500.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, TypeVar
 
 from flask import g, request
@@ -84,13 +85,22 @@ def json_object(*, optional: bool = False) -> dict[str, Any]:
         raise ApiError(415, "Unsupported Media Type", "send a JSON body with Content-Type: application/json")
     try:
         body = json.loads(raw, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ApiError(400, "Bad Request", f"the body is not valid JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise ApiError(400, "Bad Request", "the body is not valid JSON: it is nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ApiError(400, "Bad Request", f"the body is not valid JSON: {_reason(exc)}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "Bad Request", "the body must be a JSON object")
     _check_storable(body, ())
     g.json_body = body
     return body
+
+
+def _reason(exc: ValueError) -> str:
+    """Why the body did not parse, without Python's advice to its own programmers."""
+    if "int_max_str_digits" in str(exc):  # Python's guard against quadratic int parsing
+        return f"a number has more than {sys.get_int_max_str_digits()} digits"
+    return str(exc)[:200]
 
 
 def parse_body(model: type[Model], *, optional: bool = False) -> Model:

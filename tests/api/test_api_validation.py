@@ -31,6 +31,32 @@ def post_raw(client, tenant, data: bytes | str, content_type: str = "application
 def test_a_body_that_is_not_a_json_object_is_a_400_problem(client, tenant, raw):
     response = post_raw(client, tenant, raw)
     assert response.status_code == 400 and response.content_type == PROBLEM
+    assert "sys." not in response.json["detail"] and "recursion" not in response.json["detail"]
+
+
+def test_why_a_body_did_not_parse_is_said_in_the_clients_terms(client, tenant):
+    huge = post_raw(client, tenant, '{"params": {"n": ' + "9" * 5000 + "}}")
+    assert huge.json["detail"].endswith("a number has more than 4300 digits")
+    deep = post_raw(client, tenant, "[" * 100_000 + "]" * 100_000)
+    assert deep.json["detail"].endswith("it is nested too deeply")
+
+
+def test_a_value_no_member_of_a_union_accepts_is_one_error_under_the_fields_own_name(client, tenant):
+    """pydantic reports one error per member of a union, at ``priority.constrained-int``; the client
+    sent ``priority``."""
+    response = client.post(
+        "/v1/jobs", json={"definitionKey": "echo", "priority": "urgent"}, headers=tenant["headers"]
+    )
+    assert response.status_code == 422
+    [error] = response.json["errors"]
+    assert error["field"] == "priority"
+    assert "'critical'" in error["message"] and "integer" in error["message"]
+    body = {"definitionKey": "compute.math", "params": {"operation": "sum", "numbers": [1, 1e16]}}
+    response = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+    assert [error["field"] for error in response.json["errors"]] == ["params.numbers.1"]
+    body = {"definitionKey": "compute.math", "params": {"operation": "fibonacci", "numbers": [2.5]}}
+    response = client.post("/v1/jobs", json=body, headers=tenant["headers"])
+    assert response.json["errors"][0]["message"] == "fibonacci takes whole numbers from 0 to 10000"
 
 
 @pytest.mark.parametrize(
