@@ -28,7 +28,7 @@ class Kind(StrEnum):
 
     TEMPLATE = "template"
     REGISTRY_AUTH = "registry_auth"
-    #: An instance made elsewhere on the account (a watched, `external` one): stop, start, restart.
+    #: An instance made elsewhere on the account (a watched, `external` one): stop and start.
     INSTANCE = "instance"
 
 

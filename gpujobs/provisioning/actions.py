@@ -141,8 +141,8 @@ def _prepare(
 
 
 def _refused_external(instance: Instance, action: str) -> str | None:
-    """Why an instance gpujobs only watches may not take ``action``: never a delete; a stop, start or
-    restart only once the operator granted it to the tenant (it is the account's, not the tenant's: one
+    """Why an instance gpujobs only watches may not take ``action``: never a delete; a stop or a
+    start only once the operator granted it to the tenant (it is the account's, not the tenant's: one
     tenant must not stop what another deployment or the operator runs). None when it may."""
     if not instance.external:
         return None
