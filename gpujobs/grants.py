@@ -89,6 +89,14 @@ def allows(tenant_id: uuid.UUID, kind: Kind, resource_id: str) -> bool:
     )
 
 
+def holders(kind: Kind, resource_id: str) -> set[uuid.UUID]:
+    """The tenants the operator granted ``resource_id`` to (none: it was granted to nobody)."""
+    granted = select(NovitaGrant.tenant_id).where(
+        NovitaGrant.kind == kind, NovitaGrant.resource_id == resource_id
+    )
+    return set(db.session.scalars(granted))
+
+
 def refusal(tenant_id: uuid.UUID, params: dict[str, Any]) -> InvalidField | None:
     """The error for the first template or registry auth in ``params`` the tenant was not granted."""
     for kind, field in FIELDS.items():

@@ -3,9 +3,11 @@
 The GPU queue's `MONITOR_INSTANCE` for an instance made elsewhere on the same Novita account. The instance
 gets a row marked `external` under the tenant that first watched it; no other tenant can watch it (their
 request is answered as for an unknown instance), and an instance gpujobs created is followed through its
-own row instead. The monitor chain watches it as it watches a start (action `monitor`), with the same
-`instance.*` and `job.*` webhooks; giving up (deadline, failure, cancel) never deletes it, a delete
-request is refused (`actions`), and the reconcile sweep never takes it for a leak.
+own row instead. Once the operator granted the instance to tenants (`instances grant`), only they may
+watch it, and a grantee takes the row over from a tenant that watched it without the grant. The
+monitor chain watches it as it watches a start (action `monitor`), with the same `instance.*` and
+`job.*` webhooks; giving up (deadline, failure, cancel) never deletes it, a delete request is refused
+(`actions`), and the reconcile sweep never takes it for a leak.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs import operations
+from gpujobs import grants, operations
 from gpujobs.dispatch import commit_and_publish, dispatch_of
 from gpujobs.exceptions import Conflict, InvalidField, PermanentError, TransientError
 from gpujobs.extensions import db
@@ -93,8 +95,13 @@ def take(tenant_id: uuid.UUID, novita_id: str, job_id: uuid.UUID, seen: NovitaIn
     what Novita said of it when `seen`).
 
     Also succeeds when the row is already `starting` under this very job (the API took it, the handler
-    runs). Locks the row until the caller's transaction ends.
+    runs). Locks the row until the caller's transaction ends. An instance the operator granted is the
+    grantees' alone: another tenant is answered as for an unknown instance, and a grantee takes over
+    the row of a tenant that watched it first without the grant (once no job acts on it).
     """
+    granted_to = grants.holders(grants.Kind.INSTANCE, novita_id)
+    if granted_to and tenant_id not in granted_to:
+        raise _unknown(novita_id)
     db.session.execute(
         insert(Instance)
         .values(
@@ -121,7 +128,8 @@ def take(tenant_id: uuid.UUID, novita_id: str, job_id: uuid.UUID, seen: NovitaIn
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-    if row is None or row.tenant_id != tenant_id:
+    handover = row is not None and row.tenant_id != tenant_id
+    if row is None or (handover and (tenant_id not in granted_to or row.tenant_id in granted_to)):
         raise _unknown(novita_id)
     if not row.external:
         raise Conflict(f"instance {row.id} was created by gpujobs: follow it at /v1/instances/{row.id}")
@@ -130,9 +138,11 @@ def take(tenant_id: uuid.UUID, novita_id: str, job_id: uuid.UUID, seen: NovitaIn
         # will delete it): not one to watch, and no one else's business, so answered as unknown.
         raise _unknown(novita_id)
     in_flight = GOALS[MONITOR].in_flight
-    taken = records.transition(row.id, WATCHABLE, status=in_flight, job_id=job_id, error=None) or (
-        records.transition(row.id, (in_flight,), records.owned_by(job_id), status=in_flight)
-    )
+    taken = records.transition(
+        row.id, WATCHABLE, status=in_flight, job_id=job_id, error=None, tenant_id=tenant_id
+    ) or (records.transition(row.id, (in_flight,), records.owned_by(job_id), status=in_flight))
+    if not taken and handover:  # the other tenant's job is not the grantee's business
+        raise Conflict(f"Novita instance {novita_id} is being watched by another job; try again once it ends")
     if not taken:
         raise Conflict(f"instance {row.id} is {row.status} under job {row.job_id}; wait for that job")
     return db.session.get_one(Instance, row.id, populate_existing=True)

@@ -106,6 +106,42 @@ def test_an_unknown_instance_and_another_tenants_are_answered_alike(
     assert listed == []
 
 
+def test_an_instance_the_operator_granted_is_watched_only_by_its_grantees_who_take_it_over(
+    app, client, tenant, sim, novita, novita_config, gpu_worker
+):
+    """A tenant that knows an instance's id watched it first; the operator then granted it to acme:
+    the row (its endpoints and SSH command) becomes acme's, and the first watcher is answered as for
+    an unknown instance."""
+    gpu_worker()
+    novita_id = made_elsewhere(novita)
+    other = make_tenant(app, "other")
+    first = watch(client, other, novita_id)
+    assert first.status_code == 202
+    wait_for_job(app, first.json["jobId"], "succeeded")
+    with app.app_context():
+        grants.grant(tenant["name"], grants.Kind.INSTANCE, novita_id)
+
+    again = watch(client, other, novita_id)
+    assert again.status_code == 422
+    assert again.json["errors"][0]["message"] == f"no Novita instance {novita_id} on this account"
+    taken = watch(client, tenant, novita_id)
+    assert taken.status_code == 202, taken.json
+    assert taken.json["instanceId"] == first.json["instanceId"]  # the one row, now acme's
+    wait_for_job(app, taken.json["jobId"], "succeeded")
+    shown = client.get(f"/v1/instances/{taken.json['instanceId']}", headers=tenant["headers"])
+    assert shown.status_code == 200 and shown.json["status"] == "running"
+    gone = client.get(f"/v1/instances/{first.json['instanceId']}", headers=other["headers"])
+    assert gone.status_code == 404
+    assert client.get("/v1/instances", headers=other["headers"]).json["items"] == []
+
+    # Granted from the start: a tenant without the grant never gets a row.
+    second_id = made_elsewhere(novita, "operators-box")
+    with app.app_context():
+        grants.grant(tenant["name"], grants.Kind.INSTANCE, second_id)
+    assert watch(client, other, second_id).status_code == 422
+    assert watch(client, tenant, second_id).status_code == 202
+
+
 def test_an_instance_gpujobs_created_is_not_watched_as_a_foreign_one(
     app, client, tenant, sim, novita, novita_config
 ):
