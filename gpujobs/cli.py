@@ -99,10 +99,14 @@ def secrets_new_key() -> None:
 @secrets_group.command("rotate-key")
 def secrets_rotate_key() -> None:
     """Re-encrypt every stored secret under GPUJOBS_ENCRYPTION_KEY (reading GPUJOBS_ENCRYPTION_OLD_KEYS)."""
+    from gpujobs.extensions import db
+    from gpujobs.sealing import reseal
     from gpujobs.tenants import reencrypt_secrets
 
     with _app().app_context():
-        click.echo(f"re-encrypted the secrets of {reencrypt_secrets()} tenants")
+        tenants = reencrypt_secrets()
+        rows = reseal(db.session, db.metadata)
+        click.echo(f"re-encrypted the secrets of {tenants} tenants and the sealed values of {rows} rows")
 
 
 @main.group()

@@ -21,6 +21,7 @@ from gpujobs.extensions import db
 from gpujobs.jobs import PRIORITY_NAMES, priority_level, utcnow
 from gpujobs.models import Job
 from gpujobs.registry import Definition
+from gpujobs.sealing import SealedJSON
 from gpujobs.states import JobStatus
 
 
@@ -62,8 +63,8 @@ WITH tenant AS (
 SELECT tenant.max_priority, job.id IS NOT NULL AS inserted, job.published_at, job.updated_at
 FROM tenant LEFT JOIN job ON true"""
 _JSONB_PARAMS = (
-    bindparam("params", type_=JSONB),
-    bindparam("webhook_headers", type_=JSONB),
+    bindparam("params", type_=SealedJSON),
+    bindparam("webhook_headers", type_=SealedJSON),
     bindparam("event", type_=JSONB),
 )
 

@@ -10,6 +10,7 @@ their query strings). Names and paths stay readable, so a masked value still say
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
 
@@ -40,24 +41,36 @@ def mask_headers(headers: dict[str, Any] | None) -> dict[str, str] | None:
 def mask_secrets(value: Any) -> Any:
     """A copy of ``value`` (JSON-like) with secret-named entries, header values and URL credentials and
     queries masked."""
+    return replace_secrets(value, _mask, mask_text)
+
+
+def _mask(value: Any) -> str | None:
+    return MASK if value is not None else None  # nothing sent reads as nothing, not as a hidden value
+
+
+def replace_secrets(value: Any, hide: Callable[[Any], Any], text: Callable[[str], Any] = str) -> Any:
+    """A copy of ``value`` (JSON-like) with ``hide`` applied to each secret in it: the value of a
+    secret-named entry (at any depth), of a ``{"key": "HF_TOKEN", "value": ...}`` pair, and of each
+    header of a header object; ``text`` to every other string. The masking rules, applied by the
+    masks shown outside and by the sealing of what is stored (``gpujobs.sealing``)."""
     if isinstance(value, dict):
         named = value.get("key", value.get("name"))
         if "value" in value and is_secret_name(named):  # {"key": "API_TOKEN", "value": "..."}
-            return {k: MASK if k == "value" else mask_secrets(v) for k, v in value.items()}
-        return {k: _masked_entry(k, v) for k, v in value.items()}
+            return {k: hide(v) if k == "value" else replace_secrets(v, hide, text) for k, v in value.items()}
+        return {k: _replaced_entry(k, v, hide, text) for k, v in value.items()}
     if isinstance(value, list):
-        return [mask_secrets(item) for item in value]
+        return [replace_secrets(item, hide, text) for item in value]
     if isinstance(value, str):
-        return mask_text(value)
+        return text(value)
     return value
 
 
-def _masked_entry(name: str, value: Any) -> Any:
+def _replaced_entry(name: str, value: Any, hide: Callable[[Any], Any], text: Callable[[str], Any]) -> Any:
     if is_secret_name(name):
-        return MASK if value is not None else None  # nothing sent reads as nothing, not as a hidden value
+        return hide(value)
     if name in HEADER_OBJECTS and isinstance(value, dict):
-        return mask_headers(value)
-    return mask_secrets(value)
+        return {header: hide(item) for header, item in value.items()}
+    return replace_secrets(value, hide, text)
 
 
 def mask_text(text: str | None) -> str | None:

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gpujobs.encryption import EncryptedText
 from gpujobs.extensions import Model
+from gpujobs.sealing import SealedJSON
 from gpujobs.states import (
     INSTANCE_ENDED,
     JOB_ACTIVE,
@@ -148,7 +149,8 @@ class Job(Model):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
     definition_key: Mapped[str] = mapped_column(String(100), nullable=False)
     definition_version: Mapped[int] = mapped_column(Integer, nullable=False)
-    params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    # Secrets in it (an instance's HF_TOKEN, call.api's headers) are sealed at rest (gpujobs.sealing).
+    params: Mapped[dict[str, Any]] = mapped_column(SealedJSON, nullable=False, default=dict)
     priority: Mapped[int] = mapped_column(SmallInteger, nullable=False)
     # The 0-10 number a client sent, answered back as sent; null when it sent a name (or none).
     priority_number: Mapped[int | None] = mapped_column(SmallInteger)
@@ -162,8 +164,8 @@ class Job(Model):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # Extra headers on each of the job's deliveries (the tenant's own, possibly tokens: every display masks
-    # their values; migration f6).
-    webhook_headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    # their values, and they are sealed at rest; migration f6).
+    webhook_headers: Mapped[dict[str, str] | None] = mapped_column(SealedJSON)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     dead_lettered: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = _created_at()
@@ -409,8 +411,9 @@ class WebhookDelivery(Model):
     # scheme://host:port of ``url``, the circuit breaker's key (None on rows older than the breaker).
     endpoint: Mapped[str | None] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
-    # Extra headers it is sent with, beside the signature's (its job's ``webhook_headers``; migration f6).
-    headers: Mapped[dict[str, str] | None] = mapped_column(JSONB)
+    # Extra headers it is sent with, beside the signature's (its job's ``webhook_headers``, sealed at rest
+    # as there; migration f6).
+    headers: Mapped[dict[str, str] | None] = mapped_column(SealedJSON)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -476,7 +479,7 @@ class Schedule(Model):
     timezone: Mapped[str] = mapped_column(String(64), nullable=False, default="UTC")
     definition_key: Mapped[str] = mapped_column(String(100), nullable=False)
     definition_version: Mapped[int] = mapped_column(Integer, nullable=False)
-    params: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(SealedJSON, nullable=False, default=dict)  # as a job's
     priority: Mapped[int] = mapped_column(SmallInteger, nullable=False)
     enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -8,17 +8,19 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import select, text
 from support.databases import app_on, new_database
 from support.tenants import make_tenant, secret_of
 
-from gpujobs import create_app
+from gpujobs import create_app, sealing
 from gpujobs.config import ConfigError
 from gpujobs.encryption import EncryptionError, new_key, parse_key
 from gpujobs.extensions import db
+from gpujobs.models import Job, Schedule, WebhookDelivery
 from gpujobs.tenants import reencrypt_secrets, rotate_webhook_secret
 
 PLAIN_TENANT = "INSERT INTO tenants (id, name, webhook_secret) VALUES (gen_random_uuid(), 'a', 'whsec_plain')"
@@ -68,6 +70,84 @@ def test_a_dump_of_every_table_holds_no_webhook_secret_and_no_api_key_in_clear(a
         stored = db.session.execute(text("SELECT webhook_secret, previous_webhook_secret FROM tenants")).one()
         assert all(value.startswith("gAAAAA") for value in stored)  # Fernet tokens, version byte 0x80
     assert secret_of(app, tenant) == current
+
+
+CREDENTIALS = ("HDR_SECRET_1", "CALL_SECRET_2", "BODY_TOKEN_3", "SCHEDULE_SECRET_4")
+
+
+def _credentials_sent(client, tenant) -> tuple[str, str]:
+    """A job and a schedule carrying a tenant's tokens in params and webhook headers; the job is
+    cancelled, so its ``job.cancelled`` delivery copies the headers. Returns (job id, schedule id)."""
+    params = {
+        "endpoint": "http://127.0.0.1:9/x",
+        "method": "POST",
+        "headers": {"X-Api": "CALL_SECRET_2"},
+        "body": {"accessToken": "BODY_TOKEN_3", "note": "plain"},
+    }
+    hook = {
+        "webhookUrl": "http://127.0.0.1:9/hook",
+        "webhookHeaders": {"Authorization": "Bearer HDR_SECRET_1"},
+    }
+    job = client.post(
+        "/v1/jobs", json={"definitionKey": "call.api", "params": params, **hook}, headers=tenant["headers"]
+    )
+    assert job.status_code == 202, job.json
+    assert client.post(f"/v1/jobs/{job.json['id']}/cancel", headers=tenant["headers"]).status_code == 200
+    schedule = client.post(
+        "/v1/schedules",
+        json={
+            "name": "sealed",
+            "cron": "0 3 * * *",
+            "definitionKey": "call.api",
+            "params": {
+                "endpoint": "http://127.0.0.1:9/y",
+                "headers": {"Authorization": "SCHEDULE_SECRET_4"},
+            },
+        },
+        headers=tenant["headers"],
+    )
+    assert schedule.status_code == 201, schedule.json
+    return job.json["id"], schedule.json["id"]
+
+
+def _stored_credentials(app, job_id: str, schedule_id: str) -> tuple[Any, ...]:
+    with app.app_context():
+        job, schedule = db.session.get_one(Job, job_id), db.session.get_one(Schedule, schedule_id)
+        delivery = db.session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id)).one()
+        return job.params, job.webhook_headers, delivery.headers, schedule.params
+
+
+def test_a_tenants_credentials_are_sealed_at_rest_and_read_back_as_sent(app, client, tenant):
+    """A dump, a backup or a replica reader sees the names of a tenant's tokens (webhook headers, call.api
+    headers, a secret-named param, a schedule's), never their values; the code that sends them reads
+    them as the tenant sent them, and every answer masks them."""
+    job_id, schedule_id = _credentials_sent(client, tenant)
+    dump = _dump(app)
+    assert sealing.PREFIX in dump and "X-Api" in dump and "accessToken" in dump and '"plain"' in dump
+    assert [secret for secret in CREDENTIALS if secret in dump] == []
+
+    params, webhook_headers, delivery_headers, schedule_params = _stored_credentials(app, job_id, schedule_id)
+    assert params["headers"] == {"X-Api": "CALL_SECRET_2"} and params["body"]["accessToken"] == "BODY_TOKEN_3"
+    assert webhook_headers == delivery_headers == {"Authorization": "Bearer HDR_SECRET_1"}
+    assert schedule_params["headers"] == {"Authorization": "SCHEDULE_SECRET_4"}
+    shown = client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json
+    assert shown["params"]["headers"] == {"X-Api": "••••"} and shown["webhookHeaders"] == {
+        "Authorization": "••••"
+    }
+
+
+def test_rotate_key_reseals_the_tenants_credentials_so_the_old_key_can_be_dropped(app, client, tenant):
+    job_id, schedule_id = _credentials_sent(client, tenant)
+    before = _stored_credentials(app, job_id, schedule_id)
+    old, new = app.config["GPUJOBS_ENCRYPTION_KEY"], new_key()
+    with _keys(app, new, [old]), app.app_context():
+        assert (
+            sealing.reseal(db.session, db.metadata) == 4
+        )  # the job's two columns, its delivery, the schedule
+    with _keys(app, new, []):
+        assert _stored_credentials(app, job_id, schedule_id) == before
+    with _keys(app, old, []), pytest.raises(EncryptionError, match="GPUJOBS_ENCRYPTION_OLD_KEYS"):
+        _stored_credentials(app, job_id, schedule_id)
 
 
 def test_rotate_key_re_encrypts_every_secret_so_the_old_key_can_be_dropped(app, tenant):

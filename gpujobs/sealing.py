@@ -1,0 +1,88 @@
+"""Tenants' credentials inside the JSON the service stores, sealed at rest.
+
+A job's params and webhook headers may carry a tenant's tokens: its receiver's ``Authorization``
+header, an ``HF_TOKEN`` in an instance's environment, ``call.api``'s and ``webhook.send``'s headers.
+Every value the masking rules hide on the way out (``gpujobs.masking.replace_secrets``) is stored as
+``"gpujobs-sealed:1:" + <Fernet token>`` under ``GPUJOBS_ENCRYPTION_KEY`` instead, so a dump, a backup or
+a replica reader sees the names and never the values. The columns that hold them (``SealedJSON``) seal
+on the way in and open on the way out, so the code that uses a value (a handler given its params, the
+webhook sender given its headers) reads it as it was sent, and every other reader masks it anyway.
+Rows written before sealing hold plain values, read as they are; ``reseal`` rewrites every sealed
+value under the current key (``python -m gpujobs secrets rotate-key``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cryptography.fernet import MultiFernet
+from sqlalchemy import MetaData, Text, cast, select, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+from gpujobs.encryption import app_cipher, decrypt, encrypt
+from gpujobs.masking import replace_secrets
+
+PREFIX = "gpujobs-sealed:1:"
+# Rows rewritten per statement by ``reseal``.
+RESEAL_BATCH = 500
+
+
+def seal(value: Any, box: MultiFernet | None = None) -> Any:
+    """``value`` (JSON-like) with each secret in it sealed; a value sealed already is kept."""
+    box = box or app_cipher()
+
+    def hide(secret: Any) -> Any:
+        if secret is None or (isinstance(secret, str) and secret.startswith(PREFIX)):
+            return secret
+        return PREFIX + encrypt(json.dumps(secret, separators=(",", ":")), box)
+
+    return replace_secrets(value, hide)
+
+
+def unseal(value: Any, box: MultiFernet | None = None) -> Any:
+    """``value`` with every sealed string in it opened (EncryptionError if no configured key opens one)."""
+    if isinstance(value, dict):
+        return {key: unseal(item, box) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unseal(item, box) for item in value]
+    if isinstance(value, str) and value.startswith(PREFIX):
+        return json.loads(decrypt(value[len(PREFIX) :], box or app_cipher()))
+    return value
+
+
+class SealedJSON(TypeDecorator[Any]):
+    """A JSONB column whose secrets are sealed at rest; Python code reads and writes them plain."""
+
+    impl = JSONB
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else seal(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else unseal(value)
+
+
+def reseal(session: Any, metadata: MetaData) -> int:
+    """Rewrite, under the current key, every row that holds a sealed value in a ``SealedJSON`` column of
+    ``metadata``'s tables; returns the rows rewritten. Reading opens under the current or a retired key."""
+    rewritten = 0
+    for table in metadata.sorted_tables:
+        key = table.primary_key.columns.values()[0]
+        for column in (c for c in table.columns if isinstance(c.type, SealedJSON)):
+            after = None
+            while True:
+                query = select(key, column).where(cast(column, Text).contains(PREFIX)).order_by(key)
+                rows = session.execute(
+                    (query if after is None else query.where(key > after)).limit(RESEAL_BATCH)
+                ).all()
+                if not rows:
+                    break
+                for row_key, value in rows:
+                    session.execute(update(table).where(key == row_key).values({column.name: value}))
+                session.commit()
+                rewritten += len(rows)
+                after = rows[-1][0]
+    return rewritten
