@@ -30,13 +30,13 @@ RESEAL_BATCH = 500
 
 
 def seal(value: Any, box: MultiFernet | None = None) -> Any:
-    """``value`` (JSON-like) with each secret in it sealed; a value sealed already is kept."""
-    box = box or app_cipher()
+    """``value`` (JSON-like) with each secret in it sealed; a value sealed already is kept. The cipher
+    is made only for a value that holds a secret (most hold none)."""
 
     def hide(secret: Any) -> Any:
         if secret is None or (isinstance(secret, str) and secret.startswith(PREFIX)):
             return secret
-        return PREFIX + encrypt(json.dumps(secret, separators=(",", ":")), box)
+        return PREFIX + encrypt(json.dumps(secret, separators=(",", ":")), box or app_cipher())
 
     return replace_secrets(value, hide)
 
