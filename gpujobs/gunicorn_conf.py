@@ -26,6 +26,10 @@ timeout = 120
 # Let in-flight requests (uploads included) finish on SIGTERM; compose and platforms wait longer.
 graceful_timeout = 30
 keepalive = 5
+# No control socket (gunicorn 25.1+ opens one at $HOME/.gunicorn/gunicorn.ctl by default): nothing here
+# uses gunicornc, two servers on one host would share the one path, and a read-only home would hold
+# the server back. Older gunicorns ignore the setting.
+control_socket_disable = True
 # gunicorn's own lines (start-up, workers, the access log) in the service's format and level
 # (GPUJOBS_LOG_FORMAT, GPUJOBS_LOG_LEVEL), through the same handler as every other log line.
 accesslog = "-"

@@ -201,6 +201,8 @@ def test_web_two_workers_and_beat_from_the_wheel_run_a_gpu_an_echo_and_a_video_j
     assert download.status_code == 200 and len(download.content) > 1000
     # Each process used its own working directory, and none of them the checkout.
     assert {path.name for path in deployment.base.iterdir()} >= {"web", "worker1", "worker2", "beat"}
+    # gunicorn opened no control socket under HOME, which two servers on one host would share.
+    assert not (deployment.base / ".gunicorn").exists()
     # Beat keeps its schedule in memory: it writes nothing where it runs (a read-only container works).
     assert [path.name for path in (deployment.base / "beat").iterdir()] == ["output.log"]
     deployment.close()
