@@ -135,27 +135,56 @@ def remove(schedule_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
         raise NotFound(f"no schedule {schedule_id}")
 
 
-def set_enabled(
-    schedule_id: uuid.UUID, tenant_id: uuid.UUID, enabled: bool, now: datetime | None = None
-) -> Schedule:
-    """Pause or resume a schedule; NotFound when the tenant has no such schedule.
+#: ``change``'s default for ``priority``, where None means the tenant's default priority.
+KEEP: Any = object()
 
-    Resuming starts from the first tick after now: ticks missed while paused are not made up.
+
+def change(
+    schedule_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    *,
+    enabled: bool | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    params: dict[str, Any] | None = None,
+    priority: str | int | None = KEEP,
+    now: datetime | None = None,
+) -> Schedule:
+    """Change what a schedule runs and when (what is None, or ``KEEP``, is kept); NotFound when the
+    tenant has no such schedule.
+
+    Params are validated by the schedule's definition, a priority against the tenant's limit, a cron and
+    a zone as at creation (InvalidField naming each). A new cron or zone, or resuming, moves the next run
+    to the first tick after now: ticks missed while paused are not made up. The row is locked for the
+    change, so the tick sweep (``SKIP LOCKED``) neither runs it half-changed nor overwrites it.
     """
-    schedule = get(schedule_id, tenant_id)
-    if schedule.enabled == enabled:
-        return schedule
-    values: dict[str, Any] = {"enabled": enabled}
-    if enabled:
-        values["next_run_at"] = next_run_after(schedule.cron, schedule.timezone, now or jobs.utcnow())
-    db.session.execute(
-        update(Schedule)
-        .where(Schedule.id == schedule_id, Schedule.enabled.is_(not enabled))  # a concurrent toggle wins
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    schedule = db.session.scalar(
+        select(Schedule)
+        .where(Schedule.id == schedule_id, Schedule.tenant_id == tenant_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
+    if schedule is None:
+        raise NotFound(f"no schedule {schedule_id}")
+    values: dict[str, Any] = {}
+    if params is not None:
+        key, version = schedule.definition_key, schedule.definition_version
+        values["params"] = operations.validated(tenant_id, key, version, params)[1]
+    if priority is not KEEP:
+        values["priority"] = limits.allowed_priority(tenant_id, priority)
+    if cron is not None:
+        values["cron"] = cron.strip()
+    if timezone is not None:
+        values["timezone"] = timezone
+    if enabled is not None:
+        values["enabled"] = enabled
+    if cron is not None or timezone is not None or (enabled and not schedule.enabled):
+        when = values.get("cron", schedule.cron), values.get("timezone", schedule.timezone)
+        values["next_run_at"] = next_run_after(*when, now or jobs.utcnow())
+    for name, value in values.items():
+        setattr(schedule, name, value)
     db.session.commit()
-    return get(schedule_id, tenant_id)
+    return schedule
 
 
 # Built once: the sweep runs every few seconds, busy or idle (loaded as objects: a due tick moves them).

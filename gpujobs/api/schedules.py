@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from flask import Blueprint, g, url_for
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from sqlalchemy import select
 
 from gpujobs import resources, schedules
@@ -58,11 +58,34 @@ class CreateSchedule(BaseModel):
 
 
 class UpdateSchedule(BaseModel):
-    """Body of ``PATCH /v1/schedules/{id}``: ``false`` pauses, ``true`` resumes from the next tick."""
+    """Body of ``PATCH /v1/schedules/{id}``: what to change, the rest is kept. ``enabled: false`` pauses,
+    ``true`` resumes from the next tick; a new ``cron`` or ``timezone`` runs from its first tick after
+    now; ``priority: null`` goes back to the default."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": False}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"enabled": False},
+                {"cron": "30 4 * * 1-5", "timezone": "Europe/Berlin"},
+                {"params": {"operation": "sum", "numbers": [4, 5, 6]}, "priority": "high"},
+            ]
+        },
+    )
 
-    enabled: StrictBool
+    enabled: StrictBool | None = None
+    cron: str | None = Field(
+        None, min_length=1, max_length=100, description="5 fields (m h dom mon dow) or @hourly, @daily..."
+    )
+    timezone: str | None = Field(None, min_length=1, max_length=64, description="IANA zone the cron reads in")
+    params: dict[str, Any] | None = Field(None, description="validated by the schedule's definition")
+    priority: Priority = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> UpdateSchedule:
+        if not self.model_fields_set:
+            raise ValueError("send at least one of enabled, cron, timezone, params, priority")
+        return self
 
 
 class SchedulePage(schemas.Out):
@@ -122,13 +145,25 @@ def get_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
 
 @bp.patch("/<uuid:schedule_id>")
 @operation(
-    summary="Pause or resume a schedule", tag=TAG, request=UpdateSchedule, responses={200: resources.Schedule}
+    summary="Change, pause or resume a schedule",
+    tag=TAG,
+    request=UpdateSchedule,
+    responses={200: resources.Schedule},
 )
 @require_api_key
 def update_schedule(schedule_id: uuid.UUID) -> dict[str, Any]:
-    """Resuming starts from the next tick: ticks missed while paused are not made up."""
+    """Resuming, or a new cron or zone, starts from the next tick: ticks missed are not made up."""
     body = parse_body(UpdateSchedule)
-    return resources.Schedule.json_of(schedules.set_enabled(schedule_id, g.tenant.id, body.enabled))
+    changed = schedules.change(
+        schedule_id,
+        g.tenant.id,
+        enabled=body.enabled,
+        cron=body.cron,
+        timezone=body.timezone,
+        params=body.params,
+        priority=body.priority if "priority" in body.model_fields_set else schedules.KEEP,
+    )
+    return resources.Schedule.json_of(changed)
 
 
 @bp.delete("/<uuid:schedule_id>")

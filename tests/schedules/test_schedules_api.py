@@ -82,8 +82,36 @@ def test_a_schedule_is_paused_and_resumed_with_patch(client, tenant):
     assert client.patch(url, json={"enabled": False}, headers=tenant["headers"]).json["enabled"] is False
     resumed = client.patch(url, json={"enabled": True}, headers=tenant["headers"])
     assert resumed.status_code == 200 and resumed.json["enabled"] is True
-    for body in ({"enabled": "no"}, {}, {"enabled": True, "cron": "@daily"}):
+    for body in ({"enabled": "no"}, {}, {"every": "day"}):
         assert client.patch(url, json=body, headers=tenant["headers"]).status_code == 422
+
+
+def test_patch_changes_a_schedules_cron_zone_params_and_priority_and_keeps_the_rest(client, tenant):
+    created = post_schedule(client, tenant, priority="low").json
+    url = f"/v1/schedules/{created['id']}"
+    when = {"cron": "30 4 * * *", "timezone": "Europe/Berlin"}
+    moved = client.patch(url, json=when, headers=tenant["headers"])
+    assert moved.status_code == 200, moved.json
+    body = moved.json
+    assert (body["cron"], body["timezone"], body["priority"]) == ("30 4 * * *", "Europe/Berlin", "low")
+    next_run = datetime.fromisoformat(body["nextRunAt"]).astimezone(ZoneInfo("Europe/Berlin"))
+    assert (next_run.hour, next_run.minute) == (4, 30)
+    assert (body["id"], body["name"], body["params"]) == (created["id"], created["name"], created["params"])
+
+    changed = client.patch(url, json={"params": {"message": "good morning"}}, headers=tenant["headers"]).json
+    assert changed["params"] == {"message": "good morning", "data": None}  # normalised by the definition
+    assert changed["nextRunAt"] == body["nextRunAt"]  # the timing is kept
+    assert client.patch(url, json={"priority": None}, headers=tenant["headers"]).json["priority"] == "normal"
+
+    for change, field in (
+        ({"params": {"message": "x", "colour": "blue"}}, "colour"),
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"timezone": "Mars/Olympus_Mons"}, "timezone"),
+        ({"priority": "critical"}, "priority"),  # above the tenant's default limit
+    ):
+        refused = client.patch(url, json=change, headers=tenant["headers"])
+        assert refused.status_code == 422 and any(field in e["field"] for e in refused.json["errors"]), change
+    assert client.get(url, headers=tenant["headers"]).json == changed | {"priority": "normal"}
 
 
 def test_a_deleted_schedule_is_gone(client, tenant):

@@ -119,14 +119,14 @@ def test_a_broken_schedule_is_moved_on_without_a_job_and_does_not_stop_the_other
 def test_a_paused_schedule_never_fires_and_resumes_from_its_next_tick(app_context, tenant):
     schedule = make_schedule(tenant)
     tenant_id = uuid.UUID(tenant["id"])
-    assert schedules.set_enabled(schedule.id, tenant_id, False).enabled is False
+    assert schedules.change(schedule.id, tenant_id, enabled=False).enabled is False
     assert schedules.run_due_schedules(now=at(12, 0)) == 0
-    resumed = schedules.set_enabled(schedule.id, tenant_id, True, now=at(12, 1))
+    resumed = schedules.change(schedule.id, tenant_id, enabled=True, now=at(12, 1))
     assert resumed.enabled and resumed.next_run_at == at(12, 5)  # the ticks missed while paused are dropped
     assert schedules.run_due_schedules(now=at(12, 4)) == 0
     assert schedules.run_due_schedules(now=at(12, 5)) == 1
     with pytest.raises(NotFound):  # another tenant's
-        schedules.set_enabled(schedule.id, uuid.uuid4(), False)
+        schedules.change(schedule.id, uuid.uuid4(), enabled=False)
 
 
 def test_a_daily_schedule_keeps_its_local_time_across_a_daylight_saving_change(app_context, tenant):
