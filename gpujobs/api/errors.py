@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+import werkzeug.exceptions
+from flask import Flask, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -18,6 +19,9 @@ from gpujobs import videos
 from gpujobs.exceptions import Conflict, GpuJobsError, InvalidField, LimitReached, NotFound
 
 log = logging.getLogger(__name__)
+
+# Stands in for a path segment to find the route a malformed id was meant for.
+_ANY_ID = "00000000-0000-4000-8000-000000000000"
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -88,7 +92,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
-        response = problem(exc.code or 500, exc.name, exc.description or exc.name)
+        unrouted = isinstance(exc, werkzeug.exceptions.NotFound) and request.url_rule is None
+        detail = _no_route() if unrouted else exc.description
+        response = problem(exc.code or 500, exc.name, detail or exc.name)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
@@ -99,3 +105,20 @@ def register_error_handlers(app: Flask) -> None:
         response = problem(503, "Service Unavailable", "the database is unreachable; try again shortly")
         response.headers["Retry-After"] = "5"
         return response
+
+
+def _no_route() -> str:
+    """Why no route answered: a path segment that is not an id where a route takes one (``/v1/jobs/x``),
+    said as such, rather than Werkzeug's advice to check the spelling."""
+    adapter = current_app.url_map.bind("localhost")
+    segments = request.path.split("/")
+    for index, segment in enumerate(segments):
+        if not segment:
+            continue
+        candidate = "/".join([*segments[:index], _ANY_ID, *segments[index + 1 :]])
+        try:
+            adapter.match(candidate, method=request.method)
+        except werkzeug.exceptions.HTTPException:  # no route either (or another method's)
+            continue
+        return f"{segment!r} is not an id: ids are UUIDs such as {_ANY_ID}"
+    return f"no route for {request.method} {request.path}"

@@ -137,3 +137,14 @@ def test_an_oversized_body_is_413_with_or_without_content_length(app, tenant, li
     assert send(big, chunked=False) == 413
     assert send(big, chunked=True) == 413
     assert send(b'{"definitionKey": "echo", "params": {"message": "small"}}', chunked=True) == 202
+
+
+def test_a_malformed_id_in_a_path_is_named_as_such_and_an_unknown_path_as_no_route(client, tenant):
+    for method, path in (("get", "/v1/jobs/not-a-uuid"), ("post", "/v1/jobs/not-a-uuid/cancel")):
+        response = getattr(client, method)(path, headers=tenant["headers"])
+        assert response.status_code == 404 and response.content_type == PROBLEM
+        assert response.json["detail"].startswith("'not-a-uuid' is not an id: ids are UUIDs")
+    unknown = client.get("/v1/nothing-here", headers=tenant["headers"])
+    assert unknown.status_code == 404 and unknown.json["detail"] == "no route for GET /v1/nothing-here"
+    missing = client.get("/v1/jobs/00000000-0000-4000-8000-000000000001", headers=tenant["headers"])
+    assert missing.json["detail"] == "no job 00000000-0000-4000-8000-000000000001"
