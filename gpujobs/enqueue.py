@@ -21,7 +21,7 @@ from gpujobs.extensions import db
 from gpujobs.jobs import PRIORITY_NAMES, priority_level, utcnow
 from gpujobs.models import Job
 from gpujobs.registry import Definition
-from gpujobs.sealing import SealedJSON
+from gpujobs.sealing import SealedHeaders, SealedJSON
 from gpujobs.states import JobStatus
 
 
@@ -64,7 +64,7 @@ SELECT tenant.max_priority, job.id IS NOT NULL AS inserted, job.published_at, jo
 FROM tenant LEFT JOIN job ON true"""
 _JSONB_PARAMS = (
     bindparam("params", type_=SealedJSON),
-    bindparam("webhook_headers", type_=SealedJSON),
+    bindparam("webhook_headers", type_=SealedHeaders),
     bindparam("event", type_=JSONB),
 )
 

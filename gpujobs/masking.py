@@ -9,6 +9,7 @@ their query strings). Names and paths stay readable, so a masked value still say
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,12 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
 
 def is_secret_name(name: object) -> bool:
     """True for a header, param or environment variable name whose value must not be shown."""
-    return isinstance(name, str) and bool(_SECRET_WORDS.search(name) or _KEY_SUFFIX.search(name))
+    return isinstance(name, str) and _secret_str(name)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few names, in every body masked or sealed
+def _secret_str(name: str) -> bool:
+    return bool(_SECRET_WORDS.search(name) or _KEY_SUFFIX.search(name))
 
 
 def mask_headers(headers: dict[str, Any] | None) -> dict[str, str] | None:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gpujobs.encryption import EncryptedText
 from gpujobs.extensions import Model
-from gpujobs.sealing import SealedJSON
+from gpujobs.sealing import SealedHeaders, SealedJSON
 from gpujobs.states import (
     INSTANCE_ENDED,
     JOB_ACTIVE,
@@ -165,7 +165,7 @@ class Job(Model):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # Extra headers on each of the job's deliveries (the tenant's own, possibly tokens: every display masks
     # their values, and they are sealed at rest; migration f6).
-    webhook_headers: Mapped[dict[str, str] | None] = mapped_column(SealedJSON)
+    webhook_headers: Mapped[dict[str, str] | None] = mapped_column(SealedHeaders)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     dead_lettered: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = _created_at()
@@ -410,10 +410,11 @@ class WebhookDelivery(Model):
     url: Mapped[str] = mapped_column(Text, nullable=False)
     # scheme://host:port of ``url``, the circuit breaker's key (None on rows older than the breaker).
     endpoint: Mapped[str | None] = mapped_column(Text)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    # The body (a webhook.send message's secret-named entries sealed at rest, as in params).
+    payload: Mapped[dict[str, Any]] = mapped_column(SealedJSON, nullable=False)
     # Extra headers it is sent with, beside the signature's (its job's ``webhook_headers``, sealed at rest
     # as there; migration f6).
-    headers: Mapped[dict[str, str] | None] = mapped_column(SealedJSON)
+    headers: Mapped[dict[str, str] | None] = mapped_column(SealedHeaders)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

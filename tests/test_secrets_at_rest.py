@@ -4,6 +4,7 @@ that encrypts existing rows, ``keys list`` / ``keys revoke`` and ``secrets new-k
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from sqlalchemy import select, text
 from support.databases import app_on, new_database
 from support.tenants import make_tenant, secret_of
 
-from gpujobs import create_app, sealing
+from gpujobs import create_app, sealing, webhooks
 from gpujobs.config import ConfigError
 from gpujobs.encryption import EncryptionError, new_key, parse_key
 from gpujobs.extensions import db
@@ -65,19 +66,30 @@ def test_a_dump_of_every_table_holds_no_webhook_secret_and_no_api_key_in_clear(a
     assert tenant["name"] in dump  # the dump did read the tenants table
     for secret in (first, current, tenant["key"]):
         assert secret not in dump
-    assert "whsec_" not in dump and "gj_" not in dump.replace(tenant["key"][:10], "")
+    # Not a word of its own (the stored key prefix aside): a Fernet token, base64, may hold "gj_" by chance.
+    keys = re.findall(r"(?<![A-Za-z0-9_=-])(?:whsec|gj)_", dump.replace(tenant["key"][:10], ""))
+    assert keys == []
     with app.app_context():
         stored = db.session.execute(text("SELECT webhook_secret, previous_webhook_secret FROM tenants")).one()
         assert all(value.startswith("gAAAAA") for value in stored)  # Fernet tokens, version byte 0x80
     assert secret_of(app, tenant) == current
 
 
-CREDENTIALS = ("HDR_SECRET_1", "CALL_SECRET_2", "BODY_TOKEN_3", "SCHEDULE_SECRET_4")
+CREDENTIALS = (
+    "HDR_SECRET_1",
+    "CALL_SECRET_2",
+    "BODY_TOKEN_3",
+    "SCHEDULE_SECRET_4",
+    "HOOK_SECRET_5",
+    "PAYLOAD_SECRET_6",
+    "MESSAGE_HEADER_7",
+)
 
 
-def _credentials_sent(client, tenant) -> tuple[str, str]:
-    """A job and a schedule carrying a tenant's tokens in params and webhook headers; the job is
-    cancelled, so its ``job.cancelled`` delivery copies the headers. Returns (job id, schedule id)."""
+def _credentials_sent(app, client, tenant) -> tuple[str, str]:
+    """A job and a schedule carrying a tenant's tokens in params and webhook headers (one under a name
+    that does not look secret); the job is cancelled, so its ``job.cancelled`` delivery copies the
+    headers, and a ``webhook.send`` message of it is recorded. Returns (job id, schedule id)."""
     params = {
         "endpoint": "http://127.0.0.1:9/x",
         "method": "POST",
@@ -86,13 +98,19 @@ def _credentials_sent(client, tenant) -> tuple[str, str]:
     }
     hook = {
         "webhookUrl": "http://127.0.0.1:9/hook",
-        "webhookHeaders": {"Authorization": "Bearer HDR_SECRET_1"},
+        "webhookHeaders": {"Authorization": "Bearer HDR_SECRET_1", "X-Hook": "HOOK_SECRET_5"},
     }
     job = client.post(
         "/v1/jobs", json={"definitionKey": "call.api", "params": params, **hook}, headers=tenant["headers"]
     )
     assert job.status_code == 202, job.json
     assert client.post(f"/v1/jobs/{job.json['id']}/cancel", headers=tenant["headers"]).status_code == 200
+    with app.app_context():
+        message = {"apiKey": "PAYLOAD_SECRET_6", "note": "plain"}
+        webhooks.record_message(
+            job.json["id"], "http://127.0.0.1:9/m", message, {"X-Sig": "MESSAGE_HEADER_7"}
+        )
+        db.session.commit()
     schedule = client.post(
         "/v1/schedules",
         json={
@@ -113,37 +131,77 @@ def _credentials_sent(client, tenant) -> tuple[str, str]:
 def _stored_credentials(app, job_id: str, schedule_id: str) -> tuple[Any, ...]:
     with app.app_context():
         job, schedule = db.session.get_one(Job, job_id), db.session.get_one(Schedule, schedule_id)
-        delivery = db.session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id)).one()
-        return job.params, job.webhook_headers, delivery.headers, schedule.params
+        deliveries = {
+            row.event_type: row
+            for row in db.session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id))
+        }
+        message = deliveries[webhooks.MESSAGE_EVENT]
+        cancelled = deliveries["job.cancelled"]
+        return (
+            job.params,
+            job.webhook_headers,
+            cancelled.headers,
+            message.payload,
+            message.headers,
+            schedule.params,
+        )
 
 
 def test_a_tenants_credentials_are_sealed_at_rest_and_read_back_as_sent(app, client, tenant):
     """A dump, a backup or a replica reader sees the names of a tenant's tokens (webhook headers, call.api
-    headers, a secret-named param, a schedule's), never their values; the code that sends them reads
-    them as the tenant sent them, and every answer masks them."""
-    job_id, schedule_id = _credentials_sent(client, tenant)
+    headers, a secret-named param, a webhook.send message's, a schedule's), never their values; the
+    code that sends them reads them as the tenant sent them, and every answer masks them."""
+    job_id, schedule_id = _credentials_sent(app, client, tenant)
     dump = _dump(app)
     assert sealing.PREFIX in dump and "X-Api" in dump and "accessToken" in dump and '"plain"' in dump
     assert [secret for secret in CREDENTIALS if secret in dump] == []
 
-    params, webhook_headers, delivery_headers, schedule_params = _stored_credentials(app, job_id, schedule_id)
+    params, webhook_headers, delivery_headers, payload, message_headers, schedule_params = (
+        _stored_credentials(app, job_id, schedule_id)
+    )
     assert params["headers"] == {"X-Api": "CALL_SECRET_2"} and params["body"]["accessToken"] == "BODY_TOKEN_3"
-    assert webhook_headers == delivery_headers == {"Authorization": "Bearer HDR_SECRET_1"}
+    sent = {"Authorization": "Bearer HDR_SECRET_1", "X-Hook": "HOOK_SECRET_5"}
+    assert webhook_headers == delivery_headers == sent
+    assert payload == {"apiKey": "PAYLOAD_SECRET_6", "note": "plain"}
+    assert message_headers == {"X-Sig": "MESSAGE_HEADER_7"}
     assert schedule_params["headers"] == {"Authorization": "SCHEDULE_SECRET_4"}
     shown = client.get(f"/v1/jobs/{job_id}", headers=tenant["headers"]).json
-    assert shown["params"]["headers"] == {"X-Api": "••••"} and shown["webhookHeaders"] == {
-        "Authorization": "••••"
+    assert shown["params"]["headers"] == {"X-Api": "••••"}
+    assert shown["webhookHeaders"] == {"Authorization": "••••", "X-Hook": "••••"}
+
+
+def test_a_sealed_value_sent_back_by_a_tenant_is_never_opened_for_it(app, client, tenant):
+    """Ciphertext read from a dump and sent as a tenant's own value, where secrets go or anywhere else,
+    comes back as the text that was sent: only what the service sealed is ever opened."""
+    _credentials_sent(app, client, tenant)
+    stolen = next(word.strip('"\\,{}') for word in _dump(app).split() if sealing.PREFIX in word)
+    stolen = stolen[stolen.index(sealing.PREFIX) :]
+    body = {
+        "endpoint": "http://127.0.0.1:9/z",
+        "method": "POST",
+        "headers": {"X-Api": stolen},
+        "body": {"note": stolen},
     }
+    thief = make_tenant(app, "thief")
+    job = client.post(
+        "/v1/jobs", json={"definitionKey": "call.api", "params": body}, headers=thief["headers"]
+    )
+    assert job.status_code == 202, job.json
+    with app.app_context():
+        params = db.session.get_one(Job, job.json["id"]).params
+    assert params["headers"] == {"X-Api": stolen} and params["body"] == {"note": stolen}
+    shown = client.get(f"/v1/jobs/{job.json['id']}", headers=thief["headers"]).json
+    assert shown["params"]["body"] == {"note": stolen}  # its own text, not what it decrypts to
 
 
 def test_rotate_key_reseals_the_tenants_credentials_so_the_old_key_can_be_dropped(app, client, tenant):
-    job_id, schedule_id = _credentials_sent(client, tenant)
+    job_id, schedule_id = _credentials_sent(app, client, tenant)
     before = _stored_credentials(app, job_id, schedule_id)
     old, new = app.config["GPUJOBS_ENCRYPTION_KEY"], new_key()
     with _keys(app, new, [old]), app.app_context():
-        assert (
-            sealing.reseal(db.session, db.metadata) == 4
-        )  # the job's two columns, its delivery, the schedule
+        # The job's params and webhook headers, its two deliveries' headers and bodies (the event's holds
+        # its definitionKey, a secret-looking name), the schedule's params.
+        assert sealing.reseal(db.session, db.metadata) == 7
     with _keys(app, new, []):
         assert _stored_credentials(app, job_id, schedule_id) == before
     with _keys(app, old, []), pytest.raises(EncryptionError, match="GPUJOBS_ENCRYPTION_OLD_KEYS"):
