@@ -76,8 +76,9 @@ class InvalidField(GpuJobsError):
 
 
 # The location pydantic gives the member of a union it tried: ``int``, ``constrained-int``,
-# ``literal['low','high']``, ``function-after[...]``. Only dropped where two or more members of one
-# union were refused at the same place (a client's own key named ``int`` stays).
+# ``literal['low','high']``, ``function-after[...]``. Only dropped where two or more errors meet at one
+# place once it is dropped, as a union's members do; a client's own keys spelled so (``int`` and
+# ``float`` of one object, both refused) are then reported at their object, a rare loss of precision.
 _UNION_MEMBER = re.compile(r"[a-z]+(?:-[a-z]+)*\[.*\]|constrained-[a-z]+|int|float|str|bool|bytes")
 # What pydantic puts before the message of a ValueError or an assert raised by a validator.
 _PYDANTIC_PREFIX = re.compile(r"^(?:Value error|Assertion failed), ")

@@ -129,8 +129,10 @@ def take(tenant_id: uuid.UUID, novita_id: str, job_id: uuid.UUID, seen: NovitaIn
         .execution_options(populate_existing=True)
     )
     handover = row is not None and row.tenant_id != tenant_id
-    if row is None or (handover and (tenant_id not in granted_to or row.tenant_id in granted_to)):
+    if row is None or (handover and tenant_id not in granted_to):
         raise _unknown(novita_id)
+    if handover and row.tenant_id in granted_to:  # both granted it: the first to watch keeps it
+        raise Conflict(f"Novita instance {novita_id} is watched by another tenant it was granted to")
     if not row.external:
         raise Conflict(f"instance {row.id} was created by gpujobs: follow it at /v1/instances/{row.id}")
     if seen is not None and records.job_id_of(seen.name) is not None:

@@ -140,6 +140,11 @@ def test_an_instance_the_operator_granted_is_watched_only_by_its_grantees_who_ta
         grants.grant(tenant["name"], grants.Kind.INSTANCE, second_id)
     assert watch(client, other, second_id).status_code == 422
     assert watch(client, tenant, second_id).status_code == 202
+    # Granted to both: the first to watch keeps it; the other grantee is told so, not "no instance".
+    with app.app_context():
+        grants.grant(other["name"], grants.Kind.INSTANCE, second_id)
+    shared = watch(client, other, second_id)
+    assert shared.status_code == 409 and "another tenant it was granted to" in shared.json["detail"]
 
 
 def test_an_instance_gpujobs_created_is_not_watched_as_a_foreign_one(
