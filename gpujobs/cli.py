@@ -235,12 +235,25 @@ def _grant_commands(group: click.Group, kind: str, noun: str) -> None:
 
     @group.command("grant", help=f"Let TENANT name the {noun} RESOURCE_ID of the operator's Novita account.")
     @click.option("--tenant", required=True, help="Tenant name.")
+    @click.option("--unchecked", is_flag=True, help="Grant without asking Novita whether the id exists.")
     @click.argument("resource_id")
-    def grant_command(tenant: str, resource_id: str) -> None:
-        from gpujobs.grants import Kind, grant
+    def grant_command(tenant: str, resource_id: str, unchecked: bool) -> None:
+        from gpujobs.grants import Kind, grant, novita_has
+        from gpujobs.tenants import tenant_named
 
         with _app().app_context():
+            tenant_named(tenant)  # an unknown tenant first: a typo there changes nothing either
+            known = None if unchecked else novita_has(Kind(kind), resource_id)
+            if known is False:
+                raise click.ClickException(
+                    f"Novita has no {noun} {resource_id!r} on this account: check the id "
+                    "(--unchecked grants it as it is)"
+                )
             grant(tenant, Kind(kind), resource_id)
+            if known is None and not unchecked:
+                click.echo(
+                    f"granted unchecked: Novita could not be asked about {noun} {resource_id!r}", err=True
+                )
 
     @group.command("revoke", help=f"Take back TENANT's {noun} RESOURCE_ID (its jobs not yet at Novita fail).")
     @click.option("--tenant", required=True, help="Tenant name.")
@@ -265,7 +278,7 @@ def registry_auths() -> None:
 
 @main.group()
 def instances() -> None:
-    """Which instances gpujobs did not create (watched ones) each tenant may stop, start and restart."""
+    """Which instances gpujobs did not create (watched ones) each tenant may watch, stop and start."""
 
 
 _grant_commands(templates, "template", "template")

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 
-from gpujobs.exceptions import InvalidField
+from gpujobs.exceptions import GpuJobsError, InvalidField
 from gpujobs.extensions import db
 from gpujobs.models import NovitaGrant
 from gpujobs.tenants import tenant_named
@@ -46,6 +46,28 @@ def grant(tenant_name: str, kind: Kind, resource_id: str) -> None:
         .on_conflict_do_nothing()
     )
     db.session.commit()
+
+
+def novita_has(kind: Kind, resource_id: str) -> bool | None:
+    """Whether the operator's Novita account holds ``resource_id`` (asked once, no retries): False when
+    Novita's own answer says it has none, None when it could not be asked (down, no key, a proxy's page).
+    A grant names the account's resources; a typo would only show when a tenant's job failed at Novita."""
+    from gpujobs.novita import NovitaNotFoundError
+    from gpujobs.provisioning.novita_client import novita_client
+
+    try:
+        with novita_client(max_attempts=1) as client:
+            if kind is Kind.REGISTRY_AUTH:
+                return any(auth.id == resource_id for auth in client.list_registry_auths())
+            if kind is Kind.TEMPLATE:
+                client.get_template(resource_id)
+            else:
+                client.get_instance(resource_id)
+    except NovitaNotFoundError:
+        return False
+    except GpuJobsError:
+        return None
+    return True
 
 
 def revoke(tenant_name: str, kind: Kind, resource_id: str) -> bool:

@@ -6,6 +6,8 @@ id gets, and nothing reaches Novita (the simulator's ledger stays empty, even wi
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -111,3 +113,26 @@ def test_a_revoked_grant_stops_a_real_worker_too(app, client, tenant, sim, gpu_w
     failed = wait_for_job(app, response.json["jobId"], "failed")
     assert "was granted to this tenant" in failed.error
     assert sim.ledger() == []
+
+
+@pytest.mark.slow  # CLI subprocesses
+def test_the_operator_grants_only_what_the_novita_account_holds(app, tenant, process_env, novita_env):
+    """A mistyped id was granted silently and showed only when the tenant's job failed at Novita."""
+
+    def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "gpujobs", *args]
+        environment = {**process_env, **novita_env, **env}
+        return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
+
+    name = tenant["name"]
+    for group, real in (("templates", seed.PRIVATE_TEMPLATE_ID), ("registry-auths", seed.REGISTRY_AUTH_ID)):
+        granted = cli(group, "grant", "--tenant", name, real)
+        assert granted.returncode == 0 and granted.stderr == "", granted.stderr
+        typo = cli(group, "grant", "--tenant", name, UNKNOWN)
+        assert typo.returncode == 1 and "Novita has no" in typo.stderr and "--unchecked" in typo.stderr
+    assert cli("instances", "grant", "--tenant", name, UNKNOWN).returncode == 1
+    assert cli("instances", "grant", "--tenant", name, UNKNOWN, "--unchecked").returncode == 0
+    away = cli("templates", "grant", "--tenant", name, "4242", NOVITA_BASE_URL="http://127.0.0.1:9/v1")
+    assert away.returncode == 0 and "granted unchecked: Novita could not be asked" in away.stderr
+    shown = cli("tenants", "show", "--tenant", name).stdout
+    assert f'"{UNKNOWN}"' in shown and "4242" in shown and shown.count(UNKNOWN) == 1  # the instance only
