@@ -11,6 +11,7 @@ from typing import Any
 
 import werkzeug.exceptions
 from flask import Flask, Response, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 _ANY_ID = "00000000-0000-4000-8000-000000000000"
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+# ``app.extensions`` key: (path prefix, handler) of pages that answer an unrouted path under the prefix
+# with a page of their own instead of a problem document (the dashboard's ``/ui``).
+UNROUTED_PAGES = "gpujobs.unrouted_pages"
 
 
 class ApiError(GpuJobsError):
@@ -91,8 +95,11 @@ def register_error_handlers(app: Flask) -> None:
         return _answer(InvalidField.from_validation(exc))
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
+    def _http_error(exc: HTTPException) -> ResponseReturnValue:
         unrouted = isinstance(exc, werkzeug.exceptions.NotFound) and request.url_rule is None
+        pages = app.extensions.get(UNROUTED_PAGES)
+        if unrouted and pages and f"{request.path}/".startswith(f"{pages[0]}/"):
+            return pages[1](exc)  # a browser's page, in the dashboard's own look
         detail = _no_route() if unrouted else exc.description
         response = problem(exc.code or 500, exc.name, detail or exc.name)
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:

@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, Response, render_template
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 
-from gpujobs.api.errors import ANSWERED, problem_of
+from gpujobs.api.errors import ANSWERED, UNROUTED_PAGES, problem_of
 from gpujobs.exceptions import GpuJobsError
 from gpujobs.states import JobStatus
 
@@ -35,11 +35,14 @@ def _states() -> dict[str, Any]:
 
 @bp.record_once
 def _install_session(state: BlueprintSetupState) -> None:
-    """Give the app the dashboard's session cookie (HttpOnly, SameSite=Lax, Secure off localhost)."""
+    """Give the app the dashboard's session cookie (HttpOnly, SameSite=Lax, Secure off localhost), and
+    its error page for addresses under /ui that no page serves."""
     from gpujobs.ui.signin import DashboardSessionInterface
 
     assert isinstance(state.app, Flask)  # typed as the sans-IO App, which has no sessions
     state.app.session_interface = DashboardSessionInterface()
+    # A mistyped /ui/... address is a page too, like the dashboard's other errors, not problem JSON.
+    state.app.extensions[UNROUTED_PAGES] = (bp.url_prefix, _http_error)
 
 
 @bp.after_request

@@ -170,6 +170,10 @@ def test_another_tenants_jobs_letters_and_instances_answer_404_on_pages_and_acti
     intruder = ui_client(make_tenant(app, "globex"))
     assert intruder.get(f"/ui/jobs/{owner_job}").status_code == 404
     assert intruder.get("/ui/jobs/not-a-uuid").status_code == 404
+    for address in ("/ui/jobs/not-a-uuid", "/ui/no-such-page", "/ui/jobs/x/y/z"):  # routed or not: a page
+        missing = intruder.get(address)
+        assert missing.status_code == 404 and missing.mimetype == "text/html", address
+    assert intruder.get("/v1/no-such-route").mimetype == "application/problem+json"
     for url in _action_urls(owner_job, letter_id)[:-1]:
         assert intruder.post(url, data={"csrf_token": intruder.csrf}).status_code == 404, url
     # a context of its own: the test client's requests must not run inside it
