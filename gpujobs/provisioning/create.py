@@ -21,7 +21,7 @@ from typing import Any, TypedDict
 from flask import current_app
 
 from gpujobs import grants, jobs, operations, quotas, webhooks
-from gpujobs.exceptions import PermanentError
+from gpujobs.exceptions import PermanentError, TransientError
 from gpujobs.extensions import db
 from gpujobs.models import InstanceRow, Job
 from gpujobs.novita import CreateInstanceRequest, EnvVar, NovitaClient, PlacementError, PortSpec, Template
@@ -137,7 +137,7 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
         raise PermanentError(str(refused))
     with novita_client() as client:
         # A row still `requested` was never claimed, so no create was ever sent for it: nothing to adopt.
-        found = None if instance.status == InstanceStatus.REQUESTED else _adoptable(client, instance.name)
+        found = None if instance.status == InstanceStatus.REQUESTED else _adoptable(client, instance)
         migrated = None if found is not None else spot.migrate_or_none(ctx, client, instance, _claim)
         if found is not None:
             _claim(ctx, instance, novita_id=found.id, novita_status=found.status)
@@ -152,8 +152,22 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     return Watch(job_id, ctx.attempt, instance.id, CREATE, time.time(), started, timeout, interval).handoff()
 
 
-def _adoptable(client: NovitaClient, name: str) -> NovitaInstance | None:
-    found = [item for item in client.find_instances_by_name(name) if not item.is_being_removed]
+def _adoptable(client: NovitaClient, instance: InstanceRow) -> NovitaInstance | None:
+    """The instance an earlier run created under this row's name, if Novita has one.
+
+    Not knowing is not "none": the step is retried, and the message says what is at stake. If the job
+    runs out of attempts first, its row ends without a Novita id and the reconcile sweep deletes such
+    an instance at its next pass, without the leak grace (nothing can record it any more)."""
+    name = instance.name
+    try:
+        listed = client.find_instances_by_name(name)
+    except TransientError as exc:
+        raise TransientError(
+            f"could not learn whether an earlier create of {name} happened ({exc}); if it did and this "
+            "job ends first, the reconcile sweep deletes that instance",
+            retry_after_seconds=exc.retry_after_seconds,
+        ) from exc
+    found = [item for item in listed if not item.is_being_removed]
     if len(found) > 1:
         # Should never happen; the reconcile sweep deletes the ones no row points at.
         log.error("%d Novita instances are named %s; adopting the oldest", len(found), name)

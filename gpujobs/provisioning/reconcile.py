@@ -135,7 +135,10 @@ def _leaks(
         row = row_of[item.id]
         born = item.created_at.timestamp() if item.created_at else since.get(item.id, taken_at)
         age_seconds = taken_at - born
-        if age_seconds < grace_seconds:
+        # A row that never recorded this instance and has ended (its create's answer was lost, then its
+        # job failed or was cancelled) has no run left to record it: no grace, its bill stops now.
+        orphaned = row is not None and row.novita_id is None and row.status in INSTANCE_ENDED
+        if age_seconds < grace_seconds and not orphaned:
             waiting.append(item.id)
             continue
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import text, update
@@ -11,6 +12,7 @@ from support.gpu import REQUEST, create_at_novita, novita_name, run_chain
 from support.rows import instance_row
 
 from gpujobs import operations, runner
+from gpujobs.exceptions import TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Instance
 from gpujobs.provisioning import create
@@ -109,6 +111,7 @@ def test_an_instance_whose_create_job_is_still_live_is_not_a_leak(
 def test_an_instance_whose_create_answer_was_lost_and_whose_job_then_failed_is_deleted_as_a_leak(
     app, tenant, sim, novita_config, monkeypatch, app_context
 ):
+    """At the first pass, without the leak grace: no run is left to record it, and it bills meanwhile."""
     sim.inject(lose_next_creates=1)
     # one attempt only: the lost answer fails the job, the row never learns the id
     job, instance = create.submit(uuid.UUID(tenant["id"]), REQUEST, operations.JobOptions(max_attempts=1))
@@ -121,7 +124,7 @@ def test_an_instance_whose_create_answer_was_lost_and_whose_job_then_failed_is_d
     (created,) = sim.instances()
     assert created["name"] == novita_name(app, job_id)
 
-    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 0.0)
+    monkeypatch.setitem(app.config, "GPUJOBS_LEAK_GRACE_SECONDS", 3600.0)
     report = run_reconcile(app)
     assert [(item["novitaInstanceId"], item["instanceId"]) for item in report["leaked"]] == [
         (created["id"], instance_id)
@@ -165,3 +168,17 @@ def test_a_second_reconcile_running_at_the_same_time_steps_aside(app, sim, novit
         other.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), {"name": LOCK_NAME})
     assert reconcile()["skipped"] is False
     assert sim.count_calls("GET", "/gpu/instances") == 1
+
+
+def test_a_create_step_that_cannot_learn_whether_an_earlier_create_happened_says_what_is_at_stake(
+    app, sim, novita, novita_config, app_context
+):
+    """A proxy's HTML page answering the lookup by name is not "no instance": the step is retried with a
+    message naming the instance and what becomes of it if the job ends first."""
+    name = novita_name(app, uuid.uuid4())
+    sim.inject(fail_next={"count": 20, "status": 502, "html": True, "endpoint": "/gpu/instances"})
+    with pytest.raises(TransientError) as unknown:
+        create._adoptable(novita, SimpleNamespace(name=name))
+    message = str(unknown.value)
+    assert message.startswith(f"could not learn whether an earlier create of {name} happened")
+    assert "the reconcile sweep deletes that instance" in message and "text/html" in message
