@@ -135,9 +135,14 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
     refused = grants.refusal(uuid.UUID(ctx.tenant), raw)
     if refused is not None:
         raise PermanentError(str(refused))
+    # A row still `requested` was never claimed, so no create was ever sent for it: nothing to adopt.
+    # Else an earlier run's create may have happened: its lookup outlasts a proxy's blip (ADOPT_ATTEMPTS).
+    if instance.status == InstanceStatus.REQUESTED:
+        found = None
+    else:
+        with novita_client(max_attempts=ADOPT_ATTEMPTS) as patient:
+            found = _adoptable(patient, instance)
     with novita_client() as client:
-        # A row still `requested` was never claimed, so no create was ever sent for it: nothing to adopt.
-        found = None if instance.status == InstanceStatus.REQUESTED else _adoptable(client, instance)
         migrated = None if found is not None else spot.migrate_or_none(ctx, client, instance, _claim)
         if found is not None:
             _claim(ctx, instance, novita_id=found.id, novita_status=found.status)
@@ -150,6 +155,12 @@ def provision(ctx: JobContext, raw: dict[str, Any]) -> Handoff:
             started = time.time()
     interval = params.poll_interval_seconds(config["GPUJOBS_MONITOR_INTERVAL_SECONDS"])
     return Watch(job_id, ctx.attempt, instance.id, CREATE, time.time(), started, timeout, interval).handoff()
+
+
+# Tries of the lookup by name that tells whether an earlier create happened (about 45 s of backoff):
+# while it cannot be answered the step can neither adopt nor create, and giving up spends an attempt of
+# the job, whose last one leaves a running instance to the reconcile sweep.
+ADOPT_ATTEMPTS = 10
 
 
 def _adoptable(client: NovitaClient, instance: InstanceRow) -> NovitaInstance | None:

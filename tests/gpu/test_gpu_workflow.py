@@ -120,6 +120,23 @@ def test_a_lost_create_answer_and_the_retry_yield_exactly_one_instance(app, clie
     assert instance_row(app, accepted["instanceId"]).novita_id == ours[0]["id"]
 
 
+def test_a_lost_create_answer_is_adopted_through_a_proxys_pages_on_the_lookup(
+    app, client, tenant, sim, gpu_worker
+):
+    """The retry's lookup by name meets five HTML pages (a proxy's blip): it keeps asking within the
+    attempt instead of spending the job's attempts (three tries each), and adopts the one instance."""
+    sim.inject(
+        lose_next_creates=1,
+        fail_next={"count": 5, "status": 200, "html": True, "endpoint": "/gpu/instances"},
+    )
+    gpu_worker()
+    accepted = provision(client, tenant)
+    job = wait_for_job(app, accepted["jobId"], "succeeded", timeout=90)
+    assert job.attempt == 2  # not 3: the attempt that met the pages adopted the instance
+    assert "job.instance_adopted" in [event.type for event in events(app, accepted["jobId"])]
+    assert len(sim.instances()) == 1 and sim.count_calls("POST", "/gpu/instance/create") == 1
+
+
 def test_an_image_pull_failure_fails_the_job_deletes_the_instance_and_sends_a_failure_webhook(
     app, client, tenant, sim, gpu_worker, hooks
 ):
