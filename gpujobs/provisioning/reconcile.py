@@ -30,6 +30,7 @@ from sqlalchemy import or_, select, text, update
 
 from gpujobs import jobs
 from gpujobs.broker import redis_client
+from gpujobs.exceptions import TransientError
 from gpujobs.extensions import db
 from gpujobs.models import Instance
 from gpujobs.novita import Instance as NovitaInstance
@@ -46,6 +47,17 @@ LOST_REASON = "Novita no longer has this instance"
 # Novita id -> when a pass first saw it unwanted, for instances Novita sends no `createdAt` for.
 UNWANTED_SINCE_KEY = "gpujobs:reconcile:unwanted-since"
 SETTLE_REASON = "its job ended before the instance settled"
+
+
+def sweep() -> dict[str, Any]:
+    """Beat's pass: ``reconcile``, where Novita (or a proxy in front of it) failing the pass is expected
+    weather, not a bug: a warning and a skipped pass, and the next one a minute later tries again."""
+    try:
+        return reconcile()
+    except TransientError as exc:
+        db.session.rollback()
+        log.warning("reconcile: pass skipped, Novita did not answer (%s)", exc)
+        return {"skipped": True, "error": str(exc)}
 
 
 def reconcile() -> dict[str, Any]:

@@ -3,16 +3,11 @@ code."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import shared_task
 
-from gpujobs.exceptions import TransientError
-from gpujobs.extensions import db
 from gpujobs.provisioning import costs, lifetimes, monitor, reconcile
-
-log = logging.getLogger(__name__)
 
 # A sweep beat runs (gpujobs.celery_settings schedules and routes it with the others in gpujobs.tasks).
 SWEEP_RECONCILE_TASK = "gpujobs.sweep.reconcile"
@@ -28,16 +23,8 @@ def monitor_instance(job_id: str, attempt: int, *args: Any) -> None:
 
 @shared_task(name=SWEEP_RECONCILE_TASK, soft_time_limit=300, time_limit=330)
 def sweep_reconcile() -> dict[str, Any]:
-    """Delete leaked Novita instances, mark lost ones, settle stranded rows (safe to run twice at once).
-
-    Novita (or a proxy in front of it) failing the pass is expected weather, not a bug: a warning, and
-    the next pass a minute later tries again."""
-    try:
-        return reconcile.reconcile()
-    except TransientError as exc:
-        db.session.rollback()
-        log.warning("reconcile: pass skipped, Novita did not answer (%s)", exc)
-        return {"skipped": True, "error": str(exc)}
+    """Delete leaked Novita instances, mark lost ones, settle stranded rows (safe to run twice at once)."""
+    return reconcile.sweep()
 
 
 @shared_task(name=SWEEP_COSTS_TASK, soft_time_limit=120, time_limit=150)

@@ -187,9 +187,9 @@ def test_a_create_step_that_cannot_learn_whether_an_earlier_create_happened_says
 def test_a_reconcile_pass_novita_does_not_answer_is_skipped_with_a_warning_not_an_error(
     app, sim, novita_config, app_context, caplog
 ):
-    from gpujobs.provisioning.tasks import sweep_reconcile
+    from gpujobs.provisioning.reconcile import sweep
 
     sim.inject(fail_next={"count": 20, "status": 502, "html": True, "endpoint": "/gpu/instances"})
-    report = sweep_reconcile()
+    report = sweep()
     assert report["skipped"] is True and "text/html" in report["error"]
     assert [r.levelname for r in caplog.records if "pass skipped" in r.getMessage()] == ["WARNING"]
