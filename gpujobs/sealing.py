@@ -44,13 +44,13 @@ def unseal(value: Any, box: MultiFernet | None = None) -> Any:
     return replace_secrets(value, lambda stored: _open_one(stored, box))
 
 
-def seal_headers(headers: dict[str, Any], box: MultiFernet | None = None) -> dict[str, Any]:
+def seal_headers(value: Any, box: MultiFernet | None = None) -> Any:
     """A header object with every value sealed (a header carries a token under any name)."""
-    return {name: _seal_one(value, box) for name, value in headers.items()}
+    return {name: _seal_one(header, box) for name, header in value.items()}
 
 
-def unseal_headers(headers: dict[str, Any], box: MultiFernet | None = None) -> dict[str, Any]:
-    return {name: _open_one(value, box) for name, value in headers.items()}
+def unseal_headers(value: Any, box: MultiFernet | None = None) -> Any:
+    return {name: _open_one(header, box) for name, header in value.items()}
 
 
 def _seal_one(secret: Any, box: MultiFernet | None) -> Any:
@@ -72,25 +72,22 @@ class SealedJSON(TypeDecorator[Any]):
 
     impl = JSONB
     cache_ok = True
+    _seal = staticmethod(seal)
+    _open = staticmethod(unseal)
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else seal(value)
+        return None if value is None else self._seal(value)
 
     def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else unseal(value)
+        return None if value is None else self._open(value)
 
 
-class SealedHeaders(TypeDecorator[Any]):
+class SealedHeaders(SealedJSON):
     """A JSONB column holding one header object, every value sealed at rest."""
 
-    impl = JSONB
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else seal_headers(value)
-
-    def process_result_value(self, value: Any, dialect: Any) -> Any:
-        return None if value is None else unseal_headers(value)
+    cache_ok = True  # SQLAlchemy reads it from each class's own namespace
+    _seal = staticmethod(seal_headers)
+    _open = staticmethod(unseal_headers)
 
 
 def reseal(session: Any, metadata: MetaData) -> int:
@@ -99,7 +96,7 @@ def reseal(session: Any, metadata: MetaData) -> int:
     rewritten = 0
     for table in metadata.sorted_tables:
         key = table.primary_key.columns.values()[0]
-        for column in (c for c in table.columns if isinstance(c.type, (SealedJSON, SealedHeaders))):
+        for column in (c for c in table.columns if isinstance(c.type, SealedJSON)):
             after = None
             while True:
                 query = select(key, column).where(cast(column, Text).contains(PREFIX)).order_by(key)
