@@ -75,8 +75,13 @@ def _replaced_entry(name: str, value: Any, hide: Callable[[Any], Any], text: Cal
     if is_secret_name(name):
         return hide(value)
     if name in HEADER_OBJECTS and isinstance(value, dict):
-        return {header: hide(item) for header, item in value.items()}
+        return replace_headers(value, hide)
     return replace_secrets(value, hide, text)
+
+
+def replace_headers(headers: dict[str, Any], hide: Callable[[Any], Any]) -> dict[str, Any]:
+    """A header object with ``hide`` applied to every value: a header carries a token under any name."""
+    return {name: hide(value) for name, value in headers.items()}
 
 
 def mask_text(text: str | None) -> str | None:

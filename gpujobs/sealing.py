@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
 
 from gpujobs.encryption import app_cipher, decrypt, encrypt
-from gpujobs.masking import MASK, replace_secrets
+from gpujobs.masking import MASK, replace_headers, replace_secrets
 
 PREFIX = "gpujobs-sealed:1:"
 # Rows rewritten per statement by ``reseal``.
@@ -45,12 +45,12 @@ def unseal(value: Any, box: MultiFernet | None = None) -> Any:
 
 
 def seal_headers(value: Any, box: MultiFernet | None = None) -> Any:
-    """A header object with every value sealed (a header carries a token under any name)."""
-    return {name: _seal_one(header, box) for name, header in value.items()}
+    """A header object with every value sealed, as the masks hide every value of one."""
+    return replace_headers(value, lambda header: _seal_one(header, box))
 
 
 def unseal_headers(value: Any, box: MultiFernet | None = None) -> Any:
-    return {name: _open_one(header, box) for name, header in value.items()}
+    return replace_headers(value, lambda stored: _open_one(stored, box))
 
 
 def _seal_one(secret: Any, box: MultiFernet | None) -> Any:
